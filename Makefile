@@ -1,0 +1,12 @@
+.PHONY: run test lint bench
+
+# Run Perfuse with a demo fleet (installs what is missing, starts PostgreSQL and Redis).
+run:
+	@scripts/run.sh
+
+# Run the whole test suite against throwaway PostgreSQL, Redis and TimescaleDB servers.
+test:
+	@scripts/test.sh
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

@@ -1,0 +1,167 @@
+"""Settings shared by every environment; environment-specific files import from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.env import database_from_url, envbool, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+SECRET_KEY = envstr("SECRET_KEY", "")
+DEBUG = False
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "audit",
+    "telemetry",
+    "alerts",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = envstr("DATABASE_URL", "postgres://perfuse@127.0.0.1:54329/perfuse")
+DATABASES = {"default": {**database_from_url(DATABASE_URL), "CONN_MAX_AGE": 60, "ATOMIC_REQUESTS": False}}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# "auto": use TimescaleDB when the extension is available, plain partitions otherwise.
+PERFUSE_TIMESCALE = envstr("PERFUSE_TIMESCALE", "auto")
+
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:63799/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": envstr("PERFUSE_CHANNEL_PREFIX", "perfuse")},
+    }
+}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": envstr("PERFUSE_CACHE_PREFIX", "perfuse"),
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_SAVE_EVERY_REQUEST = False
+# Inactivity timeout for staff sessions, in seconds (see audit/middleware.py).
+PERFUSE_SESSION_IDLE_SECONDS = envint("PERFUSE_SESSION_IDLE_SECONDS", 15 * 60)
+SESSION_COOKIE_AGE = 12 * 3600
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / ".data" / "staticfiles"
+
+OTP_TOTP_ISSUER = "Perfuse"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api_errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Perfuse API",
+    "DESCRIPTION": "Device ingest and staff APIs of Perfuse, a real-time tissue-oxygen monitor.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "telemetry.openapi.add_ingest_endpoint",
+    ],
+}
+
+# Ingest limits (contract section 1).
+PERFUSE_INGEST_MAX_BYTES = 1024 * 1024
+# Django refuses bodies above this before our view can answer 413 itself; keep it above our limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+PERFUSE_INGEST_MAX_READINGS = 5000
+PERFUSE_INGEST_CLOCK_SKEW_SECONDS = 300
+# Token buckets: sustained readings per second and burst, per device and per site.
+PERFUSE_RATE_DEVICE_PER_SECOND = envint("PERFUSE_RATE_DEVICE_PER_SECOND", 200)
+PERFUSE_RATE_DEVICE_BURST = envint("PERFUSE_RATE_DEVICE_BURST", 20000)
+PERFUSE_RATE_SITE_PER_SECOND = envint("PERFUSE_RATE_SITE_PER_SECOND", 200000)
+PERFUSE_RATE_SITE_BURST = envint("PERFUSE_RATE_SITE_BURST", 400000)
+PERFUSE_INGEST_POOL_SIZE = envint("PERFUSE_INGEST_POOL_SIZE", 8)
+
+# Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
+PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+}
+
+# Stream processors run by `manage.py run_engine`, in order, on each batch of new readings.
+PERFUSE_ENGINE_PROCESSORS = envlist(
+    "PERFUSE_ENGINE_PROCESSORS", ["telemetry.engine.RollupProcessor", "alerts.engine.AlarmProcessor"]
+)
+PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2

@@ -1,0 +1,8 @@
+"""Local development and the `make run` demo."""
+
+from config.env import envstr
+
+from .base import *  # noqa: F403
+
+DEBUG = False  # the demo behaves like production pages; set DJANGO_DEBUG=1 via a local override if needed
+SECRET_KEY = envstr("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-0123456789abcdef")

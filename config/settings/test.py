@@ -1,0 +1,9 @@
+"""Test settings: real PostgreSQL and Redis from the test command, fast password hashing."""
+
+from config.env import envstr
+
+from .base import *  # noqa: F403
+
+SECRET_KEY = envstr("SECRET_KEY", "test-only-not-secret-perfuse-key-0123456789abcdef")
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

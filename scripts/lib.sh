@@ -1,0 +1,119 @@
+# Shared shell helpers for `make run` and `make test`. Sourced, not executed.
+# Starts project-owned PostgreSQL and Redis on loopback as an unprivileged user.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+log() { printf '\033[1;34m[perfuse]\033[0m %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && { echo "$d"; return; }; done
+  return 1
+}
+
+free_port() {
+  "$PY" - <<'PY'
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+PY
+}
+
+# Run a command as the unprivileged service user when we are root (PostgreSQL refuses root).
+SERVICE_USER="${PERFUSE_SERVICE_USER:-postgres}"
+as_service() {
+  if [ "$(id -u)" = 0 ]; then runuser -u "$SERVICE_USER" -- "$@"; else "$@"; fi
+}
+
+ensure_system_packages() {
+  # $@: extra Debian packages needed by the caller (e.g. chromium for browser tests).
+  local missing=()
+  pg_bindir >/dev/null 2>&1 || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  local p
+  for p in "$@"; do
+    case "$p" in
+      chromium) [ -x /usr/bin/chromium ] || missing+=(chromium) ;;
+      nodejs) command -v node >/dev/null 2>&1 || missing+=(nodejs npm) ;;
+      *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
+    esac
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Debian's package starts a cluster and a redis on default ports; we run our own.
+    as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_venv() {
+  local stamp="$VENV/.perfuse-deps" want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  if [ ! -x "$PY" ]; then
+    log "creating virtualenv in .venv"
+    python3 -m venv "$VENV"
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python dependencies"
+    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]" >/dev/null
+    echo "$want" > "$stamp"
+  fi
+}
+
+ensure_plotly() {
+  local src
+  src="$("$PY" -c 'import plotly, pathlib; print(pathlib.Path(plotly.__file__).parent / "package_data" / "plotly.min.js")')"
+  mkdir -p "$ROOT/static/vendor"
+  cmp -s "$src" "$ROOT/static/vendor/plotly.min.js" 2>/dev/null || cp "$src" "$ROOT/static/vendor/plotly.min.js"
+}
+
+# start_postgres DIR PORT: init (once) and start a cluster in DIR owned by the service user.
+start_postgres() {
+  local dir="$1" port="$2" bindir
+  bindir="$(pg_bindir)"
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown "$SERVICE_USER" "$dir"
+  chmod 700 "$dir"
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    as_service "$bindir/initdb" -D "$dir" -U perfuse --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  as_service "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+    -o "-h 127.0.0.1 -p $port -k $dir -c fsync=${PG_FSYNC:-on} -c max_connections=200 -c shared_buffers=512MB" start >/dev/null
+  as_service "$bindir/psql" -h 127.0.0.1 -p "$port" -U perfuse -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='perfuse'" | grep -q 1 \
+    || as_service "$bindir/createdb" -h 127.0.0.1 -p "$port" -U perfuse perfuse
+}
+
+stop_postgres() {
+  local dir="$1"
+  [ -f "$dir/postmaster.pid" ] && as_service "$(pg_bindir)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# start_redis DIR PORT [persist]: a project-owned redis on loopback.
+start_redis() {
+  local dir="$1" port="$2" persist="${3:-yes}"
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown "$SERVICE_USER" "$dir"
+  local save=(--save "")
+  [ "$persist" = yes ] && save=(--save "60 1000" --appendonly no)
+  as_service redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "${save[@]}" >/dev/null
+  local i
+  for i in $(seq 1 50); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  log "redis did not start"; return 1
+}
+
+stop_redis() {
+  local dir="$1" port="$2"
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, start throwaway PostgreSQL + Redis (+ the TimescaleDB
+# test server) unless DATABASE_URL / REDIS_URL / TIMESCALE_TEST_URL point at existing ones,
+# then run the whole suite. Extra arguments go to pytest.
+source "$(dirname "$0")/lib.sh"
+
+ensure_system_packages chromium nodejs
+ensure_venv
+ensure_plotly
+
+TMP="$(mktemp -d /tmp/perfuse-test.XXXXXX)"
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  set +e
+  [ -n "${OWN_PG:-}" ] && stop_postgres "$TMP/pg"
+  [ -n "${OWN_REDIS:-}" ] && stop_redis "$TMP/redis" "$REDIS_PORT"
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  PG_PORT="$(free_port)"
+  PG_FSYNC=off start_postgres "$TMP/pg" "$PG_PORT"
+  OWN_PG=1
+  export DATABASE_URL="postgres://perfuse@127.0.0.1:$PG_PORT/perfuse"
+fi
+if [ -z "${REDIS_URL:-}" ]; then
+  REDIS_PORT="$(free_port)"
+  start_redis "$TMP/redis" "$REDIS_PORT" no
+  OWN_REDIS=1
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+fi
+if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ -x "$ROOT/scripts/timescale-server.sh" ]; then
+  TS_PORT="$(free_port)"
+  "$ROOT/scripts/timescale-server.sh" "$TS_PORT" "$TMP/timescale" > "$TMP/timescale.log" 2>&1 &
+  PIDS+=($!)
+  export TIMESCALE_TEST_URL="postgres://postgres@127.0.0.1:$TS_PORT/postgres"
+  export TIMESCALE_TEST_LOG="$TMP/timescale.log"
+fi
+
+export DJANGO_SETTINGS_MODULE=config.settings.test
+cd "$ROOT"
+log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL##*/})"
+"$PY" -m pytest "$@"

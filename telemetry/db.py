@@ -1,0 +1,57 @@
+"""Async PostgreSQL and Redis clients for the ingest hot path, one set per event loop.
+
+The ingest view does not use the ORM: it runs a handful of statements on a pooled psycopg
+async connection. Connection parameters come from Django's settings at first use, so tests
+(which rename the database) and production share one code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+_pools: dict[int, AsyncConnectionPool] = {}
+_redis: dict[int, Redis] = {}
+
+
+def _conninfo() -> dict[str, Any]:
+    params = connections["default"].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return {key: value for key, value in params.items() if value not in (None, "")}
+
+
+async def ingest_pool() -> AsyncConnectionPool:
+    loop_id = id(asyncio.get_running_loop())
+    pool = _pools.get(loop_id)
+    if pool is None:
+        size = settings.PERFUSE_INGEST_POOL_SIZE
+        pool = AsyncConnectionPool(kwargs=_conninfo(), min_size=1, max_size=size, open=False, timeout=10)
+        await pool.open()
+        _pools[loop_id] = pool
+    return pool
+
+
+def ingest_redis() -> Redis:
+    loop_id = id(asyncio.get_running_loop())
+    client = _redis.get(loop_id)
+    if client is None:
+        client = Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        _redis[loop_id] = client
+    return client
+
+
+async def close_clients() -> None:
+    """Close this loop's pool and Redis client (tests; Daphne keeps them for its lifetime)."""
+    loop_id = id(asyncio.get_running_loop())
+    pool = _pools.pop(loop_id, None)
+    if pool is not None:
+        await pool.close()
+    client = _redis.pop(loop_id, None)
+    if client is not None:
+        await client.aclose()

@@ -1,0 +1,34 @@
+"""Live events: group names and publishing after commit. Frames are hints, rows are the truth.
+
+A frame lost by the channel layer (at-most-once) is recovered by the browser, which sees a gap
+in the per-device seq ranges and refetches over REST.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+
+def patient_group(pseudonym: str) -> str:
+    return f"patient.{pseudonym}"
+
+
+def ward_group(ward_code: str) -> str:
+    return f"ward.{ward_code}"
+
+
+async def publish(groups: list[str], event: dict[str, Any]) -> None:
+    """Send one event to several groups; never raises (a Redis outage must not fail a write)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for group in groups:
+        try:
+            await layer.group_send(group, event)
+        except Exception:  # the live layer is best effort by design
+            log.warning("live publish to %s failed", group, exc_info=True)

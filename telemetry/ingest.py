@@ -1,0 +1,499 @@
+"""Device ingest: authenticate, rate-limit, validate, bulk-load idempotently, answer, publish.
+
+One request is one device's batch. The order of checks is the contract's: signature (401),
+envelope (400), device/key match (403), size (413), rate (429), then item-by-item validation.
+Readings are COPYed into a per-connection temp table and moved with
+`INSERT … ON CONFLICT DO NOTHING RETURNING`, so a retransmit stores nothing twice and the
+answer counts exactly the rows this transaction committed. Live frames go out after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.conf import settings
+from psycopg import AsyncConnection
+
+from telemetry import db, events, ratelimit
+from telemetry.schemas import (
+    SCHEMA,
+    BatchIn,
+    ReadingIn,
+    Rejection,
+    batch_decoder,
+    reading_decoder,
+)
+from telemetry.units import METRICS
+
+log = logging.getLogger(__name__)
+_background: set[asyncio.Task[None]] = set()
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class IngestError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.answer = Answer(status, {"error": {"code": code, "detail": detail}}, headers or {})
+
+
+@dataclass(frozen=True)
+class DeviceKeyRow:
+    revoked: bool
+    public_key: bytes
+    device_pk: int
+    device_id: str
+    site: str
+    ward: str
+
+
+@dataclass
+class Row:
+    index: int
+    seq: int
+    sample_time: dt.datetime
+    metric: str
+    value: float
+    raw_value: float
+    raw_unit: str
+    quality: float | None
+    calibration_id: str | None
+
+
+_AUTH_SQL = """
+SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code
+FROM telemetry_devicekey k
+JOIN telemetry_device d ON d.id = k.device_id
+JOIN telemetry_ward w ON w.id = d.ward_id
+WHERE k.key_id = %s
+"""
+
+_STAGE_COLUMNS = (
+    "device_id, patient_id, metric, seq, sample_time, value, raw_value, raw_unit, "
+    "signal_quality, calibration_id, firmware"
+)
+_STAGE_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_stage ("
+    "device_id bigint, patient_id bigint, metric text, seq bigint, sample_time timestamptz, "
+    "value double precision, raw_value double precision, raw_unit text, signal_quality real, "
+    "calibration_id text, firmware text) ON COMMIT DELETE ROWS"
+)
+_MOVE_SQL = (
+    f"INSERT INTO telemetry_reading ({_STAGE_COLUMNS}) SELECT {_STAGE_COLUMNS} FROM ingest_stage "
+    "ON CONFLICT DO NOTHING RETURNING patient_id, metric, seq, sample_time, value, signal_quality"
+)
+
+
+@lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _clean(text: str | None) -> str | None:
+    """Strings PostgreSQL cannot store (NUL, lone surrogates) are a 4xx, never a 5xx."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("is not valid Unicode") from exc
+    return text
+
+
+def check_headers(headers: Mapping[str, str], now: float) -> tuple[str, int, bytes]:
+    key_id = headers.get("X-Perfuse-Key", "")
+    stamp = headers.get("X-Perfuse-Timestamp", "")
+    signature = headers.get("X-Perfuse-Signature", "")
+    if not key_id or not stamp or not signature:
+        raise IngestError(
+            401, "missing_credentials", "X-Perfuse-Key, X-Perfuse-Timestamp and X-Perfuse-Signature are required"
+        )
+    if len(key_id) > 64 or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+        raise IngestError(401, "malformed_credentials", "key id or timestamp is malformed")
+    try:
+        raw_signature = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise IngestError(401, "malformed_signature", "signature is not padded standard base64") from exc
+    if len(raw_signature) != 64:
+        raise IngestError(401, "malformed_signature", "an Ed25519 signature is 64 bytes")
+    if abs(int(stamp) - now) > settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS:
+        raise IngestError(401, "stale_timestamp", "X-Perfuse-Timestamp is more than 300 s from server time")
+    return key_id, int(stamp), raw_signature
+
+
+def verify_signature(key: DeviceKeyRow, stamp: int, signature: bytes, body: bytes) -> None:
+    if key.revoked:
+        raise IngestError(401, "revoked_key", "this key has been revoked")
+    try:
+        _public_key(key.public_key).verify(signature, str(stamp).encode() + b"\n" + body)
+    except (InvalidSignature, ValueError) as exc:
+        raise IngestError(401, "bad_signature", "signature does not match the body and timestamp") from exc
+
+
+def parse_batch(body: bytes) -> BatchIn:
+    try:
+        batch = batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise IngestError(400, "malformed_json", "body is not JSON") from exc
+        raise IngestError(400, "invalid_batch", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise IngestError(400, "malformed_json", "body is not JSON") from exc
+    if batch.schema != SCHEMA:
+        raise IngestError(400, "wrong_schema", f"schema must be {SCHEMA!r}")
+    try:
+        _clean(batch.firmware)
+        _clean(batch.batch_id)
+    except ValueError as exc:
+        raise IngestError(400, "invalid_batch", f"firmware or batch_id {exc}") from exc
+    return batch
+
+
+def validate_readings(batch: BatchIn, now: dt.datetime) -> tuple[list[Row], list[Rejection]]:
+    horizon = now + dt.timedelta(seconds=settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS)
+    rows: list[Row] = []
+    rejected: list[Rejection] = []
+    for index, raw in enumerate(batch.readings):
+        try:
+            item: ReadingIn = reading_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            rejected.append(Rejection(index, _seq_of(raw), "invalid_reading", str(exc)))
+            continue
+        code, detail, value = _check_item(item, horizon)
+        if code:
+            rejected.append(Rejection(index, item.seq, code, detail))
+            continue
+        rows.append(
+            Row(
+                index,
+                item.seq,
+                item.sample_time.astimezone(dt.UTC),
+                item.metric,
+                value,
+                item.value,
+                item.unit,
+                item.signal_quality,
+                item.calibration_id,
+            )
+        )
+    return rows, rejected
+
+
+def _check_item(item: ReadingIn, horizon: dt.datetime) -> tuple[str, str, float]:
+    metric = METRICS.get(item.metric)
+    if metric is None:
+        return "unknown_metric", f"metric {item.metric[:40]!r} is not one of {sorted(METRICS)}", 0.0
+    convert = metric.converters.get(item.unit)
+    if convert is None:
+        return "unknown_unit", f"unit {item.unit[:20]!r} is not valid for {item.metric}", 0.0
+    if not math.isfinite(item.value):
+        return "not_finite", "value must be a finite number", 0.0
+    value = convert(item.value)
+    if not metric.low <= value <= metric.high:
+        return "out_of_range", f"{item.metric} must be within {metric.low}..{metric.high} {metric.canonical}", 0.0
+    if item.sample_time > horizon:
+        return "future_sample_time", "sample_time is more than 300 s in the future", 0.0
+    try:
+        _clean(item.calibration_id)
+    except ValueError as exc:
+        return "invalid_reading", f"calibration_id {exc}", 0.0
+    return "", "", value
+
+
+def _seq_of(raw: msgspec.Raw) -> int | None:
+    try:
+        seq = orjson.loads(bytes(raw)).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
+
+
+def _limits() -> ratelimit.Limits:
+    return ratelimit.Limits(
+        device_rate=settings.PERFUSE_RATE_DEVICE_PER_SECOND,
+        device_burst=settings.PERFUSE_RATE_DEVICE_BURST,
+        site_rate=settings.PERFUSE_RATE_SITE_PER_SECOND,
+        site_burst=settings.PERFUSE_RATE_SITE_BURST,
+    )
+
+
+async def handle(*, body: bytes, headers: Mapping[str, str]) -> Answer:
+    try:
+        return await _handle(body, headers)
+    except IngestError as exc:
+        return exc.answer
+
+
+async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
+    key_id, stamp, signature = check_headers(headers, time.time())
+    pool = await db.ingest_pool()
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        row = await (await conn.execute(_AUTH_SQL, [key_id])).fetchone()
+        if row is None:
+            raise IngestError(401, "unknown_key", "no device key with this id")
+        key = DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+        verify_signature(key, stamp, signature, body)
+        batch = parse_batch(body)
+        if batch.device_id != key.device_id:
+            raise IngestError(403, "device_mismatch", "device_id does not belong to this key")
+        if len(batch.readings) > settings.PERFUSE_INGEST_MAX_READINGS:
+            raise IngestError(
+                413, "too_many_readings", f"at most {settings.PERFUSE_INGEST_MAX_READINGS} readings per request"
+            )
+        decision = await ratelimit.rate_check(
+            db.ingest_redis(), device=key.device_id, site=key.site, cost=max(1, len(batch.readings)), limits=_limits()
+        )
+        if decision is not None and not decision.allowed:
+            raise IngestError(
+                429,
+                "rate_limited",
+                "too many readings; retry later",
+                {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)},
+            )
+        now = dt.datetime.now(dt.UTC)
+        rows, rejected = validate_readings(batch, now)
+        stored = await store(conn, key=key, batch=batch, rows=rows, now=now) if rows else Stored([], {}, [])
+    answer_headers = decision.headers() if decision is not None else {}
+    _publish_later(key, stored)
+    return Answer(
+        200,
+        {
+            "batch_id": batch.batch_id,
+            "accepted": len(stored.inserted),
+            "duplicates": len(rows) - len(stored.inserted),
+            "rejected": [msgspec.structs.asdict(r) for r in rejected],
+            "ingest_time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        },
+        answer_headers,
+    )
+
+
+@dataclass
+class Stored:
+    inserted: list[tuple[Any, ...]]
+    patients: dict[int, tuple[str, str]]  # patient id -> (pseudonym, ward code)
+    annotations: list[dict[str, Any]]
+
+
+async def store(
+    conn: AsyncConnection[Any], *, key: DeviceKeyRow, batch: BatchIn, rows: list[Row], now: dt.datetime
+) -> Stored:
+    lo = min(r.sample_time for r in rows)
+    hi = max(r.sample_time for r in rows)
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_STAGE_DDL)
+        await cur.execute(
+            "SELECT firmware, calibration_id FROM telemetry_devicestate WHERE device_id = %s FOR UPDATE",
+            [key.device_pk],
+        )
+        state = await cur.fetchone()
+        await cur.execute(
+            "SELECT a.patient_id, a.start, a.end, p.pseudonym, w.code FROM telemetry_assignment a "
+            "JOIN telemetry_patient p ON p.id = a.patient_id JOIN telemetry_ward w ON w.id = p.ward_id "
+            "WHERE a.device_id = %s AND a.start <= %s AND (a.end IS NULL OR a.end > %s) ORDER BY a.start",
+            [key.device_pk, hi, lo],
+        )
+        spans = await cur.fetchall()
+        await cur.execute(
+            "SELECT calibration_id, coefficients, effective_from FROM telemetry_calibration "
+            "WHERE device_id = %s ORDER BY effective_from",
+            [key.device_pk],
+        )
+        calibrations = await cur.fetchall()
+        by_id = {c[0]: c[1] for c in calibrations}
+        async with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+            for r in rows:
+                patient = _patient_at(spans, r.sample_time)
+                value = _calibrate(r, by_id, calibrations)
+                await copy.write_row(
+                    (
+                        key.device_pk,
+                        patient,
+                        r.metric,
+                        r.seq,
+                        r.sample_time,
+                        value,
+                        r.raw_value,
+                        r.raw_unit,
+                        r.quality,
+                        r.calibration_id,
+                        batch.firmware,
+                    )
+                )
+        await cur.execute(_MOVE_SQL)
+        inserted = await cur.fetchall()
+        if inserted:
+            await cur.execute(
+                "INSERT INTO telemetry_ingest_log (device_id, min_sample_time, max_sample_time, accepted) "
+                "VALUES (%s, %s, %s, %s)",
+                [key.device_pk, min(i[3] for i in inserted), max(i[3] for i in inserted), len(inserted)],
+            )
+        annotations = await _record_provenance(cur, key, batch, rows, state, spans, by_id, now)
+    patients = {s[0]: (s[3], s[4]) for s in spans}
+    return Stored(inserted, patients, annotations)
+
+
+def _patient_at(spans: list[tuple[Any, ...]], t: dt.datetime) -> int | None:
+    for patient_id, start, end, _, _ in spans:
+        if start <= t and (end is None or t < end):
+            return patient_id
+    return None
+
+
+def _calibrate(r: Row, by_id: dict[str, Any], calibrations: list[tuple[Any, ...]]) -> float:
+    """Apply gain/offset of the reading's calibration (or the device's one in effect) to tissue O2."""
+    if r.metric != "tissue_o2" or not calibrations:
+        return r.value
+    coefficients = by_id.get(r.calibration_id) if r.calibration_id else None
+    if coefficients is None and not r.calibration_id:
+        effective = [c for c in calibrations if c[2] <= r.sample_time]
+        coefficients = effective[-1][1] if effective else None
+    if not coefficients:
+        return r.value
+    return float(coefficients.get("gain", 1.0)) * r.value + float(coefficients.get("offset", 0.0))
+
+
+async def _record_provenance(
+    cur: Any,
+    key: DeviceKeyRow,
+    batch: BatchIn,
+    rows: list[Row],
+    state: tuple[Any, ...] | None,
+    spans: list[tuple[Any, ...]],
+    known_calibrations: dict[str, Any],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Record firmware/calibration first sightings; a change for a device annotates its patient."""
+    ordered = sorted(rows, key=lambda r: r.sample_time)
+    first_time = ordered[0].sample_time
+    last_time = ordered[-1].sample_time
+    calibration = next((r.calibration_id for r in reversed(ordered) if r.calibration_id), None)
+    cal_time = next((r.sample_time for r in ordered if r.calibration_id == calibration), first_time)
+    old_firmware, old_calibration = state if state else ("", "")
+    annotations: list[dict[str, Any]] = []
+    if calibration and calibration not in known_calibrations:
+        await cur.execute(
+            "INSERT INTO telemetry_calibration (device_id, calibration_id, coefficients, effective_from, created_at) "
+            "VALUES (%s, %s, '{}', %s, %s) ON CONFLICT DO NOTHING",
+            [key.device_pk, calibration, cal_time, now],
+        )
+    if batch.firmware and batch.firmware != old_firmware:
+        await cur.execute(
+            "INSERT INTO telemetry_firmwarerecord (device_id, version, first_seen_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            [key.device_pk, batch.firmware, first_time],
+        )
+        if old_firmware:
+            annotations.append(
+                _annotation(
+                    "firmware",
+                    first_time,
+                    spans,
+                    key,
+                    f"Firmware {old_firmware} → {batch.firmware}",
+                    {"from": old_firmware, "to": batch.firmware},
+                )
+            )
+    if calibration and calibration != old_calibration and old_calibration:
+        annotations.append(
+            _annotation(
+                "calibration",
+                cal_time,
+                spans,
+                key,
+                f"Calibration {old_calibration} → {calibration}",
+                {"from": old_calibration, "to": calibration},
+            )
+        )
+    for a in annotations:
+        await cur.execute(
+            "INSERT INTO telemetry_annotation (patient_id, device_id, kind, time, text, data, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            [a["patient_id"], key.device_pk, a["kind"], a["time"], a["text"], orjson.dumps(a["data"]).decode(), now],
+        )
+        a["id"] = (await cur.fetchone())[0]
+    await cur.execute(
+        "INSERT INTO telemetry_devicestate (device_id, firmware, calibration_id, last_seen_at, last_sample_time) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (device_id) DO UPDATE SET "
+        "firmware = EXCLUDED.firmware, calibration_id = EXCLUDED.calibration_id, last_seen_at = EXCLUDED.last_seen_at, "
+        "last_sample_time = GREATEST(telemetry_devicestate.last_sample_time, EXCLUDED.last_sample_time)",
+        [key.device_pk, batch.firmware or old_firmware, calibration or old_calibration, now, last_time],
+    )
+    return annotations
+
+
+def _annotation(
+    kind: str, t: dt.datetime, spans: list[tuple[Any, ...]], key: DeviceKeyRow, text: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "time": t,
+        "patient_id": _patient_at(spans, t),
+        "text": text,
+        "data": {**data, "device": key.device_id},
+    }
+
+
+def _publish_later(key: DeviceKeyRow, stored: Stored) -> None:
+    if not stored.inserted and not stored.annotations:
+        return
+    task = asyncio.get_running_loop().create_task(_publish(key, stored))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
+    by_patient: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in stored.inserted:
+        if row[0] is not None:
+            by_patient[row[0]].append(row)
+    for patient_id, rows in by_patient.items():
+        pseudonym, ward = stored.patients[patient_id]
+        rows.sort(key=lambda r: (r[3], r[2]))
+        seqs = [r[2] for r in rows]
+        event = {
+            "type": "reading.batch",
+            "patient": pseudonym,
+            "ranges": [{"device": key.device_id, "first": min(seqs), "last": max(seqs)}],
+            "points": [{"t": _iso(r[3]), "metric": r[1], "value": r[4], "quality": r[5], "seq": r[2]} for r in rows],
+        }
+        await events.publish([events.patient_group(pseudonym), events.ward_group(ward)], event)
+    for a in stored.annotations:
+        if a["patient_id"] is None or a["patient_id"] not in stored.patients:
+            continue
+        pseudonym, ward = stored.patients[a["patient_id"]]
+        event: dict[str, Any] = {
+            "type": "annotation.added",
+            "patient": pseudonym,
+            "annotation": {"id": a["id"], "kind": a["kind"], "t": _iso(a["time"]), "text": a["text"]},
+        }
+        await events.publish([events.patient_group(pseudonym)], event)

@@ -1,0 +1,106 @@
+"""Token buckets in Redis for device and site ingest limits, checked atomically in one Lua call.
+
+Both buckets are refilled and tested in the same script, so concurrent requests cannot slip
+through between a read and a write. Tokens are readings: a 500-reading batch costs 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+# KEYS: device bucket, site bucket. ARGV: now_ms, cost, then rate/burst for device and site.
+# Returns {allowed, limit, remaining, reset_s, retry_after_s} for the tighter bucket.
+_SCRIPT = """
+local now = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local result = {1, 0, 0, 0, 0}
+local state = {}
+local worst_remaining = nil
+for i = 1, 2 do
+  local rate = tonumber(ARGV[1 + 2 * i])
+  local burst = tonumber(ARGV[2 + 2 * i])
+  local raw = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local tokens = tonumber(raw[1]) or burst
+  local ts = tonumber(raw[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+  state[i] = {tokens, rate, burst}
+  if tokens < cost then
+    result[1] = 0
+    local wait = math.ceil((cost - tokens) * 1000 / rate)
+    if wait > result[5] then result[5] = wait end
+  end
+end
+for i = 1, 2 do
+  local tokens, rate, burst = state[i][1], state[i][2], state[i][3]
+  if result[1] == 1 then tokens = tokens - cost end
+  redis.call('HSET', KEYS[i], 't', tokens, 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
+  if worst_remaining == nil or tokens / burst < worst_remaining then
+    worst_remaining = tokens / burst
+    result[2] = burst
+    result[3] = math.floor(tokens)
+    result[4] = math.ceil((burst - tokens) * 1000 / rate)
+  end
+end
+return result
+"""
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    retry_after_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+@dataclass(frozen=True)
+class Limits:
+    device_rate: int
+    device_burst: int
+    site_rate: int
+    site_burst: int
+
+
+async def rate_check(redis: Redis, *, device: str, site: str, cost: int, limits: Limits) -> RateDecision | None:
+    """Take `cost` tokens from both buckets, or none. None when Redis is unavailable (fail open:
+    an outage of the rate limiter must not refuse clinical data)."""
+    try:
+        allowed, limit, remaining, reset_ms, retry_ms = await redis.eval(
+            _SCRIPT,
+            2,
+            f"perfuse:rl:dev:{device}",
+            f"perfuse:rl:site:{site}",
+            int(time.time() * 1000),
+            cost,
+            limits.device_rate,
+            limits.device_burst,
+            limits.site_rate,
+            limits.site_burst,
+        )
+    except (RedisError, OSError) as exc:
+        log.warning("rate limiter unavailable, admitting request: %s", exc)
+        return None
+    return RateDecision(
+        allowed=bool(allowed),
+        limit=int(limit),
+        remaining=int(remaining),
+        reset_seconds=math.ceil(int(reset_ms) / 1000),
+        retry_after_seconds=max(1, math.ceil(int(retry_ms) / 1000)),
+    )

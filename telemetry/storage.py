@@ -1,0 +1,124 @@
+"""DDL for the readings store: a TimescaleDB hypertable when the extension exists, daily range
+partitions on plain PostgreSQL. Called from migrations; the engine keeps future partitions.
+
+The idempotency key (device, metric, seq, sample_time) is the primary key, ordered
+(device_id, metric, sample_time, seq) so the same index also serves per-device time ranges.
+TimescaleDB requires every unique index to contain the time column; ours does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.conf import settings
+
+READING_COLUMNS = """
+    device_id bigint NOT NULL,
+    patient_id bigint,
+    metric text NOT NULL,
+    seq bigint NOT NULL,
+    sample_time timestamptz NOT NULL,
+    value double precision NOT NULL,
+    raw_value double precision NOT NULL,
+    raw_unit text NOT NULL,
+    signal_quality real,
+    calibration_id text,
+    firmware text,
+    ingest_time timestamptz NOT NULL DEFAULT now(),
+    ingest_txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    PRIMARY KEY (device_id, metric, sample_time, seq)
+"""
+
+PARTITION_DAYS_AHEAD = 7
+
+
+def timescale_wanted(cursor: Any) -> bool:
+    """True when TimescaleDB should be used: setting 'on', or 'auto' and the extension is available."""
+    mode = getattr(settings, "PERFUSE_TIMESCALE", "auto")
+    if mode == "off":
+        return False
+    cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    available = cursor.fetchone() is not None
+    if mode == "on" and not available:
+        raise RuntimeError("PERFUSE_TIMESCALE=on but the timescaledb extension is not available")
+    return available
+
+
+def timescale_active(cursor: Any) -> bool:
+    """True when telemetry_reading is a hypertable (decided once, at migration time)."""
+    cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+    if cursor.fetchone() is None:
+        return False
+    cursor.execute("SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'telemetry_reading'")
+    return cursor.fetchone() is not None
+
+
+def partition_name(day: dt.date) -> str:
+    return f"telemetry_reading_p{day:%Y%m%d}"
+
+
+def ensure_partition(cursor: Any, table: str, day: dt.date) -> bool:
+    """Create the daily partition of `table` for `day` if missing; return True if created.
+
+    Rows that landed in the default partition for that day (late data while the partition did
+    not exist) are moved into the new partition before it is attached, so creation never fails.
+    """
+    name = f"{table}_p{day:%Y%m%d}"
+    cursor.execute("SELECT to_regclass(%s)", [name])
+    if cursor.fetchone()[0] is not None:
+        return False
+    lo = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    hi = lo + dt.timedelta(days=1)
+    cursor.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {table}_default WHERE sample_time >= %s AND sample_time < %s RETURNING *) "
+        f"INSERT INTO {name} SELECT * FROM moved",
+        [lo, hi],
+    )
+    cursor.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [lo, hi])
+    return True
+
+
+def ensure_partitions(cursor: Any, *, today: dt.date, days_ahead: int = PARTITION_DAYS_AHEAD) -> list[str]:
+    created = []
+    for offset in range(-1, days_ahead + 1):
+        day = today + dt.timedelta(days=offset)
+        if ensure_partition(cursor, "telemetry_reading", day):
+            created.append(partition_name(day))
+    return created
+
+
+def create_reading_storage(cursor: Any, *, today: dt.date) -> str:
+    if timescale_wanted(cursor):
+        cursor.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        cursor.execute(f"CREATE TABLE telemetry_reading ({READING_COLUMNS})")
+        cursor.execute("SELECT create_hypertable('telemetry_reading', by_range('sample_time', INTERVAL '1 day'))")
+        backend = "timescaledb"
+    else:
+        cursor.execute(f"CREATE TABLE telemetry_reading ({READING_COLUMNS}) PARTITION BY RANGE (sample_time)")
+        cursor.execute("CREATE TABLE telemetry_reading_default PARTITION OF telemetry_reading DEFAULT")
+        ensure_partitions(cursor, today=today)
+        backend = "postgresql"
+    cursor.execute("CREATE INDEX telemetry_reading_patient_time ON telemetry_reading (patient_id, metric, sample_time)")
+    # One row per committed ingest request: the engine finds new readings through it.
+    cursor.execute(
+        """
+        CREATE TABLE telemetry_ingest_log (
+            id bigserial PRIMARY KEY,
+            txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+            device_id bigint NOT NULL,
+            min_sample_time timestamptz NOT NULL,
+            max_sample_time timestamptz NOT NULL,
+            accepted integer NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    cursor.execute("CREATE INDEX telemetry_ingest_log_txid ON telemetry_ingest_log (txid)")
+    return backend
+
+
+def drop_reading_storage(cursor: Any) -> None:
+    cursor.execute("DROP TABLE IF EXISTS telemetry_ingest_log")
+    cursor.execute("DROP TABLE IF EXISTS telemetry_reading CASCADE")
