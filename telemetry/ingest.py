@@ -480,7 +480,7 @@ async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
         pseudonym, ward = stored.patients[patient_id]
         rows.sort(key=lambda r: (r[3], r[2]))
         seqs = [r[2] for r in rows]
-        event = {
+        event: dict[str, Any] = {
             "type": "reading.batch",
             "patient": pseudonym,
             "ranges": [{"device": key.device_id, "first": min(seqs), "last": max(seqs)}],
@@ -491,7 +491,7 @@ async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
         if a["patient_id"] is None or a["patient_id"] not in stored.patients:
             continue
         pseudonym, ward = stored.patients[a["patient_id"]]
-        event: dict[str, Any] = {
+        event = {
             "type": "annotation.added",
             "patient": pseudonym,
             "annotation": {"id": a["id"], "kind": a["kind"], "t": _iso(a["time"]), "text": a["text"]},
