@@ -84,7 +84,7 @@ def chain_verify(*, incremental: bool = False) -> VerifyResult:
         if event_hash(stored_prev, content) != stored_hash:
             return _bad(count, event_id, "content does not match its hash (the event was changed)")
         prev = stored_hash
-        cp = pending.pop(event_id, None)
+        cp = pending.pop(event_id) if event_id in pending else None
         if cp is not None:
             if cp.event_hash != stored_hash or cp.events != count:
                 first = _first_id_after(last_good_checkpoint_event)
