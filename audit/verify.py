@@ -84,16 +84,16 @@ def chain_verify(*, incremental: bool = False) -> VerifyResult:
         if event_hash(stored_prev, content) != stored_hash:
             return _bad(count, event_id, "content does not match its hash (the event was changed)")
         prev = stored_hash
-        cp = pending.pop(event_id) if event_id in pending else None
-        if cp is not None:
-            if cp.event_hash != stored_hash or cp.events != count:
+        signed = pending.pop(event_id) if event_id in pending else None
+        if signed is not None:
+            if signed.event_hash != stored_hash or signed.events != count:
                 first = _first_id_after(last_good_checkpoint_event)
-                return _bad(count, first, f"chain differs from signed checkpoint {cp.seq} (rewritten or cut)")
+                return _bad(count, first, f"chain differs from signed checkpoint {signed.seq} (rewritten or cut)")
             last_good_checkpoint_event = event_id
     if pending:
-        cp = min(pending.values(), key=lambda c: c.seq)
+        lost = min(pending.values(), key=lambda c: c.seq)
         first = _first_id_after(last_good_checkpoint_event)
-        return _bad(count, first, f"event {cp.event_id} signed by checkpoint {cp.seq} is missing")
+        return _bad(count, first, f"event {lost.event_id} signed by checkpoint {lost.seq} is missing")
     return VerifyResult(count, True, None, "intact", len(checkpoints), start_after)
 
 
