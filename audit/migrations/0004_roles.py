@@ -2,35 +2,17 @@
 
 from django.db import migrations
 
-from audit.roles import ROLE_PERMISSIONS
-
-LABELS = {
-    "view_ward_patients": "See telemetry of the patients of one's wards",
-    "reveal_identity": "Reveal a patient's identity on the chart (own wards)",
-    "acknowledge_alarms": "Acknowledge and take responsibility for alarms",
-    "view_audit_trail": "Search and export the audit trail",
-    "break_glass": "Open time-limited emergency access to one patient",
-    "manage_devices": "Manage devices and device keys",
-    "manage_staff": "Manage staff accounts and roles",
-    "edit_alarm_rules": "Edit alarm rules",
-}
+from audit.roles import ROLE_PERMISSIONS, roles_sync
 
 
 def create_roles(apps, schema_editor):
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    ContentType = apps.get_model("contenttypes", "ContentType")
-    # Permissions are normally created after migrate (post_migrate); create them now so the
-    # groups can hold them in this same migration.
-    content_type, _ = ContentType.objects.get_or_create(app_label="audit", model="staffprofile")
-    perms = {}
-    for codename, label in LABELS.items():
-        perms[codename], _ = Permission.objects.get_or_create(
-            content_type=content_type, codename=codename, defaults={"name": label}
-        )
-    for role, codenames in ROLE_PERMISSIONS.items():
-        group, _ = Group.objects.get_or_create(name=role)
-        group.permissions.set([perms[c] for c in codenames])
+    # Permissions are normally created after migrate (post_migrate); roles_sync creates the ones
+    # the groups need now.
+    roles_sync(
+        apps.get_model("auth", "Group"),
+        apps.get_model("auth", "Permission"),
+        apps.get_model("contenttypes", "ContentType"),
+    )
 
 
 def drop_roles(apps, schema_editor):

@@ -37,4 +37,17 @@
   });
   setInterval(tick, 1000);
   tick();
+
+  // The server closes this socket when the session ends anywhere (logout everywhere, expiry).
+  var retry = 2000;
+  function watch() {
+    var ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/session");
+    ws.onopen = function () { retry = 2000; };
+    ws.onclose = function (ev) {
+      if (ev.code === 4401) { window.location.href = "/accounts/login/"; return; }
+      setTimeout(watch, retry);
+      retry = Math.min(retry * 2, 60000);
+    };
+  }
+  if ("WebSocket" in window) watch();
 })();
