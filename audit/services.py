@@ -142,11 +142,23 @@ class BreakGlassError(Exception):
     """A break-glass request that cannot be granted (role, unknown patient, empty purpose)."""
 
 
-@transaction.atomic
 def break_glass_grant(
     *, user: Any, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
 ) -> BreakGlassGrant:
-    """Grant `user` time-limited access to one patient. Audited allowed or denied, highlighted."""
+    """Grant `user` time-limited access to one patient. Audited allowed or denied, highlighted;
+    a refusal raises BreakGlassError after its audit event committed."""
+    result = _break_glass_grant(
+        user=user, actor=actor, pseudonym=pseudonym, reason=reason, purpose=purpose, minutes=minutes
+    )
+    if isinstance(result, str):
+        raise BreakGlassError(result)
+    return result
+
+
+@transaction.atomic
+def _break_glass_grant(
+    *, user: Any, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
+) -> BreakGlassGrant | str:
     from audit.access import user_can  # access imports this module
     from telemetry.models import Patient
 
@@ -173,7 +185,7 @@ def break_glass_grant(
             break_glass=True,
             detail={"reason": problem, "reason_code": reason[:40]},
         )
-        raise BreakGlassError(problem)
+        return problem
     assert patient is not None
     now = dt.datetime.now(dt.UTC)
     grant = BreakGlassGrant.objects.create(
