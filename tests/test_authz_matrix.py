@@ -1,4 +1,4 @@
-"""Authorization matrix: every registered route × every identity (see tests/authz_registry.py)."""
+"""Authorization matrix: every registered route by every identity (see tests/authz_registry.py)."""
 
 from __future__ import annotations
 
