@@ -59,9 +59,10 @@ def _parse_time(raw: str, *, end: bool) -> dt.datetime | None:
     if day is not None:
         value = dt.datetime.combine(day, dt.time.min) + (dt.timedelta(days=1) if end else dt.timedelta())
     else:
-        value = parse_datetime(raw)
-        if value is None:
+        parsed = parse_datetime(raw)
+        if parsed is None:
             raise ValueError(raw)
+        value = parsed
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value

@@ -78,9 +78,12 @@ def test_app_role_is_insert_only_on_the_audit_tables():
             "ALTER TABLE audit_auditevent DISABLE TRIGGER USER",
             "DELETE FROM audit_auditcheckpoint",
         ):
-            with pytest.raises(DatabaseError, match="permission denied|must be owner"), transaction.atomic():
-                with connection.cursor() as cursor:
-                    cursor.execute(sql)
+            with (
+                pytest.raises(DatabaseError, match=r"permission denied|must be owner"),
+                transaction.atomic(),
+                connection.cursor() as cursor,
+            ):
+                cursor.execute(sql)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET ROLE")
