@@ -242,7 +242,8 @@ def test_device_admin_sees_devices_and_unassigned_counts_but_no_values(world):
         cursor.execute(
             "INSERT INTO telemetry_reading (device_id, patient_id, metric, seq, sample_time, value, raw_value,"
             " raw_unit, ingest_time, ingest_txid) SELECT id, NULL, 'tissue_o2', g,"
-            " now() - g * interval '1 second', 41.237, 41.237, '%%', now(), 1 FROM telemetry_device, generate_series(1, 7) g WHERE device_id = %s",
+            " now() - g * interval '1 second', 41.237, 41.237, '%%', now(), 1"
+            " FROM telemetry_device, generate_series(1, 7) g WHERE device_id = %s",
             [dev.device_id],
         )
     client = personas.verified_client(world["devadmin"])
