@@ -114,6 +114,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / ".data" / "staticfiles"
+# Let the ASGI app serve static/ itself (demo, tests); production puts the proxy in front.
+PERFUSE_SERVE_STATIC = envbool("PERFUSE_SERVE_STATIC", True)
 
 OTP_TOTP_ISSUER = "Perfuse"
 
