@@ -152,8 +152,8 @@ _UNROLLED_PARTS = f"""
       ON r.device_id = l.device_id AND r.metric = %(metric)s AND r.ingest_txid = l.txid
      AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
     WHERE l.txid >= coalesce((SELECT position FROM telemetry_enginecursor WHERE name = '{ENGINE_CURSOR}'), 0)
-      AND l.max_sample_time >= %(lo)s AND l.min_sample_time < %(hi)s
-      AND r.patient_id = %(patient)s::bigint AND r.sample_time >= %(lo)s AND r.sample_time < %(hi)s
+      AND l.max_sample_time >= %(lo)s AND l.min_sample_time < %(rows_hi)s
+      AND r.patient_id = %(patient)s::bigint AND r.sample_time >= %(lo)s AND r.sample_time < %(rows_hi)s
     GROUP BY r.device_id, 1
 """
 
@@ -172,12 +172,15 @@ def _bucket_points(
         parts = _STORED_PARTS.format(table=f"telemetry_reading_{resolution}")
     else:
         parts = _STORED_PARTS.format(table=f"telemetry_rollup_{resolution}") + " UNION ALL " + _UNROLLED_PARTS
+    width = dt.timedelta(seconds=BUCKET_SECONDS[resolution])
     params = {
         "patient": patient_id,
         "metric": metric,
         "lo": bucket_floor(start, resolution),
         "hi": end,
-        "width": dt.timedelta(seconds=BUCKET_SECONDS[resolution]),
+        # Buckets are whole: the raw tail takes every reading of the last bucket that starts before end.
+        "rows_hi": bucket_floor(end - dt.timedelta(microseconds=1), resolution) + width,
+        "width": width,
         "epoch": _EPOCH,
     }
     cursor.execute(_MERGE.format(parts=parts), params)
