@@ -11,7 +11,9 @@
 // pglite-socket hands every TCP chunk to PGlite as if it were whole messages; a large message
 // (say a 100 kB INSERT) arrives in several chunks and traps the WASM backend ("unreachable"), so
 // FramedHandler passes on complete protocol messages only.
-// Known limit: `COPY ... FROM STDIN` is not supported by PGlite's protocol bridge; use INSERT.
+// `COPY ... FROM STDIN` traps the WASM backend too; such a statement is rewritten into one that
+// fails with a clear error (SQLSTATE 0A000) instead. Should the backend trap anyway, the server
+// opens the data directory again before serving the next client.
 
 import net from "node:net";
 import fs from "node:fs";
@@ -21,12 +23,43 @@ import { PGLiteSocketHandler } from "@electric-sql/pglite-socket";
 
 const QUEUE_TIMEOUT_MS = 120_000;
 
+const COPY_FROM_STDIN = /^\s*copy\b[\s\S]*\bfrom\s+stdin\b/i;
+const COPY_REFUSAL =
+  "DO $$ BEGIN RAISE EXCEPTION 'COPY FROM STDIN is not supported by the TimescaleDB test server (PGlite); " +
+  "use INSERT' USING ERRCODE = 'feature_not_supported'; END $$";
+
+function message(type, body) {
+  const header = Buffer.alloc(5);
+  header.write(type, 0, "latin1");
+  header.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([header, body]);
+}
+
+// Query ('Q': sql\0) and Parse ('P': name\0 sql\0 params) carrying COPY FROM STDIN get a refusal.
+function refuseCopy(msg) {
+  const type = String.fromCharCode(msg[0]);
+  if (type === "Q") {
+    const sql = msg.toString("utf8", 5, msg.length - 1);
+    return COPY_FROM_STDIN.test(sql) ? message("Q", Buffer.from(`${COPY_REFUSAL}\0`)) : msg;
+  }
+  if (type === "P") {
+    const nameEnd = msg.indexOf(0, 5);
+    const sqlEnd = msg.indexOf(0, nameEnd + 1);
+    const sql = msg.toString("utf8", nameEnd + 1, sqlEnd);
+    if (!COPY_FROM_STDIN.test(sql)) return msg;
+    const name = msg.subarray(5, nameEnd + 1);
+    return message("P", Buffer.concat([name, Buffer.from(`${COPY_REFUSAL}\0`), Buffer.from([0, 0])]));
+  }
+  return msg;
+}
+
 class FramedHandler extends PGLiteSocketHandler {
   pending = Buffer.alloc(0);
   started = false; // the startup message has no type byte; every later message has one
 
   async handleData(chunk) {
     this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    const messages = [];
     let end = 0;
     for (;;) {
       const header = this.started ? 5 : 4;
@@ -34,13 +67,14 @@ class FramedHandler extends PGLiteSocketHandler {
       const length = this.pending.readInt32BE(end + header - 4);
       const size = (this.started ? 1 : 0) + length;
       if (this.pending.length < end + size) break;
+      const msg = this.pending.subarray(end, end + size);
+      messages.push(this.started ? refuseCopy(msg) : msg);
       end += size;
       this.started = true;
     }
     if (end === 0) return 0;
-    const messages = this.pending.subarray(0, end);
     this.pending = this.pending.subarray(end);
-    return super.handleData(messages);
+    return super.handleData(Buffer.concat(messages));
   }
 }
 
@@ -61,11 +95,18 @@ process.on("uncaughtException", (err) => log(`uncaught exception (kept running):
 process.on("unhandledRejection", (err) => log(`unhandled rejection (kept running): ${err?.message ?? err}`));
 
 fs.mkdirSync(dataDir, { recursive: true });
-const db = new PGlite(dataDir, { extensions: { timescaledb } });
-await db.waitReady;
-// The test server owns this database: load the extension once so CREATE EXTENSION in migrations
-// finds it (and so a plain psql session can check `\dx`).
-await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+
+async function openDatabase() {
+  const instance = new PGlite(dataDir, { extensions: { timescaledb } });
+  await instance.waitReady;
+  // Load the extension as the backend's first act: PGlite has one backend for its whole life, and
+  // TimescaleDB refuses to be created in a session that has already run other statements.
+  await instance.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+  return instance;
+}
+
+let db = await openDatabase();
+let crashed = false;
 
 // Session settings as a fresh connection sees them. RESET ALL would go back to the compiled-in
 // defaults (search_path pg_catalog in PGlite), not to these, so we restore them ourselves.
@@ -93,6 +134,13 @@ async function resetSession() {
     }
   } catch (err) {
     log(`session reset failed: ${err?.message ?? err}`);
+    crashed = crashed || err instanceof WebAssembly.RuntimeError;
+  }
+  if (crashed) {
+    log("PGlite backend crashed; opening the data directory again");
+    crashed = false;
+    await db.close().catch(() => {});
+    db = await openDatabase();
   }
 }
 
@@ -148,6 +196,7 @@ async function serve(socket) {
     handler.addEventListener("close", resolve);
     handler.addEventListener("error", (event) => {
       log(`connection ${peer}: ${event.detail?.code ?? event.detail?.message ?? event.detail}`);
+      crashed = crashed || event.detail instanceof WebAssembly.RuntimeError;
       resolve();
     });
   });
