@@ -284,6 +284,6 @@ class Engine:
                 log.debug("processed %d readings from %d transactions", batch.readings, batch.transactions)
             if batch.caught_up:
                 self.stop_event.wait(self.interval)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+        # Ending the session releases the ownership lock (also when the connection is already gone).
+        connection.close()
         log.info("engine stopped")
