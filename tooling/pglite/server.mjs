@@ -100,8 +100,10 @@ async function openDatabase() {
   const instance = new PGlite(dataDir, { extensions: { timescaledb } });
   await instance.waitReady;
   // Load the extension as the backend's first act: PGlite has one backend for its whole life, and
-  // TimescaleDB refuses to be created in a session that has already run other statements.
-  await instance.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+  // TimescaleDB refuses to be created in a session that has already run other statements. The
+  // explicit LOAD matters when the data directory already has the extension: without it the
+  // licensed (TSL) part stays unloaded and compression or continuous aggregates are refused.
+  await instance.exec("LOAD 'timescaledb'; CREATE EXTENSION IF NOT EXISTS timescaledb");
   return instance;
 }
 
