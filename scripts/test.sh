@@ -43,5 +43,5 @@ fi
 
 export DJANGO_SETTINGS_MODULE=config.settings.test
 cd "$ROOT"
-log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL##*/})"
+log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL#redis://})"
 "$PY" -m pytest "$@"
