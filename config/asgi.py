@@ -22,14 +22,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from audit.asgi import SessionGuardMiddleware  # noqa: E402
+from config.metrics import WebSocketGauge  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/asgi.py).
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns)))
+        # WebSocketGauge: the open-connections gauge of /metrics (config/metrics.py).
+        "websocket": WebSocketGauge(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))
         ),
     }
 )

@@ -66,7 +66,15 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = envstr("DATABASE_URL", "postgres://perfuse@127.0.0.1:54329/perfuse")
-DATABASES = {"default": {**database_from_url(DATABASE_URL), "CONN_MAX_AGE": 60, "ATOMIC_REQUESTS": False}}
+DATABASES = {
+    "default": {
+        **database_from_url(DATABASE_URL),
+        "CONN_MAX_AGE": 60,
+        "ATOMIC_REQUESTS": False,
+        # Without it libpq waits on an unreachable host for as long as TCP does; /readyz must answer.
+        "OPTIONS": {"connect_timeout": envint("PERFUSE_DB_CONNECT_TIMEOUT", 5)},
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # "auto": use TimescaleDB when the extension is available, plain partitions otherwise.
@@ -180,6 +188,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }
+
+# /metrics answers only these client addresses (CIDR, comma-separated in the environment):
+# loopback and the private ranges where a hospital's monitoring usually sits. See docs/operations.md.
+PERFUSE_METRICS_ALLOWED_NETS = envlist(
+    "PERFUSE_METRICS_ALLOWED_NETS",
+    ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+)
 
 # Stream processors run by `manage.py run_engine`, in order, on each batch of new readings.
 PERFUSE_ENGINE_PROCESSORS = envlist(
