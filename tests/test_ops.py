@@ -333,6 +333,17 @@ def test_renderer_escapes_label_values():
     assert value(series, "x", a='q"b\\c\nd') == 1.5
 
 
+@pytest.mark.django_db
+def test_openapi_describes_the_operational_endpoints():
+    response = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    assert set(paths["/metrics"]["get"]["responses"]) == {"200", "403", "405"}
+    assert "/healthz" in paths
+    assert "/api/v1/ingest/readings" in paths  # the other hook still runs
+
+
 # ---- the WebSocket gauge -----------------------------------------------------------------------
 
 

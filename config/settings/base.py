@@ -161,6 +161,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "telemetry.openapi.add_ingest_endpoint",
+        "config.openapi.add_ops_endpoints",
     ],
 }
 
