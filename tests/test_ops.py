@@ -252,6 +252,33 @@ async def test_metrics_name_no_patient_and_no_device():
 
 
 @pytest.mark.django_db
+def test_recent_readings_walk_pages_of_the_ingest_log(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ops, "RECENT_PAGE_ROWS", 3)
+    rows = [
+        # (txid, accepted, age in seconds): old rows first, then the last minute, with two rows
+        # sharing a txid across a page boundary and one slow transaction that started earlier.
+        *((100 + i, 1000, 300 + i) for i in range(6)),
+        (200, 1, 50),
+        (201, 2, 40),
+        (202, 4, 30),
+        (202, 8, 30),
+        (203, 16, 90),  # started 90 s ago: outside the window although its txid is recent
+        (204, 32, 20),
+        (205, 64, 10),
+    ]
+    with connection.cursor() as cursor:
+        for txid, accepted, age in rows:
+            cursor.execute(
+                "INSERT INTO telemetry_ingest_log (txid, device_id, min_sample_time, max_sample_time, accepted, "
+                "created_at) VALUES (%s, 1, now(), now(), %s, now() - %s * interval '1 second')",
+                [txid, accepted, age],
+            )
+    series, _ = scrape()
+    assert value(series, "perfuse_readings_stored_last_minute") == 1 + 2 + 4 + 8 + 32 + 64
+    assert value(series, "perfuse_ingest_transactions_last_minute") == 6
+
+
+@pytest.mark.django_db
 def test_metrics_audit_chain_length_counts_new_events():
     before, _ = scrape()
     for i in range(3):
