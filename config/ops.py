@@ -1,6 +1,11 @@
-"""Operational endpoints: readiness (`/readyz`) and Prometheus metrics (`/metrics`).
+"""Operational endpoints: liveness (`/healthz`), readiness (`/readyz`), Prometheus metrics (`/metrics`).
 
-Liveness (`/healthz`, dashboard/views.py) needs nothing. Readiness asks PostgreSQL (reachable,
+They are served by OpsEndpointsMiddleware, first in MIDDLEWARE, not by the URL router: probes
+and scrapers address a process by its own IP over plain HTTP, which ALLOWED_HOSTS (400) and the
+production HTTPS redirect (301) would refuse; none of the three builds a URL from the Host
+header or uses a session, so neither check protects anything here.
+
+Liveness needs nothing: no database, no Redis. Readiness asks PostgreSQL (reachable,
 `telemetry_reading` present, no unapplied migration) and Redis (PING). The migration check loads
 the migration graph, too slow for every probe: once the database is found migrated that answer
 is kept for the life of the process (a deploy that adds migrations also restarts it); a
@@ -45,6 +50,11 @@ RECENT_PAGE_ROWS = 20_000
 RECENT_MAX_PAGES = 25
 _PROCESS_START = time.time()
 _NO_STORE = {"Cache-Control": "no-store"}
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"status": "ok"}, headers=_NO_STORE)
+
 
 # ---- readiness -----------------------------------------------------------------------------
 
@@ -300,3 +310,21 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
             error_body("metrics_forbidden", "metrics are served to the monitoring networks only"), status=403
         )
     return HttpResponse(render_metrics(), content_type="text/plain; version=0.0.4; charset=utf-8", headers=_NO_STORE)
+
+
+OPS_VIEWS: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+    "/healthz": healthz,
+    "/readyz": readyz,
+    "/metrics": metrics_view,
+}
+
+
+class OpsEndpointsMiddleware:
+    """Answers OPS_VIEWS' exact paths before any other middleware runs (see the module docstring)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        view = OPS_VIEWS.get(request.path_info)
+        return view(request) if view is not None else self.get_response(request)

@@ -2,13 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from config import ops
-
 urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("django-admin/", admin.site.urls),
-    path("readyz", ops.readyz, name="readyz"),
-    path("metrics", ops.metrics_view, name="metrics"),
     path("", include("telemetry.urls")),
     path("", include("audit.urls")),
     path("", include("alerts.urls")),

@@ -117,6 +117,18 @@ def test_healthz_needs_neither_database_nor_redis():
     assert response.json() == {"status": "ok"}
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_by_ip_over_plain_http_are_answered(path: str):
+    # A kubelet or Prometheus addresses the process by its IP, without TLS.
+    with override_settings(SECURE_SSL_REDIRECT=True):
+        client = Client(HTTP_HOST="10.9.8.7:8000", REMOTE_ADDR="10.9.0.1")
+        assert client.get(path).status_code == 200
+        # ... while every other path keeps both protections.
+        assert client.get("/accounts/login/").status_code == 400
+        assert Client().get("/accounts/login/").status_code == 301
+
+
 # ---- readyz ----------------------------------------------------------------------------------
 
 
