@@ -112,9 +112,9 @@ def readiness() -> dict[str, str]:
 
 def readyz(request: HttpRequest) -> HttpResponse:
     checks = readiness()
-    failed = {name: state for name, state in checks.items() if state != "ok"}
-    if not failed:
+    if all(state == "ok" for state in checks.values()):
         return JsonResponse({"status": "ok", "checks": checks}, headers=_NO_STORE)
+    failed = {name: state for name, state in checks.items() if state not in ("ok", "not checked")}
     detail = "; ".join(f"{name}: {state}" for name, state in failed.items())
     body = {"status": "unavailable", "checks": checks, **error_body("not_ready", detail)}
     return JsonResponse(body, status=503, headers=_NO_STORE)

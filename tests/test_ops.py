@@ -178,6 +178,7 @@ def test_readyz_503_without_the_readings_table():
     assert response.status_code == 503
     assert response.json()["checks"]["database"] == "telemetry_reading missing"
     assert response.json()["checks"]["migrations"] == "not checked"
+    assert response.json()["error"]["detail"] == "database: telemetry_reading missing"
 
 
 @pytest.mark.django_db
