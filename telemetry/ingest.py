@@ -13,8 +13,10 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import json
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -24,10 +26,12 @@ from typing import Any
 
 import msgspec
 import orjson
+import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
 
 from telemetry import db, events, ratelimit
 from telemetry.schemas import (
@@ -98,10 +102,19 @@ _STAGE_DDL = (
     "value double precision, raw_value double precision, raw_unit text, signal_quality real, "
     "calibration_id text, firmware text) ON COMMIT DELETE ROWS"
 )
+_LOCK_DEVICE_SQL = (
+    "INSERT INTO telemetry_devicestate (device_id, firmware, calibration_id) VALUES (%s, '', '') "
+    "ON CONFLICT (device_id) DO UPDATE SET device_id = EXCLUDED.device_id RETURNING firmware, calibration_id"
+)
 _MOVE_SQL = (
     f"INSERT INTO telemetry_reading ({_STAGE_COLUMNS}) SELECT {_STAGE_COLUMNS} FROM ingest_stage "
     "ON CONFLICT DO NOTHING RETURNING patient_id, metric, seq, sample_time, value, signal_quality"
 )
+
+
+# Key ids are issued by us (`k_` + URL-safe base64); anything else cannot be one, and a NUL or a
+# non-ASCII character must never reach PostgreSQL as a query parameter.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @lru_cache(maxsize=4096)
@@ -130,7 +143,7 @@ def check_headers(headers: Mapping[str, str], now: float) -> tuple[str, int, byt
         raise IngestError(
             401, "missing_credentials", "X-Perfuse-Key, X-Perfuse-Timestamp and X-Perfuse-Signature are required"
         )
-    if len(key_id) > 64 or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+    if not _KEY_ID.fullmatch(key_id) or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
         raise IngestError(401, "malformed_credentials", "key id or timestamp is malformed")
     try:
         raw_signature = base64.b64decode(signature, validate=True)
@@ -161,8 +174,14 @@ def parse_batch(body: bytes) -> BatchIn:
         except orjson.JSONDecodeError:
             raise IngestError(400, "malformed_json", "body is not JSON") from exc
         raise IngestError(400, "invalid_batch", str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise IngestError(400, "malformed_json", "body is not JSON") from exc
+    except RecursionError as exc:
+        raise IngestError(400, "invalid_batch", "JSON is nested too deeply") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec validates UTF-8 lazily, when it builds a str: invalid bytes surface here.
+        try:
+            batch = _parse_lenient(body)
+        except (ValueError, RecursionError, msgspec.MsgspecError):
+            raise IngestError(400, "malformed_json", "body is not JSON (UTF-8)") from exc
     if batch.schema != SCHEMA:
         raise IngestError(400, "wrong_schema", f"schema must be {SCHEMA!r}")
     try:
@@ -170,6 +189,23 @@ def parse_batch(body: bytes) -> BatchIn:
         _clean(batch.batch_id)
     except ValueError as exc:
         raise IngestError(400, "invalid_batch", f"firmware or batch_id {exc}") from exc
+    return batch
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_lenient(body: bytes) -> BatchIn:
+    """Second chance, off the hot path, for JSON that msgspec refuses although the grammar allows
+    it: an escaped lone surrogate ("\\ud800") is valid JSON syntax but no valid string. Each item
+    is re-encoded on its own, so only the items holding one are rejected, not the whole batch."""
+    # surrogateescape turns invalid UTF-8 bytes into lone surrogates too: one treatment for both.
+    document = json.loads(body.decode("utf-8", "surrogateescape"), parse_constant=_no_constants)
+    if not isinstance(document, dict) or not isinstance(document.get("readings"), list):
+        raise ValueError("not a batch")
+    batch = msgspec.convert({**document, "readings": []}, BatchIn)
+    batch.readings = [msgspec.Raw(json.dumps(item).encode()) for item in document["readings"]]
     return batch
 
 
@@ -183,15 +219,24 @@ def validate_readings(batch: BatchIn, now: dt.datetime) -> tuple[list[Row], list
         except msgspec.ValidationError as exc:
             rejected.append(Rejection(index, _seq_of(raw), "invalid_reading", str(exc)))
             continue
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            # The envelope decoder skips over each item without checking the UTF-8 of its strings.
+            rejected.append(Rejection(index, _seq_of(raw), "invalid_reading", "reading is not valid UTF-8 JSON"))
+            continue
         code, detail, value = _check_item(item, horizon)
         if code:
             rejected.append(Rejection(index, item.seq, code, detail))
+            continue
+        try:
+            sample_time = item.sample_time.astimezone(dt.UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+            rejected.append(Rejection(index, item.seq, "invalid_reading", "sample_time is out of range"))
             continue
         rows.append(
             Row(
                 index,
                 item.seq,
-                item.sample_time.astimezone(dt.UTC),
+                sample_time,
                 item.metric,
                 value,
                 item.value,
@@ -225,9 +270,15 @@ def _check_item(item: ReadingIn, horizon: dt.datetime) -> tuple[str, str, float]
 
 
 def _seq_of(raw: msgspec.Raw) -> int | None:
+    """The seq of a rejected item, when it has a usable one (the device needs it to resend)."""
     try:
         seq = orjson.loads(bytes(raw)).get("seq")
-    except (orjson.JSONDecodeError, AttributeError):
+    except orjson.JSONDecodeError:
+        try:  # bad strings elsewhere in the item (lone surrogates, invalid UTF-8)
+            seq = json.loads(bytes(raw).decode("utf-8", "surrogateescape"), parse_constant=_no_constants).get("seq")
+        except (ValueError, RecursionError, AttributeError):
+            return None
+    except AttributeError:
         return None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
 
@@ -246,6 +297,15 @@ async def handle(*, body: bytes, headers: Mapping[str, str]) -> Answer:
         return await _handle(body, headers)
     except IngestError as exc:
         return exc.answer
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # The database is down or saturated: not the device's fault, and nothing was committed.
+        # A 503 with Retry-After makes the device keep the batch and send it again.
+        log.warning("ingest storage unavailable: %s", exc)
+        return Answer(
+            503,
+            {"error": {"code": "storage_unavailable", "detail": "storage is unavailable; retry later"}},
+            {"Retry-After": "1"},
+        )
 
 
 async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
@@ -307,10 +367,10 @@ async def store(
     hi = max(r.sample_time for r in rows)
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute(_STAGE_DDL)
-        await cur.execute(
-            "SELECT firmware, calibration_id FROM telemetry_devicestate WHERE device_id = %s FOR UPDATE",
-            [key.device_pk],
-        )
+        # Lock the device's state row, creating it if needed, so that concurrent batches of one
+        # device serialise here. A plain SELECT … FOR UPDATE locks nothing for a device's first
+        # batches, and racing inserts of the same keys in different orders then deadlock.
+        await cur.execute(_LOCK_DEVICE_SQL, [key.device_pk])
         state = await cur.fetchone()
         await cur.execute(
             "SELECT a.patient_id, a.start, a.end, p.pseudonym, w.code FROM telemetry_assignment a "
@@ -462,13 +522,24 @@ def _annotation(
 def _publish_later(key: DeviceKeyRow, stored: Stored) -> None:
     if not stored.inserted and not stored.annotations:
         return
-    task = asyncio.get_running_loop().create_task(_publish(key, stored))
+    task = asyncio.get_running_loop().create_task(_publish_bounded(key, stored))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
 
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+async def _publish_bounded(key: DeviceKeyRow, stored: Stored) -> None:
+    """A Redis that hangs instead of failing must not pile up publishing tasks without end."""
+    try:
+        await asyncio.wait_for(_publish(key, stored), PUBLISH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("live publish for %s timed out", key.device_id)
 
 
 async def _publish(key: DeviceKeyRow, stored: Stored) -> None:

@@ -34,6 +34,17 @@ class ReadingIn(msgspec.Struct, forbid_unknown_fields=True):
     calibration_id: Text64 | None = None
 
 
+# Stable codes of item-by-item rejections (documented in the OpenAPI schema).
+REJECTION_CODES = (
+    "invalid_reading",
+    "unknown_metric",
+    "unknown_unit",
+    "not_finite",
+    "out_of_range",
+    "future_sample_time",
+)
+
+
 class Rejection(msgspec.Struct):
     index: int
     seq: int | None
