@@ -123,3 +123,14 @@ async def test_sample_time_offsets_are_normalised_to_utc():
     assert response.json()["accepted"] == 1
     (row,) = await stored(dev.device_id)
     assert row[2] == local.astimezone(dt.UTC)
+
+
+async def test_free_text_fields_survive_the_copy_format():
+    dev = await make_device()
+    awkward = "cal\t1\\N\nx\r\\"  # tab, a literal backslash-N, newline, CR, trailing backslash
+    firmware = "fw\\2\t"
+    items = [factories.reading(1, ago(5), calibration_id=awkward), factories.reading(2, ago(4))]
+    response = await send(AsyncClient(), dev, items, firmware=firmware)
+    assert response.json()["accepted"] == 2
+    rows = await stored(dev.device_id)
+    assert [(r[7], r[8]) for r in rows] == [(awkward, firmware), (None, firmware)]
