@@ -30,6 +30,7 @@ import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
+from django.utils.http import parse_header_parameters
 from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
@@ -143,9 +144,10 @@ def _clean(text: str | None) -> str | None:
 
 
 def check_headers(headers: Mapping[str, str], now: float) -> tuple[str, int, bytes]:
-    key_id = headers.get("X-Perfuse-Key", "")
-    stamp = headers.get("X-Perfuse-Timestamp", "")
-    signature = headers.get("X-Perfuse-Signature", "")
+    # Lower-case names: Django's request.headers and the raw ASGI entry's dict both answer them.
+    key_id = headers.get("x-perfuse-key", "")
+    stamp = headers.get("x-perfuse-timestamp", "")
+    signature = headers.get("x-perfuse-signature", "")
     if not key_id or not stamp or not signature:
         raise IngestError(
             401, "missing_credentials", "X-Perfuse-Key, X-Perfuse-Timestamp and X-Perfuse-Signature are required"
@@ -316,6 +318,29 @@ def _limits() -> ratelimit.Limits:
         site_rate=settings.PERFUSE_RATE_SITE_PER_SECOND,
         site_burst=settings.PERFUSE_RATE_SITE_BURST,
     )
+
+
+def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"error": {"code": code, "detail": detail}}, headers or {})
+
+
+def precheck(*, method: str, content_type: str, declared_length: str | None) -> Answer | None:
+    """What can be refused before the body is read: method, media type, declared size."""
+    if method != "POST":
+        return error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
+    if parse_header_parameters(content_type)[0] != "application/json":
+        return error(415, "unsupported_media_type", "Content-Type must be application/json")
+    try:
+        declared = int(declared_length or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.PERFUSE_INGEST_MAX_BYTES:
+        return too_large()
+    return None
+
+
+def too_large() -> Answer:
+    return error(413, "body_too_large", "at most 1 MiB per request")
 
 
 async def handle(*, body: bytes, headers: Mapping[str, str]) -> Answer:
