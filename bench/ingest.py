@@ -1,6 +1,6 @@
 """Ingest benchmark (not a test): signed 500-reading batches through Daphne vs. the bare COPY ceiling.
 
-    .venv/bin/python bench/ingest.py [--daphnes 2] [--clients 3] [--concurrency 4] [--devices 120]
+    .venv/bin/python bench/ingest.py [--daphnes 2] [--clients 2] [--concurrency 2] [--devices 120]
                                      [--seconds 20] [--warmup 3] [--batch 500]
 
 Uses DATABASE_URL / REDIS_URL when set, else starts throwaway PostgreSQL and Redis with
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -182,46 +183,66 @@ def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], qu
 
 
 def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, int]:
-    """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP."""
+    """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP.
+
+    The COPY payload is formatted the way the ingest formats it (one pass), so the ceiling is not
+    lowered by a slower client than the endpoint's own."""
     import psycopg
 
     from telemetry.db import STAGE_DDL
-    from telemetry.ingest import _INSERT_SQL, _STAGE_COLUMNS
+    from telemetry.ingest import _INSERT_SQL, _STAGE_COLUMNS, Row, _copy_text
 
     rows = 0
     seq = int(time.time() * 1000) * 1000 + 9 * 10**8
-    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         conn.execute(STAGE_DDL)
-        conn.commit()
         start = time.perf_counter()
         i = 0
         while time.perf_counter() - start < seconds:
             pk = device_pks[i % len(device_pks)]
             i += 1
             now = dt.datetime.now(dt.UTC)
+            batch_rows = [
+                Row(
+                    j,
+                    seq + j,
+                    now - dt.timedelta(milliseconds=10 * (batch - j)),
+                    "tissue_o2",
+                    60.0,
+                    60.0,
+                    "%",
+                    0.93,
+                    "cal-bench",
+                )
+                for j in range(batch)
+            ]
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-                    for j in range(batch):
-                        copy.write_row(
-                            (
-                                pk,
-                                None,
-                                "tissue_o2",
-                                seq + j,
-                                now - dt.timedelta(milliseconds=10 * (batch - j)),
-                                60.0,
-                                60.0,
-                                "%",
-                                0.93,
-                                "cal-bench",
-                                "fw-bench",
-                            )
-                        )
+                    copy.write(_copy_text(pk, "fw-bench", batch_rows, [], {}, []))
                 cur.execute(_INSERT_SQL)
                 rows += len(cur.fetchall())
             seq += batch
         elapsed = time.perf_counter() - start
     return rows / elapsed, rows
+
+
+def backend_cpu() -> dict[int, float]:
+    """CPU seconds of this database's client backends (PostgreSQL on this machine)."""
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a backend that ended meanwhile
+            out[pid] = cpu_of(pid)
+    return out
 
 
 # --- orchestration -------------------------------------------------------------------------------
@@ -251,13 +272,13 @@ def provision(count: int) -> tuple[list[tuple[str, str, str]], list[int]]:
     return devices, pks
 
 
-def start_daphnes(count: int, env: dict[str, str]) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+def start_daphnes(count: int, env: dict[str, str], extra: list[str]) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     procs, ports = [], []
     for _ in range(count):
         port = free_port()
         procs.append(
             subprocess.Popen(
-                [str(ROOT / ".venv/bin/daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+                [str(ROOT / ".venv/bin/daphne"), *extra, "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -286,12 +307,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--daphnes", type=int, default=2)
     parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4, help="connections per client process")
+    parser.add_argument("--concurrency", type=int, default=2, help="connections per client process")
     parser.add_argument("--devices", type=int, default=120)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--daphne-args",
+        default="",
+        help='extra Daphne arguments, e.g. "-v 0" (no access log: no measurable difference here)',
+    )
     args = parser.parse_args()
 
     services = Services()
@@ -311,8 +337,7 @@ def main() -> None:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         setup_django()
         devices, pks = provision(args.devices)
-        procs, ports = start_daphnes(args.daphnes, env)
-        cpu0 = {p.pid: cpu_of(p.pid) for p in procs}
+        procs, ports = start_daphnes(args.daphnes, env, args.daphne_args.split())
 
         t_start = time.time() + 2.0 + args.warmup
         t_end = t_start + args.seconds
@@ -333,8 +358,10 @@ def main() -> None:
             c.start()
         time.sleep(max(0.0, t_start - time.time()))
         cpu_start = {p.pid: cpu_of(p.pid) for p in procs}
+        pg_start = backend_cpu()
         time.sleep(max(0.0, t_end - time.time()))
         cpu_end = {p.pid: cpu_of(p.pid) for p in procs}
+        pg_end = backend_cpu()
         outcomes = [queue.get() for _ in clients]
         for c in clients:
             c.join()
@@ -347,7 +374,7 @@ def main() -> None:
         accepted = sum(r[2] for r in results)
         rate = accepted / args.seconds
         daphne_cpu = sum(cpu_end[p] - cpu_start[p] for p in cpu_end)
-        del cpu0
+        pg_cpu = sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items())
 
         for p in procs:
             p.terminate()
@@ -366,8 +393,14 @@ def main() -> None:
         print(f"ceiling (COPY + INSERT … ON CONFLICT, 1 process, no HTTP): {ceil_rate:,.0f} readings/s")
         print(f"ratio: {rate / ceil_rate:.0%} of the ceiling")
         print(
+            f"CPU per 1,000 readings: daphne {daphne_cpu / max(1, accepted) * 1e6:.1f} ms, "
+            f"postgres {pg_cpu / max(1, accepted) * 1e6:.1f} ms"
+        )
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes compete for the cores)")
+        print(
             f"CPU during the measured window: daphne {daphne_cpu / args.seconds:.2f} cores "
-            f"({args.daphnes} processes), load clients {client_cpu / (args.seconds + args.warmup + 2):.2f} cores "
+            f"({args.daphnes} processes), postgres backends {pg_cpu / args.seconds:.2f} cores, "
+            f"load clients {client_cpu / (args.seconds + args.warmup + 2):.2f} cores "
             f"({args.clients} processes x {args.concurrency} connections), machine has {os.cpu_count()} cores"
         )
     finally:
