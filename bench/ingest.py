@@ -256,7 +256,7 @@ def setup_django() -> None:
 
 
 def provision(count: int) -> tuple[list[tuple[str, str, str]], list[int]]:
-    from telemetry.models import Device, Ward
+    from telemetry.models import Assignment, Device, Ward
     from telemetry.services import device_provision, patient_admit
 
     Ward.objects.get_or_create(code="bench", defaults={"name": "Bench", "site": "bench"})
@@ -265,7 +265,7 @@ def provision(count: int) -> tuple[list[tuple[str, str, str]], list[int]]:
         device_id = f"bench-{i:04d}"
         provisioned = device_provision(device_id=device_id, ward_code="bench")
         assert provisioned.private_key_pem is not None
-        if not Device.objects.filter(device_id=device_id, assignments__end__isnull=True).exists():
+        if not Assignment.objects.filter(device__device_id=device_id, end__isnull=True).exists():
             patient_admit(pseudonym=f"bench-p{i:04d}", ward_code="bench", device_id=device_id)
         devices.append((device_id, provisioned.key.key_id, provisioned.private_key_pem))
     pks = list(Device.objects.filter(device_id__startswith="bench-").values_list("id", flat=True))
