@@ -40,6 +40,9 @@ from telemetry.services import device_provision, patient_admit
 
 INGEST_PATH = "/api/v1/ingest/readings"
 DEMO_WARD = "icu-demo"
+# The `make run` fleet: (ward, worn devices, spare devices). A second ward shows ward scoping; the
+# spare device shows unassigned readings to device administrators.
+DEMO_FLEET = [(DEMO_WARD, 8, 1), ("ward-b", 3, 0)]
 
 
 # --- signal model ------------------------------------------------------------------------------
@@ -137,12 +140,13 @@ class FleetDevice:
     device_id: str
     key_id: str
     private_key: Ed25519PrivateKey
-    pseudonym: str
+    pseudonym: str | None  # None: a spare device nobody wears (its readings are stored unassigned)
 
 
-def device_ids(ward: str, count: int) -> list[tuple[str, str]]:
-    """(device id, patient pseudonym) of the fleet's devices, stable across runs."""
-    return [(f"lumee-{ward}-{i:03d}", f"{ward}-bed-{i:02d}") for i in range(1, count + 1)]
+def device_ids(ward: str, count: int, spares: int = 0) -> list[tuple[str, str | None]]:
+    """(device id, patient pseudonym or None for a spare) of the fleet's devices, stable across runs."""
+    worn: list[tuple[str, str | None]] = [(f"lumee-{ward}-{i:03d}", f"{ward}-bed-{i:02d}") for i in range(1, count + 1)]
+    return worn + [(f"lumee-{ward}-spare-{i:02d}", None) for i in range(1, spares + 1)]
 
 
 def _load_keys(path: Path) -> dict[str, dict[str, str]]:
@@ -176,14 +180,14 @@ def _usable(entry: dict[str, str] | None, device_id: str) -> Ed25519PrivateKey |
     return key if isinstance(key, Ed25519PrivateKey) else None
 
 
-def provision_fleet(*, ward: str, count: int, keyfile: Path, site: str = "main") -> list[FleetDevice]:
+def provision_fleet(*, ward: str, count: int, keyfile: Path, site: str = "main", spares: int = 0) -> list[FleetDevice]:
     """Create what is missing (ward, devices, keys, patients, assignments); reuse what exists."""
     keys = _load_keys(keyfile)
     fleet = []
     with transaction.atomic():
         # The simulator may run before any seed: it owns its ward when none exists.
         Ward.objects.get_or_create(code=ward, defaults={"name": ward.replace("-", " ").upper(), "site": site})
-    for device_id, pseudonym in device_ids(ward, count):
+    for device_id, pseudonym in device_ids(ward, count, spares):
         private = _usable(keys.get(device_id), device_id)
         if private is None:
             provisioned = device_provision(device_id=device_id, ward_code=ward)
@@ -193,7 +197,7 @@ def provision_fleet(*, ward: str, count: int, keyfile: Path, site: str = "main")
             private = _usable(keys[device_id], device_id)
             assert private is not None
         current = Assignment.objects.filter(device__device_id=device_id, end__isnull=True).first()
-        if current is None or current.patient.pseudonym != pseudonym:
+        if pseudonym is not None and (current is None or current.patient.pseudonym != pseudonym):
             patient_admit(pseudonym=pseudonym, ward_code=ward, device_id=device_id)
         fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym))
     return fleet

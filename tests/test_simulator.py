@@ -117,3 +117,18 @@ def test_command_creates_the_demo_ward_and_reports_a_summary(tmp_path: Path, cap
     summary = json.loads(capsys.readouterr().out)
     assert Ward.objects.filter(code=simulator.DEMO_WARD).exists()
     assert summary["accepted"] == 0 and summary["errors"] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_fleet_spans_two_wards_with_a_spare_device(tmp_path: Path):
+    keyfile = tmp_path / "k.json"
+    fleet = [
+        d
+        for ward, count, spares in simulator.DEMO_FLEET
+        for d in simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile, spares=spares)
+    ]
+    assert {d.device_id.rsplit("-", 1)[0] for d in fleet} >= {"lumee-icu-demo", "lumee-ward-b", "lumee-icu-demo-spare"}
+    spares = [d for d in fleet if d.pseudonym is None]
+    assert len(spares) == 1
+    assert not Assignment.objects.filter(device__device_id=spares[0].device_id).exists()
+    assert set(Assignment.objects.values_list("patient__ward__code", flat=True)) == {"icu-demo", "ward-b"}

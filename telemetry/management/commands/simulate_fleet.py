@@ -20,7 +20,9 @@ class Command(BaseCommand):
     help = "Simulate N tissue-O2 devices at F Hz sending signed batches to the ingest API."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--devices", type=int, default=None, help="number of devices (default 10, demo 8)")
+        parser.add_argument(
+            "--devices", type=int, default=None, help="number of devices (default 10; --demo: the demo fleet)"
+        )
         parser.add_argument("--hz", type=float, default=1.0, help="tissue-O2 samples per second per device")
         parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the Perfuse server")
@@ -35,22 +37,30 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-        ward = options["ward"] or (simulator.DEMO_WARD if options["demo"] else "sim")
-        count = options["devices"] or (8 if options["demo"] else 10)
-        if count < 1 or options["hz"] <= 0:
+        if (options["devices"] is not None and options["devices"] < 1) or options["hz"] <= 0:
             raise CommandError("--devices and --hz must be positive")
-        keyfile = options["keyfile"] or Path(settings.BASE_DIR) / ".data" / f"simulator-keys-{ward}.json"
-        fleet = simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile)
+        if options["demo"] and options["ward"] is None and options["devices"] is None:
+            plan = simulator.DEMO_FLEET
+        else:
+            plan = [
+                (options["ward"] or (simulator.DEMO_WARD if options["demo"] else "sim"), options["devices"] or 10, 0)
+            ]
+        # One keyfile for every fleet: keys are kept per device id.
+        keyfile = options["keyfile"] or Path(settings.BASE_DIR) / ".data" / "simulator-keys.json"
+        fleet: list[simulator.FleetDevice] = []
+        for ward, count, spares in plan:
+            fleet += simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile, spares=spares)
+            if not options["quiet"]:
+                self.stderr.write(f"ward {ward}: {count} devices on patients, {spares} spare (keys in {keyfile})")
         if not options["quiet"]:
-            self.stderr.write(
-                f"{count} devices in ward {ward} at {options['hz']} Hz -> {options['url']} (keys: {keyfile})"
-            )
+            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz -> {options['url']}")
         stats = asyncio.run(self._run(fleet, options))
         summary = stats.summary()
         if options["json"]:
             self.stdout.write(json.dumps(summary))
         else:
-            self.stdout.write("  ".join(f"{name} {value}" for name, value in summary.items()))
+            labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
+            self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
 
     async def _run(self, fleet: list[simulator.FleetDevice], options: dict[str, Any]) -> simulator.Stats:
         stop = asyncio.Event()
