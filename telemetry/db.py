@@ -49,7 +49,12 @@ async def ingest_pool() -> AsyncConnectionPool:
     if pool is None:
         size = settings.PERFUSE_INGEST_POOL_SIZE
         pool = AsyncConnectionPool(
-            kwargs=_conninfo(), min_size=1, max_size=size, open=False, timeout=10, configure=_configure
+            kwargs=_conninfo(),
+            min_size=1,
+            max_size=size,
+            open=False,
+            timeout=settings.PERFUSE_INGEST_POOL_TIMEOUT_SECONDS,
+            configure=_configure,
         )
         await pool.open()
         _pools[loop_id] = pool

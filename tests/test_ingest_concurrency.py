@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
+from telemetry import db as telemetry_db
 from telemetry import events, ingest
 from tests import factories
 from tests.ingest_helpers import ago, post, query, reading_count, send, stored
@@ -82,6 +83,16 @@ async def test_redis_outage_does_not_fail_ingest(settings):
     assert "X-RateLimit-Limit" not in response  # limiter unavailable: admitted, not throttled
     assert len(await stored(dev.device_id)) == 50
     await _drain_publishes()  # the live publish fails quietly and promptly, it does not hang
+
+
+async def test_database_outage_answers_503_with_retry_after(settings, monkeypatch):
+    dev = await make_device()
+    settings.PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = 0.5
+    monkeypatch.setattr(telemetry_db, "_conninfo", lambda: {"host": "127.0.0.1", "port": 1, "dbname": "x"})
+    response = await send(AsyncClient(), dev, factories.series(1, 5))
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    assert int(response["Retry-After"]) >= 1
 
 
 async def test_live_frame_reaches_subscribed_groups_after_commit():

@@ -179,6 +179,8 @@ PERFUSE_RATE_DEVICE_BURST = envint("PERFUSE_RATE_DEVICE_BURST", 20000)
 PERFUSE_RATE_SITE_PER_SECOND = envint("PERFUSE_RATE_SITE_PER_SECOND", 200000)
 PERFUSE_RATE_SITE_BURST = envint("PERFUSE_RATE_SITE_BURST", 400000)
 PERFUSE_INGEST_POOL_SIZE = envint("PERFUSE_INGEST_POOL_SIZE", 8)
+# How long a request waits for a pooled connection before answering 503 storage_unavailable.
+PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECONDS", 5)
 
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
