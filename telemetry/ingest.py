@@ -107,6 +107,15 @@ _LOCK_DEVICE_SQL = (
     "last_sample_time = GREATEST(telemetry_devicestate.last_sample_time, EXCLUDED.last_sample_time) "
     "RETURNING firmware, calibration_id"
 )
+_SPANS_SQL = (
+    "SELECT a.patient_id, a.start, a.end, p.pseudonym, w.code FROM telemetry_assignment a "
+    "JOIN telemetry_patient p ON p.id = a.patient_id JOIN telemetry_ward w ON w.id = p.ward_id "
+    "WHERE a.device_id = %s AND a.start <= %s AND (a.end IS NULL OR a.end > %s) ORDER BY a.start"
+)
+_CALIBRATIONS_SQL = (
+    "SELECT calibration_id, coefficients, effective_from FROM telemetry_calibration "
+    "WHERE device_id = %s ORDER BY effective_from"
+)
 _INSERT_SQL = (
     f"INSERT INTO telemetry_reading ({_STAGE_COLUMNS}) SELECT {_STAGE_COLUMNS} FROM ingest_stage "
     "ON CONFLICT DO NOTHING RETURNING patient_id, metric, seq, sample_time, value, signal_quality"
@@ -416,24 +425,18 @@ async def store(
     lo = min(r.sample_time for r in rows)
     hi = max(r.sample_time for r in rows)
     async with conn.transaction(), conn.cursor() as cur:
-        # Lock the device's state row, creating it if needed, so that concurrent batches of one
-        # device serialise here. A plain SELECT … FOR UPDATE locks nothing for a device's first
-        # batches, and racing inserts of the same keys in different orders then deadlock.
-        await cur.execute(_LOCK_DEVICE_SQL, [key.device_pk, now, hi])
-        state = await cur.fetchone()
-        await cur.execute(
-            "SELECT a.patient_id, a.start, a.end, p.pseudonym, w.code FROM telemetry_assignment a "
-            "JOIN telemetry_patient p ON p.id = a.patient_id JOIN telemetry_ward w ON w.id = p.ward_id "
-            "WHERE a.device_id = %s AND a.start <= %s AND (a.end IS NULL OR a.end > %s) ORDER BY a.start",
-            [key.device_pk, hi, lo],
-        )
-        spans = await cur.fetchall()
-        await cur.execute(
-            "SELECT calibration_id, coefficients, effective_from FROM telemetry_calibration "
-            "WHERE device_id = %s ORDER BY effective_from",
-            [key.device_pk],
-        )
-        calibrations = await cur.fetchall()
+        # Three independent reads in one round trip (pipeline mode). The first locks the device's
+        # state row, creating it if needed, so that concurrent batches of one device serialise
+        # here: a plain SELECT … FOR UPDATE locks nothing for a device's first batches, and racing
+        # inserts of the same keys in different orders then deadlock.
+        async with conn.cursor() as spans_cur, conn.cursor() as cal_cur:
+            async with conn.pipeline():
+                await cur.execute(_LOCK_DEVICE_SQL, [key.device_pk, now, hi])
+                await spans_cur.execute(_SPANS_SQL, [key.device_pk, hi, lo])
+                await cal_cur.execute(_CALIBRATIONS_SQL, [key.device_pk])
+            state = await cur.fetchone()
+            spans = await spans_cur.fetchall()
+            calibrations = await cal_cur.fetchall()
         by_id = {c[0]: c[1] for c in calibrations}
         async with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
             await copy.write(_copy_text(key.device_pk, batch.firmware, rows, spans, by_id, calibrations))
