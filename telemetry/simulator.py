@@ -221,6 +221,7 @@ class GatewayConfig:
 
 @dataclass
 class Stats:
+    generated: int = 0  # readings the devices produced (each is sent until the server answers it)
     batches: int = 0
     readings: int = 0
     accepted: int = 0
@@ -332,6 +333,7 @@ class Gateway:
                 }
             )
             self.outbox.append(Batch(body, len(items), now))
+            self.stats.generated += len(items)
 
     def sign(self, body: bytes) -> dict[str, str]:
         stamp = str(int(time.time()))

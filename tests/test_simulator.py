@@ -91,6 +91,7 @@ async def test_fleet_run_through_the_asgi_app_sends_misbehaving_batches_that_all
     assert stats.duplicates > 0 and stats.retransmits > 0 and stats.reordered > 0
     assert stats.offline_periods > 0 and stats.late_batches > 0
     assert stats.accepted + stats.duplicates == stats.readings
+    assert stats.accepted == stats.generated  # every reading produced landed exactly once
     ((rows, patients, metrics),) = await query(
         "SELECT count(*), count(DISTINCT patient_id), array_agg(DISTINCT metric ORDER BY metric) FROM telemetry_reading"
     )
@@ -132,3 +133,27 @@ def test_demo_fleet_spans_two_wards_with_a_spare_device(tmp_path: Path):
     assert len(spares) == 1
     assert not Assignment.objects.filter(device__device_id=spares[0].device_id).exists()
     assert set(Assignment.objects.values_list("patient__ward__code", flat=True)) == {"icu-demo", "ward-b"}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("ingest_clients")
+async def test_fleet_honours_429_retry_after_and_drops_nothing(tmp_path: Path, settings):
+    settings.PERFUSE_RATE_DEVICE_BURST = 40
+    settings.PERFUSE_RATE_DEVICE_PER_SECOND = 40
+    fleet = await sync_to_async(simulator.provision_fleet)(ward="sim-429", count=1, keyfile=tmp_path / "k.json")
+    quiet = simulator.GatewayConfig(
+        batch_seconds=0.25, retransmit=0, reorder=0, offline_rate=0, firmware_rate=0, calibration_rate=0
+    )
+    stats = await simulator.run_fleet(
+        fleet,
+        url="http://localhost",
+        hz=80,  # twice what the device bucket refills
+        duration=1.5,
+        gateway=quiet,
+        progress=None,
+        transport=httpx.ASGITransport(app=application),
+    )
+    assert stats.throttled > 0 and stats.errors == 0
+    ((rows,),) = await query("SELECT count(*) FROM telemetry_reading")
+    # Every reading the gateway produced was eventually accepted, after waiting as told.
+    assert rows == stats.accepted == stats.generated > 50 and stats.duplicates == 0
