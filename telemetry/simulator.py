@@ -433,6 +433,7 @@ async def run_fleet(
     transport: httpx.AsyncBaseTransport | None = None,
     stop: asyncio.Event | None = None,
     on_tick: Callable[[Stats], None] | None = None,
+    drain_seconds: float = 30.0,
 ) -> Stats:
     stats = Stats()
     stop = stop or asyncio.Event()
@@ -460,7 +461,7 @@ async def run_fleet(
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-            deadline = time.monotonic() + 30.0
+            deadline = time.monotonic() + drain_seconds
             await asyncio.gather(*(g.drain(client, deadline) for g in gateways), return_exceptions=True)
             if progress is not None:
                 progress.write("\r" + stats.line() + "\n")

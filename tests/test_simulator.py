@@ -112,6 +112,7 @@ def test_command_creates_the_demo_ward_and_reports_a_summary(tmp_path: Path, cap
         "--duration=1",
         "--url=http://127.0.0.1:1",
         f"--keyfile={tmp_path / 'k.json'}",
+        "--drain=0",
         "--quiet",
         "--json",
     )

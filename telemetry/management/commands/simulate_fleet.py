@@ -33,6 +33,9 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress line")
         parser.add_argument("--keyfile", type=Path, default=None, help="JSON file keeping the devices' private keys")
         parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument(
+            "--drain", type=float, default=30.0, help="seconds allowed at the end to flush batches gateways still hold"
+        )
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -75,4 +78,5 @@ class Command(BaseCommand):
             seed=options["seed"],
             progress=None if options["quiet"] else sys.stderr,
             stop=stop,
+            drain_seconds=options["drain"],
         )
