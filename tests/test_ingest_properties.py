@@ -80,7 +80,7 @@ def test_parse_batch_takes_any_bytes(body: bytes):
 
 
 @given(items)
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 def test_every_item_is_accepted_or_rejected_with_a_code(readings: list[Any]):
     body = encode({"schema": "perfuse.readings/1", "device_id": "d", "readings": readings})
     batch = ingest.parse_batch(body)
