@@ -8,7 +8,7 @@ server), otherwise starts a throwaway PostgreSQL and Redis with scripts/lib.sh. 
 clinician with an OTP-verified session, then:
 
 1. Memory: Daphne's RSS before and after opening C patient sockets (snapshot received, idle):
-   (RSS after − RSS before) / C.
+   (RSS after - RSS before) / C.
 2. Latency: every device samples tissue O2 at 1 Hz and uploads its samples every
    --send-interval seconds as one signed batch through the real ingest endpoint (devices start
    staggered, so requests are spread evenly). C sockets (one per patient, the first C patients)
@@ -110,9 +110,7 @@ def provision(n_devices: int) -> Fleet:
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     with transaction.atomic():
         ward = Ward.objects.create(code="bench", name="Bench ward")
-        devices = Device.objects.bulk_create(
-            [Device(device_id=f"bench-{i:04d}", ward=ward) for i in range(n_devices)]
-        )
+        devices = Device.objects.bulk_create([Device(device_id=f"bench-{i:04d}", ward=ward) for i in range(n_devices)])
         DeviceKey.objects.bulk_create(
             [
                 DeviceKey(key_id=f"k-bench-{i:04d}", device=d, public_key=k.public_key().public_bytes(*raw))
@@ -123,7 +121,10 @@ def provision(n_devices: int) -> Fleet:
             [Patient(pseudonym=f"pb-{i:04d}", ward=ward, admitted_at=now) for i in range(n_devices)]
         )
         Assignment.objects.bulk_create(
-            [Assignment(device=d, patient=p, start=now - dt.timedelta(hours=1)) for d, p in zip(devices, patients, strict=True)]
+            [
+                Assignment(device=d, patient=p, start=now - dt.timedelta(hours=1))
+                for d, p in zip(devices, patients, strict=True)
+            ]
         )
         user = User.objects.create_user("bench-clinician", password=secrets.token_urlsafe(16))
         user.groups.add(Group.objects.get_or_create(name="clinician")[0])
@@ -370,8 +371,10 @@ async def run(args: argparse.Namespace, fleet: Fleet, port: int, daphne_pid: int
         f"statuses {dict(sorted(results.statuses.items()))}, request p50 {pct(results.request_ms, 0.5):.1f} ms "
         f"p99 {pct(results.request_ms, 0.99):.1f} ms"
     )
-    print(f"readings committed for subscribed patients {len(rows)}, received over sockets {len(latencies)}, "
-          f"frames {results.frames}")
+    print(
+        f"readings committed for subscribed patients {len(rows)}, received over sockets {len(latencies)}, "
+        f"frames {results.frames}"
+    )
     if latencies:
         print(
             f"commit -> frame latency: p50 {statistics.median(latencies):.1f} ms  p99 {pct(latencies, 0.99):.1f} ms  "

@@ -17,20 +17,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audit.access import actor_from_request, patient_access_audited
 from config.api_errors import error_body
 from dashboard import selectors
-from dashboard.auth import actor_from_request
-from dashboard.services import patient_read_authorize, ward_read_authorize
+from dashboard.services import ward_read_authorize
 from telemetry.units import METRICS
 
 MAX_SPAN = dt.timedelta(days=31)
 DEFAULT_SPAN = dt.timedelta(hours=1)
-_DENIED_STATUS = {"unauthenticated": 401, "unknown_patient": 404}
-_DENIED_CODE = {
-    "unauthenticated": "not_authenticated",
-    "mfa_required": "mfa_required",
-    "unknown_patient": "patient_not_found",
-}
+# Unknown pseudonyms are refused like forbidden ones: the API is no oracle for which exist.
+_DENIED_STATUS = {"not_authenticated": 401}
+_DENIED_CODE = {"not_authenticated": "not_authenticated", "mfa_required": "mfa_required"}
 
 
 class ParamError(Exception):
@@ -91,8 +88,7 @@ _TIME_PARAMS = [
 _ERRORS: dict[int | str, Any] = {
     400: OpenApiResponse(description="bad parameter: invalid_time, invalid_range, range_too_long, invalid_metric"),
     401: OpenApiResponse(description="not_authenticated"),
-    403: OpenApiResponse(description="mfa_required or forbidden (other ward, role)"),
-    404: OpenApiResponse(description="patient_not_found"),
+    403: OpenApiResponse(description="mfa_required, or forbidden (other ward, role, unknown patient)"),
 }
 _CARD_FIELDS: dict[str, Any] = {
     "pseudonym": serializers.CharField(),
@@ -125,7 +121,9 @@ class PatientListView(APIView):
     def get(self, request: Request) -> Response:
         now = dt.datetime.now(dt.UTC)
         with transaction.atomic():
-            read = ward_read_authorize(user=request.user, actor=actor_from_request(request), action="patients.list")
+            read = ward_read_authorize(
+                user=request.user, actor=actor_from_request(request._request), action="patients.list"
+            )
             if not read.allowed:
                 return _denied(read.reason)
             cards = selectors.ward_cards(patients=read.patients, now=now)
@@ -172,17 +170,17 @@ class SeriesView(APIView):
         except ParamError as exc:
             return _bad(exc)
         with transaction.atomic():
-            read = patient_read_authorize(
+            patient, decision = patient_access_audited(
                 user=request.user,
-                actor=actor_from_request(request),
+                actor=actor_from_request(request._request),
                 pseudonym=pseudonym,
                 action="series.read",
                 detail={"metric": metric, "start": selectors.iso(start), "end": selectors.iso(end)},
             )
-            if read.patient is None:
-                return _denied(read.decision.reason)
+            if patient is None:
+                return _denied(decision.reason)
             resolution, points = selectors.series_points(
-                patient_id=read.patient.id, metric=metric, start=start, end=end, max_points=max_points
+                patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points
             )
         return Response(
             {
@@ -231,17 +229,17 @@ class AnnotationsView(APIView):
         except ParamError as exc:
             return _bad(exc)
         with transaction.atomic():
-            read = patient_read_authorize(
+            patient, decision = patient_access_audited(
                 user=request.user,
-                actor=actor_from_request(request),
+                actor=actor_from_request(request._request),
                 pseudonym=pseudonym,
                 action="annotations.read",
                 detail={"start": selectors.iso(start), "end": selectors.iso(end)},
             )
-            if read.patient is None:
-                return _denied(read.decision.reason)
-            annotations = selectors.patient_annotations(patient_id=read.patient.id, start=start, end=end)
-            overlay = selectors.patient_alarm_overlay(patient_id=read.patient.id, start=start, end=end)
+            if patient is None:
+                return _denied(decision.reason)
+            annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
+            overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
         return Response(
             {
                 "patient": pseudonym,

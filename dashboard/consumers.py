@@ -1,9 +1,10 @@
 """Live sockets: one per open patient chart, one per open ward overview.
 
 How it works (docs/live-protocol.md has the frame schemas):
-- `connect` resolves the session user, checks OTP verification itself (django-otp's middleware
-  does not run for WebSockets), decides access through audit.access and audits the attempt. A
-  refused socket is accepted and closed at once with 4403 so the browser sees the code.
+- `connect` takes the session user as audit.asgi.SessionGuardMiddleware left it (OTP
+  verification from the session and idle expiry: django-otp's middleware does not run for
+  WebSockets), decides access through audit.access and audits the attempt. A refused socket is
+  accepted and closed at once with 4403 so the browser sees the code.
 - It joins its groups (patient or wards, plus `user.<id>` for logout/revocation), sends a
   snapshot, then forwards deltas. Frames are hints: readings and alarms are rows first, and the
   browser refetches over REST when it sees a gap in a device's seq ranges or a `resync` frame.
@@ -29,12 +30,15 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
 from django.db import transaction
 
+from audit.access import actor_from_scope, patient_access, patient_access_audited, patients_visible_to
+from audit.middleware import session_idle_expired
 from dashboard import selectors
-from dashboard.auth import actor_from_scope, scope_user_verify
-from dashboard.services import patient_read_authorize, ward_read_authorize
-from telemetry.events import patient_group, ward_group
+from dashboard.services import ward_read_authorize
+from telemetry.events import patient_group, user_group, ward_group
 from telemetry.models import Patient
 
 log = logging.getLogger(__name__)
@@ -43,9 +47,26 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_SESSION_ENDED = 4401
 
 
-def user_group(user_id: int) -> str:
-    """Group of all sockets of one user: the access app sends `session.revoked` to it on logout."""
-    return f"user.{user_id}"
+def current_user(scope: dict[str, Any]) -> Any | None:
+    """The socket's user as the database has it now, with its session's OTP verification; None
+    once the session is gone (logout, expiry) or the account is disabled. Sync (queries).
+
+    `session.revoked` frames close sockets at once, but the channel layer may drop a message, so
+    the periodic re-check does not rely on them."""
+    user = scope.get("user")
+    session = scope.get("session")
+    if user is None or not getattr(user, "is_authenticated", False) or session is None:
+        return None
+    data = SessionStore(session_key=session.session_key).load()
+    if data.get(SESSION_KEY) != str(user.pk) or session_idle_expired(data):
+        return None
+    fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    if fresh is None:
+        return None
+    device = getattr(user, "otp_device", None)
+    fresh.otp_device = device  # type: ignore[attr-defined]
+    fresh.is_verified = lambda: device is not None  # type: ignore[attr-defined]
+    return fresh
 
 
 def _points(frame: dict[str, Any]) -> int:
@@ -240,14 +261,13 @@ class PatientLiveConsumer(LiveConsumer):
 
     def authorize(self) -> bool:
         self.pseudonym: str = self.scope["url_route"]["kwargs"]["pseudonym"]
-        user = scope_user_verify(self.scope)
-        with transaction.atomic():
-            read = patient_read_authorize(
-                user=user, actor=actor_from_scope(self.scope), pseudonym=self.pseudonym, action="live.subscribe"
-            )
-        self.patient: Patient | None = read.patient
-        self.user_id: int | None = user.pk if read.patient else None
-        return read.patient is not None
+        user = self.scope.get("user")
+        patient, _ = patient_access_audited(
+            user=user, actor=actor_from_scope(self.scope), pseudonym=self.pseudonym, action="live.subscribe"
+        )
+        self.patient: Patient | None = patient
+        self.user_id: int | None = user.pk if patient is not None and user is not None else None
+        return patient is not None
 
     def wanted_groups(self) -> list[str]:
         assert self.user_id is not None
@@ -258,11 +278,9 @@ class PatientLiveConsumer(LiveConsumer):
         return selectors.patient_snapshot(patient=self.patient, now=dt.datetime.now(dt.UTC))
 
     def recheck(self) -> bool:
-        from audit.access import patient_access
-
-        user = scope_user_verify(self.scope)
-        patient = Patient.objects.select_related("ward").filter(pseudonym=self.pseudonym).first()
-        return bool(patient and getattr(user, "is_authenticated", False) and patient_access(user, patient).allowed)
+        user = current_user(self.scope)
+        patient = Patient.objects.filter(pseudonym=self.pseudonym).first()
+        return bool(user is not None and patient is not None and patient_access(user, patient).allowed)
 
     def accepts(self, event: dict[str, Any]) -> dict[str, Any] | None:
         return event if event.get("patient") == self.pseudonym else None
@@ -272,10 +290,10 @@ class WardLiveConsumer(LiveConsumer):
     """WS /ws/ward/live: every patient the user may see, tissue O2 only."""
 
     def authorize(self) -> bool:
-        user = scope_user_verify(self.scope)
+        user = self.scope.get("user")
         with transaction.atomic():
             read = ward_read_authorize(user=user, actor=actor_from_scope(self.scope), action="ward.live.subscribe")
-        self.user_id: int | None = user.pk if read.allowed else None
+        self.user_id: int | None = user.pk if read.allowed and user is not None else None
         self._set_patients(read.patients)
         return read.allowed
 
@@ -292,10 +310,8 @@ class WardLiveConsumer(LiveConsumer):
         return selectors.ward_snapshot(patients=self.patients, now=dt.datetime.now(dt.UTC))
 
     def recheck(self) -> bool:
-        from audit.access import patients_visible_to
-
-        user = scope_user_verify(self.scope)
-        if not getattr(user, "is_authenticated", False):
+        user = current_user(self.scope)
+        if user is None:
             return False
         patients = list(patients_visible_to(user).select_related("ward"))
         if {p.pseudonym for p in patients} != self.visible:

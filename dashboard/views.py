@@ -15,13 +15,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve
 
+from audit.access import actor_from_request, patient_access_audited
 from config.api_errors import error_body
 from dashboard import selectors
-from dashboard.auth import actor_from_request
-from dashboard.services import patient_read_authorize, ward_read_authorize
+from dashboard.services import ward_read_authorize
 
 PRESETS = [("5 min", 300), ("1 h", 3600), ("8 h", 8 * 3600), ("24 h", 24 * 3600), ("7 d", 7 * 24 * 3600)]
-_LOGIN_REASONS = ("unauthenticated", "mfa_required")
+_LOGIN_REASONS = ("not_authenticated", "mfa_required")
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -35,11 +35,10 @@ def overview(request: HttpRequest) -> HttpResponse:
         cards = selectors.ward_cards(patients=read.patients, now=now) if read.allowed else []
     if read.reason in _LOGIN_REASONS:
         return redirect_to_login(request.get_full_path())
-    context = {
-        "cards": cards,
-        "denied_reason": "" if read.allowed else read.reason,
-        "stale_after": settings.PERFUSE_STALE_SECONDS,
-    }
+    if not read.allowed:
+        message = "Your role has no ward overview. Use the pages in the menu above."
+        return render(request, "dashboard/denied.html", {"message": message}, status=403)
+    context = {"cards": cards, "stale_after": settings.PERFUSE_STALE_SECONDS}
     return render(request, "dashboard/overview.html", context)
 
 
@@ -54,17 +53,14 @@ def _identity_url(pseudonym: str) -> str:
 
 
 def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
-    with transaction.atomic():
-        read = patient_read_authorize(
-            user=request.user, actor=actor_from_request(request), pseudonym=pseudonym, action="chart.view"
-        )
-    if read.decision.reason in _LOGIN_REASONS:
+    patient, decision = patient_access_audited(
+        user=request.user, actor=actor_from_request(request), pseudonym=pseudonym, action="chart.view"
+    )
+    if decision.reason in _LOGIN_REASONS:
         return redirect_to_login(request.get_full_path())
-    if read.patient is None:
-        status = 404 if read.decision.reason == "unknown_patient" else 403
-        message = "No such patient." if status == 404 else "You may not see this patient's data."
-        return render(request, "dashboard/denied.html", {"message": message}, status=status)
-    patient = read.patient
+    if patient is None:
+        message = "You may not see this patient's data (or there is no such patient)."
+        return render(request, "dashboard/denied.html", {"message": message}, status=403)
     config = {
         "pseudonym": patient.pseudonym,
         "metric": selectors.METRIC,
@@ -72,7 +68,7 @@ def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
         "presets": [seconds for _, seconds in PRESETS],
         "staleAfter": settings.PERFUSE_STALE_SECONDS,
         "lowQuality": 0.5,
-        "breakGlass": read.decision.break_glass,
+        "breakGlass": decision.break_glass,
     }
     context = {"patient": patient, "presets": PRESETS, "chart_config": config, "identity_url": _identity_url(pseudonym)}
     return render(request, "dashboard/chart.html", context)

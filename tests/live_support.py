@@ -7,15 +7,14 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-from django.contrib.auth.models import Group, User
-from django.contrib.sessions.backends.db import SessionStore
+from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connection
-from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.plugins.otp_totp.models import TOTPDevice
+from django.test import Client
 
-from audit.models import AuditEvent, StaffProfile
+from audit.models import AuditEvent
 from telemetry.models import Device, Patient, Ward
+from tests import personas
 
 _counter = itertools.count(1)
 ORIGIN = (b"origin", b"http://localhost")
@@ -23,36 +22,27 @@ ORIGIN = (b"origin", b"http://localhost")
 
 @dataclass
 class Persona:
+    """A staff user (tests/personas.py) with helpers for sessions, clients and socket headers."""
+
     user: User
-    totp: TOTPDevice
+
+    def client(self, *, verified: bool = True) -> Client:
+        return personas.verified_client(self.user, otp=verified)
 
     def session_key(self, *, verified: bool = True) -> str:
-        """A saved session as the login view would leave it (password, then OTP when verified)."""
-        session = SessionStore()
-        session[SESSION_KEY] = str(self.user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = self.user.get_session_auth_hash()
-        if verified:
-            session[DEVICE_ID_SESSION_KEY] = self.totp.persistent_id
-        session.save()
-        assert session.session_key is not None
-        return session.session_key
+        """A session as the login view leaves it (password, then OTP when verified)."""
+        return self.client(verified=verified).cookies[settings.SESSION_COOKIE_NAME].value
 
     def ws_headers(self, *, verified: bool = True) -> list[tuple[bytes, bytes]]:
-        return [ORIGIN, (b"cookie", f"sessionid={self.session_key(verified=verified)}".encode())]
+        return [ORIGIN, (b"cookie", f"{settings.SESSION_COOKIE_NAME}={self.session_key(verified=verified)}".encode())]
 
 
-def persona(role: str, *wards: Ward, password: str = "correct horse battery staple") -> Persona:  # noqa: S107
-    user = User.objects.create_user(f"{role}-{next(_counter)}", password=password)
-    user.groups.add(Group.objects.get_or_create(name=role)[0])
-    profile = StaffProfile.objects.create(user=user)
-    profile.wards.set(wards)
-    totp = TOTPDevice.objects.create(user=user, name="default", confirmed=True)
-    return Persona(user, totp)
+def persona(role: str, *wards: Ward) -> Persona:
+    return Persona(personas.staff(f"{role}-{next(_counter)}", role, [w.code for w in wards]))
 
 
-def login(client: Any, who: Persona, *, verified: bool = True) -> None:
-    client.cookies["sessionid"] = who.session_key(verified=verified)
+def login(client: Client, who: Persona, *, verified: bool = True) -> None:
+    client.cookies[settings.SESSION_COOKIE_NAME] = who.session_key(verified=verified)
 
 
 def patient(pseudonym: str, ward: Ward, device_id: str | None = None) -> tuple[Patient, Device]:

@@ -126,14 +126,19 @@ def test_denials_are_json_and_audited(ward_a, ward_b, p1, path):
     action = "series.read" if path == "series" else "annotations.read"
     events = audit_events(action)
     assert [e.outcome for e in events] == ["denied"] * 4
-    assert [e.detail["reason"] for e in events] == ["unauthenticated", "other_ward", "role_compliance", "mfa_required"]
+    assert [e.detail["reason"] for e in events] == [
+        "not_authenticated",
+        "other_ward",
+        "role_compliance",
+        "mfa_required",
+    ]
 
 
-def test_unknown_patient_is_404(clinician):
+def test_unknown_patient_is_refused_like_a_forbidden_one(clinician):
     client = Client()
     login(client, clinician)
     r = client.get("/api/v1/patients/nobody/series")
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "patient_not_found")
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
     assert audit_events("series.read")[0].detail["reason"] == "unknown_patient"
 
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import connection
 
 from telemetry.models import Annotation, Device, Patient
-from tests import factories
+from tests import factories, personas
 from tests.live_support import insert_readings, persona
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -113,24 +113,34 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         patient=patient, device=device, kind="calibration", time=now - dt.timedelta(hours=3), text="Calibration c1 → c2"
     )
     clinician = persona("clinician", ward)
-    session_key = clinician.session_key()
+    username = clinician.user.username
+    code = personas.totp_code(clinician.user)  # the ORM may not run inside Playwright's event loop
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
-        context.add_cookies([{"name": "sessionid", "value": session_key, "url": daphne}])
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
 
+        # Sign in with password and a TOTP code; the login lands on the ward overview.
+        page.goto(daphne + "/accounts/login/")
+        page.fill("[name=username]", username)
+        page.fill("[name=password]", personas.PASSWORD)
+        page.fill("[name=otp_token]", code)
+        page.click("button[type=submit]")
+        page.wait_for_url(daphne + "/")
+
         # Ward overview: the card appears and takes a new reading without reload.
-        page.goto(daphne + "/")
         page.wait_for_selector("#live-status[data-state=live]")
-        card = page.locator(".card[data-pseudonym=p-web]")
+        card = page.locator(".ward-card[data-pseudonym=p-web]")
         card.wait_for()
         _post(daphne, dev, [factories.reading(100_000, value=41.2)], firmware="fw-1.0")
-        page.wait_for_function("document.querySelector('.card[data-pseudonym=p-web] .value').textContent === '41.2'")
+        page.wait_for_function(
+            "document.querySelector('.ward-card[data-pseudonym=p-web] .value').textContent === '41.2'"
+        )
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+        page.screenshot(path=str(ROOT / "test-artifacts" / "overview-phone.png"))
 
         # Patient chart: live mode, a reading posted through the ingest API appears without reload.
         page.goto(daphne + "/patients/p-web/")

@@ -87,7 +87,7 @@ async def test_refused_with_4403_and_audited(who):
     closed = await comm.receive_output(timeout=3)
     assert closed == {"type": "websocket.close", "code": 4403}
     events_ = await sync_to_async(audit_events)("live.subscribe")
-    expected = {"anonymous": "unauthenticated", "unverified": "mfa_required", "other": "other_ward"}
+    expected = {"anonymous": "not_authenticated", "unverified": "mfa_required", "other": "other_ward"}
     assert [(e.outcome, e.subject) for e in events_] == [("denied", "p-one")]
     assert events_[0].detail["reason"] == expected.get(who, "role_compliance")
 

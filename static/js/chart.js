@@ -41,16 +41,16 @@
   const now = () => Date.now() + state.clockOffset;
   const iso = (ms) => new Date(ms).toISOString();
 
-  async function fetchSeries(start, end) {
+  async function fetchSeries(start, end, background) {
     const q = new URLSearchParams({ metric: cfg.metric, start: iso(start), end: iso(end) });
-    const body = await L.fetchJSON("/api/v1/patients/" + P + "/series?" + q);
+    const body = await L.fetchJSON("/api/v1/patients/" + P + "/series?" + q, { background });
     const points = body.points.map((p) => Object.assign({}, p, { t: Date.parse(p.t) }));
     return { resolution: body.resolution, points, start, end };
   }
 
-  async function fetchMarks(start, end) {
+  async function fetchMarks(start, end, background) {
     const q = new URLSearchParams({ start: iso(start), end: iso(end) });
-    const body = await L.fetchJSON("/api/v1/patients/" + P + "/annotations?" + q);
+    const body = await L.fetchJSON("/api/v1/patients/" + P + "/annotations?" + q, { background });
     body.annotations.forEach(addAnnotation);
     state.periods = body.alarm_periods;
     state.thresholds = body.thresholds;
@@ -73,10 +73,10 @@
   }
 
   /* Load the live window: raw points go into the live map, buckets are kept beside it. */
-  async function loadLive() {
+  async function loadLive(background) {
     const end = now() + 5000;
     const start = end - state.width - 5000;
-    const [series] = await Promise.all([fetchSeries(start, end), fetchMarks(start, end)]);
+    const [series] = await Promise.all([fetchSeries(start, end, background), fetchMarks(start, end, background)]);
     state.loads += 1;
     if (series.resolution === "raw") {
       state.liveBuckets = null;
@@ -91,10 +91,10 @@
   async function refetchSince(sinceMs) {
     const end = now() + 5000;
     const start = Math.max(sinceMs - 1000, end - state.width - 5000);
-    if (state.liveBuckets) return loadLive();
-    const series = await fetchSeries(start, end);
+    if (state.liveBuckets) return loadLive(true);
+    const series = await fetchSeries(start, end, true);
     if (series.resolution === "raw") addLivePoints(series.points);
-    else return loadLive();
+    else return loadLive(true);
     queueRender();
   }
 
@@ -283,7 +283,7 @@
         break;
       case "alarm.transition": {
         const end = now();
-        fetchMarks(end - state.width, end + 5000).then(queueRender);
+        fetchMarks(end - state.width, end + 5000, true).then(queueRender);
         break;
       }
       case "resync":
@@ -319,7 +319,7 @@
     reveal.addEventListener("click", async () => {
       const purpose = window.prompt("Why do you need this patient's identity? (recorded in the audit trail)");
       if (!purpose) return;
-      const token = document.querySelector("[name=csrfmiddlewaretoken]").value;
+      const token = (window.Perfuse && window.Perfuse.csrfToken) || document.querySelector("[name=csrfmiddlewaretoken]").value;
       try {
         const body = await L.fetchJSON(reveal.dataset.url, {
           method: "POST",
@@ -353,6 +353,6 @@
   }, 1000);
   // Bucketed live windows are reloaded now and then; raw ones are kept current by the socket.
   setInterval(() => {
-    if (state.mode === "live" && state.liveBuckets) loadLive();
+    if (state.mode === "live" && state.liveBuckets) loadLive(true);
   }, 60000);
 })();

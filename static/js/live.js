@@ -92,8 +92,18 @@
     }
   }
 
+  /* `background: true` for fetches nobody asked for (refetches, periodic reloads): they must not
+   * keep a forgotten session alive (audit/middleware.py). Other fetches count as activity. */
   async function fetchJSON(url, options) {
-    const response = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
+    const opts = Object.assign({ credentials: "same-origin" }, options || {});
+    const perfuse = window.Perfuse || {};
+    if (opts.background) {
+      opts.headers = Object.assign({}, opts.headers || {}, perfuse.backgroundHeaders || { "X-Perfuse-Background": "1" });
+    } else if (perfuse.sessionActivity) {
+      perfuse.sessionActivity();
+    }
+    delete opts.background;
+    const response = await fetch(url, opts);
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
       const detail = body && body.error ? body.error.detail : response.statusText;

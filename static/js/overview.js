@@ -54,7 +54,7 @@
     if (refetchTimer) return;
     refetchTimer = setTimeout(async () => {
       try {
-        const body = await L.fetchJSON("/api/v1/patients/");
+        const body = await L.fetchJSON("/api/v1/patients/", { background: true });
         replaceAll(body.patients);
       } catch (err) {
         console.warn("refetch failed", err);
@@ -104,11 +104,11 @@
   function element(card) {
     if (card.el) return card.el;
     const a = document.createElement("a");
-    a.className = "card";
+    a.className = "ward-card";
     a.href = "/patients/" + encodeURIComponent(card.pseudonym) + "/";
     a.dataset.pseudonym = card.pseudonym;
     a.innerHTML =
-      '<div class="card-top"><span class="pseudo"></span><span class="badge" hidden></span></div>' +
+      '<div class="card-top"><span class="pseudo"></span><span class="alarm-badge" hidden></span></div>' +
       '<div class="card-main"><span class="value"></span><span class="unit"></span><span class="trend"></span></div>' +
       '<svg class="spark" viewBox="0 0 100 30" preserveAspectRatio="none" aria-hidden="true"><polyline /></svg>' +
       '<div class="card-foot"><span class="quality"></span><span class="age"></span></div>';
@@ -134,7 +134,7 @@
     el.querySelector(".quality").textContent = card.quality === null ? "" : "SQ " + Math.round(card.quality * 100) + "%";
     el.querySelector(".age").textContent = (stale && age !== null ? "⚠ stale · " : "") + L.formatAge(age);
     el.classList.toggle("stale", stale);
-    const badge = el.querySelector(".badge");
+    const badge = el.querySelector(".alarm-badge");
     el.dataset.alarm = card.alarm ? card.alarm.priority : "";
     badge.hidden = !card.alarm;
     if (card.alarm) badge.textContent = card.alarm.priority.toUpperCase() + " · " + card.alarm.label;
