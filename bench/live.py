@@ -244,6 +244,11 @@ class Results:
     request_ms: list[float] = field(default_factory=list)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -334,6 +339,7 @@ async def run(args: argparse.Namespace, fleet: Fleet, port: int, daphne_pid: int
     results = Results()
     listeners = [asyncio.create_task(listen(ws, p, results)) for ws, p in sockets]
     start = time.time()
+    cpu_start = cpu_seconds(daphne_pid)
     stop_at = start + args.duration
     n = len(fleet.devices)
     await asyncio.gather(
@@ -342,6 +348,7 @@ async def run(args: argparse.Namespace, fleet: Fleet, port: int, daphne_pid: int
             for i, d in enumerate(fleet.devices)
         )
     )
+    daphne_cpu = (cpu_seconds(daphne_pid) - cpu_start) / (time.time() - start)
     await asyncio.sleep(2)  # let the last frames arrive
     for task in listeners:
         task.cancel()
@@ -364,12 +371,11 @@ async def run(args: argparse.Namespace, fleet: Fleet, port: int, daphne_pid: int
         if (pseudonym, seq) in results.received
     ]
     elapsed = args.duration
-    accepted = sum(results.statuses.get(s, 0) for s in (200,))
     print(f"devices {n} at 1 Hz, upload every {args.send_interval:g} s; {len(sockets)} patient sockets; {elapsed} s")
     print(
         f"ingest requests {sum(results.statuses.values())} ({sum(results.statuses.values()) / elapsed:.0f}/s), "
         f"statuses {dict(sorted(results.statuses.items()))}, request p50 {pct(results.request_ms, 0.5):.1f} ms "
-        f"p99 {pct(results.request_ms, 0.99):.1f} ms"
+        f"p99 {pct(results.request_ms, 0.99):.1f} ms; Daphne CPU {daphne_cpu * 100:.0f}% of one core"
     )
     print(
         f"readings committed for subscribed patients {len(rows)}, received over sockets {len(latencies)}, "
@@ -384,7 +390,6 @@ async def run(args: argparse.Namespace, fleet: Fleet, port: int, daphne_pid: int
         f"memory: Daphne RSS {rss_before / 1024:.1f} MiB -> {rss_after / 1024:.1f} MiB with {len(sockets)} idle "
         f"sockets: {per_client:.1f} KiB per client"
     )
-    del accepted
 
 
 def main() -> None:
@@ -409,12 +414,13 @@ def main() -> None:
     fleet = provision(args.devices)
     port = free_port()
     env = {**os.environ, "LOG_LEVEL": "WARNING", "PERFUSE_INGEST_POOL_SIZE": "16"}
+    log = open(tmp / "daphne.log", "wb")  # noqa: SIM115
     daphne = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         for _ in range(200):
@@ -429,6 +435,12 @@ def main() -> None:
         daphne.wait(timeout=10)
         if stop:
             subprocess.run(stop, check=False)
+        log.close()
+        errors = [line for line in (tmp / "daphne.log").read_text(errors="replace").splitlines() if "Error" in line]
+        if errors:
+            print(f"daphne logged {len(errors)} error lines, e.g. {errors[-1][:200]}")
+        if os.environ.get("BENCH_KEEP_LOG"):
+            shutil.copy(tmp / "daphne.log", os.environ["BENCH_KEEP_LOG"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -147,12 +148,18 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         page.wait_for_selector("#live-status[data-state=live]")
         page.wait_for_function("document.getElementById('chart').dataset.mode === 'live'")
         loads = page.evaluate("window.perfuseChart.state.loads")
-        _post(daphne, dev, [factories.reading(100_001, value=33.3)], firmware="fw-1.0")
+        # Seqs 100001-100004 are stored but never sent as a frame (a lost frame, as far as the
+        # browser can tell); the next frame's seq range shows the hole and the chart refetches it.
+        recent = [(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=0.5 - i / 10), 50.0 + i / 10) for i in range(1, 5)]
+        with ThreadPoolExecutor(1) as pool:  # the ORM may not run inside Playwright's event loop
+            pool.submit(insert_readings, patient, device, recent, first_seq=100_001).result()
+        _post(daphne, dev, [factories.reading(100_005, value=33.3)], firmware="fw-1.0")
         page.wait_for_function("[...window.perfuseChart.state.live.values()].some(p => p.value === 33.3)")
         assert page.evaluate("window.perfuseChart.state.loads") == loads  # came over the socket, not a reload
+        page.wait_for_function("[...window.perfuseChart.state.live.values()].some(p => p.value === 50.2)")
 
         # A firmware change becomes an annotation that arrives live and is listed.
-        _post(daphne, dev, [factories.reading(100_002, value=34.0)], firmware="fw-2.0")
+        _post(daphne, dev, [factories.reading(100_006, value=34.0)], firmware="fw-2.0")
         page.wait_for_selector("#annotation-list .mark-firmware")
         assert "fw-1.0 → fw-2.0" in page.inner_text("#annotation-list")
 

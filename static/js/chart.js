@@ -24,7 +24,7 @@
     mode: "live",
     width: 300000,
     clockOffset: 0,
-    live: new Map(), // key "t:seq" -> {t, value, quality, seq}: raw points of the live window
+    live: new Map(), // sample time (ms) -> {t, value, quality, seq}: raw points of the live window
     liveBuckets: null, // {resolution, points} when the live window is too wide for raw points
     hist: null, // {resolution, points, start, end}
     annotations: new Map(), // id -> {id, kind, t, text}
@@ -64,7 +64,8 @@
     for (const p of points) {
       if (p.metric && p.metric !== cfg.metric) continue;
       const t = typeof p.t === "number" ? p.t : Date.parse(p.t);
-      state.live.set(t + ":" + (p.seq ?? ""), { t, value: p.value, quality: p.quality, seq: p.seq });
+      // Keyed by sample time: REST points carry no seq, and a patient has one device at a time.
+      state.live.set(t, { t, value: p.value, quality: p.quality, seq: p.seq });
       if (state.lastT === null || t > state.lastT) state.lastT = t;
     }
     const keep = Math.max(state.width, 600000) + 60000;
