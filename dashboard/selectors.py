@@ -14,8 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from dashboard.series import patient_series
 from telemetry.models import Annotation, Patient
+from telemetry.selectors import patient_series
 from telemetry.units import METRICS
 
 METRIC = "tissue_o2"

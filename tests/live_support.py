@@ -9,12 +9,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 
 from audit.models import AuditEvent
 from telemetry.models import Device, Patient, Ward
-from tests import personas
+from tests import personas, readings
 
 _counter = itertools.count(1)
 ORIGIN = (b"origin", b"http://localhost")
@@ -65,14 +65,13 @@ def insert_readings(
     first_seq: int = 1,
     metric: str = "tissue_o2",
 ) -> None:
-    """Write readings straight into storage (the ingest path has its own tests)."""
-    rows = [(device.id, patient.id, metric, first_seq + i, t, v, v, "%", quality) for i, (t, v) in enumerate(points)]
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO telemetry_reading (device_id, patient_id, metric, seq, sample_time, value, raw_value, "
-            "raw_unit, signal_quality) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            rows,
-        )
+    """Store readings the way ingest does (rows plus the ingest-log row the series selector and the
+    engine find them through), in one transaction of their own."""
+    rows = [
+        readings.Row(device.id, patient.id, metric, first_seq + i, t, v, quality) for i, (t, v) in enumerate(points)
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        readings.insert_readings(cursor, rows)
 
 
 def audit_events(action: str, **filters: Any) -> list[AuditEvent]:

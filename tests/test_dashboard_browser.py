@@ -105,9 +105,10 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
     patient = Patient.objects.get(pseudonym="p-web")
     device = Device.objects.get(device_id="lumee-web")
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    # A day of history every 20 s at 64 %, with a 20-second desaturation to 28 % ten hours ago.
+    # A day of history every 10 s at 64 % (more rows than one raw trace holds), with a 20-second
+    # desaturation to 28 % ten hours ago.
     dip = now - dt.timedelta(hours=10)
-    history = [(now - dt.timedelta(hours=24) + dt.timedelta(seconds=20 * i), 64.0) for i in range(24 * 180 - 30)]
+    history = [(now - dt.timedelta(hours=24) + dt.timedelta(seconds=10 * i), 64.0) for i in range(24 * 360 - 60)]
     history = [(t, 28.0 if dip <= t < dip + dt.timedelta(seconds=20) else v) for t, v in history]
     insert_readings(patient, device, history)
     Annotation.objects.create(
