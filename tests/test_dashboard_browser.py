@@ -148,6 +148,7 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         page.goto(daphne + "/patients/p-web/")
         page.wait_for_selector("#live-status[data-state=live]")
         page.wait_for_function("document.getElementById('chart').dataset.mode === 'live'")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # phone: no sideways scroll
         loads = page.evaluate("window.perfuseChart.state.loads")
         # Seqs 100001-100004 are stored but never sent as a frame (a lost frame, as far as the
         # browser can tell); the next frame's seq range shows the hole and the chart refetches it.
