@@ -213,3 +213,19 @@ def test_openapi_documents_the_dashboard_api(clinician):
         "/api/v1/patients/{pseudonym}/annotations",
     ):
         assert f"{path}:" in text
+
+
+def test_cards_sort_by_alarm_severity_then_pseudonym(clinician, p1, ward_a, monkeypatch):
+    from dashboard import selectors
+
+    ids = {p.pseudonym: p.id for p in [p1[0], patient("p-two", ward_a)[0], patient("p-three", ward_a)[0]]}
+    badge = selectors.AlarmBadge(priority="medium", state="active", count=1, label="Low tissue O2", since="")
+    high = selectors.AlarmBadge(priority="high", state="active", count=2, label="Critically low", since="")
+    monkeypatch.setattr(
+        selectors, "patient_alarm_badges", lambda *, patient_ids: {ids["p-two"]: badge, ids["p-three"]: high}
+    )
+    client = Client()
+    login(client, clinician)
+    cards = client.get("/api/v1/patients/").json()["patients"]
+    assert [c["pseudonym"] for c in cards] == ["p-three", "p-two", "p-one"]
+    assert cards[0]["alarm"]["label"] == "Critically low"

@@ -6,6 +6,7 @@ Every frame received is decoded against its typed schema (dashboard/schemas.py).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -239,3 +240,17 @@ async def test_ward_socket_refuses_unverified():
     assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4403}
     [event] = await sync_to_async(audit_events)("ward.live.subscribe")
     assert event.outcome == "denied" and event.detail["reason"] == "mfa_required"
+
+
+async def test_periodic_rejoin_keeps_exactly_one_delivery(settings):
+    settings.PERFUSE_LIVE_REJOIN_SECONDS = 0.05
+    data = await setup()
+    headers = await sync_to_async(data["clinician"].ws_headers)()
+    comm = await _open("/ws/patients/p-one/live", headers)
+    await _frame(comm)
+    await asyncio.sleep(0.4)  # several upkeep rounds: re-checks and group re-joins
+    await events.publish([events.patient_group("p-one")], _batch("p-one", "dev-p-one", 500, 3))
+    frame = await _frame(comm)
+    assert [p["seq"] for p in frame["points"]] == [500, 501, 502]
+    assert await comm.receive_nothing(timeout=0.3)  # re-joining never doubles a delivery
+    await comm.disconnect()
