@@ -4,11 +4,9 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
-# Daphne serves /static/ itself (Plotly.js and the dashboard scripts); no CDN, no extra server.
-django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
+django_asgi_app = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
 
