@@ -252,6 +252,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
                     return
                 self.after_recheck()
                 await self._join(self.wanted_groups())
+            except RuntimeError:
+                # The pub/sub layer refuses group_add once this socket's channel was torn down
+                # (the socket is closing while this round ran): nothing left to keep up.
+                log.debug("live socket upkeep stopped: channel gone", exc_info=True)
+                return
             except Exception:  # Redis or the database briefly away: try again next round
                 log.warning("live socket upkeep failed", exc_info=True)
 
