@@ -110,6 +110,16 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
     dip = now - dt.timedelta(hours=10)
     history = [(now - dt.timedelta(hours=24) + dt.timedelta(seconds=10 * i), 64.0) for i in range(24 * 360 - 60)]
     history = [(t, 28.0 if dip <= t < dip + dt.timedelta(seconds=20) else v) for t, v in history]
+    # Five minutes of motion artefact (signal quality 0.2) five hours ago, instead of those readings.
+    artefact = now - dt.timedelta(hours=5, seconds=5)
+    insert_readings(
+        patient,
+        device,
+        [(artefact + dt.timedelta(seconds=10 * i), 50.0) for i in range(30)],
+        quality=0.2,
+        first_seq=500_000,
+    )
+    history = [(t, v) for t, v in history if not artefact <= t < artefact + dt.timedelta(minutes=5)]
     insert_readings(patient, device, history)
     Annotation.objects.create(
         patient=patient, device=device, kind="calibration", time=now - dt.timedelta(hours=3), text="Calibration c1 → c2"
@@ -174,6 +184,12 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         page.wait_for_function("document.getElementById('chart').dataset.resolution === '1m'")
         assert page.evaluate("Math.min(...window.perfuseChart.state.hist.points.map(p => p.min))") == 28.0
         assert "Calibration c1 → c2" in page.inner_text("#annotation-list")
+        shaded = page.evaluate(
+            "document.getElementById('chart').layout.shapes.filter(s => s.fillcolor === 'rgba(128,128,128,0.22)')"
+            ".map(s => [Date.parse(s.x0), Date.parse(s.x1)])"
+        )
+        assert len(shaded) == 1  # the low-quality stretch, and nothing else
+        assert abs(shaded[0][0] / 1000 - artefact.timestamp()) < 120
         assert page.is_visible("#go-live")
         page.set_viewport_size({"width": 1280, "height": 800})
         page.wait_for_timeout(300)
