@@ -32,3 +32,13 @@ async def publish(groups: list[str], event: dict[str, Any]) -> None:
             await layer.group_send(group, event)
         except Exception:  # the live layer is best effort by design
             log.warning("live publish to %s failed", group, exc_info=True)
+
+
+def alarms_group() -> str:
+    """Every alarm transition, for the alarm console (consumers filter by the viewer's scope)."""
+    return "alarms"
+
+
+def user_group(user_id: int) -> str:
+    """Frames meant for one staff member (in-app notifications)."""
+    return f"user.{user_id}"
