@@ -47,7 +47,7 @@ class InAppNotifier:
                 "text": note.text,
                 "created_at": now.isoformat().replace("+00:00", "Z"),
             }
-            publish_after_commit([events.user_group(user.pk)], frame)
+            publish_after_commit([events.alarms_user_group(user.pk)], frame)
 
 
 class LoggingNotifier:

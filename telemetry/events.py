@@ -39,6 +39,6 @@ def alarms_group() -> str:
     return "alarms"
 
 
-def user_group(user_id: int) -> str:
-    """Frames meant for one staff member (in-app notifications)."""
-    return f"user.{user_id}"
+def alarms_user_group(user_id: int) -> str:
+    """Alarm notifications meant for one staff member (their alarm consoles join it)."""
+    return f"alarms.user.{user_id}"

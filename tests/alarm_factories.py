@@ -94,3 +94,21 @@ def insert(patient: Patient, device: Device, samples: list[tuple[dt.datetime, fl
 
 def seconds(t0: dt.datetime, values: list[float], *, start: float = 0, quality: float = 0.95) -> list[Any]:
     return [(t0 + dt.timedelta(seconds=start + i), v, quality) for i, v in enumerate(values)]
+
+
+def ws_headers(user: User | None, *, otp: bool = True) -> list[tuple[bytes, bytes]]:
+    """Handshake headers of a browser whose session is logged in (and OTP-verified when otp)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    headers = [(b"origin", b"http://localhost")]
+    if user is None:
+        return headers
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    if otp:
+        session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user).persistent_id
+    session.save()
+    return [*headers, (b"cookie", f"sessionid={session.session_key}".encode())]
