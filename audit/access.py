@@ -1,24 +1,47 @@
-"""The one place that decides who may see which patient.
+"""The one place that decides who may see which patient, and who is asking.
 
-Views, the REST API and WebSocket consumers all ask `patient_access` / `patients_visible_to`;
-nothing re-implements ward or role checks.
+Views, the REST API and WebSocket consumers all ask `patient_access` / `patients_visible_to`
+(or `patient_access_audited`, which also writes the audit event); nothing re-implements ward
+or role checks. Roles are Django groups holding permissions (audit/roles.py); capability checks
+go through `user_can`, which also requires an OTP-verified session.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 
+from audit.models import AuditEvent, BreakGlassGrant
+from audit.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL, ROLES
+from audit.services import Actor, audit_record
 from telemetry.models import Patient
 
-CLINICIAN = "clinician"
-ONCALL = "oncall"
-COMPLIANCE = "compliance"
-DEVICE_ADMIN = "device_admin"
-ADMIN = "admin"
-ROLES = (CLINICIAN, ONCALL, COMPLIANCE, DEVICE_ADMIN, ADMIN)
+__all__ = [
+    "ADMIN",
+    "CLINICIAN",
+    "COMPLIANCE",
+    "DEVICE_ADMIN",
+    "ONCALL",
+    "ROLES",
+    "WARD_CARE_ROLES",
+    "AccessDecision",
+    "actor_from_request",
+    "actor_from_scope",
+    "patient_access",
+    "patient_access_audited",
+    "patients_visible_to",
+    "user_can",
+    "user_is_verified",
+    "user_role",
+    "user_ward_ids",
+]
+
 # Roles that see telemetry of their wards' patients without breaking the glass.
 WARD_CARE_ROLES = (CLINICIAN, ONCALL)
 
@@ -38,8 +61,13 @@ def user_is_verified(user: Any) -> bool:
     return bool(getattr(user, "is_authenticated", False) and getattr(user, "is_verified", lambda: False)())
 
 
+def user_can(user: Any, capability: str) -> bool:
+    """An OTP-verified user whose role grants `capability` (a codename in audit/roles.py)."""
+    return user_is_verified(user) and bool(user.is_active) and user.has_perm(f"audit.{capability}")
+
+
 def user_ward_ids(user: Any) -> list[int]:
-    staff = getattr(user, "staff", None)
+    staff = getattr(user, "staff", None) if getattr(user, "is_authenticated", False) else None
     if staff is None:
         return []
     return list(staff.wards.values_list("id", flat=True))
@@ -52,18 +80,120 @@ class AccessDecision:
     break_glass: bool = False
 
 
+def active_grant(user: Any, patient: Patient) -> BreakGlassGrant | None:
+    now = dt.datetime.now(dt.UTC)
+    return (
+        BreakGlassGrant.objects.filter(
+            user_id=user.pk, patient_id=patient.pk, expires_at__gt=now, ended_at__isnull=True
+        )
+        .order_by("-expires_at")
+        .first()
+    )
+
+
 def patients_visible_to(user: Any) -> QuerySet[Patient]:
-    if not user_is_verified(user) or user_role(user) not in WARD_CARE_ROLES:
+    """Ward patients for care roles; the patients of active break-glass grants for others."""
+    if not user_is_verified(user):
         return Patient.objects.none()
-    return Patient.objects.filter(ward_id__in=user_ward_ids(user), discharged_at__isnull=True)
+    now = dt.datetime.now(dt.UTC)
+    granted = Q(
+        id__in=BreakGlassGrant.objects.filter(user_id=user.pk, expires_at__gt=now, ended_at__isnull=True).values(
+            "patient_id"
+        )
+    )
+    if user_can(user, "view_ward_patients"):
+        return Patient.objects.filter(
+            Q(ward_id__in=user_ward_ids(user), discharged_at__isnull=True) | granted
+        ).distinct()
+    if user_can(user, "break_glass"):
+        return Patient.objects.filter(granted)
+    return Patient.objects.none()
 
 
 def patient_access(user: Any, patient: Patient) -> AccessDecision:
+    if not getattr(user, "is_authenticated", False):
+        return AccessDecision(False, "not_authenticated")
     if not user_is_verified(user):
         return AccessDecision(False, "mfa_required")
-    role = user_role(user)
-    if role in WARD_CARE_ROLES:
-        if patient.ward_id in user_ward_ids(user):
-            return AccessDecision(True, "ward")
+    if not user.is_active:
+        return AccessDecision(False, "inactive")
+    if user_can(user, "view_ward_patients") and patient.ward_id in user_ward_ids(user):
+        return AccessDecision(True, "ward")
+    # Break-glass is honoured for whoever holds a live grant (only break_glass roles can get one).
+    if active_grant(user, patient) is not None:
+        return AccessDecision(True, "break_glass", break_glass=True)
+    if user_can(user, "view_ward_patients"):
         return AccessDecision(False, "other_ward")
-    return AccessDecision(False, f"role_{role}")
+    return AccessDecision(False, f"role_{user_role(user)}")
+
+
+@transaction.atomic
+def patient_access_audited(
+    *,
+    user: Any,
+    actor: Actor,
+    pseudonym: str,
+    action: str,
+    purpose: str = "",
+    detail: dict[str, Any] | None = None,
+) -> tuple[Patient | None, AccessDecision]:
+    """Decide and audit one attempt to read a patient's data; the caller serves data only when
+    allowed, inside this same transaction or after it committed. Unknown pseudonyms are
+    denied (and audited) like forbidden ones, so callers answer both the same way."""
+    patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
+    decision = patient_access(user, patient) if patient is not None else AccessDecision(False, "unknown_patient")
+    audit_record(
+        actor=actor,
+        action=action,
+        outcome=AuditEvent.Outcome.ALLOWED if decision.allowed else AuditEvent.Outcome.DENIED,
+        subject=pseudonym[:80],
+        purpose=purpose,
+        break_glass=decision.break_glass,
+        detail={"reason": decision.reason, **(detail or {})},
+    )
+    return (patient if decision.allowed else None), decision
+
+
+# ---- who is asking -----------------------------------------------------------------------
+
+
+def _client_address(remote: str, forwarded: str) -> str:
+    """The peer address, or the rightmost X-Forwarded-For hop when our own proxy sets it.
+
+    Only the rightmost entry was written by the proxy we trust; anything left of it came from
+    the client and can be forged."""
+    if settings.PERFUSE_TRUSTED_PROXY and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-1][:64]
+    return remote[:64]
+
+
+def _actor_for(user: Any, source_address: str, user_agent: str) -> Actor:
+    if getattr(user, "is_authenticated", False):
+        return Actor(
+            user_id=user.pk,
+            username=user.get_username(),
+            role=user_role(user),
+            source_address=source_address,
+            user_agent=user_agent[:300],
+        )
+    return Actor(
+        user_id=None, username="", role="anonymous", source_address=source_address, user_agent=user_agent[:300]
+    )
+
+
+def actor_from_request(request: HttpRequest) -> Actor:
+    address = _client_address(request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR", ""))
+    return _actor_for(getattr(request, "user", None), address, request.META.get("HTTP_USER_AGENT", ""))
+
+
+def _scope_header(scope: dict[str, Any], name: bytes) -> str:
+    values = [value.decode("latin-1") for key, value in scope.get("headers", []) if key.lower() == name]
+    return ",".join(values)
+
+
+def actor_from_scope(scope: dict[str, Any]) -> Actor:
+    client = scope.get("client") or ("", 0)
+    address = _client_address(str(client[0] or ""), _scope_header(scope, b"x-forwarded-for"))
+    return _actor_for(scope.get("user"), address, _scope_header(scope, b"user-agent"))

@@ -10,6 +10,20 @@ class StaffProfile(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff")
     wards = models.ManyToManyField("telemetry.Ward", blank=True, related_name="staff")
 
+    class Meta:
+        # Role capabilities, granted to the role groups by migration 0004. Checked through
+        # audit.access.user_can, never as ad-hoc flags.
+        permissions = [
+            ("view_ward_patients", "See telemetry of the patients of one's wards"),
+            ("reveal_identity", "Reveal a patient's identity on the chart (own wards)"),
+            ("acknowledge_alarms", "Acknowledge and take responsibility for alarms"),
+            ("view_audit_trail", "Search and export the audit trail"),
+            ("break_glass", "Open time-limited emergency access to one patient"),
+            ("manage_devices", "Manage devices and device keys"),
+            ("manage_staff", "Manage staff accounts and roles"),
+            ("edit_alarm_rules", "Edit alarm rules"),
+        ]
+
     def __str__(self) -> str:
         return f"staff:{self.user_id}"
 
@@ -43,3 +57,60 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class StaffSession(models.Model):
+    """A live login session of a staff user, so "log out everywhere" can find every one of them
+    whatever the session backend (the session table itself cannot be searched by user)."""
+
+    session_key = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_sessions")
+    created_at = models.DateTimeField(auto_now_add=True)
+    source_address = models.CharField(max_length=64, blank=True, default="")
+    user_agent = models.CharField(max_length=300, blank=True, default="")
+
+
+class BreakGlassGrant(models.Model):
+    """Emergency, time-limited access of one user to one patient's data, with a stated purpose.
+
+    Created only through audit.services.break_glass_grant (which audits it); consulted by
+    audit.access.patient_access. Never extended: a new need is a new grant with a new purpose.
+    """
+
+    class Reason(models.TextChoices):
+        EMERGENCY_CARE = "emergency_care", "Emergency care"
+        INCIDENT_REVIEW = "incident_review", "Clinical incident review"
+        PRIVACY_INVESTIGATION = "privacy_investigation", "Privacy or security investigation"
+        PATIENT_REQUEST = "patient_request", "Patient or legal request"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="break_glass_grants")
+    patient = models.ForeignKey("telemetry.Patient", on_delete=models.PROTECT, related_name="break_glass_grants")
+    reason = models.CharField(max_length=40, choices=Reason.choices)
+    purpose = models.CharField(max_length=500)
+    granted_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "patient", "expires_at"])]
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "the chain had `events` rows ending at event `event_id` with `hash`".
+
+    Kept outside the audit table and signed with PERFUSE_AUDIT_CHECKPOINT_KEY (not SECRET_KEY,
+    not in the database): someone who can rewrite the audit table and recompute every hash
+    still cannot forge these, so audit_verify detects a full rewrite. Each checkpoint also
+    signs its predecessor's signature, so deleting a checkpoint in the middle is detected too.
+    """
+
+    seq = models.PositiveIntegerField(unique=True)
+    event_id = models.BigIntegerField()
+    event_hash = models.CharField(max_length=64)
+    events = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    prev_signature = models.CharField(max_length=64)
+    signature = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["seq"]

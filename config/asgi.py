@@ -12,11 +12,15 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from audit.asgi import SessionGuardMiddleware  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/asgi.py).
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

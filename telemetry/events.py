@@ -22,6 +22,11 @@ def ward_group(ward_code: str) -> str:
     return f"ward.{ward_code}"
 
 
+def user_group(user_id: int) -> str:
+    """Every socket of one staff user joins this, so logout/expiry can close them all."""
+    return f"user.{user_id}"
+
+
 async def publish(groups: list[str], event: dict[str, Any]) -> None:
     """Send one event to several groups; never raises (a Redis outage must not fail a write)."""
     layer = get_channel_layer()

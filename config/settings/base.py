@@ -41,6 +41,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "audit.middleware.SessionIdleMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -58,6 +59,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "audit.context.staff_context",
             ],
         },
     },
@@ -114,6 +116,23 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / ".data" / "staticfiles"
 
 OTP_TOTP_ISSUER = "Perfuse"
+
+# Audit chain checkpoints are signed with this key (HMAC-SHA256). It must differ from SECRET_KEY
+# and live outside the database, so whoever can rewrite the audit table cannot re-sign it.
+PERFUSE_AUDIT_CHECKPOINT_KEY = envstr("PERFUSE_AUDIT_CHECKPOINT_KEY", "")
+PERFUSE_AUDIT_CHECKPOINT_EVERY = envint("PERFUSE_AUDIT_CHECKPOINT_EVERY", 100)
+# Break-glass grants last at most this long; a new need is a new grant with a new purpose.
+PERFUSE_BREAK_GLASS_MAX_MINUTES = envint("PERFUSE_BREAK_GLASS_MAX_MINUTES", 240)
+# Login brute-force protection (audit/lockout.py): after THRESHOLD charged attempts an account
+# (or a source address, with its own threshold) is locked for BASE seconds, doubling with every
+# further attempt up to MAX; counters are forgotten after WINDOW seconds without attempts.
+PERFUSE_LOGIN_ACCOUNT_THRESHOLD = envint("PERFUSE_LOGIN_ACCOUNT_THRESHOLD", 5)
+PERFUSE_LOGIN_ADDRESS_THRESHOLD = envint("PERFUSE_LOGIN_ADDRESS_THRESHOLD", 30)
+PERFUSE_LOGIN_LOCK_BASE_SECONDS = envint("PERFUSE_LOGIN_LOCK_BASE_SECONDS", 30)
+PERFUSE_LOGIN_LOCK_MAX_SECONDS = envint("PERFUSE_LOGIN_LOCK_MAX_SECONDS", 3600)
+PERFUSE_LOGIN_WINDOW_SECONDS = envint("PERFUSE_LOGIN_WINDOW_SECONDS", 3600)
+# The session-expiry warning appears this long before an idle session ends.
+PERFUSE_SESSION_WARNING_SECONDS = envint("PERFUSE_SESSION_WARNING_SECONDS", 120)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

@@ -6,3 +6,6 @@ from .base import *  # noqa: F403
 
 DEBUG = False  # the demo behaves like production pages; set DJANGO_DEBUG=1 via a local override if needed
 SECRET_KEY = envstr("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-0123456789abcdef")
+PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
+    "PERFUSE_AUDIT_CHECKPOINT_KEY", "dev-only-audit-checkpoint-key-not-secret-0123456789"
+)

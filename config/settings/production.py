@@ -5,13 +5,18 @@ from django.core.exceptions import ImproperlyConfigured
 from config.env import envbool, envint
 
 from .base import *  # noqa: F403
-from .base import SECRET_KEY
+from .base import PERFUSE_AUDIT_CHECKPOINT_KEY, SECRET_KEY
 
 if len(SECRET_KEY) < 50 or SECRET_KEY.startswith(("dev-", "test-")):
     raise ImproperlyConfigured("SECRET_KEY must be set to a long random value in production")
+if len(PERFUSE_AUDIT_CHECKPOINT_KEY) < 32 or PERFUSE_AUDIT_CHECKPOINT_KEY == SECRET_KEY:
+    raise ImproperlyConfigured("PERFUSE_AUDIT_CHECKPOINT_KEY must be a long random value different from SECRET_KEY")
 
 DEBUG = False
 SESSION_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SECURE = True
 CSRF_COOKIE_HTTPONLY = True
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)

@@ -7,3 +7,6 @@ from .base import *  # noqa: F403
 SECRET_KEY = envstr("SECRET_KEY", "test-only-not-secret-perfuse-key-0123456789abcdef")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
+    "PERFUSE_AUDIT_CHECKPOINT_KEY", "test-only-audit-checkpoint-key-not-secret-0123456789"
+)

@@ -1,0 +1,237 @@
+"""Staff sign-in (password + TOTP in one form), first-time MFA enrollment, logout, session ping.
+
+Every attempt is audited: login.success / login.failure / login.locked / logout. A user whose
+password is right but who has no confirmed authenticator is not logged in: the session only
+remembers "enrolling user X" for a few minutes, and the enrollment page logs them in after they
+prove the new authenticator works.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import qrcode
+import qrcode.image.svg
+from django.conf import settings
+from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_http_methods, require_POST
+from django_otp import login as otp_login
+from django_otp import match_token, user_has_device
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from audit.access import actor_from_request, user_is_verified
+from audit.forms import EnrollForm, LoginForm
+from audit.lockout import login_gate, login_succeeded
+from audit.middleware import LAST_ACTIVITY_KEY
+from audit.models import AuditEvent
+from audit.services import (
+    Actor,
+    audit_record,
+    staff_session_forget,
+    staff_session_register,
+    totp_secret_base32,
+    user_logout_everywhere,
+    user_sockets_close,
+)
+from config.api_errors import error_response
+
+ENROLL_KEY = "perfuse_enroll"
+ENROLL_SECONDS = 600
+RECOVERY_CODES = 10
+
+
+def _next_url(request: HttpRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
+        return target
+    return settings.LOGIN_REDIRECT_URL
+
+
+def _failure(request: HttpRequest, form: LoginForm, actor: Actor, reason: str, user: Any = None) -> HttpResponse:
+    audit_record(
+        actor=Actor(
+            user_id=user.pk if user is not None else None,
+            username=form.cleaned_data["username"],
+            role=actor.role,
+            source_address=actor.source_address,
+            user_agent=actor.user_agent,
+        ),
+        action="login.failure",
+        outcome=AuditEvent.Outcome.DENIED,
+        detail={"reason": reason},
+    )
+    # One message for every failure: which factor was wrong is not disclosed.
+    form.add_error(None, "Username, password or code is not right.")
+    return render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=401)
+
+
+def _start_session(request: HttpRequest, user: Any, device: Any, actor: Actor) -> None:
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    otp_login(request, device)
+    request.session[LAST_ACTIVITY_KEY] = time.time()
+    request.session.save()
+    staff_session_register(user_id=user.pk, session_key=request.session.session_key or "", actor=actor)
+
+
+@require_http_methods(["GET", "POST"])
+def login_view(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "accounts/login.html", {"form": LoginForm(), "next": _next_url(request)})
+    form = LoginForm(request.POST)
+    if not form.is_valid():
+        return render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=400)
+    actor = actor_from_request(request)
+    username = form.cleaned_data["username"]
+    gate = login_gate(username=username, address=actor.source_address)
+    if not gate.allowed:
+        audit_record(
+            actor=Actor(None, username, actor.role, actor.source_address, actor.user_agent),
+            action="login.locked",
+            outcome=AuditEvent.Outcome.DENIED,
+            detail={"retry_after": gate.retry_after_seconds},
+        )
+        minutes, seconds = divmod(gate.retry_after_seconds, 60)
+        wait = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+        form.add_error(None, f"Too many failed sign-in attempts. Sign-in is paused for {wait}; try again after that.")
+        response = render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=429)
+        response["Retry-After"] = str(gate.retry_after_seconds)
+        return response
+    user = authenticate(request, username=username, password=form.cleaned_data["password"])
+    if user is None:
+        return _failure(request, form, actor, "bad_credentials")
+    if not user_has_device(user, confirmed=True):
+        # Right password, no authenticator yet: enrollment proves one before any session exists.
+        request.session.cycle_key()
+        request.session[ENROLL_KEY] = {"user": user.pk, "at": time.time(), "next": _next_url(request)}
+        audit_record(
+            actor=Actor(user.pk, username, actor.role, actor.source_address, actor.user_agent),
+            action="login.enrollment_required",
+        )
+        return redirect("accounts-enroll")
+    with transaction.atomic():
+        device = match_token(user, form.cleaned_data["otp_token"].replace(" ", ""))
+    if device is None:
+        return _failure(request, form, actor, "bad_otp", user)
+    _start_session(request, user, device, actor)
+    login_succeeded(username=username, address=actor.source_address)
+    detail: dict[str, Any] = {"factor": "recovery_code" if isinstance(device, StaticDevice) else "totp"}
+    if isinstance(device, StaticDevice):
+        detail["recovery_codes_left"] = device.token_set.count()
+    audit_record(actor=actor_from_request(request), action="login.success", detail=detail)
+    return redirect(_next_url(request))
+
+
+def _pending_user(request: HttpRequest) -> Any:
+    pending = request.session.get(ENROLL_KEY)
+    if not isinstance(pending, dict) or time.time() - float(pending.get("at", 0)) > ENROLL_SECONDS:
+        return None
+    user_id = pending.get("user")
+    if not isinstance(user_id, int):
+        return None
+    return get_user_model().objects.filter(pk=user_id, is_active=True).first()
+
+
+def _qr_svg(url: str) -> str:
+    image = qrcode.make(url, image_factory=qrcode.image.svg.SvgPathImage, box_size=8, border=2)
+    return str(image.to_string(encoding="unicode"))
+
+
+def _recovery_codes(user: Any) -> list[str]:
+    StaticDevice.objects.filter(user=user).delete()
+    device = StaticDevice.objects.create(user=user, name="recovery codes", confirmed=True)
+    codes = [StaticToken.random_token() for _ in range(RECOVERY_CODES)]
+    StaticToken.objects.bulk_create([StaticToken(device=device, token=code) for code in codes])
+    return codes
+
+
+@require_http_methods(["GET", "POST"])
+def enroll_view(request: HttpRequest) -> HttpResponse:
+    user = _pending_user(request)
+    if user is None:
+        request.session.pop(ENROLL_KEY, None)
+        return redirect("accounts-login")
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+    form = EnrollForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        actor = actor_from_request(request)
+        with transaction.atomic():
+            ok = device.verify_token(form.cleaned_data["otp_token"].replace(" ", ""))
+            if ok:
+                device.confirmed = True
+                device.save(update_fields=["confirmed"])
+                TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+                codes = _recovery_codes(user)
+        if ok:
+            next_url = request.session.pop(ENROLL_KEY, {}).get("next") or settings.LOGIN_REDIRECT_URL
+            _start_session(request, user, device, actor)
+            login_succeeded(username=user.get_username(), address=actor.source_address)
+            audit_record(
+                actor=actor_from_request(request), action="mfa.enrolled", detail={"recovery_codes": len(codes)}
+            )
+            audit_record(actor=actor_from_request(request), action="login.success", detail={"factor": "totp"})
+            # Shown once, in this response only; only hashes of use remain (tokens are consumed).
+            return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": next_url})
+        audit_record(
+            actor=Actor(user.pk, user.get_username(), "anonymous", actor.source_address, actor.user_agent),
+            action="mfa.enroll_failed",
+            outcome=AuditEvent.Outcome.DENIED,
+        )
+        form.add_error("otp_token", "That code did not match. Check the time on your phone and try the next code.")
+    context = {
+        "form": form,
+        "qr_svg": mark_safe(_qr_svg(device.config_url)),  # noqa: S308 (generated locally from our own URL)
+        "secret": totp_secret_base32(device),
+        "username": user.get_username(),
+    }
+    return render(request, "accounts/enroll.html", context, status=200 if request.method == "GET" else 400)
+
+
+@require_POST
+def recovery_codes_view(request: HttpRequest) -> HttpResponse:
+    """Replace the user's recovery codes (verified session only); shown once."""
+    if not user_is_verified(request.user):
+        return redirect("accounts-login")
+    with transaction.atomic():
+        codes = _recovery_codes(request.user)
+        audit_record(actor=actor_from_request(request), action="mfa.recovery_codes_replaced")
+    return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": settings.LOGIN_REDIRECT_URL})
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        actor = actor_from_request(request)
+        user_id = request.user.pk
+        session_key = request.session.session_key
+        with transaction.atomic():
+            audit_record(actor=actor, action="logout")
+            if session_key:
+                staff_session_forget(session_key=session_key)
+            user_sockets_close(user_id=user_id)
+        logout(request)
+    return redirect(settings.LOGOUT_REDIRECT_URL)
+
+
+@require_POST
+def logout_everywhere_view(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        user_logout_everywhere(user_id=request.user.pk, actor=actor_from_request(request))
+        logout(request)
+    return redirect(settings.LOGOUT_REDIRECT_URL)
+
+
+@require_POST
+def session_ping_view(request: HttpRequest) -> HttpResponse:
+    """ "Stay signed in": the middleware already counted this request as activity."""
+    if not request.user.is_authenticated:
+        return error_response(401, "not_authenticated", "Your session has ended; sign in again.")
+    return JsonResponse({"idle_seconds": settings.PERFUSE_SESSION_IDLE_SECONDS})

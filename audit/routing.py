@@ -1,0 +1,5 @@
+from django.urls import path
+
+from audit.consumers import SessionConsumer
+
+websocket_urlpatterns = [path("ws/session", SessionConsumer.as_asgi())]

@@ -1,0 +1,270 @@
+"""Compliance pages (audit search, who-accessed report, disclosure accounting, exports),
+break-glass, and the device-administration page. Thin: selectors read, services write, every
+view writes exactly one audit event (refusals are audited by audit.decorators.staff_page)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from audit.access import actor_from_request
+from audit.decorators import staff_page
+from audit.fhir import audit_bundle
+from audit.forms import BreakGlassForm
+from audit.models import AuditEvent, BreakGlassGrant
+from audit.selectors import (
+    AuditFilters,
+    audit_events,
+    audit_filters_from,
+    devices_overview,
+    patient_accessors,
+    patient_disclosures,
+    unassigned_reading_counts,
+)
+from audit.services import BreakGlassError, audit_record, break_glass_end, break_glass_grant
+from audit.verify import chain_verify
+from telemetry.services import RegistryError, device_key_revoke
+
+PAGE_SIZE = 50
+FHIR_EXPORT_MAX = 50_000
+CSV_COLUMNS = (
+    "id",
+    "occurred_at",
+    "actor_username",
+    "role",
+    "action",
+    "subject",
+    "purpose",
+    "outcome",
+    "break_glass",
+    "source_address",
+    "user_agent",
+    "detail",
+    "hash",
+)
+
+
+def _querystring(filters: AuditFilters, **extra: Any) -> str:
+    params = {k: v for k, v in filters.as_detail().items()}
+    if filters.break_glass:
+        params["break_glass"] = "1"
+    params.update(extra)
+    return urlencode(params)
+
+
+def _audit_read(request: HttpRequest, action: str, filters: AuditFilters, **detail: Any) -> None:
+    audit_record(
+        actor=actor_from_request(request),
+        action=action,
+        subject=filters.patient,
+        detail={"filters": filters.as_detail(), **detail},
+    )
+
+
+@require_GET
+@staff_page("view_audit_trail", "audit.search")
+def audit_search(request: HttpRequest) -> HttpResponse:
+    filters = audit_filters_from(request.GET)
+    paginator = Paginator(audit_events(filters), PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    _audit_read(request, "audit.search", filters, page=page.number)
+    context = {
+        "filters": filters,
+        "page": page,
+        "chain": chain_verify(incremental=True),
+        "query": _querystring(filters),
+        "actions": sorted(set(AuditEvent.objects.values_list("action", flat=True).distinct()[:200])),
+    }
+    return render(request, "audit/events.html", context)
+
+
+@require_GET
+@staff_page("view_audit_trail", "audit.patient_report")
+def patient_report(request: HttpRequest, pseudonym: str) -> HttpResponse:
+    filters = audit_filters_from({**request.GET.dict(), "patient": pseudonym})
+    _audit_read(request, "audit.patient_report", filters)
+    context = {
+        "pseudonym": pseudonym,
+        "filters": filters,
+        "accessors": patient_accessors(pseudonym=pseudonym, start=filters.start, end=filters.end),
+        "events": audit_events(filters)[:200],
+        "query": _querystring(filters),
+    }
+    return render(request, "audit/patient_report.html", context)
+
+
+@require_GET
+@staff_page("view_audit_trail", "audit.disclosures")
+def disclosures(request: HttpRequest, pseudonym: str) -> HttpResponse:
+    filters = audit_filters_from({**request.GET.dict(), "patient": pseudonym})
+    _audit_read(request, "audit.disclosures", filters)
+    rows = patient_disclosures(pseudonym=pseudonym, start=filters.start, end=filters.end)
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="disclosures-{pseudonym}.csv"'
+        writer = csv.writer(response)
+        writer.writerow(["date", "recipient", "description", "purpose"])
+        for row in rows:
+            writer.writerow([row["date"].isoformat(), row["recipient"], row["description"], row["purpose"]])
+        return response
+    return render(request, "audit/disclosures.html", {"pseudonym": pseudonym, "filters": filters, "rows": rows})
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_rows(events: Any) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_COLUMNS)
+    for event in events.iterator(chunk_size=2000):
+        yield writer.writerow(
+            [
+                event.id,
+                event.occurred_at.isoformat(),
+                event.actor_username,
+                event.role,
+                event.action,
+                event.subject,
+                event.purpose,
+                event.outcome,
+                "yes" if event.break_glass else "",
+                event.source_address,
+                event.user_agent,
+                JsonResponse(event.detail).content.decode(),
+                event.hash,
+            ]
+        )
+
+
+@require_GET
+@staff_page("view_audit_trail", "audit.export")
+def export_csv(request: HttpRequest) -> StreamingHttpResponse:
+    filters = audit_filters_from(request.GET)
+    # Audited (and committed) before any row is served.
+    _audit_read(request, "audit.export", filters, format="csv")
+    response = StreamingHttpResponse(_csv_rows(audit_events(filters).order_by("id")), content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="perfuse-audit.csv"'
+    return response
+
+
+@require_GET
+@staff_page("view_audit_trail", "audit.export")
+def export_fhir(request: HttpRequest) -> HttpResponse:
+    filters = audit_filters_from(request.GET)
+    _audit_read(request, "audit.export", filters, format="fhir")
+    events = audit_events(filters).order_by("id")[:FHIR_EXPORT_MAX]
+    response = JsonResponse(audit_bundle(events), content_type="application/fhir+json")
+    response["Content-Disposition"] = 'attachment; filename="perfuse-audit.fhir.json"'
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+@staff_page("break_glass", "break_glass.form")
+def break_glass(request: HttpRequest) -> HttpResponse:
+    actor = actor_from_request(request)
+    form = BreakGlassForm(request.POST or None, initial={"pseudonym": request.GET.get("patient", "")})
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                grant = break_glass_grant(
+                    user=request.user,
+                    actor=actor,
+                    pseudonym=data["pseudonym"],
+                    reason=data["reason"],
+                    purpose=data["purpose"],
+                    minutes=data["minutes"],
+                )
+            except BreakGlassError as exc:
+                form.add_error(None, _BREAK_GLASS_ERRORS.get(str(exc), "Access could not be granted."))
+            else:
+                messages.warning(
+                    request,
+                    f"Emergency access to {grant.patient.pseudonym} until "
+                    f"{grant.expires_at:%H:%M} UTC. Everything you open is recorded as break-glass.",
+                )
+                return redirect(f"/patients/{grant.patient.pseudonym}/")
+        else:
+            audit_record(
+                actor=actor,
+                action="break_glass.requested",
+                outcome=AuditEvent.Outcome.DENIED,
+                subject=str(request.POST.get("pseudonym", ""))[:80],
+                break_glass=True,
+                detail={"reason": "invalid_form", "fields": sorted(form.errors)},
+            )
+        status = 400
+    else:
+        audit_record(actor=actor, action="break_glass.form")
+        status = 200
+    grants = BreakGlassGrant.objects.filter(
+        user_id=request.user.pk or 0, ended_at__isnull=True, expires_at__gt=dt.datetime.now(dt.UTC)
+    ).select_related("patient")
+    context = {"form": form, "grants": grants, "max_minutes": settings.PERFUSE_BREAK_GLASS_MAX_MINUTES}
+    return render(request, "audit/break_glass.html", context, status=status)
+
+
+_BREAK_GLASS_ERRORS = {
+    "unknown_patient": "No patient has that pseudonym.",
+    "purpose": "State the purpose (at least 10 characters).",
+    "duration": f"Choose a duration of at most {settings.PERFUSE_BREAK_GLASS_MAX_MINUTES} minutes.",
+    "reason": "Choose a reason.",
+    "role": "Your role cannot break the glass.",
+}
+
+
+@require_POST
+@staff_page("break_glass", "break_glass.ended")
+def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
+    grant = BreakGlassGrant.objects.select_related("patient").filter(id=grant_id, user_id=request.user.pk or 0).first()
+    if grant is None:
+        audit_record(
+            actor=actor_from_request(request),
+            action="break_glass.ended",
+            outcome=AuditEvent.Outcome.DENIED,
+            detail={"reason": "unknown_grant", "grant": grant_id},
+        )
+        return render(request, "errors/forbidden.html", status=404)
+    break_glass_end(grant=grant, actor=actor_from_request(request))
+    messages.info(request, f"Emergency access to {grant.patient.pseudonym} ended.")
+    return redirect("audit-break-glass")
+
+
+@require_GET
+@staff_page("manage_devices", "devices.view")
+def devices(request: HttpRequest) -> HttpResponse:
+    audit_record(actor=actor_from_request(request), action="devices.view")
+    context = {"devices": devices_overview(), "unassigned": unassigned_reading_counts()}
+    return render(request, "audit/devices.html", context)
+
+
+@require_POST
+@staff_page("manage_devices", "device.key_revoked")
+def device_key_revoke_view(request: HttpRequest, key_id: str) -> HttpResponse:
+    try:
+        with transaction.atomic():
+            key = device_key_revoke(key_id=key_id, actor=actor_from_request(request))
+    except RegistryError:
+        audit_record(
+            actor=actor_from_request(request),
+            action="device.key_revoked",
+            outcome=AuditEvent.Outcome.DENIED,
+            detail={"reason": "unknown_key", "key_id": key_id[:64]},
+        )
+        messages.error(request, "No such key.")
+        return redirect("devices")
+    messages.success(request, f"Key {key.key_id} of {key.device.device_id} revoked; it is refused from now on.")
+    return redirect("devices")
