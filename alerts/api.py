@@ -18,10 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts import selectors, services
-from alerts.auth import actor_from_request
 from alerts.models import Alarm, Priority
 from alerts.schemas import alarm_out, transition_out
-from audit.access import user_is_verified
+from audit.access import actor_from_request, user_is_verified
 from audit.services import audit_record
 from config.api_errors import error_body
 from telemetry.models import Patient
@@ -131,16 +130,22 @@ def _refuse(request: Request, *, action: str, status: int, code: str, detail: st
     return Response(error_body(code, detail), status=status)
 
 
-def _console_refusal(request: Request, action: str) -> Response | None:
+def _console_refusal(request: Request, action: str, subject: str = "") -> Response | None:
+    """None when the user may use the alarm console; else the audited JSON refusal."""
     if selectors.alarm_scope(request.user) is not None:
         return None
     if not request.user.is_authenticated:
-        return _refuse(request, action=action, status=403, code="not_authenticated", detail="Log in first.")
-    if not user_is_verified(request.user):
-        return _refuse(
-            request, action=action, status=403, code="mfa_required", detail="A verified (OTP) session is required."
-        )
-    return _refuse(request, action=action, status=403, code="forbidden", detail="Your role has no alarm console.")
+        code, detail = "not_authenticated", "Log in first."
+    elif not user_is_verified(request.user):
+        code, detail = "mfa_required", "A verified (OTP) session is required."
+    else:
+        code, detail = "forbidden", "Your role has no alarm console."
+    return _refuse(request, action=action, status=403, code=code, detail=detail, subject=subject[:40])
+
+
+def _alarm_subject(alarm_id: int) -> str:
+    """The patient an alarm is about, so refusals name the subject like allowed acts do."""
+    return Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first() or ""
 
 
 def _input(
@@ -192,7 +197,7 @@ def alarm_list(request: Request) -> Response:
         audit_record(
             actor=actor_from_request(request),
             action="alarm.listed",
-            subject=patient or "",
+            subject=(patient or "")[:40],
             detail={
                 "state": state,
                 "ward": ward or "",
@@ -204,7 +209,7 @@ def alarm_list(request: Request) -> Response:
 
 
 def _visible_alarm(request: Request, alarm_id: int, action: str) -> tuple[Alarm | None, Response | None]:
-    refused = _console_refusal(request, action)
+    refused = _console_refusal(request, action, _alarm_subject(alarm_id))
     if refused:
         return None, refused
     alarm = (
@@ -257,7 +262,7 @@ def alarm_detail(request: Request, alarm_id: int) -> Response:
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
 def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
-    refused = _console_refusal(request, "alarm.acknowledged")
+    refused = _console_refusal(request, "alarm.acknowledged", _alarm_subject(alarm_id))
     if refused:
         return refused
     data, bad = _input(AcknowledgeIn, request)
@@ -279,7 +284,7 @@ def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
 def alarm_accept(request: Request, alarm_id: int) -> Response:
-    refused = _console_refusal(request, "alarm.accepted")
+    refused = _console_refusal(request, "alarm.accepted", _alarm_subject(alarm_id))
     if refused:
         return refused
     try:
@@ -297,7 +302,7 @@ def alarm_accept(request: Request, alarm_id: int) -> Response:
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
 def alarm_decline(request: Request, alarm_id: int) -> Response:
-    refused = _console_refusal(request, "alarm.declined")
+    refused = _console_refusal(request, "alarm.declined", _alarm_subject(alarm_id))
     if refused:
         return refused
     data, bad = _input(DeclineIn, request)
@@ -319,7 +324,8 @@ def alarm_decline(request: Request, alarm_id: int) -> Response:
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
 def alarm_pause(request: Request) -> Response:
-    refused = _console_refusal(request, "alarm.paused")
+    asked = request.data.get("patient") if isinstance(request.data, dict) else None
+    refused = _console_refusal(request, "alarm.paused", asked if isinstance(asked, str) else "")
     if refused:
         return refused
     data, bad = _input(PauseIn, request)

@@ -1,10 +1,11 @@
 """`WS /ws/alarms/live`: the alarm console's live feed.
 
-`connect` resolves the session user, checks the OTP verification itself (django-otp's middleware
-does not run for WebSockets), decides the alarm scope (alerts.selectors.alarm_scope) and audits
-the subscription either way; a refused socket is accepted and closed with 4403 so the browser
-sees the code. It joins the `alarms` group (every transition) and the user's notification group,
-sends a snapshot of the open alarms in scope, then forwards `alarm.transition`, `alarm.pause`
+`connect` takes the session user as audit.asgi.SessionGuardMiddleware left it (OTP-verified or
+not, idle-expired sessions as anonymous: django-otp's middleware does not run for WebSockets),
+decides the alarm scope (alerts.selectors.alarm_scope) and audits the subscription either way;
+a refused socket is accepted and closed with 4403 so the browser sees the code. It joins the
+`alarms` group (every transition), the user's notification group and the user's session group
+(closed on logout), sends a snapshot of the open alarms in scope, then forwards `alarm.transition`, `alarm.pause`
 and `alarm.notification` frames, dropping those outside the user's scope. Frames are hints: the
 browser refetches the list over REST after a reconnect. Groups are re-joined periodically
 because channel-layer memberships do not survive a Redis restart.
@@ -22,9 +23,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerts import selectors
-from alerts.auth import actor_from_scope, scope_user_verify
 from alerts.schemas import alarm_out, iso
-from audit.access import user_is_verified, user_role
+from audit.access import actor_from_scope
+from audit.decorators import refusal_reason
 from audit.services import audit_record
 from telemetry import events
 from telemetry.models import Ward
@@ -32,11 +33,6 @@ from telemetry.models import Ward
 CLOSE_FORBIDDEN = 4403
 CLOSE_SESSION_ENDED = 4401
 REJOIN_SECONDS = 30.0
-
-
-def session_group(user_id: int) -> str:
-    """The access app sends `session.revoked` here on logout (telemetry.events.user_group there)."""
-    return f"user.{user_id}"
 
 
 class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -51,20 +47,22 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         user_id = self.scope["user"].pk
-        self.groups_joined = [events.alarms_group(), events.alarms_user_group(user_id), session_group(user_id)]
+        self.groups_joined = [events.alarms_group(), events.alarms_user_group(user_id), events.user_group(user_id)]
         await self._join()
         await self.send_json(snapshot)
         self._upkeep = asyncio.create_task(self._rejoin_forever())
 
     def _authorize_and_snapshot(self) -> dict[str, Any] | None:
-        user = scope_user_verify(self.scope)
+        user = self.scope.get("user")  # OTP-verified or not by audit.asgi.SessionGuardMiddleware
         scope = selectors.alarm_scope(user)
         actor = actor_from_scope(self.scope)
         with transaction.atomic():
             if scope is None:
-                reason = "mfa_required" if not user_is_verified(user) else f"role_{user_role(user)}"
                 audit_record(
-                    actor=actor, action="alarm.console_subscribed", outcome="denied", detail={"reason": reason}
+                    actor=actor,
+                    action="alarm.console_subscribed",
+                    outcome="denied",
+                    detail={"reason": refusal_reason(user)},
                 )
                 return None
             alarms = list(selectors.alarms_open_sorted(selectors.alarms_visible_to(user)))

@@ -15,7 +15,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from alerts.models import Alarm, AlarmPause, AlarmRule, Category
-from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_is_verified, user_role, user_ward_ids
+from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_can, user_is_verified, user_role, user_ward_ids
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
@@ -38,7 +38,7 @@ class AlarmScope:
 
 def alarm_scope(user: Any) -> AlarmScope | None:
     """None when the user may not use the alarm console at all."""
-    if not user_is_verified(user):
+    if not (user_can(user, "acknowledge_alarms") or user_can(user, "edit_alarm_rules")):
         return None
     role = user_role(user)
     if role not in CONSOLE_ROLES:

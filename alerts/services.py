@@ -33,7 +33,7 @@ from alerts.models import (
 )
 from alerts.schemas import AlarmTransitionFrame, alarm_out, transition_out
 from alerts.selectors import alarm_access, rule_current_ward
-from audit.access import ADMIN, ONCALL, user_role
+from audit.access import ONCALL, user_can, user_role
 from audit.services import SYSTEM, Actor, audit_record
 from telemetry import events
 from telemetry.models import Annotation, Patient, Ward
@@ -314,7 +314,17 @@ def alarm_acknowledge(*, alarm_id: int, user: Any, actor: Actor, note: str = "")
         outcome.error = _authorized(alarm, user=user, actor=actor, act="acknowledged", alarm_id=alarm_id)
         if outcome.error is None:
             assert alarm is not None
-            if alarm.state != State.ACTIVE_UNACKNOWLEDGED:
+            if not user_can(user, "acknowledge_alarms"):
+                outcome.error = _deny(
+                    alarm,
+                    actor=actor,
+                    act="acknowledged",
+                    reason="role",
+                    code="forbidden",
+                    detail="Your role does not acknowledge alarms.",
+                )
+                outcome.error.status = 403
+            elif alarm.state != State.ACTIVE_UNACKNOWLEDGED:
                 outcome.error = _deny(
                     alarm,
                     actor=actor,
@@ -447,7 +457,7 @@ def patient_pause(
     rule = rule_current_ward(patient.ward)
     with transaction.atomic():
         error: AlarmError | None = None
-        if user_role(user) not in (ONCALL, "clinician", ADMIN):
+        if not user_can(user, "acknowledge_alarms"):
             error = AlarmForbidden("Your role may not pause alarms.")
         elif priority not in Priority.values:
             error = AlarmError("priority must be high, medium or low.", code="invalid")
@@ -560,7 +570,8 @@ def _next_version(*, ward: Ward, patient: Patient | None) -> int:
 @transaction.atomic
 def rule_ensure_ward_default(*, ward: Ward) -> AlarmRule:
     """A ward without a rule gets the shipped defaults as version 1 (wards created after the
-    migration that seeded existing ones)."""
+    migration that seeded existing ones). Not an audited act: nobody chose anything; the row
+    itself says it is the shipped default, and every later change is audited."""
     Ward.objects.select_for_update().filter(pk=ward.pk).first()
     current = AlarmRule.objects.filter(ward=ward, patient__isnull=True).order_by("-version").first()
     if current is not None:
@@ -573,7 +584,6 @@ def rule_ensure_ward_default(*, ward: Ward) -> AlarmRule:
         reason="shipped defaults",
         **RULE_DEFAULTS,
     )
-    audit_record(actor=SYSTEM, action="alarm_rule.created", subject=ward.code, detail={"version": 1, "defaults": True})
     return rule
 
 
@@ -589,7 +599,7 @@ def rule_update(
     """Write a new version of a ward's rule or of a patient's override (administrators only).
     Invalid values are refused field by field; refusals are audited."""
     clean, errors = rule_validate(values)
-    if user_role(user) != ADMIN:
+    if not user_can(user, "edit_alarm_rules"):
         errors = {"__all__": "only administrators edit alarm rules"}
     subject = patient.pseudonym if patient else ward.code
     with transaction.atomic():
@@ -636,7 +646,7 @@ def rule_update(
 def rule_override_remove(*, patient: Patient, actor: Actor, user: Any) -> AlarmRule | None:
     """Return a patient to the ward rule: a retired override version, so history stays intact."""
     current = AlarmRule.objects.filter(patient=patient).order_by("-version").first()
-    if user_role(user) != ADMIN or current is None or current.retired:
+    if not user_can(user, "edit_alarm_rules") or current is None or current.retired:
         audit_record(actor=actor, action="alarm_rule.override_removed", outcome="denied", subject=patient.pseudonym)
         return None
     rule = AlarmRule.objects.create(

@@ -18,10 +18,10 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from alerts import selectors, services
-from alerts.auth import actor_from_request
 from alerts.models import RULE_FIELDS, Alarm, AlarmRule
 from alerts.schemas import alarm_out
-from audit.access import ADMIN, user_is_verified, user_role
+from audit.access import actor_from_request, user_can, user_is_verified
+from audit.decorators import refusal_reason
 from audit.services import audit_record
 from telemetry.models import Patient, Ward
 
@@ -44,25 +44,25 @@ RULE_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "") -> HttpResponse | None:
-    if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path())
+def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "") -> HttpResponse:
+    """Audited refusal: to the login page without a verified session, else a 403 page."""
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
             action=action,
             outcome="denied",
             subject=subject,
-            detail={"reason": reason},
+            detail={"reason": reason, "path": request.path[:200]},
         )
-    return render(request, "alerts/denied.html", {"reason": reason}, status=403)
+    if not user_is_verified(request.user):
+        return redirect_to_login(request.get_full_path())
+    return render(request, "errors/forbidden.html", status=403)
 
 
 def _scope_or_refuse(request: HttpRequest, action: str) -> tuple[selectors.AlarmScope | None, HttpResponse | None]:
     scope = selectors.alarm_scope(request.user)
     if scope is None:
-        reason = "mfa_required" if not user_is_verified(request.user) else f"role_{user_role(request.user)}"
-        return None, _refuse(request, action, reason)
+        return None, _refuse(request, action, refusal_reason(request.user))
     return scope, None
 
 
@@ -87,25 +87,18 @@ def console(request: HttpRequest) -> HttpResponse:
             "notes": notes,
             "role": scope.role,
             "can_accept": scope.role == "oncall",
+            "can_acknowledge": user_can(request.user, "acknowledge_alarms"),
         },
     )
 
 
 def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
-    _scope, refused = _scope_or_refuse(request, "alarm.explained")
-    if refused:
-        return refused
+    known = Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first()
+    if selectors.alarm_scope(request.user) is None:
+        return _refuse(request, "alarm.explained", refusal_reason(request.user), known or "")
     alarm = selectors.alarms_visible_to(request.user).filter(pk=alarm_id).first()
     if alarm is None:
-        exists = Alarm.objects.filter(pk=alarm_id).select_related("patient").first()
-        denied = _refuse(
-            request,
-            "alarm.explained",
-            "other_ward" if exists else "unknown",
-            exists.patient.pseudonym if exists else "",
-        )
-        assert denied is not None
-        return denied
+        return _refuse(request, "alarm.explained", "other_ward" if known else "unknown", known or "")
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
@@ -142,11 +135,8 @@ def _rule_target(request: HttpRequest) -> tuple[Ward | None, Patient | None]:
 
 @require_http_methods(["GET", "POST"])
 def rules(request: HttpRequest) -> HttpResponse:
-    if not user_is_verified(request.user) or user_role(request.user) != ADMIN:
-        reason = "mfa_required" if not user_is_verified(request.user) else f"role_{user_role(request.user)}"
-        refused = _refuse(request, "alarm_rule.viewed", reason)
-        assert refused is not None
-        return refused
+    if not user_can(request.user, "edit_alarm_rules"):
+        return _refuse(request, "alarm_rule.viewed", refusal_reason(request.user))
     ward, patient = _rule_target(request)
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}

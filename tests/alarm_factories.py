@@ -7,14 +7,14 @@ import datetime as dt
 import itertools
 from typing import Any, NamedTuple
 
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.models import StaffProfile
 from telemetry.models import Device, DeviceState, Patient, Ward
+from tests import personas
 
 _seq = itertools.count(1)
 
@@ -34,29 +34,20 @@ class Row(NamedTuple):
 
 
 def staff(username: str, role: str, wards: list[Ward] | None = None) -> User:
-    user = User.objects.create_user(username, password="a-long-test-password")
-    user.groups.add(Group.objects.get_or_create(name=role)[0])
-    profile = StaffProfile.objects.create(user=user)
-    profile.wards.set(wards or [])
-    TOTPDevice.objects.create(user=user, name="default", confirmed=True)
-    return User.objects.get(pk=user.pk)
+    """A persona of the access app (role group with its permissions, confirmed TOTP device)."""
+    return personas.staff(username, role, [w.code for w in wards or []])
 
 
 def verified(user: User) -> User:
     """What django-otp's middleware does for a session that passed TOTP."""
-    device = TOTPDevice.objects.get(user=user)
+    device = TOTPDevice.objects.get(user=user, confirmed=True)
     user.otp_device = device  # type: ignore[attr-defined]
     user.is_verified = lambda: True  # type: ignore[attr-defined]
     return user
 
 
 def verified_client(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user).persistent_id
-    session.save()
-    return client
+    return personas.verified_client(user)
 
 
 def insert(patient: Patient, device: Device, samples: list[tuple[dt.datetime, float, float | None]]) -> list[Row]:
@@ -109,6 +100,6 @@ def ws_headers(user: User | None, *, otp: bool = True) -> list[tuple[bytes, byte
     session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     if otp:
-        session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user).persistent_id
+        session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user, confirmed=True).persistent_id
     session.save()
     return [*headers, (b"cookie", f"sessionid={session.session_key}".encode())]
