@@ -5,6 +5,7 @@
   const root = document.getElementById("alarm-console");
   if (!root) return;
   const canAccept = root.dataset.canAccept === "1";
+  const canAcknowledge = root.dataset.canAcknowledge === "1";
   const rowsEl = document.getElementById("alarm-rows");
   const emptyEl = document.getElementById("alarm-empty");
   const statusEl = document.getElementById("live-status");
@@ -85,14 +86,14 @@
     esc.textContent = a.escalation_level ? "level " + a.escalation_level : "—";
     if (a.responsible) esc.appendChild(el("div", {}, "accepted by " + a.responsible));
     const cell = tr.appendChild(el("td", { class: "act" }));
-    if (a.state === "active_unacknowledged") {
+    if (canAcknowledge && a.state === "active_unacknowledged") {
       const note = el("input", { type: "text", maxlength: "500", placeholder: "note", "aria-label": "acknowledgement note" });
       cell.appendChild(note);
       act(cell, "Acknowledge", "ack", () => post("/api/v1/alarms/" + a.id + "/acknowledge", { note: note.value }));
     }
     if (canAccept && !a.responsible) act(cell, "Accept", "accept", () => post("/api/v1/alarms/" + a.id + "/accept"));
     if (canAccept && a.escalation_level >= 1) act(cell, "Decline", "decline", () => post("/api/v1/alarms/" + a.id + "/decline", { reason: "" }));
-    act(cell, "Pause 2 min", "pause", async () => {
+    if (canAcknowledge) act(cell, "Pause 2 min", "pause", async () => {
       const p = await post("/api/v1/alarms/pauses", { patient: a.patient, seconds: 120, priority: a.priority === "high" ? "medium" : a.priority });
       pauses.set(p.patient, p);
       render();
