@@ -35,8 +35,8 @@ class Notifier(Protocol):
 
 class InAppNotifier:
     def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None:
+        from alerts.events import publish_after_commit
         from alerts.models import Notification
-        from alerts.services import publish_after_commit
 
         for user in recipients:
             note = Notification.objects.create(recipient=user, alarm=alarm, created_at=now, text=text[:300])

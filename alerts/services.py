@@ -11,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.utils import timezone
 
 from alerts import lifecycle, notifiers
+from alerts.events import publish_after_commit
 from alerts.models import (
     KIND_CATEGORY,
     KIND_PRIORITY,
@@ -70,14 +69,6 @@ class RuleInvalid(AlarmError):
 
 
 # --- live frames -------------------------------------------------------------------------------
-
-
-def _send(groups: list[str], event: dict[str, Any]) -> None:
-    async_to_sync(events.publish)(groups, event)
-
-
-def publish_after_commit(groups: list[str], event: dict[str, Any]) -> None:
-    transaction.on_commit(partial(_send, groups, event))
 
 
 def _record(
