@@ -183,8 +183,13 @@ def _actor_for(user: Any, source_address: str, user_agent: str) -> Actor:
     )
 
 
+def request_address(request: HttpRequest) -> str:
+    """The client address of an HTTP request, by the same proxy rule as the audit trail."""
+    return _client_address(request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR", ""))
+
+
 def actor_from_request(request: HttpRequest) -> Actor:
-    address = _client_address(request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR", ""))
+    address = request_address(request)
     return _actor_for(getattr(request, "user", None), address, request.META.get("HTTP_USER_AGENT", ""))
 
 

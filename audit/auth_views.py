@@ -8,6 +8,7 @@ prove the new authenticator works.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -15,22 +16,25 @@ import qrcode
 import qrcode.image.svg
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_otp import login as otp_login
 from django_otp import match_token, user_has_device
+from django_otp.middleware import is_verified as otp_is_verified
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.access import actor_from_request, user_is_verified
+from audit.context import role_home
 from audit.forms import EnrollForm, LoginForm
 from audit.lockout import login_gate, login_succeeded
 from audit.middleware import LAST_ACTIVITY_KEY
-from audit.models import AuditEvent
+from audit.models import AuditEvent, StaffSession
 from audit.services import (
     Actor,
     audit_record,
@@ -47,11 +51,11 @@ ENROLL_SECONDS = 600
 RECOVERY_CODES = 10
 
 
-def _next_url(request: HttpRequest) -> str:
+def _next_url(request: HttpRequest, default: str = "") -> str:
     target = request.POST.get("next") or request.GET.get("next") or ""
     if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
         return target
-    return settings.LOGIN_REDIRECT_URL
+    return default
 
 
 def _failure(request: HttpRequest, form: LoginForm, actor: Actor, reason: str, user: Any = None) -> HttpResponse:
@@ -75,6 +79,8 @@ def _failure(request: HttpRequest, form: LoginForm, actor: Actor, reason: str, u
 def _start_session(request: HttpRequest, user: Any, device: Any, actor: Actor) -> None:
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     otp_login(request, device)
+    # The OTP middleware ran before login; give this request's user what it would have set.
+    user.is_verified = functools.partial(otp_is_verified, user)
     request.session[LAST_ACTIVITY_KEY] = time.time()
     request.session.save()
     staff_session_register(user_id=user.pk, session_key=request.session.session_key or "", actor=actor)
@@ -125,7 +131,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if isinstance(device, StaticDevice):
         detail["recovery_codes_left"] = device.token_set.count()
     audit_record(actor=actor_from_request(request), action="login.success", detail=detail)
-    return redirect(_next_url(request))
+    return redirect(_next_url(request) or role_home(user))
 
 
 def _pending_user(request: HttpRequest) -> Any:
@@ -171,8 +177,8 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
                 TOTPDevice.objects.filter(user=user, confirmed=False).delete()
                 codes = _recovery_codes(user)
         if ok:
-            next_url = request.session.pop(ENROLL_KEY, {}).get("next") or settings.LOGIN_REDIRECT_URL
             _start_session(request, user, device, actor)
+            next_url = request.session.pop(ENROLL_KEY, {}).get("next") or role_home(user)
             login_succeeded(username=user.get_username(), address=actor.source_address)
             audit_record(
                 actor=actor_from_request(request), action="mfa.enrolled", detail={"recovery_codes": len(codes)}
@@ -203,7 +209,17 @@ def recovery_codes_view(request: HttpRequest) -> HttpResponse:
     with transaction.atomic():
         codes = _recovery_codes(request.user)
         audit_record(actor=actor_from_request(request), action="mfa.recovery_codes_replaced")
-    return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": settings.LOGIN_REDIRECT_URL})
+    return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": role_home(request.user)})
+
+
+@require_GET
+def account_view(request: HttpRequest) -> HttpResponse:
+    """The user's own account: open sessions, recovery codes, log out everywhere."""
+    if not user_is_verified(request.user):
+        return redirect_to_login(request.get_full_path())
+    sessions = StaffSession.objects.filter(user_id=request.user.pk or 0).order_by("-created_at")
+    context = {"sessions": sessions, "current": request.session.session_key}
+    return render(request, "accounts/account.html", context)
 
 
 @require_POST

@@ -19,6 +19,14 @@ NAV: list[tuple[str, str, str]] = [
 ]
 
 
+def role_home(user: Any) -> str:
+    """Where a user lands after sign-in: the first page of the navigation their role may use."""
+    for _, url, cap in NAV:
+        if user_can(user, cap):
+            return url
+    return "/accounts/"
+
+
 def staff_context(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     verified = user_is_verified(user)

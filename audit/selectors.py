@@ -54,12 +54,15 @@ class AuditFilters:
 
 
 def _parse_time(raw: str, *, end: bool) -> dt.datetime | None:
-    value = parse_datetime(raw)
-    if value is None:
-        day = parse_date(raw)
-        if day is None:
-            raise ValueError(raw)
+    """ISO-8601 time, or a date: a start date means its midnight, an end date includes the day."""
+    day = parse_date(raw) if len(raw) == 10 else None
+    if day is not None:
         value = dt.datetime.combine(day, dt.time.min) + (dt.timedelta(days=1) if end else dt.timedelta())
+    else:
+        parsed = parse_datetime(raw)
+        if parsed is None:
+            raise ValueError(raw)
+        value = parsed
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value

@@ -296,3 +296,17 @@ def staff_upsert(
         detail={"username": username, "role": role, "wards": sorted(ward_codes)},
     )
     return StaffAccount(user=user, role=role, totp=device, created=created)
+
+
+@transaction.atomic
+def staff_deactivate(*, username: str, actor: Actor = SYSTEM) -> int:
+    """Disable an account at once: no new sign-in, every session ended, every socket closed."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.select_for_update().filter(username=username).first()
+    if user is None:
+        raise StaffError(f"unknown user {username!r}")
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    audit_record(actor=actor, action="staff.deactivated", subject=f"user:{user.pk}", detail={"username": username})
+    return user_logout_everywhere(user_id=user.pk, actor=actor)

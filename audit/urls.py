@@ -3,6 +3,7 @@ from django.urls import path
 from audit import api, auth_views, views
 
 urlpatterns = [
+    path("accounts/", auth_views.account_view, name="accounts"),
     path("accounts/login/", auth_views.login_view, name="accounts-login"),
     path("accounts/enroll/", auth_views.enroll_view, name="accounts-enroll"),
     path("accounts/recovery-codes/", auth_views.recovery_codes_view, name="accounts-recovery-codes"),

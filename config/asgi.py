@@ -8,19 +8,30 @@ from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+if settings.PERFUSE_SERVE_STATIC:
+    # Daphne serves no static files by itself; in the demo Django serves static/ (production:
+    # the proxy serves STATIC_ROOT after collectstatic).
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from audit.asgi import SessionGuardMiddleware  # noqa: E402
+from config.metrics import WebSocketGauge  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/asgi.py).
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns)))
+        # WebSocketGauge: the open-connections gauge of /metrics (config/metrics.py).
+        "websocket": WebSocketGauge(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))
         ),
     }
 )

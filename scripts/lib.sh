@@ -61,8 +61,13 @@ ensure_venv() {
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python dependencies"
-    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]" >/dev/null
+    local out="$VENV/pip-install.log"
+    if ! { "$PY" -m pip install -q --disable-pip-version-check --upgrade pip \
+           && "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]"; } >"$out" 2>&1; then
+      cat "$out" >&2
+      log "pip install failed (log above)"
+      return 1
+    fi
     echo "$want" > "$stamp"
   fi
 }

@@ -36,11 +36,12 @@ if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ -x "$ROOT/scripts/timescale-server.sh" 
   TS_PORT="$(free_port)"
   "$ROOT/scripts/timescale-server.sh" "$TS_PORT" "$TMP/timescale" > "$TMP/timescale.log" 2>&1 &
   PIDS+=($!)
-  export TIMESCALE_TEST_URL="postgres://postgres@127.0.0.1:$TS_PORT/postgres"
+  # PGlite asks for a password (any) and always serves one database whatever the name.
+  export TIMESCALE_TEST_URL="postgres://postgres:postgres@127.0.0.1:$TS_PORT/postgres"
   export TIMESCALE_TEST_LOG="$TMP/timescale.log"
 fi
 
 export DJANGO_SETTINGS_MODULE=config.settings.test
 cd "$ROOT"
-log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL##*/})"
+log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL#redis://})"
 "$PY" -m pytest "$@"

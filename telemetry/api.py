@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from config import metrics
 from telemetry import ingest
 from telemetry.schemas import encoder
 
@@ -22,6 +23,7 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 
 
 @csrf_exempt
+@metrics.ingest_observed
 async def ingest_readings(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _error(405, "method_not_allowed", "use POST", {"Allow": "POST"})

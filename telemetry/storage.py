@@ -89,6 +89,14 @@ def ensure_partitions(cursor: Any, *, today: dt.date, days_ahead: int = PARTITIO
     return created
 
 
+def drain_default_partition(cursor: Any, table: str = "telemetry_reading") -> list[str]:
+    """Give every day that has rows in the default partition (data older or newer than the
+    partitions kept ahead) its own partition, moving the rows; return the partitions created."""
+    cursor.execute(f"SELECT DISTINCT (sample_time AT TIME ZONE 'UTC')::date FROM {table}_default ORDER BY 1")
+    days = [row[0] for row in cursor.fetchall()]
+    return [f"{table}_p{day:%Y%m%d}" for day in days if ensure_partition(cursor, table, day)]
+
+
 def create_reading_storage(cursor: Any, *, today: dt.date) -> str:
     if timescale_wanted(cursor):
         cursor.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

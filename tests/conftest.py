@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -27,6 +31,9 @@ def _flush_with_audit(self: DatabaseOperations, style: Any, tables: Any, **kwarg
         "SET LOCAL session_replication_role = replica",
         *statements,
         "TRUNCATE telemetry_reading, telemetry_ingest_log",
+        # The rollup tables exist on plain PostgreSQL only (migration 0003); Django does not know them.
+        "DO $$ BEGIN IF to_regclass('telemetry_rollup_1m') IS NOT NULL THEN "
+        "TRUNCATE telemetry_rollup_1m, telemetry_rollup_1h; END IF; END $$",
         "SET LOCAL session_replication_role = origin",
     ]
 
@@ -51,7 +58,83 @@ async def ingest_clients() -> AsyncIterator[None]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"database: {os.environ.get('DATABASE_URL', '?')}  redis: {os.environ.get('REDIS_URL', '?')}"
+    return (
+        f"database: {os.environ.get('DATABASE_URL', '?')}  redis: {os.environ.get('REDIS_URL', '?')}  "
+        f"timescale: {os.environ.get('TIMESCALE_TEST_URL', 'not set (timescale tests skipped)')}"
+    )
+
+
+def _timescale_log_tail() -> str:
+    path = os.environ.get("TIMESCALE_TEST_LOG")
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as log:
+        return "\nserver log:\n" + "".join(log.readlines()[-20:])
+
+
+def migrate_timescale(url: str, *args: str) -> None:
+    """Run `manage.py migrate` against the TimescaleDB test server in a subprocess: the server takes
+    one connection at a time, so the test process must hold none while Django migrates."""
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"migrate {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def _empty_timescale_schema(conn: psycopg.Connection[Any]) -> None:
+    """Drop what earlier runs left, so a reused server gives the same run as a fresh one. The
+    extension itself stays: PGlite's one backend cannot load it a second time."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+        for (view,) in conn.execute("SELECT view_name FROM timescaledb_information.continuous_aggregates").fetchall():
+            conn.execute(f'DROP MATERIALIZED VIEW IF EXISTS public."{view}" CASCADE')
+    for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall():
+        conn.execute(f'DROP TABLE IF EXISTS public."{table}" CASCADE')
+    for (sequence,) in conn.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'").fetchall():
+        conn.execute(f'DROP SEQUENCE IF EXISTS public."{sequence}" CASCADE')
+    own_functions = conn.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'public' AND NOT EXISTS "
+        "(SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')"
+    ).fetchall()
+    for (function,) in own_functions:
+        conn.execute(f"DROP FUNCTION IF EXISTS {function} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def timescale_url() -> str:
+    """The TimescaleDB test server (scripts/timescale-server.sh, started by `make test`), migrated
+    from an empty schema. Tests connect with psycopg, one connection at a time."""
+    url = os.environ.get("TIMESCALE_TEST_URL")
+    if not url:
+        pytest.skip("TIMESCALE_TEST_URL is not set")
+    deadline = time.monotonic() + 240  # first start may run `npm ci` and initialise PGlite
+    while True:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                _empty_timescale_schema(conn)
+            break
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"TimescaleDB test server at {url} not ready: {exc}{_timescale_log_tail()}"
+                ) from exc
+            time.sleep(0.5)
+    migrate_timescale(url)
+    return url
+
+
+@pytest.fixture
+def timescale(timescale_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the migrated TimescaleDB test server."""
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -102,6 +102,23 @@ def test_new_user_enrolls_with_qr_then_gets_recovery_codes_that_work_once(clinic
     assert _login(Client(), "dr-a", personas.PASSWORD, codes[0]).status_code == 401
 
 
+@pytest.mark.parametrize(
+    "role, home",
+    [("clinician", "/"), ("compliance", "/audit/"), ("device_admin", "/devices/"), ("admin", "/audit/break-glass/")],
+)
+def test_each_role_lands_on_its_home(role, home):
+    user = personas.staff(f"u-{role}", role)
+    r = _login(Client(), user.username, personas.PASSWORD, personas.totp_code(user))
+    assert r.status_code == 302 and r["Location"] == home
+
+
+def test_account_page_lists_sessions(clinician):
+    client = personas.verified_client(clinician, HTTP_USER_AGENT="Phone browser")
+    page = client.get("/accounts/").content.decode()
+    assert "(this one)" in page and "Log out everywhere" in page
+    assert Client().get("/accounts/")["Location"].startswith("/accounts/login/")
+
+
 def test_enrollment_page_needs_a_password_first():
     assert Client().get("/accounts/enroll/")["Location"] == "/accounts/login/"
 

@@ -76,3 +76,25 @@ def test_seed_demo_is_idempotent_and_prints_the_same_secrets():
     clinician = TOTPDevice.objects.get(user__username="clinician").user
     assert list(clinician.staff.wards.values_list("code", flat=True)) == ["icu-demo"]
     assert set(Ward.objects.values_list("code", flat=True)) >= {"icu-demo", "ward-b"}
+
+
+def test_deactivate_staff_ends_sessions_and_refuses_sign_in():
+    from audit.models import AuditEvent
+    from tests import personas
+
+    factories.ward("icu-d")
+    user = personas.staff("leaver", "clinician", ["icu-d"])
+    client = personas.verified_client(user)
+    assert client.post("/accounts/session/ping").status_code == 200
+    out = io.StringIO()
+    call_command("deactivate_staff", "leaver", stdout=out)
+    assert "1 session(s) ended" in out.getvalue()
+    assert client.post("/accounts/session/ping").status_code == 401
+    r = Client().post(
+        "/accounts/login/",
+        {"username": "leaver", "password": personas.PASSWORD, "otp_token": personas.totp_code(user)},
+    )
+    assert r.status_code == 401
+    assert AuditEvent.objects.filter(action="staff.deactivated").count() == 1
+    with pytest.raises(CommandError, match="unknown user"):
+        call_command("deactivate_staff", "nobody")

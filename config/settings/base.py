@@ -34,6 +34,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz, /metrics: answered before host validation and the HTTPS redirect (config/ops.py).
+    "config.ops.OpsEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -66,7 +68,15 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = envstr("DATABASE_URL", "postgres://perfuse@127.0.0.1:54329/perfuse")
-DATABASES = {"default": {**database_from_url(DATABASE_URL), "CONN_MAX_AGE": 60, "ATOMIC_REQUESTS": False}}
+DATABASES = {
+    "default": {
+        **database_from_url(DATABASE_URL),
+        "CONN_MAX_AGE": 60,
+        "ATOMIC_REQUESTS": False,
+        # Without it libpq waits on an unreachable host for as long as TCP does; /readyz must answer.
+        "OPTIONS": {"connect_timeout": envint("PERFUSE_DB_CONNECT_TIMEOUT", 5)},
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # "auto": use TimescaleDB when the extension is available, plain partitions otherwise.
@@ -114,6 +124,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / ".data" / "staticfiles"
+# Let the ASGI app serve static/ itself (demo, tests); production puts the proxy in front.
+PERFUSE_SERVE_STATIC = envbool("PERFUSE_SERVE_STATIC", True)
 
 OTP_TOTP_ISSUER = "Perfuse"
 
@@ -151,6 +163,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "telemetry.openapi.add_ingest_endpoint",
+        "config.openapi.add_ops_endpoints",
     ],
 }
 
@@ -178,6 +191,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }
+
+# /metrics answers only these client addresses (CIDR, comma-separated in the environment):
+# loopback and the private ranges where a hospital's monitoring usually sits. See docs/operations.md.
+PERFUSE_METRICS_ALLOWED_NETS = envlist(
+    "PERFUSE_METRICS_ALLOWED_NETS",
+    ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+)
 
 # Stream processors run by `manage.py run_engine`, in order, on each batch of new readings.
 PERFUSE_ENGINE_PROCESSORS = envlist(

@@ -1,0 +1,330 @@
+"""Operational endpoints: liveness (`/healthz`), readiness (`/readyz`), Prometheus metrics (`/metrics`).
+
+They are served by OpsEndpointsMiddleware, first in MIDDLEWARE, not by the URL router: probes
+and scrapers address a process by its own IP over plain HTTP, which ALLOWED_HOSTS (400) and the
+production HTTPS redirect (301) would refuse; none of the three builds a URL from the Host
+header or uses a session, so neither check protects anything here.
+
+Liveness needs nothing: no database, no Redis. Readiness asks PostgreSQL (reachable,
+`telemetry_reading` present, no unapplied migration) and Redis (PING). The migration check loads
+the migration graph, too slow for every probe: once the database is found migrated that answer
+is kept for the life of the process (a deploy that adds migrations also restarts it); a
+negative answer is re-checked at most every few seconds.
+
+`/metrics` joins this process's counters (config/metrics.py) with figures read from PostgreSQL
+at scrape time, so they agree whichever process is scraped: engine lag, readings stored in the
+last minute, open alarms, audit chain length. It is unauthenticated but answers only addresses
+in PERFUSE_METRICS_ALLOWED_NETS (403 JSON otherwise). Nothing in it names a patient.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connection, transaction
+from django.db.migrations.loader import MigrationLoader
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from audit.access import request_address
+from config import metrics
+from config.api_errors import error_body
+from telemetry.selectors import ENGINE_CURSOR
+
+log = logging.getLogger(__name__)
+
+NOT_MIGRATED_RECHECK_SECONDS = 5.0
+REDIS_TIMEOUT_SECONDS = 0.5
+SCRAPE_STATEMENT_TIMEOUT = "2s"
+# Readings stored in the last minute: walk the ingest log backwards by txid (its only index) in
+# pages, stopping at the first page older than the window; the cap bounds a scrape's cost.
+RECENT_PAGE_ROWS = 20_000
+RECENT_MAX_PAGES = 25
+_PROCESS_START = time.time()
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"status": "ok"}, headers=_NO_STORE)
+
+
+# ---- readiness -----------------------------------------------------------------------------
+
+_migrated_checked_at: float | None = None
+_migrated = False
+
+
+def _database_check() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('telemetry_reading') IS NOT NULL")
+        (present,) = cursor.fetchone()
+    return "ok" if present else "telemetry_reading missing"
+
+
+def _migrations_check() -> str:
+    global _migrated, _migrated_checked_at
+    fresh = _migrated_checked_at is not None and time.monotonic() - _migrated_checked_at < NOT_MIGRATED_RECHECK_SECONDS
+    if not _migrated and not fresh:
+        # Every migration in the graph recorded as applied (not only the leaves: a gap in the
+        # middle of an app's history would slip past a plan to the leaf nodes).
+        loader = MigrationLoader(connection, ignore_no_migrations=True)
+        _migrated = all(key in loader.applied_migrations for key in loader.graph.nodes)
+        _migrated_checked_at = time.monotonic()
+    return "ok" if _migrated else "unapplied migrations"
+
+
+def _redis_check() -> str:
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return "ok"
+
+
+def _run_check(name: str, check: Callable[[], str], failure: str) -> str:
+    try:
+        return check()
+    except (DatabaseError, redis.RedisError, OSError) as exc:
+        log.warning("readiness check %s failed: %s", name, exc)
+        return failure
+
+
+def readiness() -> dict[str, str]:
+    checks = {"database": _run_check("database", _database_check, "unreachable")}
+    if checks["database"] == "ok":
+        checks["migrations"] = _run_check("migrations", _migrations_check, "unreachable")
+    else:
+        checks["migrations"] = "not checked"
+    checks["redis"] = _run_check("redis", _redis_check, "unreachable")
+    return checks
+
+
+def readyz(request: HttpRequest) -> HttpResponse:
+    checks = readiness()
+    if all(state == "ok" for state in checks.values()):
+        return JsonResponse({"status": "ok", "checks": checks}, headers=_NO_STORE)
+    failed = {name: state for name, state in checks.items() if state not in ("ok", "not checked")}
+    detail = "; ".join(f"{name}: {state}" for name, state in failed.items())
+    body = {"status": "unavailable", "checks": checks, **error_body("not_ready", detail)}
+    return JsonResponse(body, status=503, headers=_NO_STORE)
+
+
+# ---- who may scrape ------------------------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"PERFUSE_METRICS_ALLOWED_NETS: {exc}") from exc
+
+
+def metrics_allowed(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in _networks(tuple(settings.PERFUSE_METRICS_ALLOWED_NETS)))
+
+
+# ---- figures from PostgreSQL ---------------------------------------------------------------
+
+Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]  # name, type, help, samples
+
+
+def _engine_lag(cursor: Any) -> list[Family]:
+    # The watermark goes in as a value, not a subquery, so the planner sees a short range of the
+    # txid index rather than guessing and scanning the whole log.
+    cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s", [ENGINE_CURSOR])
+    row = cursor.fetchone()
+    cursor.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM telemetry_ingest_log "
+        "WHERE txid >= %s",
+        [row[0] if row else 0],
+    )
+    behind, seconds = cursor.fetchone()
+    return [
+        (
+            "perfuse_engine_lag_seconds",
+            "gauge",
+            "Age of the oldest committed ingest transaction the stream engine has not processed (0 when caught up).",
+            [({}, max(0.0, float(seconds)))],
+        ),
+        (
+            "perfuse_engine_lag_transactions",
+            "gauge",
+            "Ingest-log rows at or past the engine's watermark, i.e. not yet processed.",
+            [({}, float(behind))],
+        ),
+    ]
+
+
+# One page: the txid range of the next RECENT_PAGE_ROWS log rows below `before` (whole txids,
+# so no row is split between pages), and what in that range started inside the window.
+_RECENT_PAGE_SQL = """
+WITH page AS (
+    SELECT min(txid) AS lo FROM (
+        SELECT txid FROM telemetry_ingest_log WHERE txid < %(before)s ORDER BY txid DESC LIMIT %(rows)s
+    ) AS newest
+)
+SELECT page.lo, count(l.id), coalesce(sum(l.accepted), 0)
+FROM page LEFT JOIN telemetry_ingest_log AS l
+  ON l.txid >= page.lo AND l.txid < %(before)s AND l.created_at >= %(cutoff)s
+GROUP BY page.lo
+"""
+
+
+def _recent_readings(cursor: Any) -> list[Family]:
+    cursor.execute("SELECT now() - interval '60 seconds'")
+    (cutoff,) = cursor.fetchone()
+    readings = requests = 0
+    before = 2**63 - 1
+    for _ in range(RECENT_MAX_PAGES):
+        cursor.execute(_RECENT_PAGE_SQL, {"before": before, "rows": RECENT_PAGE_ROWS, "cutoff": cutoff})
+        lo, count, accepted = cursor.fetchone()
+        readings += accepted
+        requests += count
+        # txid order follows transaction start closely, not exactly: stop only after a page with
+        # nothing inside the window, so a slightly out-of-order row is still counted.
+        if lo is None or count == 0:
+            break
+        before = lo
+    return [
+        (
+            "perfuse_readings_stored_last_minute",
+            "gauge",
+            "Readings committed by ingest transactions that started in the last 60 seconds (all processes).",
+            [({}, float(readings))],
+        ),
+        (
+            "perfuse_ingest_transactions_last_minute",
+            "gauge",
+            "Committed ingest transactions that started in the last 60 seconds (all processes).",
+            [({}, float(requests))],
+        ),
+    ]
+
+
+_ALARM_PRIORITIES = ("high", "medium", "low")
+_ALARM_OPEN_STATES = ("active_unacknowledged", "acknowledged")
+
+
+def _active_alarms(cursor: Any) -> list[Family]:
+    # The alarms app may not be installed or migrated yet: look for the table and its columns first.
+    cursor.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('alerts_alarm') "
+        "AND attname IN ('priority', 'state') AND NOT attisdropped"
+    )
+    if cursor.fetchone()[0] != 2:
+        return []
+    cursor.execute("SELECT priority, state, count(*) FROM alerts_alarm WHERE state <> 'resolved' GROUP BY 1, 2")
+    counts = {(p, s): 0.0 for p in _ALARM_PRIORITIES for s in _ALARM_OPEN_STATES}
+    for priority, state, count in cursor.fetchall():
+        counts[(str(priority), str(state))] = float(count)
+    samples = [({"priority": p, "state": s}, value) for (p, s), value in sorted(counts.items())]
+    return [("perfuse_alarms_active", "gauge", "Alarms not yet resolved, by priority and state.", samples)]
+
+
+def _audit_chain(cursor: Any) -> list[Family]:
+    # The latest signed checkpoint counts the chain up to its event; add the events after it
+    # rather than counting the whole table on every scrape.
+    cursor.execute(
+        "WITH cp AS (SELECT events, event_id FROM audit_auditcheckpoint ORDER BY seq DESC LIMIT 1) "
+        "SELECT coalesce((SELECT events FROM cp), 0) + (SELECT count(*) FROM audit_auditevent "
+        "WHERE id > coalesce((SELECT event_id FROM cp), 0))"
+    )
+    (events,) = cursor.fetchone()
+    return [("perfuse_audit_events", "gauge", "Length of the audit hash chain (events).", [({}, float(events))])]
+
+
+DATABASE_COLLECTORS: list[Callable[[Any], list[Family]]] = [_engine_lag, _recent_readings, _active_alarms, _audit_chain]
+
+
+def database_families() -> list[Family]:
+    """Run every collector in one read transaction with a statement timeout; a collector that
+    fails is logged and left out (its savepoint keeps the others usable)."""
+    families: list[Family] = []
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION READ ONLY")
+            cursor.execute(f"SET LOCAL statement_timeout = '{SCRAPE_STATEMENT_TIMEOUT}'")
+            for collector in DATABASE_COLLECTORS:
+                try:
+                    with transaction.atomic():
+                        families += collector(cursor)
+                except DatabaseError as exc:
+                    log.warning("metrics collector %s failed: %s", collector.__name__, exc)
+    except DatabaseError as exc:
+        log.warning("metrics: database unavailable: %s", exc)
+        return [("perfuse_database_up", "gauge", "Whether PostgreSQL answered this scrape.", [({}, 0.0)])]
+    return [("perfuse_database_up", "gauge", "Whether PostgreSQL answered this scrape.", [({}, 1.0)]), *families]
+
+
+def _process_families() -> list[Family]:
+    start = ("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.")
+    families: list[Family] = [(*start, [({}, _PROCESS_START)])]
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            resident_pages = int(statm.read().split()[1])
+        rss = float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
+        families.append(("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [({}, rss)]))
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux: leave the figure out rather than report a wrong one
+    return families
+
+
+def render_metrics() -> str:
+    started = time.perf_counter()
+    lines = metrics.render_process_metrics()
+    for name, kind, help_text, samples in [*_process_families(), *database_families()]:
+        lines += metrics.family_header(name, kind, help_text)
+        lines += [metrics.sample_line(name, labels, value) for labels, value in samples]
+    lines += metrics.family_header(
+        "perfuse_metrics_scrape_duration_seconds", "gauge", "Time spent producing this page, in seconds."
+    )
+    lines.append(metrics.sample_line("perfuse_metrics_scrape_duration_seconds", {}, time.perf_counter() - started))
+    return "\n".join(lines) + "\n"
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return JsonResponse(error_body("method_not_allowed", "use GET"), status=405, headers={"Allow": "GET, HEAD"})
+    if not metrics_allowed(request_address(request)):
+        return JsonResponse(
+            error_body("metrics_forbidden", "metrics are served to the monitoring networks only"), status=403
+        )
+    return HttpResponse(render_metrics(), content_type="text/plain; version=0.0.4; charset=utf-8", headers=_NO_STORE)
+
+
+OPS_VIEWS: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+    "/healthz": healthz,
+    "/readyz": readyz,
+    "/metrics": metrics_view,
+}
+
+
+class OpsEndpointsMiddleware:
+    """Answers OPS_VIEWS' exact paths before any other middleware runs (see the module docstring)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        view = OPS_VIEWS.get(request.path_info)
+        return view(request) if view is not None else self.get_response(request)

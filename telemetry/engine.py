@@ -1,0 +1,289 @@
+"""The stream engine behind `manage.py run_engine`: feeds newly committed readings to processors.
+
+How it finds new readings. Every ingest transaction writes one row to telemetry_ingest_log (device,
+sample-time span, txid = pg_current_xact_id()), and its readings carry the same ingest_txid. The
+engine's watermark is a transaction-id horizon kept in EngineCursor("engine"): every ingest
+transaction with txid below it has been processed. Each loop opens a transaction whose first
+statement reads `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still running:
+every transaction below that horizon has finished, and the committed ones are visible to the
+statements that follow. The loop takes the log rows with watermark <= txid < horizon, fetches
+their readings through the primary key (device_id, metric, sample_time range, ingest_txid), hands
+them to each processor's `process(rows, now=...)`, and moves the watermark to the horizon in the
+same transaction. A crash before commit undoes the processors' writes together with the cursor
+move, so after a restart nothing is processed twice in effect and nothing is skipped; a
+transaction that was still open at the horizon is picked up by a later loop once it commits
+(ordering by commit time instead would skip it, which is why the cursor is not a timestamp).
+
+Processors (settings.PERFUSE_ENGINE_PROCESSORS) also get `tick(now=...)` every loop for their
+timers. RollupProcessor keeps the plain-PostgreSQL rollup tables from mergeable partials (on
+TimescaleDB the continuous aggregates do that job). Housekeeping on plain PostgreSQL creates
+future daily partitions and moves late rows out of the default partition. One engine owns the
+stream at a time: it holds a session-level advisory lock, and a second instance waits for it.
+SIGTERM/SIGINT let the current batch finish, then the worker exits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from telemetry import storage
+from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, bucket_floor
+from telemetry.units import METRICS
+
+log = logging.getLogger(__name__)
+
+ADVISORY_LOCK_KEY = 0x7065_7266_0001  # "perf" + 1: the engine's ownership lock
+MAX_TXIDS_PER_BATCH = 2000
+HOUSEKEEPING_EVERY = dt.timedelta(minutes=10)
+INGEST_LOG_KEEP = dt.timedelta(days=1)
+
+
+class ReadingRow(NamedTuple):
+    device_id: int
+    patient_id: int | None
+    metric: str
+    seq: int
+    sample_time: dt.datetime
+    value: float
+    signal_quality: float | None
+    calibration_id: str | None
+    firmware: str | None
+
+
+class Processor(Protocol):
+    def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
+        """New committed readings, any order; runs inside the transaction that moves the watermark."""
+
+    def tick(self, *, now: dt.datetime) -> None:
+        """Every engine loop: timers (no data, escalation, re-alert)."""
+
+
+def load_processors(paths: Sequence[str] | None = None) -> list[Processor]:
+    """Instantiate the configured processors; a bad entry is a startup error, never skipped."""
+    processors: list[Processor] = []
+    for path in settings.PERFUSE_ENGINE_PROCESSORS if paths is None else paths:
+        try:
+            factory = import_string(path)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"PERFUSE_ENGINE_PROCESSORS: cannot import {path!r}: {exc}") from exc
+        processors.append(factory())
+    return processors
+
+
+@dataclass(frozen=True)
+class Batch:
+    transactions: int
+    readings: int
+    position: int
+    caught_up: bool
+
+
+_READINGS_SQL = """
+    SELECT r.device_id, r.patient_id, r.metric, r.seq, r.sample_time, r.value, r.signal_quality,
+           r.calibration_id, r.firmware
+    FROM telemetry_ingest_log AS l
+    JOIN telemetry_reading AS r
+      ON r.device_id = l.device_id AND r.metric = ANY(%s) AND r.ingest_txid = l.txid
+     AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
+    WHERE l.txid >= %s AND l.txid < %s
+"""
+
+
+def engine_batch(processors: Sequence[Processor], *, now: dt.datetime, limit: int = MAX_TXIDS_PER_BATCH) -> Batch:
+    """Process the ingest transactions finished since the watermark, in one transaction."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        # First statement: the snapshot (and so the horizon) predates everything read below.
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        horizon = cursor.fetchone()[0]
+        cursor.execute(
+            "INSERT INTO telemetry_enginecursor (name, position, updated_at) VALUES (%s, 0, now()) "
+            "ON CONFLICT (name) DO NOTHING",
+            [ENGINE_CURSOR],
+        )
+        cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
+        position = cursor.fetchone()[0]
+        if horizon <= position:
+            return Batch(0, 0, position, caught_up=True)
+        cursor.execute(
+            "SELECT DISTINCT txid FROM telemetry_ingest_log WHERE txid >= %s AND txid < %s ORDER BY txid LIMIT %s",
+            [position, horizon, limit],
+        )
+        txids = [row[0] for row in cursor.fetchall()]
+        caught_up = len(txids) < limit
+        upto = horizon if caught_up else txids[-1] + 1
+        rows: list[ReadingRow] = []
+        if txids:
+            cursor.execute(_READINGS_SQL, [list(METRICS), position, upto])
+            rows = [ReadingRow(*row) for row in cursor.fetchall()]
+            for processor in processors:
+                processor.process(rows, now=now)
+        cursor.execute(
+            "UPDATE telemetry_enginecursor SET position = %s, updated_at = now() WHERE name = %s",
+            [upto, ENGINE_CURSOR],
+        )
+    return Batch(len(txids), len(rows), upto, caught_up)
+
+
+def engine_tick(processors: Sequence[Processor], *, now: dt.datetime) -> None:
+    with transaction.atomic():
+        for processor in processors:
+            processor.tick(now=now)
+
+
+def timescale_in_use() -> bool:
+    with connection.cursor() as cursor:
+        return storage.timescale_active(cursor)
+
+
+def storage_housekeeping(*, now: dt.datetime) -> list[str]:
+    """Plain PostgreSQL: partitions for the coming days and for late rows parked in the default
+    partition. Both backends: forget ingest-log rows the engine processed a while ago."""
+    created: list[str] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not storage.timescale_active(cursor):
+            created = storage.ensure_partitions(cursor, today=now.date())
+            created += storage.drain_default_partition(cursor)
+        cursor.execute(
+            "DELETE FROM telemetry_ingest_log WHERE created_at < %s AND txid < "
+            "(SELECT position FROM telemetry_enginecursor WHERE name = %s)",
+            [now - INGEST_LOG_KEEP, ENGINE_CURSOR],
+        )
+    return created
+
+
+class RollupProcessor:
+    """Plain PostgreSQL: fold new readings into telemetry_rollup_{1m,1h} as mergeable partials
+    (count, sums, min, max), so a late or out-of-order reading just adds to its bucket."""
+
+    def __init__(self) -> None:
+        self._timescale: bool | None = None
+
+    def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
+        if self._timescale is None:
+            self._timescale = timescale_in_use()
+        if self._timescale or not rows:
+            return
+        with connection.cursor() as cursor:
+            for resolution in BUCKET_SECONDS:
+                self._upsert(cursor, resolution, rows)
+
+    def tick(self, *, now: dt.datetime) -> None:
+        return None
+
+    @staticmethod
+    def _upsert(cursor: Any, resolution: str, rows: list[ReadingRow]) -> None:
+        partials: dict[tuple[Any, ...], list[Any]] = {}
+        for row in rows:
+            key = (row.patient_id, row.device_id, row.metric, bucket_floor(row.sample_time, resolution))
+            quality = row.signal_quality
+            p = partials.get(key)
+            if p is None:
+                partials[key] = [1, row.value, row.value, row.value, quality or 0.0, int(quality is not None)]
+            else:
+                p[0] += 1
+                p[1] += row.value
+                p[2] = min(p[2], row.value)
+                p[3] = max(p[3], row.value)
+                if quality is not None:
+                    p[4] += quality
+                    p[5] += 1
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for key, values in partials.items():
+            for column, item in zip(columns, (*key, *values), strict=True):
+                column.append(item)
+        table = f"telemetry_rollup_{resolution}"
+        cursor.execute(
+            f"""
+            INSERT INTO {table} AS r
+                (patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n)
+            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[],
+                                 %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
+            ON CONFLICT ON CONSTRAINT {table}_key DO UPDATE SET
+                n = r.n + excluded.n,
+                value_sum = r.value_sum + excluded.value_sum,
+                value_min = least(r.value_min, excluded.value_min),
+                value_max = greatest(r.value_max, excluded.value_max),
+                quality_sum = r.quality_sum + excluded.quality_sum,
+                quality_n = r.quality_n + excluded.quality_n
+            """,
+            columns,
+        )
+
+
+class Engine:
+    """The run loop: ownership lock, batches, ticks, housekeeping, clean stop."""
+
+    def __init__(
+        self,
+        processors: Sequence[Processor],
+        *,
+        interval: float | None = None,
+        clock: Callable[[], dt.datetime] = timezone.now,
+    ) -> None:
+        self.processors = list(processors)
+        self.interval = settings.PERFUSE_ENGINE_INTERVAL_SECONDS if interval is None else interval
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self._housekeeping_due = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def acquire_ownership(self) -> bool:
+        """Wait until this process holds the engine lock; False if asked to stop first."""
+        announced = False
+        while not self.stop_event.is_set():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+                if cursor.fetchone()[0]:
+                    return True
+            if not announced:
+                log.info("another engine holds the stream; waiting for it to stop")
+                announced = True
+            self.stop_event.wait(1.0)
+        return False
+
+    def loop_once(self) -> Batch:
+        now = self.clock()
+        if now >= self._housekeeping_due:
+            created = storage_housekeeping(now=now)
+            if created:
+                log.info("created partitions %s", ", ".join(created))
+            self._housekeeping_due = now + HOUSEKEEPING_EVERY
+        batch = engine_batch(self.processors, now=now)
+        engine_tick(self.processors, now=self.clock())
+        return batch
+
+    def run(self) -> None:
+        if not self.acquire_ownership():
+            return
+        log.info("engine started with %s", ", ".join(type(p).__name__ for p in self.processors) or "no processors")
+        while not self.stop_event.is_set():
+            try:
+                batch = self.loop_once()
+            except (OperationalError, InterfaceError):
+                # The connection (and with it our lock) is gone: reconnect and own the stream again.
+                log.exception("database connection lost; reconnecting")
+                connection.close()
+                self.stop_event.wait(1.0)
+                if not self.acquire_ownership():
+                    break
+                continue
+            if batch.readings:
+                log.debug("processed %d readings from %d transactions", batch.readings, batch.transactions)
+            if batch.caught_up:
+                self.stop_event.wait(self.interval)
+        # Ending the session releases the ownership lock (also when the connection is already gone).
+        connection.close()
+        log.info("engine stopped")
