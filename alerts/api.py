@@ -166,6 +166,7 @@ def _error(exc: services.AlarmError) -> Response:
 
 @extend_schema(
     summary="Alarms the user may see",
+    operation_id="alarms_list",
     parameters=[
         OpenApiParameter(
             "state",
@@ -233,7 +234,9 @@ def _visible_alarm(request: Request, alarm_id: int, action: str) -> tuple[Alarm 
 
 
 @extend_schema(
-    summary="One alarm with its explanation and transitions", responses={200: AlarmDetailSerializer, **ERRORS}
+    summary="One alarm with its explanation and transitions",
+    operation_id="alarm_retrieve",
+    responses={200: AlarmDetailSerializer, **ERRORS},
 )
 @api_view(["GET"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
@@ -258,7 +261,12 @@ def alarm_detail(request: Request, alarm_id: int) -> Response:
     )
 
 
-@extend_schema(summary="Acknowledge an active alarm", request=AcknowledgeIn, responses={200: AlarmSerializer, **ERRORS})
+@extend_schema(
+    summary="Acknowledge an active alarm",
+    operation_id="alarm_acknowledge",
+    request=AcknowledgeIn,
+    responses={200: AlarmSerializer, **ERRORS},
+)
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
 def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
@@ -279,7 +287,10 @@ def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
 
 
 @extend_schema(
-    summary="Take responsibility for an alarm (on-call)", request=None, responses={200: AlarmSerializer, **ERRORS}
+    summary="Take responsibility for an alarm (on-call)",
+    operation_id="alarm_accept",
+    request=None,
+    responses={200: AlarmSerializer, **ERRORS},
 )
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
@@ -296,6 +307,7 @@ def alarm_accept(request: Request, alarm_id: int) -> Response:
 
 @extend_schema(
     summary="Decline responsibility (on-call): escalates further",
+    operation_id="alarm_decline",
     request=DeclineIn,
     responses={200: AlarmSerializer, **ERRORS},
 )
@@ -319,7 +331,10 @@ def alarm_decline(request: Request, alarm_id: int) -> Response:
 
 
 @extend_schema(
-    summary="Pause alarms of a priority or lower for a patient", request=PauseIn, responses={201: PauseOut, **ERRORS}
+    summary="Pause alarms of a priority or lower for a patient",
+    operation_id="alarm_pause",
+    request=PauseIn,
+    responses={201: PauseOut, **ERRORS},
 )
 @api_view(["POST"])
 @permission_classes([AllowAny])  # refusals are answered and audited in the view
