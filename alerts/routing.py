@@ -1,1 +1,7 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from alerts.consumers import AlarmConsoleConsumer
+
+websocket_urlpatterns = [
+    path("ws/alarms/live", AlarmConsoleConsumer.as_asgi()),
+]

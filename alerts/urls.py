@@ -1,1 +1,17 @@
-urlpatterns: list = []
+from django.urls import path
+
+from alerts import api, views
+
+urlpatterns = [
+    path("alarms/", views.console, name="alarm-console"),
+    path("alarms/<int:alarm_id>/", views.explain, name="alarm-explain"),
+    path("alarms/rules/", views.rules, name="alarm-rules"),
+    path("alarms/fatigue/", views.fatigue, name="alarm-fatigue"),
+    path("alarms/fatigue.csv", views.fatigue, name="alarm-fatigue-csv"),
+    path("api/v1/alarms/", api.alarm_list, name="api-alarms"),
+    path("api/v1/alarms/pauses", api.alarm_pause, name="api-alarm-pause"),
+    path("api/v1/alarms/<int:alarm_id>", api.alarm_detail, name="api-alarm"),
+    path("api/v1/alarms/<int:alarm_id>/acknowledge", api.alarm_acknowledge, name="api-alarm-acknowledge"),
+    path("api/v1/alarms/<int:alarm_id>/accept", api.alarm_accept, name="api-alarm-accept"),
+    path("api/v1/alarms/<int:alarm_id>/decline", api.alarm_decline, name="api-alarm-decline"),
+]

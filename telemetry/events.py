@@ -37,3 +37,13 @@ async def publish(groups: list[str], event: dict[str, Any]) -> None:
             await layer.group_send(group, event)
         except Exception:  # the live layer is best effort by design
             log.warning("live publish to %s failed", group, exc_info=True)
+
+
+def alarms_group() -> str:
+    """Every alarm transition, for the alarm console (consumers filter by the viewer's scope)."""
+    return "alarms"
+
+
+def alarms_user_group(user_id: int) -> str:
+    """Alarm notifications meant for one staff member (their alarm consoles join it)."""
+    return f"alarms.user.{user_id}"

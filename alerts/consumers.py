@@ -1,0 +1,136 @@
+"""`WS /ws/alarms/live`: the alarm console's live feed.
+
+`connect` takes the session user as audit.asgi.SessionGuardMiddleware left it (OTP-verified or
+not, idle-expired sessions as anonymous: django-otp's middleware does not run for WebSockets),
+decides the alarm scope (alerts.selectors.alarm_scope) and audits the subscription either way;
+a refused socket is accepted and closed with 4403 so the browser sees the code. It joins the
+`alarms` group (every transition), the user's notification group and the user's session group
+(closed on logout), sends a snapshot of the open alarms in scope, then forwards `alarm.transition`, `alarm.pause`
+and `alarm.notification` frames, dropping those outside the user's scope. Frames are hints: the
+browser refetches the list over REST after a reconnect. Groups are re-joined periodically
+because channel-layer memberships do not survive a Redis restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import transaction
+from django.utils import timezone
+
+from alerts import selectors
+from alerts.schemas import alarm_out, iso
+from audit.access import actor_from_scope
+from audit.decorators import refusal_reason
+from audit.services import audit_record
+from telemetry import events
+from telemetry.models import Ward
+
+CLOSE_FORBIDDEN = 4403
+CLOSE_SESSION_ENDED = 4401
+REJOIN_SECONDS = 30.0
+
+
+class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        self.groups_joined: list[str] = []
+        self.ward_codes: frozenset[str] = frozenset()
+        self.scope_rule: selectors.AlarmScope | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+        snapshot = await database_sync_to_async(self._authorize_and_snapshot)()
+        await self.accept()
+        if snapshot is None:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        user_id = self.scope["user"].pk
+        self.groups_joined = [events.alarms_group(), events.alarms_user_group(user_id), events.user_group(user_id)]
+        await self._join()
+        await self.send_json(snapshot)
+        self._upkeep = asyncio.create_task(self._rejoin_forever())
+
+    def _authorize_and_snapshot(self) -> dict[str, Any] | None:
+        user = self.scope.get("user")  # OTP-verified or not by audit.asgi.SessionGuardMiddleware
+        scope = selectors.alarm_scope(user)
+        actor = actor_from_scope(self.scope)
+        with transaction.atomic():
+            if scope is None:
+                audit_record(
+                    actor=actor,
+                    action="alarm.console_subscribed",
+                    outcome="denied",
+                    detail={"reason": refusal_reason(user)},
+                )
+                return None
+            alarms = list(selectors.alarms_open_sorted(selectors.alarms_visible_to(user)))
+            audit_record(
+                actor=actor,
+                action="alarm.console_subscribed",
+                detail={"count": len(alarms), "patients": sorted({a.patient.pseudonym for a in alarms})[:100]},
+            )
+        self.scope_rule = scope
+        wards = Ward.objects.all() if scope.all_wards else Ward.objects.filter(id__in=scope.ward_ids)
+        self.ward_codes = frozenset(wards.values_list("code", flat=True))
+        now = timezone.now()
+        pauses = [
+            {"patient": p.patient.pseudonym, "until": iso(p.until), "priority": p.priority}
+            for p in selectors.pauses_active(now).values()
+            if scope.all_wards or p.patient.ward_id in scope.ward_ids
+        ]
+        notes = [
+            {"id": n.pk, "alarm": n.alarm_id, "text": n.text, "created_at": iso(n.created_at)}
+            for n in user.alarm_notifications.all()[:20]
+        ]
+        return {
+            "type": "alarm.snapshot",
+            "alarms": [alarm_out(a) for a in alarms],
+            "pauses": pauses,
+            "notifications": notes,
+            "server_time": iso(now),
+        }
+
+    def _in_scope(self, ward_code: str, escalation_level: int = 0) -> bool:
+        rule = self.scope_rule
+        if rule is None:
+            return False
+        if rule.all_wards or ward_code in self.ward_codes:
+            return True
+        return rule.escalated_everywhere and escalation_level >= 1
+
+    async def _join(self) -> None:
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _rejoin_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REJOIN_SECONDS)
+            with contextlib.suppress(Exception):
+                await self._join()
+
+    async def disconnect(self, code: int) -> None:
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+        for group in self.groups_joined:
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Server → browser only; acts go through the REST API (audited, CSRF-protected)."""
+
+    async def alarm_transition(self, event: dict[str, Any]) -> None:
+        alarm = event["alarm"]
+        if self._in_scope(alarm["ward"], alarm["escalation_level"]):
+            await self.send_json(event)
+
+    async def alarm_pause(self, event: dict[str, Any]) -> None:
+        if self._in_scope(event["ward"]):
+            await self.send_json(event)
+
+    async def alarm_notification(self, event: dict[str, Any]) -> None:
+        await self.send_json(event)
+
+    async def session_revoked(self, event: dict[str, Any]) -> None:
+        await self.close(code=CLOSE_SESSION_ENDED)

@@ -1,0 +1,358 @@
+"""The alarm processor run by `manage.py run_engine` (see telemetry/engine.py for the loop).
+
+How it works. `process(rows)` receives newly committed readings inside the engine's transaction.
+Readings are grouped per patient and fed, in sample-time order, to that patient's
+PatientEvaluator (alerts/evaluation.py, pure); the condition changes it reports are reconciled
+with the alarm rows through alerts/services.py. `tick(now)` runs the timers: resolution after
+the suppression window, re-alert, escalation, the no-data check, and raising conditions that a
+pause held back once the pause is over.
+
+Nothing lives only in memory. The durable state is PostgreSQL: the readings, the open alarms
+(condition onset, whether present, when cleared, the deciding sample time), pauses and rules.
+An evaluator is a cache rebuilt from them: on first sight of a patient (engine start), when a
+reading arrives older than one already evaluated (late or out-of-order data), or after a rule
+change, the patient's recent window is replayed from telemetry_reading with each condition
+seeded from its open alarm. Replays are idempotent: an episode is identified by its onset
+sample time, so a replay never raises an alarm twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.db import connection, transaction
+from django.db.models import Count, Max
+
+from alerts import lifecycle, services
+from alerts.evaluation import (
+    PHYSIOLOGICAL_KINDS,
+    SAMPLE_KINDS,
+    ConditionEvent,
+    OutOfOrder,
+    PatientEvaluator,
+    RuleParams,
+    Sample,
+)
+from alerts.models import KIND_PRIORITY, Alarm, AlarmPause, AlarmRule, Kind
+from alerts.selectors import pauses_active
+from telemetry.models import Calibration, Device, Patient
+
+log = logging.getLogger(__name__)
+METRIC = "tissue_o2"
+# Replays never reach further back than this, however late a reading is.
+MAX_REPLAY = dt.timedelta(hours=6)
+NO_DATA_EVERY = dt.timedelta(seconds=1)
+
+
+class RowLike(Protocol):
+    """The fields of telemetry.engine.ReadingRow this processor reads."""
+
+    device_id: int
+    patient_id: int | None
+    metric: str
+    seq: int
+    sample_time: dt.datetime
+    value: float
+    signal_quality: float | None
+    calibration_id: str | None
+    firmware: str | None
+
+
+@dataclass
+class PatientState:
+    patient: Patient
+    rule: AlarmRule
+    evaluator: PatientEvaluator
+    # Raises a pause held back, by kind: raised when the pause ends if still present.
+    held: dict[str, ConditionEvent] = field(default_factory=dict)
+
+
+class AlarmProcessor:
+    def __init__(self) -> None:
+        self._patients: dict[int, PatientState] = {}
+        self._rule_mark: tuple[Any, Any] | None = None
+        self._ward_rules: dict[int, AlarmRule] = {}
+        self._overrides: dict[int, AlarmRule] = {}
+        self._next_no_data: dt.datetime | None = None
+
+    # --- engine interface --------------------------------------------------------------------
+
+    def process(self, rows: list[Any], *, now: dt.datetime) -> None:
+        with transaction.atomic():
+            self._refresh_rules()
+            by_patient: dict[int, list[Sample]] = defaultdict(list)
+            for row in rows:
+                if row.patient_id is not None and row.metric == METRIC:
+                    by_patient[row.patient_id].append(_sample(row))
+            if not by_patient:
+                return
+            stale = []
+            for pid, samples in by_patient.items():
+                samples.sort(key=lambda s: (s.t, s.seq))
+                state = self._patients.get(pid)
+                if state is None or (state.evaluator.last_t is not None and samples[0].t < state.evaluator.last_t):
+                    stale.append(pid)
+            replayed = self._load(stale, now=now, since=min(by_patient[pid][0].t for pid in stale) if stale else now)
+            for pid, samples in by_patient.items():
+                state = self._patients.get(pid)
+                if state is None:
+                    continue  # discharged or unknown patient
+                try:
+                    found = replayed[pid] if pid in replayed else state.evaluator.feed(samples)
+                except OutOfOrder:  # cannot happen after the check above; replay to be safe
+                    found = self._load([pid], now=now, since=samples[0].t).get(pid, [])
+                self._apply(self._patients[pid], found, now=now)
+
+    def tick(self, *, now: dt.datetime) -> None:
+        with transaction.atomic():
+            self._refresh_rules()
+            open_alarms = list(Alarm.objects.exclude(state=Alarm.State.RESOLVED).select_related("rule"))
+            for alarm in open_alarms:
+                if _timer_due(alarm, now):
+                    services.alarm_timers(alarm_id=alarm.pk, now=now)
+            open_keys = {(a.patient_id, a.kind) for a in open_alarms}
+            pauses = pauses_active(now)
+            for pid, state in self._patients.items():
+                for kind, event in list(state.held.items()):
+                    if not state.evaluator.machines[kind].present:
+                        del state.held[kind]
+                    elif (pid, kind) not in open_keys and not _suppressed(kind, pauses.get(pid)):
+                        del state.held[kind]
+                        self._raise(state, event, now=now)
+            if self._next_no_data is None or now >= self._next_no_data:
+                self._next_no_data = now + NO_DATA_EVERY
+                self._no_data(now, [a for a in open_alarms if a.kind == Kind.NO_DATA], pauses)
+
+    # --- evaluation state ----------------------------------------------------------------------
+
+    def _refresh_rules(self) -> None:
+        mark = AlarmRule.objects.aggregate(m=Max("id"), c=Count("id"))
+        key = (mark["m"], mark["c"])
+        if key == self._rule_mark:
+            return
+        self._rule_mark = key
+        self._ward_rules, self._overrides = {}, {}
+        for rule in AlarmRule.objects.order_by("version"):
+            if rule.patient_id is None:
+                self._ward_rules[rule.ward_id] = rule
+            elif rule.retired:
+                self._overrides.pop(rule.patient_id, None)
+            else:
+                self._overrides[rule.patient_id] = rule
+        # New thresholds: every evaluator is rebuilt (replayed) under its new rule on next data.
+        self._patients.clear()
+
+    def _rule_for(self, patient: Patient) -> AlarmRule:
+        rule = self._overrides.get(patient.pk) or self._ward_rules.get(patient.ward_id)
+        if rule is None:
+            rule = services.rule_ensure_ward_default(ward=patient.ward)
+            self._ward_rules[patient.ward_id] = rule
+        return rule
+
+    def _load(self, pids: list[int], *, now: dt.datetime, since: dt.datetime) -> dict[int, list[ConditionEvent]]:
+        """Rebuild evaluators for these patients by replaying their recent readings."""
+        if not pids:
+            return {}
+        patients = Patient.objects.select_related("ward").filter(pk__in=pids, discharged_at__isnull=True).in_bulk()
+        states: dict[int, PatientState] = {}
+        start = now
+        for pid, patient in patients.items():
+            rule = self._rule_for(patient)
+            params = RuleParams.from_values(rule.values())
+            states[pid] = PatientState(patient, rule, PatientEvaluator(params))
+            start = min(start, min(since, now) - params.lookback())
+        start = max(start, now - MAX_REPLAY)
+        _seed(states)
+        samples: dict[int, list[Sample]] = defaultdict(list)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT patient_id, sample_time, value, signal_quality, seq, device_id, calibration_id, firmware "
+                "FROM telemetry_reading WHERE patient_id = ANY(%s) AND metric = %s AND sample_time >= %s "
+                "ORDER BY patient_id, sample_time, seq",
+                [list(states), METRIC, start],
+            )
+            for pid, t, value, quality, seq, device_id, cal, fw in cursor.fetchall():
+                samples[pid].append(Sample(t, value, quality, seq, device_id, cal, fw))
+        found: dict[int, list[ConditionEvent]] = {}
+        for pid, state in states.items():
+            found[pid] = state.evaluator.feed(samples.get(pid, []))
+            self._patients[pid] = state
+        return found
+
+    # --- reconciling conditions with alarm rows ------------------------------------------------
+
+    def _apply(self, state: PatientState, found: Iterable[ConditionEvent], *, now: dt.datetime) -> None:
+        for event in found:
+            open_alarm = (
+                Alarm.objects.filter(patient=state.patient, kind=event.kind).exclude(state=Alarm.State.RESOLVED).first()
+            )
+            if event.change == "raised":
+                if open_alarm is None:
+                    self._raise(state, event, now=now)
+                elif not (open_alarm.condition_present and open_alarm.condition_started_at == event.onset):
+                    services.alarm_recur(
+                        alarm_id=open_alarm.pk, onset=event.onset, now=now, explain=_explain(state, event)
+                    )
+            else:
+                state.held.pop(event.kind, None)
+                if open_alarm and open_alarm.condition_present and open_alarm.condition_started_at == event.onset:
+                    services.alarm_condition_clear(alarm_id=open_alarm.pk, cleared_at=event.at, now=now)
+                    services.alarm_timers(alarm_id=open_alarm.pk, now=now)
+
+    def _raise(self, state: PatientState, event: ConditionEvent, *, now: dt.datetime) -> None:
+        patient = state.patient
+        if Alarm.objects.filter(patient=patient, kind=event.kind, condition_started_at=event.onset).exists():
+            return  # this episode already had its alarm (replay after restart or late data)
+        pause = (
+            AlarmPause.objects.filter(patient=patient, ended_at__isnull=True, until__gt=now, started_at__lte=now)
+            .order_by("-until")
+            .first()
+        )
+        if _suppressed(event.kind, pause):
+            state.held[event.kind] = event
+            return
+        services.alarm_raise(
+            patient=patient,
+            rule=state.rule,
+            kind=event.kind,
+            onset=event.onset,
+            now=now,
+            explain=_explain(state, event),
+        )
+
+    def _no_data(self, now: dt.datetime, open_no_data: list[Alarm], pauses: dict[int, AlarmPause]) -> None:
+        open_by_patient = {a.patient_id: a for a in open_no_data}
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.patient_id, max(a.start), max(ds.last_sample_time), array_agg(d.device_id) "
+                "FROM telemetry_assignment a JOIN telemetry_patient p ON p.id = a.patient_id "
+                "JOIN telemetry_device d ON d.id = a.device_id "
+                "LEFT JOIN telemetry_devicestate ds ON ds.device_id = a.device_id "
+                'WHERE a."end" IS NULL AND p.discharged_at IS NULL GROUP BY a.patient_id'
+            )
+            monitored = cursor.fetchall()
+        patients: dict[int, Patient] = {}
+        for pid, started, last_sample, devices in monitored:
+            last = max(started, last_sample) if last_sample else started
+            alarm = open_by_patient.get(pid)
+            state = self._patients.get(pid)
+            if state is not None:
+                patient = state.patient
+            else:
+                patients = patients or Patient.objects.select_related("ward").in_bulk([r[0] for r in monitored])
+                patient = patients[pid]
+            rule = self._rule_for(patient)
+            delay = dt.timedelta(seconds=rule.no_data_delay_s)
+            silent = now - last >= delay
+            if alarm is not None:
+                if alarm.condition_present and not silent:
+                    services.alarm_condition_clear(alarm_id=alarm.pk, cleared_at=last, now=now)
+                elif not alarm.condition_present and silent and alarm.condition_started_at != last:
+                    services.alarm_recur(
+                        alarm_id=alarm.pk, onset=last, now=now, explain=_no_data_explain(rule, last, now, devices)
+                    )
+                continue
+            if not silent or _suppressed(Kind.NO_DATA, pauses.get(pid)):
+                continue
+            if Alarm.objects.filter(patient_id=pid, kind=Kind.NO_DATA, condition_started_at=last).exists():
+                continue
+            services.alarm_raise(
+                patient=patient,
+                rule=rule,
+                kind=Kind.NO_DATA,
+                onset=last,
+                now=now,
+                explain=_no_data_explain(rule, last, now, devices),
+            )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _sample(row: RowLike) -> Sample:
+    return Sample(
+        row.sample_time, float(row.value), row.signal_quality, row.seq, row.device_id, row.calibration_id, row.firmware
+    )
+
+
+def _suppressed(kind: str, pause: AlarmPause | None) -> bool:
+    return lifecycle.suppressed_by_pause(KIND_PRIORITY[kind], pause.priority if pause else None)
+
+
+def _timer_due(alarm: Alarm, now: dt.datetime) -> bool:
+    rule, view = alarm.rule, services.alarm_view(alarm)
+    return (
+        lifecycle.due_resolution(view, now=now, suppression_window=dt.timedelta(seconds=rule.suppression_window_s))
+        or lifecycle.due_realert(view, now=now, realert_interval=dt.timedelta(seconds=rule.realert_interval_s))
+        or lifecycle.due_escalation(view, now=now, escalation_delay=dt.timedelta(seconds=rule.escalation_delay_s))
+    )
+
+
+def _seed(states: dict[int, PatientState]) -> None:
+    """Start each condition from its open alarm so a replay continues the stored episode."""
+    for alarm in Alarm.objects.filter(patient_id__in=list(states), kind__in=SAMPLE_KINDS).exclude(
+        state=Alarm.State.RESOLVED
+    ):
+        machine = states[alarm.patient_id].evaluator.machines[alarm.kind]
+        if alarm.condition_present:
+            decided = dt.datetime.fromisoformat(alarm.explain.get("at", alarm.condition_started_at.isoformat()))
+            machine.seed_active(alarm.condition_started_at, decided)
+        elif alarm.condition_cleared_at is not None:
+            machine.seed_idle(alarm.condition_cleared_at)
+
+
+def _rule_json(rule: AlarmRule) -> dict[str, Any]:
+    return {"id": rule.pk, "version": rule.version, "scope": "patient" if rule.patient_id else "ward", **rule.values()}
+
+
+def _explain(state: PatientState, event: ConditionEvent) -> dict[str, Any]:
+    samples = list(event.samples)
+    qualities = [s.quality for s in samples if s.quality is not None]
+    last = samples[-1] if samples else None
+    device_pk = last.device_id if last else None
+    device = Device.objects.filter(pk=device_pk).values_list("device_id", flat=True).first() if device_pk else None
+    calibration = None
+    if last and device_pk and last.calibration_id:
+        cal = Calibration.objects.filter(device_id=device_pk, calibration_id=last.calibration_id).first()
+        calibration = {
+            "id": last.calibration_id,
+            "coefficients": cal.coefficients if cal else None,
+            "effective_from": cal.effective_from.isoformat() if cal else None,
+        }
+    return {
+        "kind": event.kind,
+        "physiological": event.kind in PHYSIOLOGICAL_KINDS,
+        "onset": event.onset.isoformat(),
+        "at": event.at.isoformat(),
+        **event.detail,
+        "samples": [s.as_json() for s in samples],
+        "signal_quality": {
+            "min": min(qualities) if qualities else None,
+            "mean": sum(qualities) / len(qualities) if qualities else None,
+            "level": state.rule.quality_level,
+        },
+        "device": device,
+        "firmware": last.firmware if last else None,
+        "calibration": calibration,
+        "rule": _rule_json(state.rule),
+    }
+
+
+def _no_data_explain(rule: AlarmRule, last: dt.datetime, now: dt.datetime, devices: list[str]) -> dict[str, Any]:
+    return {
+        "kind": Kind.NO_DATA.value,
+        "physiological": False,
+        "onset": last.isoformat(),
+        "at": now.isoformat(),
+        "last_sample_time": last.isoformat(),
+        "delay_s": rule.no_data_delay_s,
+        "silent_s": round((now - last).total_seconds(), 1),
+        "devices": sorted(devices),
+        "samples": [],
+        "rule": _rule_json(rule),
+    }

@@ -1,0 +1,271 @@
+"""Pure alarm-condition evaluation: samples in sample-time order in, condition changes out.
+
+No database, no clock: everything is decided by sample times and the rule's parameters, so the
+same signal always gives the same conditions (tests feed constructed signals; the engine replays
+a window from PostgreSQL after a restart or a late reading and gets the same answer).
+
+Each condition kind is a small state machine over per-sample verdicts:
+
+    idle --bad--> pending --bad for `delay`--> active --good--> clearing --good for `clear_delay`--> idle
+                  pending --neutral/good--> idle           clearing --bad/neutral--> active
+
+`bad` means the condition holds at that sample, `good` that the value has recovered past the
+threshold plus the hysteresis margin, `neutral` is the band in between (it neither starts a raise
+nor counts towards clearing). Low-quality samples are `skip` for physiological kinds: they never
+raise, sustain, clear or break a physiological condition. A gap in good samples longer than the
+no-data delay resets a pending condition (the no-data alarm covers the gap).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Verdict = Literal["bad", "neutral", "good", "skip"]
+Phase = Literal["idle", "pending", "active", "clearing"]
+
+CRITICAL_LOW = "critical_low"
+LOW = "low"
+RAPID_FALL = "rapid_fall"
+SIGNAL_QUALITY = "signal_quality"
+SAMPLE_KINDS = (CRITICAL_LOW, LOW, RAPID_FALL, SIGNAL_QUALITY)
+PHYSIOLOGICAL_KINDS = (CRITICAL_LOW, LOW, RAPID_FALL)
+# Signal quality must recover this far above the level to count as good (hysteresis for quality).
+QUALITY_MARGIN = 0.05
+# Samples kept per condition to explain a raise.
+EXPLAIN_SAMPLES = 30
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: dt.datetime
+    value: float
+    quality: float | None
+    seq: int = 0
+    device_id: int | None = None
+    calibration_id: str | None = None
+    firmware: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "t": self.t.isoformat(),
+            "value": self.value,
+            "quality": self.quality,
+            "seq": self.seq,
+            "device_id": self.device_id,
+        }
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    low_threshold: float
+    low_delay: dt.timedelta
+    critical_threshold: float
+    critical_delay: dt.timedelta
+    rapid_fall_drop: float
+    rapid_fall_window: dt.timedelta
+    quality_level: float
+    quality_delay: dt.timedelta
+    no_data_delay: dt.timedelta
+    clear_margin: float
+    clear_delay: dt.timedelta
+
+    @classmethod
+    def from_values(cls, v: dict[str, Any]) -> RuleParams:
+        s = dt.timedelta
+        return cls(
+            low_threshold=float(v["low_threshold"]),
+            low_delay=s(seconds=v["low_delay_s"]),
+            critical_threshold=float(v["critical_threshold"]),
+            critical_delay=s(seconds=v["critical_delay_s"]),
+            rapid_fall_drop=float(v["rapid_fall_drop"]),
+            rapid_fall_window=s(seconds=v["rapid_fall_window_s"]),
+            quality_level=float(v["quality_level"]),
+            quality_delay=s(seconds=v["quality_delay_s"]),
+            no_data_delay=s(seconds=v["no_data_delay_s"]),
+            clear_margin=float(v["clear_margin"]),
+            clear_delay=s(seconds=v["clear_delay_s"]),
+        )
+
+    def lookback(self) -> dt.timedelta:
+        """How much history reproduces every condition's current state when replayed."""
+        longest = max(self.low_delay, self.critical_delay, self.rapid_fall_window, self.quality_delay)
+        return max(longest + self.clear_delay + dt.timedelta(seconds=60), dt.timedelta(minutes=5))
+
+    def threshold(self, kind: str) -> float:
+        return {
+            CRITICAL_LOW: self.critical_threshold,
+            LOW: self.low_threshold,
+            RAPID_FALL: self.rapid_fall_drop,
+            SIGNAL_QUALITY: self.quality_level,
+        }[kind]
+
+    def delay(self, kind: str) -> dt.timedelta:
+        return {
+            CRITICAL_LOW: self.critical_delay,
+            LOW: self.low_delay,
+            RAPID_FALL: dt.timedelta(0),
+            SIGNAL_QUALITY: self.quality_delay,
+        }[kind]
+
+
+@dataclass(frozen=True)
+class ConditionEvent:
+    """A condition became present (`raised`, after its delay) or went away (`cleared`, after hysteresis)."""
+
+    kind: str
+    change: Literal["raised", "cleared"]
+    onset: dt.datetime  # sample time the condition began: identifies the episode
+    at: dt.datetime  # sample time of the deciding sample
+    samples: tuple[Sample, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Machine:
+    kind: str
+    delay: dt.timedelta
+    clear_delay: dt.timedelta
+    max_gap: dt.timedelta
+    phase: Phase = "idle"
+    onset: dt.datetime | None = None
+    recover_since: dt.datetime | None = None
+    last_t: dt.datetime | None = None
+    # Samples at or before this time are ignored (the machine was seeded from a stored alarm).
+    start_after: dt.datetime | None = None
+    run: deque[Sample] = field(default_factory=lambda: deque(maxlen=EXPLAIN_SAMPLES))
+
+    @property
+    def present(self) -> bool:
+        return self.phase in ("active", "clearing")
+
+    def seed_active(self, onset: dt.datetime, after: dt.datetime) -> None:
+        self.phase, self.onset, self.start_after, self.last_t = "active", onset, after, after
+
+    def seed_idle(self, after: dt.datetime) -> None:
+        self.phase, self.onset, self.start_after, self.last_t = "idle", None, after, after
+
+    def step(self, s: Sample, verdict: Verdict) -> ConditionEvent | None:
+        if verdict == "skip" or (self.start_after is not None and s.t <= self.start_after):
+            return None
+        if self.phase == "pending" and self.last_t is not None and s.t - self.last_t > self.max_gap:
+            self.phase, self.onset = "idle", None
+        self.last_t = s.t
+        if self.phase == "idle":
+            if verdict == "bad":
+                self.phase, self.onset = "pending", s.t
+                self.run.clear()
+                self.run.append(s)
+                return self._raise_if_due(s)
+            return None
+        if self.phase == "pending":
+            if verdict != "bad":
+                self.phase, self.onset = "idle", None
+                return None
+            self.run.append(s)
+            return self._raise_if_due(s)
+        if self.phase == "active":
+            if verdict == "good":
+                self.phase, self.recover_since = "clearing", s.t
+                return self._clear_if_due(s)
+            return None
+        # clearing
+        if verdict != "good":
+            self.phase, self.recover_since = "active", None
+            return None
+        return self._clear_if_due(s)
+
+    def _raise_if_due(self, s: Sample) -> ConditionEvent | None:
+        assert self.onset is not None
+        if s.t - self.onset < self.delay:
+            return None
+        self.phase = "active"
+        return ConditionEvent(self.kind, "raised", self.onset, s.t, tuple(self.run))
+
+    def _clear_if_due(self, s: Sample) -> ConditionEvent | None:
+        assert self.onset is not None and self.recover_since is not None
+        if s.t - self.recover_since < self.clear_delay:
+            return None
+        onset = self.onset
+        self.phase, self.onset, self.recover_since = "idle", None, None
+        return ConditionEvent(self.kind, "cleared", onset, s.t, (s,))
+
+
+class PatientEvaluator:
+    """The sample-driven conditions of one patient. Feed samples in sample-time order."""
+
+    def __init__(self, params: RuleParams) -> None:
+        self.params = params
+        gap = params.no_data_delay
+        self.machines: dict[str, Machine] = {
+            CRITICAL_LOW: Machine(CRITICAL_LOW, params.critical_delay, params.clear_delay, gap),
+            LOW: Machine(LOW, params.low_delay, params.clear_delay, gap),
+            RAPID_FALL: Machine(RAPID_FALL, dt.timedelta(0), params.clear_delay, gap),
+            SIGNAL_QUALITY: Machine(SIGNAL_QUALITY, params.quality_delay, params.clear_delay, gap),
+        }
+        self._window: deque[Sample] = deque()
+        self.last_t: dt.datetime | None = None
+
+    def feed(self, samples: list[Sample]) -> list[ConditionEvent]:
+        events: list[ConditionEvent] = []
+        for s in samples:
+            if self.last_t is not None and s.t < self.last_t:
+                raise OutOfOrder(s.t, self.last_t)
+            self.last_t = s.t
+            for kind, verdict in self.verdicts(s).items():
+                event = self.machines[kind].step(s, verdict)
+                if event is not None:
+                    events.append(self._explained(event))
+        return events
+
+    def verdicts(self, s: Sample) -> dict[str, Verdict]:
+        p = self.params
+        out: dict[str, Verdict] = {SIGNAL_QUALITY: _quality_verdict(s.quality, p.quality_level)}
+        if s.quality is not None and s.quality < p.quality_level:
+            out.update({CRITICAL_LOW: "skip", LOW: "skip", RAPID_FALL: "skip"})
+            return out
+        out[CRITICAL_LOW] = _below_verdict(s.value, p.critical_threshold, p.clear_margin)
+        out[LOW] = _below_verdict(s.value, p.low_threshold, p.clear_margin)
+        out[RAPID_FALL] = self._fall_verdict(s)
+        return out
+
+    def _fall_verdict(self, s: Sample) -> Verdict:
+        p = self.params
+        self._window.append(s)
+        while self._window and s.t - self._window[0].t > p.rapid_fall_window:
+            self._window.popleft()
+        drop = max(x.value for x in self._window) - s.value
+        if drop >= p.rapid_fall_drop:
+            return "bad"
+        return "good" if drop < p.rapid_fall_drop - p.clear_margin else "neutral"
+
+    def _explained(self, event: ConditionEvent) -> ConditionEvent:
+        p = self.params
+        detail: dict[str, Any] = {"threshold": p.threshold(event.kind), "delay_s": p.delay(event.kind).total_seconds()}
+        if event.kind == RAPID_FALL:
+            detail["window_s"] = p.rapid_fall_window.total_seconds()
+            top = max(self._window, key=lambda x: x.value)
+            event = ConditionEvent(event.kind, event.change, event.onset, event.at, (top, *event.samples), detail)
+            return event
+        detail["clear_margin"] = p.clear_margin if event.kind != SIGNAL_QUALITY else QUALITY_MARGIN
+        return ConditionEvent(event.kind, event.change, event.onset, event.at, event.samples, detail)
+
+
+class OutOfOrder(Exception):
+    """A sample older than one already evaluated: the caller replays the window by sample time."""
+
+
+def _below_verdict(value: float, threshold: float, margin: float) -> Verdict:
+    if value < threshold:
+        return "bad"
+    return "good" if value >= threshold + margin else "neutral"
+
+
+def _quality_verdict(quality: float | None, level: float) -> Verdict:
+    if quality is None:
+        return "neutral"
+    if quality < level:
+        return "bad"
+    return "good" if quality >= level + QUALITY_MARGIN else "neutral"

@@ -1,0 +1,233 @@
+"""Alarm rules (immutable versions), alarms with their lifecycle, transitions, pauses, notifications.
+
+A rule version is never edited: `rule_update` writes a new row with the next version number and a
+database trigger refuses UPDATE, so the version an alarm points at is exactly the rule that
+raised it. A ward has a rule; a patient may have an override (a complete rule of its own).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from telemetry.models import Patient, Ward
+
+
+class Priority(models.TextChoices):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+PRIORITY_RANK = {Priority.HIGH: 3, Priority.MEDIUM: 2, Priority.LOW: 1}
+
+
+class Kind(models.TextChoices):
+    CRITICAL_LOW = "critical_low", "Tissue O2 critically low"
+    LOW = "low", "Tissue O2 low"
+    RAPID_FALL = "rapid_fall", "Tissue O2 falling rapidly"
+    SIGNAL_QUALITY = "signal_quality", "Signal quality low"
+    NO_DATA = "no_data", "No data from sensor"
+
+
+class Category(models.TextChoices):
+    PHYSIOLOGICAL = "physiological"
+    TECHNICAL = "technical"
+
+
+# Priority and category are properties of the condition, not of a ward's taste (IEC 60601-1-8:
+# priority follows the urgency of the response the condition demands).
+KIND_PRIORITY: dict[str, str] = {
+    Kind.CRITICAL_LOW: Priority.HIGH,
+    Kind.LOW: Priority.MEDIUM,
+    Kind.RAPID_FALL: Priority.MEDIUM,
+    Kind.SIGNAL_QUALITY: Priority.LOW,
+    Kind.NO_DATA: Priority.MEDIUM,
+}
+KIND_CATEGORY: dict[str, str] = {
+    Kind.CRITICAL_LOW: Category.PHYSIOLOGICAL,
+    Kind.LOW: Category.PHYSIOLOGICAL,
+    Kind.RAPID_FALL: Category.PHYSIOLOGICAL,
+    Kind.SIGNAL_QUALITY: Category.TECHNICAL,
+    Kind.NO_DATA: Category.TECHNICAL,
+}
+
+# Shipped clinical defaults (docs/alarms.md explains each). Keys are AlarmRule field names.
+RULE_DEFAULTS: dict[str, float | int] = {
+    "low_threshold": 35.0,
+    "low_delay_s": 30,
+    "critical_threshold": 25.0,
+    "critical_delay_s": 10,
+    "rapid_fall_drop": 15.0,
+    "rapid_fall_window_s": 60,
+    "quality_level": 0.5,
+    "quality_delay_s": 60,
+    "no_data_delay_s": 120,
+    "clear_margin": 3.0,
+    "clear_delay_s": 15,
+    "realert_interval_s": 300,
+    "suppression_window_s": 120,
+    "escalation_delay_s": 120,
+    "max_pause_s": 600,
+}
+RULE_FIELDS = tuple(RULE_DEFAULTS)
+
+
+class AlarmRule(models.Model):
+    """One immutable version of a ward's rule (patient is null) or of a patient's override."""
+
+    ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="alarm_rules")
+    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.PROTECT, related_name="alarm_rules")
+    version = models.PositiveIntegerField()
+    # A patient override version with retired=True returns the patient to the ward's rule.
+    retired = models.BooleanField(default=False)
+    created_at = models.DateTimeField()
+    created_by = models.CharField(max_length=150)
+    reason = models.CharField(max_length=500, blank=True, default="")
+
+    low_threshold = models.FloatField(help_text="% tissue O2")
+    low_delay_s = models.PositiveIntegerField()
+    critical_threshold = models.FloatField(help_text="% tissue O2")
+    critical_delay_s = models.PositiveIntegerField()
+    rapid_fall_drop = models.FloatField(help_text="%-points")
+    rapid_fall_window_s = models.PositiveIntegerField()
+    quality_level = models.FloatField(help_text="signal quality 0..1")
+    quality_delay_s = models.PositiveIntegerField()
+    no_data_delay_s = models.PositiveIntegerField()
+    clear_margin = models.FloatField(help_text="%-points above the threshold to clear")
+    clear_delay_s = models.PositiveIntegerField()
+    realert_interval_s = models.PositiveIntegerField()
+    suppression_window_s = models.PositiveIntegerField()
+    escalation_delay_s = models.PositiveIntegerField()
+    max_pause_s = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ward", "version"], condition=Q(patient__isnull=True), name="ward_rule_version_once"
+            ),
+            models.UniqueConstraint(
+                fields=["patient", "version"], condition=Q(patient__isnull=False), name="patient_rule_version_once"
+            ),
+        ]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        scope = self.patient.pseudonym if self.patient_id else self.ward.code  # type: ignore[union-attr]
+        return f"rule {scope} v{self.version}"
+
+    def values(self) -> dict[str, float | int]:
+        return {name: getattr(self, name) for name in RULE_FIELDS}
+
+
+class Alarm(models.Model):
+    class State(models.TextChoices):
+        ACTIVE_UNACKNOWLEDGED = "active_unacknowledged"
+        ACKNOWLEDGED = "acknowledged"
+        RESOLVED = "resolved"
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="alarms")
+    # The ward at raise time: scoping and fatigue figures must not move when a patient transfers.
+    ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="alarms")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    priority = models.CharField(max_length=10, choices=Priority.choices)
+    priority_rank = models.PositiveSmallIntegerField()
+    category = models.CharField(max_length=15, choices=Category.choices)
+    state = models.CharField(max_length=25, choices=State.choices, default=State.ACTIVE_UNACKNOWLEDGED)
+    latched = models.BooleanField(default=False)
+    rule = models.ForeignKey(AlarmRule, on_delete=models.PROTECT, related_name="alarms")
+
+    # The alarm condition, in sample time: when it began, whether it is present, when it cleared.
+    condition_started_at = models.DateTimeField()
+    condition_present = models.BooleanField(default=True)
+    condition_cleared_at = models.DateTimeField(null=True, blank=True)
+    recurrences = models.PositiveIntegerField(default=0)
+
+    raised_at = models.DateTimeField()
+    # Last entry into active_unacknowledged (raise or re-alert): escalation counts from here.
+    activated_at = models.DateTimeField()
+    last_triggered_at = models.DateTimeField()
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    ack_note = models.CharField(max_length=500, blank=True, default="")
+    first_acknowledged_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    escalation_level = models.PositiveSmallIntegerField(default=0)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    ever_escalated = models.BooleanField(default=False)
+    responsible = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+    explain = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "kind"], condition=~Q(state="resolved"), name="one_open_alarm_per_patient_kind"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "-priority_rank", "raised_at"]),
+            models.Index(fields=["patient", "kind", "condition_started_at"]),
+            models.Index(fields=["ward", "raised_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"alarm {self.pk} {self.kind} {self.state}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != self.State.RESOLVED
+
+
+class AlarmTransition(models.Model):
+    """Every change of an alarm, with its cause and who (or what) caused it."""
+
+    alarm = models.ForeignKey(Alarm, on_delete=models.PROTECT, related_name="transitions")
+    at = models.DateTimeField()
+    from_state = models.CharField(max_length=25, blank=True, default="")
+    to_state = models.CharField(max_length=25)
+    cause = models.CharField(max_length=30)
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor_username = models.CharField(max_length=150)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+
+class AlarmPause(models.Model):
+    """Audio-paused style: alarms of `priority` or lower are not raised for the patient until `until`."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="alarm_pauses")
+    started_at = models.DateTimeField()
+    until = models.DateTimeField()
+    priority = models.CharField(max_length=10, choices=Priority.choices)
+    paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.CharField(max_length=300, blank=True, default="")
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["patient", "until"])]
+
+
+class Notification(models.Model):
+    """An in-app notification (escalations); other channels are Notifier classes in settings."""
+
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alarm_notifications"
+    )
+    alarm = models.ForeignKey(Alarm, on_delete=models.PROTECT, related_name="notifications")
+    created_at = models.DateTimeField()
+    text = models.CharField(max_length=300)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["recipient", "created_at"])]
+        ordering = ["-created_at"]

@@ -1,0 +1,108 @@
+"""Typed payloads of the alarm API and of the live `alarm.transition` / `alarm.notification` frames."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from alerts.models import Alarm, AlarmTransition, Kind
+
+
+class AlarmOut(TypedDict):
+    id: int
+    patient: str
+    ward: str
+    kind: str
+    kind_label: str
+    priority: str
+    category: str
+    state: str
+    latched: bool
+    condition_present: bool
+    condition_started_at: str
+    condition_cleared_at: str | None
+    raised_at: str
+    activated_at: str
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    note: str
+    resolved_at: str | None
+    escalation_level: int
+    escalated: bool
+    responsible: str | None
+    accepted_at: str | None
+    recurrences: int
+    rule_version: int
+    rule_scope: str
+    chart_url: str
+
+
+class TransitionOut(TypedDict):
+    cause: str
+    from_state: str
+    to_state: str
+    actor: str
+    at: str
+
+
+class AlarmTransitionFrame(TypedDict):
+    type: str  # "alarm.transition"
+    patient: str
+    alarm: AlarmOut
+    transition: TransitionOut
+
+
+class NotificationFrame(TypedDict):
+    type: str  # "alarm.notification"
+    id: int
+    alarm: int
+    text: str
+    created_at: str
+
+
+def iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def alarm_out(alarm: Alarm) -> AlarmOut:
+    """Needs patient, ward, rule, acknowledged_by and responsible loaded (select_related)."""
+    started = iso(alarm.condition_started_at) or ""
+    return {
+        "id": alarm.pk,
+        "patient": alarm.patient.pseudonym,
+        "ward": alarm.ward.code,
+        "kind": alarm.kind,
+        "kind_label": str(Kind(alarm.kind).label),
+        "priority": alarm.priority,
+        "category": alarm.category,
+        "state": alarm.state,
+        "latched": alarm.latched,
+        "condition_present": alarm.condition_present,
+        "condition_started_at": started,
+        "condition_cleared_at": iso(alarm.condition_cleared_at),
+        "raised_at": iso(alarm.raised_at) or "",
+        "activated_at": iso(alarm.activated_at) or "",
+        "acknowledged_by": alarm.acknowledged_by.username if alarm.acknowledged_by else None,
+        "acknowledged_at": iso(alarm.acknowledged_at),
+        "note": alarm.ack_note,
+        "resolved_at": iso(alarm.resolved_at),
+        "escalation_level": alarm.escalation_level,
+        "escalated": alarm.ever_escalated,
+        "responsible": alarm.responsible.username if alarm.responsible else None,
+        "accepted_at": iso(alarm.accepted_at),
+        "recurrences": alarm.recurrences,
+        "rule_version": alarm.rule.version,
+        "rule_scope": "patient" if alarm.rule.patient_id else "ward",
+        "chart_url": f"/patients/{alarm.patient.pseudonym}/?at={started}",
+    }
+
+
+def transition_out(t: AlarmTransition) -> TransitionOut:
+    return {
+        "cause": t.cause,
+        "from_state": t.from_state,
+        "to_state": t.to_state,
+        "actor": t.actor_username,
+        "at": iso(t.at) or "",
+    }

@@ -1,0 +1,226 @@
+"""Reads of alarms, rules and pauses, and who may see which alarm.
+
+Alarm visibility builds on audit/access.py: ward care roles (clinician, on-call) see alarms of
+their wards; an alarm escalated to the on-call role is shown to every on-call user (that is what
+escalation means); administrators, who configure alarms for every ward, see all of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from alerts.models import Alarm, AlarmPause, AlarmRule, Category
+from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_can, user_is_verified, user_role, user_ward_ids
+from telemetry.models import Patient, Ward
+
+CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
+
+
+@dataclass(frozen=True)
+class AlarmScope:
+    """What part of the alarm stream a user may see; checked per frame by the console socket."""
+
+    role: str
+    all_wards: bool
+    ward_ids: frozenset[int]
+    escalated_everywhere: bool
+
+    def allows(self, *, ward_id: int, escalation_level: int) -> bool:
+        if self.all_wards or ward_id in self.ward_ids:
+            return True
+        return self.escalated_everywhere and escalation_level >= 1
+
+
+def alarm_scope(user: Any) -> AlarmScope | None:
+    """None when the user may not use the alarm console at all."""
+    if not (user_can(user, "acknowledge_alarms") or user_can(user, "edit_alarm_rules")):
+        return None
+    role = user_role(user)
+    if role not in CONSOLE_ROLES:
+        return None
+    return AlarmScope(
+        role=role,
+        all_wards=role == ADMIN,
+        ward_ids=frozenset(user_ward_ids(user)),
+        escalated_everywhere=role == ONCALL,
+    )
+
+
+def alarm_access(user: Any, alarm: Alarm) -> AccessDecision:
+    if not user_is_verified(user):
+        return AccessDecision(False, "mfa_required")
+    scope = alarm_scope(user)
+    if scope is None:
+        return AccessDecision(False, f"role_{user_role(user)}")
+    if scope.allows(ward_id=alarm.ward_id, escalation_level=alarm.escalation_level):
+        return AccessDecision(True, "admin" if scope.all_wards else "ward")
+    return AccessDecision(False, "other_ward")
+
+
+def alarms_visible_to(user: Any) -> QuerySet[Alarm]:
+    scope = alarm_scope(user)
+    base = Alarm.objects.select_related("patient", "ward", "rule", "acknowledged_by", "responsible")
+    if scope is None:
+        return base.none()
+    if scope.all_wards:
+        return base
+    visible = Q(ward_id__in=scope.ward_ids)
+    if scope.escalated_everywhere:
+        visible |= Q(escalation_level__gte=1)
+    return base.filter(visible)
+
+
+def alarms_open_sorted(qs: QuerySet[Alarm]) -> QuerySet[Alarm]:
+    """Console order: priority first, then the oldest (longest waiting) first."""
+    return qs.exclude(state=Alarm.State.RESOLVED).order_by("-priority_rank", "raised_at", "id")
+
+
+def alarms_for_patient(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> QuerySet[Alarm]:
+    """Alarm periods overlapping [start, end) for the chart (alarm shading)."""
+    return (
+        Alarm.objects.filter(patient_id=patient_id, condition_started_at__lt=end)
+        .filter(Q(resolved_at__isnull=True) | Q(resolved_at__gte=start))
+        .select_related("patient", "ward", "rule", "acknowledged_by", "responsible")
+        .order_by("condition_started_at")
+    )
+
+
+def rule_current_ward(ward: Ward) -> AlarmRule:
+    rule = AlarmRule.objects.filter(ward=ward, patient__isnull=True).order_by("-version").first()
+    if rule is None:
+        from alerts.services import rule_ensure_ward_default  # a ward created after the migration
+
+        rule = rule_ensure_ward_default(ward=ward)
+    return rule
+
+
+def rule_override(patient: Patient) -> AlarmRule | None:
+    rule = AlarmRule.objects.filter(patient=patient).order_by("-version").first()
+    return None if rule is None or rule.retired else rule
+
+
+def rule_effective(patient: Patient) -> AlarmRule:
+    return rule_override(patient) or rule_current_ward(patient.ward)
+
+
+def pause_active(patient_id: int, now: dt.datetime) -> AlarmPause | None:
+    return (
+        AlarmPause.objects.filter(patient_id=patient_id, ended_at__isnull=True, until__gt=now, started_at__lte=now)
+        .order_by("-until")
+        .first()
+    )
+
+
+def pauses_active(now: dt.datetime) -> dict[int, AlarmPause]:
+    out: dict[int, AlarmPause] = {}
+    for pause in AlarmPause.objects.filter(ended_at__isnull=True, until__gt=now, started_at__lte=now).order_by("until"):
+        out[pause.patient_id] = pause
+    return out
+
+
+# --- alarm-fatigue figures ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FatigueRow:
+    scope: str  # "ward" or "patient"
+    ward: str
+    patient: str
+    alarms: int
+    patient_days: float
+    alarms_per_patient_day: float | None
+    share_acknowledged: float | None
+    median_seconds_to_acknowledge: float | None
+    escalations: int
+    technical_share: float | None
+    physiological_share: float | None
+
+    def as_row(self) -> list[Any]:
+        return [
+            self.scope,
+            self.ward,
+            self.patient,
+            self.alarms,
+            round(self.patient_days, 3),
+            _round(self.alarms_per_patient_day),
+            _round(self.share_acknowledged),
+            _round(self.median_seconds_to_acknowledge, 1),
+            self.escalations,
+            _round(self.technical_share),
+            _round(self.physiological_share),
+        ]
+
+
+FATIGUE_COLUMNS = [
+    "scope",
+    "ward",
+    "patient",
+    "alarms",
+    "patient_days",
+    "alarms_per_patient_day",
+    "share_acknowledged",
+    "median_seconds_to_acknowledge",
+    "escalations",
+    "technical_share",
+    "physiological_share",
+]
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _figures(scope: str, ward: str, patient: str, alarms: list[Alarm], days: float) -> FatigueRow:
+    n = len(alarms)
+    acked = [a for a in alarms if a.first_acknowledged_at is not None]
+    waits = [(a.first_acknowledged_at - a.raised_at).total_seconds() for a in acked if a.first_acknowledged_at]
+    technical = sum(1 for a in alarms if a.category == Category.TECHNICAL)
+    return FatigueRow(
+        scope=scope,
+        ward=ward,
+        patient=patient,
+        alarms=n,
+        patient_days=days,
+        alarms_per_patient_day=n / days if days > 0 else None,
+        share_acknowledged=len(acked) / n if n else None,
+        median_seconds_to_acknowledge=statistics.median(waits) if waits else None,
+        escalations=sum(1 for a in alarms if a.ever_escalated),
+        technical_share=technical / n if n else None,
+        physiological_share=(n - technical) / n if n else None,
+    )
+
+
+def _patient_days(patient: Patient, start: dt.datetime, end: dt.datetime) -> float:
+    begin = max(patient.admitted_at, start)
+    finish = min(patient.discharged_at or end, end)
+    return max((finish - begin).total_seconds(), 0.0) / 86400
+
+
+def alarm_fatigue(*, ward_ids: list[int] | None, start: dt.datetime, end: dt.datetime) -> list[FatigueRow]:
+    """Per ward, then per patient of it, over [start, end): alarms raised in the span; patient-days
+    are monitored time (admission to discharge) inside the span."""
+    wards = Ward.objects.order_by("code")
+    if ward_ids is not None:
+        wards = wards.filter(id__in=ward_ids)
+    rows: list[FatigueRow] = []
+    for ward in wards:
+        alarms = list(
+            Alarm.objects.filter(ward=ward, raised_at__gte=start, raised_at__lt=end).select_related("patient")
+        )
+        patients = (
+            Patient.objects.filter(Q(ward=ward) | Q(alarms__ward=ward))
+            .filter(Q(discharged_at__isnull=True) | Q(discharged_at__gte=start), admitted_at__lt=end)
+            .distinct()
+            .order_by("pseudonym")
+        )
+        days = {p.pk: _patient_days(p, start, end) for p in patients}
+        rows.append(_figures("ward", ward.code, "", alarms, sum(days.values())))
+        for p in patients:
+            mine = [a for a in alarms if a.patient_id == p.pk]
+            rows.append(_figures("patient", ward.code, p.pseudonym, mine, days[p.pk]))
+    return rows

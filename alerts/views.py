@@ -1,0 +1,240 @@
+"""Alarm pages: the console, an alarm's explanation, the rules editor and alarm-fatigue figures.
+
+Thin: each page authorizes through alerts.selectors, audits the view (refusals too) in the same
+transaction as its reads, and renders.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods
+
+from alerts import selectors, services
+from alerts.models import RULE_FIELDS, Alarm, AlarmRule
+from alerts.schemas import alarm_out
+from audit.access import actor_from_request, user_can, user_is_verified
+from audit.decorators import refusal_reason
+from audit.services import audit_record
+from telemetry.models import Patient, Ward
+
+RULE_LABELS: dict[str, tuple[str, str]] = {
+    "low_threshold": ("Low tissue O2 threshold", "%"),
+    "low_delay_s": ("Low: sustained for", "s"),
+    "critical_threshold": ("Critically low threshold", "%"),
+    "critical_delay_s": ("Critically low: sustained for", "s"),
+    "rapid_fall_drop": ("Rapid fall: drop of", "%-points"),
+    "rapid_fall_window_s": ("Rapid fall: within", "s"),
+    "quality_level": ("Signal quality low below", "0..1"),
+    "quality_delay_s": ("Signal quality low for", "s"),
+    "no_data_delay_s": ("No data for", "s"),
+    "clear_margin": ("Clear: recover past threshold by", "%-points"),
+    "clear_delay_s": ("Clear: recovered for", "s"),
+    "realert_interval_s": ("Re-alert after acknowledgement", "s"),
+    "suppression_window_s": ("Suppression window", "s"),
+    "escalation_delay_s": ("Escalate unacknowledged after", "s"),
+    "max_pause_s": ("Longest pause allowed", "s"),
+}
+
+
+def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "") -> HttpResponse:
+    """Audited refusal: to the login page without a verified session, else a 403 page."""
+    with transaction.atomic():
+        audit_record(
+            actor=actor_from_request(request),
+            action=action,
+            outcome="denied",
+            subject=subject,
+            detail={"reason": reason, "path": request.path[:200]},
+        )
+    if not user_is_verified(request.user):
+        return redirect_to_login(request.get_full_path())
+    return render(request, "errors/forbidden.html", status=403)
+
+
+def _scope_or_refuse(request: HttpRequest, action: str) -> tuple[selectors.AlarmScope | None, HttpResponse | None]:
+    scope = selectors.alarm_scope(request.user)
+    if scope is None:
+        return None, _refuse(request, action, refusal_reason(request.user))
+    return scope, None
+
+
+def console(request: HttpRequest) -> HttpResponse:
+    scope, refused = _scope_or_refuse(request, "alarm.console_viewed")
+    if refused:
+        return refused
+    assert scope is not None
+    alarms = list(selectors.alarms_open_sorted(selectors.alarms_visible_to(request.user)))
+    with transaction.atomic():
+        audit_record(
+            actor=actor_from_request(request),
+            action="alarm.console_viewed",
+            detail={"count": len(alarms), "patients": sorted({a.patient.pseudonym for a in alarms})[:100]},
+        )
+    notes = list(request.user.alarm_notifications.all()[:20])  # type: ignore[union-attr]
+    return render(
+        request,
+        "alerts/console.html",
+        {
+            "alarms_json": [alarm_out(a) for a in alarms],
+            "notes": notes,
+            "role": scope.role,
+            "can_accept": scope.role == "oncall",
+            "can_acknowledge": user_can(request.user, "acknowledge_alarms"),
+        },
+    )
+
+
+def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
+    known = Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first()
+    if selectors.alarm_scope(request.user) is None:
+        return _refuse(request, "alarm.explained", refusal_reason(request.user), known or "")
+    alarm = selectors.alarms_visible_to(request.user).filter(pk=alarm_id).first()
+    if alarm is None:
+        return _refuse(request, "alarm.explained", "other_ward" if known else "unknown", known or "")
+    with transaction.atomic():
+        audit_record(
+            actor=actor_from_request(request),
+            action="alarm.explained",
+            subject=alarm.patient.pseudonym,
+            detail={"alarm": alarm.pk},
+        )
+    ex = alarm.explain
+    rule = alarm.rule.values()  # the version that raised it (immutable), not today's rule
+    rule_rows = [(RULE_LABELS[name][0], rule[name], RULE_LABELS[name][1]) for name in RULE_FIELDS]
+    return render(
+        request,
+        "alerts/explain.html",
+        {
+            "alarm": alarm,
+            "out": alarm_out(alarm),
+            "ex": ex,
+            "samples": ex.get("samples", []),
+            "rule_rows": rule_rows,
+            "first": ex.get("first"),
+            "transitions": alarm.transitions.all(),
+        },
+    )
+
+
+def _rule_target(request: HttpRequest) -> tuple[Ward | None, Patient | None]:
+    source = request.POST if request.method == "POST" else request.GET
+    if pseudonym := source.get("patient"):
+        patient = Patient.objects.select_related("ward").filter(pseudonym=pseudonym).first()
+        return (patient.ward if patient else None), patient
+    ward = Ward.objects.filter(code=source.get("ward", "")).first() or Ward.objects.order_by("code").first()
+    return ward, None
+
+
+@require_http_methods(["GET", "POST"])
+def rules(request: HttpRequest) -> HttpResponse:
+    if not user_can(request.user, "edit_alarm_rules"):
+        return _refuse(request, "alarm_rule.viewed", refusal_reason(request.user))
+    ward, patient = _rule_target(request)
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    if ward is not None and request.method == "POST":
+        actor = actor_from_request(request)
+        if request.POST.get("remove_override") and patient is not None:
+            services.rule_override_remove(patient=patient, actor=actor, user=request.user)
+            return redirect(f"{request.path}?patient={patient.pseudonym}")
+        values = {name: request.POST.get(name, "") for name in RULE_FIELDS}
+        try:
+            services.rule_update(
+                ward=ward,
+                patient=patient,
+                actor=actor,
+                user=request.user,
+                values=values,
+                reason=request.POST.get("reason", ""),
+            )
+            target = f"patient={patient.pseudonym}" if patient else f"ward={ward.code}"
+            return redirect(f"{request.path}?{target}&saved=1")
+        except services.RuleInvalid as exc:
+            errors = exc.detail
+    current = None
+    history: list[AlarmRule] = []
+    override = None
+    if ward is not None:
+        current = selectors.rule_current_ward(ward)
+        if patient is not None:
+            override = selectors.rule_override(patient)
+            current = override or current
+            history = list(AlarmRule.objects.filter(patient=patient).order_by("-version")[:20])
+        else:
+            history = list(AlarmRule.objects.filter(ward=ward, patient__isnull=True).order_by("-version")[:20])
+        with transaction.atomic():
+            audit_record(
+                actor=actor_from_request(request),
+                action="alarm_rule.viewed",
+                subject=patient.pseudonym if patient else ward.code,
+            )
+    shown = values or (current.values() if current else {})
+    fields = [
+        {
+            "name": name,
+            "label": RULE_LABELS[name][0],
+            "unit": RULE_LABELS[name][1],
+            "value": shown.get(name, ""),
+            "error": errors.get(name, ""),
+        }
+        for name in RULE_FIELDS
+    ]
+    return render(
+        request,
+        "alerts/rules.html",
+        {
+            "wards": Ward.objects.order_by("code"),
+            "ward": ward,
+            "patient": patient,
+            "patients": Patient.objects.filter(ward=ward, discharged_at__isnull=True).order_by("pseudonym")
+            if ward
+            else [],
+            "current": current,
+            "override": override,
+            "fields": fields,
+            "errors": errors,
+            "general_error": errors.get("__all__", ""),
+            "history": history,
+            "saved": request.GET.get("saved") == "1",
+        },
+        status=400 if errors else 200,
+    )
+
+
+def _fatigue_span(request: HttpRequest) -> tuple[dt.datetime, dt.datetime, int]:
+    try:
+        days = min(max(int(request.GET.get("days", "7")), 1), 365)
+    except ValueError:
+        days = 7
+    end = timezone.now()
+    return end - dt.timedelta(days=days), end, days
+
+
+def fatigue(request: HttpRequest) -> HttpResponse:
+    scope, refused = _scope_or_refuse(request, "alarm.fatigue_viewed")
+    if refused:
+        return refused
+    assert scope is not None
+    start, end, days = _fatigue_span(request)
+    rows = selectors.alarm_fatigue(ward_ids=None if scope.all_wards else list(scope.ward_ids), start=start, end=end)
+    with transaction.atomic():
+        audit_record(
+            actor=actor_from_request(request), action="alarm.fatigue_viewed", detail={"days": days, "rows": len(rows)}
+        )
+    if request.path.endswith(".csv"):
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="alarm-fatigue-{days}d.csv"'
+        writer = csv.writer(response)
+        writer.writerow(selectors.FATIGUE_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row.as_row()])
+        return response
+    return render(request, "alerts/fatigue.html", {"rows": rows, "days": days, "start": start, "end": end})

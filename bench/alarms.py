@@ -1,0 +1,400 @@
+"""Alarm latency: commit of the reading that completes a rule's delay → `alarm.transition` frame at
+a subscribed alarm console, under a fleet of N devices at F Hz through the real ingest API.
+
+    DATABASE_URL=… REDIS_URL=… .venv/bin/python bench/alarms.py --devices 1000 --hz 1 --duration 90
+
+Starts Daphne and `manage.py run_engine` as subprocesses against the given database (migrated
+here), provisions a bench ward with N devices and patients, subscribes one on-call console to
+`WS /ws/alarms/live`, and streams signed readings. Background devices post their readings in
+batches every --batch-seconds (a gateway's rhythm); probe devices post every reading at once
+and, at staggered times, desaturate to 20 % for longer than the critically-low delay (10 s). The
+reading at onset + delay is the one that crosses the rule; its request's *send* time is the
+start of the clock (the commit is later, so the figure is an upper bound), the `raised` frame
+of that patient's critical_low alarm at the console is the end. Prints p50/p99/max and the
+achieved ingest rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import logging
+import os
+import random
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+
+CRITICAL_DELAY_S = 10
+DIP_SECONDS = 14
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup(n_devices: int, ward_code: str) -> tuple[list[dict[str, Any]], str]:
+    """Provision the fleet (fresh keys each run) and an on-call session; returns devices, cookie."""
+    import django
+
+    django.setup()
+    from cryptography.hazmat.primitives import serialization
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.management import call_command
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from alerts.models import Alarm
+    from audit.services import staff_upsert
+    from telemetry.models import Assignment, Ward
+    from telemetry.services import device_provision, patient_admit
+
+    call_command("migrate", verbosity=0)
+    Ward.objects.get_or_create(code=ward_code, defaults={"name": "Alarm bench"})
+    # Close what earlier runs left open so every probe raises afresh.
+    Alarm.objects.filter(ward__code=ward_code).exclude(state="resolved").update(state="resolved")
+    devices = []
+    for i in range(n_devices):
+        if i % 100 == 0:
+            print(f"  provisioning {i}/{n_devices}", file=sys.stderr)
+        device_id = f"bench-alarm-{i:04d}"
+        provisioned = device_provision(device_id=device_id, ward_code=ward_code)
+        assert provisioned.private_key_pem is not None
+        key = serialization.load_pem_private_key(provisioned.private_key_pem.encode(), password=None)
+        patient_admit(pseudonym=f"bench-pt-{i:04d}", ward_code=ward_code, device_id=device_id)
+        devices.append(
+            {"device_id": device_id, "key_id": provisioned.key.key_id, "key": key, "patient": f"bench-pt-{i:04d}"}
+        )
+    password = os.environ.get("BENCH_PASSWORD", "bench-only-password-not-secret")
+    # Monitoring starts with the stream, not when setup began (else every patient is "no data").
+    Assignment.objects.filter(device__device_id__startswith="bench-alarm-", end__isnull=True).update(
+        start=dt.datetime.now(dt.UTC)
+    )
+    account = staff_upsert(username="bench-oncall", role="oncall", ward_codes=[ward_code], password=password)
+    user = account.user
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user, confirmed=True).persistent_id
+    session.save()
+    return devices, f"sessionid={session.session_key}"
+
+
+class Console:
+    """An alarm console over WS /ws/alarms/live: a minimal RFC 6455 client on asyncio streams
+    (text frames from the server, pings answered), enough to timestamp frames on arrival."""
+
+    def __init__(self) -> None:
+        self.raised: dict[str, float] = {}
+        self.decided: dict[str, float] = {}  # the engine's `now` for the raise (transition.at)
+        self.frames = 0
+        self.ready = asyncio.Event()
+
+    async def connect(self, port: int, cookie: str) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                "GET /ws/alarms/live HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: http://127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"websocket handshake refused: {head[:80]!r}")
+        self._task = asyncio.create_task(self._read(reader, writer))
+        await asyncio.wait_for(self.ready.wait(), 15)
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            b0, b1 = await reader.readexactly(2)
+            length = b1 & 0x7F
+            if length == 126:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await reader.readexactly(8), "big")
+            payload = await reader.readexactly(length)
+            opcode = b0 & 0x0F
+            if opcode == 8:
+                print(f"console socket closed: {payload[:2].hex()}", file=sys.stderr)
+                return
+            if opcode == 9:  # ping → masked pong
+                mask = os.urandom(4)
+                writer.write(
+                    bytes([0x8A, 0x80 | len(payload)]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+                )
+                continue
+            if opcode == 1:
+                self._frame(orjson.loads(payload), time.time())
+
+    def _frame(self, frame: dict[str, Any], now: float) -> None:
+        self.frames += 1
+        if frame.get("type") == "alarm.snapshot":
+            self.ready.set()
+        elif (
+            frame.get("type") == "alarm.transition"
+            and frame["transition"]["cause"] == "raised"
+            and frame["alarm"]["kind"] == "critical_low"
+        ):
+            self.raised.setdefault(frame["patient"], now)
+            at = frame["transition"]["at"].replace("Z", "+00:00")
+            self.decided.setdefault(frame["patient"], dt.datetime.fromisoformat(at).timestamp())
+
+
+def _body(dev: dict[str, Any], readings: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps({"schema": "perfuse.readings/1", "device_id": dev["device_id"], "readings": readings})
+    stamp = str(int(time.time()))
+    signature = dev["key"].sign(stamp.encode() + b"\n" + body)
+    return body, {
+        "Content-Type": "application/json",
+        "X-Perfuse-Key": dev["key_id"],
+        "X-Perfuse-Timestamp": stamp,
+        "X-Perfuse-Signature": base64.b64encode(signature).decode(),
+    }
+
+
+def _reading(seq: int, t: float, value: float) -> dict[str, Any]:
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+    return {"seq": seq, "sample_time": iso, "metric": "tissue_o2", "value": value, "unit": "%", "signal_quality": 0.95}
+
+
+class HttpPool:
+    """A lean HTTP/1.1 keep-alive client: N connections, each a worker taking requests from a
+    queue. (httpx's pool spent more CPU than the server under thousands of queued requests.)
+    `on_sent` is called when a request's bytes are written, which is where the clock starts."""
+
+    def __init__(self, port: int, size: int) -> None:
+        self.port, self.size = port, size
+        self.queue: asyncio.Queue[tuple[bytes, dict[str, str], Any, asyncio.Future[tuple[int, bytes]]]] = (
+            asyncio.Queue()
+        )
+        self.workers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for _ in range(self.size):
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.workers.append(asyncio.create_task(self._work(reader, writer)))
+
+    async def _work(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            body, headers, on_sent, future = await self.queue.get()
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(
+                (
+                    f"POST /api/v1/ingest/readings HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                    f"Content-Length: {len(body)}\r\n{head}\r\n"
+                ).encode()
+                + body
+            )
+            on_sent()
+            try:
+                status_head = await reader.readuntil(b"\r\n\r\n")
+                lines = status_head.decode("latin-1").split("\r\n")
+                length = next(
+                    int(v) for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "content-length"
+                )
+                payload = await reader.readexactly(length)
+                future.set_result((int(lines[0].split()[1]), payload))
+            except (OSError, asyncio.IncompleteReadError, StopIteration) as exc:
+                future.set_exception(exc)
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    def post(self, body: bytes, headers: dict[str, str], on_sent: Any) -> asyncio.Future[tuple[int, bytes]]:
+        future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((body, headers, on_sent, future))
+        return future
+
+
+async def run(args: argparse.Namespace, devices: list[dict[str, Any]], port: int, console: Console) -> dict[str, Any]:
+    rng = random.Random(7)
+    probes = devices[: args.probes]
+    background = devices[args.probes :]
+    start = time.time() + 2
+    # Probe i dips at a staggered time, after a warm-up that lets the engine see a normal baseline.
+    span = max(args.duration - args.warmup - DIP_SECONDS - 10, 1)
+    step = 1.0 / args.hz
+    # Aligned to the sample clock, so the reading at onset + delay is exactly one sample.
+    dip_at = {
+        d["device_id"]: start + round((args.warmup + span * i / max(len(probes), 1)) / step) * step
+        for i, d in enumerate(probes)
+    }
+    crossing_sent: dict[str, float] = {}
+    seqs = {d["device_id"]: int(time.time()) * 10 for d in devices}
+    pending: dict[str, list[dict[str, Any]]] = {d["device_id"]: [] for d in background}
+    stats: dict[str, Any] = {"requests": 0, "readings": 0, "errors": 0, "statuses": {}, "backlog_max": 0}
+    # Probes get their own connections: a backlog of background batches in this client must not
+    # delay a probe's send (the clock starts at the send, so it would not count anyway).
+    probe_pool, bulk_pool = HttpPool(port, 8), HttpPool(port, args.connections)
+    await probe_pool.start()
+    await bulk_pool.start()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def post(pool: HttpPool, dev: dict[str, Any], readings: list[dict[str, Any]], crossing: bool) -> None:
+        body, headers = _body(dev, readings)
+        sent: list[float] = []
+        try:
+            status, payload = await pool.post(body, headers, lambda: sent.append(time.time()))
+        except (OSError, asyncio.IncompleteReadError, StopIteration):
+            stats["errors"] += 1
+            return
+        stats["requests"] += 1
+        stats["statuses"][status] = stats["statuses"].get(status, 0) + 1
+        if status == 200:
+            stats["readings"] += orjson.loads(payload)["accepted"]
+            if crossing:
+                crossing_sent[dev["patient"]] = sent[0]
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    every = max(int(args.batch_seconds * args.hz), 1)
+    tick = 0
+    while True:
+        t = start + tick * step
+        if t > start + args.duration:
+            break
+        await asyncio.sleep(max(0.0, t - time.time()))
+        stats["backlog_max"] = max(stats["backlog_max"], bulk_pool.queue.qsize())
+        for dev in probes:
+            seqs[dev["device_id"]] += 1
+            since = t - dip_at[dev["device_id"]]
+            dipping = 0 <= since < DIP_SECONDS
+            value = 20.0 + rng.uniform(-1, 1) if dipping else 62.0 + rng.uniform(-2, 2)
+            crossing = abs(since - CRITICAL_DELAY_S) < step / 4
+            spawn(post(probe_pool, dev, [_reading(seqs[dev["device_id"]], t, value)], crossing))
+        for i, dev in enumerate(background):
+            seqs[dev["device_id"]] += 1
+            pending[dev["device_id"]].append(_reading(seqs[dev["device_id"]], t, 62.0 + rng.uniform(-2, 2)))
+            # Background devices flush in a rolling order so the load is even across the batch period.
+            if i % every == tick % every:
+                readings, pending[dev["device_id"]] = pending[dev["device_id"]], []
+                spawn(post(bulk_pool, dev, readings, False))
+        tick += 1
+    if tasks:
+        await asyncio.wait(tasks, timeout=60)
+    await asyncio.sleep(3)  # frames still in flight
+    elapsed = time.time() - start
+    latencies = sorted((console.raised[p] - sent) * 1000 for p, sent in crossing_sent.items() if p in console.raised)
+    engine = sorted((console.decided[p] - sent) * 1000 for p, sent in crossing_sent.items() if p in console.decided)
+    delivery = sorted((console.raised[p] - console.decided[p]) * 1000 for p in crossing_sent if p in console.raised)
+    return {
+        "latencies_ms": latencies,
+        "engine_ms": engine,
+        "delivery_ms": delivery,
+        "probes": len(probes),
+        "crossings": len(crossing_sent),
+        "elapsed": elapsed,
+        **stats,
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--hz", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=90.0, help="seconds of streaming")
+    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--probes", type=int, default=100, help="devices that desaturate once each")
+    parser.add_argument("--batch-seconds", type=float, default=5.0, help="background devices post this often")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--ward", default="bench-alarms")
+    parser.add_argument("--engine", default="manage.py run_engine", help="engine command (run with this Python)")
+    args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    # A SIGTERM (e.g. from `timeout`) must still stop Daphne and the engine in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"setting up {args.devices} devices…", file=sys.stderr)
+    devices, cookie = setup(args.devices, args.ward)
+    port = _free_port()
+    env = {**os.environ}
+    logs = ROOT / ".data" / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    venv_bin = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen(
+            [str(venv_bin / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "daphne.log", "wb"),  # noqa: SIM115 (lives as long as the process)
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [sys.executable, *shlex.split(args.engine)],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "engine.log", "wb"),  # noqa: SIM115 (lives as long as the process)
+            stderr=subprocess.STDOUT,
+        ),
+    ]
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        console = Console()
+
+        async def go() -> dict[str, Any]:
+            await console.connect(port, cookie)
+            return await run(args, devices, port, console)
+
+        result = asyncio.run(go())
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    lat = result["latencies_ms"]
+    rate = result["readings"] / result["elapsed"]
+    print(
+        f"devices={args.devices} hz={args.hz} duration={args.duration:.0f}s "
+        f"batch={args.batch_seconds}s probes={args.probes}"
+    )
+    print(
+        f"ingest: {result['requests']} requests, {result['readings']} readings accepted ({rate:.0f}/s), "
+        f"statuses {result['statuses']}, errors {result['errors']}, client backlog max {result['backlog_max']}"
+    )
+    print(f"critical_low raises seen at the console: {len(lat)} of {result['crossings']} crossings")
+    if lat:
+        print(
+            "commit→console latency beyond the rule's 10 s delay (ms): "
+            f"p50 {statistics.median(lat):.0f}  p99 {_pct(lat, 0.99):.0f}  max {lat[-1]:.0f}  (target p99 < 500)"
+        )
+        for name, key in (("send→engine decision", "engine_ms"), ("decision→console frame", "delivery_ms")):
+            part = result[key]
+            print(f"  {name} (ms): p50 {statistics.median(part):.0f}  p99 {_pct(part, 0.99):.0f}  max {part[-1]:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The alarm console in headless Debian Chromium against a real Daphne: an on-call nurse sees a
+new alarm appear live, acknowledges it with a note, and a colleague's open console shows the
+acknowledgement within a second."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.staticfiles import finders
+from django.db import connection
+
+from alerts.engine import AlarmProcessor
+from alerts.models import Alarm
+from telemetry.models import Device, Patient
+from tests import factories, personas
+from tests.alarm_factories import insert
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def daphne() -> Iterator[str]:
+    """Daphne serving the test database (this transactional test commits its data)."""
+    db = connection.settings_dict
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    log = open(ROOT / "test-artifacts" / "daphne-alarms.log", "wb")  # noqa: SIM115
+    daphne_bin = str(Path(sys.executable).parent / "daphne")
+    proc = subprocess.Popen(
+        [daphne_bin, "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("daphne did not start; see test-artifacts/daphne-alarms.log")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def _serves_static(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/static/alerts/console.js", timeout=2)  # noqa: S310
+        return True
+    except urllib.error.HTTPError:
+        return False
+
+
+def _page(browser: Any, url: str, session_key: str, serve_static: bool) -> Any:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    context.add_cookies([{"name": "sessionid", "value": session_key, "url": url}])
+    page = context.new_page()
+    if serve_static:
+        # Until Daphne serves /static/ (ASGIStaticFilesHandler in config/asgi.py), hand the
+        # browser the same files Django's static finders would.
+        def fulfil(route: Any) -> None:
+            path = finders.find(route.request.url.split("/static/", 1)[1].split("?")[0])
+            if path is None:
+                route.fulfill(status=404, body="")
+            else:
+                kind = "text/css" if str(path).endswith(".css") else "text/javascript"
+                route.fulfill(status=200, body=Path(str(path)).read_bytes(), content_type=kind)
+
+        page.route("**/static/**", fulfil)
+    page.goto(url + "/alarms/")
+    page.wait_for_selector("#live-status[data-state=live]", timeout=10000)
+    return page
+
+
+def _off_loop(fn: Any, *args: Any) -> Any:
+    """Run database work off the thread where Playwright's event loop runs."""
+
+    def call() -> Any:
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
+
+
+def _desaturate(patient: Patient, device: Device) -> Alarm:
+    now = dt.datetime.now(dt.UTC)
+    samples = [(now - dt.timedelta(seconds=31 - i), 33.0, 0.95) for i in range(32)]
+    AlarmProcessor().process(insert(patient, device, samples), now=now)
+    return Alarm.objects.get(patient=patient, kind="low")
+
+
+def test_oncall_sees_new_alarm_live_and_acknowledges_it(daphne: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ward = factories.ward("icu-ui")
+    dev = factories.device(ward.code, "lumee-ui", patient="pt-ui")
+    patient = Patient.objects.select_related("ward").get(pseudonym="pt-ui")
+    device = Device.objects.get(device_id=dev.device_id)
+    nurse = personas.staff("oncall-ui", "oncall", [ward.code])
+    colleague = personas.staff("clin-ui", "clinician", [ward.code])
+    nurse_key = personas.verified_client(nurse).cookies[settings.SESSION_COOKIE_NAME].value
+    colleague_key = personas.verified_client(colleague).cookies[settings.SESSION_COOKIE_NAME].value
+    needs_static = not _serves_static(daphne)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = _page(browser, daphne, nurse_key, needs_static)
+            other = _page(browser, daphne, colleague_key, needs_static)
+            expect(page.locator("#alarm-empty")).to_be_visible()
+
+            # A 31-second desaturation to 33 % arrives; the engine raises the low alarm.
+            alarm = _off_loop(_desaturate, patient, device)
+
+            row = page.locator(f"tr[data-alarm='{alarm.pk}']")
+            expect(row).to_be_visible(timeout=5000)
+            expect(row).to_contain_text("pt-ui")
+            expect(row).to_contain_text("Tissue O2 low")
+            expect(row.locator(".prio")).to_have_text("medium")
+            assert row.locator("a", has_text="pt-ui").get_attribute("href").startswith("/patients/pt-ui/?at=")
+            expect(other.locator(f"tr[data-alarm='{alarm.pk}']")).to_be_visible(timeout=5000)
+
+            row.locator("input[aria-label='acknowledgement note']").fill("sensor repositioned")
+            row.locator("button.ack").click()
+            expect(row).to_contain_text("acknowledged by oncall-ui", timeout=5000)
+            # Every open console shows it within a second.
+            expect(other.locator(f"tr[data-alarm='{alarm.pk}']")).to_contain_text(
+                "acknowledged by oncall-ui", timeout=1000
+            )
+            expect(other.locator(f"tr[data-alarm='{alarm.pk}']")).to_contain_text("sensor repositioned")
+            page.screenshot(path=str(ROOT / "test-artifacts" / "alarm-console.png"))
+        finally:
+            browser.close()
+
+    alarm.refresh_from_db()
+    assert (alarm.state, alarm.acknowledged_by.username, alarm.ack_note) == (
+        "acknowledged", "oncall-ui", "sensor repositioned",
+    )  # fmt: skip

@@ -1,0 +1,96 @@
+"""`WS /ws/alarms/live` through the full ASGI application: who may subscribe (4403 + audit),
+snapshot, then live transitions filtered by the viewer's scope; every frame checked against its
+typed schema (alerts/schemas.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from alerts.schemas import AlarmOut, AlarmTransitionFrame
+from alerts.selectors import rule_current_ward
+from alerts.services import alarm_acknowledge, alarm_raise
+from audit.models import AuditEvent
+from audit.services import Actor
+from config.asgi import application
+from telemetry.models import Patient
+from tests import factories
+from tests.alarm_factories import staff, verified, ws_headers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _world() -> dict[str, Any]:
+    ward_a = factories.ward("icu-a")
+    factories.ward("icu-b")
+    factories.device(ward_code="icu-a", patient="pt-a")
+    factories.device(ward_code="icu-b", patient="pt-b")
+    return {
+        "a": Patient.objects.select_related("ward").get(pseudonym="pt-a"),
+        "b": Patient.objects.select_related("ward").get(pseudonym="pt-b"),
+        "nurse": staff("oncall-a", "oncall", [ward_a]),
+        "clinician": staff("clin-a", "clinician", [ward_a]),
+        "compliance": staff("comp", "compliance"),
+    }
+
+
+def _raise(patient: Patient, kind: str = "low") -> int:
+    now = dt.datetime.now(dt.UTC)
+    rule = rule_current_ward(patient.ward)
+    return alarm_raise(patient=patient, rule=rule, kind=kind, onset=now, now=now, explain={}).pk
+
+
+async def _open(headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+    comm = WebsocketCommunicator(application, "/ws/alarms/live", headers=headers)
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+@pytest.mark.parametrize("who", ["anonymous", "unverified", "compliance"])
+async def test_refused_with_4403_and_audited(who: str) -> None:
+    world = await sync_to_async(_world)()
+    user = None if who == "anonymous" else world["compliance" if who == "compliance" else "clinician"]
+    headers = await sync_to_async(ws_headers)(user, otp=who != "unverified")
+    comm = await _open(headers)
+    closed = await comm.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": 4403}
+    count = await sync_to_async(AuditEvent.objects.filter(action="alarm.console_subscribed", outcome="denied").count)()
+    assert count == 1
+    await comm.disconnect()
+
+
+async def test_snapshot_then_live_transitions_in_scope_only() -> None:
+    world = await sync_to_async(_world)()
+    first = await sync_to_async(_raise)(world["a"], "critical_low")
+    comm = await _open(await sync_to_async(ws_headers)(world["nurse"]))
+    snapshot = await comm.receive_json_from(timeout=3)
+    assert snapshot["type"] == "alarm.snapshot"
+    assert [a["id"] for a in snapshot["alarms"]] == [first]
+    msgspec.convert(snapshot["alarms"][0], AlarmOut, strict=True)
+    await sync_to_async(_raise)(world["b"])  # another ward: not for this console
+    second = await sync_to_async(_raise)(world["a"], "low")
+    frame = await comm.receive_json_from(timeout=3)
+    msgspec.convert(frame, AlarmTransitionFrame, strict=True)
+    assert (frame["type"], frame["alarm"]["id"], frame["transition"]["cause"]) == ("alarm.transition", second, "raised")
+
+    def ack() -> None:
+        user = verified(world["clinician"])
+        alarm_acknowledge(alarm_id=second, user=user, actor=Actor(user.pk, user.username, "clinician"), note="ok")
+
+    await sync_to_async(ack)()
+    frame = await comm.receive_json_from(timeout=3)
+    assert (frame["alarm"]["state"], frame["alarm"]["acknowledged_by"], frame["alarm"]["note"]) == (
+        "acknowledged", "clin-a", "ok",
+    )  # fmt: skip
+    assert await comm.receive_nothing(timeout=0.2)
+    allowed = await sync_to_async(
+        AuditEvent.objects.filter(action="alarm.console_subscribed", outcome="allowed", actor_username="oncall-a").count
+    )()
+    assert allowed == 1
+    await comm.disconnect()
