@@ -86,7 +86,13 @@ REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:63799/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": envstr("PERFUSE_CHANNEL_PREFIX", "perfuse")},
+        # Each host entry is one connection with its own lock around every PUBLISH; several
+        # entries for the same Redis shard the channels over several connections, so a busy
+        # process does not publish one frame at a time (docs/benchmarks.md, Live).
+        "CONFIG": {
+            "hosts": [REDIS_URL] * envint("PERFUSE_CHANNEL_SHARDS", 4),
+            "prefix": envstr("PERFUSE_CHANNEL_PREFIX", "perfuse"),
+        },
     }
 }
 CACHES = {
