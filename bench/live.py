@@ -1,6 +1,6 @@
 """Live fan-out benchmark: commit → WebSocket frame latency and server memory per client.
 
-    .venv/bin/python bench/live.py [--devices 1000] [--clients 200] [--duration 60] [--send-interval 5]
+    .venv/bin/python bench/live.py [--devices 1000] [--clients 200] [--duration 60] [--send-interval 10]
 
 Uses DATABASE_URL / REDIS_URL when set (a fresh database `<name>_bench_live` is created on that
 server), otherwise starts a throwaway PostgreSQL and Redis with scripts/lib.sh. Starts Daphne
@@ -397,7 +397,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--duration", type=int, default=60)
-    parser.add_argument("--send-interval", type=float, default=5.0)
+    parser.add_argument("--send-interval", type=float, default=10.0)
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="perfuse-bench-live-"))
