@@ -152,7 +152,12 @@ def test_annotations_in_range(clinician, p1):
     r = client.get(f"/api/v1/patients/p-one/annotations{_q(start=_iso(now - dt.timedelta(hours=1)))}")
     body = r.json()
     assert [(a["kind"], a["text"]) for a in body["annotations"]] == [("firmware", "fw 1 → 2")]
-    assert body["alarm_periods"] == [] and body["thresholds"] == []
+    assert body["alarm_periods"] == []
+    # The ward's default alarm rule (alerts.models.RULE_DEFAULTS) as value bands.
+    assert [(t["low"], t["high"], t["priority"]) for t in body["thresholds"]] == [
+        (0.0, 25.0, "high"),
+        (25.0, 35.0, "medium"),
+    ]
     assert audit_events("annotations.read")[0].outcome == "allowed"
 
 
@@ -215,17 +220,45 @@ def test_openapi_documents_the_dashboard_api(clinician):
         assert f"{path}:" in text
 
 
-def test_cards_sort_by_alarm_severity_then_pseudonym(clinician, p1, ward_a, monkeypatch):
-    from dashboard import selectors
+def test_open_alarms_sort_cards_and_shade_the_chart(clinician, p1, ward_a):
+    from alerts.models import Kind
+    from alerts.selectors import rule_effective
+    from alerts.services import alarm_raise
 
-    ids = {p.pseudonym: p.id for p in [p1[0], patient("p-two", ward_a)[0], patient("p-three", ward_a)[0]]}
-    badge = selectors.AlarmBadge(priority="medium", state="active", count=1, label="Low tissue O2", since="")
-    high = selectors.AlarmBadge(priority="high", state="active", count=2, label="Critically low", since="")
-    monkeypatch.setattr(
-        selectors, "patient_alarm_badges", lambda *, patient_ids: {ids["p-two"]: badge, ids["p-three"]: high}
+    now = dt.datetime.now(dt.UTC)
+    two, _ = patient("p-two", ward_a)
+    three, _ = patient("p-three", ward_a)
+    onset = now - dt.timedelta(minutes=3)
+    alarm_raise(patient=two, rule=rule_effective(two), kind=Kind.LOW, onset=onset, now=now, explain={})
+    critical = alarm_raise(
+        patient=three, rule=rule_effective(three), kind=Kind.CRITICAL_LOW, onset=onset, now=now, explain={}
     )
+    alarm_raise(patient=three, rule=rule_effective(three), kind=Kind.SIGNAL_QUALITY, onset=onset, now=now, explain={})
     client = Client()
     login(client, clinician)
     cards = client.get("/api/v1/patients/").json()["patients"]
     assert [c["pseudonym"] for c in cards] == ["p-three", "p-two", "p-one"]
-    assert cards[0]["alarm"]["label"] == "Critically low"
+    assert cards[0]["alarm"] == {
+        "priority": "high",
+        "state": "active_unacknowledged",
+        "count": 2,
+        "label": "Tissue O2 critically low",
+        "since": selectors_iso(now),
+    }
+    assert cards[1]["alarm"]["priority"] == "medium" and cards[2]["alarm"] is None
+
+    r = client.post(f"/api/v1/alarms/{critical.pk}/acknowledge", {"note": "seen"}, content_type="application/json")
+    assert r.status_code == 200, r.content
+    body = client.get(f"/api/v1/patients/p-three/annotations{_q(start=_iso(now - dt.timedelta(hours=1)))}").json()
+    periods = sorted((p["priority"], p["end"]) for p in body["alarm_periods"])
+    assert periods == [("high", None), ("low", None)]
+    kinds = [a["kind"] for a in body["annotations"]]
+    assert "alarm" in kinds and "acknowledgement" in kinds
+    cards = client.get("/api/v1/patients/").json()["patients"]
+    assert cards[0]["alarm"]["state"] == "acknowledged"
+
+
+def selectors_iso(t: dt.datetime) -> str:
+    from dashboard.selectors import iso
+
+    return iso(t)

@@ -17,6 +17,8 @@
   const rawBox = document.getElementById("show-raw");
   const marksEl = document.getElementById("annotation-list");
   const PRIORITY_COLOR = { high: "rgba(214,39,40,0.18)", medium: "rgba(255,160,0,0.18)", low: "rgba(0,150,200,0.12)" };
+  // Threshold bands stay faint: they are context, alarm periods (PRIORITY_COLOR) are events.
+  const BAND_COLOR = { high: "rgba(214,39,40,0.07)", medium: "rgba(255,160,0,0.09)", low: "rgba(0,150,200,0.06)" };
   const KIND_COLOR = { calibration: "#7b3fb5", firmware: "#1f77b4", alarm: "#d62728", acknowledgement: "#2ca02c", note: "#555" };
   const RESOLUTION_TEXT = { raw: "raw samples", "1m": "1-min buckets (min–max band)", "1h": "1-h buckets (min–max band)" };
 
@@ -212,7 +214,7 @@
     const { data, raw, marks } = traces(view, view.range);
     const shapes = [];
     for (const t of state.thresholds) {
-      shapes.push({ type: "rect", xref: "paper", yref: "y", x0: 0, x1: 1, y0: t.low ?? 0, y1: t.high ?? 100, fillcolor: PRIORITY_COLOR[t.priority] || "rgba(214,39,40,0.10)", line: { width: 0 }, layer: "below" });
+      shapes.push({ type: "rect", xref: "paper", yref: "y", x0: 0, x1: 1, y0: t.low ?? 0, y1: t.high ?? 100, fillcolor: BAND_COLOR[t.priority] || BAND_COLOR.medium, line: { width: 0 }, layer: "below" });
     }
     for (const p of state.periods) {
       shapes.push(band(Date.parse(p.start), p.end ? Date.parse(p.end) : now(), PRIORITY_COLOR[p.priority] || PRIORITY_COLOR.medium));
