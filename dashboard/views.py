@@ -24,10 +24,6 @@ PRESETS = [("5 min", 300), ("1 h", 3600), ("8 h", 8 * 3600), ("24 h", 24 * 3600)
 _LOGIN_REASONS = ("not_authenticated", "mfa_required")
 
 
-def healthz(request: HttpRequest) -> HttpResponse:
-    return JsonResponse({"status": "ok"})
-
-
 def overview(request: HttpRequest) -> HttpResponse:
     now = dt.datetime.now(dt.UTC)
     with transaction.atomic():
