@@ -261,14 +261,18 @@ class Engine:
             if created:
                 log.info("created partitions %s", ", ".join(created))
             self._housekeeping_due = now + HOUSEKEEPING_EVERY
-        batch = engine_batch(self.processors, now=now)
-        engine_tick(self.processors, now=self.clock())
+        try:
+            batch = engine_batch(self.processors, now=now)
+        finally:
+            # Timers (no-data, escalation) run even when a batch failed: they must not wait on it.
+            engine_tick(self.processors, now=self.clock())
         return batch
 
     def run(self) -> None:
         if not self.acquire_ownership():
             return
         log.info("engine started with %s", ", ".join(type(p).__name__ for p in self.processors) or "no processors")
+        failures = 0
         while not self.stop_event.is_set():
             try:
                 batch = self.loop_once()
@@ -280,6 +284,15 @@ class Engine:
                 if not self.acquire_ownership():
                     break
                 continue
+            except Exception:
+                # A bug in a processor must not stop the engine (and with it every alarm timer).
+                # The failed batch rolled back, so its readings stay queued and are retried after
+                # a growing back-off; each failure is logged with its traceback.
+                failures += 1
+                log.exception("engine loop failed (%d in a row); retrying", failures)
+                self.stop_event.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
+            failures = 0
             if batch.readings:
                 log.debug("processed %d readings from %d transactions", batch.readings, batch.transactions)
             if batch.caught_up:

@@ -192,3 +192,44 @@ def test_run_engine_waits_for_the_owner_processes_and_stops_cleanly_on_sigterm()
                 proc.kill()
                 proc.wait()
     assert _rolled_up_total() == 50
+
+
+class Flaky(Recorder):
+    """Fails its first `failures` batches, as a processor bug on a poison batch would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.ticks = 0
+
+    def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("processor bug")
+        super().process(rows, now=now)
+
+    def tick(self, *, now: dt.datetime) -> None:
+        self.ticks += 1
+
+
+def test_a_failing_processor_does_not_stop_the_engine_or_its_timers() -> None:
+    from telemetry.engine import Engine
+
+    flaky = Flaky(failures=2)
+    engine = Engine([flaky], interval=0.01)
+    (batch,) = _batches(7, 1)
+    _commit(batch)
+    worker = threading.Thread(target=engine.run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while sum(flaky.seen.values()) < 50:
+            assert worker.is_alive(), "the engine stopped on a processor exception"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        engine.stop_event.set()
+        worker.join(timeout=20)
+    assert flaky.failures == 0
+    assert flaky.ticks >= 3  # ticks ran during the failed batches too
+    assert set(flaky.seen.values()) == {1}  # each reading processed once, after the failures
