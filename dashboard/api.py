@@ -47,6 +47,11 @@ def _bad(exc: ParamError) -> Response:
     return Response(error_body(exc.code, exc.detail), status=400)
 
 
+# Far enough from datetime's limits that offsets and the default span cannot overflow.
+MIN_TIME = dt.datetime(1000, 1, 1, tzinfo=dt.UTC)
+MAX_TIME = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+
 def parse_time(raw: str | None, name: str) -> dt.datetime | None:
     if raw is None or raw == "":
         return None
@@ -60,6 +65,8 @@ def parse_time(raw: str | None, name: str) -> dt.datetime | None:
         raise ParamError("invalid_time", f"{name} is not an ISO-8601 time") from exc
     if value.tzinfo is None:
         raise ParamError("invalid_time", f"{name} needs a UTC offset (e.g. Z)")
+    if not MIN_TIME <= value <= MAX_TIME:
+        raise ParamError("invalid_time", f"{name} is outside the years 1000..9000")
     return value.astimezone(dt.UTC)
 
 

@@ -91,7 +91,10 @@ def test_day_view_keeps_a_short_desaturation_in_the_envelope(clinician, p1):
         ({"max_points": "0000109999999"}, "invalid_max_points"),
         ({"max_points": "-5"}, "invalid_max_points"),
         ({"start": "9" * 500}, "invalid_time"),
-        ({"end": "\x00"}, "invalid_time"),
+        ({"end": "\x00"}, "invalid_parameter"),  # refused by config.middleware before the view
+        ({"end": "0001-01-01T00:00:00+01:00"}, "invalid_time"),
+        ({"end": "0001-01-01T00:00:00Z"}, "invalid_time"),
+        ({"start": "9999-12-31T23:59:59-05:00"}, "invalid_time"),
     ],
 )
 def test_bad_parameters_are_400_with_stable_codes(clinician, p1, params, code):

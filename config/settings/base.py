@@ -37,6 +37,7 @@ MIDDLEWARE = [
     # /healthz, /readyz, /metrics: answered before host validation and the HTTPS redirect (config/ops.py).
     "config.ops.OpsEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
