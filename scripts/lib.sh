@@ -39,7 +39,8 @@ ensure_system_packages() {
   for p in "$@"; do
     case "$p" in
       chromium) [ -x /usr/bin/chromium ] || missing+=(chromium) ;;
-      nodejs) command -v node >/dev/null 2>&1 || missing+=(nodejs npm) ;;
+      nodejs) command -v node >/dev/null 2>&1 || missing+=(nodejs)
+              command -v npm >/dev/null 2>&1 || missing+=(npm) ;;
       *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
     esac
   done
@@ -56,8 +57,14 @@ ensure_venv() {
   local stamp="$VENV/.perfuse-deps" want
   want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
   if [ ! -x "$PY" ]; then
+    # Django 5.2 LTS on the Python 3.11 that Debian 12 ships (pyproject pins >=3.11,<3.12).
+    local base
+    base="$(command -v python3.11 || command -v python3)"
+    "$base" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+      || { log "Python 3.11 is required ($base is $("$base" -V 2>&1))"; return 1; }
+    "$base" -c 'import venv, ensurepip' 2>/dev/null || as_root apt-get install -y -qq python3-venv >/dev/null
     log "creating virtualenv in .venv"
-    python3 -m venv "$VENV"
+    "$base" -m venv "$VENV"
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python dependencies"
