@@ -184,11 +184,13 @@ class SeriesView(APIView):
                 action="series.read",
                 detail={"metric": metric, "start": selectors.iso(start), "end": selectors.iso(end)},
             )
-            if patient is None:
-                return _denied(decision.reason)
-            resolution, points = selectors.series_points(
-                patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points
-            )
+        if patient is None:
+            return _denied(decision.reason)
+        # Read after the audit row committed: the chain lock is not held across the query, and
+        # data is only served once its audit event is durable.
+        resolution, points = selectors.series_points(
+            patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points
+        )
         return Response(
             {
                 "patient": pseudonym,
@@ -243,10 +245,10 @@ class AnnotationsView(APIView):
                 action="annotations.read",
                 detail={"start": selectors.iso(start), "end": selectors.iso(end)},
             )
-            if patient is None:
-                return _denied(decision.reason)
-            annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
-            overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
+        if patient is None:
+            return _denied(decision.reason)
+        annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
+        overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
         return Response(
             {
                 "patient": pseudonym,
