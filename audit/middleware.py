@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
@@ -31,10 +32,29 @@ def session_idle_expired(session: object) -> bool:
 
 
 class SessionIdleMiddleware:
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self._async:
+            return self.__acall__(request)  # type: ignore[return-value]
+        self._check(request)
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        # Under ASGI a sync-only middleware would run every request, device ingest included,
+        # through the one thread-sensitive executor for its whole duration: one request at a time.
+        if settings.SESSION_COOKIE_NAME in request.COOKIES:
+            await sync_to_async(self._check)(request)
+        return await self.get_response(request)  # type: ignore[misc]
+
+    def _check(self, request: HttpRequest) -> None:
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             if session_idle_expired(request.session):
@@ -44,7 +64,6 @@ class SessionIdleMiddleware:
                 last = request.session.get(LAST_ACTIVITY_KEY)
                 if not isinstance(last, int | float) or now - last >= _TOUCH_EVERY_SECONDS:
                     request.session[LAST_ACTIVITY_KEY] = now
-        return self.get_response(request)
 
     def _expire(self, request: HttpRequest) -> None:
         from audit.access import actor_from_request

@@ -24,10 +24,12 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from audit.asgi import SessionGuardMiddleware  # noqa: E402
 from config.metrics import WebSocketGauge  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
+from telemetry.asgi import IngestRouter  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Device ingest skips Django's middleware (measured; see telemetry/asgi.py).
+        "http": IngestRouter(django_asgi_app),
         # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/asgi.py).
         # WebSocketGauge: the open-connections gauge of /metrics (config/metrics.py).
         "websocket": WebSocketGauge(

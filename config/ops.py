@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, transaction
@@ -320,11 +321,29 @@ OPS_VIEWS: dict[str, Callable[[HttpRequest], HttpResponse]] = {
 
 
 class OpsEndpointsMiddleware:
-    """Answers OPS_VIEWS' exact paths before any other middleware runs (see the module docstring)."""
+    """Answers OPS_VIEWS' exact paths before any other middleware runs (see the module docstring).
+
+    Async-capable: under ASGI a sync-only middleware makes Django run every request through the
+    one thread-sensitive executor for its whole duration (one request at a time); here only the
+    (sync) ops views take a thread hop."""
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self._async:
+            return self.__acall__(request)  # type: ignore[return-value]
         view = OPS_VIEWS.get(request.path_info)
         return view(request) if view is not None else self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        view = OPS_VIEWS.get(request.path_info)
+        if view is not None:
+            return await sync_to_async(view)(request)
+        return await self.get_response(request)  # type: ignore[misc]

@@ -1,12 +1,77 @@
+"""Server-rendered pages of the dashboard: the ward overview and the patient chart.
+
+Pages carry only what the first paint needs; live data arrives over the WebSocket
+(dashboard/consumers.py) and history over the REST API (dashboard/api.py).
+"""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import datetime as dt
 
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import Resolver404, resolve
+
+from audit.access import actor_from_request, patient_access_audited
 from config.api_errors import error_body
+from dashboard import selectors
+from dashboard.services import ward_read_authorize
+
+PRESETS = [("5 min", 300), ("1 h", 3600), ("8 h", 8 * 3600), ("24 h", 24 * 3600), ("7 d", 7 * 24 * 3600)]
+_LOGIN_REASONS = ("not_authenticated", "mfa_required")
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok"})
+
+
+def overview(request: HttpRequest) -> HttpResponse:
+    now = dt.datetime.now(dt.UTC)
+    with transaction.atomic():
+        read = ward_read_authorize(user=request.user, actor=actor_from_request(request), action="ward.view")
+        cards = selectors.ward_cards(patients=read.patients, now=now) if read.allowed else []
+    if read.reason in _LOGIN_REASONS:
+        return redirect_to_login(request.get_full_path())
+    if not read.allowed:
+        message = "Your role has no ward overview. Use the pages in the menu above."
+        return render(request, "dashboard/denied.html", {"message": message}, status=403)
+    context = {"cards": cards, "stale_after": settings.PERFUSE_STALE_SECONDS}
+    return render(request, "dashboard/overview.html", context)
+
+
+def _identity_url(pseudonym: str) -> str:
+    """The access app's identity-reveal endpoint, when it is installed."""
+    url = f"/api/v1/patients/{pseudonym}/identity"
+    try:
+        resolve(url)
+    except Resolver404:
+        return ""
+    return url
+
+
+def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
+    patient, decision = patient_access_audited(
+        user=request.user, actor=actor_from_request(request), pseudonym=pseudonym, action="chart.view"
+    )
+    if decision.reason in _LOGIN_REASONS:
+        return redirect_to_login(request.get_full_path())
+    if patient is None:
+        message = "You may not see this patient's data (or there is no such patient)."
+        return render(request, "dashboard/denied.html", {"message": message}, status=403)
+    config = {
+        "pseudonym": patient.pseudonym,
+        "metric": selectors.METRIC,
+        "unit": "%",
+        "presets": [seconds for _, seconds in PRESETS],
+        "staleAfter": settings.PERFUSE_STALE_SECONDS,
+        "lowQuality": 0.5,
+        "breakGlass": decision.break_glass,
+    }
+    context = {"patient": patient, "presets": PRESETS, "chart_config": config, "identity_url": _identity_url(pseudonym)}
+    return render(request, "dashboard/chart.html", context)
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:

@@ -89,7 +89,8 @@ start_postgres() {
   if [ ! -f "$dir/PG_VERSION" ]; then
     as_service "$bindir/initdb" -D "$dir" -U perfuse --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
-  as_service "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+  # setsid: a Ctrl-C in the terminal must not reach the postmaster (SIGINT = fast shutdown).
+  as_service setsid -w "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
     -o "-h 127.0.0.1 -p $port -k $dir -c fsync=${PG_FSYNC:-on} -c max_connections=200 -c shared_buffers=512MB" start >/dev/null
   as_service "$bindir/psql" -h 127.0.0.1 -p "$port" -U perfuse -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='perfuse'" | grep -q 1 \

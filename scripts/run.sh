@@ -12,13 +12,23 @@ mkdir -p "$DATA"
 [ "$(id -u)" = 0 ] && chmod 755 "$DATA"
 PORT="${PORT:-8000}"
 PIDS=()
+# stop_pid PID SECONDS: SIGTERM, then SIGKILL if it has not exited in time.
+stop_pid() {
+  local pid="$1" i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 $(( $2 * 10 ))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
 cleanup() {
+  trap '' INT TERM  # a second Ctrl-C must not cut the shutdown short and leave servers running
   set +e
   log "stopping"
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  # Newest first: the simulator flushes through Daphne, the engine finishes its batch.
+  local i
+  for (( i=${#PIDS[@]}-1; i>=0; i-- )); do stop_pid "${PIDS[i]}" 15; done
   [ -n "${OWN_REDIS:-}" ] && stop_redis "$DATA/redis" "$REDIS_PORT"
   [ -n "${OWN_PG:-}" ] && stop_postgres "$DATA/pg"
+  log "stopped"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -41,12 +51,12 @@ cd "$ROOT"
 "$PY" manage.py migrate --noinput >/dev/null
 "$PY" manage.py seed_demo
 
-"$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" config.asgi:application &
+"$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" --access-log "$DATA/access.log" config.asgi:application &
 PIDS+=($!)
 "$PY" manage.py run_engine &
 PIDS+=($!)
 sleep 2
-"$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet &
+"$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)
 
 log "Perfuse is running at http://127.0.0.1:$PORT/ — log in with a user above and its TOTP code. Ctrl-C stops everything."

@@ -1,4 +1,6 @@
-"""HTTP entry of device ingest: an async view so the hot path never waits on a thread hop."""
+"""HTTP entry of device ingest through Django: an async view so the hot path never waits on a
+thread hop. In production the same endpoint is served by telemetry/asgi.py in front of Django
+(no middleware); both call the same `ingest.precheck` and `ingest.handle`."""
 
 from __future__ import annotations
 
@@ -18,25 +20,17 @@ def _respond(answer: ingest.Answer) -> HttpResponse:
     return response
 
 
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> HttpResponse:
-    return _respond(ingest.Answer(status, {"error": {"code": code, "detail": detail}}, headers or {}))
-
-
 @csrf_exempt
 @metrics.ingest_observed
 async def ingest_readings(request: HttpRequest) -> HttpResponse:
-    if request.method != "POST":
-        return _error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
-    content_type = request.content_type or ""
-    if content_type != "application/json":
-        return _error(415, "unsupported_media_type", "Content-Type must be application/json")
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > settings.PERFUSE_INGEST_MAX_BYTES:
-        return _error(413, "body_too_large", "at most 1 MiB per request")
+    refused = ingest.precheck(
+        method=request.method or "",
+        content_type=request.META.get("CONTENT_TYPE", ""),
+        declared_length=request.META.get("CONTENT_LENGTH"),
+    )
+    if refused is not None:
+        return _respond(refused)
     body = request.body
     if len(body) > settings.PERFUSE_INGEST_MAX_BYTES:
-        return _error(413, "body_too_large", "at most 1 MiB per request")
+        return _respond(ingest.too_large())
     return _respond(await ingest.handle(body=body, headers=request.headers))

@@ -12,10 +12,27 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 _pools: dict[int, AsyncConnectionPool] = {}
+
+# The staging table of the ingest COPY: one per connection (a temporary table), created once when
+# the pool opens the connection rather than with an `IF NOT EXISTS` DDL statement per request.
+STAGE_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS ingest_stage ("
+    "device_id bigint, patient_id bigint, metric text, seq bigint, sample_time timestamptz, "
+    "value double precision, raw_value double precision, raw_unit text, signal_quality real, "
+    "calibration_id text, firmware text) ON COMMIT DELETE ROWS"
+)
+
+
+async def _configure(conn: AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)  # transactions are explicit (`conn.transaction()`)
+    await conn.execute(STAGE_DDL)
+
+
 _redis: dict[int, Redis] = {}
 
 
@@ -31,7 +48,14 @@ async def ingest_pool() -> AsyncConnectionPool:
     pool = _pools.get(loop_id)
     if pool is None:
         size = settings.PERFUSE_INGEST_POOL_SIZE
-        pool = AsyncConnectionPool(kwargs=_conninfo(), min_size=1, max_size=size, open=False, timeout=10)
+        pool = AsyncConnectionPool(
+            kwargs=_conninfo(),
+            min_size=1,
+            max_size=size,
+            open=False,
+            timeout=settings.PERFUSE_INGEST_POOL_TIMEOUT_SECONDS,
+            configure=_configure,
+        )
         await pool.open()
         _pools[loop_id] = pool
     return pool

@@ -13,21 +13,26 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import json
 import logging
 import math
+import re
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import msgspec
 import orjson
+import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
+from django.utils.http import parse_header_parameters
 from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
 
 from telemetry import db, events, ratelimit
 from telemetry.schemas import (
@@ -35,8 +40,10 @@ from telemetry.schemas import (
     BatchIn,
     ReadingIn,
     Rejection,
+    TypedBatchIn,
     batch_decoder,
     reading_decoder,
+    typed_batch_decoder,
 )
 from telemetry.units import METRICS
 
@@ -92,16 +99,39 @@ _STAGE_COLUMNS = (
     "device_id, patient_id, metric, seq, sample_time, value, raw_value, raw_unit, "
     "signal_quality, calibration_id, firmware"
 )
-_STAGE_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS ingest_stage ("
-    "device_id bigint, patient_id bigint, metric text, seq bigint, sample_time timestamptz, "
-    "value double precision, raw_value double precision, raw_unit text, signal_quality real, "
-    "calibration_id text, firmware text) ON COMMIT DELETE ROWS"
+# Locks (creating if needed) the device's state row and records when it was last heard from. The
+# RETURNING values are the firmware and calibration known *before* this batch (not updated here).
+_LOCK_DEVICE_SQL = (
+    "INSERT INTO telemetry_devicestate (device_id, firmware, calibration_id, last_seen_at, last_sample_time) "
+    "VALUES (%s, '', '', %s, %s) ON CONFLICT (device_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at, "
+    "last_sample_time = GREATEST(telemetry_devicestate.last_sample_time, EXCLUDED.last_sample_time) "
+    "RETURNING firmware, calibration_id"
 )
-_MOVE_SQL = (
+_SPANS_SQL = (
+    "SELECT a.patient_id, a.start, a.end, p.pseudonym, w.code FROM telemetry_assignment a "
+    "JOIN telemetry_patient p ON p.id = a.patient_id JOIN telemetry_ward w ON w.id = p.ward_id "
+    "WHERE a.device_id = %s AND a.start <= %s AND (a.end IS NULL OR a.end > %s) ORDER BY a.start"
+)
+_CALIBRATIONS_SQL = (
+    "SELECT calibration_id, coefficients, effective_from FROM telemetry_calibration "
+    "WHERE device_id = %s ORDER BY effective_from"
+)
+_INSERT_SQL = (
     f"INSERT INTO telemetry_reading ({_STAGE_COLUMNS}) SELECT {_STAGE_COLUMNS} FROM ingest_stage "
     "ON CONFLICT DO NOTHING RETURNING patient_id, metric, seq, sample_time, value, signal_quality"
 )
+# The move and its work-queue entry for the engine in one round trip.
+_MOVE_SQL = (
+    f"WITH ins AS ({_INSERT_SQL}), logged AS ("
+    "INSERT INTO telemetry_ingest_log (device_id, min_sample_time, max_sample_time, accepted) "
+    "SELECT %s, min(sample_time), max(sample_time), count(*) FROM ins HAVING count(*) > 0) "
+    "SELECT * FROM ins"
+)
+
+
+# Key ids are issued by us (`k_` + URL-safe base64); anything else cannot be one, and a NUL or a
+# non-ASCII character must never reach PostgreSQL as a query parameter.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @lru_cache(maxsize=4096)
@@ -123,14 +153,15 @@ def _clean(text: str | None) -> str | None:
 
 
 def check_headers(headers: Mapping[str, str], now: float) -> tuple[str, int, bytes]:
-    key_id = headers.get("X-Perfuse-Key", "")
-    stamp = headers.get("X-Perfuse-Timestamp", "")
-    signature = headers.get("X-Perfuse-Signature", "")
+    # Lower-case names: Django's request.headers and the raw ASGI entry's dict both answer them.
+    key_id = headers.get("x-perfuse-key", "")
+    stamp = headers.get("x-perfuse-timestamp", "")
+    signature = headers.get("x-perfuse-signature", "")
     if not key_id or not stamp or not signature:
         raise IngestError(
             401, "missing_credentials", "X-Perfuse-Key, X-Perfuse-Timestamp and X-Perfuse-Signature are required"
         )
-    if len(key_id) > 64 or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+    if not _KEY_ID.fullmatch(key_id) or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
         raise IngestError(401, "malformed_credentials", "key id or timestamp is malformed")
     try:
         raw_signature = base64.b64decode(signature, validate=True)
@@ -152,7 +183,18 @@ def verify_signature(key: DeviceKeyRow, stamp: int, signature: bytes, body: byte
         raise IngestError(401, "bad_signature", "signature does not match the body and timestamp") from exc
 
 
-def parse_batch(body: bytes) -> BatchIn:
+def parse_batch(body: bytes) -> BatchIn | TypedBatchIn:
+    try:
+        typed = typed_batch_decoder.decode(body)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        return _parse_items_apart(body)
+    if typed.schema != SCHEMA:
+        raise IngestError(400, "wrong_schema", f"schema must be {SCHEMA!r}")
+    _check_envelope(typed)
+    return typed
+
+
+def _parse_items_apart(body: bytes) -> BatchIn:
     try:
         batch = batch_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -161,37 +203,77 @@ def parse_batch(body: bytes) -> BatchIn:
         except orjson.JSONDecodeError:
             raise IngestError(400, "malformed_json", "body is not JSON") from exc
         raise IngestError(400, "invalid_batch", str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise IngestError(400, "malformed_json", "body is not JSON") from exc
+    except RecursionError as exc:
+        raise IngestError(400, "invalid_batch", "JSON is nested too deeply") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec validates UTF-8 lazily, when it builds a str: invalid bytes surface here.
+        try:
+            batch = _parse_lenient(body)
+        except (ValueError, RecursionError, msgspec.MsgspecError):
+            raise IngestError(400, "malformed_json", "body is not JSON (UTF-8)") from exc
     if batch.schema != SCHEMA:
         raise IngestError(400, "wrong_schema", f"schema must be {SCHEMA!r}")
+    _check_envelope(batch)
+    return batch
+
+
+def _check_envelope(batch: BatchIn | TypedBatchIn) -> None:
     try:
         _clean(batch.firmware)
         _clean(batch.batch_id)
     except ValueError as exc:
         raise IngestError(400, "invalid_batch", f"firmware or batch_id {exc}") from exc
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_lenient(body: bytes) -> BatchIn:
+    """Second chance, off the hot path, for JSON that msgspec refuses although the grammar allows
+    it: an escaped lone surrogate ("\\ud800") is valid JSON syntax but no valid string. Each item
+    is re-encoded on its own, so only the items holding one are rejected, not the whole batch."""
+    # surrogateescape turns invalid UTF-8 bytes into lone surrogates too: one treatment for both.
+    document = json.loads(body.decode("utf-8", "surrogateescape"), parse_constant=_no_constants)
+    if not isinstance(document, dict) or not isinstance(document.get("readings"), list):
+        raise ValueError("not a batch")
+    batch = msgspec.convert({**document, "readings": []}, BatchIn)
+    batch.readings = [msgspec.Raw(json.dumps(item).encode()) for item in document["readings"]]
     return batch
 
 
-def validate_readings(batch: BatchIn, now: dt.datetime) -> tuple[list[Row], list[Rejection]]:
+def validate_readings(batch: BatchIn | TypedBatchIn, now: dt.datetime) -> tuple[list[Row], list[Rejection]]:
     horizon = now + dt.timedelta(seconds=settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS)
     rows: list[Row] = []
     rejected: list[Rejection] = []
-    for index, raw in enumerate(batch.readings):
-        try:
-            item: ReadingIn = reading_decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            rejected.append(Rejection(index, _seq_of(raw), "invalid_reading", str(exc)))
-            continue
+    readings: Sequence[msgspec.Raw | ReadingIn] = batch.readings
+    for index, raw in enumerate(readings):
+        if isinstance(raw, ReadingIn):
+            item = raw
+        else:
+            try:
+                item = reading_decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                rejected.append(Rejection(index, _seq_of(raw), "invalid_reading", str(exc)))
+                continue
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                # The envelope decoder skips each item without checking the UTF-8 of its strings.
+                rejected.append(Rejection(index, _seq_of(raw), "invalid_reading", "reading is not valid UTF-8 JSON"))
+                continue
         code, detail, value = _check_item(item, horizon)
         if code:
             rejected.append(Rejection(index, item.seq, code, detail))
+            continue
+        try:
+            sample_time = item.sample_time.astimezone(dt.UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+            rejected.append(Rejection(index, item.seq, "invalid_reading", "sample_time is out of range"))
             continue
         rows.append(
             Row(
                 index,
                 item.seq,
-                item.sample_time.astimezone(dt.UTC),
+                sample_time,
                 item.metric,
                 value,
                 item.value,
@@ -225,9 +307,15 @@ def _check_item(item: ReadingIn, horizon: dt.datetime) -> tuple[str, str, float]
 
 
 def _seq_of(raw: msgspec.Raw) -> int | None:
+    """The seq of a rejected item, when it has a usable one (the device needs it to resend)."""
     try:
         seq = orjson.loads(bytes(raw)).get("seq")
-    except (orjson.JSONDecodeError, AttributeError):
+    except orjson.JSONDecodeError:
+        try:  # bad strings elsewhere in the item (lone surrogates, invalid UTF-8)
+            seq = json.loads(bytes(raw).decode("utf-8", "surrogateescape"), parse_constant=_no_constants).get("seq")
+        except (ValueError, RecursionError, AttributeError):
+            return None
+    except AttributeError:
         return None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
 
@@ -241,18 +329,49 @@ def _limits() -> ratelimit.Limits:
     )
 
 
+def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"error": {"code": code, "detail": detail}}, headers or {})
+
+
+def precheck(*, method: str, content_type: str, declared_length: str | None) -> Answer | None:
+    """What can be refused before the body is read: method, media type, declared size."""
+    if method != "POST":
+        return error(405, "method_not_allowed", "use POST", {"Allow": "POST"})
+    if parse_header_parameters(content_type)[0] != "application/json":
+        return error(415, "unsupported_media_type", "Content-Type must be application/json")
+    try:
+        declared = int(declared_length or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.PERFUSE_INGEST_MAX_BYTES:
+        return too_large()
+    return None
+
+
+def too_large() -> Answer:
+    return error(413, "body_too_large", "at most 1 MiB per request")
+
+
 async def handle(*, body: bytes, headers: Mapping[str, str]) -> Answer:
     try:
         return await _handle(body, headers)
     except IngestError as exc:
         return exc.answer
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # The database is down or saturated: not the device's fault, and nothing was committed.
+        # A 503 with Retry-After makes the device keep the batch and send it again.
+        log.warning("ingest storage unavailable: %s", exc)
+        return Answer(
+            503,
+            {"error": {"code": "storage_unavailable", "detail": "storage is unavailable; retry later"}},
+            {"Retry-After": "1"},
+        )
 
 
 async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
     key_id, stamp, signature = check_headers(headers, time.time())
     pool = await db.ingest_pool()
     async with pool.connection() as conn:
-        await conn.set_autocommit(True)
         row = await (await conn.execute(_AUTH_SQL, [key_id])).fetchone()
         if row is None:
             raise IngestError(401, "unknown_key", "no device key with this id")
@@ -301,61 +420,71 @@ class Stored:
 
 
 async def store(
-    conn: AsyncConnection[Any], *, key: DeviceKeyRow, batch: BatchIn, rows: list[Row], now: dt.datetime
+    conn: AsyncConnection[Any], *, key: DeviceKeyRow, batch: BatchIn | TypedBatchIn, rows: list[Row], now: dt.datetime
 ) -> Stored:
     lo = min(r.sample_time for r in rows)
     hi = max(r.sample_time for r in rows)
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute(_STAGE_DDL)
-        await cur.execute(
-            "SELECT firmware, calibration_id FROM telemetry_devicestate WHERE device_id = %s FOR UPDATE",
-            [key.device_pk],
-        )
-        state = await cur.fetchone()
-        await cur.execute(
-            "SELECT a.patient_id, a.start, a.end, p.pseudonym, w.code FROM telemetry_assignment a "
-            "JOIN telemetry_patient p ON p.id = a.patient_id JOIN telemetry_ward w ON w.id = p.ward_id "
-            "WHERE a.device_id = %s AND a.start <= %s AND (a.end IS NULL OR a.end > %s) ORDER BY a.start",
-            [key.device_pk, hi, lo],
-        )
-        spans = await cur.fetchall()
-        await cur.execute(
-            "SELECT calibration_id, coefficients, effective_from FROM telemetry_calibration "
-            "WHERE device_id = %s ORDER BY effective_from",
-            [key.device_pk],
-        )
-        calibrations = await cur.fetchall()
+        # Three independent reads in one round trip (pipeline mode). The first locks the device's
+        # state row, creating it if needed, so that concurrent batches of one device serialise
+        # here: a plain SELECT … FOR UPDATE locks nothing for a device's first batches, and racing
+        # inserts of the same keys in different orders then deadlock.
+        async with conn.cursor() as spans_cur, conn.cursor() as cal_cur:
+            async with conn.pipeline():
+                await cur.execute(_LOCK_DEVICE_SQL, [key.device_pk, now, hi])
+                await spans_cur.execute(_SPANS_SQL, [key.device_pk, hi, lo])
+                await cal_cur.execute(_CALIBRATIONS_SQL, [key.device_pk])
+            state = await cur.fetchone()
+            spans = await spans_cur.fetchall()
+            calibrations = await cal_cur.fetchall()
         by_id = {c[0]: c[1] for c in calibrations}
         async with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-            for r in rows:
-                patient = _patient_at(spans, r.sample_time)
-                value = _calibrate(r, by_id, calibrations)
-                await copy.write_row(
-                    (
-                        key.device_pk,
-                        patient,
-                        r.metric,
-                        r.seq,
-                        r.sample_time,
-                        value,
-                        r.raw_value,
-                        r.raw_unit,
-                        r.quality,
-                        r.calibration_id,
-                        batch.firmware,
-                    )
-                )
-        await cur.execute(_MOVE_SQL)
+            await copy.write(_copy_text(key.device_pk, batch.firmware, rows, spans, by_id, calibrations))
+        await cur.execute(_MOVE_SQL, [key.device_pk])
         inserted = await cur.fetchall()
-        if inserted:
-            await cur.execute(
-                "INSERT INTO telemetry_ingest_log (device_id, min_sample_time, max_sample_time, accepted) "
-                "VALUES (%s, %s, %s, %s)",
-                [key.device_pk, min(i[3] for i in inserted), max(i[3] for i in inserted), len(inserted)],
-            )
         annotations = await _record_provenance(cur, key, batch, rows, state, spans, by_id, now)
     patients = {s[0]: (s[3], s[4]) for s in spans}
     return Stored(inserted, patients, annotations)
+
+
+_NULL = "\\N"  # NULL in COPY's text format
+
+
+def _copy_field(text: str | None) -> str:
+    """A text value in COPY's text format (NULs were rejected during validation)."""
+    if text is None:
+        return _NULL
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
+def _copy_text(
+    device_pk: int,
+    firmware: str | None,
+    rows: list[Row],
+    spans: list[tuple[Any, ...]],
+    by_id: dict[str, Any],
+    calibrations: list[tuple[Any, ...]],
+) -> str:
+    """The whole batch as one COPY text payload: formatting it in one pass costs a fraction of
+    psycopg's per-row `write_row`, the biggest single CPU item of the request before this.
+    Metric and unit come from fixed sets; the free-text fields go through `_copy_field`."""
+    head = f"{device_pk}\t"
+    tail = f"\t{_copy_field(firmware)}\n"
+    fields: dict[str | None, str] = {}
+    lines = []
+    for r in rows:
+        patient = _patient_at(spans, r.sample_time)
+        calibration = fields.get(r.calibration_id)
+        if calibration is None:
+            calibration = fields[r.calibration_id] = _copy_field(r.calibration_id)
+        lines.append(
+            f"{head}{_NULL if patient is None else patient}\t{r.metric}\t{r.seq}\t{r.sample_time.isoformat()}\t"
+            f"{_calibrate(r, by_id, calibrations)!r}\t{r.raw_value!r}\t{r.raw_unit}\t"
+            f"{_NULL if r.quality is None else repr(r.quality)}\t{calibration}{tail}"
+        )
+    return "".join(lines)
 
 
 def _patient_at(spans: list[tuple[Any, ...]], t: dt.datetime) -> int | None:
@@ -381,7 +510,7 @@ def _calibrate(r: Row, by_id: dict[str, Any], calibrations: list[tuple[Any, ...]
 async def _record_provenance(
     cur: Any,
     key: DeviceKeyRow,
-    batch: BatchIn,
+    batch: BatchIn | TypedBatchIn,
     rows: list[Row],
     state: tuple[Any, ...] | None,
     spans: list[tuple[Any, ...]],
@@ -391,7 +520,6 @@ async def _record_provenance(
     """Record firmware/calibration first sightings; a change for a device annotates its patient."""
     ordered = sorted(rows, key=lambda r: r.sample_time)
     first_time = ordered[0].sample_time
-    last_time = ordered[-1].sample_time
     calibration = next((r.calibration_id for r in reversed(ordered) if r.calibration_id), None)
     cal_time = next((r.sample_time for r in ordered if r.calibration_id == calibration), first_time)
     old_firmware, old_calibration = state if state else ("", "")
@@ -437,13 +565,12 @@ async def _record_provenance(
             [a["patient_id"], key.device_pk, a["kind"], a["time"], a["text"], orjson.dumps(a["data"]).decode(), now],
         )
         a["id"] = (await cur.fetchone())[0]
-    await cur.execute(
-        "INSERT INTO telemetry_devicestate (device_id, firmware, calibration_id, last_seen_at, last_sample_time) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (device_id) DO UPDATE SET "
-        "firmware = EXCLUDED.firmware, calibration_id = EXCLUDED.calibration_id, last_seen_at = EXCLUDED.last_seen_at, "
-        "last_sample_time = GREATEST(telemetry_devicestate.last_sample_time, EXCLUDED.last_sample_time)",
-        [key.device_pk, batch.firmware or old_firmware, calibration or old_calibration, now, last_time],
-    )
+    firmware, calibration = batch.firmware or old_firmware, calibration or old_calibration
+    if (firmware, calibration) != (old_firmware, old_calibration):
+        await cur.execute(
+            "UPDATE telemetry_devicestate SET firmware = %s, calibration_id = %s WHERE device_id = %s",
+            [firmware, calibration, key.device_pk],
+        )
     return annotations
 
 
@@ -462,13 +589,24 @@ def _annotation(
 def _publish_later(key: DeviceKeyRow, stored: Stored) -> None:
     if not stored.inserted and not stored.annotations:
         return
-    task = asyncio.get_running_loop().create_task(_publish(key, stored))
+    task = asyncio.get_running_loop().create_task(_publish_bounded(key, stored))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
 
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+async def _publish_bounded(key: DeviceKeyRow, stored: Stored) -> None:
+    """A Redis that hangs instead of failing must not pile up publishing tasks without end."""
+    try:
+        await asyncio.wait_for(_publish(key, stored), PUBLISH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("live publish for %s timed out", key.device_id)
 
 
 async def _publish(key: DeviceKeyRow, stored: Stored) -> None:

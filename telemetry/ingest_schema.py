@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from telemetry.schemas import REJECTION_CODES
 from telemetry.units import METRICS
 
 
@@ -75,14 +76,7 @@ def ingest_openapi() -> tuple[dict[str, Any], dict[str, Any]]:
                             "seq": {"type": "integer", "nullable": True},
                             "code": {
                                 "type": "string",
-                                "enum": [
-                                    "invalid_reading",
-                                    "unknown_metric",
-                                    "unknown_unit",
-                                    "not_finite",
-                                    "out_of_range",
-                                    "future_sample_time",
-                                ],
+                                "enum": list(REJECTION_CODES),
                             },
                             "detail": {"type": "string"},
                         },
@@ -159,6 +153,11 @@ def ingest_openapi() -> tuple[dict[str, Any], dict[str, Any]]:
             "405": _error("Method other than POST.", ["method_not_allowed"]),
             "413": _error("Body above 1 MiB or more than 5,000 readings.", ["body_too_large", "too_many_readings"]),
             "415": _error("Content-Type is not application/json.", ["unsupported_media_type"]),
+            "503": _error(
+                "Storage unavailable or saturated; nothing was committed, send the batch again.",
+                ["storage_unavailable"],
+                {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}},
+            ),
             "429": _error(
                 "Device or site rate limit exceeded.",
                 ["rate_limited"],

@@ -1,7 +1,9 @@
 """Typed payloads of the device ingest path (msgspec: strict, no extra fields).
 
-The batch envelope is decoded in one pass; each reading is then decoded from its raw JSON on its
-own, so one malformed item is rejected with a code while its neighbours are stored.
+A batch is first decoded in one pass with every reading typed (the common case: all items are
+well-formed). When that fails, the envelope is decoded with each reading kept as raw JSON and each
+reading is decoded on its own, so one malformed item is rejected with a code while its neighbours
+are stored.
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ class ReadingIn(msgspec.Struct, forbid_unknown_fields=True):
     calibration_id: Text64 | None = None
 
 
+# Stable codes of item-by-item rejections (documented in the OpenAPI schema).
+REJECTION_CODES = (
+    "invalid_reading",
+    "unknown_metric",
+    "unknown_unit",
+    "not_finite",
+    "out_of_range",
+    "future_sample_time",
+)
+
+
+class TypedBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The fast path: a batch whose items are all well-formed decodes in a single C call."""
+
+    schema: str
+    device_id: str
+    readings: list[ReadingIn]
+    batch_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    firmware: Text64 | None = None
+
+
 class Rejection(msgspec.Struct):
     index: int
     seq: int | None
@@ -50,5 +73,6 @@ class IngestResult(msgspec.Struct):
 
 
 batch_decoder = msgspec.json.Decoder(BatchIn)
+typed_batch_decoder = msgspec.json.Decoder(TypedBatchIn)
 reading_decoder = msgspec.json.Decoder(ReadingIn)
 encoder = msgspec.json.Encoder()

@@ -97,6 +97,19 @@ CACHES = {
     }
 }
 
+# Live dashboard (dashboard/consumers.py, docs/live-protocol.md).
+# A patient whose newest reading is older than this shows a stale-data warning.
+PERFUSE_STALE_SECONDS = envint("PERFUSE_STALE_SECONDS", 60)
+# Frames to one socket are coalesced: at most one WebSocket message per interval.
+PERFUSE_LIVE_FLUSH_SECONDS = 0.1
+# A socket's pending frames are bounded; beyond this the oldest are dropped and a resync is sent.
+PERFUSE_LIVE_MAX_PENDING_POINTS = envint("PERFUSE_LIVE_MAX_PENDING_POINTS", 5000)
+PERFUSE_LIVE_MAX_PENDING_FRAMES = envint("PERFUSE_LIVE_MAX_PENDING_FRAMES", 500)
+# Sockets re-join their groups (lost on a Redis restart) and re-check access this often.
+PERFUSE_LIVE_REJOIN_SECONDS = envint("PERFUSE_LIVE_REJOIN_SECONDS", 30)
+# Raw readings sent in a patient socket's snapshot.
+PERFUSE_LIVE_SNAPSHOT_SECONDS = envint("PERFUSE_LIVE_SNAPSHOT_SECONDS", 300)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
@@ -179,6 +192,8 @@ PERFUSE_RATE_DEVICE_BURST = envint("PERFUSE_RATE_DEVICE_BURST", 20000)
 PERFUSE_RATE_SITE_PER_SECOND = envint("PERFUSE_RATE_SITE_PER_SECOND", 200000)
 PERFUSE_RATE_SITE_BURST = envint("PERFUSE_RATE_SITE_BURST", 400000)
 PERFUSE_INGEST_POOL_SIZE = envint("PERFUSE_INGEST_POOL_SIZE", 8)
+# How long a request waits for a pooled connection before answering 503 storage_unavailable.
+PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECONDS", 5)
 
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)

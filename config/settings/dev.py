@@ -4,7 +4,9 @@ from config.env import envstr
 
 from .base import *  # noqa: F403
 
-DEBUG = False  # the demo behaves like production pages; set DJANGO_DEBUG=1 via a local override if needed
+DEBUG = False  # the demo behaves like production pages
+# `manage.py demo_totp USER` prints the current code of a demo user (never in production).
+PERFUSE_DEMO_TOOLS = True
 SECRET_KEY = envstr("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-0123456789abcdef")
 PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
     "PERFUSE_AUDIT_CHECKPOINT_KEY", "dev-only-audit-checkpoint-key-not-secret-0123456789"

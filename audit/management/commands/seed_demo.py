@@ -45,3 +45,6 @@ class Command(BaseCommand):
                 f"  {account.user.username:<12} {account.role:<13} wards={wards:<9} "
                 f"totp_secret={totp_secret_base32(account.totp)}\n      {account.totp.config_url}"
             )
+        self.stdout.write(
+            "No authenticator app at hand? `.venv/bin/python manage.py demo_totp USERNAME` prints the current code."
+        )

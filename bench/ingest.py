@@ -1,0 +1,413 @@
+"""Ingest benchmark (not a test): signed 500-reading batches through Daphne vs. the bare COPY ceiling.
+
+    .venv/bin/python bench/ingest.py [--daphnes 2] [--clients 2] [--concurrency 2] [--devices 120]
+                                     [--seconds 20] [--warmup 3] [--batch 500]
+
+Uses DATABASE_URL / REDIS_URL when set, else starts throwaway PostgreSQL and Redis with
+scripts/lib.sh (in a temporary directory, removed at the end). Migrates, provisions devices (each
+assigned to a patient, as on a ward), starts `--daphnes` Daphne processes on loopback ports, and
+drives them from `--clients` client processes, each keeping `--concurrency` keep-alive HTTP/1.1
+connections busy with freshly generated and signed batches (requests are spread over the Daphne
+ports). Then, on the same table, it measures the ceiling: one process, no HTTP, the same
+COPY → staging → INSERT … ON CONFLICT DO NOTHING per 500-row batch and commit.
+
+The client processes run on the same 2 cores as Daphne and PostgreSQL; their CPU time is printed
+so the figures can be read honestly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lib(command: str) -> None:
+    subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; {command}"], check=True, cwd=ROOT)
+
+
+class Services:
+    """DATABASE_URL / REDIS_URL from the environment, or throwaway servers."""
+
+    def __init__(self) -> None:
+        self.tmp: str | None = None
+        self.redis_port: int | None = None
+        if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+            self.tmp = tempfile.mkdtemp(prefix="perfuse-bench-")
+            os.chmod(self.tmp, 0o755)  # noqa: S103 (the postgres service user must reach its data dir)
+        if not os.environ.get("DATABASE_URL"):
+            port = free_port()
+            lib(f"start_postgres {self.tmp}/pg {port}")
+            os.environ["DATABASE_URL"] = f"postgres://perfuse@127.0.0.1:{port}/perfuse"
+            self.own_pg = True
+        else:
+            self.own_pg = False
+        if not os.environ.get("REDIS_URL"):
+            self.redis_port = free_port()
+            lib(f"start_redis {self.tmp}/redis {self.redis_port} no")
+            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def stop(self) -> None:
+        if self.own_pg:
+            lib(f"stop_postgres {self.tmp}/pg")
+        if self.redis_port:
+            lib(f"stop_redis {self.tmp}/redis {self.redis_port}")
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- client processes ----------------------------------------------------------------------------
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Device:
+    def __init__(self, device_id: str, key_id: str, pem: str, seq0: int) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self.device_id = device_id
+        self.key_id = key_id.encode()
+        self.key = serialization.load_pem_private_key(pem.encode(), password=None)
+        self.seq = seq0
+
+    def request(self, n: int, host: bytes) -> bytes:
+        now = time.time()
+        start = now - n * 0.01
+        items = [
+            {
+                "seq": self.seq + i,
+                "sample_time": _iso(start + i * 0.01),
+                "metric": "tissue_o2",
+                "value": 55.0 + (i % 200) / 10,
+                "unit": "%",
+                "signal_quality": 0.93,
+                "calibration_id": "cal-bench",
+            }
+            for i in range(n)
+        ]
+        self.seq += n
+        body = orjson.dumps(
+            {"schema": "perfuse.readings/1", "device_id": self.device_id, "firmware": "fw-bench", "readings": items}
+        )
+        stamp = str(int(now)).encode()
+        signature = base64.b64encode(self.key.sign(stamp + b"\n" + body))  # type: ignore[union-attr]
+        head = (
+            b"POST /api/v1/ingest/readings HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: application/json\r\n"
+            b"X-Perfuse-Key: " + self.key_id + b"\r\nX-Perfuse-Timestamp: " + stamp + b"\r\n"
+            b"X-Perfuse-Signature: " + signature + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        return head + body
+
+
+async def _connection(port: int, devices: list[Device], batch: int, t_start: float, t_end: float, out: list) -> None:
+    """One keep-alive connection sending batch after batch (a minimal HTTP/1.1 client: cheap on CPU)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    host = f"127.0.0.1:{port}".encode()
+    i = 0
+    while time.time() < t_end:
+        device = devices[i % len(devices)]
+        i += 1
+        request = device.request(batch, host)
+        sent = time.perf_counter()
+        writer.write(request)
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length)
+        elapsed = time.perf_counter() - sent
+        if time.time() >= t_start:
+            accepted = orjson.loads(body).get("accepted", 0) if status == 200 else 0
+            out.append((elapsed, status, accepted))
+    writer.close()
+
+
+def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], queue: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seq0 = int(time.time() * 1000) * 1000 + args["index"] * 10**8
+    devs = [Device(d, k, p, seq0) for d, k, p in devices]
+    results: list[tuple[float, int, int]] = []
+
+    async def main() -> None:
+        ports = args["ports"]
+        per = max(1, len(devs) // args["concurrency"])
+        await asyncio.gather(
+            *(
+                _connection(
+                    ports[(args["index"] * args["concurrency"] + c) % len(ports)],
+                    devs[c * per : (c + 1) * per] or devs,
+                    args["batch"],
+                    args["t_start"],
+                    args["t_end"],
+                    results,
+                )
+                for c in range(args["concurrency"])
+            )
+        )
+
+    asyncio.run(main())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    queue.put((results, usage.ru_utime + usage.ru_stime))
+
+
+# --- the ceiling ---------------------------------------------------------------------------------
+
+
+def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, int]:
+    """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP.
+
+    The COPY payload is formatted the way the ingest formats it (one pass), so the ceiling is not
+    lowered by a slower client than the endpoint's own."""
+    import psycopg
+
+    from telemetry.db import STAGE_DDL
+    from telemetry.ingest import _INSERT_SQL, _STAGE_COLUMNS, Row, _copy_text
+
+    rows = 0
+    seq = int(time.time() * 1000) * 1000 + 9 * 10**8
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(STAGE_DDL)
+        start = time.perf_counter()
+        i = 0
+        while time.perf_counter() - start < seconds:
+            pk = device_pks[i % len(device_pks)]
+            i += 1
+            now = dt.datetime.now(dt.UTC)
+            batch_rows = [
+                Row(
+                    j,
+                    seq + j,
+                    now - dt.timedelta(milliseconds=10 * (batch - j)),
+                    "tissue_o2",
+                    60.0,
+                    60.0,
+                    "%",
+                    0.93,
+                    "cal-bench",
+                )
+                for j in range(batch)
+            ]
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+                    copy.write(_copy_text(pk, "fw-bench", batch_rows, [], {}, []))
+                cur.execute(_INSERT_SQL)
+                rows += len(cur.fetchall())
+            seq += batch
+        elapsed = time.perf_counter() - start
+    return rows / elapsed, rows
+
+
+def backend_cpu() -> dict[int, float]:
+    """CPU seconds of this database's client backends (PostgreSQL on this machine)."""
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a backend that ended meanwhile
+            out[pid] = cpu_of(pid)
+    return out
+
+
+# --- orchestration -------------------------------------------------------------------------------
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    import django
+
+    django.setup()
+
+
+def provision(count: int) -> tuple[list[tuple[str, str, str]], list[int]]:
+    from telemetry.models import Assignment, Device, Ward
+    from telemetry.services import device_provision, patient_admit
+
+    Ward.objects.get_or_create(code="bench", defaults={"name": "Bench", "site": "bench"})
+    devices = []
+    for i in range(count):
+        device_id = f"bench-{i:04d}"
+        provisioned = device_provision(device_id=device_id, ward_code="bench")
+        assert provisioned.private_key_pem is not None
+        if not Assignment.objects.filter(device__device_id=device_id, end__isnull=True).exists():
+            patient_admit(pseudonym=f"bench-p{i:04d}", ward_code="bench", device_id=device_id)
+        devices.append((device_id, provisioned.key.key_id, provisioned.private_key_pem))
+    pks = list(Device.objects.filter(device_id__startswith="bench-").values_list("id", flat=True))
+    return devices, pks
+
+
+def start_daphnes(count: int, env: dict[str, str], extra: list[str]) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    procs, ports = [], []
+    for _ in range(count):
+        port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [str(ROOT / ".venv/bin/daphne"), *extra, "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        ports.append(port)
+    for port in ports:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"daphne on port {port} did not start")
+    return procs, ports
+
+
+def cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--daphnes", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2, help="connections per client process")
+    parser.add_argument("--devices", type=int, default=120)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--ceiling-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--daphne-args",
+        default="",
+        help='extra Daphne arguments, e.g. "-v 0" (no access log: no measurable difference here)',
+    )
+    args = parser.parse_args()
+
+    services = Services()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.dev"),
+            # Measure the ingest path, not the limiter's refusals (the Lua check still runs per request).
+            "PERFUSE_RATE_DEVICE_PER_SECOND": "10000000",
+            "PERFUSE_RATE_DEVICE_BURST": "10000000",
+            "PERFUSE_RATE_SITE_PER_SECOND": "10000000",
+            "PERFUSE_RATE_SITE_BURST": "10000000",
+            "LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(env)
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        setup_django()
+        devices, pks = provision(args.devices)
+        procs, ports = start_daphnes(args.daphnes, env, args.daphne_args.split())
+
+        t_start = time.time() + 2.0 + args.warmup
+        t_end = t_start + args.seconds
+        queue: Any = mp.get_context("spawn").Queue()
+        per = len(devices) // args.clients
+        clients = [
+            mp.get_context("spawn").Process(
+                target=client_process,
+                args=(
+                    {**vars(args), "index": i, "ports": ports, "t_start": t_start, "t_end": t_end},
+                    devices[i * per : (i + 1) * per],
+                    queue,
+                ),
+            )
+            for i in range(args.clients)
+        ]
+        for c in clients:
+            c.start()
+        time.sleep(max(0.0, t_start - time.time()))
+        cpu_start = {p.pid: cpu_of(p.pid) for p in procs}
+        pg_start = backend_cpu()
+        time.sleep(max(0.0, t_end - time.time()))
+        cpu_end = {p.pid: cpu_of(p.pid) for p in procs}
+        pg_end = backend_cpu()
+        outcomes = [queue.get() for _ in clients]
+        for c in clients:
+            c.join()
+        results = [r for rs, _ in outcomes for r in rs]
+        client_cpu = sum(cpu for _, cpu in outcomes)
+        latencies = sorted(r[0] for r in results)
+        statuses: dict[int, int] = {}
+        for r in results:
+            statuses[r[1]] = statuses.get(r[1], 0) + 1
+        accepted = sum(r[2] for r in results)
+        rate = accepted / args.seconds
+        daphne_cpu = sum(cpu_end[p] - cpu_start[p] for p in cpu_end)
+        pg_cpu = sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items())
+
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+        procs = []
+        ceil_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
+
+        p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else float("nan")
+        print(
+            f"ingest over HTTP: {rate:,.0f} readings/s accepted "
+            f"({len(results)} requests of {args.batch} in {args.seconds:.0f} s, statuses {statuses})"
+        )
+        print(f"request latency:  p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {latencies[-1] * 1000:.1f} ms")
+        print(f"ceiling (COPY + INSERT … ON CONFLICT, 1 process, no HTTP): {ceil_rate:,.0f} readings/s")
+        print(f"ratio: {rate / ceil_rate:.0%} of the ceiling")
+        print(
+            f"CPU per 1,000 readings: daphne {daphne_cpu / max(1, accepted) * 1e6:.1f} ms, "
+            f"postgres {pg_cpu / max(1, accepted) * 1e6:.1f} ms"
+        )
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes compete for the cores)")
+        print(
+            f"CPU during the measured window: daphne {daphne_cpu / args.seconds:.2f} cores "
+            f"({args.daphnes} processes), postgres backends {pg_cpu / args.seconds:.2f} cores, "
+            f"load clients {client_cpu / (args.seconds + args.warmup + 2):.2f} cores "
+            f"({args.clients} processes x {args.concurrency} connections), machine has {os.cpu_count()} cores"
+        )
+    finally:
+        for p in procs:
+            p.terminate()
+        services.stop()
+
+
+if __name__ == "__main__":
+    main()

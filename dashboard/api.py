@@ -1,0 +1,252 @@
+"""Staff read API of the dashboard: patient list, history series and chart annotations.
+
+Session authentication with a verified (OTP) session. Every call, allowed or denied, writes one
+audit event in the same transaction as the read. Bad parameters are 400s with stable codes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit.access import actor_from_request, patient_access_audited
+from config.api_errors import error_body
+from dashboard import selectors
+from dashboard.services import ward_read_authorize
+from telemetry.units import METRICS
+
+MAX_SPAN = dt.timedelta(days=31)
+DEFAULT_SPAN = dt.timedelta(hours=1)
+# Unknown pseudonyms are refused like forbidden ones: the API is no oracle for which exist.
+_DENIED_STATUS = {"not_authenticated": 401}
+_DENIED_CODE = {"not_authenticated": "not_authenticated", "mfa_required": "mfa_required"}
+
+
+class ParamError(Exception):
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _denied(reason: str) -> Response:
+    status = _DENIED_STATUS.get(reason, 403)
+    code = _DENIED_CODE.get(reason, "forbidden")
+    return Response(error_body(code, f"access denied: {reason}"), status=status)
+
+
+def _bad(exc: ParamError) -> Response:
+    return Response(error_body(exc.code, exc.detail), status=400)
+
+
+def parse_time(raw: str | None, name: str) -> dt.datetime | None:
+    if raw is None or raw == "":
+        return None
+    # An unencoded "+" in a query string arrives as a space.
+    text = raw.strip().replace(" ", "+")
+    if len(text) > 40:
+        raise ParamError("invalid_time", f"{name} is not an ISO-8601 time")
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ParamError("invalid_time", f"{name} is not an ISO-8601 time") from exc
+    if value.tzinfo is None:
+        raise ParamError("invalid_time", f"{name} needs a UTC offset (e.g. Z)")
+    return value.astimezone(dt.UTC)
+
+
+def parse_range(params: Any, *, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    end = parse_time(params.get("end"), "end") or now
+    start = parse_time(params.get("start"), "start") or end - DEFAULT_SPAN
+    if start >= end:
+        raise ParamError("invalid_range", "start must be before end")
+    if end - start > MAX_SPAN:
+        raise ParamError("range_too_long", f"at most {MAX_SPAN.days} days per request")
+    return start, end
+
+
+def parse_max_points(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 5000
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and 10 <= int(raw) <= 10000):
+        raise ParamError("invalid_max_points", "max_points must be an integer from 10 to 10000")
+    return int(raw)
+
+
+_TIME_PARAMS = [
+    OpenApiParameter("start", OpenApiTypes.DATETIME, description="ISO-8601 with offset; default end - 1 h"),
+    OpenApiParameter("end", OpenApiTypes.DATETIME, description="ISO-8601 with offset; default now"),
+]
+_ERRORS: dict[int | str, Any] = {
+    400: OpenApiResponse(description="bad parameter: invalid_time, invalid_range, range_too_long, invalid_metric"),
+    401: OpenApiResponse(description="not_authenticated"),
+    403: OpenApiResponse(description="mfa_required, or forbidden (other ward, role, unknown patient)"),
+}
+_CARD_FIELDS: dict[str, Any] = {
+    "pseudonym": serializers.CharField(),
+    "ward": serializers.CharField(),
+    "metric": serializers.CharField(),
+    "unit": serializers.CharField(),
+    "value": serializers.FloatField(allow_null=True),
+    "quality": serializers.FloatField(allow_null=True),
+    "last_seen": serializers.DateTimeField(allow_null=True),
+    "age_seconds": serializers.FloatField(allow_null=True),
+    "stale": serializers.BooleanField(),
+    "trend": serializers.DictField(help_text='{"direction": "up|down|flat|null", "per_minute": float|null}'),
+    "sparkline": serializers.ListField(help_text="[[t, avg], …] 30-s buckets over the last 30 minutes"),
+    "alarm": serializers.DictField(allow_null=True, help_text="most severe open alarm or null"),
+}
+
+
+class PatientListView(APIView):
+    permission_classes: list[Any] = []  # access is decided (and audited) in the view
+
+    @extend_schema(
+        summary="Patients the user may see, with latest tissue O2, trend, quality, alarm state, last seen",
+        responses={
+            200: inline_serializer(
+                "PatientList", {"patients": inline_serializer("PatientCard", _CARD_FIELDS, many=True)}
+            ),
+            **_ERRORS,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        now = dt.datetime.now(dt.UTC)
+        with transaction.atomic():
+            read = ward_read_authorize(
+                user=request.user, actor=actor_from_request(request._request), action="patients.list"
+            )
+            if not read.allowed:
+                return _denied(read.reason)
+            cards = selectors.ward_cards(patients=read.patients, now=now)
+        return Response({"server_time": selectors.iso(now), "patients": cards})
+
+
+class SeriesView(APIView):
+    permission_classes: list[Any] = []
+
+    @extend_schema(
+        summary="History of one metric: raw points for short spans, buckets with min/max for long ones",
+        parameters=[
+            OpenApiParameter("metric", str, enum=sorted(METRICS), description="default tissue_o2"),
+            *_TIME_PARAMS,
+            OpenApiParameter("max_points", int, description="10..10000, default 5000"),
+        ],
+        responses={
+            200: inline_serializer(
+                "Series",
+                {
+                    "patient": serializers.CharField(),
+                    "metric": serializers.CharField(),
+                    "unit": serializers.CharField(),
+                    "start": serializers.DateTimeField(),
+                    "end": serializers.DateTimeField(),
+                    "resolution": serializers.ChoiceField(["raw", "1m", "1h"]),
+                    "points": serializers.ListField(
+                        child=serializers.DictField(),
+                        help_text="raw: {t, value, quality}; buckets: {t, avg, min, max, count, quality}",
+                    ),
+                },
+            ),
+            **_ERRORS,
+        },
+    )
+    def get(self, request: Request, pseudonym: str) -> Response:
+        now = dt.datetime.now(dt.UTC)
+        metric = request.query_params.get("metric") or "tissue_o2"
+        try:
+            if metric not in METRICS:
+                raise ParamError("invalid_metric", f"metric must be one of {sorted(METRICS)}")
+            start, end = parse_range(request.query_params, now=now)
+            max_points = parse_max_points(request.query_params.get("max_points"))
+        except ParamError as exc:
+            return _bad(exc)
+        with transaction.atomic():
+            patient, decision = patient_access_audited(
+                user=request.user,
+                actor=actor_from_request(request._request),
+                pseudonym=pseudonym,
+                action="series.read",
+                detail={"metric": metric, "start": selectors.iso(start), "end": selectors.iso(end)},
+            )
+            if patient is None:
+                return _denied(decision.reason)
+            resolution, points = selectors.series_points(
+                patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points
+            )
+        return Response(
+            {
+                "patient": pseudonym,
+                "metric": metric,
+                "unit": METRICS[metric].canonical,
+                "start": selectors.iso(start),
+                "end": selectors.iso(end),
+                "resolution": resolution,
+                "points": points,
+            }
+        )
+
+
+class AnnotationsView(APIView):
+    permission_classes: list[Any] = []
+
+    @extend_schema(
+        summary="Calibration, firmware, alarm and acknowledgement marks, alarm periods and threshold bands",
+        parameters=_TIME_PARAMS,
+        responses={
+            200: inline_serializer(
+                "Annotations",
+                {
+                    "patient": serializers.CharField(),
+                    "start": serializers.DateTimeField(),
+                    "end": serializers.DateTimeField(),
+                    "annotations": serializers.ListField(
+                        child=serializers.DictField(), help_text="{id, kind, t, text, data}"
+                    ),
+                    "alarm_periods": serializers.ListField(
+                        child=serializers.DictField(), help_text="{start, end|null, priority, label}"
+                    ),
+                    "thresholds": serializers.ListField(
+                        child=serializers.DictField(), help_text="{label, low, high, priority}"
+                    ),
+                },
+            ),
+            **_ERRORS,
+        },
+    )
+    def get(self, request: Request, pseudonym: str) -> Response:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            start, end = parse_range(request.query_params, now=now)
+        except ParamError as exc:
+            return _bad(exc)
+        with transaction.atomic():
+            patient, decision = patient_access_audited(
+                user=request.user,
+                actor=actor_from_request(request._request),
+                pseudonym=pseudonym,
+                action="annotations.read",
+                detail={"start": selectors.iso(start), "end": selectors.iso(end)},
+            )
+            if patient is None:
+                return _denied(decision.reason)
+            annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
+            overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
+        return Response(
+            {
+                "patient": pseudonym,
+                "start": selectors.iso(start),
+                "end": selectors.iso(end),
+                "annotations": annotations,
+                "alarm_periods": overlay.periods,
+                "thresholds": overlay.thresholds,
+            }
+        )

@@ -1,0 +1,206 @@
+"""Reads behind the ward overview, the patient chart and the live snapshot.
+
+Callers have already decided access (audit.access) and written the audit event; these functions
+only read. Alarm state comes through `patient_alarm_badges` / `patient_alarm_overlay`, the seam
+the alarms app fills in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from telemetry.models import Annotation, Patient
+from telemetry.selectors import patient_series
+from telemetry.units import METRICS
+
+METRIC = "tissue_o2"
+SPARKLINE_WINDOW = dt.timedelta(minutes=30)
+SPARKLINE_BUCKET = dt.timedelta(seconds=30)
+TREND_WINDOW = dt.timedelta(minutes=5)
+# Slopes smaller than this (percentage points per minute) are drawn as a flat arrow: sensor noise
+# and slow drift are not a trend a clinician should act on.
+TREND_FLAT_PER_MINUTE = 0.5
+PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+_ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class AlarmBadge:
+    priority: str  # high | medium | low (IEC 60601-1-8)
+    state: str  # active | acknowledged
+    count: int
+    label: str
+    since: str  # ISO-8601
+
+
+@dataclass(frozen=True)
+class AlarmOverlay:
+    thresholds: list[dict[str, Any]]  # {"label", "low", "high", "priority"}: value bands of the alarm rules
+    periods: list[dict[str, Any]]  # {"start", "end" | None, "priority", "label"}: when alarms were open
+    current: list[dict[str, Any]]  # open alarms: {"id", "priority", "state", "label", "since"}
+
+
+def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, AlarmBadge]:
+    """Most severe open alarm per patient. No alarm model exists in this app yet (the alarms
+    app brings it), so there is no open alarm to report: an empty answer is the truth."""
+    return {}
+
+
+def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> AlarmOverlay:
+    """Threshold bands, alarm periods and open alarms for the chart; empty until alarm rules exist."""
+    return AlarmOverlay(thresholds=[], periods=[], current=[])
+
+
+def _latest(patient_ids: list[int]) -> dict[int, tuple[dt.datetime, float, float | None]]:
+    if not patient_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.id, r.sample_time, r.value, r.signal_quality FROM unnest(%s::bigint[]) AS p(id) "
+            "CROSS JOIN LATERAL (SELECT sample_time, value, signal_quality FROM telemetry_reading "
+            "WHERE patient_id = p.id AND metric = %s ORDER BY sample_time DESC LIMIT 1) r",
+            [patient_ids, METRIC],
+        )
+        return {pid: (t, value, quality) for pid, t, value, quality in cursor.fetchall()}
+
+
+def _sparklines(patient_ids: list[int], now: dt.datetime) -> dict[int, list[tuple[dt.datetime, float]]]:
+    if not patient_ids:
+        return {}
+    lines: dict[int, list[tuple[dt.datetime, float]]] = {pid: [] for pid in patient_ids}
+    params: list[Any] = [SPARKLINE_BUCKET, _ORIGIN, patient_ids, METRIC, now - SPARKLINE_WINDOW, now]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT patient_id, date_bin(%s, sample_time, %s) AS bucket, avg(value) FROM telemetry_reading "
+            "WHERE patient_id = ANY(%s) AND metric = %s AND sample_time >= %s AND sample_time <= %s "
+            "GROUP BY patient_id, bucket ORDER BY patient_id, bucket",
+            params,
+        )
+        for pid, bucket, avg in cursor.fetchall():
+            lines[pid].append((bucket, avg))
+    return lines
+
+
+def trend_per_minute(points: list[tuple[dt.datetime, float]], *, now: dt.datetime) -> float | None:
+    """Least-squares slope (units per minute) of the points within TREND_WINDOW of now."""
+    recent = [(t, v) for t, v in points if t >= now - TREND_WINDOW]
+    if len(recent) < 3:
+        return None
+    xs = [(t - now).total_seconds() / 60 for t, _ in recent]
+    ys = [v for _, v in recent]
+    mean_x = sum(xs) / len(xs)
+    mean_y = sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def trend_direction(slope: float | None) -> str | None:
+    if slope is None:
+        return None
+    if slope > TREND_FLAT_PER_MINUTE:
+        return "up"
+    if slope < -TREND_FLAT_PER_MINUTE:
+        return "down"
+    return "flat"
+
+
+def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, Any]]:
+    """One card per patient, most severe alarm first, then by pseudonym."""
+    ids = [p.id for p in patients]
+    latest = _latest(ids)
+    lines = _sparklines(ids, now)
+    badges = patient_alarm_badges(patient_ids=ids)
+    stale_after = settings.PERFUSE_STALE_SECONDS
+    cards: list[dict[str, Any]] = []
+    for p in patients:
+        last = latest.get(p.id)
+        slope = trend_per_minute(lines.get(p.id, []), now=now)
+        badge = badges.get(p.id)
+        age = (now - last[0]).total_seconds() if last else None
+        cards.append(
+            {
+                "pseudonym": p.pseudonym,
+                "ward": p.ward.code,
+                "metric": METRIC,
+                "unit": METRICS[METRIC].canonical,
+                "value": last[1] if last else None,
+                "quality": last[2] if last else None,
+                "last_seen": iso(last[0]) if last else None,
+                "age_seconds": round(age, 1) if age is not None else None,
+                "stale": age is None or age > stale_after,
+                "trend": {"direction": trend_direction(slope), "per_minute": round(slope, 2) if slope else slope},
+                "sparkline": [[iso(t), round(v, 2)] for t, v in lines.get(p.id, [])],
+                "alarm": asdict(badge) if badge else None,
+            }
+        )
+    cards.sort(key=lambda c: (PRIORITY_RANK.get((c["alarm"] or {}).get("priority", ""), 9), c["pseudonym"]))
+    return cards
+
+
+def patient_annotations(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> list[dict[str, Any]]:
+    rows = Annotation.objects.filter(patient_id=patient_id, time__gte=start, time__lt=end).order_by("time", "id")
+    return [{"id": a.id, "kind": a.kind, "t": iso(a.time), "text": a.text, "data": a.data} for a in rows[:2000]]
+
+
+def _device_ranges(patient_id: int, since: dt.datetime) -> list[dict[str, Any]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.device_id, min(r.seq), max(r.seq) FROM telemetry_reading r "
+            "JOIN telemetry_device d ON d.id = r.device_id WHERE r.patient_id = %s AND r.sample_time >= %s "
+            "GROUP BY d.device_id ORDER BY d.device_id",
+            [patient_id, since],
+        )
+        return [{"device": device, "first": first, "last": last} for device, first, last in cursor.fetchall()]
+
+
+def _recent_points(patient_id: int, since: dt.datetime) -> list[dict[str, Any]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sample_time, metric, value, signal_quality, seq FROM telemetry_reading "
+            "WHERE patient_id = %s AND metric = %s AND sample_time >= %s ORDER BY sample_time, seq LIMIT 20000",
+            [patient_id, METRIC, since],
+        )
+        return [
+            {"t": iso(t), "metric": metric, "value": value, "quality": quality, "seq": seq}
+            for t, metric, value, quality, seq in cursor.fetchall()
+        ]
+
+
+def patient_snapshot(*, patient: Patient, now: dt.datetime) -> dict[str, Any]:
+    """First frame of a patient socket: recent raw points, the devices' seq positions, marks and
+    open alarms, so the browser can draw at once and detect gaps in the deltas that follow."""
+    since = now - dt.timedelta(seconds=settings.PERFUSE_LIVE_SNAPSHOT_SECONDS)
+    overlay = patient_alarm_overlay(patient_id=patient.id, start=now - dt.timedelta(days=1), end=now)
+    return {
+        "type": "snapshot",
+        "patient": patient.pseudonym,
+        "server_time": iso(now),
+        "since": iso(since),
+        "points": _recent_points(patient.id, since),
+        "ranges": _device_ranges(patient.id, since),
+        "annotations": patient_annotations(
+            patient_id=patient.id, start=now - dt.timedelta(days=1), end=now + dt.timedelta(minutes=5)
+        ),
+        "alarms": overlay.current,
+    }
+
+
+def ward_snapshot(*, patients: list[Patient], now: dt.datetime) -> dict[str, Any]:
+    return {"type": "ward.snapshot", "server_time": iso(now), "patients": ward_cards(patients=patients, now=now)}
+
+
+def series_points(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime, max_points: int) -> Any:
+    """The history selector, with times rendered for JSON."""
+    series = patient_series(patient_id=patient_id, metric=metric, start=start, end=end, max_points=max_points)
+    return series.resolution, [{**p, "t": iso(p["t"])} for p in series.points]

@@ -1,0 +1,82 @@
+"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from telemetry import simulator
+
+
+class Command(BaseCommand):
+    help = "Simulate N tissue-O2 devices at F Hz sending signed batches to the ingest API."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--devices", type=int, default=None, help="number of devices (default 10; --demo: the demo fleet)"
+        )
+        parser.add_argument("--hz", type=float, default=1.0, help="tissue-O2 samples per second per device")
+        parser.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the Perfuse server")
+        parser.add_argument("--ward", default=None, help="ward code (created if missing; default 'sim')")
+        parser.add_argument(
+            "--demo", action="store_true", help=f"the demo fleet of `make run` (ward {simulator.DEMO_WARD})"
+        )
+        parser.add_argument("--quiet", action="store_true", help="no progress line")
+        parser.add_argument("--keyfile", type=Path, default=None, help="JSON file keeping the devices' private keys")
+        parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument(
+            "--drain", type=float, default=30.0, help="seconds allowed at the end to flush batches gateways still hold"
+        )
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+        if (options["devices"] is not None and options["devices"] < 1) or options["hz"] <= 0:
+            raise CommandError("--devices and --hz must be positive")
+        if options["demo"] and options["ward"] is None and options["devices"] is None:
+            plan = simulator.DEMO_FLEET
+        else:
+            plan = [
+                (options["ward"] or (simulator.DEMO_WARD if options["demo"] else "sim"), options["devices"] or 10, 0)
+            ]
+        # One keyfile for every fleet: keys are kept per device id.
+        keyfile = options["keyfile"] or Path(settings.BASE_DIR) / ".data" / "simulator-keys.json"
+        fleet: list[simulator.FleetDevice] = []
+        for ward, count, spares in plan:
+            fleet += simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile, spares=spares)
+            if not options["quiet"]:
+                self.stderr.write(f"ward {ward}: {count} devices on patients, {spares} spare (keys in {keyfile})")
+        if not options["quiet"]:
+            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz -> {options['url']}")
+        stats = asyncio.run(self._run(fleet, options))
+        summary = stats.summary()
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+        else:
+            labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
+            self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
+
+    async def _run(self, fleet: list[simulator.FleetDevice], options: dict[str, Any]) -> simulator.Stats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)  # stop cleanly: flush what gateways hold, then summarise
+        return await simulator.run_fleet(
+            fleet,
+            url=options["url"],
+            hz=options["hz"],
+            duration=options["duration"],
+            seed=options["seed"],
+            progress=None if options["quiet"] else sys.stderr,
+            stop=stop,
+            drain_seconds=options["drain"],
+        )

@@ -1,0 +1,160 @@
+"""The fleet simulator: its signal model, idempotent provisioning, and a short run against the ASGI app."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import call_command
+
+from config.asgi import application
+from telemetry import simulator
+from telemetry.models import Annotation, Assignment, DeviceKey, Ward
+from telemetry.services import device_key_revoke
+from tests.ingest_helpers import query
+
+
+def test_signal_has_baseline_episodes_artifacts_and_dropouts():
+    signal = simulator.PatientSignal(random.Random(3))
+    samples = [signal.sample(float(t)) for t in range(4 * 3600)]  # four hours at 1 Hz
+    present = [s for s in samples if s is not None]
+    values = [v for v, _ in present]
+    assert 55 <= signal.baseline <= 75
+    assert all(0 <= v <= 100 for v in values)
+    assert abs(statistics.median(values) - signal.baseline) < 8
+    assert min(values) < 40  # desaturation episodes dip well below the baseline
+    good = [q for _, q in present if q >= 0.6]
+    poor = [q for _, q in present if q < 0.5]
+    assert len(good) > 0.9 * len(present) and poor  # motion artifacts flag low signal quality
+    gaps = len(samples) - len(present)
+    assert 0 < gaps < 0.2 * len(samples)  # dropouts: stretches with no samples at all
+
+
+def test_episode_shape_falls_holds_and_recovers():
+    episode = simulator.Episode(start=100, duration=100, floor=30)
+    depths = [episode.depth(t) for t in range(90, 211, 5)]
+    assert depths[0] == 0 and depths[-1] == 0
+    assert max(depths) == 1.0 and depths.index(1.0) > 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_provisioning_is_idempotent_and_replaces_lost_or_revoked_keys(tmp_path: Path):
+    keyfile = tmp_path / "keys.json"
+    first = simulator.provision_fleet(ward="sim-test", count=3, keyfile=keyfile)
+    assert Ward.objects.filter(code="sim-test").exists()
+    assert oct(keyfile.stat().st_mode & 0o777) == "0o600"
+    again = simulator.provision_fleet(ward="sim-test", count=3, keyfile=keyfile)
+    assert [d.key_id for d in again] == [d.key_id for d in first]
+    assert DeviceKey.objects.count() == 3 and Assignment.objects.filter(end__isnull=True).count() == 3
+
+    device_key_revoke(key_id=first[0].key_id)
+    keys = json.loads(keyfile.read_text())
+    del keys[first[1].device_id]  # a key lost from the keyfile
+    keyfile.write_text(json.dumps(keys))
+    third = simulator.provision_fleet(ward="sim-test", count=3, keyfile=keyfile)
+    assert third[0].key_id != first[0].key_id and third[1].key_id != first[1].key_id
+    assert third[2].key_id == first[2].key_id
+    assert [d.pseudonym for d in third] == ["sim-test-bed-01", "sim-test-bed-02", "sim-test-bed-03"]
+    assert Assignment.objects.count() == 3  # re-running does not re-admit
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("ingest_clients")
+async def test_fleet_run_through_the_asgi_app_sends_misbehaving_batches_that_all_land(tmp_path: Path):
+    fleet = await sync_to_async(simulator.provision_fleet)(ward="sim-run", count=3, keyfile=tmp_path / "k.json")
+    gateway = simulator.GatewayConfig(
+        batch_seconds=0.25,
+        retransmit=0.3,
+        reorder=0.3,
+        offline_rate=3600 * 4 * 0.1,  # one tick in ten, a gateway goes offline
+        offline_seconds=(1.6, 2.0),
+        firmware_rate=3600 * 4,
+        calibration_rate=3600 * 4,
+        temperature_every=0.5,
+        battery_every=0.5,
+    )
+    stats = await simulator.run_fleet(
+        fleet,
+        url="http://localhost",
+        hz=20,
+        duration=3.5,
+        gateway=gateway,
+        progress=None,
+        transport=httpx.ASGITransport(app=application),
+    )
+    assert stats.errors == 0 and stats.rejected == 0 and stats.throttled == 0
+    assert stats.duplicates > 0 and stats.retransmits > 0 and stats.reordered > 0
+    assert stats.offline_periods > 0 and stats.late_batches > 0
+    assert stats.accepted + stats.duplicates == stats.readings
+    assert stats.accepted == stats.generated  # every reading produced landed exactly once
+    ((rows, patients, metrics),) = await query(
+        "SELECT count(*), count(DISTINCT patient_id), array_agg(DISTINCT metric ORDER BY metric) FROM telemetry_reading"
+    )
+    assert rows == stats.accepted > 100
+    assert patients == 3 and metrics == ["battery", "skin_temp", "tissue_o2"]
+    kinds = await sync_to_async(lambda: set(Annotation.objects.values_list("kind", flat=True)))()
+    assert kinds == {"firmware", "calibration"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_creates_the_demo_ward_and_reports_a_summary(tmp_path: Path, capsys):
+    # Nothing listens on port 1: every batch fails to send and the summary says so, without a crash.
+    call_command(
+        "simulate_fleet",
+        "--demo",
+        "--devices=2",
+        "--hz=2",
+        "--duration=1",
+        "--url=http://127.0.0.1:1",
+        f"--keyfile={tmp_path / 'k.json'}",
+        "--drain=0",
+        "--quiet",
+        "--json",
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert Ward.objects.filter(code=simulator.DEMO_WARD).exists()
+    assert summary["accepted"] == 0 and summary["errors"] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_fleet_spans_two_wards_with_a_spare_device(tmp_path: Path):
+    keyfile = tmp_path / "k.json"
+    fleet = [
+        d
+        for ward, count, spares in simulator.DEMO_FLEET
+        for d in simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile, spares=spares)
+    ]
+    assert {d.device_id.rsplit("-", 1)[0] for d in fleet} >= {"lumee-icu-demo", "lumee-ward-b", "lumee-icu-demo-spare"}
+    spares = [d for d in fleet if d.pseudonym is None]
+    assert len(spares) == 1
+    assert not Assignment.objects.filter(device__device_id=spares[0].device_id).exists()
+    assert set(Assignment.objects.values_list("patient__ward__code", flat=True)) == {"icu-demo", "ward-b"}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("ingest_clients")
+async def test_fleet_honours_429_retry_after_and_drops_nothing(tmp_path: Path, settings):
+    settings.PERFUSE_RATE_DEVICE_BURST = 40
+    settings.PERFUSE_RATE_DEVICE_PER_SECOND = 40
+    fleet = await sync_to_async(simulator.provision_fleet)(ward="sim-429", count=1, keyfile=tmp_path / "k.json")
+    quiet = simulator.GatewayConfig(
+        batch_seconds=0.25, retransmit=0, reorder=0, offline_rate=0, firmware_rate=0, calibration_rate=0
+    )
+    stats = await simulator.run_fleet(
+        fleet,
+        url="http://localhost",
+        hz=80,  # twice what the device bucket refills
+        duration=1.5,
+        gateway=quiet,
+        progress=None,
+        transport=httpx.ASGITransport(app=application),
+    )
+    assert stats.throttled > 0 and stats.errors == 0
+    ((rows,),) = await query("SELECT count(*) FROM telemetry_reading")
+    # Every reading the gateway produced was eventually accepted, after waiting as told.
+    assert rows == stats.accepted == stats.generated > 50 and stats.duplicates == 0
