@@ -1,8 +1,8 @@
 """Reads behind the ward overview, the patient chart and the live snapshot.
 
 Callers have already decided access (audit.access) and written the audit event; these functions
-only read. Alarm state comes through `patient_alarm_badges` / `patient_alarm_overlay`, the seam
-the alarms app fills in.
+only read. Alarm state comes through `patient_alarm_badges` / `patient_alarm_overlay`, which ask
+the alarms app (alerts.selectors).
 """
 
 from __future__ import annotations
@@ -50,14 +50,17 @@ class AlarmOverlay:
 
 
 def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, AlarmBadge]:
-    """Most severe open alarm per patient. No alarm model exists in this app yet (the alarms
-    app brings it), so there is no open alarm to report: an empty answer is the truth."""
-    return {}
+    """Most severe open alarm per patient (alerts.selectors)."""
+    from alerts.selectors import patient_alarm_badges as badges
+
+    return {pid: AlarmBadge(**badge) for pid, badge in badges(patient_ids=patient_ids).items()}
 
 
 def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> AlarmOverlay:
-    """Threshold bands, alarm periods and open alarms for the chart; empty until alarm rules exist."""
-    return AlarmOverlay(thresholds=[], periods=[], current=[])
+    """Threshold bands, alarm periods and open alarms for the chart (alerts.selectors)."""
+    from alerts.selectors import patient_alarm_overlay as overlay
+
+    return AlarmOverlay(**overlay(patient_id=patient_id, start=start, end=end))
 
 
 def _latest(patient_ids: list[int]) -> dict[int, tuple[dt.datetime, float, float | None]]:
