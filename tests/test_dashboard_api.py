@@ -152,7 +152,9 @@ def test_annotations_in_range(clinician, p1):
     r = client.get(f"/api/v1/patients/p-one/annotations{_q(start=_iso(now - dt.timedelta(hours=1)))}")
     body = r.json()
     assert [(a["kind"], a["text"]) for a in body["annotations"]] == [("firmware", "fw 1 → 2")]
-    assert body["alarm_periods"] == [] and body["thresholds"] == []
+    # No alarm yet; the bands are the ward rule's shipped defaults (alerts.selectors).
+    assert body["alarm_periods"] == []
+    assert [(t["priority"], t["high"]) for t in body["thresholds"]] == [("high", 25.0), ("medium", 35.0)]
     assert audit_events("annotations.read")[0].outcome == "allowed"
 
 
