@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from django.db import connection, transaction
 from django.db.models import Count, Max
@@ -38,7 +39,7 @@ from alerts.evaluation import (
     RuleParams,
     Sample,
 )
-from alerts.models import KIND_PRIORITY, Alarm, AlarmPause, AlarmRule, Kind
+from alerts.models import KIND_PRIORITY, RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, Kind
 from alerts.selectors import pauses_active
 from telemetry.models import Calibration, Device, Patient
 
@@ -47,6 +48,7 @@ METRIC = "tissue_o2"
 # Replays never reach further back than this, however late a reading is.
 MAX_REPLAY = dt.timedelta(hours=6)
 NO_DATA_EVERY = dt.timedelta(seconds=1)
+TIMER_BUDGET_SECONDS = 0.05
 
 
 class RowLike(Protocol):
@@ -61,6 +63,39 @@ class RowLike(Protocol):
     signal_quality: float | None
     calibration_id: str | None
     firmware: str | None
+
+
+class OpenAlarm(NamedTuple):
+    pk: int
+    patient_id: int
+    kind: str
+    rule_id: int
+    priority_rank: int
+    state: str
+    priority: str
+    latched: bool
+    condition_present: bool
+    condition_started_at: dt.datetime
+    condition_cleared_at: dt.datetime | None
+    activated_at: dt.datetime
+    acknowledged_at: dt.datetime | None
+    escalation_level: int
+    escalated_at: dt.datetime | None
+    responsible_id: int | None
+
+    def view(self) -> lifecycle.AlarmView:
+        return lifecycle.AlarmView(
+            state=self.state,
+            priority=self.priority,
+            latched=self.latched,
+            condition_present=self.condition_present,
+            condition_cleared_at=self.condition_cleared_at,
+            activated_at=self.activated_at,
+            acknowledged_at=self.acknowledged_at,
+            escalation_level=self.escalation_level,
+            escalated_at=self.escalated_at,
+            responsible_id=self.responsible_id,
+        )
 
 
 @dataclass
@@ -79,6 +114,8 @@ class AlarmProcessor:
         self._ward_rules: dict[int, AlarmRule] = {}
         self._overrides: dict[int, AlarmRule] = {}
         self._next_no_data: dt.datetime | None = None
+        # Timer parameters by rule version id (versions are immutable, so this never goes stale).
+        self._timers: dict[int, tuple[dt.timedelta, dt.timedelta, dt.timedelta]] = {}
 
     # --- engine interface --------------------------------------------------------------------
 
@@ -111,10 +148,15 @@ class AlarmProcessor:
     def tick(self, *, now: dt.datetime) -> None:
         with transaction.atomic():
             self._refresh_rules()
-            open_alarms = list(Alarm.objects.exclude(state=Alarm.State.RESOLVED).select_related("rule"))
-            for alarm in open_alarms:
-                if _timer_due(alarm, now):
-                    services.alarm_timers(alarm_id=alarm.pk, now=now)
+            open_alarms = self._open_alarms()
+            # Timers run highest priority first within a time budget; the rest wait for the next
+            # tick (a fraction of a second), so a burst of escalations never delays new raises.
+            budget_ends = time.monotonic() + TIMER_BUDGET_SECONDS
+            due = sorted((a for a in open_alarms if self._timer_due(a, now)), key=lambda a: (-a.priority_rank, a.pk))
+            for alarm in due:
+                if time.monotonic() > budget_ends:
+                    break
+                services.alarm_timers(alarm_id=alarm.pk, now=now)
             open_keys = {(a.patient_id, a.kind) for a in open_alarms}
             pauses = pauses_active(now)
             for pid, state in self._patients.items():
@@ -127,6 +169,28 @@ class AlarmProcessor:
             if self._next_no_data is None or now >= self._next_no_data:
                 self._next_no_data = now + NO_DATA_EVERY
                 self._no_data(now, [a for a in open_alarms if a.kind == Kind.NO_DATA], pauses)
+
+    def _open_alarms(self) -> list[OpenAlarm]:
+        """The open alarms' timer fields only: this runs every loop."""
+        rows = Alarm.objects.exclude(state=Alarm.State.RESOLVED).values_list(*OpenAlarm._fields)
+        alarms = [OpenAlarm(*row) for row in rows]
+        missing = {a.rule_id for a in alarms} - self._timers.keys()
+        for rule in AlarmRule.objects.filter(pk__in=missing):
+            self._timers[rule.pk] = (
+                dt.timedelta(seconds=rule.suppression_window_s),
+                dt.timedelta(seconds=rule.realert_interval_s),
+                dt.timedelta(seconds=rule.escalation_delay_s),
+            )
+        return alarms
+
+    def _timer_due(self, alarm: OpenAlarm, now: dt.datetime) -> bool:
+        suppression, realert, escalation = self._timers[alarm.rule_id]  # rule versions never change
+        view = alarm.view()
+        return (
+            lifecycle.due_resolution(view, now=now, suppression_window=suppression)
+            or lifecycle.due_realert(view, now=now, realert_interval=realert)
+            or lifecycle.due_escalation(view, now=now, escalation_delay=escalation)
+        )
 
     # --- evaluation state ----------------------------------------------------------------------
 
@@ -188,9 +252,11 @@ class AlarmProcessor:
 
     def _apply(self, state: PatientState, found: Iterable[ConditionEvent], *, now: dt.datetime) -> None:
         for event in found:
-            open_alarm = (
-                Alarm.objects.filter(patient=state.patient, kind=event.kind).exclude(state=Alarm.State.RESOLVED).first()
+            # At most one open alarm per (patient, kind) (a partial unique index): no ordering needed.
+            found_open = Alarm.objects.filter(patient=state.patient, kind=event.kind).exclude(
+                state=Alarm.State.RESOLVED
             )
+            open_alarm = next(iter(found_open.order_by()[:1]), None)
             if event.change == "raised":
                 if open_alarm is None:
                     self._raise(state, event, now=now)
@@ -225,30 +291,33 @@ class AlarmProcessor:
             explain=_explain(state, event),
         )
 
-    def _no_data(self, now: dt.datetime, open_no_data: list[Alarm], pauses: dict[int, AlarmPause]) -> None:
+    def _no_data(self, now: dt.datetime, open_no_data: list[OpenAlarm], pauses: dict[int, AlarmPause]) -> None:
+        """Monitored patients (open assignment, not discharged) silent for their no-data delay.
+        Only candidates come back from SQL: the silent ones under the shortest delay of any rule,
+        and those with an open no-data alarm (to clear it)."""
         open_by_patient = {a.patient_id: a for a in open_no_data}
+        delays = [r.no_data_delay_s for r in (*self._ward_rules.values(), *self._overrides.values())]
+        cutoff = now - dt.timedelta(seconds=min(delays, default=RULE_DEFAULTS["no_data_delay_s"]))
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT a.patient_id, max(a.start), max(ds.last_sample_time), array_agg(d.device_id) "
+                "SELECT a.patient_id, greatest(max(a.start), max(ds.last_sample_time)) AS last, "
+                "array_agg(d.device_id) "
                 "FROM telemetry_assignment a JOIN telemetry_patient p ON p.id = a.patient_id "
                 "JOIN telemetry_device d ON d.id = a.device_id "
                 "LEFT JOIN telemetry_devicestate ds ON ds.device_id = a.device_id "
-                'WHERE a."end" IS NULL AND p.discharged_at IS NULL GROUP BY a.patient_id'
+                'WHERE a."end" IS NULL AND p.discharged_at IS NULL GROUP BY a.patient_id '
+                "HAVING greatest(max(a.start), max(ds.last_sample_time)) <= %s OR a.patient_id = ANY(%s)",
+                [cutoff, list(open_by_patient)],
             )
-            monitored = cursor.fetchall()
-        patients: dict[int, Patient] = {}
-        for pid, started, last_sample, devices in monitored:
-            last = max(started, last_sample) if last_sample else started
-            alarm = open_by_patient.get(pid)
+            candidates = cursor.fetchall()
+        unknown = [pid for pid, _, _ in candidates if pid not in self._patients]
+        loaded = Patient.objects.select_related("ward").in_bulk(unknown) if unknown else {}
+        for pid, last, devices in candidates:
             state = self._patients.get(pid)
-            if state is not None:
-                patient = state.patient
-            else:
-                patients = patients or Patient.objects.select_related("ward").in_bulk([r[0] for r in monitored])
-                patient = patients[pid]
+            patient = state.patient if state is not None else loaded[pid]
             rule = self._rule_for(patient)
-            delay = dt.timedelta(seconds=rule.no_data_delay_s)
-            silent = now - last >= delay
+            silent = now - last >= dt.timedelta(seconds=rule.no_data_delay_s)
+            alarm = open_by_patient.get(pid)
             if alarm is not None:
                 if alarm.condition_present and not silent:
                     services.alarm_condition_clear(alarm_id=alarm.pk, cleared_at=last, now=now)
@@ -282,15 +351,6 @@ def _sample(row: RowLike) -> Sample:
 
 def _suppressed(kind: str, pause: AlarmPause | None) -> bool:
     return lifecycle.suppressed_by_pause(KIND_PRIORITY[kind], pause.priority if pause else None)
-
-
-def _timer_due(alarm: Alarm, now: dt.datetime) -> bool:
-    rule, view = alarm.rule, services.alarm_view(alarm)
-    return (
-        lifecycle.due_resolution(view, now=now, suppression_window=dt.timedelta(seconds=rule.suppression_window_s))
-        or lifecycle.due_realert(view, now=now, realert_interval=dt.timedelta(seconds=rule.realert_interval_s))
-        or lifecycle.due_escalation(view, now=now, escalation_delay=dt.timedelta(seconds=rule.escalation_delay_s))
-    )
 
 
 def _seed(states: dict[int, PatientState]) -> None:

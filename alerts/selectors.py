@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from alerts.models import Alarm, AlarmPause, AlarmRule, Category
+from alerts.models import Alarm, AlarmPause, AlarmRule, Category, Kind
 from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_can, user_is_verified, user_role, user_ward_ids
 from telemetry.models import Patient, Ward
 
@@ -224,3 +224,60 @@ def alarm_fatigue(*, ward_ids: list[int] | None, start: dt.datetime, end: dt.dat
             mine = [a for a in alarms if a.patient_id == p.pk]
             rows.append(_figures("patient", ward.code, p.pseudonym, mine, days[p.pk]))
     return rows
+
+
+# --- chart and ward-overview seams (dashboard/selectors.py asks these) -------------------------
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The most severe open alarm per patient (then the longest waiting), with the open count."""
+    open_alarms = (
+        Alarm.objects.filter(patient_id__in=patient_ids)
+        .exclude(state=Alarm.State.RESOLVED)
+        .order_by("patient_id", "-priority_rank", "raised_at")
+        .values_list("patient_id", "priority", "state", "kind", "raised_at")
+    )
+    badges: dict[int, dict[str, Any]] = {}
+    for pid, priority, state, kind, raised_at in open_alarms:
+        if pid in badges:
+            badges[pid]["count"] += 1
+            continue
+        badges[pid] = {
+            "priority": priority,
+            "state": "active" if state == Alarm.State.ACTIVE_UNACKNOWLEDGED else "acknowledged",
+            "count": 1,
+            "label": str(Kind(kind).label),
+            "since": _iso(raised_at),
+        }
+    return badges
+
+
+def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, list[dict[str, Any]]]:
+    """Threshold bands of the patient's effective rule, alarm periods overlapping [start, end)
+    (condition onset to clearance, sample time), and the open alarms."""
+    patient = Patient.objects.select_related("ward").get(pk=patient_id)
+    rule = rule_effective(patient)
+    thresholds = [
+        {"label": f"critically low < {rule.critical_threshold:g} %", "low": 0.0, "high": rule.critical_threshold,
+         "priority": "high"},
+        {"label": f"low < {rule.low_threshold:g} %", "low": rule.critical_threshold, "high": rule.low_threshold,
+         "priority": "medium"},
+    ]  # fmt: skip
+    periods, current = [], []
+    for alarm in alarms_for_patient(patient_id=patient_id, start=start, end=end):
+        label = str(Kind(alarm.kind).label)
+        ended = alarm.condition_cleared_at if not alarm.condition_present else None
+        periods.append(
+            {"start": _iso(alarm.condition_started_at), "end": _iso(ended) if ended else None,
+             "priority": alarm.priority, "label": label}
+        )  # fmt: skip
+        if alarm.is_open:
+            current.append(
+                {"id": alarm.pk, "priority": alarm.priority, "state": alarm.state, "label": label,
+                 "since": _iso(alarm.raised_at)}
+            )  # fmt: skip
+    return {"thresholds": thresholds, "periods": periods, "current": current}

@@ -165,7 +165,7 @@ def alarm_raise(
         last_triggered_at=now,
         explain=explain,
     )
-    alarm = Alarm.objects.select_related("patient", "ward", "rule").get(pk=alarm.pk)
+    alarm.ward = patient.ward  # the objects in hand: no re-fetch on the engine's hot path
     _record(alarm, frm="", cause="raised", actor=SYSTEM, now=now, detail={"rule_version": rule.version})
     _annotate(
         alarm,

@@ -1,22 +1,19 @@
 """Reads behind the ward overview, the patient chart and the live snapshot.
 
 Callers have already decided access (audit.access) and written the audit event; these functions
-only read. Alarm state comes from the alarms app's models (`patient_alarm_badges`,
-`patient_alarm_overlay`).
+only read. Alarm state comes through `patient_alarm_badges` / `patient_alarm_overlay`, which ask
+the alarms app (alerts.selectors).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
 
-from alerts.models import KIND_PRIORITY, Alarm, Kind
-from alerts.selectors import alarms_for_patient, rule_effective
 from telemetry.models import Annotation, Patient
 from telemetry.selectors import patient_series
 from telemetry.units import METRICS
@@ -39,86 +36,31 @@ def iso(t: dt.datetime) -> str:
 @dataclass(frozen=True)
 class AlarmBadge:
     priority: str  # high | medium | low (IEC 60601-1-8)
-    state: str  # active_unacknowledged | acknowledged
-    count: int  # open alarms of the patient
+    state: str  # active | acknowledged
+    count: int
     label: str
-    since: str  # ISO-8601, when the most severe open alarm became active
+    since: str  # ISO-8601
 
 
 @dataclass(frozen=True)
 class AlarmOverlay:
-    thresholds: list[dict[str, Any]]  # {"label", "low", "high", "priority"}: value bands of the alarm rule in effect
-    periods: list[dict[str, Any]]  # {"start", "end" | None, "priority", "label"}: when alarm conditions lasted
+    thresholds: list[dict[str, Any]]  # {"label", "low", "high", "priority"}: value bands of the alarm rules
+    periods: list[dict[str, Any]]  # {"start", "end" | None, "priority", "label"}: when alarms were open
     current: list[dict[str, Any]]  # open alarms: {"id", "priority", "state", "label", "since"}
 
 
-_OPEN = (Alarm.State.ACTIVE_UNACKNOWLEDGED, Alarm.State.ACKNOWLEDGED)
-
-
 def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, AlarmBadge]:
-    """The most severe open alarm per patient (then the longest active), with the open count."""
-    alarms = Alarm.objects.filter(patient_id__in=patient_ids, state__in=_OPEN).order_by(
-        "patient_id", "-priority_rank", "activated_at"
-    )
-    first: dict[int, Alarm] = {}
-    counts: Counter[int] = Counter()
-    for alarm in alarms:
-        counts[alarm.patient_id] += 1
-        first.setdefault(alarm.patient_id, alarm)
-    return {
-        pid: AlarmBadge(
-            priority=a.priority,
-            state=a.state,
-            count=counts[pid],
-            label=str(Kind(a.kind).label),
-            since=iso(a.activated_at),
-        )
-        for pid, a in first.items()
-    }
+    """Most severe open alarm per patient (alerts.selectors)."""
+    from alerts.selectors import patient_alarm_badges as badges
+
+    return {pid: AlarmBadge(**badge) for pid, badge in badges(patient_ids=patient_ids).items()}
 
 
 def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> AlarmOverlay:
-    """Threshold bands of the rule in effect now, alarm periods overlapping [start, end), open alarms."""
-    patient = Patient.objects.select_related("ward").get(id=patient_id)
-    rule = rule_effective(patient)
-    thresholds = [
-        {
-            "label": f"critically low (< {rule.critical_threshold:g} %)",
-            "low": 0.0,
-            "high": rule.critical_threshold,
-            "priority": KIND_PRIORITY[Kind.CRITICAL_LOW],
-        },
-        {
-            "label": f"low (< {rule.low_threshold:g} %)",
-            "low": rule.critical_threshold,
-            "high": rule.low_threshold,
-            "priority": KIND_PRIORITY[Kind.LOW],
-        },
-    ]
-    periods = []
-    current = []
-    for alarm in alarms_for_patient(patient_id=patient_id, start=start, end=end):
-        label = str(Kind(alarm.kind).label)
-        ended = alarm.condition_cleared_at or alarm.resolved_at
-        periods.append(
-            {
-                "start": iso(alarm.condition_started_at),
-                "end": iso(ended) if ended else None,
-                "priority": alarm.priority,
-                "label": label,
-            }
-        )
-        if alarm.state in _OPEN:
-            current.append(
-                {
-                    "id": alarm.pk,
-                    "priority": alarm.priority,
-                    "state": alarm.state,
-                    "label": label,
-                    "since": iso(alarm.activated_at),
-                }
-            )
-    return AlarmOverlay(thresholds=thresholds, periods=periods, current=current)
+    """Threshold bands, alarm periods and open alarms for the chart (alerts.selectors)."""
+    from alerts.selectors import patient_alarm_overlay as overlay
+
+    return AlarmOverlay(**overlay(patient_id=patient_id, start=start, end=end))
 
 
 def _latest(patient_ids: list[int]) -> dict[int, tuple[dt.datetime, float, float | None]]:

@@ -217,3 +217,22 @@ def test_openapi_documents_the_alarm_endpoints(world: dict[str, Any]) -> None:
     schema = Client().get("/api/schema/?format=json").json()
     for path in ("/api/v1/alarms/", "/api/v1/alarms/{alarm_id}/acknowledge", "/api/v1/alarms/{alarm_id}/accept"):
         assert path in schema["paths"]
+
+
+def test_chart_overlay_and_ward_badges_come_from_alarms(world: dict[str, Any]) -> None:
+    from dashboard.selectors import patient_alarm_badges, patient_alarm_overlay
+
+    patient = world["patient"]
+    now = dt.datetime.now(dt.UTC)
+    badge = patient_alarm_badges(patient_ids=[patient.pk])[patient.pk]
+    assert (badge.priority, badge.state, badge.count, badge.label) == ("medium", "active", 1, "Tissue O2 low")
+    overlay = patient_alarm_overlay(patient_id=patient.pk, start=now - dt.timedelta(hours=1), end=now)
+    assert [t["high"] for t in overlay.thresholds] == [25.0, 35.0]
+    [period] = overlay.periods
+    assert period["end"] is None and period["priority"] == "medium"
+    assert [a["id"] for a in overlay.current] == [world["alarm"].pk]
+    client = verified_client(world["clinician"])
+    span = {"start": (now - dt.timedelta(hours=1)).isoformat(), "end": (now + dt.timedelta(minutes=1)).isoformat()}
+    marks = client.get("/api/v1/patients/pt-a/annotations", span)  # the chart's source of alarm marks
+    assert marks.status_code == 200, marks.content
+    assert len(marks.json()["alarm_periods"]) == 1 and len(marks.json()["thresholds"]) == 2

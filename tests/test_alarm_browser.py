@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.staticfiles import finders
 from django.db import connection
 
 from alerts.engine import AlarmProcessor
@@ -86,30 +84,10 @@ def daphne() -> Iterator[str]:
         log.close()
 
 
-def _serves_static(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url + "/static/alerts/console.js", timeout=2)  # noqa: S310
-        return True
-    except urllib.error.HTTPError:
-        return False
-
-
-def _page(browser: Any, url: str, session_key: str, serve_static: bool) -> Any:
+def _page(browser: Any, url: str, session_key: str) -> Any:
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     context.add_cookies([{"name": "sessionid", "value": session_key, "url": url}])
     page = context.new_page()
-    if serve_static:
-        # Until Daphne serves /static/ (ASGIStaticFilesHandler in config/asgi.py), hand the
-        # browser the same files Django's static finders would.
-        def fulfil(route: Any) -> None:
-            path = finders.find(route.request.url.split("/static/", 1)[1].split("?")[0])
-            if path is None:
-                route.fulfill(status=404, body="")
-            else:
-                kind = "text/css" if str(path).endswith(".css") else "text/javascript"
-                route.fulfill(status=200, body=Path(str(path)).read_bytes(), content_type=kind)
-
-        page.route("**/static/**", fulfil)
     page.goto(url + "/alarms/")
     page.wait_for_selector("#live-status[data-state=live]", timeout=10000)
     return page
@@ -146,13 +124,12 @@ def test_oncall_sees_new_alarm_live_and_acknowledges_it(daphne: str) -> None:
     colleague = personas.staff("clin-ui", "clinician", [ward.code])
     nurse_key = personas.verified_client(nurse).cookies[settings.SESSION_COOKIE_NAME].value
     colleague_key = personas.verified_client(colleague).cookies[settings.SESSION_COOKIE_NAME].value
-    needs_static = not _serves_static(daphne)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = _page(browser, daphne, nurse_key, needs_static)
-            other = _page(browser, daphne, colleague_key, needs_static)
+            page = _page(browser, daphne, nurse_key)
+            other = _page(browser, daphne, colleague_key)
             expect(page.locator("#alarm-empty")).to_be_visible()
 
             # A 31-second desaturation to 33 % arrives; the engine raises the low alarm.
