@@ -248,7 +248,7 @@ def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]
             continue
         badges[pid] = {
             "priority": priority,
-            "state": "active" if state == Alarm.State.ACTIVE_UNACKNOWLEDGED else "acknowledged",
+            "state": state,  # the IEC 60601-1-8 state, as the alarms API names it
             "count": 1,
             "label": str(Kind(kind).label),
             "since": _iso(raised_at),
