@@ -7,35 +7,46 @@ a refused socket is accepted and closed with 4403 so the browser sees the code. 
 `alarms` group (every transition), the user's notification group and the user's session group
 (closed on logout), sends a snapshot of the open alarms in scope, then forwards `alarm.transition`, `alarm.pause`
 and `alarm.notification` frames, dropping those outside the user's scope. Frames are hints: the
-browser refetches the list over REST after a reconnect. Groups are re-joined periodically
-because channel-layer memberships do not survive a Redis restart.
+browser refetches the list over REST after a reconnect.
+
+Every `rejoin_seconds` (PERFUSE_LIVE_REJOIN_SECONDS, as the dashboard sockets) the socket re-joins
+its groups (channel-layer memberships do not survive a Redis restart) and re-checks access with
+audit.asgi.current_user: a deactivated user, an ended or no longer OTP-verified session, or a
+role that no longer allows the console closes it with 4403 (`session.revoked` frames may be
+dropped by the channel layer); changed wards or role update the scope frames are filtered by.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from alerts import selectors
 from alerts.schemas import alarm_out, iso
 from audit.access import actor_from_scope
+from audit.asgi import current_user, session_revocation_applies
 from audit.decorators import refusal_reason
 from audit.services import audit_record
 from telemetry import events
 from telemetry.models import Ward
 
+log = logging.getLogger(__name__)
+
 CLOSE_FORBIDDEN = 4403
 CLOSE_SESSION_ENDED = 4401
-REJOIN_SECONDS = 30.0
 
 
 class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
+    rejoin_seconds: float | None = None  # None: settings.PERFUSE_LIVE_REJOIN_SECONDS
+
     async def connect(self) -> None:
         self.groups_joined: list[str] = []
         self.ward_codes: frozenset[str] = frozenset()
@@ -71,9 +82,7 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
                 action="alarm.console_subscribed",
                 detail={"count": len(alarms), "patients": sorted({a.patient.pseudonym for a in alarms})[:100]},
             )
-        self.scope_rule = scope
-        wards = Ward.objects.all() if scope.all_wards else Ward.objects.filter(id__in=scope.ward_ids)
-        self.ward_codes = frozenset(wards.values_list("code", flat=True))
+        self._set_scope(scope)
         now = timezone.now()
         pauses = [
             {"patient": p.patient.pseudonym, "until": iso(p.until), "priority": p.priority}
@@ -92,6 +101,21 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
             "server_time": iso(now),
         }
 
+    def _set_scope(self, scope: selectors.AlarmScope) -> None:
+        self.scope_rule = scope
+        wards = Ward.objects.all() if scope.all_wards else Ward.objects.filter(id__in=scope.ward_ids)
+        self.ward_codes = frozenset(wards.values_list("code", flat=True))
+
+    def _recheck(self) -> bool:
+        """Access as the database has it now; updates the scope when wards or role changed."""
+        user = current_user(self.scope)
+        scope = selectors.alarm_scope(user) if user is not None else None
+        if scope is None:
+            return False
+        if scope != self.scope_rule or scope.all_wards:  # all wards: new wards join the scope
+            self._set_scope(scope)
+        return True
+
     def _in_scope(self, ward_code: str, escalation_level: int = 0) -> bool:
         rule = self.scope_rule
         if rule is None:
@@ -106,9 +130,20 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def _rejoin_forever(self) -> None:
         while True:
-            await asyncio.sleep(REJOIN_SECONDS)
-            with contextlib.suppress(Exception):
+            interval = self.rejoin_seconds
+            await asyncio.sleep(settings.PERFUSE_LIVE_REJOIN_SECONDS if interval is None else interval)
+            try:
+                allowed = await database_sync_to_async(self._recheck)()
+                if not allowed:
+                    await self.close(code=CLOSE_FORBIDDEN)
+                    return
                 await self._join()
+            except RuntimeError:
+                # The channel layer refuses group_add once this socket's channel is torn down.
+                log.debug("alarm console upkeep stopped: channel gone", exc_info=True)
+                return
+            except Exception:  # Redis or the database briefly away: try again next round
+                log.warning("alarm console upkeep failed", exc_info=True)
 
     async def disconnect(self, code: int) -> None:
         if self._upkeep is not None:
@@ -133,4 +168,5 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(event)
 
     async def session_revoked(self, event: dict[str, Any]) -> None:
-        await self.close(code=CLOSE_SESSION_ENDED)
+        if session_revocation_applies(self.scope, event):
+            await self.close(code=CLOSE_SESSION_ENDED)

@@ -13,7 +13,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
+from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.db import SessionStore
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.middleware import is_verified
 from django_otp.models import Device
@@ -29,15 +31,50 @@ def _guard_user(scope: dict[str, Any]) -> Any:
     session = scope.get("session")
     if session is None or session_idle_expired(session):
         return AnonymousUser()
-    device = None
-    persistent_id = session.get(DEVICE_ID_SESSION_KEY)
-    if persistent_id:
-        device = Device.from_persistent_id(persistent_id)
-        if device is not None and (device.user_id != user.pk or not device.confirmed):
-            device = None
-    user.otp_device = device
+    user.otp_device = _session_device(user, session)
     user.is_verified = functools.partial(is_verified, user)
     return user
+
+
+def _session_device(user: Any, session: Any) -> Device | None:
+    """The confirmed OTP device of `user` the session was verified with, if any."""
+    persistent_id = session.get(DEVICE_ID_SESSION_KEY)
+    if not persistent_id:
+        return None
+    device = Device.from_persistent_id(persistent_id)
+    if device is None or device.user_id != user.pk or not device.confirmed:
+        return None
+    return device
+
+
+def current_user(scope: dict[str, Any]) -> Any | None:
+    """The socket's user as the database has it now, with its session's OTP verification; None
+    once the session is gone (logout, expiry) or the account is disabled. Sync (queries).
+
+    `session.revoked` frames close sockets at once, but the channel layer may drop a message, so
+    every live consumer's periodic re-check calls this instead of relying on them."""
+    user = scope.get("user")
+    session = scope.get("session")
+    if user is None or not getattr(user, "is_authenticated", False) or session is None:
+        return None
+    data = SessionStore(session_key=session.session_key).load()
+    if data.get(SESSION_KEY) != str(user.pk) or session_idle_expired(data):
+        return None
+    fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    if fresh is None:
+        return None
+    fresh.otp_device = _session_device(fresh, data)  # type: ignore[attr-defined]
+    fresh.is_verified = functools.partial(is_verified, fresh)  # type: ignore[attr-defined]
+    return fresh
+
+
+def session_revocation_applies(scope: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Whether a `session.revoked` frame ends this socket: frames without a session key end every
+    session of the user (logout everywhere, deactivation); others only the socket of that session."""
+    target = event.get("session_key")
+    if target is None:
+        return True
+    return target == getattr(scope.get("session"), "session_key", None)
 
 
 class SessionGuardMiddleware(BaseMiddleware):

@@ -232,7 +232,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
             audit_record(actor=actor, action="logout")
             if session_key:
                 staff_session_forget(session_key=session_key)
-            user_sockets_close(user_id=user_id)
+            user_sockets_close(user_id=user_id, session_key=session_key or None)
         logout(request)
     return redirect(settings.LOGOUT_REDIRECT_URL)
 

@@ -9,6 +9,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from audit.access import user_is_verified
+from audit.asgi import session_revocation_applies
 from telemetry.events import user_group
 
 CLOSE_SESSION_ENDED = 4401
@@ -34,5 +35,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def session_revoked(self, event: dict[str, Any]) -> None:
+        if not session_revocation_applies(self.scope, event):
+            return  # another session of the same user ended
         await self.send_json({"type": "session.revoked"})
         await self.close(code=CLOSE_SESSION_ENDED)

@@ -79,5 +79,5 @@ class SessionIdleMiddleware:
             actor=actor, action="session.expired", detail={"idle_seconds": settings.PERFUSE_SESSION_IDLE_SECONDS}
         )
         if user_id is not None:
-            user_sockets_close(user_id=user_id)
+            user_sockets_close(user_id=user_id, session_key=session_key or None)
         messages.info(request, "You were signed out after a period of inactivity.")

@@ -108,15 +108,21 @@ def staff_session_forget(*, session_key: str) -> None:
     StaffSession.objects.filter(session_key=session_key).delete()
 
 
-def user_sockets_close(*, user_id: int) -> None:
-    """Close every WebSocket of the user (consumers join telemetry.events.user_group and close on
-    `session.revoked`). Sent after commit; best effort like every live frame, which is why the
-    sessions themselves are deleted first: a socket that missed the frame cannot reconnect."""
+def user_sockets_close(*, user_id: int, session_key: str | None = None) -> None:
+    """Close the user's WebSockets of one session (`session_key`), or of every session when it is
+    None (logout everywhere, deactivation). Consumers join telemetry.events.user_group and close on
+    `session.revoked` when audit.asgi.session_revocation_applies. Sent after commit; best effort
+    like every live frame, which is why the sessions themselves are deleted first: a socket that
+    missed the frame cannot reconnect, and the consumers' periodic re-check closes it."""
     from telemetry.events import publish, user_group
+
+    event: dict[str, Any] = {"type": "session.revoked"}
+    if session_key is not None:
+        event["session_key"] = session_key
 
     def send() -> None:
         try:
-            async_to_sync(publish)([user_group(user_id)], {"type": "session.revoked"})
+            async_to_sync(publish)([user_group(user_id)], event)
         except RuntimeError:  # no event loop bridge available (e.g. inside an async context)
             log.warning("could not close sockets of user %s", user_id, exc_info=True)
 

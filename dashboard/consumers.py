@@ -30,12 +30,10 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY, get_user_model
-from django.contrib.sessions.backends.db import SessionStore
 from django.db import transaction
 
 from audit.access import actor_from_scope, patient_access, patient_access_audited, patients_visible_to
-from audit.middleware import session_idle_expired
+from audit.asgi import current_user, session_revocation_applies
 from dashboard import selectors
 from dashboard.services import ward_read_authorize
 from telemetry.events import patient_group, user_group, ward_group
@@ -45,28 +43,6 @@ log = logging.getLogger(__name__)
 
 CLOSE_FORBIDDEN = 4403
 CLOSE_SESSION_ENDED = 4401
-
-
-def current_user(scope: dict[str, Any]) -> Any | None:
-    """The socket's user as the database has it now, with its session's OTP verification; None
-    once the session is gone (logout, expiry) or the account is disabled. Sync (queries).
-
-    `session.revoked` frames close sockets at once, but the channel layer may drop a message, so
-    the periodic re-check does not rely on them."""
-    user = scope.get("user")
-    session = scope.get("session")
-    if user is None or not getattr(user, "is_authenticated", False) or session is None:
-        return None
-    data = SessionStore(session_key=session.session_key).load()
-    if data.get(SESSION_KEY) != str(user.pk) or session_idle_expired(data):
-        return None
-    fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
-    if fresh is None:
-        return None
-    device = getattr(user, "otp_device", None)
-    fresh.otp_device = device  # type: ignore[attr-defined]
-    fresh.is_verified = lambda: device is not None  # type: ignore[attr-defined]
-    return fresh
 
 
 def _points(frame: dict[str, Any]) -> int:
@@ -180,9 +156,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._enqueue(event)
 
     async def session_revoked(self, event: dict[str, Any]) -> None:
-        session = self.scope.get("session")
-        key = getattr(session, "session_key", None)
-        if event.get("session_key") in (None, key):
+        if session_revocation_applies(self.scope, event):
             await self.close(code=CLOSE_SESSION_ENDED)
 
     # Buffering ------------------------------------------------------------------------------

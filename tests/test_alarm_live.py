@@ -94,3 +94,50 @@ async def test_snapshot_then_live_transitions_in_scope_only() -> None:
     )()
     assert allowed == 1
     await comm.disconnect()
+
+
+def _lose_access(user: Any, how: str) -> None:
+    """Access taken away behind the socket's back: no `session.revoked` frame is sent."""
+    from django.contrib.sessions.models import Session
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    if how == "deactivated":
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    elif how == "role_removed":
+        user.groups.clear()
+    elif how == "session_deleted":
+        Session.objects.all().delete()
+    elif how == "otp_device_removed":
+        TOTPDevice.objects.filter(user=user).delete()
+
+
+@pytest.mark.parametrize("how", ["deactivated", "role_removed", "session_deleted", "otp_device_removed"])
+async def test_access_is_rechecked_while_connected(settings: Any, how: str) -> None:
+    settings.PERFUSE_LIVE_REJOIN_SECONDS = 0.1
+    world = await sync_to_async(_world)()
+    comm = await _open(await sync_to_async(ws_headers)(world["nurse"]))
+    assert (await comm.receive_json_from(timeout=3))["type"] == "alarm.snapshot"
+    await sync_to_async(_lose_access)(world["nurse"], how)
+    assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4403}
+    await comm.disconnect()
+
+
+async def test_ward_scope_follows_the_staff_profile_while_connected(settings: Any) -> None:
+    settings.PERFUSE_LIVE_REJOIN_SECONDS = 0.1
+    world = await sync_to_async(_world)()
+    comm = await _open(await sync_to_async(ws_headers)(world["clinician"]))
+    assert (await comm.receive_json_from(timeout=3))["type"] == "alarm.snapshot"
+
+    def move_to_ward_b() -> None:
+        staff = world["clinician"].staff
+        staff.wards.set([world["b"].ward])
+
+    await sync_to_async(move_to_ward_b)()
+    assert await comm.receive_nothing(timeout=0.5)  # re-checked a few times: still allowed
+    await sync_to_async(_raise)(world["a"])  # the ward the clinician left
+    in_b = await sync_to_async(_raise)(world["b"])
+    frame = await comm.receive_json_from(timeout=3)
+    assert (frame["type"], frame["alarm"]["id"]) == ("alarm.transition", in_b)
+    assert await comm.receive_nothing(timeout=0.2)
+    await comm.disconnect()

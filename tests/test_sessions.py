@@ -88,3 +88,65 @@ async def test_session_socket_refuses_password_only_and_idle_sessions(otp, idle)
     comm = WebsocketCommunicator(application, "/ws/session", headers=_cookie_headers(client))
     await comm.connect()
     assert (await comm.receive_output(timeout=3))["code"] == 4401
+
+
+async def _open_all(client: Client) -> list[WebsocketCommunicator]:
+    """The session socket, the alarm console and a patient chart of one browser session."""
+    comms = []
+    for path in ("/ws/session", "/ws/alarms/live", "/ws/patients/pt-s/live"):
+        comm = WebsocketCommunicator(application, path, headers=_cookie_headers(client))
+        connected, _ = await comm.connect()
+        assert connected
+        if path != "/ws/session":
+            assert await comm.receive_output(timeout=3)  # the snapshot
+        comms.append(comm)
+    return comms
+
+
+async def _closed_4401(comms: list[WebsocketCommunicator]) -> None:
+    for comm in comms:
+        output = await comm.receive_output(timeout=3)
+        if output.get("type") == "websocket.send":  # /ws/session says why first
+            output = await comm.receive_output(timeout=3)
+        assert output == {"type": "websocket.close", "code": 4401}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_logout_closes_the_sockets_of_that_session_only_and_everywhere_closes_all():
+    await sync_to_async(factories.ward)("icu-s")
+    await sync_to_async(factories.device)(ward_code="icu-s", patient="pt-s")
+    user = await sync_to_async(personas.staff)("dr-two", CLINICIAN, ["icu-s"])
+    laptop = await sync_to_async(personas.verified_client)(user)
+    phone = await sync_to_async(personas.verified_client)(user)
+    other = await sync_to_async(personas.verified_client)(user)
+    on_laptop, on_phone = await _open_all(laptop), await _open_all(phone)
+
+    await sync_to_async(laptop.post)("/accounts/logout/")
+    await _closed_4401(on_laptop)
+    for comm in on_phone:
+        assert await comm.receive_nothing(timeout=0.3)
+
+    await sync_to_async(other.post)("/accounts/logout/everywhere/")
+    await _closed_4401(on_phone)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_idle_expiry_closes_the_sockets_of_that_session_only():
+    await sync_to_async(factories.ward)("icu-s")
+    await sync_to_async(factories.device)(ward_code="icu-s", patient="pt-s")
+    user = await sync_to_async(personas.staff)("dr-idle", CLINICIAN, ["icu-s"])
+    desk = await sync_to_async(personas.verified_client)(user)
+    ward_pc = await sync_to_async(personas.verified_client)(user)
+    on_desk, on_ward_pc = await _open_all(desk), await _open_all(ward_pc)
+
+    def go_idle() -> None:
+        session = desk.session
+        session[LAST_ACTIVITY_KEY] = time.time() - personas.idle_beyond_limit()
+        session.save()
+
+    await sync_to_async(go_idle)()
+    assert (await sync_to_async(desk.post)("/accounts/session/ping")).status_code == 401
+    await _closed_4401(on_desk)
+    for comm in on_ward_pc:
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
