@@ -225,7 +225,12 @@ def test_chart_overlay_and_ward_badges_come_from_alarms(world: dict[str, Any]) -
     patient = world["patient"]
     now = dt.datetime.now(dt.UTC)
     badge = patient_alarm_badges(patient_ids=[patient.pk])[patient.pk]
-    assert (badge.priority, badge.state, badge.count, badge.label) == ("medium", "active_unacknowledged", 1, "Tissue O2 low")
+    assert (badge.priority, badge.state, badge.count, badge.label) == (
+        "medium",
+        "active_unacknowledged",
+        1,
+        "Tissue O2 low",
+    )
     overlay = patient_alarm_overlay(patient_id=patient.pk, start=now - dt.timedelta(hours=1), end=now)
     assert [t["high"] for t in overlay.thresholds] == [25.0, 35.0]
     [period] = overlay.periods
