@@ -16,6 +16,7 @@ from django.db.models import Q, QuerySet
 
 from alerts.models import Alarm, AlarmPause, AlarmRule, Category, Kind
 from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_can, user_is_verified, user_role, user_ward_ids
+from telemetry.events import iso
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
@@ -229,10 +230,6 @@ def alarm_fatigue(*, ward_ids: list[int] | None, start: dt.datetime, end: dt.dat
 # --- chart and ward-overview seams (dashboard/selectors.py asks these) -------------------------
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The most severe open alarm per patient (then the longest waiting), with the open count."""
     open_alarms = (
@@ -251,7 +248,7 @@ def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]
             "state": state,  # the IEC 60601-1-8 state, as the alarms API names it
             "count": 1,
             "label": str(Kind(kind).label),
-            "since": _iso(raised_at),
+            "since": iso(raised_at),
         }
     return badges
 
@@ -272,12 +269,12 @@ def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.dateti
         label = str(Kind(alarm.kind).label)
         ended = alarm.condition_cleared_at if not alarm.condition_present else None
         periods.append(
-            {"start": _iso(alarm.condition_started_at), "end": _iso(ended) if ended else None,
+            {"start": iso(alarm.condition_started_at), "end": iso(ended) if ended else None,
              "priority": alarm.priority, "label": label}
         )  # fmt: skip
         if alarm.is_open:
             current.append(
                 {"id": alarm.pk, "priority": alarm.priority, "state": alarm.state, "label": label,
-                 "since": _iso(alarm.raised_at)}
+                 "since": iso(alarm.raised_at)}
             )  # fmt: skip
     return {"thresholds": thresholds, "periods": periods, "current": current}

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from telemetry.events import iso
 from telemetry.models import Annotation, Patient
 from telemetry.selectors import patient_series
 from telemetry.units import METRICS
@@ -27,10 +28,6 @@ TREND_WINDOW = dt.timedelta(minutes=5)
 TREND_FLAT_PER_MINUTE = 0.5
 PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 _ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-
-
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,18 @@ in the per-device seq ranges and refetches over REST.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 from channels.layers import get_channel_layer
 
 log = logging.getLogger(__name__)
+
+
+def iso(t: dt.datetime) -> str:
+    """The one time format of live frames and chart APIs: UTC, milliseconds, 'Z'."""
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def patient_group(pseudonym: str) -> str:

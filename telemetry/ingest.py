@@ -594,10 +594,6 @@ def _publish_later(key: DeviceKeyRow, stored: Stored) -> None:
     task.add_done_callback(_background.discard)
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
@@ -622,7 +618,9 @@ async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
             "type": "reading.batch",
             "patient": pseudonym,
             "ranges": [{"device": key.device_id, "first": min(seqs), "last": max(seqs)}],
-            "points": [{"t": _iso(r[3]), "metric": r[1], "value": r[4], "quality": r[5], "seq": r[2]} for r in rows],
+            "points": [
+                {"t": events.iso(r[3]), "metric": r[1], "value": r[4], "quality": r[5], "seq": r[2]} for r in rows
+            ],
         }
         await events.publish([events.patient_group(pseudonym), events.ward_group(ward)], event)
     for a in stored.annotations:
@@ -632,6 +630,6 @@ async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
         event = {
             "type": "annotation.added",
             "patient": pseudonym,
-            "annotation": {"id": a["id"], "kind": a["kind"], "t": _iso(a["time"]), "text": a["text"]},
+            "annotation": {"id": a["id"], "kind": a["kind"], "t": events.iso(a["time"]), "text": a["text"]},
         }
         await events.publish([events.patient_group(pseudonym)], event)
