@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from django.db import transaction
+from django.db import connection, transaction
 
 from audit.services import SYSTEM, Actor, audit_record
 from telemetry.models import Assignment, Device, DeviceKey, Patient, PatientIdentity, Ward
@@ -125,3 +126,84 @@ def patient_admit(
         detail={"ward": ward.code, "device": device.device_id, "identity_set": mrn is not None or name is not None},
     )
     return patient
+
+
+@transaction.atomic
+def readings_assign(
+    *, device_id: str, pseudonym: str, start: dt.datetime, end: dt.datetime, actor: Actor = SYSTEM
+) -> int:
+    """Give a device's unassigned readings in [start, end) to a patient; returns how many moved.
+
+    Nothing a device sends is thrown away: readings that arrived before an admission are kept
+    unassigned until someone says whose they are. On plain PostgreSQL the 1m/1h rollups of the
+    affected buckets are rebuilt from the readings the engine has already folded in (ingest txid
+    below its watermark; later ones it folds in itself, already with the new patient). The
+    engine's cursor row is locked first so its batch cannot interleave. TimescaleDB's continuous
+    aggregates pick the change up from their invalidation log at the next refresh.
+    """
+    from telemetry.engine import timescale_in_use
+    from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, bucket_floor
+
+    if start >= end:
+        raise RegistryError("start must be before end")
+    device = Device.objects.filter(device_id=device_id).first()
+    if device is None:
+        raise RegistryError(f"unknown device {device_id!r}")
+    patient = Patient.objects.filter(pseudonym=pseudonym).first()
+    if patient is None:
+        raise RegistryError(f"unknown patient {pseudonym!r}")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
+        row = cursor.fetchone()
+        watermark = row[0] if row else 0
+        cursor.execute(
+            "UPDATE telemetry_reading SET patient_id = %s::bigint WHERE device_id = %s::bigint "
+            "AND patient_id IS NULL AND sample_time >= %s AND sample_time < %s RETURNING sample_time",
+            [patient.id, device.id, start, end],
+        )
+        times = [r[0] for r in cursor.fetchall()]
+        if times and not timescale_in_use():
+            for resolution, seconds in BUCKET_SECONDS.items():
+                buckets = sorted({bucket_floor(t, resolution) for t in times})
+                _rollups_rebuild(cursor, resolution, seconds, device.id, patient.id, buckets, watermark)
+    audit_record(
+        actor=actor,
+        action="readings.assigned",
+        subject=patient.pseudonym,
+        detail={"device": device.device_id, "start": start.isoformat(), "end": end.isoformat(), "readings": len(times)},
+    )
+    return len(times)
+
+
+def _rollups_rebuild(
+    cursor: Any,
+    resolution: str,
+    seconds: int,
+    device_pk: int,
+    patient_pk: int,
+    buckets: list[dt.datetime],
+    watermark: int,
+) -> None:
+    from telemetry.selectors import _EPOCH  # bucket alignment shared with the engine and selector
+
+    table = f"telemetry_rollup_{resolution}"
+    width = dt.timedelta(seconds=seconds)
+    cursor.execute(
+        f"DELETE FROM {table} WHERE device_id = %s::bigint AND bucket = ANY(%s) "
+        "AND (patient_id IS NULL OR patient_id = %s::bigint)",
+        [device_pk, buckets, patient_pk],
+    )
+    cursor.execute(
+        f"""
+        INSERT INTO {table}
+            (patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n)
+        SELECT patient_id, device_id, metric, date_bin(%s, sample_time, %s), count(*), sum(value), min(value),
+               max(value), coalesce(sum(signal_quality::float8), 0), count(signal_quality)
+        FROM telemetry_reading
+        WHERE device_id = %s::bigint AND (patient_id IS NULL OR patient_id = %s::bigint)
+          AND ingest_txid < %s::bigint AND sample_time >= %s AND sample_time < %s
+          AND date_bin(%s, sample_time, %s) = ANY(%s)
+        GROUP BY 1, 2, 3, 4
+        """,
+        [width, _EPOCH, device_pk, patient_pk, watermark, buckets[0], buckets[-1] + width, width, _EPOCH, buckets],
+    )
