@@ -351,6 +351,26 @@ def alarm_acknowledge(*, alarm_id: int, user: Any, actor: Actor, note: str = "")
     return _finish(outcome)
 
 
+def _oncall_refusal(alarm: Alarm, *, user: Any, actor: Actor, act: str, verb: str) -> AlarmError | None:
+    """Accepting and declining are on-call acts on open alarms; anything else is refused (and audited)."""
+    if user_role(user) != ONCALL:
+        error = _deny(
+            alarm,
+            actor=actor,
+            act=act,
+            reason="not_oncall",
+            code="forbidden",
+            detail=f"Only on-call staff {verb} alarms.",
+        )
+        error.status = 403
+        return error
+    if not alarm.is_open:
+        return _deny(
+            alarm, actor=actor, act=act, reason="resolved", code="alarm_resolved", detail="The alarm is resolved."
+        )
+    return None
+
+
 def alarm_accept(*, alarm_id: int, user: Any, actor: Actor) -> Alarm:
     """An on-call user takes responsibility: timed escalation stops (the alarm still needs an
     acknowledgement)."""
@@ -360,26 +380,8 @@ def alarm_accept(*, alarm_id: int, user: Any, actor: Actor) -> Alarm:
         outcome.error = _authorized(alarm, user=user, actor=actor, act="accepted", alarm_id=alarm_id)
         if outcome.error is None:
             assert alarm is not None
-            if user_role(user) != ONCALL:
-                outcome.error = _deny(
-                    alarm,
-                    actor=actor,
-                    act="accepted",
-                    reason="not_oncall",
-                    code="forbidden",
-                    detail="Only on-call staff accept alarms.",
-                )
-                outcome.error.status = 403
-            elif not alarm.is_open:
-                outcome.error = _deny(
-                    alarm,
-                    actor=actor,
-                    act="accepted",
-                    reason="resolved",
-                    code="alarm_resolved",
-                    detail="The alarm is resolved.",
-                )
-            elif alarm.responsible_id is not None:
+            outcome.error = _oncall_refusal(alarm, user=user, actor=actor, act="accepted", verb="accept")
+            if outcome.error is None and alarm.responsible_id is not None:
                 outcome.error = _deny(
                     alarm,
                     actor=actor,
@@ -388,7 +390,7 @@ def alarm_accept(*, alarm_id: int, user: Any, actor: Actor) -> Alarm:
                     code="already_accepted",
                     detail=f"{alarm.responsible.username if alarm.responsible else 'someone'} already accepted it.",
                 )
-            else:
+            elif outcome.error is None:
                 now = timezone.now()
                 alarm.responsible = user
                 alarm.accepted_at = now
@@ -407,26 +409,8 @@ def alarm_decline(*, alarm_id: int, user: Any, actor: Actor, reason: str = "") -
         outcome.error = _authorized(alarm, user=user, actor=actor, act="declined", alarm_id=alarm_id)
         if outcome.error is None:
             assert alarm is not None
-            if user_role(user) != ONCALL:
-                outcome.error = _deny(
-                    alarm,
-                    actor=actor,
-                    act="declined",
-                    reason="not_oncall",
-                    code="forbidden",
-                    detail="Only on-call staff decline alarms.",
-                )
-                outcome.error.status = 403
-            elif not alarm.is_open:
-                outcome.error = _deny(
-                    alarm,
-                    actor=actor,
-                    act="declined",
-                    reason="resolved",
-                    code="alarm_resolved",
-                    detail="The alarm is resolved.",
-                )
-            else:
+            outcome.error = _oncall_refusal(alarm, user=user, actor=actor, act="declined", verb="decline")
+            if outcome.error is None:
                 now = timezone.now()
                 if alarm.responsible_id == user.pk:
                     alarm.responsible, alarm.accepted_at = None, None

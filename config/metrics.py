@@ -87,58 +87,50 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _Sum(_Metric):
+    """One float per label set, added to; counters and gauges differ only in sign and naming."""
+
+    sample_suffix = ""
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labelnames)
         self._values: dict[Labels, float] = {}
         if not self.labelnames:
             self._values[()] = 0.0
+
+    def _add(self, amount: float, labels: dict[str, str]) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels: str) -> float:
+        with self._lock:
+            return self._values.get(self._key(labels), 0.0)
+
+    def render(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        lines = family_header(self.name, self.kind, self.help_text)
+        sample = f"{self.name}{self.sample_suffix}"
+        lines += [sample_line(sample, self._labels(key), value) for key, value in items]
+        return lines
+
+
+class Counter(_Sum):
+    kind = "counter"
+    sample_suffix = "_total"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        lines = family_header(self.name, self.kind, self.help_text)
-        lines += [sample_line(f"{self.name}_total", self._labels(key), value) for key, value in items]
-        return lines
+        self._add(amount, labels)
 
 
-class Gauge(_Metric):
+class Gauge(_Sum):
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[Labels, float] = {}
-        if not self.labelnames:
-            self._values[()] = 0.0
-
     def add(self, amount: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        lines = family_header(self.name, self.kind, self.help_text)
-        lines += [sample_line(self.name, self._labels(key), value) for key, value in items]
-        return lines
+        self._add(amount, labels)
 
 
 class Histogram(_Metric):
