@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import Count, Max
@@ -41,6 +41,7 @@ from alerts.evaluation import (
 )
 from alerts.models import KIND_PRIORITY, RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, Kind
 from alerts.selectors import pauses_active
+from telemetry.engine import ReadingRow
 from telemetry.models import Calibration, Device, Patient
 
 log = logging.getLogger(__name__)
@@ -49,20 +50,6 @@ METRIC = "tissue_o2"
 MAX_REPLAY = dt.timedelta(hours=6)
 NO_DATA_EVERY = dt.timedelta(seconds=1)
 TIMER_BUDGET_SECONDS = 0.05
-
-
-class RowLike(Protocol):
-    """The fields of telemetry.engine.ReadingRow this processor reads."""
-
-    device_id: int
-    patient_id: int | None
-    metric: str
-    seq: int
-    sample_time: dt.datetime
-    value: float
-    signal_quality: float | None
-    calibration_id: str | None
-    firmware: str | None
 
 
 class OpenAlarm(NamedTuple):
@@ -343,7 +330,7 @@ class AlarmProcessor:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _sample(row: RowLike) -> Sample:
+def _sample(row: ReadingRow) -> Sample:
     return Sample(
         row.sample_time, float(row.value), row.signal_quality, row.seq, row.device_id, row.calibration_id, row.firmware
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection
@@ -13,24 +13,14 @@ from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from telemetry.engine import ReadingRow
 from telemetry.models import Device, DeviceState, Patient, Ward
 from tests import personas
 
 _seq = itertools.count(1)
 
 
-class Row(NamedTuple):
-    """Same fields as telemetry.engine.ReadingRow."""
-
-    device_id: int
-    patient_id: int | None
-    metric: str
-    seq: int
-    sample_time: dt.datetime
-    value: float
-    signal_quality: float | None
-    calibration_id: str | None
-    firmware: str | None
+Row = ReadingRow  # the engine's own row type, so tests feed the processor exactly what it gets
 
 
 def staff(username: str, role: str, wards: list[Ward] | None = None) -> User:
