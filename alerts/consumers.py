@@ -31,9 +31,9 @@ from django.utils import timezone
 
 from alerts import selectors
 from alerts.schemas import alarm_out, iso
-from audit.access import actor_from_scope
-from audit.asgi import current_user, session_revocation_applies
-from audit.decorators import refusal_reason
+from audit.access.asgi import current_user, session_revocation_applies
+from audit.access.decorators import refusal_reason
+from audit.access.policy import actor_from_scope
 from audit.services import audit_record
 from telemetry import events
 from telemetry.models import Ward

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils.module_loading import import_string
 
-from audit.access import ADMIN, ONCALL
+from audit.access.policy import ADMIN, ONCALL
 from telemetry import events
 
 if TYPE_CHECKING:

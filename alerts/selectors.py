@@ -1,6 +1,6 @@
 """Reads of alarms, rules and pauses, and who may see which alarm.
 
-Alarm visibility builds on audit/access.py: ward care roles (clinician, on-call) see alarms of
+Alarm visibility builds on audit/access/policy.py: ward care roles (clinician, on-call) see alarms of
 their wards; an alarm escalated to the on-call role is shown to every on-call user (that is what
 escalation means); administrators, who configure alarms for every ward, see all of them.
 """
@@ -15,7 +15,16 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from alerts.models import Alarm, AlarmPause, AlarmRule, Category, Kind
-from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_can, user_is_verified, user_role, user_ward_ids
+from audit.access.policy import (
+    ADMIN,
+    CLINICIAN,
+    ONCALL,
+    AccessDecision,
+    user_can,
+    user_is_verified,
+    user_role,
+    user_ward_ids,
+)
 from telemetry.events import iso
 from telemetry.models import Patient, Ward
 

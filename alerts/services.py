@@ -32,7 +32,7 @@ from alerts.models import (
 )
 from alerts.schemas import AlarmTransitionFrame, alarm_out, transition_out
 from alerts.selectors import alarm_access, rule_current_ward
-from audit.access import ONCALL, user_can, user_role
+from audit.access.policy import ONCALL, user_can, user_role
 from audit.services import SYSTEM, Actor, audit_record
 from telemetry import events
 from telemetry.models import Annotation, Patient, Ward

@@ -20,8 +20,8 @@ from django.views.decorators.http import require_http_methods
 from alerts import selectors, services
 from alerts.models import RULE_FIELDS, Alarm, AlarmRule
 from alerts.schemas import alarm_out
-from audit.access import actor_from_request, user_can, user_is_verified
-from audit.decorators import refusal_reason
+from audit.access.decorators import refusal_reason
+from audit.access.policy import actor_from_request, user_can, user_is_verified
 from audit.services import audit_record
 from telemetry.models import Patient, Ward
 

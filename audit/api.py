@@ -13,9 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.access import actor_from_request, user_can
-from audit.decorators import refusal_reason
-from audit.identity import IdentityDenied, identity_reveal
+from audit.access.decorators import refusal_reason
+from audit.access.identity import IdentityDenied, identity_reveal
+from audit.access.policy import actor_from_request, user_can
 from audit.models import AuditEvent
 from audit.selectors import audit_events, audit_filters_from
 from audit.services import audit_record

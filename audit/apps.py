@@ -8,7 +8,7 @@ def _sync_roles(sender: Any, **kwargs: Any) -> None:
     from django.contrib.auth.models import Group, Permission
     from django.contrib.contenttypes.models import ContentType
 
-    from audit.roles import roles_sync
+    from audit.access.roles import roles_sync
 
     roles_sync(Group, Permission, ContentType)
 

@@ -111,7 +111,7 @@ def staff_session_forget(*, session_key: str) -> None:
 def user_sockets_close(*, user_id: int, session_key: str | None = None) -> None:
     """Close the user's WebSockets of one session (`session_key`), or of every session when it is
     None (logout everywhere, deactivation). Consumers join telemetry.events.user_group and close on
-    `session.revoked` when audit.asgi.session_revocation_applies. Sent after commit; best effort
+    `session.revoked` when audit.access.asgi.session_revocation_applies. Sent after commit; best effort
     like every live frame, which is why the sessions themselves are deleted first: a socket that
     missed the frame cannot reconnect, and the consumers' periodic re-check closes it."""
     from telemetry.events import publish, user_group
@@ -165,7 +165,7 @@ def break_glass_grant(
 def _break_glass_grant(
     *, user: Any, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
 ) -> BreakGlassGrant | str:
-    from audit.access import user_can  # access imports this module
+    from audit.access.policy import user_can  # access imports this module
     from telemetry.models import Patient
 
     purpose = purpose.strip()
@@ -265,8 +265,8 @@ def staff_upsert(
     from django.contrib.auth.models import Group
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
+    from audit.access.roles import ROLES
     from audit.models import StaffProfile
-    from audit.roles import ROLES
     from telemetry.models import Ward
 
     if role not in ROLES:

@@ -1,15 +1,16 @@
 from django.urls import path
 
-from audit import api, auth_views, views
+from audit import api, views
+from audit.access import views as access_views
 
 urlpatterns = [
-    path("accounts/", auth_views.account_view, name="accounts"),
-    path("accounts/login/", auth_views.login_view, name="accounts-login"),
-    path("accounts/enroll/", auth_views.enroll_view, name="accounts-enroll"),
-    path("accounts/recovery-codes/", auth_views.recovery_codes_view, name="accounts-recovery-codes"),
-    path("accounts/logout/", auth_views.logout_view, name="accounts-logout"),
-    path("accounts/logout/everywhere/", auth_views.logout_everywhere_view, name="accounts-logout-everywhere"),
-    path("accounts/session/ping", auth_views.session_ping_view, name="accounts-session-ping"),
+    path("accounts/", access_views.account_view, name="accounts"),
+    path("accounts/login/", access_views.login_view, name="accounts-login"),
+    path("accounts/enroll/", access_views.enroll_view, name="accounts-enroll"),
+    path("accounts/recovery-codes/", access_views.recovery_codes_view, name="accounts-recovery-codes"),
+    path("accounts/logout/", access_views.logout_view, name="accounts-logout"),
+    path("accounts/logout/everywhere/", access_views.logout_everywhere_view, name="accounts-logout-everywhere"),
+    path("accounts/session/ping", access_views.session_ping_view, name="accounts-session-ping"),
     path("audit/", views.audit_search, name="audit-search"),
     path("audit/export.csv", views.export_csv, name="audit-export-csv"),
     path("audit/export.fhir.json", views.export_fhir, name="audit-export-fhir"),

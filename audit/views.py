@@ -1,6 +1,6 @@
 """Compliance pages (audit search, who-accessed report, disclosure accounting, exports),
 break-glass, and the device-administration page. Thin: selectors read, services write, every
-view writes exactly one audit event (refusals are audited by audit.decorators.staff_page)."""
+view writes exactly one audit event (refusals are audited by audit.access.decorators.staff_page)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from audit.access import actor_from_request
-from audit.decorators import staff_page
+from audit.access.decorators import staff_page
+from audit.access.forms import BreakGlassForm
+from audit.access.policy import actor_from_request
 from audit.fhir import audit_bundle
-from audit.forms import BreakGlassForm
 from audit.models import AuditEvent, BreakGlassGrant
 from audit.selectors import (
     AuditFilters,

@@ -21,7 +21,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from audit.asgi import SessionGuardMiddleware  # noqa: E402
+from audit.access.asgi import SessionGuardMiddleware  # noqa: E402
 from config.metrics import WebSocketGauge  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from telemetry.asgi import IngestRouter  # noqa: E402
@@ -30,7 +30,7 @@ application = ProtocolTypeRouter(
     {
         # Device ingest skips Django's middleware (measured; see telemetry/asgi.py).
         "http": IngestRouter(django_asgi_app),
-        # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/asgi.py).
+        # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/access/asgi.py).
         # WebSocketGauge: the open-connections gauge of /metrics (config/metrics.py).
         "websocket": WebSocketGauge(
             AllowedHostsOriginValidator(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))

@@ -35,7 +35,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from audit.access import request_address
+from audit.access.policy import request_address
 from config import metrics
 from config.api_errors import error_body
 from telemetry.selectors import ENGINE_CURSOR

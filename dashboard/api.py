@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.access import actor_from_request, patient_access_audited
+from audit.access.policy import actor_from_request, patient_access_audited
 from config.api_errors import error_body
 from dashboard import selectors
 from dashboard.services import ward_read_authorize

@@ -32,8 +32,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
 
-from audit.access import actor_from_scope, patient_access, patient_access_audited, patients_visible_to
-from audit.asgi import current_user, session_revocation_applies
+from audit.access.asgi import current_user, session_revocation_applies
+from audit.access.policy import actor_from_scope, patient_access, patient_access_audited, patients_visible_to
 from dashboard import selectors
 from dashboard.services import ward_read_authorize
 from telemetry.events import patient_group, user_group, ward_group

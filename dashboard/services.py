@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.access import patients_visible_to, user_can, user_is_verified, user_role
+from audit.access.policy import patients_visible_to, user_can, user_is_verified, user_role
 from audit.models import AuditEvent
 from audit.services import Actor, audit_record
 from telemetry.models import Patient

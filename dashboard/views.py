@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve
 
-from audit.access import actor_from_request, patient_access_audited
+from audit.access.policy import actor_from_request, patient_access_audited
 from config.api_errors import error_body
 from dashboard import selectors
 from dashboard.services import ward_read_authorize

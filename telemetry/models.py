@@ -91,7 +91,7 @@ class Patient(models.Model):
 
 
 class PatientIdentity(models.Model):
-    """Pseudonym → identity. Read only through audit.identity.identity_reveal (purpose + audit)."""
+    """Pseudonym → identity. Read only through audit.access.identity.identity_reveal (purpose + audit)."""
 
     patient = models.OneToOneField(Patient, on_delete=models.CASCADE, primary_key=True, related_name="identity")
     mrn = models.CharField(max_length=40, blank=True, default="")

@@ -16,7 +16,7 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.middleware import LAST_ACTIVITY_KEY
+from audit.access.middleware import LAST_ACTIVITY_KEY
 from audit.services import SYSTEM, staff_session_register, staff_upsert
 
 PASSWORD = "correct-horse-battery-9"

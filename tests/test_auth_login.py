@@ -10,8 +10,8 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.access.roles import CLINICIAN
 from audit.models import AuditEvent, StaffSession
-from audit.roles import CLINICIAN
 from tests import factories, personas
 
 pytestmark = pytest.mark.django_db

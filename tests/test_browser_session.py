@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.roles import COMPLIANCE
+from audit.access.roles import COMPLIANCE
 from tests import personas
 from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 

@@ -12,7 +12,7 @@ from django.db import connection
 from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
-from audit.access import actor_from_request, patient_access, patient_access_audited, user_role
+from audit.access.policy import actor_from_request, patient_access, patient_access_audited, user_role
 from audit.models import AuditEvent, BreakGlassGrant
 from audit.services import Actor, audit_record
 from telemetry.models import DeviceKey, Patient, PatientIdentity

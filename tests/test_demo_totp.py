@@ -3,7 +3,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.roles import CLINICIAN
+from audit.access.roles import CLINICIAN
 from audit.services import staff_upsert
 
 pytestmark = pytest.mark.django_db

@@ -9,9 +9,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from audit import lockout
+from audit.access import lockout
+from audit.access.roles import CLINICIAN
 from audit.models import AuditEvent
-from audit.roles import CLINICIAN
 from tests import factories, personas
 
 

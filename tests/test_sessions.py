@@ -10,9 +10,9 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from audit.middleware import LAST_ACTIVITY_KEY
+from audit.access.middleware import LAST_ACTIVITY_KEY
+from audit.access.roles import CLINICIAN
 from audit.models import AuditEvent, StaffSession
-from audit.roles import CLINICIAN
 from config.asgi import application
 from tests import factories, personas
 

@@ -12,7 +12,7 @@ from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.access import user_role
+from audit.access.policy import user_role
 from telemetry.models import Ward
 from tests import factories
 

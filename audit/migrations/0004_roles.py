@@ -1,8 +1,8 @@
-"""Create the role groups and grant each its permissions (audit/roles.py)."""
+"""Create the role groups and grant each its permissions (audit/access/roles.py)."""
 
 from django.db import migrations
 
-from audit.roles import ROLE_PERMISSIONS, roles_sync
+from audit.access.roles import ROLE_PERMISSIONS, roles_sync
 
 
 def create_roles(apps, schema_editor):

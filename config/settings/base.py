@@ -44,7 +44,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "audit.middleware.SessionIdleMiddleware",
+    "audit.access.middleware.SessionIdleMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -62,7 +62,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "audit.context.staff_context",
+                "audit.access.context.staff_context",
             ],
         },
     },
@@ -132,7 +132,7 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_SAVE_EVERY_REQUEST = False
-# Inactivity timeout for staff sessions, in seconds (see audit/middleware.py).
+# Inactivity timeout for staff sessions, in seconds (see audit/access/middleware.py).
 PERFUSE_SESSION_IDLE_SECONDS = envint("PERFUSE_SESSION_IDLE_SECONDS", 15 * 60)
 SESSION_COOKIE_AGE = 12 * 3600
 
@@ -155,7 +155,7 @@ PERFUSE_AUDIT_CHECKPOINT_KEY = envstr("PERFUSE_AUDIT_CHECKPOINT_KEY", "")
 PERFUSE_AUDIT_CHECKPOINT_EVERY = envint("PERFUSE_AUDIT_CHECKPOINT_EVERY", 100)
 # Break-glass grants last at most this long; a new need is a new grant with a new purpose.
 PERFUSE_BREAK_GLASS_MAX_MINUTES = envint("PERFUSE_BREAK_GLASS_MAX_MINUTES", 240)
-# Login brute-force protection (audit/lockout.py): after THRESHOLD charged attempts an account
+# Login brute-force protection (audit/access/lockout.py): after THRESHOLD charged attempts an account
 # (or a source address, with its own threshold) is locked for BASE seconds, doubling with every
 # further attempt up to MAX; counters are forgotten after WINDOW seconds without attempts.
 PERFUSE_LOGIN_ACCOUNT_THRESHOLD = envint("PERFUSE_LOGIN_ACCOUNT_THRESHOLD", 5)

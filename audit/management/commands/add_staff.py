@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from audit.roles import ROLES
+from audit.access.roles import ROLES
 from audit.services import StaffError, staff_upsert, totp_secret_base32
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
-from audit.access import user_can, user_is_verified, user_role
+from audit.access.policy import user_can, user_is_verified, user_role
 
 # (label, url, capability that shows it). Apps add their pages here, not in templates.
 NAV: list[tuple[str, str, str]] = [

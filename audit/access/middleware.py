@@ -66,7 +66,7 @@ class SessionIdleMiddleware:
                     request.session[LAST_ACTIVITY_KEY] = now
 
     def _expire(self, request: HttpRequest) -> None:
-        from audit.access import actor_from_request
+        from audit.access.policy import actor_from_request
         from audit.services import audit_record, staff_session_forget, user_sockets_close
 
         actor = actor_from_request(request)

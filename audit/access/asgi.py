@@ -1,9 +1,9 @@
 """WebSocket side of staff sessions: OTP verification and inactivity expiry for Channels.
 
-django-otp's middleware and audit.middleware.SessionIdleMiddleware run for HTTP only. This
+django-otp's middleware and audit.access.middleware.SessionIdleMiddleware run for HTTP only. This
 middleware (inside AuthMiddlewareStack) gives the scope's user the same `otp_device` /
 `is_verified()` that HTTP views see, and treats an idle-expired session as anonymous, so
-consumers need only call audit.access.patient_access / user_is_verified as views do.
+consumers need only call audit.access.policy.patient_access / user_is_verified as views do.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.middleware import is_verified
 from django_otp.models import Device
 
-from audit.middleware import session_idle_expired
+from audit.access.middleware import session_idle_expired
 
 
 def _guard_user(scope: dict[str, Any]) -> Any:

@@ -8,8 +8,8 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from audit.access import user_is_verified
-from audit.asgi import session_revocation_applies
+from audit.access.asgi import session_revocation_applies
+from audit.access.policy import user_is_verified
 from telemetry.events import user_group
 
 CLOSE_SESSION_ENDED = 4401

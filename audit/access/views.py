@@ -29,11 +29,11 @@ from django_otp.middleware import is_verified as otp_is_verified
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.access import actor_from_request, user_is_verified
-from audit.context import role_home
-from audit.forms import EnrollForm, LoginForm
-from audit.lockout import login_gate, login_succeeded
-from audit.middleware import LAST_ACTIVITY_KEY
+from audit.access.context import role_home
+from audit.access.forms import EnrollForm, LoginForm
+from audit.access.lockout import login_gate, login_succeeded
+from audit.access.middleware import LAST_ACTIVITY_KEY
+from audit.access.policy import actor_from_request, user_is_verified
 from audit.models import AuditEvent, StaffSession
 from audit.services import (
     Actor,

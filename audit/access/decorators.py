@@ -1,6 +1,6 @@
 """Capability checks for staff pages, audited when refused.
 
-A page for one capability (audit/roles.py) answers an anonymous, password-only or idle-expired
+A page for one capability (audit/access/roles.py) answers an anonymous, password-only or idle-expired
 visitor with the login page, and a verified user of the wrong role with a 403 page; either
 refusal is one audit event. Allowed views write their own single event (they know the subject).
 """
@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
-from audit.access import actor_from_request, user_can, user_is_verified, user_role
+from audit.access.policy import actor_from_request, user_can, user_is_verified, user_role
 from audit.models import AuditEvent
 from audit.services import audit_record
 

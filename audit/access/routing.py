@@ -1,5 +1,5 @@
 from django.urls import path
 
-from audit.consumers import SessionConsumer
+from audit.access.consumers import SessionConsumer
 
 websocket_urlpatterns = [path("ws/session", SessionConsumer.as_asgi())]

@@ -2,7 +2,7 @@
 
 Views, the REST API and WebSocket consumers all ask `patient_access` / `patients_visible_to`
 (or `patient_access_audited`, which also writes the audit event); nothing re-implements ward
-or role checks. Roles are Django groups holding permissions (audit/roles.py); capability checks
+or role checks. Roles are Django groups holding permissions (audit/access/roles.py); capability checks
 go through `user_can`, which also requires an OTP-verified session.
 """
 
@@ -17,8 +17,8 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
+from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL, ROLES
 from audit.models import AuditEvent, BreakGlassGrant
-from audit.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL, ROLES
 from audit.services import Actor, audit_record
 from telemetry.models import Patient
 
@@ -62,7 +62,7 @@ def user_is_verified(user: Any) -> bool:
 
 
 def user_can(user: Any, capability: str) -> bool:
-    """An OTP-verified user whose role grants `capability` (a codename in audit/roles.py)."""
+    """An OTP-verified user whose role grants `capability` (a codename in audit/access/roles.py)."""
     return user_is_verified(user) and bool(user.is_active) and user.has_perm(f"audit.{capability}")
 
 
