@@ -1,5 +1,4 @@
-"""Reads of the audit trail for the compliance views and API, and of the device registry for the
-device-administration page (which must show no telemetry value tied to a patient)."""
+"""Reads of the audit trail for the compliance views and API."""
 
 from __future__ import annotations
 
@@ -7,12 +6,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils.dateparse import parse_date, parse_datetime
 
 from audit.models import AuditEvent
-from telemetry.models import Device, DeviceState
 
 # Actions that read or reveal patient data (for the disclosure accounting).
 READ_ACTIONS_LABELS = {
@@ -162,34 +159,3 @@ def patient_disclosures(*, pseudonym: str, start: dt.datetime | None, end: dt.da
             }
         )
     return rows
-
-
-def devices_overview() -> list[dict[str, Any]]:
-    rows = []
-    for device in Device.objects.select_related("ward").prefetch_related("keys").order_by("device_id"):
-        state = DeviceState.objects.filter(device=device).first()
-        rows.append(
-            {
-                "device_id": device.device_id,
-                "ward": device.ward.code,
-                "keys": sorted(device.keys.all(), key=lambda k: k.created_at),
-                "last_seen": state.last_seen_at if state else None,
-                "firmware": state.firmware if state else "",
-                "calibration_id": state.calibration_id if state else "",
-            }
-        )
-    return rows
-
-
-def unassigned_reading_counts() -> list[dict[str, Any]]:
-    """Readings stored without a patient, per device: ids and counts only, never values."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT d.device_id, count(*), min(r.sample_time), max(r.sample_time) "
-            "FROM telemetry_reading r JOIN telemetry_device d ON d.id = r.device_id "
-            "WHERE r.patient_id IS NULL GROUP BY d.device_id ORDER BY d.device_id"
-        )
-        return [
-            {"device_id": device_id, "count": count, "first": first, "last": last}
-            for device_id, count, first, last in cursor.fetchall()
-        ]

@@ -18,8 +18,6 @@ urlpatterns = [
     path("audit/patients/<slug:pseudonym>/disclosures/", views.disclosures, name="audit-disclosures"),
     path("audit/break-glass/", views.break_glass, name="audit-break-glass"),
     path("audit/break-glass/<int:grant_id>/end", views.break_glass_close, name="audit-break-glass-end"),
-    path("devices/", views.devices, name="devices"),
-    path("devices/keys/<str:key_id>/revoke", views.device_key_revoke_view, name="device-key-revoke"),
     path("api/v1/patients/<slug:pseudonym>/identity", api.IdentityView.as_view(), name="api-patient-identity"),
     path("api/v1/audit/events", api.AuditEventsView.as_view(), name="api-audit-events"),
 ]

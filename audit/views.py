@@ -1,6 +1,6 @@
-"""Compliance pages (audit search, who-accessed report, disclosure accounting, exports),
-break-glass, and the device-administration page. Thin: selectors read, services write, every
-view writes exactly one audit event (refusals are audited by audit.access.decorators.staff_page)."""
+"""Compliance pages (audit search, who-accessed report, disclosure accounting, exports) and
+break-glass. Thin: selectors read, services write, every view writes exactly one audit event
+(refusals are audited by audit.access.decorators.staff_page)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -27,14 +26,11 @@ from audit.selectors import (
     AuditFilters,
     audit_events,
     audit_filters_from,
-    devices_overview,
     patient_accessors,
     patient_disclosures,
-    unassigned_reading_counts,
 )
 from audit.services import BreakGlassError, audit_record, break_glass_end, break_glass_grant
 from audit.verify import chain_verify
-from telemetry.services import RegistryError, device_key_revoke
 
 PAGE_SIZE = 50
 FHIR_EXPORT_MAX = 50_000
@@ -241,30 +237,3 @@ def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
     break_glass_end(grant=grant, actor=actor_from_request(request))
     messages.info(request, f"Emergency access to {grant.patient.pseudonym} ended.")
     return redirect("audit-break-glass")
-
-
-@require_GET
-@staff_page("manage_devices", "devices.view")
-def devices(request: HttpRequest) -> HttpResponse:
-    audit_record(actor=actor_from_request(request), action="devices.view")
-    context = {"devices": devices_overview(), "unassigned": unassigned_reading_counts()}
-    return render(request, "audit/devices.html", context)
-
-
-@require_POST
-@staff_page("manage_devices", "device.key_revoked")
-def device_key_revoke_view(request: HttpRequest, key_id: str) -> HttpResponse:
-    try:
-        with transaction.atomic():
-            key = device_key_revoke(key_id=key_id, actor=actor_from_request(request))
-    except RegistryError:
-        audit_record(
-            actor=actor_from_request(request),
-            action="device.key_revoked",
-            outcome=AuditEvent.Outcome.DENIED,
-            detail={"reason": "unknown_key", "key_id": key_id[:64]},
-        )
-        messages.error(request, "No such key.")
-        return redirect("devices")
-    messages.success(request, f"Key {key.key_id} of {key.device.device_id} revoked; it is refused from now on.")
-    return redirect("devices")

@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple
 
 from django.db import connection
 
+from telemetry.models import Device, DeviceState
 from telemetry.storage import timescale_active
 
 Resolution = Literal["raw", "1m", "1h"]
@@ -188,3 +189,38 @@ def _bucket_points(
         {"t": bucket, "avg": avg, "min": low, "max": high, "count": n, "quality": quality}
         for bucket, n, avg, low, high, quality in cursor.fetchall()
     ]
+
+
+# ---- device registry (the device-administration page: ids, keys and counts, never a value tied
+# to a patient) ----------------------------------------------------------------------------------
+
+
+def devices_overview() -> list[dict[str, Any]]:
+    rows = []
+    for device in Device.objects.select_related("ward").prefetch_related("keys").order_by("device_id"):
+        state = DeviceState.objects.filter(device=device).first()
+        rows.append(
+            {
+                "device_id": device.device_id,
+                "ward": device.ward.code,
+                "keys": sorted(device.keys.all(), key=lambda k: k.created_at),
+                "last_seen": state.last_seen_at if state else None,
+                "firmware": state.firmware if state else "",
+                "calibration_id": state.calibration_id if state else "",
+            }
+        )
+    return rows
+
+
+def unassigned_reading_counts() -> list[dict[str, Any]]:
+    """Readings stored without a patient, per device: ids and counts only, never values."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.device_id, count(*), min(r.sample_time), max(r.sample_time) "
+            "FROM telemetry_reading r JOIN telemetry_device d ON d.id = r.device_id "
+            "WHERE r.patient_id IS NULL GROUP BY d.device_id ORDER BY d.device_id"
+        )
+        return [
+            {"device_id": device_id, "count": count, "first": first, "last": last}
+            for device_id, count, first, last in cursor.fetchall()
+        ]

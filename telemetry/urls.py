@@ -1,7 +1,9 @@
 from django.urls import path
 
-from telemetry import api
+from telemetry import api, views
 
 urlpatterns = [
     path("api/v1/ingest/readings", api.ingest_readings, name="ingest-readings"),
+    path("devices/", views.devices, name="devices"),
+    path("devices/keys/<str:key_id>/revoke", views.device_key_revoke_view, name="device-key-revoke"),
 ]
