@@ -21,7 +21,7 @@ from alerts import selectors, services
 from alerts.models import Alarm, Priority
 from alerts.schemas import alarm_out, transition_out
 from audit.access.policy import actor_from_request, user_is_verified
-from audit.services import audit_record
+from audit.trail import audit_record
 from config.api_errors import error_body
 from telemetry.models import Patient
 

@@ -34,7 +34,7 @@ from alerts.schemas import alarm_out, iso
 from audit.access.asgi import current_user, session_revocation_applies
 from audit.access.decorators import refusal_reason
 from audit.access.policy import actor_from_scope
-from audit.services import audit_record
+from audit.trail import audit_record
 from telemetry import events
 from telemetry.models import Ward
 

@@ -12,18 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils.module_loading import import_string
 
+from alerts.events import publish_after_commit
+from alerts.models import Alarm, Notification
 from audit.access.policy import ADMIN, ONCALL
 from telemetry import events
-
-if TYPE_CHECKING:
-    from alerts.models import Alarm
 
 DEFAULT_NOTIFIERS = ["alerts.notifiers.InAppNotifier", "alerts.notifiers.LoggingNotifier"]
 notify_log = logging.getLogger("perfuse.alarms.notify")
@@ -35,9 +34,6 @@ class Notifier(Protocol):
 
 class InAppNotifier:
     def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None:
-        from alerts.events import publish_after_commit
-        from alerts.models import Notification
-
         for user in recipients:
             note = Notification.objects.create(recipient=user, alarm=alarm, created_at=now, text=text[:300])
             frame = {

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from alerts.models import Alarm, AlarmPause, AlarmRule, Category, Kind
+from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, Category, Kind
 from audit.access.policy import (
     ADMIN,
     CLINICIAN,
@@ -100,13 +100,10 @@ def alarms_for_patient(*, patient_id: int, start: dt.datetime, end: dt.datetime)
     )
 
 
-def rule_current_ward(ward: Ward) -> AlarmRule:
-    rule = AlarmRule.objects.filter(ward=ward, patient__isnull=True).order_by("-version").first()
-    if rule is None:
-        from alerts.services import rule_ensure_ward_default  # a ward created after the migration
-
-        rule = rule_ensure_ward_default(ward=ward)
-    return rule
+def rule_ward_latest(ward: Ward) -> AlarmRule | None:
+    """The ward's newest rule version; None for a ward created after the migration that seeded the
+    rules, until alerts.services.rule_current_ward writes its shipped defaults."""
+    return AlarmRule.objects.filter(ward=ward, patient__isnull=True).order_by("-version").first()
 
 
 def rule_override(patient: Patient) -> AlarmRule | None:
@@ -114,8 +111,10 @@ def rule_override(patient: Patient) -> AlarmRule | None:
     return None if rule is None or rule.retired else rule
 
 
-def rule_effective(patient: Patient) -> AlarmRule:
-    return rule_override(patient) or rule_current_ward(patient.ward)
+def rule_in_force(patient: Patient) -> AlarmRule:
+    """The rule whose thresholds apply to the patient, read only: a ward without a rule yet has the
+    shipped defaults (unsaved here; the engine or the next rule act writes them as version 1)."""
+    return rule_override(patient) or rule_ward_latest(patient.ward) or AlarmRule(ward=patient.ward, **RULE_DEFAULTS)
 
 
 def pause_active(patient_id: int, now: dt.datetime) -> AlarmPause | None:
@@ -266,7 +265,7 @@ def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.dateti
     """Threshold bands of the patient's effective rule, alarm periods overlapping [start, end)
     (condition onset to clearance, sample time), and the open alarms."""
     patient = Patient.objects.select_related("ward").get(pk=patient_id)
-    rule = rule_effective(patient)
+    rule = rule_in_force(patient)
     thresholds = [
         {"label": f"critically low < {rule.critical_threshold:g} %", "low": 0.0, "high": rule.critical_threshold,
          "priority": "high"},

@@ -31,9 +31,9 @@ from alerts.models import (
     Priority,
 )
 from alerts.schemas import AlarmTransitionFrame, alarm_out, transition_out
-from alerts.selectors import alarm_access, rule_current_ward
+from alerts.selectors import alarm_access, rule_override, rule_ward_latest
 from audit.access.policy import ONCALL, user_can, user_role
-from audit.services import SYSTEM, Actor, audit_record
+from audit.trail import SYSTEM, Actor, audit_record
 from telemetry import events
 from telemetry.models import Annotation, Patient, Ward
 
@@ -548,7 +548,7 @@ def rule_ensure_ward_default(*, ward: Ward) -> AlarmRule:
     migration that seeded existing ones). Not an audited act: nobody chose anything; the row
     itself says it is the shipped default, and every later change is audited."""
     Ward.objects.select_for_update().filter(pk=ward.pk).first()
-    current = AlarmRule.objects.filter(ward=ward, patient__isnull=True).order_by("-version").first()
+    current = rule_ward_latest(ward)
     if current is not None:
         return current
     rule = AlarmRule.objects.create(
@@ -560,6 +560,16 @@ def rule_ensure_ward_default(*, ward: Ward) -> AlarmRule:
         **RULE_DEFAULTS,
     )
     return rule
+
+
+def rule_current_ward(ward: Ward) -> AlarmRule:
+    """The ward's current rule; a ward created after the migration gets the shipped defaults first."""
+    return rule_ward_latest(ward) or rule_ensure_ward_default(ward=ward)
+
+
+def rule_effective(patient: Patient) -> AlarmRule:
+    """The patient's override if one is in force, else the ward's current rule (written if needed)."""
+    return rule_override(patient) or rule_current_ward(patient.ward)
 
 
 def rule_update(

@@ -22,7 +22,7 @@ from alerts.models import RULE_FIELDS, Alarm, AlarmRule
 from alerts.schemas import alarm_out
 from audit.access.decorators import refusal_reason
 from audit.access.policy import actor_from_request, user_can, user_is_verified
-from audit.services import audit_record
+from audit.trail import audit_record
 from telemetry.models import Patient, Ward
 
 RULE_LABELS: dict[str, tuple[str, str]] = {
@@ -163,7 +163,7 @@ def rules(request: HttpRequest) -> HttpResponse:
     history: list[AlarmRule] = []
     override = None
     if ward is not None:
-        current = selectors.rule_current_ward(ward)
+        current = services.rule_current_ward(ward)
         if patient is not None:
             override = selectors.rule_override(patient)
             current = override or current

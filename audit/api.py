@@ -18,7 +18,7 @@ from audit.access.identity import IdentityDenied, identity_reveal
 from audit.access.policy import actor_from_request, user_can
 from audit.models import AuditEvent
 from audit.selectors import audit_events, audit_filters_from
-from audit.services import audit_record
+from audit.trail import audit_record
 from config.api_errors import error_response
 from telemetry.models import Patient
 

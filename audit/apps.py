@@ -3,12 +3,13 @@ from typing import Any
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+from audit.access.roles import roles_sync
+
 
 def _sync_roles(sender: Any, **kwargs: Any) -> None:
+    # Django forces these in here: models cannot be imported while the app registry loads apps.py.
     from django.contrib.auth.models import Group, Permission
     from django.contrib.contenttypes.models import ContentType
-
-    from audit.access.roles import roles_sync
 
     roles_sync(Group, Permission, ContentType)
 

@@ -73,7 +73,7 @@ class StaffSession(models.Model):
 class BreakGlassGrant(models.Model):
     """Emergency, time-limited access of one user to one patient's data, with a stated purpose.
 
-    Created only through audit.services.break_glass_grant (which audits it); consulted by
+    Created only through audit.access.breakglass.break_glass_grant (which audits it); consulted by
     audit.access.patient_access. Never extended: a new need is a new grant with a new purpose.
     """
 

@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from audit.access.breakglass import BreakGlassError, break_glass_end, break_glass_grant
 from audit.access.decorators import staff_page
 from audit.access.forms import BreakGlassForm
 from audit.access.policy import actor_from_request
@@ -29,7 +30,7 @@ from audit.selectors import (
     patient_accessors,
     patient_disclosures,
 )
-from audit.services import BreakGlassError, audit_record, break_glass_end, break_glass_grant
+from audit.trail import audit_record
 from audit.verify import chain_verify
 
 PAGE_SIZE = 50

@@ -64,7 +64,7 @@ def setup(n_devices: int, ward_code: str) -> tuple[list[dict[str, Any]], str]:
     from django_otp import DEVICE_ID_SESSION_KEY
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
-    from audit.services import staff_upsert
+    from audit.access.staff import staff_upsert
     from telemetry.models import Assignment, Ward
     from telemetry.services import device_provision, patient_admit
 

@@ -25,7 +25,7 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from audit.models import AuditEvent  # noqa: E402
-from audit.services import Actor, audit_record  # noqa: E402
+from audit.trail import Actor, audit_record  # noqa: E402
 from audit.verify import chain_verify  # noqa: E402
 
 ACTOR = Actor(user_id=1, username="bench", role="clinician", source_address="127.0.0.1", user_agent="bench")

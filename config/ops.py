@@ -35,9 +35,9 @@ from django.db import DatabaseError, connection, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from audit.access.policy import request_address
 from config import metrics
 from config.api_errors import error_body
+from config.net import request_address
 from telemetry.selectors import ENGINE_CURSOR
 
 log = logging.getLogger(__name__)

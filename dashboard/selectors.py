@@ -1,6 +1,6 @@
 """Reads behind the ward overview, the patient chart and the live snapshot.
 
-Callers have already decided access (audit.access) and written the audit event; these functions
+Callers have already decided access (audit.access.policy) and written the audit event; these functions
 only read. Alarm state comes through `patient_alarm_badges` / `patient_alarm_overlay`, which ask
 the alarms app (alerts.selectors).
 """
@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from alerts import selectors as alarm_selectors
 from telemetry.events import iso
 from telemetry.models import Annotation, Patient
 from telemetry.selectors import patient_series
@@ -48,16 +49,14 @@ class AlarmOverlay:
 
 def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, AlarmBadge]:
     """Most severe open alarm per patient (alerts.selectors)."""
-    from alerts.selectors import patient_alarm_badges as badges
-
-    return {pid: AlarmBadge(**badge) for pid, badge in badges(patient_ids=patient_ids).items()}
+    return {
+        pid: AlarmBadge(**badge) for pid, badge in alarm_selectors.patient_alarm_badges(patient_ids=patient_ids).items()
+    }
 
 
 def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> AlarmOverlay:
     """Threshold bands, alarm periods and open alarms for the chart (alerts.selectors)."""
-    from alerts.selectors import patient_alarm_overlay as overlay
-
-    return AlarmOverlay(**overlay(patient_id=patient_id, start=start, end=end))
+    return AlarmOverlay(**alarm_selectors.patient_alarm_overlay(patient_id=patient_id, start=start, end=end))
 
 
 def _latest(patient_ids: list[int]) -> dict[int, tuple[dt.datetime, float, float | None]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from audit.access.policy import patients_visible_to, user_can, user_is_verified, user_role
 from audit.models import AuditEvent
-from audit.services import Actor, audit_record
+from audit.trail import Actor, audit_record
 from telemetry.models import Patient
 
 

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request
 from audit.models import AuditEvent
-from audit.services import audit_record
+from audit.trail import audit_record
 from telemetry.selectors import devices_overview, unassigned_reading_counts
 from telemetry.services import RegistryError, device_key_revoke
 

@@ -13,8 +13,7 @@ CARE = frozenset({"clinician", "oncall"})
 
 def _alarm(world: Any) -> dict[str, str]:
     """An open low alarm for the clinicians' patient."""
-    from alerts.selectors import rule_current_ward
-    from alerts.services import alarm_raise
+    from alerts.services import alarm_raise, rule_current_ward
     from telemetry.models import Patient
 
     patient = Patient.objects.select_related("ward").get(pseudonym=world.patient)

@@ -17,7 +17,9 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.access.middleware import LAST_ACTIVITY_KEY
-from audit.services import SYSTEM, staff_session_register, staff_upsert
+from audit.access.sessions import staff_session_register
+from audit.access.staff import staff_upsert
+from audit.trail import SYSTEM
 
 PASSWORD = "correct-horse-battery-9"
 

@@ -9,8 +9,7 @@ import pytest
 from django.test import Client
 
 from alerts.models import Alarm, AlarmRule
-from alerts.selectors import rule_current_ward
-from alerts.services import alarm_raise
+from alerts.services import alarm_raise, rule_current_ward
 from audit.models import AuditEvent
 from telemetry.models import Patient
 from tests import factories

@@ -9,10 +9,9 @@ import pytest
 from django.db import connection
 
 from alerts.models import Alarm
-from alerts.selectors import rule_current_ward
-from alerts.services import AlarmConflict, alarm_acknowledge, alarm_raise
+from alerts.services import AlarmConflict, alarm_acknowledge, alarm_raise, rule_current_ward
 from audit.models import AuditEvent
-from audit.services import Actor
+from audit.trail import Actor
 from telemetry.models import Patient
 from tests import factories
 from tests.alarm_factories import staff, verified

@@ -14,7 +14,7 @@ from alerts.engine import AlarmProcessor
 from alerts.models import Alarm, AlarmPause, Notification
 from alerts.services import AlarmConflict, alarm_acknowledge, alarm_decline, patient_pause
 from audit.models import AuditEvent
-from audit.services import Actor
+from audit.trail import Actor
 from telemetry.models import Annotation, Device, Patient
 from tests import factories
 from tests.alarm_factories import insert, seconds, staff, verified

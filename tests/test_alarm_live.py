@@ -13,10 +13,9 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from alerts.schemas import AlarmOut, AlarmTransitionFrame
-from alerts.selectors import rule_current_ward
-from alerts.services import alarm_acknowledge, alarm_raise
+from alerts.services import alarm_acknowledge, alarm_raise, rule_current_ward
 from audit.models import AuditEvent
-from audit.services import Actor
+from audit.trail import Actor
 from config.asgi import application
 from telemetry.models import Patient
 from tests import factories

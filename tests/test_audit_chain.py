@@ -16,7 +16,8 @@ from django.db import connection
 
 from audit.chain import event_hash
 from audit.models import AuditCheckpoint, AuditEvent
-from audit.services import SYSTEM, audit_checkpoint, audit_record
+from audit.services import audit_checkpoint
+from audit.trail import SYSTEM, audit_record
 from audit.verify import chain_verify
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from audit.access.policy import actor_from_request, patient_access, patient_access_audited, user_role
 from audit.models import AuditEvent, BreakGlassGrant
-from audit.services import Actor, audit_record
+from audit.trail import Actor, audit_record
 from telemetry.models import DeviceKey, Patient, PatientIdentity
 from tests import factories, personas
 

@@ -225,8 +225,7 @@ def test_openapi_documents_the_dashboard_api(clinician):
 
 def test_open_alarms_sort_cards_and_shade_the_chart(clinician, p1, ward_a):
     from alerts.models import Kind
-    from alerts.selectors import rule_effective
-    from alerts.services import alarm_raise
+    from alerts.services import alarm_raise, rule_effective
 
     now = dt.datetime.now(dt.UTC)
     two, _ = patient("p-two", ward_a)

@@ -4,7 +4,7 @@ from django.test import override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.access.roles import CLINICIAN
-from audit.services import staff_upsert
+from audit.access.staff import staff_upsert
 
 pytestmark = pytest.mark.django_db
 

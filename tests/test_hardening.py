@@ -12,7 +12,7 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from audit.hardening import hardening_sql
-from audit.services import SYSTEM, audit_record
+from audit.trail import SYSTEM, audit_record
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import connection
 from django.test import AsyncClient, Client, override_settings
 
-from audit.services import SYSTEM, audit_record
+from audit.trail import SYSTEM, audit_record
 from config import metrics, ops
 from telemetry.engine import engine_batch
 from tests import factories

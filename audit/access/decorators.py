@@ -18,7 +18,7 @@ from django.shortcuts import render
 
 from audit.access.policy import actor_from_request, user_can, user_is_verified, user_role
 from audit.models import AuditEvent
-from audit.services import audit_record
+from audit.trail import audit_record
 
 View = Callable[..., HttpResponseBase]
 

@@ -16,7 +16,7 @@ from django.db import transaction
 
 from audit.access.policy import active_grant, user_can, user_is_verified, user_ward_ids
 from audit.models import AuditEvent
-from audit.services import Actor, audit_record
+from audit.trail import Actor, audit_record
 from telemetry.models import Patient, PatientIdentity
 
 

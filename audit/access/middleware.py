@@ -19,6 +19,10 @@ from django.contrib import messages
 from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse
 
+from audit.access.policy import actor_from_request
+from audit.access.sessions import staff_session_forget, user_sockets_close
+from audit.trail import audit_record
+
 LAST_ACTIVITY_KEY = "perfuse_last_activity"
 # Writing the session on every request would cost a database write each; a few seconds of
 # imprecision in the idle clock is harmless.
@@ -66,9 +70,6 @@ class SessionIdleMiddleware:
                     request.session[LAST_ACTIVITY_KEY] = now
 
     def _expire(self, request: HttpRequest) -> None:
-        from audit.access.policy import actor_from_request
-        from audit.services import audit_record, staff_session_forget, user_sockets_close
-
         actor = actor_from_request(request)
         session_key = request.session.session_key
         user_id = request.user.pk

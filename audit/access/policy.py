@@ -12,14 +12,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL, ROLES
 from audit.models import AuditEvent, BreakGlassGrant
-from audit.services import Actor, audit_record
+from audit.trail import Actor, audit_record
+from config.net import request_address, scope_address, scope_header
 from telemetry.models import Patient
 
 __all__ = [
@@ -157,18 +157,6 @@ def patient_access_audited(
 # ---- who is asking -----------------------------------------------------------------------
 
 
-def _client_address(remote: str, forwarded: str) -> str:
-    """The peer address, or the rightmost X-Forwarded-For hop when our own proxy sets it.
-
-    Only the rightmost entry was written by the proxy we trust; anything left of it came from
-    the client and can be forged."""
-    if settings.PERFUSE_TRUSTED_PROXY and forwarded:
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        if hops:
-            return hops[-1][:64]
-    return remote[:64]
-
-
 def _actor_for(user: Any, source_address: str, user_agent: str) -> Actor:
     if getattr(user, "is_authenticated", False):
         return Actor(
@@ -183,22 +171,10 @@ def _actor_for(user: Any, source_address: str, user_agent: str) -> Actor:
     )
 
 
-def request_address(request: HttpRequest) -> str:
-    """The client address of an HTTP request, by the same proxy rule as the audit trail."""
-    return _client_address(request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR", ""))
-
-
 def actor_from_request(request: HttpRequest) -> Actor:
     address = request_address(request)
     return _actor_for(getattr(request, "user", None), address, request.META.get("HTTP_USER_AGENT", ""))
 
 
-def _scope_header(scope: dict[str, Any], name: bytes) -> str:
-    values = [value.decode("latin-1") for key, value in scope.get("headers", []) if key.lower() == name]
-    return ",".join(values)
-
-
 def actor_from_scope(scope: dict[str, Any]) -> Actor:
-    client = scope.get("client") or ("", 0)
-    address = _client_address(str(client[0] or ""), _scope_header(scope, b"x-forwarded-for"))
-    return _actor_for(scope.get("user"), address, _scope_header(scope, b"user-agent"))
+    return _actor_for(scope.get("user"), scope_address(scope), scope_header(scope, b"user-agent"))

@@ -34,16 +34,15 @@ from audit.access.forms import EnrollForm, LoginForm
 from audit.access.lockout import login_gate, login_succeeded
 from audit.access.middleware import LAST_ACTIVITY_KEY
 from audit.access.policy import actor_from_request, user_is_verified
-from audit.models import AuditEvent, StaffSession
-from audit.services import (
-    Actor,
-    audit_record,
+from audit.access.sessions import (
     staff_session_forget,
     staff_session_register,
-    totp_secret_base32,
     user_logout_everywhere,
     user_sockets_close,
 )
+from audit.access.staff import totp_secret_base32
+from audit.models import AuditEvent, StaffSession
+from audit.trail import Actor, audit_record
 from config.api_errors import error_response
 
 ENROLL_KEY = "perfuse_enroll"

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.access.roles import ROLES
-from audit.services import StaffError, staff_upsert, totp_secret_base32
+from audit.access.staff import StaffError, staff_upsert, totp_secret_base32
 
 
 class Command(BaseCommand):

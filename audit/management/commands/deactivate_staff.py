@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from audit.services import StaffError, staff_deactivate
+from audit.access.staff import StaffError, staff_deactivate
 
 
 class Command(BaseCommand):

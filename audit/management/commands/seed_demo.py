@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL
-from audit.services import staff_upsert, totp_secret_base32
+from audit.access.staff import staff_upsert, totp_secret_base32
 from telemetry.models import Ward
 
 DEMO_PASSWORD = "perfuse-demo-2026"  # noqa: S105 (a published demo credential, local demo only)

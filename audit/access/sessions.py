@@ -1,0 +1,67 @@
+"""Staff sessions: the register of a user's open sessions (so "log out everywhere" and
+deactivation can end them all), and the `session.revoked` frame that closes their WebSockets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
+from django.db import transaction
+from django.utils.module_loading import import_string
+
+from audit.models import StaffSession
+from audit.trail import Actor, audit_record
+from telemetry.events import publish, user_group
+
+log = logging.getLogger(__name__)
+
+
+def _session_store(session_key: str) -> SessionBase:
+    engine = import_string(f"{settings.SESSION_ENGINE}.SessionStore")
+    store: SessionBase = engine(session_key=session_key)
+    return store
+
+
+def staff_session_register(*, user_id: int, session_key: str, actor: Actor) -> None:
+    StaffSession.objects.update_or_create(
+        session_key=session_key,
+        defaults={"user_id": user_id, "source_address": actor.source_address, "user_agent": actor.user_agent},
+    )
+
+
+def staff_session_forget(*, session_key: str) -> None:
+    StaffSession.objects.filter(session_key=session_key).delete()
+
+
+def user_sockets_close(*, user_id: int, session_key: str | None = None) -> None:
+    """Close the user's WebSockets of one session (`session_key`), or of every session when it is
+    None (logout everywhere, deactivation). Consumers join telemetry.events.user_group and close on
+    `session.revoked` when audit.access.asgi.session_revocation_applies. Sent after commit; best effort
+    like every live frame, which is why the sessions themselves are deleted first: a socket that
+    missed the frame cannot reconnect, and the consumers' periodic re-check closes it."""
+    event: dict[str, Any] = {"type": "session.revoked"}
+    if session_key is not None:
+        event["session_key"] = session_key
+
+    def send() -> None:
+        try:
+            async_to_sync(publish)([user_group(user_id)], event)
+        except RuntimeError:  # no event loop bridge available (e.g. inside an async context)
+            log.warning("could not close sockets of user %s", user_id, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def user_logout_everywhere(*, user_id: int, actor: Actor) -> int:
+    """End every session of the user (all browsers, all devices) and close their sockets."""
+    keys = list(StaffSession.objects.filter(user_id=user_id).values_list("session_key", flat=True))
+    for key in keys:
+        _session_store(key).delete()
+    StaffSession.objects.filter(user_id=user_id).delete()
+    audit_record(actor=actor, action="logout.everywhere", detail={"sessions": len(keys), "user_id": user_id})
+    user_sockets_close(user_id=user_id)
+    return len(keys)

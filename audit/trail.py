@@ -1,0 +1,71 @@
+"""The audit-trail writer: who did something (Actor), and `audit_record`, which appends one event
+to the hash chain (audit/chain.py) and signs a checkpoint every PERFUSE_AUDIT_CHECKPOINT_EVERY
+events.
+
+Every layer audits its own acts, so this module sits just above the plumbing and imports nothing
+of the apps but the audit tables and the chain. `audit_record` is called inside the transaction
+of the action being audited, so the event and the action commit or roll back together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from audit.chain import CHAIN_LOCK_KEY, GENESIS, event_hash
+from audit.checkpoints import checkpoint_create
+from audit.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something, and from where: built from a request or a WebSocket scope."""
+
+    user_id: int | None
+    username: str
+    role: str
+    source_address: str = ""
+    user_agent: str = ""
+
+
+SYSTEM = Actor(user_id=None, username="system", role="system")
+
+
+@transaction.atomic
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    outcome: str = AuditEvent.Outcome.ALLOWED,
+    subject: str = "",
+    purpose: str = "",
+    break_glass: bool = False,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+    last = AuditEvent.objects.order_by("-id").values_list("id", "hash").first()
+    content: dict[str, Any] = {
+        "occurred_at": dt.datetime.now(dt.UTC),
+        "actor_id": actor.user_id,
+        "actor_username": actor.username[:150],
+        "role": actor.role,
+        "action": action,
+        "subject": subject[:80],
+        "purpose": purpose[:500],
+        "outcome": str(outcome),
+        "source_address": actor.source_address[:64],
+        "user_agent": actor.user_agent[:300],
+        "break_glass": break_glass,
+        "detail": detail or {},
+    }
+    prev = last[1] if last else GENESIS
+    event = AuditEvent.objects.create(**content, prev_hash=prev, hash=event_hash(prev, content))
+    every = settings.PERFUSE_AUDIT_CHECKPOINT_EVERY
+    if every and event.id // every != (last[0] if last else 0) // every:
+        checkpoint_create(event_id=event.id, event_hash=event.hash)
+    return event
