@@ -1,28 +1,23 @@
-"""Compliance pages (audit search, who-accessed report, disclosure accounting, exports) and
-break-glass. Thin: selectors read, services write, every view writes exactly one audit event
-(refusals are audited by audit.access.decorators.staff_page)."""
+"""Compliance pages: audit search, who-accessed report, disclosure accounting, exports. Thin:
+selectors read, every view writes exactly one audit event (refusals are audited by
+audit.access.decorators.staff_page)."""
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-from django.conf import settings
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
-from audit.access.breakglass import BreakGlassError, break_glass_end, break_glass_grant
 from audit.access.decorators import staff_page
-from audit.access.forms import BreakGlassForm
 from audit.access.policy import actor_from_request
 from audit.fhir import audit_bundle
-from audit.models import AuditEvent, BreakGlassGrant
+from audit.models import AuditEvent
 from audit.selectors import (
     AuditFilters,
     audit_events,
@@ -166,75 +161,3 @@ def export_fhir(request: HttpRequest) -> HttpResponse:
     response = JsonResponse(audit_bundle(events), content_type="application/fhir+json")
     response["Content-Disposition"] = 'attachment; filename="perfuse-audit.fhir.json"'
     return response
-
-
-@require_http_methods(["GET", "POST"])
-@staff_page("break_glass", "break_glass.form")
-def break_glass(request: HttpRequest) -> HttpResponse:
-    actor = actor_from_request(request)
-    form = BreakGlassForm(request.POST or None, initial={"pseudonym": request.GET.get("patient", "")})
-    if request.method == "POST":
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                grant = break_glass_grant(
-                    user=request.user,
-                    actor=actor,
-                    pseudonym=data["pseudonym"],
-                    reason=data["reason"],
-                    purpose=data["purpose"],
-                    minutes=data["minutes"],
-                )
-            except BreakGlassError as exc:
-                form.add_error(None, _BREAK_GLASS_ERRORS.get(str(exc), "Access could not be granted."))
-            else:
-                messages.warning(
-                    request,
-                    f"Emergency access to {grant.patient.pseudonym} until "
-                    f"{grant.expires_at:%H:%M} UTC. Everything you open is recorded as break-glass.",
-                )
-                return redirect(f"/patients/{grant.patient.pseudonym}/")
-        else:
-            audit_record(
-                actor=actor,
-                action="break_glass.requested",
-                outcome=AuditEvent.Outcome.DENIED,
-                subject=str(request.POST.get("pseudonym", ""))[:80],
-                break_glass=True,
-                detail={"reason": "invalid_form", "fields": sorted(form.errors)},
-            )
-        status = 400
-    else:
-        audit_record(actor=actor, action="break_glass.form")
-        status = 200
-    grants = BreakGlassGrant.objects.filter(
-        user_id=request.user.pk or 0, ended_at__isnull=True, expires_at__gt=dt.datetime.now(dt.UTC)
-    ).select_related("patient")
-    context = {"form": form, "grants": grants, "max_minutes": settings.PERFUSE_BREAK_GLASS_MAX_MINUTES}
-    return render(request, "audit/break_glass.html", context, status=status)
-
-
-_BREAK_GLASS_ERRORS = {
-    "unknown_patient": "No patient has that pseudonym.",
-    "purpose": "State the purpose (at least 10 characters).",
-    "duration": f"Choose a duration of at most {settings.PERFUSE_BREAK_GLASS_MAX_MINUTES} minutes.",
-    "reason": "Choose a reason.",
-    "role": "Your role cannot break the glass.",
-}
-
-
-@require_POST
-@staff_page("break_glass", "break_glass.ended")
-def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
-    grant = BreakGlassGrant.objects.select_related("patient").filter(id=grant_id, user_id=request.user.pk or 0).first()
-    if grant is None:
-        audit_record(
-            actor=actor_from_request(request),
-            action="break_glass.ended",
-            outcome=AuditEvent.Outcome.DENIED,
-            detail={"reason": "unknown_grant", "grant": grant_id},
-        )
-        return render(request, "errors/forbidden.html", status=404)
-    break_glass_end(grant=grant, actor=actor_from_request(request))
-    messages.info(request, f"Emergency access to {grant.patient.pseudonym} ended.")
-    return redirect("audit-break-glass")

@@ -7,6 +7,7 @@ urlpatterns = [
     path("django-admin/", admin.site.urls),
     path("", include("telemetry.urls")),
     path("", include("audit.urls")),
+    path("", include("audit.access.urls")),
     path("", include("alerts.urls")),
     path("", include("dashboard.urls")),
 ]

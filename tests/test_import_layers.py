@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,11 +80,12 @@ def module_files(root: Path) -> dict[str, Path]:
     return files
 
 
-def _longest_prefix(module: str, table: dict[str, float]) -> str | None:
-    parts = module.split(".")
+def _longest_prefix(name: str, known: Container[str]) -> str | None:
+    """The longest dotted prefix of `name` (itself included) that is in `known`."""
+    parts = name.split(".")
     for n in range(len(parts), 0, -1):
         prefix = ".".join(parts[:n])
-        if prefix in table:
+        if prefix in known:
             return prefix
     return None
 
@@ -103,16 +104,6 @@ def unit_of(module: str) -> str:
 def rank_of(module: str) -> float:
     unit = unit_of(module)
     return EDGES[unit.removesuffix("[edge]")] if unit.endswith("[edge]") else LAYERS[unit]
-
-
-def _resolve(name: str, modules: set[str]) -> str | None:
-    """The project module `name` names, or its nearest enclosing project module."""
-    parts = name.split(".")
-    for n in range(len(parts), 0, -1):
-        candidate = ".".join(parts[:n])
-        if candidate in modules:
-            return candidate
-    return None
 
 
 def _walk(node: ast.AST, nested: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
@@ -139,7 +130,7 @@ def imports_of(module: str, path: Path, modules: set[str]) -> list[Import]:
             # `from pkg import sub` imports the submodule pkg.sub when there is one.
             names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         for name in names:
-            target = _resolve(name, modules)
+            target = _longest_prefix(name, modules)  # a name inside a module: that module
             if target is not None and target != module:
                 found[Import(module, target, node.lineno, nested)] = None
     return list(found)

@@ -1,9 +1,13 @@
-"""The one place that decides who may see which patient, and who is asking.
+"""Who may see which patient, and who is asking: the ward-scope and capability decisions of the
+access layer.
 
-Views, the REST API and WebSocket consumers all ask `patient_access` / `patients_visible_to`
-(or `patient_access_audited`, which also writes the audit event); nothing re-implements ward
-or role checks. Roles are Django groups holding permissions (audit/access/roles.py); capability checks
-go through `user_can`, which also requires an OTP-verified session.
+`patient_access` / `patients_visible_to` decide patient access (`patient_access_audited` also
+writes the audit event); roles are Django groups holding permissions (audit/access/roles.py), and
+capability checks go through `user_can`, which also requires an OTP-verified session. These are
+meant to be the only ward and role checks. They are not yet: the alarm API and console socket
+(alerts/api.py, alerts/consumers.py, via the alarm scope of alerts/selectors.py) and
+dashboard/services.py still compare ward ids themselves, until the one refusal primitive of
+issue 8 replaces those checks with calls into this module.
 """
 
 from __future__ import annotations

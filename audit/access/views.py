@@ -1,4 +1,5 @@
-"""Staff sign-in (password + TOTP in one form), first-time MFA enrollment, logout, session ping.
+"""Staff sign-in (password + TOTP in one form), first-time MFA enrollment, logout, session ping,
+and the break-glass page (request and end time-limited emergency access to one patient).
 
 Every attempt is audited: login.success / login.failure / login.locked / logout. A user whose
 password is right but who has no confirmed authenticator is not logged in: the session only
@@ -8,6 +9,7 @@ prove the new authenticator works.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import time
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import qrcode
 import qrcode.image.svg
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import authenticate, get_user_model, login, logout
 from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
@@ -29,8 +32,10 @@ from django_otp.middleware import is_verified as otp_is_verified
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.access.breakglass import BreakGlassError, break_glass_end, break_glass_grant
 from audit.access.context import role_home
-from audit.access.forms import EnrollForm, LoginForm
+from audit.access.decorators import staff_page
+from audit.access.forms import BreakGlassForm, EnrollForm, LoginForm
 from audit.access.lockout import login_gate, login_succeeded
 from audit.access.middleware import LAST_ACTIVITY_KEY
 from audit.access.policy import actor_from_request, user_is_verified
@@ -41,7 +46,7 @@ from audit.access.sessions import (
     user_sockets_close,
 )
 from audit.access.staff import totp_secret_base32
-from audit.models import AuditEvent, StaffSession
+from audit.models import AuditEvent, BreakGlassGrant, StaffSession
 from audit.trail import Actor, audit_record
 from config.api_errors import error_response
 
@@ -250,3 +255,75 @@ def session_ping_view(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return error_response(401, "not_authenticated", "Your session has ended; sign in again.")
     return JsonResponse({"idle_seconds": settings.PERFUSE_SESSION_IDLE_SECONDS})
+
+
+@require_http_methods(["GET", "POST"])
+@staff_page("break_glass", "break_glass.form")
+def break_glass(request: HttpRequest) -> HttpResponse:
+    actor = actor_from_request(request)
+    form = BreakGlassForm(request.POST or None, initial={"pseudonym": request.GET.get("patient", "")})
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                grant = break_glass_grant(
+                    user=request.user,
+                    actor=actor,
+                    pseudonym=data["pseudonym"],
+                    reason=data["reason"],
+                    purpose=data["purpose"],
+                    minutes=data["minutes"],
+                )
+            except BreakGlassError as exc:
+                form.add_error(None, _BREAK_GLASS_ERRORS.get(str(exc), "Access could not be granted."))
+            else:
+                messages.warning(
+                    request,
+                    f"Emergency access to {grant.patient.pseudonym} until "
+                    f"{grant.expires_at:%H:%M} UTC. Everything you open is recorded as break-glass.",
+                )
+                return redirect(f"/patients/{grant.patient.pseudonym}/")
+        else:
+            audit_record(
+                actor=actor,
+                action="break_glass.requested",
+                outcome=AuditEvent.Outcome.DENIED,
+                subject=str(request.POST.get("pseudonym", ""))[:80],
+                break_glass=True,
+                detail={"reason": "invalid_form", "fields": sorted(form.errors)},
+            )
+        status = 400
+    else:
+        audit_record(actor=actor, action="break_glass.form")
+        status = 200
+    grants = BreakGlassGrant.objects.filter(
+        user_id=request.user.pk or 0, ended_at__isnull=True, expires_at__gt=dt.datetime.now(dt.UTC)
+    ).select_related("patient")
+    context = {"form": form, "grants": grants, "max_minutes": settings.PERFUSE_BREAK_GLASS_MAX_MINUTES}
+    return render(request, "audit/break_glass.html", context, status=status)
+
+
+_BREAK_GLASS_ERRORS = {
+    "unknown_patient": "No patient has that pseudonym.",
+    "purpose": "State the purpose (at least 10 characters).",
+    "duration": f"Choose a duration of at most {settings.PERFUSE_BREAK_GLASS_MAX_MINUTES} minutes.",
+    "reason": "Choose a reason.",
+    "role": "Your role cannot break the glass.",
+}
+
+
+@require_POST
+@staff_page("break_glass", "break_glass.ended")
+def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
+    grant = BreakGlassGrant.objects.select_related("patient").filter(id=grant_id, user_id=request.user.pk or 0).first()
+    if grant is None:
+        audit_record(
+            actor=actor_from_request(request),
+            action="break_glass.ended",
+            outcome=AuditEvent.Outcome.DENIED,
+            detail={"reason": "unknown_grant", "grant": grant_id},
+        )
+        return render(request, "errors/forbidden.html", status=404)
+    break_glass_end(grant=grant, actor=actor_from_request(request))
+    messages.info(request, f"Emergency access to {grant.patient.pseudonym} ended.")
+    return redirect("audit-break-glass")
