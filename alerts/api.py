@@ -1,7 +1,9 @@
 """Alarm REST API (contract section 3): list, detail, acknowledge, accept, decline, pause.
 
-Ward-scoped through alerts.selectors.alarm_access; every call is audited, refusals too. Errors
-are {"error": {"code", "detail"}} with stable codes.
+Ward-scoped through alerts.selectors (`alarm_console`, `alarm_visible`, `alarm_patient`) and the
+services' own checks; every call is audited. A refusal is raised on to the API's exception
+handler (audit.access.answers), which audits it once and answers {"error": {"code", "detail"}}
+with a stable code; invalid input is an ApiError (400, not audited).
 """
 
 from __future__ import annotations
@@ -18,19 +20,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts import selectors, services
-from alerts.models import Alarm, Priority
 from alerts.schemas import alarm_out, transition_out
-from audit.access.policy import actor_from_request, user_is_verified
+from alerts.vocabulary import OPEN_STATES, Category, Kind, Priority, State
+from audit.access.policy import actor_from_request
 from audit.trail import audit_record
-from config.api_errors import error_body
-from telemetry.models import Patient
+from config.api_errors import ApiError
 
 STATES = {
-    "active": [Alarm.State.ACTIVE_UNACKNOWLEDGED, Alarm.State.ACKNOWLEDGED],
-    "active_unacknowledged": [Alarm.State.ACTIVE_UNACKNOWLEDGED],
-    "acknowledged": [Alarm.State.ACKNOWLEDGED],
-    "resolved": [Alarm.State.RESOLVED],
-    "all": list(Alarm.State),
+    "active": list(OPEN_STATES),
+    "active_unacknowledged": [State.ACTIVE_UNACKNOWLEDGED],
+    "acknowledged": [State.ACKNOWLEDGED],
+    "resolved": [State.RESOLVED],
+    "all": list(State),
 }
 LIST_LIMIT = 500
 
@@ -41,11 +42,11 @@ class AlarmSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     patient = serializers.CharField()
     ward = serializers.CharField()
-    kind = serializers.ChoiceField(choices=["critical_low", "low", "rapid_fall", "signal_quality", "no_data"])
+    kind = serializers.ChoiceField(choices=Kind.values())
     kind_label = serializers.CharField()
-    priority = serializers.ChoiceField(choices=Priority.values)
-    category = serializers.ChoiceField(choices=["physiological", "technical"])
-    state = serializers.ChoiceField(choices=Alarm.State.values)
+    priority = serializers.ChoiceField(choices=Priority.values())
+    category = serializers.ChoiceField(choices=Category.values())
+    state = serializers.ChoiceField(choices=State.values())
     latched = serializers.BooleanField()
     condition_present = serializers.BooleanField()
     condition_started_at = serializers.DateTimeField()
@@ -104,7 +105,7 @@ class DeclineIn(serializers.Serializer):
 class PauseIn(serializers.Serializer):
     patient = serializers.SlugField(max_length=40)
     seconds = serializers.IntegerField(min_value=1, max_value=86400)
-    priority = serializers.ChoiceField(choices=Priority.values, default=Priority.MEDIUM)
+    priority = serializers.ChoiceField(choices=Priority.values(), default=Priority.MEDIUM.value)
     reason = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
 
 
@@ -122,46 +123,18 @@ class ErrorSerializer(serializers.Serializer):
 ERRORS = {400: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
 
 
-def _refuse(request: Request, *, action: str, status: int, code: str, detail: str, subject: str = "") -> Response:
-    with transaction.atomic():
-        audit_record(
-            actor=actor_from_request(request), action=action, outcome="denied", subject=subject, detail={"reason": code}
-        )
-    return Response(error_body(code, detail), status=status)
-
-
-def _console_refusal(request: Request, action: str, subject: str = "") -> Response | None:
-    """None when the user may use the alarm console; else the audited JSON refusal."""
-    if selectors.alarm_scope(request.user) is not None:
-        return None
-    if not request.user.is_authenticated:
-        code, detail = "not_authenticated", "Log in first."
-    elif not user_is_verified(request.user):
-        code, detail = "mfa_required", "A verified (OTP) session is required."
-    else:
-        code, detail = "forbidden", "Your role has no alarm console."
-    return _refuse(request, action=action, status=403, code=code, detail=detail, subject=subject[:40])
-
-
-def _alarm_subject(alarm_id: int) -> str:
-    """The patient an alarm is about, so refusals name the subject like allowed acts do."""
-    return Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first() or ""
-
-
-def _input(
-    serializer_class: type[serializers.Serializer], request: Request
-) -> tuple[dict[str, Any] | None, Response | None]:
-    data = request.data if isinstance(request.data, dict) else None
-    if data is None:
-        return None, Response(error_body("invalid", "A JSON object is expected."), status=400)
-    s = serializer_class(data=data)
+def _input(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ApiError("invalid", "A JSON object is expected.")
+    s = serializer_class(data=request.data)
     if not s.is_valid():
-        return None, Response(error_body("invalid", s.errors), status=400)
-    return dict(s.validated_data), None
+        raise ApiError("invalid", s.errors)
+    return dict(s.validated_data)
 
 
-def _error(exc: services.AlarmError) -> Response:
-    return Response(error_body(exc.code, exc.detail), status=exc.status)
+def _console(request: Request, action: str, alarm_id: int) -> None:
+    """Refused before the input is read: no console, no answer about the input either."""
+    selectors.alarm_console(request.user, action=action, subject=selectors.alarm_subject(alarm_id))
 
 
 @extend_schema(
@@ -180,14 +153,12 @@ def _error(exc: services.AlarmError) -> Response:
     responses={200: AlarmListSerializer, **ERRORS},
 )
 @api_view(["GET"])
-@permission_classes([AllowAny])  # refusals are answered and audited in the view
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_list(request: Request) -> Response:
-    refused = _console_refusal(request, "alarm.listed")
-    if refused:
-        return refused
+    selectors.alarm_console(request.user, action="alarm.listed")
     state = request.query_params.get("state", "active")
     if state not in STATES:
-        return Response(error_body("invalid", f"state must be one of {', '.join(STATES)}"), status=400)
+        raise ApiError("invalid", f"state must be one of {', '.join(STATES)}")
     qs = selectors.alarms_visible_to(request.user).filter(state__in=STATES[state])
     if patient := request.query_params.get("patient"):
         qs = qs.filter(patient__pseudonym=patient)
@@ -209,42 +180,15 @@ def alarm_list(request: Request) -> Response:
     return Response({"alarms": [alarm_out(a) for a in alarms]})
 
 
-def _visible_alarm(request: Request, alarm_id: int, action: str) -> tuple[Alarm | None, Response | None]:
-    refused = _console_refusal(request, action, _alarm_subject(alarm_id))
-    if refused:
-        return None, refused
-    alarm = (
-        Alarm.objects.select_related("patient", "ward", "rule", "acknowledged_by", "responsible")
-        .filter(pk=alarm_id)
-        .first()
-    )
-    if alarm is None:
-        return None, _refuse(request, action=action, status=404, code="not_found", detail="No such alarm.")
-    decision = selectors.alarm_access(request.user, alarm)
-    if not decision.allowed:
-        return None, _refuse(
-            request,
-            action=action,
-            status=403,
-            code="forbidden",
-            detail="You may not see this alarm.",
-            subject=alarm.patient.pseudonym,
-        )
-    return alarm, None
-
-
 @extend_schema(
     summary="One alarm with its explanation and transitions",
     operation_id="alarm_retrieve",
     responses={200: AlarmDetailSerializer, **ERRORS},
 )
 @api_view(["GET"])
-@permission_classes([AllowAny])  # refusals are answered and audited in the view
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_detail(request: Request, alarm_id: int) -> Response:
-    alarm, refused = _visible_alarm(request, alarm_id, "alarm.viewed")
-    if refused:
-        return refused
-    assert alarm is not None
+    alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.viewed")
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
@@ -268,21 +212,13 @@ def alarm_detail(request: Request, alarm_id: int) -> Response:
     responses={200: AlarmSerializer, **ERRORS},
 )
 @api_view(["POST"])
-@permission_classes([AllowAny])  # refusals are answered and audited in the view
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
-    refused = _console_refusal(request, "alarm.acknowledged", _alarm_subject(alarm_id))
-    if refused:
-        return refused
-    data, bad = _input(AcknowledgeIn, request)
-    if bad:
-        return bad
-    assert data is not None
-    try:
-        alarm = services.alarm_acknowledge(
-            alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), note=data["note"]
-        )
-    except services.AlarmError as exc:
-        return _error(exc)
+    _console(request, "alarm.acknowledged", alarm_id)
+    data = _input(AcknowledgeIn, request)
+    alarm = services.alarm_acknowledge(
+        alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), note=data["note"]
+    )
     return Response(alarm_out(alarm))
 
 
@@ -293,15 +229,10 @@ def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
     responses={200: AlarmSerializer, **ERRORS},
 )
 @api_view(["POST"])
-@permission_classes([AllowAny])  # refusals are answered and audited in the view
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_accept(request: Request, alarm_id: int) -> Response:
-    refused = _console_refusal(request, "alarm.accepted", _alarm_subject(alarm_id))
-    if refused:
-        return refused
-    try:
-        alarm = services.alarm_accept(alarm_id=alarm_id, user=request.user, actor=actor_from_request(request))
-    except services.AlarmError as exc:
-        return _error(exc)
+    _console(request, "alarm.accepted", alarm_id)
+    alarm = services.alarm_accept(alarm_id=alarm_id, user=request.user, actor=actor_from_request(request))
     return Response(alarm_out(alarm))
 
 
@@ -312,21 +243,13 @@ def alarm_accept(request: Request, alarm_id: int) -> Response:
     responses={200: AlarmSerializer, **ERRORS},
 )
 @api_view(["POST"])
-@permission_classes([AllowAny])  # refusals are answered and audited in the view
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_decline(request: Request, alarm_id: int) -> Response:
-    refused = _console_refusal(request, "alarm.declined", _alarm_subject(alarm_id))
-    if refused:
-        return refused
-    data, bad = _input(DeclineIn, request)
-    if bad:
-        return bad
-    assert data is not None
-    try:
-        alarm = services.alarm_decline(
-            alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), reason=data["reason"]
-        )
-    except services.AlarmError as exc:
-        return _error(exc)
+    _console(request, "alarm.declined", alarm_id)
+    data = _input(DeclineIn, request)
+    alarm = services.alarm_decline(
+        alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), reason=data["reason"]
+    )
     return Response(alarm_out(alarm))
 
 
@@ -337,40 +260,22 @@ def alarm_decline(request: Request, alarm_id: int) -> Response:
     responses={201: PauseOut, **ERRORS},
 )
 @api_view(["POST"])
-@permission_classes([AllowAny])  # refusals are answered and audited in the view
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_pause(request: Request) -> Response:
     asked = request.data.get("patient") if isinstance(request.data, dict) else None
-    refused = _console_refusal(request, "alarm.paused", asked if isinstance(asked, str) else "")
-    if refused:
-        return refused
-    data, bad = _input(PauseIn, request)
-    if bad:
-        return bad
-    assert data is not None
-    patient = (
-        Patient.objects.select_related("ward").filter(pseudonym=data["patient"], discharged_at__isnull=True).first()
+    scope = selectors.alarm_console(
+        request.user, action="alarm.paused", subject=asked if isinstance(asked, str) else ""
     )
-    scope = selectors.alarm_scope(request.user)
-    if patient is None or scope is None or not (scope.all_wards or patient.ward_id in scope.ward_ids):
-        return _refuse(
-            request,
-            action="alarm.paused",
-            status=404,
-            code="not_found",
-            detail="No such patient on your wards.",
-            subject=data["patient"],
-        )
-    try:
-        pause = services.patient_pause(
-            patient=patient,
-            user=request.user,
-            actor=actor_from_request(request),
-            seconds=data["seconds"],
-            priority=data["priority"],
-            reason=data["reason"],
-        )
-    except services.AlarmError as exc:
-        return _error(exc)
+    data = _input(PauseIn, request)
+    patient = selectors.alarm_patient(scope, pseudonym=data["patient"], action="alarm.paused")
+    pause = services.patient_pause(
+        patient=patient,
+        user=request.user,
+        actor=actor_from_request(request),
+        seconds=data["seconds"],
+        priority=data["priority"],
+        reason=data["reason"],
+    )
     return Response(
         {
             "patient": patient.pseudonym,

@@ -32,11 +32,11 @@ from django.utils import timezone
 from alerts import selectors
 from alerts.schemas import alarm_out, iso
 from audit.access.asgi import current_user, session_revocation_applies
-from audit.access.decorators import refusal_reason
 from audit.access.policy import actor_from_scope
+from audit.access.refusals import refusal_audit
 from audit.trail import audit_record
+from config.refusal import Refusal
 from telemetry import events
-from telemetry.models import Ward
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.groups_joined: list[str] = []
-        self.ward_codes: frozenset[str] = frozenset()
         self.scope_rule: selectors.AlarmScope | None = None
         self._upkeep: asyncio.Task[None] | None = None
         snapshot = await database_sync_to_async(self._authorize_and_snapshot)()
@@ -65,29 +64,25 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     def _authorize_and_snapshot(self) -> dict[str, Any] | None:
         user = self.scope.get("user")  # OTP-verified or not by audit.asgi.SessionGuardMiddleware
-        scope = selectors.alarm_scope(user)
         actor = actor_from_scope(self.scope)
+        try:
+            scope = selectors.alarm_console(user, action="alarm.console_subscribed")
+        except Refusal as refusal:
+            refusal_audit(refusal, actor)
+            return None
         with transaction.atomic():
-            if scope is None:
-                audit_record(
-                    actor=actor,
-                    action="alarm.console_subscribed",
-                    outcome="denied",
-                    detail={"reason": refusal_reason(user)},
-                )
-                return None
             alarms = list(selectors.alarms_open_sorted(selectors.alarms_visible_to(user)))
             audit_record(
                 actor=actor,
                 action="alarm.console_subscribed",
                 detail={"count": len(alarms), "patients": sorted({a.patient.pseudonym for a in alarms})[:100]},
             )
-        self._set_scope(scope)
+        self.scope_rule = scope
         now = timezone.now()
         pauses = [
             {"patient": p.patient.pseudonym, "until": iso(p.until), "priority": p.priority}
             for p in selectors.pauses_active(now).values()
-            if scope.all_wards or p.patient.ward_id in scope.ward_ids
+            if scope.allows(ward_id=p.patient.ward_id)
         ]
         notes = [
             {"id": n.pk, "alarm": n.alarm_id, "text": n.text, "created_at": iso(n.created_at)}
@@ -101,28 +96,18 @@ class AlarmConsoleConsumer(AsyncJsonWebsocketConsumer):
             "server_time": iso(now),
         }
 
-    def _set_scope(self, scope: selectors.AlarmScope) -> None:
-        self.scope_rule = scope
-        wards = Ward.objects.all() if scope.all_wards else Ward.objects.filter(id__in=scope.ward_ids)
-        self.ward_codes = frozenset(wards.values_list("code", flat=True))
-
     def _recheck(self) -> bool:
         """Access as the database has it now; updates the scope when wards or role changed."""
         user = current_user(self.scope)
         scope = selectors.alarm_scope(user) if user is not None else None
         if scope is None:
             return False
-        if scope != self.scope_rule or scope.all_wards:  # all wards: new wards join the scope
-            self._set_scope(scope)
+        self.scope_rule = scope
         return True
 
     def _in_scope(self, ward_code: str, escalation_level: int = 0) -> bool:
         rule = self.scope_rule
-        if rule is None:
-            return False
-        if rule.all_wards or ward_code in self.ward_codes:
-            return True
-        return rule.escalated_everywhere and escalation_level >= 1
+        return rule is not None and rule.allows_frame(ward_code=ward_code, escalation_level=escalation_level)
 
     async def _join(self) -> None:
         for group in self.groups_joined:

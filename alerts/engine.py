@@ -24,23 +24,15 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Max
 
-from alerts import lifecycle, services
-from alerts.evaluation import (
-    PHYSIOLOGICAL_KINDS,
-    SAMPLE_KINDS,
-    ConditionEvent,
-    OutOfOrder,
-    PatientEvaluator,
-    RuleParams,
-    Sample,
-)
-from alerts.models import KIND_PRIORITY, RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, Kind
-from alerts.selectors import pauses_active
+from alerts import lifecycle, selectors, services
+from alerts.evaluation import ConditionEvent, OutOfOrder, PatientEvaluator, RuleParams, Sample
+from alerts.models import RULE_DEFAULTS, AlarmPause, AlarmRule
+from alerts.selectors import OpenAlarm, pauses_active
+from alerts.vocabulary import KIND_PRIORITY, PHYSIOLOGICAL_KINDS, SAMPLE_KINDS, Kind
 from telemetry.engine import ReadingRow
 from telemetry.models import Calibration, Device, Patient
 
@@ -50,39 +42,6 @@ METRIC = "tissue_o2"
 MAX_REPLAY = dt.timedelta(hours=6)
 NO_DATA_EVERY = dt.timedelta(seconds=1)
 TIMER_BUDGET_SECONDS = 0.05
-
-
-class OpenAlarm(NamedTuple):
-    pk: int
-    patient_id: int
-    kind: str
-    rule_id: int
-    priority_rank: int
-    state: str
-    priority: str
-    latched: bool
-    condition_present: bool
-    condition_started_at: dt.datetime
-    condition_cleared_at: dt.datetime | None
-    activated_at: dt.datetime
-    acknowledged_at: dt.datetime | None
-    escalation_level: int
-    escalated_at: dt.datetime | None
-    responsible_id: int | None
-
-    def view(self) -> lifecycle.AlarmView:
-        return lifecycle.AlarmView(
-            state=self.state,
-            priority=self.priority,
-            latched=self.latched,
-            condition_present=self.condition_present,
-            condition_cleared_at=self.condition_cleared_at,
-            activated_at=self.activated_at,
-            acknowledged_at=self.acknowledged_at,
-            escalation_level=self.escalation_level,
-            escalated_at=self.escalated_at,
-            responsible_id=self.responsible_id,
-        )
 
 
 @dataclass
@@ -159,10 +118,9 @@ class AlarmProcessor:
 
     def _open_alarms(self) -> list[OpenAlarm]:
         """The open alarms' timer fields only: this runs every loop."""
-        rows = Alarm.objects.exclude(state=Alarm.State.RESOLVED).values_list(*OpenAlarm._fields)
-        alarms = [OpenAlarm(*row) for row in rows]
+        alarms = selectors.alarms_open_timers()
         missing = {a.rule_id for a in alarms} - self._timers.keys()
-        for rule in AlarmRule.objects.filter(pk__in=missing):
+        for rule in selectors.rules_by_id(missing):
             self._timers[rule.pk] = (
                 dt.timedelta(seconds=rule.suppression_window_s),
                 dt.timedelta(seconds=rule.realert_interval_s),
@@ -172,7 +130,7 @@ class AlarmProcessor:
 
     def _timer_due(self, alarm: OpenAlarm, now: dt.datetime) -> bool:
         suppression, realert, escalation = self._timers[alarm.rule_id]  # rule versions never change
-        view = alarm.view()
+        view = alarm.view
         return (
             lifecycle.due_resolution(view, now=now, suppression_window=suppression)
             or lifecycle.due_realert(view, now=now, realert_interval=realert)
@@ -182,13 +140,12 @@ class AlarmProcessor:
     # --- evaluation state ----------------------------------------------------------------------
 
     def _refresh_rules(self) -> None:
-        mark = AlarmRule.objects.aggregate(m=Max("id"), c=Count("id"))
-        key = (mark["m"], mark["c"])
+        key = selectors.rules_mark()
         if key == self._rule_mark:
             return
         self._rule_mark = key
         self._ward_rules, self._overrides = {}, {}
-        for rule in AlarmRule.objects.order_by("version"):
+        for rule in selectors.rules_in_version_order():
             if rule.patient_id is None:
                 self._ward_rules[rule.ward_id] = rule
             elif rule.retired:
@@ -239,11 +196,7 @@ class AlarmProcessor:
 
     def _apply(self, state: PatientState, found: Iterable[ConditionEvent], *, now: dt.datetime) -> None:
         for event in found:
-            # At most one open alarm per (patient, kind) (a partial unique index): no ordering needed.
-            found_open = Alarm.objects.filter(patient=state.patient, kind=event.kind).exclude(
-                state=Alarm.State.RESOLVED
-            )
-            open_alarm = next(iter(found_open.order_by()[:1]), None)
+            open_alarm = selectors.alarm_open(patient_id=state.patient.pk, kind=event.kind)
             if event.change == "raised":
                 if open_alarm is None:
                     self._raise(state, event, now=now)
@@ -259,14 +212,9 @@ class AlarmProcessor:
 
     def _raise(self, state: PatientState, event: ConditionEvent, *, now: dt.datetime) -> None:
         patient = state.patient
-        if Alarm.objects.filter(patient=patient, kind=event.kind, condition_started_at=event.onset).exists():
+        if selectors.alarm_episode_exists(patient_id=patient.pk, kind=event.kind, onset=event.onset):
             return  # this episode already had its alarm (replay after restart or late data)
-        pause = (
-            AlarmPause.objects.filter(patient=patient, ended_at__isnull=True, until__gt=now, started_at__lte=now)
-            .order_by("-until")
-            .first()
-        )
-        if _suppressed(event.kind, pause):
+        if _suppressed(event.kind, selectors.pause_active(patient.pk, now)):
             state.held[event.kind] = event
             return
         services.alarm_raise(
@@ -315,7 +263,7 @@ class AlarmProcessor:
                 continue
             if not silent or _suppressed(Kind.NO_DATA, pauses.get(pid)):
                 continue
-            if Alarm.objects.filter(patient_id=pid, kind=Kind.NO_DATA, condition_started_at=last).exists():
+            if selectors.alarm_episode_exists(patient_id=pid, kind=Kind.NO_DATA, onset=last):
                 continue
             services.alarm_raise(
                 patient=patient,
@@ -342,9 +290,7 @@ def _suppressed(kind: str, pause: AlarmPause | None) -> bool:
 
 def _seed(states: dict[int, PatientState]) -> None:
     """Start each condition from its open alarm so a replay continues the stored episode."""
-    for alarm in Alarm.objects.filter(patient_id__in=list(states), kind__in=SAMPLE_KINDS).exclude(
-        state=Alarm.State.RESOLVED
-    ):
+    for alarm in selectors.alarms_open_of(patient_ids=states, kinds=SAMPLE_KINDS):
         machine = states[alarm.patient_id].evaluator.machines[alarm.kind]
         if alarm.condition_present:
             decided = dt.datetime.fromisoformat(alarm.explain.get("at", alarm.condition_started_at.isoformat()))

@@ -23,15 +23,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from alerts.vocabulary import Kind
+
 Verdict = Literal["bad", "neutral", "good", "skip"]
 Phase = Literal["idle", "pending", "active", "clearing"]
 
-CRITICAL_LOW = "critical_low"
-LOW = "low"
-RAPID_FALL = "rapid_fall"
-SIGNAL_QUALITY = "signal_quality"
-SAMPLE_KINDS = (CRITICAL_LOW, LOW, RAPID_FALL, SIGNAL_QUALITY)
-PHYSIOLOGICAL_KINDS = (CRITICAL_LOW, LOW, RAPID_FALL)
 # Signal quality must recover this far above the level to count as good (hysteresis for quality).
 QUALITY_MARGIN = 0.05
 # Samples kept per condition to explain a raise.
@@ -95,20 +91,22 @@ class RuleParams:
         return max(longest + self.clear_delay + dt.timedelta(seconds=60), dt.timedelta(minutes=5))
 
     def threshold(self, kind: str) -> float:
-        return {
-            CRITICAL_LOW: self.critical_threshold,
-            LOW: self.low_threshold,
-            RAPID_FALL: self.rapid_fall_drop,
-            SIGNAL_QUALITY: self.quality_level,
-        }[kind]
+        thresholds: dict[str, float] = {
+            Kind.CRITICAL_LOW: self.critical_threshold,
+            Kind.LOW: self.low_threshold,
+            Kind.RAPID_FALL: self.rapid_fall_drop,
+            Kind.SIGNAL_QUALITY: self.quality_level,
+        }
+        return thresholds[kind]
 
     def delay(self, kind: str) -> dt.timedelta:
-        return {
-            CRITICAL_LOW: self.critical_delay,
-            LOW: self.low_delay,
-            RAPID_FALL: dt.timedelta(0),
-            SIGNAL_QUALITY: self.quality_delay,
-        }[kind]
+        delays: dict[str, dt.timedelta] = {
+            Kind.CRITICAL_LOW: self.critical_delay,
+            Kind.LOW: self.low_delay,
+            Kind.RAPID_FALL: dt.timedelta(0),
+            Kind.SIGNAL_QUALITY: self.quality_delay,
+        }
+        return delays[kind]
 
 
 @dataclass(frozen=True)
@@ -200,10 +198,10 @@ class PatientEvaluator:
         self.params = params
         gap = params.no_data_delay
         self.machines: dict[str, Machine] = {
-            CRITICAL_LOW: Machine(CRITICAL_LOW, params.critical_delay, params.clear_delay, gap),
-            LOW: Machine(LOW, params.low_delay, params.clear_delay, gap),
-            RAPID_FALL: Machine(RAPID_FALL, dt.timedelta(0), params.clear_delay, gap),
-            SIGNAL_QUALITY: Machine(SIGNAL_QUALITY, params.quality_delay, params.clear_delay, gap),
+            Kind.CRITICAL_LOW: Machine(Kind.CRITICAL_LOW, params.critical_delay, params.clear_delay, gap),
+            Kind.LOW: Machine(Kind.LOW, params.low_delay, params.clear_delay, gap),
+            Kind.RAPID_FALL: Machine(Kind.RAPID_FALL, dt.timedelta(0), params.clear_delay, gap),
+            Kind.SIGNAL_QUALITY: Machine(Kind.SIGNAL_QUALITY, params.quality_delay, params.clear_delay, gap),
         }
         self._window: deque[Sample] = deque()
         self.last_t: dt.datetime | None = None
@@ -222,13 +220,13 @@ class PatientEvaluator:
 
     def verdicts(self, s: Sample) -> dict[str, Verdict]:
         p = self.params
-        out: dict[str, Verdict] = {SIGNAL_QUALITY: _quality_verdict(s.quality, p.quality_level)}
+        out: dict[str, Verdict] = {Kind.SIGNAL_QUALITY: _quality_verdict(s.quality, p.quality_level)}
         if s.quality is not None and s.quality < p.quality_level:
-            out.update({CRITICAL_LOW: "skip", LOW: "skip", RAPID_FALL: "skip"})
+            out.update({Kind.CRITICAL_LOW: "skip", Kind.LOW: "skip", Kind.RAPID_FALL: "skip"})
             return out
-        out[CRITICAL_LOW] = _below_verdict(s.value, p.critical_threshold, p.clear_margin)
-        out[LOW] = _below_verdict(s.value, p.low_threshold, p.clear_margin)
-        out[RAPID_FALL] = self._fall_verdict(s)
+        out[Kind.CRITICAL_LOW] = _below_verdict(s.value, p.critical_threshold, p.clear_margin)
+        out[Kind.LOW] = _below_verdict(s.value, p.low_threshold, p.clear_margin)
+        out[Kind.RAPID_FALL] = self._fall_verdict(s)
         return out
 
     def _fall_verdict(self, s: Sample) -> Verdict:
@@ -244,12 +242,12 @@ class PatientEvaluator:
     def _explained(self, event: ConditionEvent) -> ConditionEvent:
         p = self.params
         detail: dict[str, Any] = {"threshold": p.threshold(event.kind), "delay_s": p.delay(event.kind).total_seconds()}
-        if event.kind == RAPID_FALL:
+        if event.kind == Kind.RAPID_FALL:
             detail["window_s"] = p.rapid_fall_window.total_seconds()
             top = max(self._window, key=lambda x: x.value)
             event = ConditionEvent(event.kind, event.change, event.onset, event.at, (top, *event.samples), detail)
             return event
-        detail["clear_margin"] = p.clear_margin if event.kind != SIGNAL_QUALITY else QUALITY_MARGIN
+        detail["clear_margin"] = p.clear_margin if event.kind != Kind.SIGNAL_QUALITY else QUALITY_MARGIN
         return ConditionEvent(event.kind, event.change, event.onset, event.at, event.samples, detail)
 
 

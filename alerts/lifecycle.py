@@ -7,18 +7,21 @@ can freeze time and walk an alarm through its life.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
-ACTIVE = "active_unacknowledged"
-ACKNOWLEDGED = "acknowledged"
-RESOLVED = "resolved"
+from alerts.vocabulary import PRIORITY_RANK, State
+
+# The states by the short names these rules use.
+ACTIVE, ACKNOWLEDGED, RESOLVED = State.ACTIVE_UNACKNOWLEDGED, State.ACKNOWLEDGED, State.RESOLVED
 # 0: the ward's own staff; 1: the on-call role; 2: on-call and administrators (supervisor).
 MAX_ESCALATION_LEVEL = 2
-RANK = {"high": 3, "medium": 2, "low": 1}
 
 
 @dataclass(frozen=True)
 class AlarmView:
+    """The fields of an alarm the lifecycle rules read."""
+
     state: str
     priority: str
     latched: bool
@@ -29,6 +32,11 @@ class AlarmView:
     escalation_level: int
     escalated_at: dt.datetime | None
     responsible_id: int | None
+
+    @classmethod
+    def of(cls, alarm: Any) -> AlarmView:
+        """The view of anything with these attributes: an Alarm row, or the engine's timer row."""
+        return cls(**{f.name: getattr(alarm, f.name) for f in fields(cls)})
 
 
 def due_resolution(a: AlarmView, *, now: dt.datetime, suppression_window: dt.timedelta) -> bool:
@@ -63,4 +71,4 @@ def due_escalation(a: AlarmView, *, now: dt.datetime, escalation_delay: dt.timed
 def suppressed_by_pause(priority: str, pause_priority: str | None) -> bool:
     """While a patient is paused, alarms of the pause's priority or lower are not raised; a higher
     priority breaks through."""
-    return pause_priority is not None and RANK[priority] <= RANK[pause_priority]
+    return pause_priority is not None and PRIORITY_RANK[priority] <= PRIORITY_RANK[pause_priority]

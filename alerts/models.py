@@ -3,6 +3,7 @@
 A rule version is never edited: `rule_update` writes a new row with the next version number and a
 database trigger refuses UPDATE, so the version an alarm points at is exactly the rule that
 raised it. A ward has a rule; a patient may have an override (a complete rule of its own).
+Kinds, priorities, categories and states are alerts/vocabulary.py's.
 """
 
 from __future__ import annotations
@@ -11,47 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from alerts.vocabulary import Category, Kind, Priority, State
 from telemetry.models import Patient, Ward
-
-
-class Priority(models.TextChoices):
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-
-
-PRIORITY_RANK = {Priority.HIGH: 3, Priority.MEDIUM: 2, Priority.LOW: 1}
-
-
-class Kind(models.TextChoices):
-    CRITICAL_LOW = "critical_low", "Tissue O2 critically low"
-    LOW = "low", "Tissue O2 low"
-    RAPID_FALL = "rapid_fall", "Tissue O2 falling rapidly"
-    SIGNAL_QUALITY = "signal_quality", "Signal quality low"
-    NO_DATA = "no_data", "No data from sensor"
-
-
-class Category(models.TextChoices):
-    PHYSIOLOGICAL = "physiological"
-    TECHNICAL = "technical"
-
-
-# Priority and category are properties of the condition, not of a ward's taste (IEC 60601-1-8:
-# priority follows the urgency of the response the condition demands).
-KIND_PRIORITY: dict[str, str] = {
-    Kind.CRITICAL_LOW: Priority.HIGH,
-    Kind.LOW: Priority.MEDIUM,
-    Kind.RAPID_FALL: Priority.MEDIUM,
-    Kind.SIGNAL_QUALITY: Priority.LOW,
-    Kind.NO_DATA: Priority.MEDIUM,
-}
-KIND_CATEGORY: dict[str, str] = {
-    Kind.CRITICAL_LOW: Category.PHYSIOLOGICAL,
-    Kind.LOW: Category.PHYSIOLOGICAL,
-    Kind.RAPID_FALL: Category.PHYSIOLOGICAL,
-    Kind.SIGNAL_QUALITY: Category.TECHNICAL,
-    Kind.NO_DATA: Category.TECHNICAL,
-}
 
 # Shipped clinical defaults (docs/alarms.md explains each). Keys are AlarmRule field names.
 RULE_DEFAULTS: dict[str, float | int] = {
@@ -122,19 +84,16 @@ class AlarmRule(models.Model):
 
 
 class Alarm(models.Model):
-    class State(models.TextChoices):
-        ACTIVE_UNACKNOWLEDGED = "active_unacknowledged"
-        ACKNOWLEDGED = "acknowledged"
-        RESOLVED = "resolved"
+    State = State
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="alarms")
     # The ward at raise time: scoping and fatigue figures must not move when a patient transfers.
     ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="alarms")
-    kind = models.CharField(max_length=20, choices=Kind.choices)
-    priority = models.CharField(max_length=10, choices=Priority.choices)
-    priority_rank = models.PositiveSmallIntegerField()
-    category = models.CharField(max_length=15, choices=Category.choices)
-    state = models.CharField(max_length=25, choices=State.choices, default=State.ACTIVE_UNACKNOWLEDGED)
+    kind = models.CharField(max_length=20, choices=Kind.choices())
+    priority = models.CharField(max_length=10, choices=Priority.choices())
+    priority_rank = models.PositiveSmallIntegerField()  # vocabulary.PRIORITY_RANK: the console's order
+    category = models.CharField(max_length=15, choices=Category.choices())
+    state = models.CharField(max_length=25, choices=State.choices(), default=State.ACTIVE_UNACKNOWLEDGED.value)
     latched = models.BooleanField(default=False)
     rule = models.ForeignKey(AlarmRule, on_delete=models.PROTECT, related_name="alarms")
 
@@ -183,7 +142,7 @@ class Alarm(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.state != self.State.RESOLVED
+        return self.state != State.RESOLVED
 
 
 class AlarmTransition(models.Model):
@@ -208,7 +167,7 @@ class AlarmPause(models.Model):
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="alarm_pauses")
     started_at = models.DateTimeField()
     until = models.DateTimeField()
-    priority = models.CharField(max_length=10, choices=Priority.choices)
+    priority = models.CharField(max_length=10, choices=Priority.choices())
     paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     reason = models.CharField(max_length=300, blank=True, default="")
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from alerts.models import Alarm, AlarmTransition, Kind
+from alerts.models import Alarm, AlarmTransition
+from alerts.vocabulary import Kind
 
 
 class AlarmOut(TypedDict):

@@ -1,34 +1,44 @@
 """Reads of alarms, rules and pauses, and who may see which alarm.
 
-Alarm visibility builds on audit/access/policy.py: ward care roles (clinician, on-call) see alarms of
-their wards; an alarm escalated to the on-call role is shown to every on-call user (that is what
-escalation means); administrators, who configure alarms for every ward, see all of them.
+Alarm visibility builds on audit/access/policy.py (`user_can`, `ward_scope`): ward care roles
+(clinician, on-call) see alarms of their wards; an alarm escalated to the on-call role is shown
+to every on-call user (that is what escalation means); administrators, whose ward scope is every
+ward, see all of them. `alarm_console` and `alarm_visible` raise the refusal (config.refusal)
+when the user may not; the caller's answer audits it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 
-from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, Category, Kind
+from alerts.errors import AlarmNotFound
+from alerts.lifecycle import AlarmView
+from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule
+from alerts.vocabulary import Category, Kind, State
 from audit.access.policy import (
     ADMIN,
     CLINICIAN,
     ONCALL,
     AccessDecision,
+    WardScope,
+    access_refusal,
+    refusal_reason,
     user_can,
-    user_is_verified,
     user_role,
-    user_ward_ids,
+    ward_scope,
 )
+from config.refusal import Refusal
 from telemetry.events import iso
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
+_RELATED = ("patient", "ward", "rule", "acknowledged_by", "responsible")
 
 
 @dataclass(frozen=True)
@@ -36,14 +46,23 @@ class AlarmScope:
     """What part of the alarm stream a user may see; checked per frame by the console socket."""
 
     role: str
-    all_wards: bool
-    ward_ids: frozenset[int]
+    wards: WardScope
     escalated_everywhere: bool
 
-    def allows(self, *, ward_id: int, escalation_level: int) -> bool:
-        if self.all_wards or ward_id in self.ward_ids:
+    def allows(self, *, ward_id: int, escalation_level: int = 0) -> bool:
+        if self.wards.covers(ward_id):
             return True
         return self.escalated_everywhere and escalation_level >= 1
+
+    def allows_frame(self, *, ward_code: str, escalation_level: int = 0) -> bool:
+        """`allows` for a live frame, which names its ward by code."""
+        if self.wards.covers_code(ward_code):
+            return True
+        return self.escalated_everywhere and escalation_level >= 1
+
+    def alarms_q(self) -> Q:
+        visible = self.wards.q("ward_id")
+        return visible | Q(escalation_level__gte=1) if self.escalated_everywhere else visible
 
 
 def alarm_scope(user: Any) -> AlarmScope | None:
@@ -53,41 +72,73 @@ def alarm_scope(user: Any) -> AlarmScope | None:
     role = user_role(user)
     if role not in CONSOLE_ROLES:
         return None
-    return AlarmScope(
-        role=role,
-        all_wards=role == ADMIN,
-        ward_ids=frozenset(user_ward_ids(user)),
-        escalated_everywhere=role == ONCALL,
-    )
+    return AlarmScope(role=role, wards=ward_scope(user), escalated_everywhere=role == ONCALL)
+
+
+def alarm_console(user: Any, *, action: str, subject: str = "") -> AlarmScope:
+    """The user's alarm scope, or the refusal of `action` (403 even without a session: the alarm
+    API has always answered so)."""
+    scope = alarm_scope(user)
+    if scope is None:
+        raise access_refusal(
+            user, action=action, detail="Your role has no alarm console.", subject=subject[:40], signed_out_status=403
+        )
+    return scope
 
 
 def alarm_access(user: Any, alarm: Alarm) -> AccessDecision:
-    if not user_is_verified(user):
-        return AccessDecision(False, "mfa_required")
     scope = alarm_scope(user)
     if scope is None:
-        return AccessDecision(False, f"role_{user_role(user)}")
+        return AccessDecision(False, refusal_reason(user))
     if scope.allows(ward_id=alarm.ward_id, escalation_level=alarm.escalation_level):
-        return AccessDecision(True, "admin" if scope.all_wards else "ward")
+        return AccessDecision(True, "admin" if scope.wards.all_wards else "ward")
     return AccessDecision(False, "other_ward")
+
+
+def alarm_subject(alarm_id: int) -> str:
+    """The patient an alarm is about, so refusals name the subject like allowed acts do."""
+    return Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first() or ""
+
+
+def alarm_visible(user: Any, *, alarm_id: int, action: str) -> Alarm:
+    """The alarm, if the user may see it; else the refusal of `action` (404 for no such alarm)."""
+    alarm = Alarm.objects.select_related(*_RELATED).filter(pk=alarm_id).first()
+    subject = alarm.patient.pseudonym if alarm is not None else ""
+    alarm_console(user, action=action, subject=subject)
+    if alarm is None:
+        raise AlarmNotFound("No such alarm.", action=action, reason="unknown", facts={"alarm": alarm_id})
+    decision = alarm_access(user, alarm)
+    if not decision.allowed:
+        raise Refusal(
+            action=action,
+            reason=decision.reason,
+            detail="You may not see this alarm.",
+            subject=subject,
+            facts={"alarm": alarm.pk},
+        )
+    return alarm
+
+
+def alarm_patient(scope: AlarmScope, *, pseudonym: str, action: str) -> Patient:
+    """A monitored patient on one of the scope's wards (alarms are paused per patient), or the
+    refusal of `action`: unknown and other wards' patients answer alike."""
+    patient = Patient.objects.select_related("ward").filter(pseudonym=pseudonym, discharged_at__isnull=True).first()
+    if patient is None or not scope.wards.covers(patient.ward_id):
+        raise AlarmNotFound("No such patient on your wards.", action=action, reason="not_found", subject=pseudonym)
+    return patient
 
 
 def alarms_visible_to(user: Any) -> QuerySet[Alarm]:
     scope = alarm_scope(user)
-    base = Alarm.objects.select_related("patient", "ward", "rule", "acknowledged_by", "responsible")
+    base = Alarm.objects.select_related(*_RELATED)
     if scope is None:
         return base.none()
-    if scope.all_wards:
-        return base
-    visible = Q(ward_id__in=scope.ward_ids)
-    if scope.escalated_everywhere:
-        visible |= Q(escalation_level__gte=1)
-    return base.filter(visible)
+    return base.filter(scope.alarms_q())
 
 
 def alarms_open_sorted(qs: QuerySet[Alarm]) -> QuerySet[Alarm]:
     """Console order: priority first, then the oldest (longest waiting) first."""
-    return qs.exclude(state=Alarm.State.RESOLVED).order_by("-priority_rank", "raised_at", "id")
+    return qs.exclude(state=State.RESOLVED).order_by("-priority_rank", "raised_at", "id")
 
 
 def alarms_for_patient(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> QuerySet[Alarm]:
@@ -95,7 +146,7 @@ def alarms_for_patient(*, patient_id: int, start: dt.datetime, end: dt.datetime)
     return (
         Alarm.objects.filter(patient_id=patient_id, condition_started_at__lt=end)
         .filter(Q(resolved_at__isnull=True) | Q(resolved_at__gte=start))
-        .select_related("patient", "ward", "rule", "acknowledged_by", "responsible")
+        .select_related(*_RELATED)
         .order_by("condition_started_at")
     )
 
@@ -130,6 +181,70 @@ def pauses_active(now: dt.datetime) -> dict[int, AlarmPause]:
     for pause in AlarmPause.objects.filter(ended_at__isnull=True, until__gt=now, started_at__lte=now).order_by("until"):
         out[pause.patient_id] = pause
     return out
+
+
+# --- the alarm engine's reads (alerts/engine.py) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenAlarm:
+    """An open alarm as the engine's timers read it on every loop: what finds its rule and orders
+    the timers, and the lifecycle view; only these columns are fetched."""
+
+    pk: int
+    patient_id: int
+    kind: str
+    rule_id: int
+    priority_rank: int
+    condition_started_at: dt.datetime
+    view: AlarmView
+
+    @property
+    def condition_present(self) -> bool:
+        return self.view.condition_present
+
+
+_OPEN_ALARM_KEYS = ("pk", "patient_id", "kind", "rule_id", "priority_rank", "condition_started_at")
+_VIEW_FIELDS = tuple(f.name for f in fields(AlarmView))
+
+
+def alarms_open_timers() -> list[OpenAlarm]:
+    rows = Alarm.objects.exclude(state=State.RESOLVED).values_list(*_OPEN_ALARM_KEYS, *_VIEW_FIELDS)
+    return [_open_alarm(row) for row in rows]
+
+
+def _open_alarm(row: tuple[Any, ...]) -> OpenAlarm:
+    pk, patient_id, kind, rule_id, priority_rank, started, *view = row
+    return OpenAlarm(pk, patient_id, kind, rule_id, priority_rank, started, AlarmView(*view))
+
+
+def alarm_open(*, patient_id: int, kind: str) -> Alarm | None:
+    """The open alarm of a patient and kind (at most one: a partial unique index)."""
+    return Alarm.objects.filter(patient_id=patient_id, kind=kind).exclude(state=State.RESOLVED).order_by().first()
+
+
+def alarms_open_of(*, patient_ids: Iterable[int], kinds: Iterable[str]) -> QuerySet[Alarm]:
+    return Alarm.objects.filter(patient_id__in=list(patient_ids), kind__in=list(kinds)).exclude(state=State.RESOLVED)
+
+
+def alarm_episode_exists(*, patient_id: int, kind: str, onset: dt.datetime) -> bool:
+    """Whether the episode that began at `onset` already had its alarm (an episode is named by its
+    onset sample time, so a replay never raises twice)."""
+    return Alarm.objects.filter(patient_id=patient_id, kind=kind, condition_started_at=onset).exists()
+
+
+def rules_mark() -> tuple[Any, Any]:
+    """Changes whenever a rule version is written (versions are only ever added)."""
+    mark = AlarmRule.objects.aggregate(m=Max("id"), c=Count("id"))
+    return mark["m"], mark["c"]
+
+
+def rules_in_version_order() -> QuerySet[AlarmRule]:
+    return AlarmRule.objects.order_by("version")
+
+
+def rules_by_id(rule_ids: Iterable[int]) -> QuerySet[AlarmRule]:
+    return AlarmRule.objects.filter(pk__in=list(rule_ids))
 
 
 # --- alarm-fatigue figures ---------------------------------------------------------------------
@@ -210,14 +325,12 @@ def _patient_days(patient: Patient, start: dt.datetime, end: dt.datetime) -> flo
     return max((finish - begin).total_seconds(), 0.0) / 86400
 
 
-def alarm_fatigue(*, ward_ids: list[int] | None, start: dt.datetime, end: dt.datetime) -> list[FatigueRow]:
-    """Per ward, then per patient of it, over [start, end): alarms raised in the span; patient-days
-    are monitored time (admission to discharge) inside the span."""
-    wards = Ward.objects.order_by("code")
-    if ward_ids is not None:
-        wards = wards.filter(id__in=ward_ids)
+def alarm_fatigue(*, wards: WardScope, start: dt.datetime, end: dt.datetime) -> list[FatigueRow]:
+    """Per ward of the scope, then per patient of it, over [start, end): alarms raised in the span;
+    patient-days are monitored time (admission to discharge) inside the span."""
+    in_scope = Ward.objects.filter(wards.q("id")).order_by("code")
     rows: list[FatigueRow] = []
-    for ward in wards:
+    for ward in in_scope:
         alarms = list(
             Alarm.objects.filter(ward=ward, raised_at__gte=start, raised_at__lt=end).select_related("patient")
         )
@@ -242,7 +355,7 @@ def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]
     """The most severe open alarm per patient (then the longest waiting), with the open count."""
     open_alarms = (
         Alarm.objects.filter(patient_id__in=patient_ids)
-        .exclude(state=Alarm.State.RESOLVED)
+        .exclude(state=State.RESOLVED)
         .order_by("patient_id", "-priority_rank", "raised_at")
         .values_list("patient_id", "priority", "state", "kind", "raised_at")
     )

@@ -1,16 +1,18 @@
 """Alarm pages: the console, an alarm's explanation, the rules editor and alarm-fatigue figures.
 
-Thin: each page authorizes through alerts.selectors, audits the view (refusals too) in the same
-transaction as its reads, and renders.
+Thin: each page authorizes through alerts.selectors (or the capability of the page), audits the
+view in the same transaction as its reads, and renders. A refusal is raised and answered by the
+access layer's page helper (audit.access.answers.refusal_pages): the login page or a 403 page,
+audited once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 from typing import Any
 
-from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -18,11 +20,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from alerts import selectors, services
-from alerts.models import RULE_FIELDS, Alarm, AlarmRule
+from alerts.errors import RuleInvalid
+from alerts.models import RULE_FIELDS, AlarmRule
 from alerts.schemas import alarm_out
-from audit.access.decorators import refusal_reason
-from audit.access.policy import actor_from_request, user_can, user_is_verified
+from audit.access.answers import refusal_pages
+from audit.access.decorators import staff_page
+from audit.access.policy import actor_from_request, user_can
 from audit.trail import audit_record
+from config.refusal import Refusal
 from telemetry.models import Patient, Ward
 
 RULE_LABELS: dict[str, tuple[str, str]] = {
@@ -44,33 +49,9 @@ RULE_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "") -> HttpResponse:
-    """Audited refusal: to the login page without a verified session, else a 403 page."""
-    with transaction.atomic():
-        audit_record(
-            actor=actor_from_request(request),
-            action=action,
-            outcome="denied",
-            subject=subject,
-            detail={"reason": reason, "path": request.path[:200]},
-        )
-    if not user_is_verified(request.user):
-        return redirect_to_login(request.get_full_path())
-    return render(request, "errors/forbidden.html", status=403)
-
-
-def _scope_or_refuse(request: HttpRequest, action: str) -> tuple[selectors.AlarmScope | None, HttpResponse | None]:
-    scope = selectors.alarm_scope(request.user)
-    if scope is None:
-        return None, _refuse(request, action, refusal_reason(request.user))
-    return scope, None
-
-
+@refusal_pages()
 def console(request: HttpRequest) -> HttpResponse:
-    scope, refused = _scope_or_refuse(request, "alarm.console_viewed")
-    if refused:
-        return refused
-    assert scope is not None
+    scope = selectors.alarm_console(request.user, action="alarm.console_viewed")
     alarms = list(selectors.alarms_open_sorted(selectors.alarms_visible_to(request.user)))
     with transaction.atomic():
         audit_record(
@@ -92,13 +73,9 @@ def console(request: HttpRequest) -> HttpResponse:
     )
 
 
+@refusal_pages()
 def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
-    known = Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first()
-    if selectors.alarm_scope(request.user) is None:
-        return _refuse(request, "alarm.explained", refusal_reason(request.user), known or "")
-    alarm = selectors.alarms_visible_to(request.user).filter(pk=alarm_id).first()
-    if alarm is None:
-        return _refuse(request, "alarm.explained", "other_ward" if known else "unknown", known or "")
+    alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.explained")
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
@@ -134,16 +111,17 @@ def _rule_target(request: HttpRequest) -> tuple[Ward | None, Patient | None]:
 
 
 @require_http_methods(["GET", "POST"])
+@staff_page("edit_alarm_rules", "alarm_rule.viewed")
 def rules(request: HttpRequest) -> HttpResponse:
-    if not user_can(request.user, "edit_alarm_rules"):
-        return _refuse(request, "alarm_rule.viewed", refusal_reason(request.user))
     ward, patient = _rule_target(request)
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}
     if ward is not None and request.method == "POST":
         actor = actor_from_request(request)
         if request.POST.get("remove_override") and patient is not None:
-            services.rule_override_remove(patient=patient, actor=actor, user=request.user)
+            # Refused (no override left): audited; the page shows the patient as it is.
+            with contextlib.suppress(Refusal):
+                services.rule_override_remove(patient=patient, actor=actor, user=request.user)
             return redirect(f"{request.path}?patient={patient.pseudonym}")
         values = {name: request.POST.get(name, "") for name in RULE_FIELDS}
         try:
@@ -157,7 +135,7 @@ def rules(request: HttpRequest) -> HttpResponse:
             )
             target = f"patient={patient.pseudonym}" if patient else f"ward={ward.code}"
             return redirect(f"{request.path}?{target}&saved=1")
-        except services.RuleInvalid as exc:
+        except RuleInvalid as exc:
             errors = exc.detail
     current = None
     history: list[AlarmRule] = []
@@ -218,13 +196,11 @@ def _fatigue_span(request: HttpRequest) -> tuple[dt.datetime, dt.datetime, int]:
     return end - dt.timedelta(days=days), end, days
 
 
+@refusal_pages()
 def fatigue(request: HttpRequest) -> HttpResponse:
-    scope, refused = _scope_or_refuse(request, "alarm.fatigue_viewed")
-    if refused:
-        return refused
-    assert scope is not None
+    scope = selectors.alarm_console(request.user, action="alarm.fatigue_viewed")
     start, end, days = _fatigue_span(request)
-    rows = selectors.alarm_fatigue(ward_ids=None if scope.all_wards else list(scope.ward_ids), start=start, end=end)
+    rows = selectors.alarm_fatigue(wards=scope.wards, start=start, end=end)
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request), action="alarm.fatigue_viewed", detail={"days": days, "rows": len(rows)}

@@ -1,11 +1,11 @@
 """Staff API of the audit trail: the audit-event search for compliance (contract §3). Every
-attempt is audited; every refusal is a JSON error body."""
+attempt is audited; a refusal is raised on to the API's exception handler
+(audit.access.answers), which answers it with a JSON error body."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
@@ -13,12 +13,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.access.decorators import refusal_reason
-from audit.access.policy import actor_from_request, user_can
+from audit.access.policy import access_refusal, actor_from_request, user_can
 from audit.models import AuditEvent
 from audit.selectors import audit_events, audit_filters_from
 from audit.trail import audit_record
-from config.api_errors import error_response
+from config.refusal import Refusal
+
+ACTION = "audit.api"
 
 
 def event_json(event: AuditEvent) -> dict[str, Any]:
@@ -67,16 +68,9 @@ class AuditEventsView(APIView):
             )
         },
     )
-    def get(self, request: Request) -> Response | HttpResponse:
-        actor = actor_from_request(request._request)
+    def get(self, request: Request) -> Response:
         if not user_can(request.user, "view_audit_trail"):
-            reason = refusal_reason(request.user)
-            audit_record(actor=actor, action="audit.api", outcome=AuditEvent.Outcome.DENIED, detail={"reason": reason})
-            if reason == "not_authenticated":
-                return error_response(401, "not_authenticated", "Sign in first.")
-            return error_response(
-                403, "mfa_required" if reason == "mfa_required" else "forbidden", "Compliance role only."
-            )
+            raise access_refusal(request.user, action=ACTION, detail="Compliance role only.")
         filters = audit_filters_from(request.query_params)
         errors = list(filters.errors)
         limit, before = 100, None
@@ -87,11 +81,13 @@ class AuditEventsView(APIView):
         except ValueError:
             errors.append("limit/before_id: integers")
         if errors:
-            audit_record(
-                actor=actor, action="audit.api", outcome=AuditEvent.Outcome.DENIED, detail={"reason": "invalid_query"}
-            )
-            return error_response(400, "invalid", errors)
-        audit_record(actor=actor, action="audit.api", subject=filters.patient, detail={"filters": filters.as_detail()})
+            raise Refusal(action=ACTION, reason="invalid_query", code="invalid", status=400, detail=errors)
+        audit_record(
+            actor=actor_from_request(request._request),
+            action=ACTION,
+            subject=filters.patient,
+            detail={"filters": filters.as_detail()},
+        )
         qs = audit_events(filters)
         if before is not None:
             qs = qs.filter(id__lt=before)

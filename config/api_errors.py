@@ -1,4 +1,9 @@
-"""Every 4xx from the staff API carries {"error": {"code", "detail"}} with a stable code."""
+"""Every 4xx from the staff API carries {"error": {"code", "detail"}} with a stable code.
+
+Refusals (config/refusal.py) are audited and answered by audit.access.answers.api_exception_handler,
+DRF's EXCEPTION_HANDLER, which hands every other exception to `exception_handler` here: DRF's own
+errors and `ApiError`, a client error that is no refusal (a bad parameter: nothing to audit).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,15 @@ def error_response(status: int, code: str, detail: Any, headers: dict[str, str] 
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+class ApiError(exceptions.APIException):
+    """A bad request with a stable code: not an access decision, so not audited."""
+
+    def __init__(self, code: str, detail: Any, *, status: int = 400) -> None:
+        super().__init__(detail)
+        self.status_code = status
+        self.perfuse_code = code
 
 
 _CODES: dict[type[exceptions.APIException], str] = {

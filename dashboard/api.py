@@ -1,7 +1,9 @@
 """Staff read API of the dashboard: patient list, history series and chart annotations.
 
 Session authentication with a verified (OTP) session. Every call, allowed or denied, writes one
-audit event in the same transaction as the read. Bad parameters are 400s with stable codes.
+audit event: an allowed read in the same transaction as the read, a refusal (raised by the
+access layer's `ward_read` / `patient_read`) by the API's exception handler. Bad parameters are
+400s with stable codes (config.api_errors.ApiError, not audited).
 """
 
 from __future__ import annotations
@@ -17,36 +19,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.access.policy import actor_from_request, patient_access_audited
-from config.api_errors import error_body
+from audit.access.policy import actor_from_request, patient_read, ward_read
+from config.api_errors import ApiError
 from dashboard import selectors
-from dashboard.services import ward_read_authorize
 from telemetry.units import METRICS
 
 MAX_SPAN = dt.timedelta(days=31)
 DEFAULT_SPAN = dt.timedelta(hours=1)
-# Unknown pseudonyms are refused like forbidden ones: the API is no oracle for which exist.
-_DENIED_STATUS = {"not_authenticated": 401}
-_DENIED_CODE = {"not_authenticated": "not_authenticated", "mfa_required": "mfa_required"}
-
-
-class ParamError(Exception):
-    def __init__(self, code: str, detail: str):
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-def _denied(reason: str) -> Response:
-    status = _DENIED_STATUS.get(reason, 403)
-    code = _DENIED_CODE.get(reason, "forbidden")
-    return Response(error_body(code, f"access denied: {reason}"), status=status)
-
-
-def _bad(exc: ParamError) -> Response:
-    return Response(error_body(exc.code, exc.detail), status=400)
-
-
 # Far enough from datetime's limits that offsets and the default span cannot overflow.
 MIN_TIME = dt.datetime(1000, 1, 1, tzinfo=dt.UTC)
 MAX_TIME = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
@@ -58,15 +37,15 @@ def parse_time(raw: str | None, name: str) -> dt.datetime | None:
     # An unencoded "+" in a query string arrives as a space.
     text = raw.strip().replace(" ", "+")
     if len(text) > 40:
-        raise ParamError("invalid_time", f"{name} is not an ISO-8601 time")
+        raise ApiError("invalid_time", f"{name} is not an ISO-8601 time")
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ParamError("invalid_time", f"{name} is not an ISO-8601 time") from exc
+        raise ApiError("invalid_time", f"{name} is not an ISO-8601 time") from exc
     if value.tzinfo is None:
-        raise ParamError("invalid_time", f"{name} needs a UTC offset (e.g. Z)")
+        raise ApiError("invalid_time", f"{name} needs a UTC offset (e.g. Z)")
     if not MIN_TIME <= value <= MAX_TIME:
-        raise ParamError("invalid_time", f"{name} is outside the years 1000..9000")
+        raise ApiError("invalid_time", f"{name} is outside the years 1000..9000")
     return value.astimezone(dt.UTC)
 
 
@@ -74,9 +53,9 @@ def parse_range(params: Any, *, now: dt.datetime) -> tuple[dt.datetime, dt.datet
     end = parse_time(params.get("end"), "end") or now
     start = parse_time(params.get("start"), "start") or end - DEFAULT_SPAN
     if start >= end:
-        raise ParamError("invalid_range", "start must be before end")
+        raise ApiError("invalid_range", "start must be before end")
     if end - start > MAX_SPAN:
-        raise ParamError("range_too_long", f"at most {MAX_SPAN.days} days per request")
+        raise ApiError("range_too_long", f"at most {MAX_SPAN.days} days per request")
     return start, end
 
 
@@ -84,7 +63,7 @@ def parse_max_points(raw: str | None) -> int:
     if raw is None or raw == "":
         return 5000
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and 10 <= int(raw) <= 10000):
-        raise ParamError("invalid_max_points", "max_points must be an integer from 10 to 10000")
+        raise ApiError("invalid_max_points", "max_points must be an integer from 10 to 10000")
     return int(raw)
 
 
@@ -128,12 +107,8 @@ class PatientListView(APIView):
     def get(self, request: Request) -> Response:
         now = dt.datetime.now(dt.UTC)
         with transaction.atomic():
-            read = ward_read_authorize(
-                user=request.user, actor=actor_from_request(request._request), action="patients.list"
-            )
-            if not read.allowed:
-                return _denied(read.reason)
-            cards = selectors.ward_cards(patients=read.patients, now=now)
+            patients = ward_read(user=request.user, actor=actor_from_request(request._request), action="patients.list")
+            cards = selectors.ward_cards(patients=patients, now=now)
         return Response({"server_time": selectors.iso(now), "patients": cards})
 
 
@@ -169,23 +144,18 @@ class SeriesView(APIView):
     def get(self, request: Request, pseudonym: str) -> Response:
         now = dt.datetime.now(dt.UTC)
         metric = request.query_params.get("metric") or "tissue_o2"
-        try:
-            if metric not in METRICS:
-                raise ParamError("invalid_metric", f"metric must be one of {sorted(METRICS)}")
-            start, end = parse_range(request.query_params, now=now)
-            max_points = parse_max_points(request.query_params.get("max_points"))
-        except ParamError as exc:
-            return _bad(exc)
+        if metric not in METRICS:
+            raise ApiError("invalid_metric", f"metric must be one of {sorted(METRICS)}")
+        start, end = parse_range(request.query_params, now=now)
+        max_points = parse_max_points(request.query_params.get("max_points"))
         with transaction.atomic():
-            patient, decision = patient_access_audited(
+            patient, _ = patient_read(
                 user=request.user,
                 actor=actor_from_request(request._request),
                 pseudonym=pseudonym,
                 action="series.read",
                 detail={"metric": metric, "start": selectors.iso(start), "end": selectors.iso(end)},
             )
-        if patient is None:
-            return _denied(decision.reason)
         # Read after the audit row committed: the chain lock is not held across the query, and
         # data is only served once its audit event is durable.
         resolution, points = selectors.series_points(
@@ -233,20 +203,15 @@ class AnnotationsView(APIView):
     )
     def get(self, request: Request, pseudonym: str) -> Response:
         now = dt.datetime.now(dt.UTC)
-        try:
-            start, end = parse_range(request.query_params, now=now)
-        except ParamError as exc:
-            return _bad(exc)
+        start, end = parse_range(request.query_params, now=now)
         with transaction.atomic():
-            patient, decision = patient_access_audited(
+            patient, _ = patient_read(
                 user=request.user,
                 actor=actor_from_request(request._request),
                 pseudonym=pseudonym,
                 action="annotations.read",
                 detail={"start": selectors.iso(start), "end": selectors.iso(end)},
             )
-        if patient is None:
-            return _denied(decision.reason)
         annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
         overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
         return Response(

@@ -33,9 +33,10 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.access.asgi import current_user, session_revocation_applies
-from audit.access.policy import actor_from_scope, patient_access, patient_access_audited, patients_visible_to
+from audit.access.policy import actor_from_scope, patient_access, patient_access_audited, patients_visible_to, ward_read
+from audit.access.refusals import refusal_audit
+from config.refusal import Refusal
 from dashboard import selectors
-from dashboard.services import ward_read_authorize
 from telemetry.events import patient_group, user_group, ward_group
 from telemetry.models import Patient
 
@@ -270,11 +271,17 @@ class WardLiveConsumer(LiveConsumer):
 
     def authorize(self) -> bool:
         user = self.scope.get("user")
-        with transaction.atomic():
-            read = ward_read_authorize(user=user, actor=actor_from_scope(self.scope), action="ward.live.subscribe")
-        self.user_id: int | None = user.pk if read.allowed and user is not None else None
-        self._set_patients(read.patients)
-        return read.allowed
+        actor = actor_from_scope(self.scope)
+        self.user_id: int | None = None
+        try:
+            with transaction.atomic():
+                patients = ward_read(user=user, actor=actor, action="ward.live.subscribe")
+        except Refusal as refusal:
+            refusal_audit(refusal, actor)
+            return False
+        self.user_id = user.pk
+        self._set_patients(patients)
+        return True
 
     def _set_patients(self, patients: list[Patient]) -> None:
         self.patients = patients

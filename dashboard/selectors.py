@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from alerts import selectors as alarm_selectors
+from alerts.vocabulary import PRIORITY_RANK
 from telemetry.events import iso
 from telemetry.models import Annotation, Patient
 from telemetry.selectors import patient_series
@@ -27,7 +28,6 @@ TREND_WINDOW = dt.timedelta(minutes=5)
 # Slopes smaller than this (percentage points per minute) are drawn as a flat arrow: sensor noise
 # and slow drift are not a trend a clinician should act on.
 TREND_FLAT_PER_MINUTE = 0.5
-PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 _ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
@@ -143,7 +143,8 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
                 "alarm": asdict(badge) if badge else None,
             }
         )
-    cards.sort(key=lambda c: (PRIORITY_RANK.get((c["alarm"] or {}).get("priority", ""), 9), c["pseudonym"]))
+    # The most urgent open alarm first (rank 3 is high), patients without alarms last.
+    cards.sort(key=lambda c: (-PRIORITY_RANK.get((c["alarm"] or {}).get("priority", ""), 0), c["pseudonym"]))
     return cards
 
 

@@ -9,31 +9,26 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
-from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve
 
-from audit.access.policy import actor_from_request, patient_access_audited
+from audit.access.answers import refusal_pages
+from audit.access.policy import actor_from_request, patient_read, ward_read
 from config.api_errors import error_body
 from dashboard import selectors
-from dashboard.services import ward_read_authorize
 
 PRESETS = [("5 min", 300), ("1 h", 3600), ("8 h", 8 * 3600), ("24 h", 24 * 3600), ("7 d", 7 * 24 * 3600)]
-_LOGIN_REASONS = ("not_authenticated", "mfa_required")
+DENIED_TEMPLATE = "dashboard/denied.html"
 
 
+@refusal_pages(DENIED_TEMPLATE)
 def overview(request: HttpRequest) -> HttpResponse:
     now = dt.datetime.now(dt.UTC)
     with transaction.atomic():
-        read = ward_read_authorize(user=request.user, actor=actor_from_request(request), action="ward.view")
-        cards = selectors.ward_cards(patients=read.patients, now=now) if read.allowed else []
-    if read.reason in _LOGIN_REASONS:
-        return redirect_to_login(request.get_full_path())
-    if not read.allowed:
-        message = "Your role has no ward overview. Use the pages in the menu above."
-        return render(request, "dashboard/denied.html", {"message": message}, status=403)
+        patients = ward_read(user=request.user, actor=actor_from_request(request), action="ward.view")
+        cards = selectors.ward_cards(patients=patients, now=now)
     context = {"cards": cards, "stale_after": settings.PERFUSE_STALE_SECONDS}
     return render(request, "dashboard/overview.html", context)
 
@@ -48,15 +43,11 @@ def _identity_url(pseudonym: str) -> str:
     return url
 
 
+@refusal_pages(DENIED_TEMPLATE)
 def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
-    patient, decision = patient_access_audited(
+    patient, decision = patient_read(
         user=request.user, actor=actor_from_request(request), pseudonym=pseudonym, action="chart.view"
     )
-    if decision.reason in _LOGIN_REASONS:
-        return redirect_to_login(request.get_full_path())
-    if patient is None:
-        message = "You may not see this patient's data (or there is no such patient)."
-        return render(request, "dashboard/denied.html", {"message": message}, status=403)
     config = {
         "pseudonym": patient.pseudonym,
         "metric": selectors.METRIC,

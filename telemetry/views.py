@@ -1,7 +1,7 @@
 """The device-administration pages: the registry with each device's keys and last contact, the
 readings stored without a patient (counts only), and key revocation. Thin like every page: the
 selectors read, telemetry.services writes, each request writes exactly one audit event
-(refusals are audited by audit.access.decorators.staff_page)."""
+(refusals of the page are audited by audit.access.decorators.staff_page)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request
-from audit.models import AuditEvent
+from audit.access.refusals import refusal_audit
 from audit.trail import audit_record
+from config.refusal import Refusal
 from telemetry.selectors import devices_overview, unassigned_reading_counts
 from telemetry.services import RegistryError, device_key_revoke
 
@@ -34,12 +35,8 @@ def device_key_revoke_view(request: HttpRequest, key_id: str) -> HttpResponse:
         with transaction.atomic():
             key = device_key_revoke(key_id=key_id, actor=actor_from_request(request))
     except RegistryError:
-        audit_record(
-            actor=actor_from_request(request),
-            action="device.key_revoked",
-            outcome=AuditEvent.Outcome.DENIED,
-            detail={"reason": "unknown_key", "key_id": key_id[:64]},
-        )
+        refused = Refusal(action="device.key_revoked", reason="unknown_key", facts={"key_id": key_id[:64]})
+        refusal_audit(refused, actor_from_request(request))  # answered on the devices page
         messages.error(request, "No such key.")
         return redirect("devices")
     messages.success(request, f"Key {key.key_id} of {key.device.device_id} revoked; it is refused from now on.")

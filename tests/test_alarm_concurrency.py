@@ -8,8 +8,9 @@ import threading
 import pytest
 from django.db import connection
 
+from alerts.errors import AlarmConflict
 from alerts.models import Alarm
-from alerts.services import AlarmConflict, alarm_acknowledge, alarm_raise, rule_current_ward
+from alerts.services import alarm_acknowledge, alarm_raise, rule_current_ward
 from audit.models import AuditEvent
 from audit.trail import Actor
 from telemetry.models import Patient

@@ -11,8 +11,9 @@ import pytest
 import time_machine
 
 from alerts.engine import AlarmProcessor
+from alerts.errors import AlarmConflict
 from alerts.models import Alarm, AlarmPause, Notification
-from alerts.services import AlarmConflict, alarm_acknowledge, alarm_decline, patient_pause
+from alerts.services import alarm_acknowledge, alarm_decline, patient_pause
 from audit.models import AuditEvent
 from audit.trail import Actor
 from telemetry.models import Annotation, Device, Patient

@@ -7,17 +7,11 @@ import datetime as dt
 import pytest
 
 from alerts import lifecycle
-from alerts.evaluation import (
-    CRITICAL_LOW,
-    LOW,
-    RAPID_FALL,
-    SIGNAL_QUALITY,
-    OutOfOrder,
-    PatientEvaluator,
-    RuleParams,
-    Sample,
-)
+from alerts.evaluation import OutOfOrder, PatientEvaluator, RuleParams, Sample
 from alerts.models import RULE_DEFAULTS
+from alerts.vocabulary import Kind
+
+CRITICAL_LOW, LOW, RAPID_FALL, SIGNAL_QUALITY = Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL, Kind.SIGNAL_QUALITY
 
 T0 = dt.datetime(2026, 1, 18, 14, 0, tzinfo=dt.UTC)
 PARAMS = RuleParams.from_values(RULE_DEFAULTS)  # low 35/30 s, critical 25/10 s, margin 3, clear 15 s

@@ -1,11 +1,11 @@
 """Staff API of the access layer: identity reveal for the chart (contract §3). Every attempt is
-audited (by audit.access.identity); every refusal is a JSON error body."""
+audited (by audit.access.identity); a refusal is raised on to the API's exception handler
+(audit.access.answers), which answers it with a JSON error body."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
@@ -13,18 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.access.identity import IdentityDenied, identity_reveal
+from audit.access.identity import identity_reveal
 from audit.access.policy import actor_from_request
-from config.api_errors import error_response
 from telemetry.models import Patient
-
-_IDENTITY_STATUS = {
-    "not_authenticated": (401, "Sign in first."),
-    "mfa_required": (403, "A verified (two-factor) session is required."),
-    "purpose_required": (400, "State the purpose of revealing this identity."),
-    "unknown_patient": (403, "You may not reveal this patient's identity."),
-    "not_permitted": (403, "You may not reveal this patient's identity."),
-}
 
 
 class IdentityView(APIView):
@@ -46,21 +37,16 @@ class IdentityView(APIView):
             )
         },
     )
-    def post(self, request: Request, pseudonym: str) -> Response | HttpResponse:
+    def post(self, request: Request, pseudonym: str) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
         purpose = data.get("purpose")
         patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
-        try:
-            identity = identity_reveal(
-                actor=actor_from_request(request._request),
-                user=request.user,
-                patient=patient,
-                purpose=purpose if isinstance(purpose, str) else "",
-            )
-        except IdentityDenied as exc:
-            status, detail = _IDENTITY_STATUS.get(exc.reason, (403, "Not permitted."))
-            code = exc.reason if status != 403 or exc.reason == "mfa_required" else "forbidden"
-            return error_response(status, code, detail)
+        identity = identity_reveal(
+            actor=actor_from_request(request._request),
+            user=request.user,
+            patient=patient,
+            purpose=purpose if isinstance(purpose, str) else "",
+        )
         return Response(
             {
                 "pseudonym": identity.pseudonym,

@@ -1,5 +1,5 @@
 """Break-glass: time-limited emergency access to one patient for a role that has no ward access
-to it, with a stated reason and purpose. Every request is audited (granted or denied) and
+to it, with a stated reason and purpose. Every request is audited (granted or refused) and
 highlighted; audit.access.policy honours a live grant."""
 
 from __future__ import annotations
@@ -11,56 +11,57 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.access.policy import user_can
-from audit.models import AuditEvent, BreakGlassGrant
+from audit.access.refusals import refusals_audited
+from audit.models import BreakGlassGrant
 from audit.trail import Actor, audit_record
+from config.refusal import Refusal
 from telemetry.models import Patient
 
+REQUESTED = "break_glass.requested"
+PROBLEMS = {
+    "role": "Your role cannot break the glass.",
+    "unknown_patient": "No patient has that pseudonym.",
+    "reason": "Choose a reason.",
+    "purpose": "State the purpose (at least 10 characters).",
+    "duration": f"Choose a duration of at most {settings.PERFUSE_BREAK_GLASS_MAX_MINUTES} minutes.",
+}
 
-class BreakGlassError(Exception):
-    """A break-glass request that cannot be granted (role, unknown patient, empty purpose)."""
+
+def _problem(*, user: Any, patient: Patient | None, reason: str, purpose: str, minutes: int) -> str | None:
+    if not user_can(user, "break_glass"):
+        return "role"
+    if patient is None:
+        return "unknown_patient"
+    if reason not in BreakGlassGrant.Reason.values:
+        return "reason"
+    if len(purpose) < 10:
+        return "purpose"
+    if not 1 <= minutes <= settings.PERFUSE_BREAK_GLASS_MAX_MINUTES:
+        return "duration"
+    return None
 
 
+@refusals_audited
 def break_glass_grant(
     *, user: Any, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
 ) -> BreakGlassGrant:
-    """Grant `user` time-limited access to one patient. Audited allowed or denied, highlighted;
-    a refusal raises BreakGlassError after its audit event committed."""
-    result = _break_glass_grant(
-        user=user, actor=actor, pseudonym=pseudonym, reason=reason, purpose=purpose, minutes=minutes
-    )
-    if isinstance(result, str):
-        raise BreakGlassError(result)
-    return result
-
-
-@transaction.atomic
-def _break_glass_grant(
-    *, user: Any, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
-) -> BreakGlassGrant | str:
+    """Grant `user` time-limited access to one patient. Audited granted or refused, highlighted;
+    a refusal is raised (its `detail` says what to change)."""
     purpose = purpose.strip()
     patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
-    problem = None
-    if not user_can(user, "break_glass"):
-        problem = "role"
-    elif patient is None:
-        problem = "unknown_patient"
-    elif reason not in BreakGlassGrant.Reason.values:
-        problem = "reason"
-    elif len(purpose) < 10:
-        problem = "purpose"
-    elif not 1 <= minutes <= settings.PERFUSE_BREAK_GLASS_MAX_MINUTES:
-        problem = "duration"
+    problem = _problem(user=user, patient=patient, reason=reason, purpose=purpose, minutes=minutes)
     if problem is not None:
-        audit_record(
-            actor=actor,
-            action="break_glass.requested",
-            outcome=AuditEvent.Outcome.DENIED,
+        raise Refusal(
+            action=REQUESTED,
+            reason=problem,
+            code="forbidden" if problem == "role" else "invalid",
+            status=403 if problem == "role" else 400,
+            detail=PROBLEMS[problem],
             subject=pseudonym[:80],
             purpose=purpose,
             break_glass=True,
-            detail={"reason": problem, "reason_code": reason[:40]},
+            facts={"reason_code": reason[:40]},
         )
-        return problem
     assert patient is not None
     now = dt.datetime.now(dt.UTC)
     grant = BreakGlassGrant.objects.create(

@@ -3,7 +3,8 @@
 Telemetry, charts and live frames know patients by pseudonym. Revealing who a pseudonym is
 requires a stated purpose, is allowed to clinicians of the patient's ward (role permission
 `reveal_identity`) and to holders of a live break-glass grant for that patient, and writes an
-audit event either way, in the same transaction as the read.
+audit event either way: the allowed one in the same transaction as the read, a refusal (a
+config.refusal.Refusal) after that transaction rolled back.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
-
-from audit.access.policy import active_grant, user_can, user_is_verified, user_ward_ids
-from audit.models import AuditEvent
+from audit.access.policy import access_refusal, active_grant, user_can, user_is_verified, ward_scope
+from audit.access.refusals import refusals_audited
 from audit.trail import Actor, audit_record
+from config.refusal import Refusal
 from telemetry.models import Patient, PatientIdentity
+
+ACTION = "identity.reveal"
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,6 @@ class RevealedIdentity:
     name: str
     mrn: str
     date_of_birth: dt.date | None
-
-
-class IdentityDenied(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _decide(user: Any, patient: Patient | None, purpose: str) -> tuple[str | None, bool]:
@@ -44,39 +40,52 @@ def _decide(user: Any, patient: Patient | None, purpose: str) -> tuple[str | Non
         return "unknown_patient", False
     if not purpose:
         return "purpose_required", False
-    if user_can(user, "reveal_identity") and patient.ward_id in user_ward_ids(user):
+    if user_can(user, "reveal_identity") and ward_scope(user).covers(patient.ward_id):
         return None, False
     if active_grant(user, patient) is not None:
         return None, True
     return "not_permitted", False
 
 
+def _refused(user: Any, *, reason: str, subject: str, purpose: str) -> Refusal:
+    if reason == "purpose_required":
+        return Refusal(
+            action=ACTION,
+            reason=reason,
+            code=reason,
+            status=400,
+            detail="State the purpose of revealing this identity.",
+            subject=subject,
+            purpose=purpose,
+        )
+    # Unknown and forbidden pseudonyms get the same answer: no oracle for which patients exist.
+    return access_refusal(
+        user,
+        action=ACTION,
+        reason=reason,
+        detail="You may not reveal this patient's identity.",
+        subject=subject,
+        purpose=purpose,
+    )
+
+
+@refusals_audited
 def identity_reveal(*, actor: Actor, user: Any, patient: Patient | None, purpose: str) -> RevealedIdentity:
-    """Return the patient's identity, or raise IdentityDenied. Audited either way (the refusal
-    is raised after its audit event committed, so the exception cannot roll it back)."""
-    result = _reveal(actor=actor, user=user, patient=patient, purpose=purpose)
-    if isinstance(result, str):
-        raise IdentityDenied(result)
-    return result
-
-
-@transaction.atomic
-def _reveal(*, actor: Actor, user: Any, patient: Patient | None, purpose: str) -> RevealedIdentity | str:
+    """Return the patient's identity, audited; or raise the audited Refusal."""
     purpose = purpose.strip()[:500]
     reason, via_grant = _decide(user, patient, purpose)
     subject = patient.pseudonym if patient is not None else ""
+    if reason is not None:
+        raise _refused(user, reason=reason, subject=subject, purpose=purpose)
+    assert patient is not None
     audit_record(
         actor=actor,
-        action="identity.reveal",
-        outcome=AuditEvent.Outcome.DENIED if reason else AuditEvent.Outcome.ALLOWED,
+        action=ACTION,
         subject=subject,
         purpose=purpose,
         break_glass=via_grant,
-        detail={"reason": reason or ("break_glass" if via_grant else "ward")},
+        detail={"reason": "break_glass" if via_grant else "ward"},
     )
-    if reason is not None:
-        return reason
-    assert patient is not None
     identity = PatientIdentity.objects.filter(patient=patient).first()
     return RevealedIdentity(
         pseudonym=patient.pseudonym,

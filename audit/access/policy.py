@@ -1,13 +1,15 @@
-"""Who may see which patient, and who is asking: the ward-scope and capability decisions of the
-access layer.
+"""Who may see which patient and ward, what a role may do, and who is asking: the access
+decisions of Perfuse, and the refusals they make.
 
-`patient_access` / `patients_visible_to` decide patient access (`patient_access_audited` also
-writes the audit event); roles are Django groups holding permissions (audit/access/roles.py), and
-capability checks go through `user_can`, which also requires an OTP-verified session. These are
-meant to be the only ward and role checks. They are not yet: the alarm API and console socket
-(alerts/api.py, alerts/consumers.py, via the alarm scope of alerts/selectors.py) and
-dashboard/services.py still compare ward ids themselves, until the one refusal primitive of
-issue 8 replaces those checks with calls into this module.
+Roles are Django groups holding permissions (audit/access/roles.py); `user_can` checks a
+capability and requires an OTP-verified, active user. A user's wards (`ward_scope`) are their
+staff profile's wards, or every ward for roles that administer all of them. `patient_access` /
+`patients_visible_to` decide patient access (ward care, or a live break-glass grant);
+`patient_read` and `ward_read` decide *and* audit a read, raising a config.refusal.Refusal
+(built by `access_refusal`) when it is refused.
+
+These are the only ward and role checks: pages, APIs and sockets call them, and the alarm
+console's scope (alerts/selectors.py) is built on `ward_scope` and `user_can`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
+from audit.access.refusals import refusal_audit
 from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL, ROLES
-from audit.models import AuditEvent, BreakGlassGrant
+from audit.models import BreakGlassGrant
 from audit.trail import Actor, audit_record
 from config.net import request_address, scope_address, scope_header
+from config.refusal import Refusal
 from telemetry.models import Patient
 
 __all__ = [
@@ -35,19 +38,33 @@ __all__ = [
     "ROLES",
     "WARD_CARE_ROLES",
     "AccessDecision",
+    "WardScope",
+    "access_refusal",
+    "active_grant",
     "actor_from_request",
     "actor_from_scope",
     "patient_access",
     "patient_access_audited",
+    "patient_read",
     "patients_visible_to",
+    "refusal_reason",
     "user_can",
     "user_is_verified",
     "user_role",
-    "user_ward_ids",
+    "ward_read",
+    "ward_scope",
 ]
 
 # Roles that see telemetry of their wards' patients without breaking the glass.
 WARD_CARE_ROLES = (CLINICIAN, ONCALL)
+# Roles that administer every ward (alarm rules, staff): their ward scope is all wards.
+ALL_WARD_ROLES = (ADMIN,)
+
+PATIENT_REFUSED = "You may not see this patient's data (or there is no such patient)."
+_SIGN_IN_DETAIL = {
+    "not_authenticated": "Sign in first.",
+    "mfa_required": "A verified (two-factor) session is required.",
+}
 
 
 def user_role(user: Any) -> str:
@@ -66,15 +83,40 @@ def user_is_verified(user: Any) -> bool:
 
 
 def user_can(user: Any, capability: str) -> bool:
-    """An OTP-verified user whose role grants `capability` (a codename in audit/access/roles.py)."""
+    """An OTP-verified, active user whose role grants `capability` (a codename in
+    audit/access/roles.py)."""
     return user_is_verified(user) and bool(user.is_active) and user.has_perm(f"audit.{capability}")
 
 
-def user_ward_ids(user: Any) -> list[int]:
+@dataclass(frozen=True)
+class WardScope:
+    """The wards a user acts on: every ward, or these (by id for queries, by code for frames)."""
+
+    all_wards: bool
+    ward_ids: frozenset[int]
+    ward_codes: frozenset[str]
+
+    def covers(self, ward_id: int) -> bool:
+        return self.all_wards or ward_id in self.ward_ids
+
+    def covers_code(self, ward_code: str) -> bool:
+        return self.all_wards or ward_code in self.ward_codes
+
+    def q(self, field: str = "ward_id") -> Q:
+        """A filter on `field` (a ward id) for the rows of these wards."""
+        return Q() if self.all_wards else Q(**{f"{field}__in": self.ward_ids})
+
+
+def ward_scope(user: Any) -> WardScope:
+    """Every ward for administrators; else the wards of the user's staff profile (none for
+    anonymous users and users without a profile)."""
+    if user_role(user) in ALL_WARD_ROLES:
+        return WardScope(all_wards=True, ward_ids=frozenset(), ward_codes=frozenset())
     staff = getattr(user, "staff", None) if getattr(user, "is_authenticated", False) else None
-    if staff is None:
-        return []
-    return list(staff.wards.values_list("id", flat=True))
+    wards = list(staff.wards.values_list("id", "code")) if staff is not None else []
+    return WardScope(
+        all_wards=False, ward_ids=frozenset(i for i, _ in wards), ward_codes=frozenset(c for _, c in wards)
+    )
 
 
 @dataclass(frozen=True)
@@ -84,55 +126,89 @@ class AccessDecision:
     break_glass: bool = False
 
 
-def active_grant(user: Any, patient: Patient) -> BreakGlassGrant | None:
-    now = dt.datetime.now(dt.UTC)
-    return (
-        BreakGlassGrant.objects.filter(
-            user_id=user.pk, patient_id=patient.pk, expires_at__gt=now, ended_at__isnull=True
-        )
-        .order_by("-expires_at")
-        .first()
+def _session_problem(user: Any) -> str | None:
+    """Why the user cannot be served at all: no sign-in, no second factor, a disabled account."""
+    if not getattr(user, "is_authenticated", False):
+        return "not_authenticated"
+    if not user_is_verified(user):
+        return "mfa_required"
+    if not user.is_active:
+        return "inactive"
+    return None
+
+
+def refusal_reason(user: Any) -> str:
+    """The audit reason for refusing `user` a page, API or socket of a capability they lack."""
+    return _session_problem(user) or f"role_{user_role(user)}"
+
+
+def access_refusal(
+    user: Any,
+    *,
+    action: str,
+    detail: str,
+    reason: str | None = None,
+    subject: str = "",
+    purpose: str = "",
+    facts: dict[str, Any] | None = None,
+    signed_out_status: int = 401,
+) -> Refusal:
+    """The refusal of `user` (for `reason`, by default why their session or role falls short):
+    code `not_authenticated` (HTTP `signed_out_status`) or `mfa_required` (403) when they must
+    sign in (again), else `forbidden` (403) with `detail`."""
+    reason = reason or refusal_reason(user)
+    return Refusal(
+        action=action,
+        reason=reason,
+        code=reason if reason in _SIGN_IN_DETAIL else "forbidden",
+        status=signed_out_status if reason == "not_authenticated" else 403,
+        detail=_SIGN_IN_DETAIL.get(reason, detail),
+        subject=subject,
+        purpose=purpose,
+        facts=facts,
     )
+
+
+# ---- patients ----------------------------------------------------------------------------
+
+
+def _live_grants(user: Any) -> QuerySet[BreakGlassGrant]:
+    """The user's unexpired, unended grants (only break_glass roles can get one)."""
+    if not user_is_verified(user):
+        return BreakGlassGrant.objects.none()
+    now = dt.datetime.now(dt.UTC)
+    return BreakGlassGrant.objects.filter(user_id=user.pk, expires_at__gt=now, ended_at__isnull=True)
+
+
+def active_grant(user: Any, patient: Patient) -> BreakGlassGrant | None:
+    return _live_grants(user).filter(patient_id=patient.pk).order_by("-expires_at").first()
 
 
 def patients_visible_to(user: Any) -> QuerySet[Patient]:
     """Ward patients for care roles; the patients of active break-glass grants for others."""
-    if not user_is_verified(user):
-        return Patient.objects.none()
-    now = dt.datetime.now(dt.UTC)
-    granted = Q(
-        id__in=BreakGlassGrant.objects.filter(user_id=user.pk, expires_at__gt=now, ended_at__isnull=True).values(
-            "patient_id"
-        )
-    )
+    granted = Q(id__in=_live_grants(user).values("patient_id"))
     if user_can(user, "view_ward_patients"):
-        return Patient.objects.filter(
-            Q(ward_id__in=user_ward_ids(user), discharged_at__isnull=True) | granted
-        ).distinct()
+        return Patient.objects.filter((ward_scope(user).q() & Q(discharged_at__isnull=True)) | granted).distinct()
     if user_can(user, "break_glass"):
         return Patient.objects.filter(granted)
     return Patient.objects.none()
 
 
 def patient_access(user: Any, patient: Patient) -> AccessDecision:
-    if not getattr(user, "is_authenticated", False):
-        return AccessDecision(False, "not_authenticated")
-    if not user_is_verified(user):
-        return AccessDecision(False, "mfa_required")
-    if not user.is_active:
-        return AccessDecision(False, "inactive")
-    if user_can(user, "view_ward_patients") and patient.ward_id in user_ward_ids(user):
+    problem = _session_problem(user)
+    if problem is not None:
+        return AccessDecision(False, problem)
+    ward_care = user_can(user, "view_ward_patients")
+    if ward_care and ward_scope(user).covers(patient.ward_id):
         return AccessDecision(True, "ward")
-    # Break-glass is honoured for whoever holds a live grant (only break_glass roles can get one).
     if active_grant(user, patient) is not None:
         return AccessDecision(True, "break_glass", break_glass=True)
-    if user_can(user, "view_ward_patients"):
+    if ward_care:
         return AccessDecision(False, "other_ward")
     return AccessDecision(False, f"role_{user_role(user)}")
 
 
-@transaction.atomic
-def patient_access_audited(
+def patient_read(
     *,
     user: Any,
     actor: Actor,
@@ -140,22 +216,66 @@ def patient_access_audited(
     action: str,
     purpose: str = "",
     detail: dict[str, Any] | None = None,
-) -> tuple[Patient | None, AccessDecision]:
-    """Decide and audit one attempt to read a patient's data; the caller serves data only when
-    allowed, inside this same transaction or after it committed. Unknown pseudonyms are
-    denied (and audited) like forbidden ones, so callers answer both the same way."""
+) -> tuple[Patient, AccessDecision]:
+    """Decide one attempt to read a patient's data and audit it when allowed; the caller serves
+    data inside this same transaction or after it committed. A refusal is raised (and audited by
+    whoever answers it); unknown pseudonyms are refused like forbidden ones, with the same
+    detail, so the answer is no oracle for which patients exist."""
     patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
     decision = patient_access(user, patient) if patient is not None else AccessDecision(False, "unknown_patient")
+    if patient is None or not decision.allowed:
+        raise access_refusal(
+            user,
+            action=action,
+            reason=decision.reason,
+            detail=PATIENT_REFUSED,
+            subject=pseudonym[:80],
+            purpose=purpose,
+            facts=detail,
+        )
     audit_record(
         actor=actor,
         action=action,
-        outcome=AuditEvent.Outcome.ALLOWED if decision.allowed else AuditEvent.Outcome.DENIED,
         subject=pseudonym[:80],
         purpose=purpose,
         break_glass=decision.break_glass,
         detail={"reason": decision.reason, **(detail or {})},
     )
-    return (patient if decision.allowed else None), decision
+    return patient, decision
+
+
+def patient_access_audited(*, actor: Actor, **read: Any) -> tuple[Patient | None, AccessDecision]:
+    """`patient_read(actor=actor, **read)` for callers that answer both outcomes themselves (a
+    socket's authorize): the refusal is audited here, and the patient is None."""
+    try:
+        return patient_read(actor=actor, **read)
+    except Refusal as refusal:
+        refusal_audit(refusal, actor)
+        return None, AccessDecision(False, refusal.reason)
+
+
+def ward_read(*, user: Any, actor: Actor, action: str) -> list[Patient]:
+    """The patients `user` may see on the ward overview, audited; call inside the transaction
+    that then reads their data (if the audit event cannot be written, nothing is served).
+
+    Care roles see their wards' patients (possibly none); other roles see the patients of their
+    live break-glass grants, and are refused when they hold none."""
+    reason = _session_problem(user)
+    if reason is None:
+        patients = list(patients_visible_to(user).select_related("ward").order_by("pseudonym"))
+        if patients or user_can(user, "view_ward_patients"):
+            audit_record(
+                actor=actor, action=action, detail={"reason": "visible", "patients": [p.pseudonym for p in patients]}
+            )
+            return patients
+        reason = f"role_{user_role(user)}"
+    raise access_refusal(
+        user,
+        action=action,
+        reason=reason,
+        detail="Your role has no ward overview. Use the pages in the menu above.",
+        facts={"patients": []},
+    )
 
 
 # ---- who is asking -----------------------------------------------------------------------

@@ -32,13 +32,14 @@ from django_otp.middleware import is_verified as otp_is_verified
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.access.breakglass import BreakGlassError, break_glass_end, break_glass_grant
+from audit.access.breakglass import REQUESTED, break_glass_end, break_glass_grant
 from audit.access.context import role_home
 from audit.access.decorators import staff_page
 from audit.access.forms import BreakGlassForm, EnrollForm, LoginForm
 from audit.access.lockout import login_gate, login_succeeded
 from audit.access.middleware import LAST_ACTIVITY_KEY
 from audit.access.policy import actor_from_request, user_is_verified
+from audit.access.refusals import refusal_audit
 from audit.access.sessions import (
     staff_session_forget,
     staff_session_register,
@@ -49,6 +50,7 @@ from audit.access.staff import totp_secret_base32
 from audit.models import AuditEvent, BreakGlassGrant, StaffSession
 from audit.trail import Actor, audit_record
 from config.api_errors import error_response
+from config.refusal import Refusal
 
 ENROLL_KEY = "perfuse_enroll"
 ENROLL_SECONDS = 600
@@ -274,8 +276,8 @@ def break_glass(request: HttpRequest) -> HttpResponse:
                     purpose=data["purpose"],
                     minutes=data["minutes"],
                 )
-            except BreakGlassError as exc:
-                form.add_error(None, _BREAK_GLASS_ERRORS.get(str(exc), "Access could not be granted."))
+            except Refusal as refusal:
+                form.add_error(None, refusal.detail)
             else:
                 messages.warning(
                     request,
@@ -284,14 +286,14 @@ def break_glass(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect(f"/patients/{grant.patient.pseudonym}/")
         else:
-            audit_record(
-                actor=actor,
-                action="break_glass.requested",
-                outcome=AuditEvent.Outcome.DENIED,
+            refused = Refusal(
+                action=REQUESTED,
+                reason="invalid_form",
                 subject=str(request.POST.get("pseudonym", ""))[:80],
                 break_glass=True,
-                detail={"reason": "invalid_form", "fields": sorted(form.errors)},
+                facts={"fields": sorted(form.errors)},
             )
+            refusal_audit(refused, actor)  # answered by the form's errors, not a 403 page
         status = 400
     else:
         audit_record(actor=actor, action="break_glass.form")
@@ -303,27 +305,19 @@ def break_glass(request: HttpRequest) -> HttpResponse:
     return render(request, "audit/break_glass.html", context, status=status)
 
 
-_BREAK_GLASS_ERRORS = {
-    "unknown_patient": "No patient has that pseudonym.",
-    "purpose": "State the purpose (at least 10 characters).",
-    "duration": f"Choose a duration of at most {settings.PERFUSE_BREAK_GLASS_MAX_MINUTES} minutes.",
-    "reason": "Choose a reason.",
-    "role": "Your role cannot break the glass.",
-}
-
-
 @require_POST
 @staff_page("break_glass", "break_glass.ended")
 def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
     grant = BreakGlassGrant.objects.select_related("patient").filter(id=grant_id, user_id=request.user.pk or 0).first()
     if grant is None:
-        audit_record(
-            actor=actor_from_request(request),
+        raise Refusal(
             action="break_glass.ended",
-            outcome=AuditEvent.Outcome.DENIED,
-            detail={"reason": "unknown_grant", "grant": grant_id},
+            reason="unknown_grant",
+            code="not_found",
+            status=404,
+            detail="You hold no such grant.",
+            facts={"grant": grant_id},
         )
-        return render(request, "errors/forbidden.html", status=404)
     break_glass_end(grant=grant, actor=actor_from_request(request))
     messages.info(request, f"Emergency access to {grant.patient.pseudonym} ended.")
     return redirect("audit-break-glass")

@@ -1,0 +1,42 @@
+"""Every write of the alarm app, one function per act (STYLE.md): alarm transitions and staff
+acts on alarms and pauses (alerts/services/alarms.py), and alarm rule versions
+(alerts/services/rules.py). What they refuse is in alerts/errors.py. Import the acts from here.
+"""
+
+from alerts.services.alarms import (
+    alarm_accept,
+    alarm_acknowledge,
+    alarm_condition_clear,
+    alarm_decline,
+    alarm_raise,
+    alarm_recur,
+    alarm_timers,
+    patient_pause,
+)
+from alerts.services.rules import (
+    RULE_LIMITS,
+    rule_current_ward,
+    rule_effective,
+    rule_ensure_ward_default,
+    rule_override_remove,
+    rule_update,
+    rule_validate,
+)
+
+__all__ = [
+    "RULE_LIMITS",
+    "alarm_accept",
+    "alarm_acknowledge",
+    "alarm_condition_clear",
+    "alarm_decline",
+    "alarm_raise",
+    "alarm_recur",
+    "alarm_timers",
+    "patient_pause",
+    "rule_current_ward",
+    "rule_effective",
+    "rule_ensure_ward_default",
+    "rule_override_remove",
+    "rule_update",
+    "rule_validate",
+]

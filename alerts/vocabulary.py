@@ -1,0 +1,90 @@
+"""The words of alarms, defined once: kinds, priorities and their ranks, categories, states.
+
+Plain Python (no Django), so the pure evaluator (alerts/evaluation.py) and lifecycle
+(alerts/lifecycle.py) use the same names as the models (alerts/models.py gives its fields these
+choices), the API, the selectors and the ward overview. Each is a StrEnum: a member is its stored
+and transmitted string, so it compares equal to the value read back from the database.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Term(StrEnum):
+    """A word of the vocabulary: the value is stored and sent, the label is shown to people."""
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ").title()
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [member.value for member in cls]
+
+    @classmethod
+    def choices(cls) -> list[tuple[str, str]]:
+        return [(member.value, member.label) for member in cls]
+
+
+class Priority(Term):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+# Larger is more urgent: the console sorts by it (Alarm.priority_rank), pauses compare it.
+PRIORITY_RANK: dict[str, int] = {Priority.HIGH: 3, Priority.MEDIUM: 2, Priority.LOW: 1}
+
+
+class Category(Term):
+    PHYSIOLOGICAL = "physiological"
+    TECHNICAL = "technical"
+
+
+class State(Term):
+    """IEC 60601-1-8 alarm states as the API names them."""
+
+    ACTIVE_UNACKNOWLEDGED = "active_unacknowledged"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+OPEN_STATES = (State.ACTIVE_UNACKNOWLEDGED, State.ACKNOWLEDGED)
+
+
+class Kind(Term):
+    CRITICAL_LOW = "critical_low"
+    LOW = "low"
+    RAPID_FALL = "rapid_fall"
+    SIGNAL_QUALITY = "signal_quality"
+    NO_DATA = "no_data"
+
+    @property
+    def label(self) -> str:
+        return KIND_LABELS[self]
+
+
+KIND_LABELS: dict[str, str] = {
+    Kind.CRITICAL_LOW: "Tissue O2 critically low",
+    Kind.LOW: "Tissue O2 low",
+    Kind.RAPID_FALL: "Tissue O2 falling rapidly",
+    Kind.SIGNAL_QUALITY: "Signal quality low",
+    Kind.NO_DATA: "No data from sensor",
+}
+# Kinds decided sample by sample (the evaluator); no-data is decided by the clock (the engine).
+SAMPLE_KINDS = (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL, Kind.SIGNAL_QUALITY)
+PHYSIOLOGICAL_KINDS = (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL)
+
+# Priority and category are properties of the condition, not of a ward's taste (IEC 60601-1-8:
+# priority follows the urgency of the response the condition demands).
+KIND_PRIORITY: dict[str, Priority] = {
+    Kind.CRITICAL_LOW: Priority.HIGH,
+    Kind.LOW: Priority.MEDIUM,
+    Kind.RAPID_FALL: Priority.MEDIUM,
+    Kind.SIGNAL_QUALITY: Priority.LOW,
+    Kind.NO_DATA: Priority.MEDIUM,
+}
+KIND_CATEGORY: dict[str, Category] = {
+    kind: Category.PHYSIOLOGICAL if kind in PHYSIOLOGICAL_KINDS else Category.TECHNICAL for kind in Kind
+}
