@@ -1,13 +1,29 @@
-"""Login brute-force protection: per-account and per-address counters in Redis, one Lua script
-per check, so concurrent attempts cannot slip between a read and a write.
+"""Login brute-force protection without a denial-of-service lever: counters in Redis per
+(account, source address) pair, per account and per address, one Lua script per check, so
+concurrent attempts cannot slip between a read and a write.
 
-Every attempt is charged *before* the password is checked (the gate script). Once a key has
-been charged THRESHOLD times, it is locked for BASE seconds, doubling with each further charged
-attempt (exponential delay) up to MAX. While locked nothing is charged and the attempt is refused
-without checking the password. A successful login forgets the account's counter and refunds one
-charge to the address (a busy ward PC logging many staff in must not lock itself out).
-Redis unavailable: fail open (log) — refusing every login in a hospital is the worse outcome,
-and django-otp's per-device throttling still slows TOTP guessing.
+Every attempt is charged *before* the password is checked (the gate script), and the gate
+answers one of three verdicts:
+- `locked`: this account has failed too often from this address. Refused without checking
+  anything, for BASE seconds after THRESHOLD charged attempts, doubling with each further one up
+  to MAX. Only the pair is locked: the same account from another address is not.
+- `second_factor_first`: the account (from any address) or the address (for any account) is
+  over its own threshold. The attempt is charged to its pair, and its one-time code is checked
+  first, without side effects (`second_factor_holds`: no throttling, no replay mark, so an
+  attacker's codes cannot lock the owner's authenticator); only a right code goes on to the
+  password. So an attacker without the authenticator gets no further password guesses while the
+  account or address is locked (each wrong code also counts towards locking the pair), and the
+  owner, or a colleague at the same ward workstation, still signs in with password and code.
+- `evaluate`: charged to the pair, the account and the address; checked as usual.
+Once the account is locked its password is evaluated again only after the lock ends, one attempt
+per doubled delay, however many addresses the attempts come from: of 30 concurrent wrong
+attempts on one account, 5 (the account threshold) reach the password.
+
+A success forgets the pair, forgets the account's counter unless it is locked right now (a
+success from one address must not hand an attacker elsewhere a fresh budget), and refunds one
+charge to the address. Redis unavailable: fail open (log) — refusing every login in a hospital
+is the worse outcome, and django-otp's per-device throttling still slows TOTP guessing.
+docs/security.md discusses the trade-off for ward workstations shared by many staff.
 """
 
 from __future__ import annotations
@@ -17,43 +33,58 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_static.models import StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 log = logging.getLogger(__name__)
 
-# KEYS: account, address. ARGV: now_ms, then per key threshold; then base_ms, max_ms, window_s.
-# Returns {allowed (0/1), retry_after_ms}.
+Verdict = Literal["evaluate", "second_factor_first", "locked"]
+_VERDICTS: tuple[Verdict, ...] = ("locked", "second_factor_first", "evaluate")
+
+# KEYS: pair, account, address. ARGV: now_ms, pair/account/address thresholds, base_ms, max_ms,
+# window_s. Returns {verdict (an index of _VERDICTS), retry_after_ms}.
 _GATE = """
 local now = tonumber(ARGV[1])
-local base = tonumber(ARGV[4])
-local cap = tonumber(ARGV[5])
-local window = tonumber(ARGV[6])
-local wait = 0
-for i = 1, 2 do
-  local untl = tonumber(redis.call('HGET', KEYS[i], 'until') or '0')
-  if untl > now and untl - now > wait then wait = untl - now end
+local base = tonumber(ARGV[5])
+local cap = tonumber(ARGV[6])
+local window = tonumber(ARGV[7])
+local function wait(key)
+  local untl = tonumber(redis.call('HGET', key, 'until') or '0')
+  if untl > now then return untl - now end
+  return 0
 end
-if wait > 0 then return {0, wait} end
-for i = 1, 2 do
-  local threshold = tonumber(ARGV[1 + i])
-  local n = redis.call('HINCRBY', KEYS[i], 'n', 1)
+local function charge(key, threshold)
+  local n = redis.call('HINCRBY', key, 'n', 1)
   if n >= threshold then
-    local lock = math.min(cap, base * math.pow(2, n - threshold))
-    redis.call('HSET', KEYS[i], 'until', now + lock)
+    redis.call('HSET', key, 'until', now + math.min(cap, base * math.pow(2, n - threshold)))
   end
-  redis.call('EXPIRE', KEYS[i], window + math.ceil(cap / 1000))
+  redis.call('EXPIRE', key, window + math.ceil(cap / 1000))
 end
-return {1, 0}
+local pair = wait(KEYS[1])
+if pair > 0 then return {0, pair} end
+charge(KEYS[1], tonumber(ARGV[2]))
+local wide = math.max(wait(KEYS[2]), wait(KEYS[3]))
+if wide > 0 then return {1, wide} end
+charge(KEYS[2], tonumber(ARGV[3]))
+charge(KEYS[3], tonumber(ARGV[4]))
+return {2, 0}
 """
 
-# KEYS: account, address. Forget the account; refund one charge to the address.
+# KEYS: pair, account, address. ARGV: now_ms. Forget the pair, and the account unless locked;
+# refund one charge to the address.
 _SUCCESS = """
 redis.call('DEL', KEYS[1])
-local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
-if n > 0 then redis.call('HINCRBY', KEYS[2], 'n', -1) end
-if n <= 1 then redis.call('DEL', KEYS[2]) end
+local untl = tonumber(redis.call('HGET', KEYS[2], 'until') or '0')
+if untl <= tonumber(ARGV[1]) then redis.call('DEL', KEYS[2]) end
+local n = tonumber(redis.call('HGET', KEYS[3], 'n') or '0')
+if n > 0 then redis.call('HINCRBY', KEYS[3], 'n', -1) end
+if n <= 1 then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
@@ -70,23 +101,30 @@ def _redis() -> redis.Redis:
 def _keys(username: str, address: str) -> list[str]:
     # Hash the username: keys must not grow unbounded with attacker-chosen text.
     account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-    return [f"perfuse:login:acct:{account}", f"perfuse:login:addr:{address or '-'}"]
+    address = address or "-"
+    return [f"perfuse:login:pair:{account}:{address}", f"perfuse:login:acct:{account}", f"perfuse:login:addr:{address}"]
 
 
 @dataclass(frozen=True)
 class Gate:
-    allowed: bool
+    verdict: Verdict
     retry_after_seconds: int
+
+    @property
+    def allowed(self) -> bool:
+        """Checked as usual (password, then code)."""
+        return self.verdict == "evaluate"
 
 
 def login_gate(*, username: str, address: str) -> Gate:
-    """Charge one attempt, or refuse it while the account or address is locked."""
+    """Charge one attempt and say how it may be checked (see the module docstring)."""
     try:
-        allowed, wait_ms = _redis().eval(
+        verdict, wait_ms = _redis().eval(
             _GATE,
-            2,
+            3,
             *_keys(username, address),
             int(time.time() * 1000),
+            settings.PERFUSE_LOGIN_ACCOUNT_THRESHOLD,
             settings.PERFUSE_LOGIN_ACCOUNT_THRESHOLD,
             settings.PERFUSE_LOGIN_ADDRESS_THRESHOLD,
             settings.PERFUSE_LOGIN_LOCK_BASE_SECONDS * 1000,
@@ -95,12 +133,33 @@ def login_gate(*, username: str, address: str) -> Gate:
         )
     except (redis.RedisError, OSError) as exc:
         log.warning("login lockout store unavailable, admitting attempt: %s", exc)
-        return Gate(True, 0)
-    return Gate(bool(allowed), math.ceil(int(wait_ms) / 1000))
+        return Gate("evaluate", 0)
+    return Gate(_VERDICTS[int(verdict)], math.ceil(int(wait_ms) / 1000))
 
 
 def login_succeeded(*, username: str, address: str) -> None:
     try:
-        _redis().eval(_SUCCESS, 2, *_keys(username, address))
+        _redis().eval(_SUCCESS, 3, *_keys(username, address), int(time.time() * 1000))
     except (redis.RedisError, OSError) as exc:
         log.warning("login lockout store unavailable: %s", exc)
+
+
+def _totp_holds(device: TOTPDevice, token: int) -> bool:
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = time.time()
+    return bool(totp.verify(token, device.tolerance, device.last_t + 1))
+
+
+def second_factor_holds(*, username: str, token: str) -> bool:
+    """Whether `token` is a current TOTP code or an unused recovery code of the account — read
+    only: the real check (django_otp.match_token, which throttles and marks the code used) runs
+    after the password, as for every sign-in."""
+    user = get_user_model()._default_manager.filter(**{get_user_model().USERNAME_FIELD: username}).first()
+    token = token.replace(" ", "")
+    if user is None or not token:
+        return False
+    if token.isdigit() and any(
+        _totp_holds(device, int(token)) for device in TOTPDevice.objects.filter(user=user, confirmed=True)
+    ):
+        return True
+    return StaticToken.objects.filter(device__user=user, device__confirmed=True, token=token).exists()

@@ -36,7 +36,7 @@ from audit.access.breakglass import REQUESTED, break_glass_end, break_glass_gran
 from audit.access.context import role_home
 from audit.access.decorators import staff_page
 from audit.access.forms import BreakGlassForm, EnrollForm, LoginForm
-from audit.access.lockout import login_gate, login_succeeded
+from audit.access.lockout import Gate, login_gate, login_succeeded, second_factor_holds
 from audit.access.middleware import LAST_ACTIVITY_KEY
 from audit.access.policy import actor_from_request, user_is_verified
 from audit.access.refusals import refusal_audit
@@ -92,6 +92,37 @@ def _start_session(request: HttpRequest, user: Any, device: Any, actor: Actor) -
     staff_session_register(user_id=user.pk, session_key=request.session.session_key or "", actor=actor)
 
 
+def _password_may_be_checked(gate: Gate, *, username: str, token: str) -> bool:
+    """Not while this account is locked from this address; while it is locked wider (from other
+    addresses, or this address for every account) only behind a one-time code that holds."""
+    if gate.verdict == "second_factor_first":
+        return second_factor_holds(username=username, token=token)
+    return gate.verdict == "evaluate"
+
+
+def _locked(request: HttpRequest, form: LoginForm, actor: Actor, gate: Gate) -> HttpResponse:
+    username = form.cleaned_data["username"]
+    audit_record(
+        actor=Actor(None, username, actor.role, actor.source_address, actor.user_agent),
+        action="login.locked",
+        outcome=AuditEvent.Outcome.DENIED,
+        detail={"retry_after": gate.retry_after_seconds, "lock": gate.verdict},
+    )
+    minutes, seconds = divmod(gate.retry_after_seconds, 60)
+    wait = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    if gate.verdict == "locked":
+        form.add_error(None, f"Too many failed sign-in attempts. Sign-in is paused for {wait}; try again after that.")
+    else:
+        form.add_error(
+            None,
+            "Too many failed sign-in attempts. Sign-in with a current code from your authenticator "
+            f"still works; otherwise try again after {wait}.",
+        )
+    response = render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=429)
+    response["Retry-After"] = str(gate.retry_after_seconds)
+    return response
+
+
 @require_http_methods(["GET", "POST"])
 def login_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
@@ -102,19 +133,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
     actor = actor_from_request(request)
     username = form.cleaned_data["username"]
     gate = login_gate(username=username, address=actor.source_address)
-    if not gate.allowed:
-        audit_record(
-            actor=Actor(None, username, actor.role, actor.source_address, actor.user_agent),
-            action="login.locked",
-            outcome=AuditEvent.Outcome.DENIED,
-            detail={"retry_after": gate.retry_after_seconds},
-        )
-        minutes, seconds = divmod(gate.retry_after_seconds, 60)
-        wait = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
-        form.add_error(None, f"Too many failed sign-in attempts. Sign-in is paused for {wait}; try again after that.")
-        response = render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=429)
-        response["Retry-After"] = str(gate.retry_after_seconds)
-        return response
+    if not _password_may_be_checked(gate, username=username, token=form.cleaned_data["otp_token"]):
+        return _locked(request, form, actor, gate)
     user = authenticate(request, username=username, password=form.cleaned_data["password"])
     if user is None:
         return _failure(request, form, actor, "bad_credentials")
