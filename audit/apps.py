@@ -1,8 +1,10 @@
 from typing import Any
 
 from django.apps import AppConfig
+from django.core.checks import Tags, register
 from django.db.models.signals import post_migrate
 
+from audit.access.checks import staff_flag_check
 from audit.access.roles import roles_sync
 
 
@@ -21,3 +23,4 @@ class AuditConfig(AppConfig):
     def ready(self) -> None:
         # Keeps the role groups in place after a flush (transactional tests) or a new permission.
         post_migrate.connect(_sync_roles, sender=self)
+        register(staff_flag_check, Tags.security, deploy=True)

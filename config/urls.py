@@ -1,10 +1,8 @@
-from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("django-admin/", admin.site.urls),
     path("", include("telemetry.urls")),
     path("", include("audit.urls")),
     path("", include("audit.access.urls")),

@@ -2,8 +2,9 @@
 decisions of Perfuse, and the refusals they make.
 
 Roles are Django groups holding permissions (audit/access/roles.py); `user_can` checks a
-capability and requires an OTP-verified, active user. A user's wards (`ward_scope`) are their
-staff profile's wards, or every ward for roles that administer all of them. `patient_access` /
+capability through the role groups only (never Django's superuser flag or per-user permissions)
+and requires an OTP-verified, active user. A user's wards (`ward_scope`) are their staff
+profile's wards, or every ward for roles that administer all of them. `patient_access` /
 `patients_visible_to` decide patient access (ward care, or a live break-glass grant);
 `patient_read` and `ward_read` decide *and* audit a read, raising a config.refusal.Refusal
 (built by `access_refusal`) when it is refused.
@@ -18,6 +19,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth.models import Permission
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
@@ -48,6 +50,7 @@ __all__ = [
     "patient_read",
     "patients_visible_to",
     "refusal_reason",
+    "role_capabilities",
     "user_can",
     "user_is_verified",
     "user_role",
@@ -82,10 +85,25 @@ def user_is_verified(user: Any) -> bool:
     return bool(getattr(user, "is_authenticated", False) and getattr(user, "is_verified", lambda: False)())
 
 
+def role_capabilities(user: Any) -> frozenset[str]:
+    """The capability codenames the user's role groups grant. Not Django's `has_perm`: it lets a
+    superuser pass every check and adds per-user permissions, and neither is a role. Cached on
+    the user object for the request (as `has_perm` caches its own)."""
+    cached: frozenset[str] | None = getattr(user, "_perfuse_capabilities", None)
+    if cached is None:
+        cached = frozenset(
+            Permission.objects.filter(
+                group__user=user, group__name__in=ROLES, content_type__app_label="audit"
+            ).values_list("codename", flat=True)
+        )
+        user._perfuse_capabilities = cached
+    return cached
+
+
 def user_can(user: Any, capability: str) -> bool:
     """An OTP-verified, active user whose role grants `capability` (a codename in
     audit/access/roles.py)."""
-    return user_is_verified(user) and bool(user.is_active) and user.has_perm(f"audit.{capability}")
+    return user_is_verified(user) and bool(user.is_active) and capability in role_capabilities(user)
 
 
 @dataclass(frozen=True)

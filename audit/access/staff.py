@@ -65,7 +65,9 @@ def staff_upsert(
         user.set_password(password)
     elif created:
         user.set_unusable_password()
-    user.is_staff = False  # the Django admin is not a staff tool here; roles decide
+    # There is no Django admin and roles decide: these flags would only be trusted by mistake.
+    user.is_staff = False
+    user.is_superuser = False
     user.is_active = True
     user.save()
     user.groups.set([Group.objects.get(name=role)])

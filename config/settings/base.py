@@ -15,7 +15,8 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # No django.contrib.admin: it would be a second way in, beside the login gate, lockout,
+    # roles and audit of the app (docs/security.md).
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
