@@ -8,11 +8,18 @@ import io
 import json
 
 import pytest
+from django.contrib.auth.models import Group
 from django.db import connection
 from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
-from audit.access.policy import actor_from_request, patient_access, patient_access_audited, user_role
+from audit.access.policy import (
+    actor_from_request,
+    patient_access,
+    patient_access_audited,
+    patients_visible_to,
+    user_role,
+)
 from audit.models import AuditEvent, BreakGlassGrant
 from audit.trail import Actor, audit_record
 from telemetry.models import DeviceKey, Patient, PatientIdentity
@@ -95,6 +102,47 @@ def test_break_glass_refusals_are_audited_and_grant_nothing(world, data):
     assert not BreakGlassGrant.objects.exists()
     event = AuditEvent.objects.get(action="break_glass.requested")
     assert event.outcome == "denied" and event.break_glass
+
+
+def _grant(officer) -> BreakGlassGrant:
+    r = personas.verified_client(officer).post(
+        "/audit/break-glass/",
+        {"pseudonym": "pt-a", "reason": "incident_review", "purpose": "Incident 2026-31 review", "minutes": 60},
+    )
+    assert r.status_code == 302
+    return BreakGlassGrant.objects.get(user=officer)
+
+
+def _fresh(user):
+    return _verified(type(user).objects.get(pk=user.pk))
+
+
+def test_a_grant_is_honoured_only_while_the_role_still_breaks_the_glass(world):
+    officer = world["compliance"]
+    _grant(officer)
+    patient = Patient.objects.get(pseudonym="pt-a")
+    assert patient_access(_fresh(officer), patient).break_glass
+    # The role loses the capability (a group changed by hand, not through staff_upsert).
+    officer.groups.set([Group.objects.get(name="device_admin")])
+    decision = patient_access(_fresh(officer), patient)
+    assert not decision.allowed and decision.reason == "role_device_admin"
+    assert "pt-a" not in {p.pseudonym for p in patients_visible_to(_fresh(officer))}
+
+
+def test_a_change_of_role_ends_the_grants_and_audits_it(world):
+    officer = world["compliance"]
+    grant = _grant(officer)
+    personas.staff("officer", "compliance")  # the same role again: the grant stays
+    grant.refresh_from_db()
+    assert grant.ended_at is None
+    personas.staff("officer", "admin")  # admins break the glass too, but this grant was not theirs
+    grant.refresh_from_db()
+    assert grant.ended_at is not None
+    ended = AuditEvent.objects.get(action="break_glass.ended")
+    assert (
+        ended.subject == "pt-a" and ended.break_glass and ended.detail == {"grant": grant.id, "cause": "role_changed"}
+    )
+    assert not patient_access(_fresh(officer), Patient.objects.get(pseudonym="pt-a")).allowed
 
 
 def _verified(user):

@@ -1,6 +1,7 @@
 """Break-glass: time-limited emergency access to one patient for a role that has no ward access
 to it, with a stated reason and purpose. Every request is audited (granted or refused) and
-highlighted; audit.access.policy honours a live grant."""
+highlighted; audit.access.policy honours a live grant while its holder's role still breaks the
+glass, and a change of role ends the holder's grants (audit.access.staff)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def break_glass_grant(
 
 
 @transaction.atomic
-def break_glass_end(*, grant: BreakGlassGrant, actor: Actor) -> None:
+def break_glass_end(*, grant: BreakGlassGrant, actor: Actor, cause: str = "") -> None:
+    """End a grant early (by its holder, or `cause` such as a role change)."""
     if grant.ended_at is None:
         grant.ended_at = dt.datetime.now(dt.UTC)
         grant.save(update_fields=["ended_at"])
@@ -93,5 +95,19 @@ def break_glass_end(*, grant: BreakGlassGrant, actor: Actor) -> None:
         action="break_glass.ended",
         subject=grant.patient.pseudonym,
         break_glass=True,
-        detail={"grant": grant.id},
+        detail={"grant": grant.id, **({"cause": cause} if cause else {})},
     )
+
+
+@transaction.atomic
+def break_glass_end_all(*, user_id: int, actor: Actor, cause: str) -> int:
+    """End every live grant of a user (each audited); the number ended."""
+    now = dt.datetime.now(dt.UTC)
+    grants = list(
+        BreakGlassGrant.objects.select_for_update(of=("self",))
+        .select_related("patient")
+        .filter(user_id=user_id, ended_at__isnull=True, expires_at__gt=now)
+    )
+    for grant in grants:
+        break_glass_end(grant=grant, actor=actor, cause=cause)
+    return len(grants)

@@ -5,9 +5,9 @@ Roles are Django groups holding permissions (audit/access/roles.py); `user_can` 
 capability through the role groups only (never Django's superuser flag or per-user permissions)
 and requires an OTP-verified, active user. A user's wards (`ward_scope`) are their staff
 profile's wards, or every ward for roles that administer all of them. `patient_access` /
-`patients_visible_to` decide patient access (ward care, or a live break-glass grant);
-`patient_read` and `ward_read` decide *and* audit a read, raising a config.refusal.Refusal
-(built by `access_refusal`) when it is refused.
+`patients_visible_to` decide patient access (ward care, or a live break-glass grant while the
+user still holds the `break_glass` capability); `patient_read` and `ward_read` decide *and*
+audit a read, raising a config.refusal.Refusal (built by `access_refusal`) when it is refused.
 
 These are the only ward and role checks: pages, APIs and sockets call them, and the alarm
 console's scope (alerts/selectors.py) is built on `ward_scope` and `user_can`.
@@ -191,8 +191,9 @@ def access_refusal(
 
 
 def _live_grants(user: Any) -> QuerySet[BreakGlassGrant]:
-    """The user's unexpired, unended grants (only break_glass roles can get one)."""
-    if not user_is_verified(user):
+    """The user's unexpired, unended grants, honoured only while the role still breaks the glass
+    (a grant outlives neither the capability nor a role change, which also ends it)."""
+    if not user_can(user, "break_glass"):
         return BreakGlassGrant.objects.none()
     now = dt.datetime.now(dt.UTC)
     return BreakGlassGrant.objects.filter(user_id=user.pk, expires_at__gt=now, ended_at__isnull=True)

@@ -1,5 +1,6 @@
 """Staff accounts: create or update a user in exactly one role with a confirmed TOTP device, and
-deactivate one at once (`manage.py add_staff` / `deactivate_staff`, the demo seed)."""
+deactivate one at once (`manage.py add_staff` / `deactivate_staff`, the demo seed). A change of
+role ends the user's break-glass grants: a grant was given to the role that asked for it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.access.breakglass import break_glass_end_all
+from audit.access.policy import user_role
 from audit.access.roles import ROLES
 from audit.access.sessions import user_logout_everywhere
 from audit.models import StaffProfile
@@ -56,6 +59,7 @@ def staff_upsert(
         raise StaffError(f"unknown ward(s): {', '.join(sorted(missing))}")
     User = get_user_model()
     user, created = User.objects.get_or_create(username=username)
+    previous_role = None if created else user_role(user)
     if password is not None:
         if validate_password:
             try:
@@ -71,6 +75,8 @@ def staff_upsert(
     user.is_active = True
     user.save()
     user.groups.set([Group.objects.get(name=role)])
+    if previous_role is not None and previous_role != role:
+        break_glass_end_all(user_id=user.pk, actor=actor, cause="role_changed")
     profile, _ = StaffProfile.objects.get_or_create(user=user)
     profile.wards.set(wards)
     device = TOTPDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
