@@ -1,7 +1,8 @@
 """Staff sign-in (password + TOTP in one form), first-time MFA enrollment, logout, session ping,
 and the break-glass page (request and end time-limited emergency access to one patient).
 
-Every attempt is audited: login.success / login.failure / login.locked / logout. A user whose
+Every attempt is audited: login.success / login.failure / login.locked / logout (a failed or
+locked attempt through audit.access.refusals.refusal_audit, answered by the form). A user whose
 password is right but who has no confirmed authenticator is not logged in: the session only
 remembers "enrolling user X" for a few minutes, and the enrollment page logs them in after they
 prove the new authenticator works.
@@ -47,7 +48,7 @@ from audit.access.sessions import (
     user_sockets_close,
 )
 from audit.access.staff import totp_secret_base32
-from audit.models import AuditEvent, BreakGlassGrant, StaffSession
+from audit.models import BreakGlassGrant, StaffSession
 from audit.trail import Actor, audit_record
 from config.api_errors import error_response
 from config.refusal import Refusal
@@ -65,18 +66,14 @@ def _next_url(request: HttpRequest, default: str = "") -> str:
 
 
 def _failure(request: HttpRequest, form: LoginForm, actor: Actor, reason: str, user: Any = None) -> HttpResponse:
-    audit_record(
-        actor=Actor(
-            user_id=user.pk if user is not None else None,
-            username=form.cleaned_data["username"],
-            role=actor.role,
-            source_address=actor.source_address,
-            user_agent=actor.user_agent,
-        ),
-        action="login.failure",
-        outcome=AuditEvent.Outcome.DENIED,
-        detail={"reason": reason},
+    attempt = Actor(
+        user.pk if user is not None else None,
+        form.cleaned_data["username"],
+        actor.role,
+        actor.source_address,
+        actor.user_agent,
     )
+    refusal_audit(Refusal(action="login.failure", reason=reason), attempt)  # answered by the form
     # One message for every failure: which factor was wrong is not disclosed.
     form.add_error(None, "Username, password or code is not right.")
     return render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=401)
@@ -102,11 +99,13 @@ def _password_may_be_checked(gate: Gate, *, username: str, token: str) -> bool:
 
 def _locked(request: HttpRequest, form: LoginForm, actor: Actor, gate: Gate) -> HttpResponse:
     username = form.cleaned_data["username"]
-    audit_record(
-        actor=Actor(None, username, actor.role, actor.source_address, actor.user_agent),
-        action="login.locked",
-        outcome=AuditEvent.Outcome.DENIED,
-        detail={"retry_after": gate.retry_after_seconds, "lock": gate.verdict},
+    refusal_audit(
+        Refusal(
+            action="login.locked",
+            reason="locked",
+            facts={"retry_after": gate.retry_after_seconds, "lock": gate.verdict},
+        ),
+        Actor(None, username, actor.role, actor.source_address, actor.user_agent),
     )
     minutes, seconds = divmod(gate.retry_after_seconds, 60)
     wait = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
@@ -212,10 +211,9 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
             audit_record(actor=actor_from_request(request), action="login.success", detail={"factor": "totp"})
             # Shown once, in this response only; only hashes of use remain (tokens are consumed).
             return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": next_url})
-        audit_record(
-            actor=Actor(user.pk, user.get_username(), "anonymous", actor.source_address, actor.user_agent),
-            action="mfa.enroll_failed",
-            outcome=AuditEvent.Outcome.DENIED,
+        refusal_audit(
+            Refusal(action="mfa.enroll_failed", reason="bad_otp"),
+            Actor(user.pk, user.get_username(), "anonymous", actor.source_address, actor.user_agent),
         )
         form.add_error("otp_token", "That code did not match. Check the time on your phone and try the next code.")
     context = {
