@@ -20,7 +20,6 @@ from django.db.models import Q
 from django.utils.module_loading import import_string
 
 from audit.access import ADMIN, ONCALL
-from telemetry import events
 
 if TYPE_CHECKING:
     from alerts.models import Alarm
@@ -35,19 +34,12 @@ class Notifier(Protocol):
 
 class InAppNotifier:
     def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None:
-        from alerts.events import publish_after_commit
+        from alerts.events import notification_publish
         from alerts.models import Notification
 
         for user in recipients:
             note = Notification.objects.create(recipient=user, alarm=alarm, created_at=now, text=text[:300])
-            frame = {
-                "type": "alarm.notification",
-                "id": note.pk,
-                "alarm": alarm.pk,
-                "text": note.text,
-                "created_at": now.isoformat().replace("+00:00", "Z"),
-            }
-            publish_after_commit([events.alarms_user_group(user.pk)], frame)
+            notification_publish(note=note)
 
 
 class LoggingNotifier:

@@ -16,7 +16,7 @@ from django.db.models import Q, QuerySet
 
 from alerts.models import Alarm, AlarmPause, AlarmRule, Category, Kind
 from audit.access import ADMIN, CLINICIAN, ONCALL, AccessDecision, user_can, user_is_verified, user_role, user_ward_ids
-from telemetry.events import iso
+from config.live import iso
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
