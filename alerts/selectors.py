@@ -25,7 +25,7 @@ from audit.access.policy import (
     user_role,
     user_ward_ids,
 )
-from telemetry.events import iso
+from config.live import iso
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)

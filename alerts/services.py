@@ -16,8 +16,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from alerts import lifecycle, notifiers
-from alerts.events import publish_after_commit
+from alerts import events, lifecycle, notifiers
 from alerts.models import (
     KIND_CATEGORY,
     KIND_PRIORITY,
@@ -30,11 +29,9 @@ from alerts.models import (
     AlarmTransition,
     Priority,
 )
-from alerts.schemas import AlarmTransitionFrame, alarm_out, transition_out
 from alerts.selectors import alarm_access, rule_override, rule_ward_latest
 from audit.access.policy import ONCALL, user_can, user_role
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry import events
 from telemetry.models import Annotation, Patient, Ward
 
 log = logging.getLogger(__name__)
@@ -91,25 +88,13 @@ def _record(
         detail={"alarm": alarm.pk, "kind": alarm.kind, "priority": alarm.priority, "from": frm, "to": alarm.state}
         | (detail or {}),
     )
-    frame: AlarmTransitionFrame = {
-        "type": "alarm.transition",
-        "patient": alarm.patient.pseudonym,
-        "alarm": alarm_out(alarm),
-        "transition": transition_out(transition),
-    }
-    groups = [events.patient_group(alarm.patient.pseudonym), events.ward_group(alarm.ward.code), events.alarms_group()]
-    publish_after_commit(groups, dict(frame))
+    events.transition_publish(alarm=alarm, transition=transition)
     return transition
 
 
 def _annotate(alarm: Alarm, *, kind: str, time: dt.datetime, text: str, data: dict[str, Any]) -> None:
     note = Annotation.objects.create(patient=alarm.patient, kind=kind, time=time, text=text[:500], data=data)
-    frame = {
-        "type": "annotation.added",
-        "patient": alarm.patient.pseudonym,
-        "annotation": {"id": note.pk, "kind": kind, "t": time.isoformat().replace("+00:00", "Z"), "text": note.text},
-    }
-    publish_after_commit([events.patient_group(alarm.patient.pseudonym)], frame)
+    events.mark_publish(alarm=alarm, note=note)
 
 
 def _locked(alarm_id: int) -> Alarm | None:
@@ -464,17 +449,7 @@ def patient_pause(
                 subject=patient.pseudonym,
                 detail={"seconds": seconds, "priority": priority, "reason": reason[:300]},
             )
-            publish_after_commit(
-                [events.alarms_group()],  # the console's frame; charts learn of pauses from alarms
-                {
-                    "type": "alarm.pause",
-                    "patient": patient.pseudonym,
-                    "ward": patient.ward.code,
-                    "until": pause.until.isoformat(),
-                    "priority": priority,
-                    "by": actor.username,
-                },
-            )
+            events.pause_publish(pause=pause, by=actor.username)
     if error is not None:
         raise error
     assert pause is not None
