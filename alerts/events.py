@@ -1,64 +1,101 @@
-"""Publishing alarm frames after commit without holding up the writer.
+"""The alarms app's live frames: types, and who receives each (docs/live-protocol.md).
 
-A committed transition is handed to one long-lived event loop in a daemon thread, which sends
-frames to the channel layer in the order they were committed. The writer (the engine, or a web
-request) never waits for Redis: creating an event loop and a Redis connection per frame, as
-`async_to_sync(publish)` does from a plain thread, cost tens of milliseconds per frame and
-stalled the engine during bursts (a gateway going silent raises many no-data alarms at once).
-Frames are hints (rows are the truth), so a frame lost in a Redis outage is recovered by the
-console's refetch; `telemetry.events.publish` already never raises.
+Each `*_publish` function builds one frame and hands it to config.live.publish_after_commit, so
+it leaves only when the act's transaction committed. Frames are hints: the console refetches the
+list over REST after a reconnect, the chart and the overview refetch on `alarm.transition`.
+`alarm.snapshot` is built by the console socket (alerts/consumers.py) from the rows.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
-from functools import partial
-from typing import Any
+import msgspec
 
-from django.db import transaction
-
-from telemetry import events
-
-log = logging.getLogger(__name__)
+from alerts.models import Alarm, AlarmPause, AlarmTransition, Notification
+from alerts.schemas import AlarmOut, TransitionOut, alarm_out, transition_out
+from config import live
+from config.live import Frame
+from telemetry.events import AnnotationAddedFrame, AnnotationMark
+from telemetry.models import Annotation
 
 
-class _Publisher:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[list[str], dict[str, Any]]] | None = None
+class AlarmTransitionFrame(Frame, tag="alarm.transition"):
+    """Every transition, with the alarm as the REST API shows it after the transition."""
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-                threading.Thread(target=self._run, args=(loop, ready), name="alarm-publisher", daemon=True).start()
-                ready.wait()
-                self._loop = loop
-            return self._loop
-
-    def _run(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        self._queue = asyncio.Queue()
-        ready.set()
-        loop.run_until_complete(self._drain(self._queue))
-
-    async def _drain(self, queue: asyncio.Queue[tuple[list[str], dict[str, Any]]]) -> None:
-        while True:
-            groups, event = await queue.get()
-            await events.publish(groups, event)  # logs and swallows layer errors
-
-    def submit(self, groups: list[str], event: dict[str, Any]) -> None:
-        loop = self._start()
-        assert self._queue is not None
-        loop.call_soon_threadsafe(self._queue.put_nowait, (groups, event))
+    patient: str
+    alarm: AlarmOut
+    transition: TransitionOut
 
 
-_publisher = _Publisher()
+class AlarmPauseFrame(Frame, tag="alarm.pause"):
+    patient: str
+    ward: str
+    until: str
+    priority: str
+    by: str
 
 
-def publish_after_commit(groups: list[str], event: dict[str, Any]) -> None:
-    transaction.on_commit(partial(_publisher.submit, groups, event))
+class NotificationOut(msgspec.Struct, forbid_unknown_fields=True):
+    """An in-app notification (an escalation addressed to the user), as the snapshot lists it."""
+
+    id: int
+    alarm: int
+    text: str
+    created_at: str
+
+
+class AlarmNotificationFrame(NotificationOut, Frame, tag="alarm.notification"):
+    """One new notification, live: the snapshot's item with its `type`."""
+
+
+class PauseOut(msgspec.Struct, forbid_unknown_fields=True):
+    patient: str
+    until: str
+    priority: str
+
+
+class AlarmSnapshotFrame(Frame, tag="alarm.snapshot"):
+    """First frame of the console: the open alarms in scope, active pauses, recent notifications."""
+
+    alarms: list[AlarmOut]
+    pauses: list[PauseOut]
+    notifications: list[NotificationOut]
+    server_time: str
+
+
+ConsoleFrame = AlarmSnapshotFrame | AlarmTransitionFrame | AlarmPauseFrame | AlarmNotificationFrame
+
+
+def transition_publish(*, alarm: Alarm, transition: AlarmTransition) -> None:
+    """To the patient's chart, the ward overview and every alarm console (which filter by scope)."""
+    frame = AlarmTransitionFrame(
+        patient=alarm.patient.pseudonym, alarm=alarm_out(alarm), transition=transition_out(transition)
+    )
+    groups = [live.patient_group(alarm.patient.pseudonym), live.ward_group(alarm.ward.code), live.alarms_group()]
+    live.publish_after_commit(groups, frame)
+
+
+def mark_publish(*, alarm: Alarm, note: Annotation) -> None:
+    """An alarm or acknowledgement mark on the patient's chart."""
+    mark = AnnotationMark(id=note.pk, kind=str(note.kind), t=live.iso(note.time), text=note.text)
+    frame = AnnotationAddedFrame(patient=alarm.patient.pseudonym, annotation=mark)
+    live.publish_after_commit([live.patient_group(alarm.patient.pseudonym)], frame)
+
+
+def pause_publish(*, pause: AlarmPause, by: str) -> None:
+    """The consoles' frame; charts learn of pauses from alarms."""
+    frame = AlarmPauseFrame(
+        patient=pause.patient.pseudonym,
+        ward=pause.patient.ward.code,
+        until=live.iso(pause.until),
+        priority=pause.priority,
+        by=by,
+    )
+    live.publish_after_commit([live.alarms_group()], frame)
+
+
+def notification_publish(*, note: Notification) -> None:
+    """To the recipient's alarm consoles only."""
+    frame = AlarmNotificationFrame(
+        id=note.pk, alarm=note.alarm_id, text=note.text, created_at=live.iso(note.created_at)
+    )
+    live.publish_after_commit([live.alarms_user_group(note.recipient_id)], frame)

@@ -19,10 +19,9 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils.module_loading import import_string
 
-from alerts.events import publish_after_commit
+from alerts.events import notification_publish
 from alerts.models import Alarm, Notification
 from audit.access.policy import ADMIN, ONCALL
-from telemetry import events
 
 DEFAULT_NOTIFIERS = ["alerts.notifiers.InAppNotifier", "alerts.notifiers.LoggingNotifier"]
 notify_log = logging.getLogger("perfuse.alarms.notify")
@@ -36,14 +35,7 @@ class InAppNotifier:
     def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None:
         for user in recipients:
             note = Notification.objects.create(recipient=user, alarm=alarm, created_at=now, text=text[:300])
-            frame = {
-                "type": "alarm.notification",
-                "id": note.pk,
-                "alarm": alarm.pk,
-                "text": note.text,
-                "created_at": now.isoformat().replace("+00:00", "Z"),
-            }
-            publish_after_commit([events.alarms_user_group(user.pk)], frame)
+            notification_publish(note=note)
 
 
 class LoggingNotifier:

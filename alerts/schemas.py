@@ -1,11 +1,13 @@
-"""Typed payloads of the alarm API and of the live `alarm.transition` / `alarm.notification` frames."""
+"""Typed payloads of the alarm API, which the live alarm frames (alerts/events.py) carry too."""
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import datetime as dt
+from typing import TypedDict
 
 from alerts.models import Alarm, AlarmTransition
 from alerts.vocabulary import Kind
+from config.live import iso
 
 
 class AlarmOut(TypedDict):
@@ -45,30 +47,13 @@ class TransitionOut(TypedDict):
     at: str
 
 
-class AlarmTransitionFrame(TypedDict):
-    type: str  # "alarm.transition"
-    patient: str
-    alarm: AlarmOut
-    transition: TransitionOut
-
-
-class NotificationFrame(TypedDict):
-    type: str  # "alarm.notification"
-    id: int
-    alarm: int
-    text: str
-    created_at: str
-
-
-def iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
+def iso_or_none(value: dt.datetime | None) -> str | None:
+    return None if value is None else iso(value)
 
 
 def alarm_out(alarm: Alarm) -> AlarmOut:
     """Needs patient, ward, rule, acknowledged_by and responsible loaded (select_related)."""
-    started = iso(alarm.condition_started_at) or ""
+    started = iso(alarm.condition_started_at)
     return {
         "id": alarm.pk,
         "patient": alarm.patient.pseudonym,
@@ -81,17 +66,17 @@ def alarm_out(alarm: Alarm) -> AlarmOut:
         "latched": alarm.latched,
         "condition_present": alarm.condition_present,
         "condition_started_at": started,
-        "condition_cleared_at": iso(alarm.condition_cleared_at),
-        "raised_at": iso(alarm.raised_at) or "",
-        "activated_at": iso(alarm.activated_at) or "",
+        "condition_cleared_at": iso_or_none(alarm.condition_cleared_at),
+        "raised_at": iso(alarm.raised_at),
+        "activated_at": iso(alarm.activated_at),
         "acknowledged_by": alarm.acknowledged_by.username if alarm.acknowledged_by else None,
-        "acknowledged_at": iso(alarm.acknowledged_at),
+        "acknowledged_at": iso_or_none(alarm.acknowledged_at),
         "note": alarm.ack_note,
-        "resolved_at": iso(alarm.resolved_at),
+        "resolved_at": iso_or_none(alarm.resolved_at),
         "escalation_level": alarm.escalation_level,
         "escalated": alarm.ever_escalated,
         "responsible": alarm.responsible.username if alarm.responsible else None,
-        "accepted_at": iso(alarm.accepted_at),
+        "accepted_at": iso_or_none(alarm.accepted_at),
         "recurrences": alarm.recurrences,
         "rule_version": alarm.rule.version,
         "rule_scope": "patient" if alarm.rule.patient_id else "ward",
@@ -105,5 +90,5 @@ def transition_out(t: AlarmTransition) -> TransitionOut:
         "from_state": t.from_state,
         "to_state": t.to_state,
         "actor": t.actor_username,
-        "at": iso(t.at) or "",
+        "at": iso(t.at),
     }

@@ -33,8 +33,8 @@ from audit.access.policy import (
     user_role,
     ward_scope,
 )
+from config.live import iso
 from config.refusal import Refusal
-from telemetry.events import iso
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)

@@ -19,10 +19,10 @@ if settings.PERFUSE_SERVE_STATIC:
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from audit.access.asgi import SessionGuardMiddleware  # noqa: E402
 from config.metrics import WebSocketGauge  # noqa: E402
+from config.origins import OriginGuard  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from telemetry.asgi import IngestRouter  # noqa: E402
 
@@ -32,8 +32,9 @@ application = ProtocolTypeRouter(
         "http": IngestRouter(django_asgi_app),
         # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/access/asgi.py).
         # WebSocketGauge: the open-connections gauge of /metrics (config/metrics.py).
+        # OriginGuard: the page's origin must be exactly ours, scheme and port included (config/origins.py).
         "websocket": WebSocketGauge(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))
+            OriginGuard(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))
         ),
     }
 )

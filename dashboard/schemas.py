@@ -1,66 +1,37 @@
-"""Typed schemas of every frame the live sockets send (docs/live-protocol.md).
+"""Typed frames of the dashboard's sockets (docs/live-protocol.md): the snapshots, `resync` and the
+`frames` wrapper, built here and in dashboard/selectors.py; the deltas they forward are typed
+where they are built (telemetry.events, alerts.events).
 
-Tests decode each frame they receive with `frame_decoder`, so a frame that drifts from its
-schema fails a test instead of a browser.
+Tests decode every message the sockets send with `frame_decoder`, so a frame that drifts from
+its schema fails a test instead of a browser.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
-
-class Point(msgspec.Struct, forbid_unknown_fields=True):
-    t: str
-    metric: str
-    value: float
-    quality: float | None
-    seq: int
-
-
-class SeqRange(msgspec.Struct, forbid_unknown_fields=True):
-    device: str
-    first: int
-    last: int
+from alerts.events import AlarmTransitionFrame
+from config.live import Frame
+from telemetry.events import AnnotationAddedFrame, PointOut, ReadingBatchFrame, SeqRange
 
 
 class AnnotationOut(msgspec.Struct, forbid_unknown_fields=True):
+    """A mark as the snapshot and `GET …/annotations` show it (with its data)."""
+
     id: int
     kind: str
     t: str
     text: str
-    data: dict[str, Any] | None = None
+    data: dict[str, Any] | None
 
 
-class ReadingBatch(msgspec.Struct, tag_field="type", tag="reading.batch", forbid_unknown_fields=True):
-    patient: str
-    ranges: list[SeqRange]
-    points: list[Point]
-
-
-class AnnotationAdded(msgspec.Struct, tag_field="type", tag="annotation.added", forbid_unknown_fields=True):
-    patient: str
-    annotation: AnnotationOut
-
-
-class AlarmTransition(msgspec.Struct, tag_field="type", tag="alarm.transition"):
-    """Built by the alarms app; the dashboard relies only on these fields."""
-
-    patient: str
-
-
-class Resync(msgspec.Struct, tag_field="type", tag="resync", forbid_unknown_fields=True):
-    reason: str  # overflow | membership
-    patients: list[str]
-    since: str | None
-
-
-class PatientSnapshot(msgspec.Struct, tag_field="type", tag="snapshot", forbid_unknown_fields=True):
+class PatientSnapshotFrame(Frame, tag="snapshot"):
     patient: str
     server_time: str
     since: str
-    points: list[Point]
+    points: list[PointOut]
     ranges: list[SeqRange]
     annotations: list[AnnotationOut]
     alarms: list[dict[str, Any]]
@@ -81,20 +52,28 @@ class WardCard(msgspec.Struct, forbid_unknown_fields=True):
     alarm: dict[str, Any] | None
 
 
-class WardSnapshot(msgspec.Struct, tag_field="type", tag="ward.snapshot", forbid_unknown_fields=True):
+class WardSnapshotFrame(Frame, tag="ward.snapshot"):
     server_time: str
     patients: list[WardCard]
 
 
-Delta = ReadingBatch | AnnotationAdded | AlarmTransition | Resync
+class ResyncFrame(Frame, tag="resync"):
+    reason: str  # overflow | membership
+    patients: list[str]
+    since: str | None
 
 
-class Frames(msgspec.Struct, tag_field="type", tag="frames", forbid_unknown_fields=True):
-    """Several frames coalesced into one WebSocket message, in order."""
-
-    frames: list[Delta]
+Delta = ReadingBatchFrame | AnnotationAddedFrame | AlarmTransitionFrame | ResyncFrame
+T = TypeVar("T")
 
 
-Frame = ReadingBatch | AnnotationAdded | AlarmTransition | Resync | PatientSnapshot | WardSnapshot | Frames
+class FramesFrame(Frame, Generic[T], tag="frames"):
+    """Several frames coalesced into one WebSocket message, in order. Built with the deltas as
+    they came from the groups (plain objects); decoded as `FramesFrame[Delta]`."""
 
-frame_decoder = msgspec.json.Decoder(Frame)
+    frames: list[T]
+
+
+SocketFrame = Delta | PatientSnapshotFrame | WardSnapshotFrame | FramesFrame[Delta]
+
+frame_decoder = msgspec.json.Decoder(SocketFrame)

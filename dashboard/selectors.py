@@ -11,12 +11,15 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from django.db import connection
 
 from alerts import selectors as alarm_selectors
 from alerts.vocabulary import PRIORITY_RANK
-from telemetry.events import iso
+from config.live import iso
+from dashboard.schemas import AnnotationOut, PatientSnapshotFrame, WardCard, WardSnapshotFrame
+from telemetry.events import PointOut, SeqRange
 from telemetry.models import Annotation, Patient
 from telemetry.selectors import patient_series
 from telemetry.units import METRICS
@@ -153,7 +156,7 @@ def patient_annotations(*, patient_id: int, start: dt.datetime, end: dt.datetime
     return [{"id": a.id, "kind": a.kind, "t": iso(a.time), "text": a.text, "data": a.data} for a in rows[:2000]]
 
 
-def _device_ranges(patient_id: int, since: dt.datetime) -> list[dict[str, Any]]:
+def _device_ranges(patient_id: int, since: dt.datetime) -> list[SeqRange]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT d.device_id, min(r.seq), max(r.seq) FROM telemetry_reading r "
@@ -161,10 +164,10 @@ def _device_ranges(patient_id: int, since: dt.datetime) -> list[dict[str, Any]]:
             "GROUP BY d.device_id ORDER BY d.device_id",
             [patient_id, since],
         )
-        return [{"device": device, "first": first, "last": last} for device, first, last in cursor.fetchall()]
+        return [SeqRange(device=device, first=first, last=last) for device, first, last in cursor.fetchall()]
 
 
-def _recent_points(patient_id: int, since: dt.datetime) -> list[dict[str, Any]]:
+def _recent_points(patient_id: int, since: dt.datetime) -> list[PointOut]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT sample_time, metric, value, signal_quality, seq FROM telemetry_reading "
@@ -172,32 +175,33 @@ def _recent_points(patient_id: int, since: dt.datetime) -> list[dict[str, Any]]:
             [patient_id, METRIC, since],
         )
         return [
-            {"t": iso(t), "metric": metric, "value": value, "quality": quality, "seq": seq}
+            PointOut(t=iso(t), metric=metric, value=value, quality=quality, seq=seq)
             for t, metric, value, quality, seq in cursor.fetchall()
         ]
 
 
-def patient_snapshot(*, patient: Patient, now: dt.datetime) -> dict[str, Any]:
+def patient_snapshot(*, patient: Patient, now: dt.datetime) -> PatientSnapshotFrame:
     """First frame of a patient socket: recent raw points, the devices' seq positions, marks and
     open alarms, so the browser can draw at once and detect gaps in the deltas that follow."""
     since = now - dt.timedelta(seconds=settings.PERFUSE_LIVE_SNAPSHOT_SECONDS)
     overlay = patient_alarm_overlay(patient_id=patient.id, start=now - dt.timedelta(days=1), end=now)
-    return {
-        "type": "snapshot",
-        "patient": patient.pseudonym,
-        "server_time": iso(now),
-        "since": iso(since),
-        "points": _recent_points(patient.id, since),
-        "ranges": _device_ranges(patient.id, since),
-        "annotations": patient_annotations(
-            patient_id=patient.id, start=now - dt.timedelta(days=1), end=now + dt.timedelta(minutes=5)
-        ),
-        "alarms": overlay.current,
-    }
+    marks = patient_annotations(
+        patient_id=patient.id, start=now - dt.timedelta(days=1), end=now + dt.timedelta(minutes=5)
+    )
+    return PatientSnapshotFrame(
+        patient=patient.pseudonym,
+        server_time=iso(now),
+        since=iso(since),
+        points=_recent_points(patient.id, since),
+        ranges=_device_ranges(patient.id, since),
+        annotations=msgspec.convert(marks, list[AnnotationOut]),  # the API's rows, typed for the frame
+        alarms=overlay.current,
+    )
 
 
-def ward_snapshot(*, patients: list[Patient], now: dt.datetime) -> dict[str, Any]:
-    return {"type": "ward.snapshot", "server_time": iso(now), "patients": ward_cards(patients=patients, now=now)}
+def ward_snapshot(*, patients: list[Patient], now: dt.datetime) -> WardSnapshotFrame:
+    cards = ward_cards(patients=patients, now=now)  # the API's cards, typed for the frame
+    return WardSnapshotFrame(server_time=iso(now), patients=msgspec.convert(cards, list[WardCard]))
 
 
 def series_points(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime, max_points: int) -> Any:

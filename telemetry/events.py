@@ -1,55 +1,47 @@
-"""Live events: group names and publishing after commit. Frames are hints, rows are the truth.
+"""Telemetry's live frames: `reading.batch` and `annotation.added` (docs/live-protocol.md).
 
-A frame lost by the channel layer (at-most-once) is recovered by the browser, which sees a gap
-in the per-device seq ranges and refetches over REST.
+Built by the ingest path after its commit (and `annotation.added` by the alarms app for its
+marks), published with config.live.publish_after_commit. A frame lost by the channel layer
+(at-most-once) is recovered by the browser, which sees a gap in the per-device seq ranges and
+refetches over REST.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
-from typing import Any
+import msgspec
 
-from channels.layers import get_channel_layer
-
-log = logging.getLogger(__name__)
+from config.live import Frame
 
 
-def iso(t: dt.datetime) -> str:
-    """The one time format of live frames and chart APIs: UTC, milliseconds, 'Z'."""
-    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class PointOut(msgspec.Struct, forbid_unknown_fields=True):
+    t: str
+    metric: str
+    value: float
+    quality: float | None
+    seq: int
 
 
-def patient_group(pseudonym: str) -> str:
-    return f"patient.{pseudonym}"
+class SeqRange(msgspec.Struct, forbid_unknown_fields=True):
+    """The seqs of one device a frame or snapshot covers (the browser's gap detection)."""
+
+    device: str
+    first: int
+    last: int
 
 
-def ward_group(ward_code: str) -> str:
-    return f"ward.{ward_code}"
+class AnnotationMark(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    kind: str
+    t: str
+    text: str
 
 
-def user_group(user_id: int) -> str:
-    """Every socket of one staff user joins this, so logout/expiry can close them all."""
-    return f"user.{user_id}"
+class ReadingBatchFrame(Frame, tag="reading.batch"):
+    patient: str
+    ranges: list[SeqRange]
+    points: list[PointOut]
 
 
-async def publish(groups: list[str], event: dict[str, Any]) -> None:
-    """Send one event to several groups; never raises (a Redis outage must not fail a write)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for group in groups:
-        try:
-            await layer.group_send(group, event)
-        except Exception:  # the live layer is best effort by design
-            log.warning("live publish to %s failed", group, exc_info=True)
-
-
-def alarms_group() -> str:
-    """Every alarm transition, for the alarm console (consumers filter by the viewer's scope)."""
-    return "alarms"
-
-
-def alarms_user_group(user_id: int) -> str:
-    """Alarm notifications meant for one staff member (their alarm consoles join it)."""
-    return f"alarms.user.{user_id}"
+class AnnotationAddedFrame(Frame, tag="annotation.added"):
+    patient: str
+    annotation: AnnotationMark

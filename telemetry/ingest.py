@@ -9,7 +9,6 @@ answer counts exactly the rows this transaction committed. Live frames go out af
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -34,6 +33,7 @@ from django.utils.http import parse_header_parameters
 from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
+from config import live
 from telemetry import db, events, ratelimit
 from telemetry.schemas import (
     SCHEMA,
@@ -48,7 +48,6 @@ from telemetry.schemas import (
 from telemetry.units import METRICS
 
 log = logging.getLogger(__name__)
-_background: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -398,7 +397,7 @@ async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
         rows, rejected = validate_readings(batch, now)
         stored = await store(conn, key=key, batch=batch, rows=rows, now=now) if rows else Stored([], {}, [])
     answer_headers = decision.headers() if decision is not None else {}
-    _publish_later(key, stored)
+    _publish(key, stored)
     return Answer(
         200,
         {
@@ -586,26 +585,8 @@ def _annotation(
     }
 
 
-def _publish_later(key: DeviceKeyRow, stored: Stored) -> None:
-    if not stored.inserted and not stored.annotations:
-        return
-    task = asyncio.get_running_loop().create_task(_publish_bounded(key, stored))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-PUBLISH_TIMEOUT_SECONDS = 5.0
-
-
-async def _publish_bounded(key: DeviceKeyRow, stored: Stored) -> None:
-    """A Redis that hangs instead of failing must not pile up publishing tasks without end."""
-    try:
-        await asyncio.wait_for(_publish(key, stored), PUBLISH_TIMEOUT_SECONDS)
-    except TimeoutError:
-        log.warning("live publish for %s timed out", key.device_id)
-
-
-async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
+def _publish(key: DeviceKeyRow, stored: Stored) -> None:
+    """Announce what this request committed (called after the commit; never waits for Redis)."""
     by_patient: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
     for row in stored.inserted:
         if row[0] is not None:
@@ -614,22 +595,17 @@ async def _publish(key: DeviceKeyRow, stored: Stored) -> None:
         pseudonym, ward = stored.patients[patient_id]
         rows.sort(key=lambda r: (r[3], r[2]))
         seqs = [r[2] for r in rows]
-        event: dict[str, Any] = {
-            "type": "reading.batch",
-            "patient": pseudonym,
-            "ranges": [{"device": key.device_id, "first": min(seqs), "last": max(seqs)}],
-            "points": [
-                {"t": events.iso(r[3]), "metric": r[1], "value": r[4], "quality": r[5], "seq": r[2]} for r in rows
-            ],
-        }
-        await events.publish([events.patient_group(pseudonym), events.ward_group(ward)], event)
+        batch = events.ReadingBatchFrame(
+            patient=pseudonym,
+            ranges=[events.SeqRange(device=key.device_id, first=min(seqs), last=max(seqs))],
+            points=[events.PointOut(t=live.iso(r[3]), metric=r[1], value=r[4], quality=r[5], seq=r[2]) for r in rows],
+        )
+        live.publish_after_commit([live.patient_group(pseudonym), live.ward_group(ward)], batch)
     for a in stored.annotations:
         if a["patient_id"] is None or a["patient_id"] not in stored.patients:
             continue
         pseudonym, ward = stored.patients[a["patient_id"]]
-        event = {
-            "type": "annotation.added",
-            "patient": pseudonym,
-            "annotation": {"id": a["id"], "kind": a["kind"], "t": events.iso(a["time"]), "text": a["text"]},
-        }
-        await events.publish([events.patient_group(pseudonym)], event)
+        mark = events.AnnotationMark(id=a["id"], kind=a["kind"], t=live.iso(a["time"]), text=a["text"])
+        live.publish_after_commit(
+            [live.patient_group(pseudonym)], events.AnnotationAddedFrame(patient=pseudonym, annotation=mark)
+        )

@@ -16,6 +16,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from telemetry.engine import ReadingRow
 from telemetry.models import Device, DeviceState, Patient, Ward
 from tests import personas
+from tests.live_support import HANDSHAKE
 
 _seq = itertools.count(1)
 
@@ -82,7 +83,7 @@ def ws_headers(user: User | None, *, otp: bool = True) -> list[tuple[bytes, byte
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
 
-    headers = [(b"origin", b"http://localhost")]
+    headers = list(HANDSHAKE)
     if user is None:
         return headers
     session = SessionStore()

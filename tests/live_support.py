@@ -17,7 +17,8 @@ from telemetry.models import Device, Patient, Ward
 from tests import personas, readings
 
 _counter = itertools.count(1)
-ORIGIN = (b"origin", b"http://localhost")
+# What a browser on the app's own page sends with a WebSocket handshake (config/origins.py).
+HANDSHAKE = [(b"host", b"localhost"), (b"origin", b"http://localhost")]
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Persona:
         return self.client(verified=verified).cookies[settings.SESSION_COOKIE_NAME].value
 
     def ws_headers(self, *, verified: bool = True) -> list[tuple[bytes, bytes]]:
-        return [ORIGIN, (b"cookie", f"{settings.SESSION_COOKIE_NAME}={self.session_key(verified=verified)}".encode())]
+        cookie = f"{settings.SESSION_COOKIE_NAME}={self.session_key(verified=verified)}"
+        return [*HANDSHAKE, (b"cookie", cookie.encode())]
 
 
 def persona(role: str, *wards: Ward) -> Persona:

@@ -1,6 +1,6 @@
 """`WS /ws/alarms/live` through the full ASGI application: who may subscribe (4403 + audit),
 snapshot, then live transitions filtered by the viewer's scope; every frame checked against its
-typed schema (alerts/schemas.py)."""
+typed schema (alerts/events.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from alerts.schemas import AlarmOut, AlarmTransitionFrame
+from alerts.events import AlarmTransitionFrame
+from alerts.schemas import AlarmOut
 from alerts.services import alarm_acknowledge, alarm_raise, rule_current_ward
 from audit.models import AuditEvent
 from audit.trail import Actor

@@ -14,6 +14,7 @@ from django.test import Client
 from audit.models import AuditEvent
 from tests import factories, personas
 from tests.authz_registry import ALL_ROLES, Route, all_routes
+from tests.live_support import HANDSHAKE
 
 pytestmark = pytest.mark.django_db
 
@@ -81,7 +82,7 @@ def _http(route: Route, client: Client, path: str) -> bool:
 
 def _ws(client: Client, path: str) -> bool:
     cookie = client.cookies.get(settings.SESSION_COOKIE_NAME)
-    headers = [(b"origin", b"http://localhost")]
+    headers = list(HANDSHAKE)
     if cookie is not None:
         headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie.value}".encode()))
 

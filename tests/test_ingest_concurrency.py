@@ -11,8 +11,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
+from config import live
 from telemetry import db as telemetry_db
-from telemetry import events, ingest
 from tests import factories
 from tests.ingest_helpers import ago, post, query, reading_count, send, stored
 
@@ -68,9 +68,7 @@ async def test_readings_committed_equal_readings_acknowledged():
 
 
 async def _drain_publishes() -> None:
-    pending = list(ingest._background)
-    if pending:
-        await asyncio.wait_for(asyncio.gather(*pending), timeout=10)
+    assert await sync_to_async(live.publish_flush)(timeout=10)
 
 
 async def test_redis_outage_does_not_fail_ingest(settings):
@@ -100,8 +98,8 @@ async def test_live_frame_reaches_subscribed_groups_after_commit():
     layer = get_channel_layer()
     patient_channel = await layer.new_channel()
     ward_channel = await layer.new_channel()
-    await layer.group_add(events.patient_group("p-live"), patient_channel)
-    await layer.group_add(events.ward_group(dev.ward_code), ward_channel)
+    await layer.group_add(live.patient_group("p-live"), patient_channel)
+    await layer.group_add(live.ward_group(dev.ward_code), ward_channel)
     items = factories.series(10, 5, start=ago(10))
     response = await send(AsyncClient(), dev, items)
     assert response.json()["accepted"] == 5

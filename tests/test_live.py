@@ -16,12 +16,12 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
+from config import live
 from config.asgi import application
 from dashboard import schemas
-from dashboard.consumers import coalesce, user_group
-from telemetry import events
+from dashboard.consumers import coalesce
 from tests import factories
-from tests.live_support import audit_events, insert_readings, patient, persona
+from tests.live_support import HANDSHAKE, audit_events, insert_readings, patient, persona
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ingest_clients")]
 
@@ -80,7 +80,7 @@ def _batch(pseudonym: str, device: str, first: int, n: int, start: dt.datetime |
 async def test_refused_with_4403_and_audited(who):
     data = await setup()
     if who == "anonymous":
-        headers = [(b"origin", b"http://localhost")]
+        headers = list(HANDSHAKE)
     else:
         persona_ = data["clinician"] if who == "unverified" else data[who]
         headers = await sync_to_async(persona_.ws_headers)(verified=who != "unverified")
@@ -138,7 +138,7 @@ async def test_frames_are_coalesced_per_socket():
     comm = await _open("/ws/patients/p-one/live", headers)
     await _frame(comm)  # snapshot
     for i in range(30):
-        await events.publish([events.patient_group("p-one")], _batch("p-one", "dev-p-one", 100 + 2 * i, 2))
+        await live.publish_now([live.patient_group("p-one")], _batch("p-one", "dev-p-one", 100 + 2 * i, 2))
     points: list[dict[str, Any]] = []
     messages = 0
     while len(points) < 60:
@@ -173,8 +173,8 @@ async def test_bounded_buffer_drops_oldest_and_sends_resync(settings):
     # The first event is flushed at once; the next 20 batches of 10 points pile up for a second.
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for i in range(21):
-        await events.publish(
-            [events.patient_group("p-one")],
+        await live.publish_now(
+            [live.patient_group("p-one")],
             _batch("p-one", "dev-p-one", 1000 + 10 * i, 10, start + dt.timedelta(seconds=10 * i)),
         )
     first = await _frame(comm)
@@ -198,7 +198,7 @@ async def test_session_revocation_closes_the_socket():
     headers = await sync_to_async(data["clinician"].ws_headers)()
     comm = await _open("/ws/patients/p-one/live", headers)
     await _frame(comm)
-    await events.publish([user_group(data["clinician"].user.pk)], {"type": "session.revoked"})
+    await live.publish_now([live.user_group(data["clinician"].user.pk)], {"type": "session.revoked"})
     assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4401}
 
 
@@ -223,8 +223,8 @@ async def test_ward_socket_snapshot_then_tissue_o2_deltas_of_visible_patients():
     batch = _batch("p-one", "dev-p-one", 50, 2)
     batch["points"].append({**batch["points"][0], "metric": "battery", "value": 3700.0, "seq": 52})
     stranger = _batch("p-stranger", "dev-x", 1, 1)  # not a patient this user may see
-    await events.publish([events.ward_group("icu-a")], stranger)
-    await events.publish([events.ward_group("icu-a")], batch)
+    await live.publish_now([live.ward_group("icu-a")], stranger)
+    await live.publish_now([live.ward_group("icu-a")], batch)
     frame = await _frame(comm)
     assert frame["type"] == "reading.batch" and frame["patient"] == "p-one"
     assert [p["metric"] for p in frame["points"]] == ["tissue_o2", "tissue_o2"]
@@ -249,7 +249,7 @@ async def test_periodic_rejoin_keeps_exactly_one_delivery(settings):
     comm = await _open("/ws/patients/p-one/live", headers)
     await _frame(comm)
     await asyncio.sleep(0.4)  # several upkeep rounds: re-checks and group re-joins
-    await events.publish([events.patient_group("p-one")], _batch("p-one", "dev-p-one", 500, 3))
+    await live.publish_now([live.patient_group("p-one")], _batch("p-one", "dev-p-one", 500, 3))
     frame = await _frame(comm)
     assert [p["seq"] for p in frame["points"]] == [500, 501, 502]
     assert await comm.receive_nothing(timeout=0.3)  # re-joining never doubles a delivery

@@ -15,6 +15,7 @@ from audit.access.roles import CLINICIAN
 from audit.models import AuditEvent, StaffSession
 from config.asgi import application
 from tests import factories, personas
+from tests.live_support import HANDSHAKE
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_pages_carry_the_expiry_countdown(clinician):
 
 def _cookie_headers(client: Client) -> list[tuple[bytes, bytes]]:
     cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-    return [(b"cookie", cookie.encode()), (b"origin", b"http://localhost")]
+    return [(b"cookie", cookie.encode()), *HANDSHAKE]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -150,3 +151,25 @@ async def test_idle_expiry_closes_the_sockets_of_that_session_only():
     for comm in on_ward_pc:
         assert await comm.receive_nothing(timeout=0.3)
         await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_session_socket_notices_idle_expiry_by_itself(settings):
+    # No request arrives to notice the expiry, so nobody sends `session.revoked`: the socket's own
+    # periodic re-check must end the page, as it does for the data sockets.
+    settings.PERFUSE_LIVE_REJOIN_SECONDS = 0.1
+    await sync_to_async(factories.ward)("icu-s")
+    user = await sync_to_async(personas.staff)("dr-dozes", CLINICIAN, ["icu-s"])
+    desk = await sync_to_async(personas.verified_client)(user)
+    comm = WebsocketCommunicator(application, "/ws/session", headers=_cookie_headers(desk))
+    connected, _ = await comm.connect()
+    assert connected
+
+    def go_idle() -> None:
+        session = desk.session
+        session[LAST_ACTIVITY_KEY] = time.time() - personas.idle_beyond_limit()
+        session.save()
+
+    await sync_to_async(go_idle)()
+    assert await comm.receive_json_from(timeout=3) == {"type": "session.revoked"}
+    assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4401}

@@ -16,18 +16,15 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from alerts import lifecycle, notifiers
+from alerts import events, lifecycle, notifiers
 from alerts.errors import AlarmConflict, AlarmError, AlarmForbidden, AlarmNotFound
-from alerts.events import publish_after_commit
 from alerts.models import Alarm, AlarmPause, AlarmRule, AlarmTransition
-from alerts.schemas import AlarmTransitionFrame, alarm_out, transition_out
 from alerts.selectors import alarm_access
 from alerts.services.rules import rule_current_ward
 from alerts.vocabulary import KIND_CATEGORY, KIND_PRIORITY, PRIORITY_RANK, Priority, State
 from audit.access.policy import ONCALL, user_can, user_role
 from audit.access.refusals import refusals_audited
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry import events
 from telemetry.models import Annotation, Patient
 
 log = logging.getLogger(__name__)
@@ -56,25 +53,13 @@ def _record(
         detail={"alarm": alarm.pk, "kind": alarm.kind, "priority": alarm.priority, "from": frm, "to": alarm.state}
         | (detail or {}),
     )
-    frame: AlarmTransitionFrame = {
-        "type": "alarm.transition",
-        "patient": alarm.patient.pseudonym,
-        "alarm": alarm_out(alarm),
-        "transition": transition_out(transition),
-    }
-    groups = [events.patient_group(alarm.patient.pseudonym), events.ward_group(alarm.ward.code), events.alarms_group()]
-    publish_after_commit(groups, dict(frame))
+    events.transition_publish(alarm=alarm, transition=transition)
     return transition
 
 
 def _annotate(alarm: Alarm, *, kind: str, time: dt.datetime, text: str, data: dict[str, Any]) -> None:
     note = Annotation.objects.create(patient=alarm.patient, kind=kind, time=time, text=text[:500], data=data)
-    frame = {
-        "type": "annotation.added",
-        "patient": alarm.patient.pseudonym,
-        "annotation": {"id": note.pk, "kind": kind, "t": time.isoformat().replace("+00:00", "Z"), "text": note.text},
-    }
-    publish_after_commit([events.patient_group(alarm.patient.pseudonym)], frame)
+    events.mark_publish(alarm=alarm, note=note)
 
 
 def _locked(alarm_id: int) -> Alarm | None:
@@ -367,15 +352,5 @@ def patient_pause(
         subject=patient.pseudonym,
         detail={"seconds": seconds, "priority": priority, "reason": reason[:300]},
     )
-    publish_after_commit(
-        [events.alarms_group()],  # the console's frame; charts learn of pauses from alarms
-        {
-            "type": "alarm.pause",
-            "patient": patient.pseudonym,
-            "ward": patient.ward.code,
-            "until": pause.until.isoformat(),
-            "priority": priority,
-            "by": actor.username,
-        },
-    )
+    events.pause_publish(pause=pause, by=actor.username)
     return pause

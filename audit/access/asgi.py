@@ -68,15 +68,6 @@ def current_user(scope: dict[str, Any]) -> Any | None:
     return fresh
 
 
-def session_revocation_applies(scope: dict[str, Any], event: dict[str, Any]) -> bool:
-    """Whether a `session.revoked` frame ends this socket: frames without a session key end every
-    session of the user (logout everywhere, deactivation); others only the socket of that session."""
-    target = event.get("session_key")
-    if target is None:
-        return True
-    return target == getattr(scope.get("session"), "session_key", None)
-
-
 class SessionGuardMiddleware(BaseMiddleware):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         user = await database_sync_to_async(_guard_user)(scope)

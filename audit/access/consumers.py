@@ -1,41 +1,29 @@
 """`WS /ws/session`: tells an open page at once that its session was ended elsewhere (logout,
 "log out everywhere", idle expiry), so the page can leave patient data behind. Shows no patient
-data itself; joins the user's group like every consumer that should close on session.revoked."""
+data itself. Built on config.consumers.LiveConsumer: it joins the user's group and, like the data
+sockets, re-checks the session periodically, so an idle expiry nobody announced (no request came
+to notice it) still ends the page. Every ending sends `session.revoked` and closes with 4401."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
-
-from audit.access.asgi import session_revocation_applies
+from audit.access.asgi import current_user
 from audit.access.policy import user_is_verified
-from telemetry.events import user_group
+from config.consumers import CLOSE_SESSION_ENDED, LiveConsumer
+from config.live import SessionRevokedFrame
 
-CLOSE_SESSION_ENDED = 4401
 
+class SessionConsumer(LiveConsumer):
+    refused_code = CLOSE_SESSION_ENDED  # no verified session: the page asks to sign in
 
-class SessionConsumer(AsyncJsonWebsocketConsumer):
-    group = ""
+    def authorize(self) -> bool:
+        return user_is_verified(self.scope.get("user"))
 
-    async def connect(self) -> None:
-        user = self.scope.get("user")
-        if not user_is_verified(user):
-            # Accept first so the browser sees our close code (a refused handshake is just 1006).
-            await self.accept()
-            await self.close(code=CLOSE_SESSION_ENDED)
-            return
-        assert user is not None
-        self.group = user_group(user.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
+    def recheck(self) -> bool:
+        return user_is_verified(current_user(self.scope))
 
-    async def disconnect(self, code: int) -> None:
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+    async def access_lost(self) -> None:
+        await self.session_ended()
 
-    async def session_revoked(self, event: dict[str, Any]) -> None:
-        if not session_revocation_applies(self.scope, event):
-            return  # another session of the same user ended
-        await self.send_json({"type": "session.revoked"})
+    async def session_ended(self) -> None:
+        await self.send_frame(SessionRevokedFrame())
         await self.close(code=CLOSE_SESSION_ENDED)

@@ -3,10 +3,6 @@ deactivation can end them all), and the `session.revoked` frame that closes thei
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
@@ -14,9 +10,7 @@ from django.utils.module_loading import import_string
 
 from audit.models import StaffSession
 from audit.trail import Actor, audit_record
-from telemetry.events import publish, user_group
-
-log = logging.getLogger(__name__)
+from config import live
 
 
 def _session_store(session_key: str) -> SessionBase:
@@ -38,21 +32,11 @@ def staff_session_forget(*, session_key: str) -> None:
 
 def user_sockets_close(*, user_id: int, session_key: str | None = None) -> None:
     """Close the user's WebSockets of one session (`session_key`), or of every session when it is
-    None (logout everywhere, deactivation). Consumers join telemetry.events.user_group and close on
-    `session.revoked` when audit.access.asgi.session_revocation_applies. Sent after commit; best effort
+    None (logout everywhere, deactivation). Every consumer joins config.live.user_group and closes
+    on `session.revoked` when config.consumers.revocation_applies. Sent after commit; best effort
     like every live frame, which is why the sessions themselves are deleted first: a socket that
     missed the frame cannot reconnect, and the consumers' periodic re-check closes it."""
-    event: dict[str, Any] = {"type": "session.revoked"}
-    if session_key is not None:
-        event["session_key"] = session_key
-
-    def send() -> None:
-        try:
-            async_to_sync(publish)([user_group(user_id)], event)
-        except RuntimeError:  # no event loop bridge available (e.g. inside an async context)
-            log.warning("could not close sockets of user %s", user_id, exc_info=True)
-
-    transaction.on_commit(send)
+    live.publish_after_commit([live.user_group(user_id)], live.SessionRevokedFrame(session_key=session_key))
 
 
 @transaction.atomic

@@ -93,7 +93,7 @@
   }
 
   /* `background: true` for fetches nobody asked for (refetches, periodic reloads): they must not
-   * keep a forgotten session alive (audit/middleware.py). Other fetches count as activity. */
+   * keep a forgotten session alive (audit/access/middleware.py). Other fetches count as activity. */
   async function fetchJSON(url, options) {
     const opts = Object.assign({ credentials: "same-origin" }, options || {});
     const perfuse = window.Perfuse || {};

@@ -1,0 +1,213 @@
+"""Live frames: the one publisher, the group names, the one time format and the frame base type.
+
+Frames are hints, rows are the truth. The channel layer is at-most-once, so a frame may be lost;
+browsers detect that (seq gaps, `resync`, reconnect) and refetch rows over REST. Nothing here ever
+fails a write.
+
+Every frame is a `Frame` (a msgspec Struct tagged by its `type`), defined and built by the code
+that owns it (telemetry.events, alerts.events, dashboard.schemas, SessionRevokedFrame below).
+
+`publish_after_commit(groups, frame)` is the one way to publish:
+- From sync code (the engine, web requests, management commands) it registers
+  `transaction.on_commit`: the frame leaves once its rows are committed, and never on rollback
+  (outside an atomic block Django runs the callback at once).
+- From async code (the ASGI ingest fast path commits on its own psycopg connection; Django's
+  transactions cannot be used in an event loop) the caller calls it after its commit and the
+  frame is queued at once.
+- Either way the frame joins one queue drained by one long-lived event loop in a daemon thread,
+  which sends frames in the order they were queued, that is in commit order. The writer never
+  waits for Redis. Measured here, `async_to_sync(publish)` per frame from a plain thread (an event
+  loop and a Redis connection per call) cost tens of milliseconds per frame and stalled the alarm
+  engine during bursts (a gateway going silent raises many no-data alarms at once); a task per
+  request on the caller's loop (the ingest path before) could pile up without end while Redis
+  hung.
+- It never raises: a layer error is logged and the frame dropped; a send that hangs is abandoned
+  after PUBLISH_TIMEOUT_SECONDS; the queue holds at most MAX_QUEUED_FRAMES and drops its oldest
+  frame when full, so a Redis that hangs cannot grow the process's memory without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import datetime as dt
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import msgspec
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+# A frame is a few kB (a reading batch of 500 points about 60 kB); the bound matters only while
+# Redis hangs, and is far above what a burst of alarms (one frame each) queues while Redis is up.
+MAX_QUEUED_FRAMES = 5000
+EXIT_FLUSH_SECONDS = 2.0
+
+
+class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every live frame: one JSON object whose `type` is the subclass's tag. Decoding
+    refuses unknown fields, so tests that decode what was sent catch a frame drifting."""
+
+
+class SessionRevokedFrame(Frame, tag="session.revoked"):
+    """On `user.<id>`: the session `session_key` ended (logout, idle expiry), or every session of
+    the user when it is None (logout everywhere, deactivation). `/ws/session` tells its page with
+    a keyless one."""
+
+    session_key: str | None = None
+
+
+def iso(t: dt.datetime) -> str:
+    """The one time format of live frames and of the chart and alarm APIs: UTC, milliseconds, 'Z'
+    (ISO-8601 strings of one format sort as times)."""
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---- group names -------------------------------------------------------------------------
+
+
+def patient_group(pseudonym: str) -> str:
+    """Everything about one patient: readings, marks, alarm transitions (the chart's socket)."""
+    return f"patient.{pseudonym}"
+
+
+def ward_group(ward_code: str) -> str:
+    """Readings and alarm transitions of one ward's patients (the overview's socket)."""
+    return f"ward.{ward_code}"
+
+
+def user_group(user_id: int) -> str:
+    """Every socket of one staff user joins this, so logout/expiry can close them all."""
+    return f"user.{user_id}"
+
+
+def alarms_group() -> str:
+    """Every alarm transition, for the alarm console (consumers filter by the viewer's scope)."""
+    return "alarms"
+
+
+def alarms_user_group(user_id: int) -> str:
+    """Alarm notifications meant for one staff member (their alarm consoles join it)."""
+    return f"alarms.user.{user_id}"
+
+
+# ---- publishing --------------------------------------------------------------------------
+
+Message = Mapping[str, Any]
+
+
+async def publish_now(groups: Sequence[str], frame: Frame | Message) -> None:
+    """Send one frame to several groups from async code, now; never raises. The publisher's loop
+    sends every queued frame through it (tests use it to inject frames)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = msgspec.to_builtins(frame) if isinstance(frame, Frame) else dict(frame)
+    for group in groups:
+        try:
+            await layer.group_send(group, message)
+        except Exception:  # the live layer is best effort by design
+            log.warning("live publish to %s failed", group, exc_info=True)
+
+
+Item = tuple[Sequence[str], Frame]
+
+
+class _Publisher:
+    """One queue, one event loop in a daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Item] | None = None
+        self._dropped = 0
+
+    def _start(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[Item]]:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                queue: asyncio.Queue[Item] = asyncio.Queue()
+                threading.Thread(target=self._run, args=(loop, queue), name="live-publisher", daemon=True).start()
+                self._loop, self._queue = loop, queue
+            assert self._queue is not None
+            return self._loop, self._queue
+
+    def _run(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item]) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self._drain(queue))
+
+    async def _drain(self, queue: asyncio.Queue[Item]) -> None:
+        while True:
+            groups, frame = await queue.get()
+            try:
+                await asyncio.wait_for(publish_now(groups, frame), PUBLISH_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning("live publish of %s timed out", type(frame).__name__)
+            except Exception:  # a frame that cannot be sent must not stop the ones after it
+                log.warning("live publish of %s failed", type(frame).__name__, exc_info=True)
+            finally:
+                queue.task_done()
+
+    def _put(self, queue: asyncio.Queue[Item], item: Item) -> None:
+        """In the publisher's loop: queue the frame, dropping the oldest one when full."""
+        if queue.qsize() >= MAX_QUEUED_FRAMES:
+            queue.get_nowait()
+            queue.task_done()
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning("live publisher full: %d frames dropped so far (Redis slow or away?)", self._dropped)
+        queue.put_nowait(item)
+
+    def submit(self, groups: Sequence[str], frame: Frame) -> None:
+        try:
+            loop, queue = self._start()
+            loop.call_soon_threadsafe(self._put, queue, (list(groups), frame))
+        except Exception:  # e.g. the interpreter is shutting down: a hint lost, never a failed write
+            log.warning("live publish of %s not queued", type(frame).__name__, exc_info=True)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every frame queued so far was sent (or given up); False on timeout."""
+        with self._lock:
+            loop, queue = self._loop, self._queue
+        if loop is None or queue is None or loop.is_closed():
+            return True
+        done = asyncio.run_coroutine_threadsafe(queue.join(), loop)
+        try:
+            done.result(timeout)
+        except TimeoutError:
+            done.cancel()
+            return False
+        return True
+
+
+_publisher = _Publisher()
+
+
+def publish_after_commit(groups: Sequence[str], frame: Frame) -> None:
+    """Send `frame` to `groups` once the caller's transaction committed; never blocks, never raises.
+
+    Sync callers: after the current Django transaction commits (at once outside one). Async
+    callers (no Django transaction can be open in an event loop): call it after your commit."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        transaction.on_commit(partial(_publisher.submit, groups, frame))
+    else:
+        _publisher.submit(groups, frame)
+
+
+def publish_flush(timeout: float = 10.0) -> bool:
+    """Block until the frames queued so far have been sent; False when `timeout` ran out.
+    For processes that end (one-shot management commands, tests), never for a writer."""
+    return _publisher.flush(timeout)
+
+
+# A one-shot command (a discharge, a key revocation) exits right after its commit: give its frames
+# a moment to leave before the daemon thread dies with the interpreter.
+atexit.register(publish_flush, EXIT_FLUSH_SECONDS)

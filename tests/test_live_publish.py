@@ -1,0 +1,100 @@
+"""The one publisher (config.live): after commit, in commit order, from sync and async code, never
+raising and never growing without bound while the channel layer fails or hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from config import live
+from config.live import SessionRevokedFrame
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _frame(n: int) -> SessionRevokedFrame:
+    return SessionRevokedFrame(session_key=f"s{n}")
+
+
+async def _listen(group: str) -> str:
+    channel = await get_channel_layer().new_channel()
+    await get_channel_layer().group_add(group, channel)
+    return channel
+
+
+async def _keys(channel: str, count: int) -> list[str]:
+    layer = get_channel_layer()
+    return [(await asyncio.wait_for(layer.receive(channel), timeout=5))["session_key"] for _ in range(count)]
+
+
+class Rolledback(Exception):
+    pass
+
+
+def _sync_writes() -> None:
+    with transaction.atomic():
+        live.publish_after_commit(["g.sync"], _frame(1))
+        live.publish_after_commit(["g.sync"], _frame(2))
+    with pytest.raises(Rolledback), transaction.atomic():
+        live.publish_after_commit(["g.sync"], _frame(3))
+        raise Rolledback
+    live.publish_after_commit(["g.sync"], _frame(4))  # autocommit: at once
+
+
+async def test_sync_callers_publish_after_commit_in_order_and_never_after_a_rollback() -> None:
+    channel = await _listen("g.sync")
+    await sync_to_async(_sync_writes)()
+    assert await sync_to_async(live.publish_flush)()
+    assert await _keys(channel, 3) == ["s1", "s2", "s4"]  # in commit order, so s3 never left
+
+
+async def test_async_callers_publish_at_once_in_order() -> None:
+    channel = await _listen("g.async")
+    for n in range(50):
+        live.publish_after_commit(["g.async"], _frame(n))
+    assert await _keys(channel, 50) == [f"s{n}" for n in range(50)]
+
+
+class _FailingLayer:
+    def __init__(self, *, hang: bool) -> None:
+        self.hang, self.calls = hang, 0
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.calls += 1
+        if self.hang:
+            await asyncio.Event().wait()  # a Redis that accepts the connection and never answers
+        raise ConnectionError("redis away")
+
+
+@pytest.mark.parametrize("hang", [False, True])
+async def test_a_failing_or_hanging_layer_never_raises_and_frames_flow_again(
+    monkeypatch: Any, caplog: Any, hang: bool
+) -> None:
+    broken = _FailingLayer(hang=hang)
+    monkeypatch.setattr(live, "PUBLISH_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(live, "get_channel_layer", lambda: broken)
+    with caplog.at_level(logging.WARNING, logger="config.live"):
+        live.publish_after_commit(["g.broken"], _frame(1))  # does not raise
+        assert await sync_to_async(live.publish_flush)()  # given up, not stuck
+    assert broken.calls == 1
+    assert ("timed out" if hang else "failed") in caplog.text
+    monkeypatch.undo()
+    channel = await _listen("g.broken")
+    live.publish_after_commit(["g.broken"], _frame(2))
+    assert await _keys(channel, 1) == ["s2"]
+
+
+async def test_a_full_queue_drops_its_oldest_frames(monkeypatch: Any) -> None:
+    monkeypatch.setattr(live, "MAX_QUEUED_FRAMES", 3)
+    publisher = live._Publisher()
+    queue: asyncio.Queue[live.Item] = asyncio.Queue()
+    for n in range(5):
+        publisher._put(queue, (["g"], _frame(n)))
+    kept = [queue.get_nowait()[1] for _ in range(queue.qsize())]
+    assert [f.session_key for f in kept] == ["s2", "s3", "s4"]
