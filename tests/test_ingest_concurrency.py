@@ -12,7 +12,8 @@ from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
 from telemetry import db as telemetry_db
-from telemetry import events, ingest
+from telemetry import events
+from telemetry.ingest import publish
 from tests import factories
 from tests.ingest_helpers import ago, post, query, reading_count, send, stored
 
@@ -68,7 +69,7 @@ async def test_readings_committed_equal_readings_acknowledged():
 
 
 async def _drain_publishes() -> None:
-    pending = list(ingest._background)
+    pending = list(publish._background)
     if pending:
         await asyncio.wait_for(asyncio.gather(*pending), timeout=10)
 
