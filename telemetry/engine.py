@@ -141,19 +141,14 @@ def engine_tick(processors: Sequence[Processor], *, now: dt.datetime) -> None:
             processor.tick(now=now)
 
 
-def timescale_in_use() -> bool:
-    with connection.cursor() as cursor:
-        return storage.timescale_active(cursor)
-
-
 def storage_housekeeping(*, now: dt.datetime) -> list[str]:
     """Plain PostgreSQL: partitions for the coming days and for late rows parked in the default
-    partition. Both backends: forget ingest-log rows the engine processed a while ago."""
+    partition (storage.partitions_upkeep). Both backends: forget ingest-log rows the engine
+    processed a while ago."""
     created: list[str] = []
     with transaction.atomic(), connection.cursor() as cursor:
-        if not storage.timescale_active(cursor):
-            created = storage.ensure_partitions(cursor, today=now.date())
-            created += storage.drain_default_partition(cursor)
+        if not storage.timescale_in_use():
+            created = storage.partitions_upkeep(cursor, now=now, max_age_days=settings.PERFUSE_INGEST_MAX_AGE_DAYS)
         cursor.execute(
             "DELETE FROM telemetry_ingest_log WHERE created_at < %s AND txid < "
             "(SELECT position FROM telemetry_enginecursor WHERE name = %s)",
@@ -166,13 +161,8 @@ class RollupProcessor:
     """Plain PostgreSQL: fold new readings into telemetry_rollup_{1m,1h} as mergeable partials
     (count, sums, min, max), so a late or out-of-order reading just adds to its bucket."""
 
-    def __init__(self) -> None:
-        self._timescale: bool | None = None
-
     def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
-        if self._timescale is None:
-            self._timescale = timescale_in_use()
-        if self._timescale or not rows:
+        if not rows or storage.timescale_in_use():
             return
         with connection.cursor() as cursor:
             for resolution in BUCKET_SECONDS:

@@ -24,13 +24,14 @@ from typing import Any, Literal, NamedTuple
 
 from django.db import connection
 
-from telemetry.storage import timescale_active
+from telemetry.storage import timescale_in_use
 
 Resolution = Literal["raw", "1m", "1h"]
 
 BUCKET_SECONDS: dict[str, int] = {"1m": 60, "1h": 3600}
 ENGINE_CURSOR = "engine"  # the cursor telemetry/engine.py advances (rollups included)
-_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# Origin of the UTC-aligned buckets (time_bucket and date_bin agree with it); shared with rollups.
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 class Series(NamedTuple):
@@ -41,19 +42,7 @@ class Series(NamedTuple):
 def bucket_floor(t: dt.datetime, resolution: str) -> dt.datetime:
     """Start of the bucket holding `t` (UTC-aligned, the same as time_bucket and date_bin)."""
     width = dt.timedelta(seconds=BUCKET_SECONDS[resolution])
-    return _EPOCH + ((t - _EPOCH) // width) * width
-
-
-_timescale_by_alias: dict[str, bool] = {}
-
-
-def _timescale() -> bool:
-    # The backend is fixed when migration 0002 runs; ask the database once per process.
-    alias = connection.alias
-    if alias not in _timescale_by_alias:
-        with connection.cursor() as cursor:
-            _timescale_by_alias[alias] = timescale_active(cursor)
-    return _timescale_by_alias[alias]
+    return EPOCH + ((t - EPOCH) // width) * width
 
 
 def patient_series(
@@ -65,7 +54,7 @@ def patient_series(
     with connection.cursor() as cursor:
         return series_on(
             cursor,
-            timescale=_timescale(),
+            timescale=timescale_in_use(),
             patient_id=patient_id,
             metric=metric,
             start=start,
@@ -181,7 +170,7 @@ def _bucket_points(
         # Buckets are whole: the raw tail takes every reading of the last bucket that starts before end.
         "rows_hi": bucket_floor(end - dt.timedelta(microseconds=1), resolution) + width,
         "width": width,
-        "epoch": _EPOCH,
+        "epoch": EPOCH,
     }
     cursor.execute(_MERGE.format(parts=parts), params)
     return [

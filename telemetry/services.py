@@ -13,6 +13,8 @@ from django.db import connection, transaction
 
 from audit.services import SYSTEM, Actor, audit_record
 from telemetry.models import Assignment, Device, DeviceKey, Patient, PatientIdentity, Ward
+from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
+from telemetry.storage import timescale_in_use
 
 
 class RegistryError(Exception):
@@ -141,9 +143,6 @@ def readings_assign(
     engine's cursor row is locked first so its batch cannot interleave. TimescaleDB's continuous
     aggregates pick the change up from their invalidation log at the next refresh.
     """
-    from telemetry.engine import timescale_in_use
-    from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, bucket_floor
-
     if start >= end:
         raise RegistryError("start must be before end")
     device = Device.objects.filter(device_id=device_id).first()
@@ -184,8 +183,6 @@ def _rollups_rebuild(
     buckets: list[dt.datetime],
     watermark: int,
 ) -> None:
-    from telemetry.selectors import _EPOCH  # bucket alignment shared with the engine and selector
-
     table = f"telemetry_rollup_{resolution}"
     width = dt.timedelta(seconds=seconds)
     cursor.execute(
@@ -205,5 +202,5 @@ def _rollups_rebuild(
           AND date_bin(%s, sample_time, %s) = ANY(%s)
         GROUP BY 1, 2, 3, 4
         """,
-        [width, _EPOCH, device_pk, patient_pk, watermark, buckets[0], buckets[-1] + width, width, _EPOCH, buckets],
+        [width, EPOCH, device_pk, patient_pk, watermark, buckets[0], buckets[-1] + width, width, EPOCH, buckets],
     )
