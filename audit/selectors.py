@@ -7,7 +7,6 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -179,17 +178,3 @@ def devices_overview() -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def unassigned_reading_counts() -> list[dict[str, Any]]:
-    """Readings stored without a patient, per device: ids and counts only, never values."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT d.device_id, count(*), min(r.sample_time), max(r.sample_time) "
-            "FROM telemetry_reading r JOIN telemetry_device d ON d.id = r.device_id "
-            "WHERE r.patient_id IS NULL GROUP BY d.device_id ORDER BY d.device_id"
-        )
-        return [
-            {"device_id": device_id, "count": count, "first": first, "last": last}
-            for device_id, count, first, last in cursor.fetchall()
-        ]

@@ -30,10 +30,10 @@ from audit.selectors import (
     devices_overview,
     patient_accessors,
     patient_disclosures,
-    unassigned_reading_counts,
 )
 from audit.services import BreakGlassError, audit_record, break_glass_end, break_glass_grant
 from audit.verify import chain_verify
+from telemetry.selectors import readings_unassigned_counts
 from telemetry.services import RegistryError, device_key_revoke
 
 PAGE_SIZE = 50
@@ -247,7 +247,7 @@ def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
 @staff_page("manage_devices", "devices.view")
 def devices(request: HttpRequest) -> HttpResponse:
     audit_record(actor=actor_from_request(request), action="devices.view")
-    context = {"devices": devices_overview(), "unassigned": unassigned_reading_counts()}
+    context = {"devices": devices_overview(), "unassigned": readings_unassigned_counts()}
     return render(request, "audit/devices.html", context)
 
 
