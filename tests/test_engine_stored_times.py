@@ -28,8 +28,9 @@ def _commit_at(device: Device, patient: Patient, first: str, values: list[float]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO telemetry_reading (device_id, patient_id, metric, seq, sample_time, value, raw_value, "
-            "raw_unit, signal_quality) SELECT %s, %s, 'tissue_o2', %s + i, %s::timestamptz + (i - 1) * interval '1 second', "
-            "v, v, '%%', 0.95 FROM unnest(%s::float8[]) WITH ORDINALITY AS u(v, i)",
+            "raw_unit, signal_quality) SELECT %s, %s, 'tissue_o2', %s + i, "
+            "%s::timestamptz + (i - 1) * interval '1 second', v, v, '%%', 0.95 "
+            "FROM unnest(%s::float8[]) WITH ORDINALITY AS u(v, i)",
             [device.pk, patient.pk, first_seq - 1, first, values],
         )
         cursor.execute(
