@@ -98,9 +98,10 @@ valid_reading = st.fixed_dictionaries(
     {
         "seq": st.integers(min_value=0, max_value=2**63 - 1),
         "sample_time": st.datetimes(
-            # Inside the ingest horizon (30 days back from NOW) whatever the zone's offset.
+            # Inside the ingest horizon (30 days back from NOW, 300 s ahead) whatever the zone's
+            # offset (-12 h to +14 h): bounds apply to the local time.
             min_value=dt.datetime(2025, 12, 21),
-            max_value=dt.datetime(2026, 1, 18, 13),
+            max_value=dt.datetime(2026, 1, 18, 1),
             timezones=st.timezones(),
         ),
         "metric": st.sampled_from(["tissue_o2", "spo2"]),
