@@ -15,7 +15,7 @@ from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request
 from audit.models import AuditEvent
 from audit.trail import audit_record
-from telemetry.selectors import devices_overview, unassigned_reading_counts
+from telemetry.selectors import devices_overview, readings_unassigned_counts
 from telemetry.services import RegistryError, device_key_revoke
 
 
@@ -23,7 +23,7 @@ from telemetry.services import RegistryError, device_key_revoke
 @staff_page("manage_devices", "devices.view")
 def devices(request: HttpRequest) -> HttpResponse:
     audit_record(actor=actor_from_request(request), action="devices.view")
-    context = {"devices": devices_overview(), "unassigned": unassigned_reading_counts()}
+    context = {"devices": devices_overview(), "unassigned": readings_unassigned_counts()}
     return render(request, "telemetry/devices.html", context)
 
 
