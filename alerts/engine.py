@@ -11,9 +11,14 @@ Nothing lives only in memory. The durable state is PostgreSQL: the readings, the
 (condition onset, whether present, when cleared, the deciding sample time), pauses and rules.
 An evaluator is a cache rebuilt from them: on first sight of a patient (engine start), when a
 reading arrives older than one already evaluated (late or out-of-order data), or after a rule
-change, the patient's recent window is replayed from telemetry_reading with each condition
-seeded from its open alarm. Replays are idempotent: an episode is identified by its onset
-sample time, so a replay never raises an alarm twice.
+change, the patient's recent window is replayed (telemetry.selectors.readings_window) with each
+condition seeded from its open alarm. Replays are idempotent: an episode is identified by its
+onset sample time, so a replay never raises an alarm twice.
+
+Only readings inside the evaluation horizon count: from MAX_REPLAY before now to the ingest's
+clock skew after it. Ingest stores nothing later than that, and nothing older would be replayed;
+a row with another time (written some other way) could otherwise raise an alarm timed years
+ahead, or overflow the datetime arithmetic of the timers and fail every engine loop after it.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import transaction
 
 from alerts import lifecycle, selectors, services
 from alerts.evaluation import ConditionEvent, OutOfOrder, PatientEvaluator, RuleParams, Sample
 from alerts.models import RULE_DEFAULTS, AlarmPause, AlarmRule
 from alerts.selectors import OpenAlarm, pauses_active
 from alerts.vocabulary import KIND_PRIORITY, PHYSIOLOGICAL_KINDS, SAMPLE_KINDS, Kind
-from telemetry.engine import ReadingRow
-from telemetry.models import Calibration, Device, Patient
+from telemetry.models import Device, Patient
+from telemetry.selectors import ReadingRow, calibration_find, patients_last_heard, readings_window
 
 log = logging.getLogger(__name__)
 METRIC = "tissue_o2"
@@ -68,9 +74,10 @@ class AlarmProcessor:
     def process(self, rows: list[Any], *, now: dt.datetime) -> None:
         with transaction.atomic():
             self._refresh_rules()
+            oldest, newest = _horizon(now)
             by_patient: dict[int, list[Sample]] = defaultdict(list)
             for row in rows:
-                if row.patient_id is not None and row.metric == METRIC:
+                if row.patient_id is not None and row.metric == METRIC and oldest <= row.sample_time <= newest:
                     by_patient[row.patient_id].append(_sample(row))
             if not by_patient:
                 return
@@ -169,26 +176,19 @@ class AlarmProcessor:
         patients = Patient.objects.select_related("ward").filter(pk__in=pids, discharged_at__isnull=True).in_bulk()
         states: dict[int, PatientState] = {}
         start = now
+        since = max(since, now - MAX_REPLAY)  # so the lookback below stays far from year 1
         for pid, patient in patients.items():
             rule = self._rule_for(patient)
             params = RuleParams.from_values(rule.values())
             states[pid] = PatientState(patient, rule, PatientEvaluator(params))
             start = min(start, min(since, now) - params.lookback())
-        start = max(start, now - MAX_REPLAY)
+        oldest, newest = _horizon(now)
+        start = max(start, oldest)
         _seed(states)
-        samples: dict[int, list[Sample]] = defaultdict(list)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT patient_id, sample_time, value, signal_quality, seq, device_id, calibration_id, firmware "
-                "FROM telemetry_reading WHERE patient_id = ANY(%s) AND metric = %s AND sample_time >= %s "
-                "ORDER BY patient_id, sample_time, seq",
-                [list(states), METRIC, start],
-            )
-            for pid, t, value, quality, seq, device_id, cal, fw in cursor.fetchall():
-                samples[pid].append(Sample(t, value, quality, seq, device_id, cal, fw))
+        windows = readings_window(patient_ids=list(states), metric=METRIC, start=start, end=newest)
         found: dict[int, list[ConditionEvent]] = {}
         for pid, state in states.items():
-            found[pid] = state.evaluator.feed(samples.get(pid, []))
+            found[pid] = state.evaluator.feed([_sample(row) for row in windows.get(pid, [])])
             self._patients[pid] = state
         return found
 
@@ -233,18 +233,7 @@ class AlarmProcessor:
         open_by_patient = {a.patient_id: a for a in open_no_data}
         delays = [r.no_data_delay_s for r in (*self._ward_rules.values(), *self._overrides.values())]
         cutoff = now - dt.timedelta(seconds=min(delays, default=RULE_DEFAULTS["no_data_delay_s"]))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT a.patient_id, greatest(max(a.start), max(ds.last_sample_time)) AS last, "
-                "array_agg(d.device_id) "
-                "FROM telemetry_assignment a JOIN telemetry_patient p ON p.id = a.patient_id "
-                "JOIN telemetry_device d ON d.id = a.device_id "
-                "LEFT JOIN telemetry_devicestate ds ON ds.device_id = a.device_id "
-                'WHERE a."end" IS NULL AND p.discharged_at IS NULL GROUP BY a.patient_id '
-                "HAVING greatest(max(a.start), max(ds.last_sample_time)) <= %s OR a.patient_id = ANY(%s)",
-                [cutoff, list(open_by_patient)],
-            )
-            candidates = cursor.fetchall()
+        candidates = patients_last_heard(heard_before=cutoff, patient_ids=list(open_by_patient))
         unknown = [pid for pid, _, _ in candidates if pid not in self._patients]
         loaded = Patient.objects.select_related("ward").in_bulk(unknown) if unknown else {}
         for pid, last, devices in candidates:
@@ -284,6 +273,11 @@ def _sample(row: ReadingRow) -> Sample:
     )
 
 
+def _horizon(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """Sample times the processor evaluates (see the module docstring)."""
+    return now - MAX_REPLAY, now + dt.timedelta(seconds=settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS)
+
+
 def _suppressed(kind: str, pause: AlarmPause | None) -> bool:
     return lifecycle.suppressed_by_pause(KIND_PRIORITY[kind], pause.priority if pause else None)
 
@@ -311,7 +305,7 @@ def _explain(state: PatientState, event: ConditionEvent) -> dict[str, Any]:
     device = Device.objects.filter(pk=device_pk).values_list("device_id", flat=True).first() if device_pk else None
     calibration = None
     if last and device_pk and last.calibration_id:
-        cal = Calibration.objects.filter(device_id=device_pk, calibration_id=last.calibration_id).first()
+        cal = calibration_find(device_pk=device_pk, calibration_id=last.calibration_id)
         calibration = {
             "id": last.calibration_id,
             "coefficients": cal.coefficients if cal else None,

@@ -190,7 +190,8 @@ def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, i
     import psycopg
 
     from telemetry.db import STAGE_DDL
-    from telemetry.ingest import _INSERT_SQL, _STAGE_COLUMNS, Row, _copy_text
+    from telemetry.ingest.store import _INSERT_SQL, _STAGE_COLUMNS, _copy_text
+    from telemetry.ingest.validate import Row
 
     rows = 0
     seq = int(time.time() * 1000) * 1000 + 9 * 10**8

@@ -38,17 +38,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from config import metrics
 from config.api_errors import error_body
 from config.net import request_address
-from telemetry.selectors import ENGINE_CURSOR
+from telemetry.selectors import engine_lag, ingest_counts_last_minute, readings_table_present
 
 log = logging.getLogger(__name__)
 
 NOT_MIGRATED_RECHECK_SECONDS = 5.0
 REDIS_TIMEOUT_SECONDS = 0.5
 SCRAPE_STATEMENT_TIMEOUT = "2s"
-# Readings stored in the last minute: walk the ingest log backwards by txid (its only index) in
-# pages, stopping at the first page older than the window; the cap bounds a scrape's cost.
-RECENT_PAGE_ROWS = 20_000
-RECENT_MAX_PAGES = 25
 _PROCESS_START = time.time()
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -64,10 +60,7 @@ _migrated = False
 
 
 def _database_check() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT to_regclass('telemetry_reading') IS NOT NULL")
-        (present,) = cursor.fetchone()
-    return "ok" if present else "telemetry_reading missing"
+    return "ok" if readings_table_present() else "telemetry_reading missing"
 
 
 def _migrations_check() -> str:
@@ -149,75 +142,38 @@ def metrics_allowed(address: str) -> bool:
 Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]  # name, type, help, samples
 
 
-def _engine_lag(cursor: Any) -> list[Family]:
-    # The watermark goes in as a value, not a subquery, so the planner sees a short range of the
-    # txid index rather than guessing and scanning the whole log.
-    cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s", [ENGINE_CURSOR])
-    row = cursor.fetchone()
-    cursor.execute(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM telemetry_ingest_log "
-        "WHERE txid >= %s",
-        [row[0] if row else 0],
-    )
-    behind, seconds = cursor.fetchone()
+def _engine_lag(_cursor: Any) -> list[Family]:
+    lag = engine_lag()
     return [
         (
             "perfuse_engine_lag_seconds",
             "gauge",
             "Age of the oldest committed ingest transaction the stream engine has not processed (0 when caught up).",
-            [({}, max(0.0, float(seconds)))],
+            [({}, lag.seconds)],
         ),
         (
             "perfuse_engine_lag_transactions",
             "gauge",
             "Ingest-log rows at or past the engine's watermark, i.e. not yet processed.",
-            [({}, float(behind))],
+            [({}, float(lag.transactions))],
         ),
     ]
 
 
-# One page: the txid range of the next RECENT_PAGE_ROWS log rows below `before` (whole txids,
-# so no row is split between pages), and what in that range started inside the window.
-_RECENT_PAGE_SQL = """
-WITH page AS (
-    SELECT min(txid) AS lo FROM (
-        SELECT txid FROM telemetry_ingest_log WHERE txid < %(before)s ORDER BY txid DESC LIMIT %(rows)s
-    ) AS newest
-)
-SELECT page.lo, count(l.id), coalesce(sum(l.accepted), 0)
-FROM page LEFT JOIN telemetry_ingest_log AS l
-  ON l.txid >= page.lo AND l.txid < %(before)s AND l.created_at >= %(cutoff)s
-GROUP BY page.lo
-"""
-
-
-def _recent_readings(cursor: Any) -> list[Family]:
-    cursor.execute("SELECT now() - interval '60 seconds'")
-    (cutoff,) = cursor.fetchone()
-    readings = requests = 0
-    before = 2**63 - 1
-    for _ in range(RECENT_MAX_PAGES):
-        cursor.execute(_RECENT_PAGE_SQL, {"before": before, "rows": RECENT_PAGE_ROWS, "cutoff": cutoff})
-        lo, count, accepted = cursor.fetchone()
-        readings += accepted
-        requests += count
-        # txid order follows transaction start closely, not exactly: stop only after a page with
-        # nothing inside the window, so a slightly out-of-order row is still counted.
-        if lo is None or count == 0:
-            break
-        before = lo
+def _recent_readings(_cursor: Any) -> list[Family]:
+    counts = ingest_counts_last_minute()
     return [
         (
             "perfuse_readings_stored_last_minute",
             "gauge",
             "Readings committed by ingest transactions that started in the last 60 seconds (all processes).",
-            [({}, float(readings))],
+            [({}, float(counts.readings))],
         ),
         (
             "perfuse_ingest_transactions_last_minute",
             "gauge",
             "Committed ingest transactions that started in the last 60 seconds (all processes).",
-            [({}, float(requests))],
+            [({}, float(counts.transactions))],
         ),
     ]
 
@@ -254,6 +210,8 @@ def _audit_chain(cursor: Any) -> list[Family]:
     return [("perfuse_audit_events", "gauge", "Length of the audit hash chain (events).", [({}, float(events))])]
 
 
+# Each collector gets the scrape's cursor; telemetry's figures come from telemetry.selectors, on
+# the same connection and so inside the same read-only transaction and statement timeout.
 DATABASE_COLLECTORS: list[Callable[[Any], list[Family]]] = [_engine_lag, _recent_readings, _active_alarms, _audit_chain]
 
 

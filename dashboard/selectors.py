@@ -13,15 +13,21 @@ from typing import Any
 
 import msgspec
 from django.conf import settings
-from django.db import connection
 
 from alerts import selectors as alarm_selectors
 from alerts.vocabulary import PRIORITY_RANK
 from config.live import iso
 from dashboard.schemas import AnnotationOut, PatientSnapshotFrame, WardCard, WardSnapshotFrame
 from telemetry.events import PointOut, SeqRange
-from telemetry.models import Annotation, Patient
-from telemetry.selectors import patient_series
+from telemetry.models import Patient
+from telemetry.selectors import (
+    annotations_between,
+    patient_series,
+    readings_bucket_averages,
+    readings_latest,
+    readings_recent,
+    readings_seq_ranges,
+)
 from telemetry.units import METRICS
 
 METRIC = "tissue_o2"
@@ -32,6 +38,8 @@ TREND_WINDOW = dt.timedelta(minutes=5)
 # and slow drift are not a trend a clinician should act on.
 TREND_FLAT_PER_MINUTE = 0.5
 _ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+SNAPSHOT_MAX_POINTS = 20_000
+ANNOTATIONS_MAX = 2000
 
 
 @dataclass(frozen=True)
@@ -62,36 +70,6 @@ def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.dateti
     return AlarmOverlay(**alarm_selectors.patient_alarm_overlay(patient_id=patient_id, start=start, end=end))
 
 
-def _latest(patient_ids: list[int]) -> dict[int, tuple[dt.datetime, float, float | None]]:
-    if not patient_ids:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT p.id, r.sample_time, r.value, r.signal_quality FROM unnest(%s::bigint[]) AS p(id) "
-            "CROSS JOIN LATERAL (SELECT sample_time, value, signal_quality FROM telemetry_reading "
-            "WHERE patient_id = p.id AND metric = %s ORDER BY sample_time DESC LIMIT 1) r",
-            [patient_ids, METRIC],
-        )
-        return {pid: (t, value, quality) for pid, t, value, quality in cursor.fetchall()}
-
-
-def _sparklines(patient_ids: list[int], now: dt.datetime) -> dict[int, list[tuple[dt.datetime, float]]]:
-    if not patient_ids:
-        return {}
-    lines: dict[int, list[tuple[dt.datetime, float]]] = {pid: [] for pid in patient_ids}
-    params: list[Any] = [SPARKLINE_BUCKET, _ORIGIN, patient_ids, METRIC, now - SPARKLINE_WINDOW, now]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT patient_id, date_bin(%s, sample_time, %s) AS bucket, avg(value) FROM telemetry_reading "
-            "WHERE patient_id = ANY(%s) AND metric = %s AND sample_time >= %s AND sample_time <= %s "
-            "GROUP BY patient_id, bucket ORDER BY patient_id, bucket",
-            params,
-        )
-        for pid, bucket, avg in cursor.fetchall():
-            lines[pid].append((bucket, avg))
-    return lines
-
-
 def trend_per_minute(points: list[tuple[dt.datetime, float]], *, now: dt.datetime) -> float | None:
     """Least-squares slope (units per minute) of the points within TREND_WINDOW of now."""
     recent = [(t, v) for t, v in points if t >= now - TREND_WINDOW]
@@ -120,8 +98,10 @@ def trend_direction(slope: float | None) -> str | None:
 def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, Any]]:
     """One card per patient, most severe alarm first, then by pseudonym."""
     ids = [p.id for p in patients]
-    latest = _latest(ids)
-    lines = _sparklines(ids, now)
+    latest = readings_latest(patient_ids=ids, metric=METRIC)
+    lines = readings_bucket_averages(
+        patient_ids=ids, metric=METRIC, start=now - SPARKLINE_WINDOW, end=now, width=SPARKLINE_BUCKET
+    )
     badges = patient_alarm_badges(patient_ids=ids)
     stale_after = settings.PERFUSE_STALE_SECONDS
     cards: list[dict[str, Any]] = []
@@ -129,16 +109,16 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
         last = latest.get(p.id)
         slope = trend_per_minute(lines.get(p.id, []), now=now)
         badge = badges.get(p.id)
-        age = (now - last[0]).total_seconds() if last else None
+        age = (now - last.sample_time).total_seconds() if last else None
         cards.append(
             {
                 "pseudonym": p.pseudonym,
                 "ward": p.ward.code,
                 "metric": METRIC,
                 "unit": METRICS[METRIC].canonical,
-                "value": last[1] if last else None,
-                "quality": last[2] if last else None,
-                "last_seen": iso(last[0]) if last else None,
+                "value": last.value if last else None,
+                "quality": last.quality if last else None,
+                "last_seen": iso(last.sample_time) if last else None,
                 "age_seconds": round(age, 1) if age is not None else None,
                 "stale": age is None or age > stale_after,
                 "trend": {"direction": trend_direction(slope), "per_minute": round(slope, 2) if slope else slope},
@@ -152,32 +132,22 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
 
 
 def patient_annotations(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> list[dict[str, Any]]:
-    rows = Annotation.objects.filter(patient_id=patient_id, time__gte=start, time__lt=end).order_by("time", "id")
-    return [{"id": a.id, "kind": a.kind, "t": iso(a.time), "text": a.text, "data": a.data} for a in rows[:2000]]
+    rows = annotations_between(patient_id=patient_id, start=start, end=end, limit=ANNOTATIONS_MAX)
+    return [{"id": a.id, "kind": a.kind, "t": iso(a.time), "text": a.text, "data": a.data} for a in rows]
 
 
 def _device_ranges(patient_id: int, since: dt.datetime) -> list[SeqRange]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT d.device_id, min(r.seq), max(r.seq) FROM telemetry_reading r "
-            "JOIN telemetry_device d ON d.id = r.device_id WHERE r.patient_id = %s AND r.sample_time >= %s "
-            "GROUP BY d.device_id ORDER BY d.device_id",
-            [patient_id, since],
-        )
-        return [SeqRange(device=device, first=first, last=last) for device, first, last in cursor.fetchall()]
+    return [
+        SeqRange(device=r.device, first=r.first, last=r.last)
+        for r in readings_seq_ranges(patient_id=patient_id, since=since)
+    ]
 
 
 def _recent_points(patient_id: int, since: dt.datetime) -> list[PointOut]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT sample_time, metric, value, signal_quality, seq FROM telemetry_reading "
-            "WHERE patient_id = %s AND metric = %s AND sample_time >= %s ORDER BY sample_time, seq LIMIT 20000",
-            [patient_id, METRIC, since],
-        )
-        return [
-            PointOut(t=iso(t), metric=metric, value=value, quality=quality, seq=seq)
-            for t, metric, value, quality, seq in cursor.fetchall()
-        ]
+    return [
+        PointOut(t=iso(r.sample_time), metric=r.metric, value=r.value, quality=r.quality, seq=r.seq)
+        for r in readings_recent(patient_id=patient_id, metric=METRIC, since=since, limit=SNAPSHOT_MAX_POINTS)
+    ]
 
 
 def patient_snapshot(*, patient: Patient, now: dt.datetime) -> PatientSnapshotFrame:

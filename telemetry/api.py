@@ -1,6 +1,6 @@
 """HTTP entry of device ingest through Django: an async view so the hot path never waits on a
 thread hop. In production the same endpoint is served by telemetry/asgi.py in front of Django
-(no middleware); both call the same `ingest.precheck` and `ingest.handle`."""
+(no middleware); both call the same `pipeline.precheck` and `pipeline.handle`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from config import metrics
-from telemetry import ingest
+from telemetry.ingest import pipeline
+from telemetry.ingest.answers import Answer, too_large
 from telemetry.schemas import encoder
 
 
-def _respond(answer: ingest.Answer) -> HttpResponse:
+def _respond(answer: Answer) -> HttpResponse:
     response = HttpResponse(encoder.encode(answer.body), status=answer.status, content_type="application/json")
     for name, value in answer.headers.items():
         response[name] = value
@@ -23,7 +24,7 @@ def _respond(answer: ingest.Answer) -> HttpResponse:
 @csrf_exempt
 @metrics.ingest_observed
 async def ingest_readings(request: HttpRequest) -> HttpResponse:
-    refused = ingest.precheck(
+    refused = pipeline.precheck(
         method=request.method or "",
         content_type=request.META.get("CONTENT_TYPE", ""),
         declared_length=request.META.get("CONTENT_LENGTH"),
@@ -32,5 +33,5 @@ async def ingest_readings(request: HttpRequest) -> HttpResponse:
         return _respond(refused)
     body = request.body
     if len(body) > settings.PERFUSE_INGEST_MAX_BYTES:
-        return _respond(ingest.too_large())
-    return _respond(await ingest.handle(body=body, headers=request.headers))
+        return _respond(too_large())
+    return _respond(await pipeline.handle(body=body, headers=request.headers))

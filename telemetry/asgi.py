@@ -4,8 +4,8 @@ Measured on this machine (bench/ingest.py, docs/benchmarks.md), Django's ASGI ha
 middleware stack cost about 4 ms of CPU per 500-reading request — most of it thread hops, since
 Django runs each `MiddlewareMixin.process_request` through `sync_to_async` — against about 5.5 ms
 for the ingest work itself. Devices are not browser sessions: they need none of that middleware.
-So `IngestRouter` answers `POST /api/v1/ingest/readings` itself, with the same `ingest.precheck`
-and `ingest.handle` as the Django view, and hands every other request to Django. Requests the
+So `IngestRouter` answers `POST /api/v1/ingest/readings` itself, with the same `pipeline.precheck`
+and `pipeline.handle` as the Django view, and hands every other request to Django. Requests the
 middleware would have refused or redirected (a host outside ALLOWED_HOSTS, plain HTTP when
 SECURE_SSL_REDIRECT is on) also go to Django, so they are answered exactly as before.
 """
@@ -19,7 +19,8 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from config import metrics
-from telemetry import ingest
+from telemetry.ingest import pipeline
+from telemetry.ingest.answers import Answer, too_large
 from telemetry.schemas import encoder
 
 Scope = dict[str, Any]
@@ -52,7 +53,7 @@ def _ours(scope: Scope, headers: dict[str, str]) -> bool:
     return _secure(scope, headers) or not settings.SECURE_SSL_REDIRECT
 
 
-async def _respond(send: Any, answer: ingest.Answer) -> None:
+async def _respond(send: Any, answer: Answer) -> None:
     body = encoder.encode(answer.body)
     headers = [
         (b"content-type", b"application/json"),
@@ -86,8 +87,8 @@ async def ingest_app(scope: Scope, receive: Any, send: Any, headers: dict[str, s
             )
 
 
-async def _answer(scope: Scope, receive: Any, headers: dict[str, str]) -> ingest.Answer | None:
-    refused = ingest.precheck(
+async def _answer(scope: Scope, receive: Any, headers: dict[str, str]) -> Answer | None:
+    refused = pipeline.precheck(
         method=scope["method"],
         content_type=headers.get("content-type", ""),
         declared_length=headers.get("content-length"),
@@ -103,11 +104,11 @@ async def _answer(scope: Scope, receive: Any, headers: dict[str, str]) -> ingest
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > settings.PERFUSE_INGEST_MAX_BYTES:  # stop reading: the limit holds without a Content-Length too
-            return ingest.too_large()
+            return too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return await ingest.handle(body=b"".join(chunks), headers=headers)
+    return await pipeline.handle(body=b"".join(chunks), headers=headers)
 
 
 class IngestRouter:

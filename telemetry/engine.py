@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -38,7 +38,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from telemetry import storage
-from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, bucket_floor
+from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, READING_ROW_COLUMNS, ReadingRow, bucket_floor
 from telemetry.units import METRICS
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,6 @@ ADVISORY_LOCK_KEY = 0x7065_7266_0001  # "perf" + 1: the engine's ownership lock
 MAX_TXIDS_PER_BATCH = 2000
 HOUSEKEEPING_EVERY = dt.timedelta(minutes=10)
 INGEST_LOG_KEEP = dt.timedelta(days=1)
-
-
-class ReadingRow(NamedTuple):
-    device_id: int
-    patient_id: int | None
-    metric: str
-    seq: int
-    sample_time: dt.datetime
-    value: float
-    signal_quality: float | None
-    calibration_id: str | None
-    firmware: str | None
 
 
 class Processor(Protocol):
@@ -89,14 +77,16 @@ class Batch:
     caught_up: bool
 
 
-_READINGS_SQL = """
-    SELECT r.device_id, r.patient_id, r.metric, r.seq, r.sample_time, r.value, r.signal_quality,
-           r.calibration_id, r.firmware
+# Rows whose time no Python datetime can hold (PostgreSQL takes 4713 BC to 294276 AD and
+# ±infinity; ingest stores none) are left out: fetching one would fail the batch on every retry.
+_READINGS_SQL = f"""
+    SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
     JOIN telemetry_reading AS r
       ON r.device_id = l.device_id AND r.metric = ANY(%s) AND r.ingest_txid = l.txid
      AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
     WHERE l.txid >= %s AND l.txid < %s
+      AND r.sample_time BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'
 """
 
 
@@ -141,19 +131,14 @@ def engine_tick(processors: Sequence[Processor], *, now: dt.datetime) -> None:
             processor.tick(now=now)
 
 
-def timescale_in_use() -> bool:
-    with connection.cursor() as cursor:
-        return storage.timescale_active(cursor)
-
-
 def storage_housekeeping(*, now: dt.datetime) -> list[str]:
     """Plain PostgreSQL: partitions for the coming days and for late rows parked in the default
-    partition. Both backends: forget ingest-log rows the engine processed a while ago."""
+    partition (storage.partitions_upkeep). Both backends: forget ingest-log rows the engine
+    processed a while ago."""
     created: list[str] = []
     with transaction.atomic(), connection.cursor() as cursor:
-        if not storage.timescale_active(cursor):
-            created = storage.ensure_partitions(cursor, today=now.date())
-            created += storage.drain_default_partition(cursor)
+        if not storage.timescale_in_use():
+            created = storage.partitions_upkeep(cursor, now=now, max_age_days=settings.PERFUSE_INGEST_MAX_AGE_DAYS)
         cursor.execute(
             "DELETE FROM telemetry_ingest_log WHERE created_at < %s AND txid < "
             "(SELECT position FROM telemetry_enginecursor WHERE name = %s)",
@@ -166,13 +151,8 @@ class RollupProcessor:
     """Plain PostgreSQL: fold new readings into telemetry_rollup_{1m,1h} as mergeable partials
     (count, sums, min, max), so a late or out-of-order reading just adds to its bucket."""
 
-    def __init__(self) -> None:
-        self._timescale: bool | None = None
-
     def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
-        if self._timescale is None:
-            self._timescale = timescale_in_use()
-        if self._timescale or not rows:
+        if not rows or storage.timescale_in_use():
             return
         with connection.cursor() as cursor:
             for resolution in BUCKET_SECONDS:

@@ -1,6 +1,10 @@
-"""Reads of stored telemetry: the series of one patient's metric over a time range.
+"""Reads of stored telemetry. The storage layout (tables, partitions, rollups, hypertables, the
+ingest log) is known to telemetry only: the other apps read readings, device state and the
+engine's progress through these functions (dashboard cards and snapshots, the alarm engine's
+replays and no-data check, the device-administration page, /metrics and /readyz).
 
-One query module serves both storage backends (docs/storage.md). The bucket sources have the
+The series of one patient's metric over a time range: one query serves both storage backends
+(docs/storage.md). The bucket sources have the
 same columns: TimescaleDB's real-time continuous aggregates `telemetry_reading_{1m,1h}`, or on
 plain PostgreSQL the engine's rollup tables `telemetry_rollup_{1m,1h}`. On plain PostgreSQL the
 rollups lag the raw table by up to one engine loop (or longer if the engine is stopped), so the
@@ -20,18 +24,37 @@ then hashes the smallint and silently skips matching rows (seen on the Timescale
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from django.db import connection
 
-from telemetry.models import Device, DeviceState
-from telemetry.storage import timescale_active
+from telemetry.models import Annotation, Calibration, Device, DeviceState
+from telemetry.storage import timescale_in_use
 
 Resolution = Literal["raw", "1m", "1h"]
 
 BUCKET_SECONDS: dict[str, int] = {"1m": 60, "1h": 3600}
 ENGINE_CURSOR = "engine"  # the cursor telemetry/engine.py advances (rollups included)
-_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# Origin of the UTC-aligned buckets (time_bucket and date_bin agree with it); shared with rollups.
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+class ReadingRow(NamedTuple):
+    """A stored reading as the engine hands it to processors and replays give it back."""
+
+    device_id: int
+    patient_id: int | None
+    metric: str
+    seq: int
+    sample_time: dt.datetime
+    value: float
+    signal_quality: float | None
+    calibration_id: str | None
+    firmware: str | None
+
+
+READING_ROW_COLUMNS = ", ".join(f"r.{name}" for name in ReadingRow._fields)
 
 
 class Series(NamedTuple):
@@ -42,19 +65,7 @@ class Series(NamedTuple):
 def bucket_floor(t: dt.datetime, resolution: str) -> dt.datetime:
     """Start of the bucket holding `t` (UTC-aligned, the same as time_bucket and date_bin)."""
     width = dt.timedelta(seconds=BUCKET_SECONDS[resolution])
-    return _EPOCH + ((t - _EPOCH) // width) * width
-
-
-_timescale_by_alias: dict[str, bool] = {}
-
-
-def _timescale() -> bool:
-    # The backend is fixed when migration 0002 runs; ask the database once per process.
-    alias = connection.alias
-    if alias not in _timescale_by_alias:
-        with connection.cursor() as cursor:
-            _timescale_by_alias[alias] = timescale_active(cursor)
-    return _timescale_by_alias[alias]
+    return EPOCH + ((t - EPOCH) // width) * width
 
 
 def patient_series(
@@ -66,7 +77,7 @@ def patient_series(
     with connection.cursor() as cursor:
         return series_on(
             cursor,
-            timescale=_timescale(),
+            timescale=timescale_in_use(),
             patient_id=patient_id,
             metric=metric,
             start=start,
@@ -182,13 +193,248 @@ def _bucket_points(
         # Buckets are whole: the raw tail takes every reading of the last bucket that starts before end.
         "rows_hi": bucket_floor(end - dt.timedelta(microseconds=1), resolution) + width,
         "width": width,
-        "epoch": _EPOCH,
+        "epoch": EPOCH,
     }
     cursor.execute(_MERGE.format(parts=parts), params)
     return [
         {"t": bucket, "avg": avg, "min": low, "max": high, "count": n, "quality": quality}
         for bucket, n, avg, low, high, quality in cursor.fetchall()
     ]
+
+
+# ---- readings behind the ward overview and the live snapshot -----------------------------------
+
+
+class LatestReading(NamedTuple):
+    sample_time: dt.datetime
+    value: float
+    quality: float | None
+
+
+def readings_latest(*, patient_ids: list[int], metric: str) -> dict[int, LatestReading]:
+    """Each patient's newest reading of `metric` (one index probe per patient)."""
+    if not patient_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.id, r.sample_time, r.value, r.signal_quality FROM unnest(%s::bigint[]) AS p(id) "
+            "CROSS JOIN LATERAL (SELECT sample_time, value, signal_quality FROM telemetry_reading "
+            "WHERE patient_id = p.id AND metric = %s ORDER BY sample_time DESC LIMIT 1) r",
+            [patient_ids, metric],
+        )
+        return {pid: LatestReading(t, value, quality) for pid, t, value, quality in cursor.fetchall()}
+
+
+def readings_bucket_averages(
+    *, patient_ids: list[int], metric: str, start: dt.datetime, end: dt.datetime, width: dt.timedelta
+) -> dict[int, list[tuple[dt.datetime, float]]]:
+    """Per patient, the average of `metric` in each `width` bucket (UTC-aligned) of [start, end],
+    oldest first; a patient without readings there gets an empty list."""
+    lines: dict[int, list[tuple[dt.datetime, float]]] = {pid: [] for pid in patient_ids}
+    if not patient_ids:
+        return lines
+    params: list[Any] = [width, EPOCH, patient_ids, metric, start, end]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT patient_id, date_bin(%s, sample_time, %s) AS bucket, avg(value) FROM telemetry_reading "
+            "WHERE patient_id = ANY(%s::bigint[]) AND metric = %s AND sample_time >= %s AND sample_time <= %s "
+            "GROUP BY patient_id, bucket ORDER BY patient_id, bucket",
+            params,
+        )
+        for pid, bucket, avg in cursor.fetchall():
+            lines[pid].append((bucket, avg))
+    return lines
+
+
+class RecentReading(NamedTuple):
+    sample_time: dt.datetime
+    metric: str
+    value: float
+    quality: float | None
+    seq: int
+
+
+def readings_recent(*, patient_id: int, metric: str, since: dt.datetime, limit: int) -> list[RecentReading]:
+    """The patient's raw readings of `metric` from `since`, in sample-time order, at most `limit`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sample_time, metric, value, signal_quality, seq FROM telemetry_reading "
+            "WHERE patient_id = %s::bigint AND metric = %s AND sample_time >= %s ORDER BY sample_time, seq LIMIT %s",
+            [patient_id, metric, since, limit],
+        )
+        return [RecentReading(*row) for row in cursor.fetchall()]
+
+
+class SeqRange(NamedTuple):
+    device: str
+    first: int
+    last: int
+
+
+def readings_seq_ranges(*, patient_id: int, since: dt.datetime) -> list[SeqRange]:
+    """Per device (by device id), the lowest and highest seq the patient has stored from `since`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.device_id, min(r.seq), max(r.seq) FROM telemetry_reading r "
+            "JOIN telemetry_device d ON d.id = r.device_id WHERE r.patient_id = %s::bigint AND r.sample_time >= %s "
+            "GROUP BY d.device_id ORDER BY d.device_id",
+            [patient_id, since],
+        )
+        return [SeqRange(*row) for row in cursor.fetchall()]
+
+
+def annotations_between(*, patient_id: int, start: dt.datetime, end: dt.datetime, limit: int) -> list[Annotation]:
+    """The patient's chart marks with time in [start, end), oldest first, at most `limit`."""
+    rows = Annotation.objects.filter(patient_id=patient_id, time__gte=start, time__lt=end).order_by("time", "id")
+    return list(rows[:limit])
+
+
+# ---- readings behind the alarm engine ----------------------------------------------------------
+
+
+def readings_window(
+    *, patient_ids: list[int], metric: str, start: dt.datetime, end: dt.datetime
+) -> dict[int, list[ReadingRow]]:
+    """Per patient, the readings of `metric` with sample time in [start, end], in sample-time
+    (then seq) order: what an alarm evaluator is rebuilt from."""
+    windows: dict[int, list[ReadingRow]] = {}
+    if not patient_ids:
+        return windows
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {READING_ROW_COLUMNS} FROM telemetry_reading AS r WHERE r.patient_id = ANY(%s::bigint[]) "
+            "AND r.metric = %s AND r.sample_time >= %s AND r.sample_time <= %s "
+            "ORDER BY r.patient_id, r.sample_time, r.seq",
+            [patient_ids, metric, start, end],
+        )
+        for row in cursor.fetchall():
+            reading = ReadingRow(*row)
+            windows.setdefault(reading.patient_id or 0, []).append(reading)
+    return windows
+
+
+class LastHeard(NamedTuple):
+    patient_id: int
+    last: dt.datetime  # newest of the devices' last sample times and the assignments' starts
+    devices: list[str]  # device ids assigned now
+
+
+def patients_last_heard(*, heard_before: dt.datetime, patient_ids: list[int]) -> list[LastHeard]:
+    """Monitored patients (an open assignment, not discharged) last heard at or before
+    `heard_before`, and those of `patient_ids` whenever they were last heard: the candidates of
+    the no-data check, so the rest never leave the database."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.patient_id, greatest(max(a.start), max(ds.last_sample_time)) AS last, "
+            "array_agg(d.device_id) "
+            "FROM telemetry_assignment a JOIN telemetry_patient p ON p.id = a.patient_id "
+            "JOIN telemetry_device d ON d.id = a.device_id "
+            "LEFT JOIN telemetry_devicestate ds ON ds.device_id = a.device_id "
+            'WHERE a."end" IS NULL AND p.discharged_at IS NULL GROUP BY a.patient_id '
+            "HAVING greatest(max(a.start), max(ds.last_sample_time)) <= %s OR a.patient_id = ANY(%s::bigint[])",
+            [heard_before, patient_ids],
+        )
+        return [LastHeard(*row) for row in cursor.fetchall()]
+
+
+def calibration_find(*, device_pk: int, calibration_id: str) -> Calibration | None:
+    return Calibration.objects.filter(device_id=device_pk, calibration_id=calibration_id).first()
+
+
+# ---- the device-administration page -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnassignedReadings:
+    device_id: str
+    count: int
+    first: dt.datetime
+    last: dt.datetime
+
+
+def readings_unassigned_counts() -> list[UnassignedReadings]:
+    """Readings stored without a patient, per device: ids and counts only, never values."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.device_id, count(*), min(r.sample_time), max(r.sample_time) "
+            "FROM telemetry_reading r JOIN telemetry_device d ON d.id = r.device_id "
+            "WHERE r.patient_id IS NULL GROUP BY d.device_id ORDER BY d.device_id"
+        )
+        return [UnassignedReadings(*row) for row in cursor.fetchall()]
+
+
+# ---- operations: /readyz and /metrics ---------------------------------------------------------
+
+# Readings stored in the last minute: walk the ingest log backwards by txid (its only index) in
+# pages, stopping at the first page older than the window; the cap bounds a scrape's cost.
+RECENT_PAGE_ROWS = 20_000
+RECENT_MAX_PAGES = 25
+
+
+def readings_table_present() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('telemetry_reading') IS NOT NULL")
+        (present,) = cursor.fetchone()
+    return bool(present)
+
+
+class EngineLag(NamedTuple):
+    transactions: int  # ingest-log rows at or past the engine's watermark
+    seconds: float  # age of the oldest of them (0 when caught up)
+
+
+def engine_lag() -> EngineLag:
+    with connection.cursor() as cursor:
+        # The watermark goes in as a value, not a subquery, so the planner sees a short range of
+        # the txid index rather than guessing and scanning the whole log.
+        cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s", [ENGINE_CURSOR])
+        row = cursor.fetchone()
+        cursor.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM telemetry_ingest_log "
+            "WHERE txid >= %s",
+            [row[0] if row else 0],
+        )
+        behind, seconds = cursor.fetchone()
+    return EngineLag(int(behind), max(0.0, float(seconds)))
+
+
+# One page: the txid range of the next RECENT_PAGE_ROWS log rows below `before` (whole txids,
+# so no row is split between pages), and what in that range started inside the window.
+_RECENT_PAGE_SQL = """
+WITH page AS (
+    SELECT min(txid) AS lo FROM (
+        SELECT txid FROM telemetry_ingest_log WHERE txid < %(before)s ORDER BY txid DESC LIMIT %(rows)s
+    ) AS newest
+)
+SELECT page.lo, count(l.id), coalesce(sum(l.accepted), 0)
+FROM page LEFT JOIN telemetry_ingest_log AS l
+  ON l.txid >= page.lo AND l.txid < %(before)s AND l.created_at >= %(cutoff)s
+GROUP BY page.lo
+"""
+
+
+class IngestCounts(NamedTuple):
+    readings: int  # committed by ingest transactions that started in the last 60 seconds
+    transactions: int
+
+
+def ingest_counts_last_minute() -> IngestCounts:
+    readings = transactions = 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now() - interval '60 seconds'")
+        (cutoff,) = cursor.fetchone()
+        before = 2**63 - 1
+        for _ in range(RECENT_MAX_PAGES):
+            cursor.execute(_RECENT_PAGE_SQL, {"before": before, "rows": RECENT_PAGE_ROWS, "cutoff": cutoff})
+            lo, count, accepted = cursor.fetchone()
+            readings += accepted
+            transactions += count
+            # txid order follows transaction start closely, not exactly: stop only after a page
+            # with nothing inside the window, so a slightly out-of-order row is still counted.
+            if lo is None or count == 0:
+                break
+            before = lo
+    return IngestCounts(int(readings), int(transactions))
 
 
 # ---- device registry (the device-administration page: ids, keys and counts, never a value tied
@@ -210,17 +456,3 @@ def devices_overview() -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def unassigned_reading_counts() -> list[dict[str, Any]]:
-    """Readings stored without a patient, per device: ids and counts only, never values."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT d.device_id, count(*), min(r.sample_time), max(r.sample_time) "
-            "FROM telemetry_reading r JOIN telemetry_device d ON d.id = r.device_id "
-            "WHERE r.patient_id IS NULL GROUP BY d.device_id ORDER BY d.device_id"
-        )
-        return [
-            {"device_id": device_id, "count": count, "first": first, "last": last}
-            for device_id, count, first, last in cursor.fetchall()
-        ]

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry.engine import timescale_in_use
 from telemetry.models import Assignment, Device, DeviceKey, Patient, PatientIdentity, Ward
-from telemetry.selectors import _EPOCH, BUCKET_SECONDS, ENGINE_CURSOR, bucket_floor
+from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
+from telemetry.storage import timescale_in_use
 
 
 class RegistryError(Exception):
@@ -202,5 +202,5 @@ def _rollups_rebuild(
           AND date_bin(%s, sample_time, %s) = ANY(%s)
         GROUP BY 1, 2, 3, 4
         """,
-        [width, _EPOCH, device_pk, patient_pk, watermark, buckets[0], buckets[-1] + width, width, _EPOCH, buckets],
+        [width, EPOCH, device_pk, patient_pk, watermark, buckets[0], buckets[-1] + width, width, EPOCH, buckets],
     )

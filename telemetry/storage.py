@@ -1,9 +1,14 @@
 """DDL for the readings store: a TimescaleDB hypertable when the extension exists, daily range
-partitions on plain PostgreSQL. Called from migrations; the engine keeps future partitions.
+partitions on plain PostgreSQL. Called from migrations; the engine keeps the partitions.
 
 The idempotency key (device, metric, seq, sample_time) is the primary key, ordered
 (device_id, metric, sample_time, seq) so the same index also serves per-device time ranges.
 TimescaleDB requires every unique index to contain the time column; ours does.
+
+Partitions exist for the days ingest can store (back to PERFUSE_INGEST_MAX_AGE_DAYS, a week
+ahead) and no others: a row of another day (written some other way) stays in the default
+partition, where it is still read, rather than cost a table per stray day; and each upkeep run
+creates at most PARTITIONS_PER_RUN tables, so a burst of late data is spread over a few runs.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import datetime as dt
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
 READING_COLUMNS = """
     device_id bigint NOT NULL,
@@ -31,6 +37,9 @@ READING_COLUMNS = """
 """
 
 PARTITION_DAYS_AHEAD = 7
+PARTITIONS_PER_RUN = 16
+# Readings accepted at the horizon's edge shortly before midnight reach upkeep a day later.
+_HORIZON_SLACK = dt.timedelta(days=1)
 
 
 def timescale_wanted(cursor: Any) -> bool:
@@ -52,6 +61,19 @@ def timescale_active(cursor: Any) -> bool:
         return False
     cursor.execute("SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'telemetry_reading'")
     return cursor.fetchone() is not None
+
+
+_timescale_by_alias: dict[str, bool] = {}
+
+
+def timescale_in_use() -> bool:
+    """`timescale_active` on Django's connection, asked once per process and database alias: the
+    backend is fixed when migration 0002 runs."""
+    alias = connection.alias
+    if alias not in _timescale_by_alias:
+        with connection.cursor() as cursor:
+            _timescale_by_alias[alias] = timescale_active(cursor)
+    return _timescale_by_alias[alias]
 
 
 def partition_name(day: dt.date) -> str:
@@ -80,21 +102,49 @@ def ensure_partition(cursor: Any, table: str, day: dt.date) -> bool:
     return True
 
 
-def ensure_partitions(cursor: Any, *, today: dt.date, days_ahead: int = PARTITION_DAYS_AHEAD) -> list[str]:
-    created = []
+def ensure_partitions(
+    cursor: Any, *, today: dt.date, days_ahead: int = PARTITION_DAYS_AHEAD, limit: int | None = None
+) -> list[str]:
+    """Partitions from yesterday to `days_ahead` days ahead, at most `limit` new ones."""
+    created: list[str] = []
     for offset in range(-1, days_ahead + 1):
+        if limit is not None and len(created) >= limit:
+            break
         day = today + dt.timedelta(days=offset)
         if ensure_partition(cursor, "telemetry_reading", day):
             created.append(partition_name(day))
     return created
 
 
-def drain_default_partition(cursor: Any, table: str = "telemetry_reading") -> list[str]:
-    """Give every day that has rows in the default partition (data older or newer than the
-    partitions kept ahead) its own partition, moving the rows; return the partitions created."""
-    cursor.execute(f"SELECT DISTINCT (sample_time AT TIME ZONE 'UTC')::date FROM {table}_default ORDER BY 1")
+def drain_default_partition(
+    cursor: Any, *, first: dt.date, last: dt.date, limit: int, table: str = "telemetry_reading"
+) -> list[str]:
+    """Give up to `limit` days in [first, last] that have rows in the default partition (late data
+    whose day had no partition yet) their own partition, newest first, moving the rows; return
+    the partitions created. Rows of days outside [first, last] stay where they are."""
+    if limit <= 0:
+        return []
+    lo = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+    hi = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    cursor.execute(
+        f"SELECT DISTINCT (sample_time AT TIME ZONE 'UTC')::date FROM {table}_default "
+        "WHERE sample_time >= %s AND sample_time < %s ORDER BY 1 DESC LIMIT %s",
+        [lo, hi, limit],
+    )
     days = [row[0] for row in cursor.fetchall()]
     return [f"{table}_p{day:%Y%m%d}" for day in days if ensure_partition(cursor, table, day)]
+
+
+def partitions_upkeep(
+    cursor: Any, *, now: dt.datetime, max_age_days: int, limit: int = PARTITIONS_PER_RUN
+) -> list[str]:
+    """Plain PostgreSQL: the coming days' partitions, then partitions for late rows parked in the
+    default partition, only for days inside the ingest horizon and at most `limit` in all."""
+    today = now.date()
+    created = ensure_partitions(cursor, today=today, limit=limit)
+    first = (now - dt.timedelta(days=max_age_days) - _HORIZON_SLACK).date()
+    last = today + dt.timedelta(days=PARTITION_DAYS_AHEAD)
+    return created + drain_default_partition(cursor, first=first, last=last, limit=limit - len(created))
 
 
 def create_reading_storage(cursor: Any, *, today: dt.date) -> str:

@@ -16,7 +16,7 @@ from audit.access.policy import actor_from_request
 from audit.access.refusals import refusal_audit
 from audit.trail import audit_record
 from config.refusal import Refusal
-from telemetry.selectors import devices_overview, unassigned_reading_counts
+from telemetry.selectors import devices_overview, readings_unassigned_counts
 from telemetry.services import RegistryError, device_key_revoke
 
 
@@ -24,7 +24,7 @@ from telemetry.services import RegistryError, device_key_revoke
 @staff_page("manage_devices", "devices.view")
 def devices(request: HttpRequest) -> HttpResponse:
     audit_record(actor=actor_from_request(request), action="devices.view")
-    context = {"devices": devices_overview(), "unassigned": unassigned_reading_counts()}
+    context = {"devices": devices_overview(), "unassigned": readings_unassigned_counts()}
     return render(request, "telemetry/devices.html", context)
 
 

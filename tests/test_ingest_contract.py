@@ -65,6 +65,34 @@ async def test_200_counts_accepted_duplicates_and_rejections_by_index():
     assert [r[0] for r in await stored(dev.device_id)] == [1, 2, 3, 14]
 
 
+async def test_200_rejects_items_older_than_the_horizon_as_too_old():
+    # Contract section 1: late data is stored back to PERFUSE_INGEST_MAX_AGE_DAYS (default 30).
+    dev = await make_device(patient="p-horizon")
+    day = 86400
+    items = [
+        factories.reading(1, ago(31 * day)),
+        factories.reading(2, ago(29 * day)),
+        factories.reading(3, ago(5)),
+        factories.reading(4, ago(400 * day)),
+    ]
+    response = await send(AsyncClient(), dev, items)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["seq"], r["code"]) for r in body["rejected"]] == [(0, 1, "too_old"), (3, 4, "too_old")]
+    assert all("30 days" in r["detail"] for r in body["rejected"])
+    assert [r[0] for r in await stored(dev.device_id)] == [2, 3]
+
+
+async def test_the_ingest_horizon_is_a_setting(settings):
+    settings.PERFUSE_INGEST_MAX_AGE_DAYS = 2
+    dev = await make_device()
+    items = [factories.reading(1, ago(2 * 86400 + 60)), factories.reading(2, ago(2 * 86400 - 60))]
+    body = (await send(AsyncClient(), dev, items)).json()
+    assert body["accepted"] == 1
+    assert [(r["seq"], r["code"]) for r in body["rejected"]] == [(1, "too_old")]
+
+
 async def test_200_carries_rate_limit_headers():
     dev = await make_device()
     response = await send(AsyncClient(), dev, factories.series(1, 10))

@@ -41,3 +41,20 @@ def test_schema_describes_ingest_with_every_answer_and_header():
     assert components["ReadingIn"]["properties"]["metric"]["enum"] == sorted(
         ["tissue_o2", "tissue_po2", "spo2", "skin_temp", "battery"]
     )
+
+
+def test_schema_rejection_codes_include_too_old_and_come_from_the_validator():
+    from telemetry.schemas import REJECTION_CODES
+
+    schema = yaml.safe_load(Client().get("/api/schema/").content)
+    components = schema["components"]["schemas"]
+    rejection = components["IngestResult"]["properties"]["rejected"]["items"]["properties"]["code"]["enum"]
+    assert "too_old" in rejection
+    assert sorted(rejection) == sorted(REJECTION_CODES)
+    reading = components["ReadingIn"]
+    assert reading["additionalProperties"] is False
+    assert reading["properties"]["seq"] == {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+    assert reading["properties"]["signal_quality"]["nullable"] is True
+    batch = components["ReadingBatch"]
+    assert batch["properties"]["readings"]["items"] == {"$ref": "#/components/schemas/ReadingIn"}
+    assert set(batch["required"]) == {"schema", "device_id", "readings"}

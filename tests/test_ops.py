@@ -17,6 +17,7 @@ from django.test import AsyncClient, Client, override_settings
 
 from audit.trail import SYSTEM, audit_record
 from config import metrics, ops
+from telemetry import selectors as telemetry_selectors
 from telemetry.engine import engine_batch
 from tests import factories
 
@@ -266,7 +267,7 @@ async def test_metrics_name_no_patient_and_no_device():
 
 @pytest.mark.django_db
 def test_recent_readings_walk_pages_of_the_ingest_log(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(ops, "RECENT_PAGE_ROWS", 3)
+    monkeypatch.setattr(telemetry_selectors, "RECENT_PAGE_ROWS", 3)
     rows = [
         # (txid, accepted, age in seconds): old rows first, then the last minute, with two rows
         # sharing a txid across a page boundary and one slow transaction that started earlier.

@@ -196,6 +196,9 @@ PERFUSE_INGEST_MAX_BYTES = 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 PERFUSE_INGEST_MAX_READINGS = 5000
 PERFUSE_INGEST_CLOCK_SKEW_SECONDS = 300
+# Late data is stored back to this many days before now; older items are rejected as `too_old`.
+# The engine keeps daily partitions for this horizon only (telemetry/storage.py).
+PERFUSE_INGEST_MAX_AGE_DAYS = envint("PERFUSE_INGEST_MAX_AGE_DAYS", 30, minimum=1)
 # Token buckets: sustained readings per second and burst, per device and per site.
 PERFUSE_RATE_DEVICE_PER_SECOND = envint("PERFUSE_RATE_DEVICE_PER_SECOND", 200)
 PERFUSE_RATE_DEVICE_BURST = envint("PERFUSE_RATE_DEVICE_BURST", 20000)

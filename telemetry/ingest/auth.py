@@ -1,0 +1,100 @@
+"""Step 1, authenticate: which device key signed this body, and is the signature good.
+
+The credentials are three strings (HTTP headers, or MQTT 5 user properties of the same names):
+key id, Unix timestamp and an Ed25519 signature of `TIMESTAMP + "\\n" + BODY`. They are checked
+for shape and clock skew before any I/O, so junk costs no database round trip; then the key is
+looked up (one query that also brings the device's ward and site) and the signature verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.conf import settings
+from psycopg import AsyncConnection
+
+from telemetry.ingest.answers import IngestError
+
+# Key ids are issued by us (`k_` + URL-safe base64); anything else cannot be one, and a NUL or a
+# non-ASCII character must never reach PostgreSQL as a query parameter.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+_KEY_SQL = """
+SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code
+FROM telemetry_devicekey k
+JOIN telemetry_device d ON d.id = k.device_id
+JOIN telemetry_ward w ON w.id = d.ward_id
+WHERE k.key_id = %s
+"""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key_id: str
+    stamp: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class DeviceKeyRow:
+    revoked: bool
+    public_key: bytes
+    device_pk: int
+    device_id: str
+    site: str
+    ward: str
+
+
+def credentials_check(headers: Mapping[str, str], *, now: float) -> Credentials:
+    """The credentials, well-formed and within the clock window, or a 401."""
+    # Lower-case names: Django's request.headers and the raw ASGI entry's dict both answer them.
+    key_id = headers.get("x-perfuse-key", "")
+    stamp = headers.get("x-perfuse-timestamp", "")
+    signature = headers.get("x-perfuse-signature", "")
+    if not key_id or not stamp or not signature:
+        raise IngestError(
+            "missing_credentials", "X-Perfuse-Key, X-Perfuse-Timestamp and X-Perfuse-Signature are required"
+        )
+    if not _KEY_ID.fullmatch(key_id) or not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+        raise IngestError("malformed_credentials", "key id or timestamp is malformed")
+    try:
+        raw_signature = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise IngestError("malformed_signature", "signature is not padded standard base64") from exc
+    if len(raw_signature) != 64:
+        raise IngestError("malformed_signature", "an Ed25519 signature is 64 bytes")
+    if abs(int(stamp) - now) > settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS:
+        raise IngestError("stale_timestamp", "X-Perfuse-Timestamp is more than 300 s from server time")
+    return Credentials(key_id, int(stamp), raw_signature)
+
+
+async def device_authenticate(conn: AsyncConnection[Any], *, credentials: Credentials, body: bytes) -> DeviceKeyRow:
+    """The key that signed `body`, with its device, ward and site; 401 when unknown, revoked or forged."""
+    row = await (await conn.execute(_KEY_SQL, [credentials.key_id])).fetchone()
+    if row is None:
+        raise IngestError("unknown_key", "no device key with this id")
+    key = DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+    signature_verify(key, credentials=credentials, body=body)
+    return key
+
+
+def signature_verify(key: DeviceKeyRow, *, credentials: Credentials, body: bytes) -> None:
+    if key.revoked:
+        raise IngestError("revoked_key", "this key has been revoked")
+    try:
+        _public_key(key.public_key).verify(credentials.signature, str(credentials.stamp).encode() + b"\n" + body)
+    except (InvalidSignature, ValueError) as exc:
+        raise IngestError("bad_signature", "signature does not match the body and timestamp") from exc
+
+
+@lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)

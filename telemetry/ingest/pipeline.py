@@ -1,0 +1,106 @@
+"""The ingest pipeline: the steps in the contract's order, for one device's batch.
+
+    credentials (401) → key and signature (401) → envelope (400) → device/key match (403)
+    → size (413) → rate (429) → item-by-item validation → store → answer → publish
+
+Each step is a function of its own module (auth, validate, store, publish) taking plain values,
+so another door (an MQTT bridge, a gateway endpoint) runs the same steps with its own framing.
+`handle` is the HTTP door's composition, shared by the raw ASGI fast path (telemetry/asgi.py)
+and the Django view (telemetry/api.py), which therefore answer identically; `precheck` is what
+HTTP can refuse before the body is read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+
+import msgspec
+import psycopg
+from django.conf import settings
+from django.utils.http import parse_header_parameters
+from psycopg_pool import PoolTimeout
+
+from telemetry import db, ratelimit
+from telemetry.ingest import publish
+from telemetry.ingest.answers import Answer, IngestError, error, storage_unavailable, too_large
+from telemetry.ingest.auth import DeviceKeyRow, credentials_check, device_authenticate
+from telemetry.ingest.store import Stored, readings_store
+from telemetry.ingest.validate import batch_check, parse_batch, validate_readings
+from telemetry.schemas import IngestResult
+
+log = logging.getLogger(__name__)
+
+
+def precheck(*, method: str, content_type: str, declared_length: str | None) -> Answer | None:
+    """What can be refused before the body is read: method, media type, declared size."""
+    if method != "POST":
+        return error("method_not_allowed", "use POST", {"Allow": "POST"})
+    if parse_header_parameters(content_type)[0] != "application/json":
+        return error("unsupported_media_type", "Content-Type must be application/json")
+    try:
+        declared = int(declared_length or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.PERFUSE_INGEST_MAX_BYTES:
+        return too_large()
+    return None
+
+
+async def handle(*, body: bytes, headers: Mapping[str, str]) -> Answer:
+    try:
+        return await _handle(body, headers)
+    except IngestError as exc:
+        return exc.answer
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # The database is down or saturated: nothing was committed (see storage_unavailable).
+        log.warning("ingest storage unavailable: %s", exc)
+        return storage_unavailable()
+
+
+async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
+    credentials = credentials_check(headers, now=time.time())
+    pool = await db.ingest_pool()
+    async with pool.connection() as conn:
+        key = await device_authenticate(conn, credentials=credentials, body=body)
+        batch = parse_batch(body)
+        batch_check(batch, key=key)
+        decision = await rate_check(key=key, cost=max(1, len(batch.readings)))
+        now = dt.datetime.now(dt.UTC)
+        rows, rejected = validate_readings(batch, now)
+        stored = await readings_store(conn, key=key, batch=batch, rows=rows, now=now) if rows else Stored([], {}, [])
+    publish.stored_publish(key, stored)
+    result = IngestResult(
+        batch_id=batch.batch_id,
+        accepted=len(stored.inserted),
+        duplicates=len(rows) - len(stored.inserted),
+        rejected=rejected,
+        ingest_time=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+    return Answer(200, msgspec.to_builtins(result), decision.headers() if decision is not None else {})
+
+
+async def rate_check(*, key: DeviceKeyRow, cost: int) -> ratelimit.RateDecision | None:
+    """Take `cost` readings from the device's and the site's buckets, or refuse with 429. None when
+    the limiter is unavailable (the batch is admitted: an outage of it must not refuse clinical data)."""
+    decision = await ratelimit.rate_check(
+        db.ingest_redis(), device=key.device_id, site=key.site, cost=cost, limits=_limits()
+    )
+    if decision is not None and not decision.allowed:
+        raise IngestError(
+            "rate_limited",
+            "too many readings; retry later",
+            {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)},
+        )
+    return decision
+
+
+def _limits() -> ratelimit.Limits:
+    return ratelimit.Limits(
+        device_rate=settings.PERFUSE_RATE_DEVICE_PER_SECOND,
+        device_burst=settings.PERFUSE_RATE_DEVICE_BURST,
+        site_rate=settings.PERFUSE_RATE_SITE_PER_SECOND,
+        site_burst=settings.PERFUSE_RATE_SITE_BURST,
+    )
