@@ -38,6 +38,7 @@ MIDDLEWARE = [
     "config.ops.OpsEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.middleware.RejectNulMiddleware",
+    "config.middleware.ChunkedBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -128,6 +129,9 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
+# JSON clients get the contract's error body for a CSRF refusal, browsers Django's page.
+CSRF_FAILURE_VIEW = "config.api_errors.csrf_failure"
+
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
@@ -167,9 +171,12 @@ PERFUSE_LOGIN_WINDOW_SECONDS = envint("PERFUSE_LOGIN_WINDOW_SECONDS", 3600)
 PERFUSE_SESSION_WARNING_SECONDS = envint("PERFUSE_SESSION_WARNING_SECONDS", 120)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["config.api_auth.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # The staff API takes JSON only: form and multipart bodies get 415 (and the OpenAPI schema,
+    # which lists the parsers' media types, advertises application/json alone).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
