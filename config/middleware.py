@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from config.api_errors import error_response
@@ -73,3 +74,13 @@ class ChunkedBodyMiddleware(RequestGate):
         if "HTTP_TRANSFER_ENCODING" in request.META and not request.META.get("CONTENT_LENGTH"):
             request.META["CONTENT_LENGTH"] = str(len(request.body))
         return None
+
+
+class ContentSecurityPolicyMiddleware(RequestGate):
+    """`Content-Security-Policy` on every answer (PERFUSE_CONTENT_SECURITY_POLICY): scripts only
+    from our own static files, so an injected `<script>` or `onclick=` does not run. Pages pass
+    data to their scripts with `json_script` (JSON, never executed) or data- attributes."""
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        response.headers.setdefault("Content-Security-Policy", settings.PERFUSE_CONTENT_SECURITY_POLICY)
+        return response

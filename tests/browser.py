@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -71,3 +72,15 @@ def daphne_server(log_name: str) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def wait_until(page: Any, expression: str, arg: Any = None, *, timeout_ms: float = 30000) -> Any:
+    """`page.wait_for_function` for pages under our Content-Security-Policy: Playwright's own
+    polls by eval()ing the expression inside the page, which a policy without 'unsafe-eval'
+    refuses; `page.evaluate` runs through the DevTools protocol, which the policy allows."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not (value := page.evaluate(expression, arg)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout_ms} ms: {expression}")
+        page.wait_for_timeout(50)
+    return value
