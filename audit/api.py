@@ -8,6 +8,7 @@ from typing import Any
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,6 +33,7 @@ _IDENTITY_STATUS = {
 
 
 class IdentityView(APIView):
+    authentication_classes = [SessionAuthentication]
     permission_classes: list[Any] = []
 
     @extend_schema(
@@ -93,6 +95,7 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 
 
 class AuditEventsView(APIView):
+    authentication_classes = [SessionAuthentication]
     permission_classes: list[Any] = []
     max_page_size = 500
 

@@ -1,8 +1,8 @@
 """Every 4xx from the staff API carries {"error": {"code", "detail"}} with a stable code.
 
-CSRF refusals too, wherever they are decided: DRF's session authentication (API views,
-config/api_auth.py) and Django's CSRF middleware (`CSRF_FAILURE_VIEW`, for the plain views) both
-answer `csrf_failed` to a JSON client; a browser form still gets Django's HTML page.
+CSRF refusals too, wherever they are decided: DRF's session authentication (API views) and
+Django's CSRF middleware (`CSRF_FAILURE_VIEW`, for the plain views) both answer `csrf_failed` to
+a JSON client; a browser form still gets Django's HTML page.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from config.api_auth import CSRF_FAILED
+CSRF_FAILED = "csrf_failed"
+# DRF's SessionAuthentication refuses a missing or wrong CSRF token with a bare PermissionDenied
+# carrying this prefix (rest_framework/authentication.py); it is a CSRF refusal, not `forbidden`.
+_DRF_CSRF_PREFIX = "CSRF Failed:"
 
 
 def error_body(code: str, detail: Any) -> dict[str, Any]:
@@ -48,6 +51,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     code = getattr(exc, "perfuse_code", None) or _CODES.get(type(exc), "error")
+    if isinstance(exc, exceptions.PermissionDenied) and str(exc.detail).startswith(_DRF_CSRF_PREFIX):
+        code = CSRF_FAILED
     response.data = error_body(
         code, response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
     )

@@ -127,6 +127,7 @@ def test_openapi_advertises_json_request_bodies_only():
     }
     assert ("post", "/api/v1/patients/{pseudonym}/identity") in bodies
     assert set(map(tuple, bodies.values())) == {("application/json",)}
+    assert "cookieAuth" in schema["components"]["securitySchemes"]  # the session is still documented
 
 
 # ---- CSRF refusals answer in the client's language -------------------------------------------

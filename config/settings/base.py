@@ -185,7 +185,7 @@ PERFUSE_LOGIN_WINDOW_SECONDS = envint("PERFUSE_LOGIN_WINDOW_SECONDS", 3600)
 PERFUSE_SESSION_WARNING_SECONDS = envint("PERFUSE_SESSION_WARNING_SECONDS", 120)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["config.api_auth.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # The staff API takes JSON only: form and multipart bodies get 415 (and the OpenAPI schema,
