@@ -16,6 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from tests import personas
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -84,3 +86,13 @@ def wait_until(page: Any, expression: str, arg: Any = None, *, timeout_ms: float
             raise TimeoutError(f"not true within {timeout_ms} ms: {expression}")
         page.wait_for_timeout(50)
     return value
+
+
+def sign_in(page: Any, base: str, username: str, code: str) -> None:
+    """Password and a TOTP code in the login form; a clinician lands on the ward overview."""
+    page.goto(base + "/accounts/login/")
+    page.fill("[name=username]", username)
+    page.fill("[name=password]", personas.PASSWORD)
+    page.fill("[name=otp_token]", code)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")

@@ -17,7 +17,7 @@ from alerts.models import Alarm
 from telemetry.models import Device, Patient, PatientIdentity
 from tests import factories, personas
 from tests.alarm_factories import insert
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, daphne_server, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, daphne_server, sign_in, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -74,15 +74,6 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def _sign_in(page: Any, base: str, username: str, code: str) -> None:
-    page.goto(base + "/accounts/login/")
-    page.fill("[name=username]", username)
-    page.fill("[name=password]", personas.PASSWORD)
-    page.fill("[name=otp_token]", code)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
-
-
 @pytest.fixture
 def codes(ward_patient: dict[str, Any]) -> dict[str, str]:
     """Two clinicians of the patient's ward and a TOTP code each (made before Playwright starts:
@@ -93,7 +84,7 @@ def codes(ward_patient: dict[str, Any]) -> dict[str, str]:
 
 def test_a_revealed_name_is_gone_for_the_next_clinician(daphne, codes, chromium):
     page = chromium.new_context().new_page()  # one tab, shared by both users as at a ward workstation
-    _sign_in(page, daphne, "clin-first", codes["clin-first"])
+    sign_in(page, daphne, "clin-first", codes["clin-first"])
     page.goto(daphne + "/patients/pt-sec/")
     page.once("dialog", lambda dialog: dialog.accept("bedside identity check"))
     page.click("#reveal-name")
@@ -104,7 +95,7 @@ def test_a_revealed_name_is_gone_for_the_next_clinician(daphne, codes, chromium)
     page.wait_for_url(lambda url: "/accounts/login/" in url)
     assert NAME not in page.evaluate(_STORED)
 
-    _sign_in(page, daphne, "clin-second", codes["clin-second"])
+    sign_in(page, daphne, "clin-second", codes["clin-second"])
     page.wait_for_selector(".ward-card[data-pseudonym=pt-sec]")
     assert NAME not in page.inner_text("#cards")
     page.goto(daphne + "/patients/pt-sec/")

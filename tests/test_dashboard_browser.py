@@ -14,7 +14,7 @@ import pytest
 
 from telemetry.models import Annotation, Device, Patient
 from tests import factories, personas
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, sign_in, wait_until
 from tests.live_support import insert_readings, persona
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -83,12 +83,7 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
 
         # Sign in with password and a TOTP code; the login lands on the ward overview.
-        page.goto(daphne + "/accounts/login/")
-        page.fill("[name=username]", username)
-        page.fill("[name=password]", personas.PASSWORD)
-        page.fill("[name=otp_token]", code)
-        page.click("button[type=submit]")
-        page.wait_for_url(daphne + "/")
+        sign_in(page, daphne, username, code)
 
         # Ward overview: the card appears and takes a new reading without reload.
         page.wait_for_selector("#live-status[data-state=live]")
