@@ -44,8 +44,8 @@ RULE_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "") -> HttpResponse:
-    """Audited refusal: to the login page without a verified session, else a 403 page."""
+def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "", *, status: int = 403) -> HttpResponse:
+    """Audited refusal: to the login page without a verified session, else a 403 (or 404) page."""
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
@@ -56,7 +56,7 @@ def _refuse(request: HttpRequest, action: str, reason: str, subject: str = "") -
         )
     if not user_is_verified(request.user):
         return redirect_to_login(request.get_full_path())
-    return render(request, "errors/forbidden.html", status=403)
+    return render(request, "errors/not_found.html" if status == 404 else "errors/forbidden.html", status=status)
 
 
 def _scope_or_refuse(request: HttpRequest, action: str) -> tuple[selectors.AlarmScope | None, HttpResponse | None]:
@@ -98,15 +98,19 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
         return _refuse(request, "alarm.explained", refusal_reason(request.user), known or "")
     alarm = selectors.alarms_visible_to(request.user).filter(pk=alarm_id).first()
     if alarm is None:
-        return _refuse(request, "alarm.explained", "other_ward" if known else "unknown", known or "")
+        # Like the API: an alarm id that names no alarm is 404, one of another ward 403.
+        if known is None:
+            return _refuse(request, "alarm.explained", "unknown", status=404)
+        return _refuse(request, "alarm.explained", "other_ward", known)
+    explanation = selectors.alarm_explanation(user=request.user, alarm=alarm)
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
             action="alarm.explained",
             subject=alarm.patient.pseudonym,
-            detail={"alarm": alarm.pk},
+            detail={"alarm": alarm.pk, "values": explanation.values_shown},
         )
-    ex = alarm.explain
+    ex = explanation.explain
     rule = alarm.rule.values()  # the version that raised it (immutable), not today's rule
     rule_rows = [(RULE_LABELS[name][0], rule[name], RULE_LABELS[name][1]) for name in RULE_FIELDS]
     return render(
@@ -117,6 +121,7 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
             "out": alarm_out(alarm),
             "ex": ex,
             "samples": ex.get("samples", []),
+            "values_shown": explanation.values_shown,
             "rule_rows": rule_rows,
             "first": ex.get("first"),
             "transitions": alarm.transitions.all(),

@@ -25,9 +25,13 @@ from telemetry.units import METRICS
 
 MAX_SPAN = dt.timedelta(days=31)
 DEFAULT_SPAN = dt.timedelta(hours=1)
-# Unknown pseudonyms are refused like forbidden ones: the API is no oracle for which exist.
-_DENIED_STATUS = {"not_authenticated": 401}
-_DENIED_CODE = {"not_authenticated": "not_authenticated", "mfa_required": "mfa_required"}
+# Unknown pseudonyms are refused like forbidden ones, with the same code and detail (the reason
+# goes to the audit trail only): the API is no oracle for which pseudonyms exist.
+_DENIED: dict[str, tuple[int, str, str]] = {
+    "not_authenticated": (401, "not_authenticated", "Sign in first."),
+    "mfa_required": (403, "mfa_required", "A verified (two-factor) session is required."),
+}
+PATIENT_FORBIDDEN = "You may not see this patient's data."
 
 
 class ParamError(Exception):
@@ -37,10 +41,9 @@ class ParamError(Exception):
         self.detail = detail
 
 
-def _denied(reason: str) -> Response:
-    status = _DENIED_STATUS.get(reason, 403)
-    code = _DENIED_CODE.get(reason, "forbidden")
-    return Response(error_body(code, f"access denied: {reason}"), status=status)
+def _denied(reason: str, forbidden: str = PATIENT_FORBIDDEN) -> Response:
+    status, code, detail = _DENIED.get(reason, (403, "forbidden", forbidden))
+    return Response(error_body(code, detail), status=status)
 
 
 def _bad(exc: ParamError) -> Response:
@@ -132,7 +135,7 @@ class PatientListView(APIView):
                 user=request.user, actor=actor_from_request(request._request), action="patients.list"
             )
             if not read.allowed:
-                return _denied(read.reason)
+                return _denied(read.reason, "Your role has no ward overview.")
             cards = selectors.ward_cards(patients=read.patients, now=now)
         return Response({"server_time": selectors.iso(now), "patients": cards})
 

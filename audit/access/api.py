@@ -22,6 +22,7 @@ _IDENTITY_STATUS = {
     "not_authenticated": (401, "Sign in first."),
     "mfa_required": (403, "A verified (two-factor) session is required."),
     "purpose_required": (400, "State the purpose of revealing this identity."),
+    "invalid_purpose": (400, "The purpose must be text without NUL characters."),
     "unknown_patient": (403, "You may not reveal this patient's identity."),
     "not_permitted": (403, "You may not reveal this patient's identity."),
 }

@@ -35,20 +35,25 @@ class IdentityDenied(Exception):
 
 
 def _decide(user: Any, patient: Patient | None, purpose: str) -> tuple[str | None, bool]:
-    """(denial reason or None, via break-glass)."""
+    """(denial reason or None, via break-glass). Access is decided before the purpose is looked
+    at: a missing purpose answered first would tell a caller without access which pseudonyms
+    exist (400 for a real patient, 403 for an unknown one)."""
     if not getattr(user, "is_authenticated", False):
         return "not_authenticated", False
     if not user_is_verified(user):
         return "mfa_required", False
     if patient is None:
         return "unknown_patient", False
+    via_grant = False
+    if not (user_can(user, "reveal_identity") and patient.ward_id in user_ward_ids(user)):
+        if active_grant(user, patient) is None:
+            return "not_permitted", False
+        via_grant = True
     if not purpose:
-        return "purpose_required", False
-    if user_can(user, "reveal_identity") and patient.ward_id in user_ward_ids(user):
-        return None, False
-    if active_grant(user, patient) is not None:
-        return None, True
-    return "not_permitted", False
+        return "purpose_required", via_grant
+    if "\x00" in purpose:
+        return "invalid_purpose", via_grant
+    return None, via_grant
 
 
 def identity_reveal(*, actor: Actor, user: Any, patient: Patient | None, purpose: str) -> RevealedIdentity:

@@ -114,13 +114,21 @@ def patients_visible_to(user: Any) -> QuerySet[Patient]:
     return Patient.objects.none()
 
 
-def patient_access(user: Any, patient: Patient) -> AccessDecision:
+def _caller_refusal(user: Any) -> AccessDecision | None:
+    """Refusals that depend on who asks, not on which patient: decided before the patient is
+    even looked at, so they read the same for a pseudonym that exists and one that does not."""
     if not getattr(user, "is_authenticated", False):
         return AccessDecision(False, "not_authenticated")
     if not user_is_verified(user):
         return AccessDecision(False, "mfa_required")
     if not user.is_active:
         return AccessDecision(False, "inactive")
+    return None
+
+
+def patient_access(user: Any, patient: Patient) -> AccessDecision:
+    if refusal := _caller_refusal(user):
+        return refusal
     if user_can(user, "view_ward_patients") and patient.ward_id in user_ward_ids(user):
         return AccessDecision(True, "ward")
     # Break-glass is honoured for whoever holds a live grant (only break_glass roles can get one).
@@ -145,7 +153,9 @@ def patient_access_audited(
     allowed, inside this same transaction or after it committed. Unknown pseudonyms are
     denied (and audited) like forbidden ones, so callers answer both the same way."""
     patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
-    decision = patient_access(user, patient) if patient is not None else AccessDecision(False, "unknown_patient")
+    decision = _caller_refusal(user) or (
+        patient_access(user, patient) if patient is not None else AccessDecision(False, "unknown_patient")
+    )
     audit_record(
         actor=actor,
         action=action,

@@ -323,7 +323,7 @@ def break_glass_close(request: HttpRequest, grant_id: int) -> HttpResponse:
             outcome=AuditEvent.Outcome.DENIED,
             detail={"reason": "unknown_grant", "grant": grant_id},
         )
-        return render(request, "errors/forbidden.html", status=404)
+        return render(request, "errors/not_found.html", status=404)
     break_glass_end(grant=grant, actor=actor_from_request(request))
     messages.info(request, f"Emergency access to {grant.patient.pseudonym} ended.")
     return redirect("audit-break-glass")
