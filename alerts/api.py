@@ -81,7 +81,11 @@ class TransitionSerializer(serializers.Serializer):
 
 class AlarmDetailSerializer(serializers.Serializer):
     alarm = AlarmSerializer()
-    explain = serializers.DictField()
+    explain = serializers.DictField(
+        help_text="Why it fired: rule, thresholds, times, device provenance and the triggering samples. "
+        "Sample values and signal-quality figures only for users who may read the patient's series; "
+        'for others the samples carry times only and "values_withheld" is true.'
+    )
     transitions = TransitionSerializer(many=True)
 
 
@@ -189,17 +193,18 @@ def alarm_list(request: Request) -> Response:
 @permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_detail(request: Request, alarm_id: int) -> Response:
     alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.viewed")
+    explanation = selectors.alarm_explanation(user=request.user, alarm=alarm)
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
             action="alarm.viewed",
             subject=alarm.patient.pseudonym,
-            detail={"alarm": alarm.pk},
+            detail={"alarm": alarm.pk, "values": explanation.values_shown},
         )
     return Response(
         {
             "alarm": alarm_out(alarm),
-            "explain": alarm.explain,
+            "explain": explanation.explain,
             "transitions": [transition_out(t) for t in alarm.transitions.all()],
         }
     )

@@ -4,7 +4,9 @@ Alarm visibility builds on audit/access/policy.py (`user_can`, `ward_scope`): wa
 (clinician, on-call) see alarms of their wards; an alarm escalated to the on-call role is shown
 to every on-call user (that is what escalation means); administrators, whose ward scope is every
 ward, see all of them. `alarm_console` and `alarm_visible` raise the refusal (config.refusal)
-when the user may not; the caller's answer audits it.
+when the user may not; the caller's answer audits it. Seeing an alarm is not reading the
+patient's telemetry: `alarm_explanation` shows sample values only to users who may read the
+patient's series.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from audit.access.policy import (
     AccessDecision,
     WardScope,
     access_refusal,
+    patient_access,
     refusal_reason,
     user_can,
     user_role,
@@ -134,6 +137,61 @@ def alarms_visible_to(user: Any) -> QuerySet[Alarm]:
     if scope is None:
         return base.none()
     return base.filter(scope.alarms_q())
+
+
+# What an explanation keeps for a user who may see the alarm but not the patient's series: the
+# rule, thresholds, times and provenance. An allow-list, so a value added to the engine's
+# explanation later stays hidden until someone decides it is not telemetry.
+_EXPLAIN_WITHOUT_VALUES = frozenset(
+    {
+        "kind",
+        "physiological",
+        "onset",
+        "at",
+        "threshold",
+        "delay_s",
+        "window_s",
+        "clear_margin",
+        "last_sample_time",
+        "silent_s",
+        "devices",
+        "device",
+        "firmware",
+        "calibration",
+        "rule",
+    }
+)
+_SAMPLE_WITHOUT_VALUES = frozenset({"t", "seq", "device_id"})
+
+
+@dataclass(frozen=True)
+class AlarmExplanation:
+    explain: dict[str, Any]
+    values_shown: bool
+
+
+def alarm_explanation(*, user: Any, alarm: Alarm) -> AlarmExplanation:
+    """An alarm's explanation as `user` may see it. Seeing an alarm (escalated to on-call, or an
+    administrator's all-ward console) is not reading the patient's telemetry: the triggering
+    sample values and the signal-quality figures computed from them are kept for users whom
+    `patient_access` lets read that patient's series."""
+    if patient_access(user, alarm.patient).allowed:
+        return AlarmExplanation(alarm.explain, values_shown=True)
+    return AlarmExplanation(explain_without_values(alarm.explain), values_shown=False)
+
+
+def explain_without_values(explain: dict[str, Any]) -> dict[str, Any]:
+    out = {key: value for key, value in explain.items() if key in _EXPLAIN_WITHOUT_VALUES}
+    out["samples"] = [
+        {key: value for key, value in sample.items() if key in _SAMPLE_WITHOUT_VALUES}
+        for sample in explain.get("samples", [])
+    ]
+    if isinstance(quality := explain.get("signal_quality"), dict):
+        out["signal_quality"] = {"level": quality.get("level")}
+    if isinstance(first := explain.get("first"), dict):
+        out["first"] = explain_without_values(first)
+    out["values_withheld"] = True
+    return out
 
 
 def alarms_open_sorted(qs: QuerySet[Alarm]) -> QuerySet[Alarm]:

@@ -76,14 +76,15 @@ def console(request: HttpRequest) -> HttpResponse:
 @refusal_pages()
 def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
     alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.explained")
+    explanation = selectors.alarm_explanation(user=request.user, alarm=alarm)
     with transaction.atomic():
         audit_record(
             actor=actor_from_request(request),
             action="alarm.explained",
             subject=alarm.patient.pseudonym,
-            detail={"alarm": alarm.pk},
+            detail={"alarm": alarm.pk, "values": explanation.values_shown},
         )
-    ex = alarm.explain
+    ex = explanation.explain
     rule = alarm.rule.values()  # the version that raised it (immutable), not today's rule
     rule_rows = [(RULE_LABELS[name][0], rule[name], RULE_LABELS[name][1]) for name in RULE_FIELDS]
     return render(
@@ -94,6 +95,7 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
             "out": alarm_out(alarm),
             "ex": ex,
             "samples": ex.get("samples", []),
+            "values_shown": explanation.values_shown,
             "rule_rows": rule_rows,
             "first": ex.get("first"),
             "transitions": alarm.transitions.all(),

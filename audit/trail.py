@@ -34,6 +34,24 @@ class Actor:
 
 SYSTEM = Actor(user_id=None, username="system", role="system")
 
+_INT64 = 2**63
+
+
+def _storable(value: Any) -> Any:
+    """`value` as PostgreSQL and the canonical hash can hold it, whatever a request carried: NUL
+    characters (text and jsonb refuse them) become U+FFFD, integers outside 64 bits (orjson
+    refuses them) become their decimal text. The writer must not fail on what it records: a
+    refusal of odd content would otherwise become a 500 with no audit event at all."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        return str(value)
+    if isinstance(value, dict):
+        return {str(_storable(key)): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
+
 
 @transaction.atomic
 def audit_record(
@@ -63,6 +81,7 @@ def audit_record(
         "break_glass": break_glass,
         "detail": detail or {},
     }
+    content = {name: _storable(value) for name, value in content.items()}
     prev = last[1] if last else GENESIS
     event = AuditEvent.objects.create(**content, prev_hash=prev, hash=event_hash(prev, content))
     every = settings.PERFUSE_AUDIT_CHECKPOINT_EVERY

@@ -3,16 +3,26 @@
 Refusals (config/refusal.py) are audited and answered by audit.access.answers.api_exception_handler,
 DRF's EXCEPTION_HANDLER, which hands every other exception to `exception_handler` here: DRF's own
 errors and `ApiError`, a client error that is no refusal (a bad parameter: nothing to audit).
+
+CSRF refusals too, wherever they are decided: DRF's session authentication (API views) and
+Django's CSRF middleware (`CSRF_FAILURE_VIEW`, for the plain views) both answer `csrf_failed` to
+a JSON client; a browser form still gets Django's HTML page.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as html_csrf_failure
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+CSRF_FAILED = "csrf_failed"
+# DRF's SessionAuthentication refuses a missing or wrong CSRF token with a bare PermissionDenied
+# carrying this prefix (rest_framework/authentication.py); it is a CSRF refusal, not `forbidden`.
+_DRF_CSRF_PREFIX = "CSRF Failed:"
 
 
 def error_body(code: str, detail: Any) -> dict[str, Any]:
@@ -54,7 +64,23 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     code = getattr(exc, "perfuse_code", None) or _CODES.get(type(exc), "error")
+    if isinstance(exc, exceptions.PermissionDenied) and str(exc.detail).startswith(_DRF_CSRF_PREFIX):
+        code = CSRF_FAILED
     response.data = error_body(
         code, response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
     )
     return response
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """An API path, or a client that prefers JSON to HTML (the pages' own fetch calls)."""
+    if request.path.startswith("/api/"):
+        return True
+    return request.get_preferred_type(["text/html", "application/json"]) == "application/json"
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: the contract's JSON error for JSON clients, Django's page otherwise."""
+    if wants_json(request):
+        return error_response(403, CSRF_FAILED, f"CSRF check failed: {reason}")
+    return html_csrf_failure(request, reason)

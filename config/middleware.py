@@ -1,4 +1,8 @@
-"""Request hygiene shared by every view."""
+"""Request hygiene and response headers shared by every view.
+
+Each middleware here is sync- and async-capable through `RequestGate`, so none of them forces a
+thread hop under ASGI: `before` may answer in place of the view, `after` may amend the answer.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from config.api_errors import error_response
 
 
-def _has_nul(request: HttpRequest) -> bool:
-    return "\x00" in request.META.get("QUERY_STRING", "") or any(
-        "\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()
-    )
-
-
-class RejectNulMiddleware:
-    """A NUL character in a query parameter is a 400, for every view at once.
-
-    PostgreSQL text cannot hold NUL: a filter or an audit row carrying one would fail as a 500.
-    Forms already refuse NUL (Django's CharField); query strings reach selectors directly.
-    Async-capable so it never forces a thread hop under ASGI.
-    """
-
+class RequestGate:
     sync_capable = True
     async_capable = True
 
@@ -37,15 +29,58 @@ class RejectNulMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
             return self.__acall__(request)
-        if _has_nul(request):
-            return _refuse()
-        return self.get_response(request)
+        answer = self.before(request)
+        return answer if answer is not None else self.after(request, self.get_response(request))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        answer = self.before(request)
+        return answer if answer is not None else self.after(request, await self.get_response(request))
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return response
+
+
+def _has_nul(request: HttpRequest) -> bool:
+    return "\x00" in request.META.get("QUERY_STRING", "") or any(
+        "\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()
+    )
+
+
+class RejectNulMiddleware(RequestGate):
+    """A NUL character in a query parameter is a 400, for every view at once.
+
+    PostgreSQL text cannot hold NUL: a filter or an audit row carrying one would fail as a 500.
+    Forms already refuse NUL (Django's CharField); query strings reach selectors directly.
+    """
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         if _has_nul(request):
-            return _refuse()
-        return await self.get_response(request)
+            return error_response(400, "invalid_parameter", "query parameters must not contain NUL characters")
+        return None
 
 
-def _refuse() -> HttpResponse:
-    return error_response(400, "invalid_parameter", "query parameters must not contain NUL characters")
+class ChunkedBodyMiddleware(RequestGate):
+    """A body sent with `Transfer-Encoding: chunked` gets its measured Content-Length.
+
+    The server has buffered the whole body before the application runs (Daphne does), but DRF
+    reads a body only when Content-Length says there is one: without this, a chunked
+    `{"note": ...}` would be taken as an empty request and acted on without its content.
+    """
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        if "HTTP_TRANSFER_ENCODING" in request.META and not request.META.get("CONTENT_LENGTH"):
+            request.META["CONTENT_LENGTH"] = str(len(request.body))
+        return None
+
+
+class ContentSecurityPolicyMiddleware(RequestGate):
+    """`Content-Security-Policy` on every answer (PERFUSE_CONTENT_SECURITY_POLICY): scripts only
+    from our own static files, so an injected `<script>` or `onclick=` does not run. Pages pass
+    data to their scripts with `json_script` (JSON, never executed) or data- attributes."""
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        response.headers.setdefault("Content-Security-Policy", settings.PERFUSE_CONTENT_SECURITY_POLICY)
+        return response

@@ -11,9 +11,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
+
+from tests import personas
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -71,3 +74,25 @@ def daphne_server(log_name: str) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def wait_until(page: Any, expression: str, arg: Any = None, *, timeout_ms: float = 30000) -> Any:
+    """`page.wait_for_function` for pages under our Content-Security-Policy: Playwright's own
+    polls by eval()ing the expression inside the page, which a policy without 'unsafe-eval'
+    refuses; `page.evaluate` runs through the DevTools protocol, which the policy allows."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not (value := page.evaluate(expression, arg)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout_ms} ms: {expression}")
+        page.wait_for_timeout(50)
+    return value
+
+
+def sign_in(page: Any, base: str, username: str, code: str) -> None:
+    """Password and a TOTP code in the login form; a clinician lands on the ward overview."""
+    page.goto(base + "/accounts/login/")
+    page.fill("[name=username]", username)
+    page.fill("[name=password]", personas.PASSWORD)
+    page.fill("[name=otp_token]", code)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")

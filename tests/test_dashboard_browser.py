@@ -14,7 +14,7 @@ import pytest
 
 from telemetry.models import Annotation, Device, Patient
 from tests import factories, personas
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, sign_in, wait_until
 from tests.live_support import insert_readings, persona
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -83,28 +83,21 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
 
         # Sign in with password and a TOTP code; the login lands on the ward overview.
-        page.goto(daphne + "/accounts/login/")
-        page.fill("[name=username]", username)
-        page.fill("[name=password]", personas.PASSWORD)
-        page.fill("[name=otp_token]", code)
-        page.click("button[type=submit]")
-        page.wait_for_url(daphne + "/")
+        sign_in(page, daphne, username, code)
 
         # Ward overview: the card appears and takes a new reading without reload.
         page.wait_for_selector("#live-status[data-state=live]")
         card = page.locator(".ward-card[data-pseudonym=p-web]")
         card.wait_for()
         _post(daphne, dev, [factories.reading(100_000, value=41.2)], firmware="fw-1.0")
-        page.wait_for_function(
-            "document.querySelector('.ward-card[data-pseudonym=p-web] .value').textContent === '41.2'"
-        )
+        wait_until(page, "document.querySelector('.ward-card[data-pseudonym=p-web] .value').textContent === '41.2'")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
         page.screenshot(path=str(ROOT / "test-artifacts" / "overview-phone.png"))
 
         # Patient chart: live mode, a reading posted through the ingest API appears without reload.
         page.goto(daphne + "/patients/p-web/")
         page.wait_for_selector("#live-status[data-state=live]")
-        page.wait_for_function("document.getElementById('chart').dataset.mode === 'live'")
+        wait_until(page, "document.getElementById('chart').dataset.mode === 'live'")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # phone: no sideways scroll
         loads = page.evaluate("window.perfuseChart.state.loads")
         # Seqs 100001-100004 are stored but never sent as a frame (a lost frame, as far as the
@@ -113,9 +106,9 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
         with ThreadPoolExecutor(1) as pool:  # the ORM may not run inside Playwright's event loop
             pool.submit(insert_readings, patient, device, recent, first_seq=100_001).result()
         _post(daphne, dev, [factories.reading(100_005, value=33.3)], firmware="fw-1.0")
-        page.wait_for_function("[...window.perfuseChart.state.live.values()].some(p => p.value === 33.3)")
+        wait_until(page, "[...window.perfuseChart.state.live.values()].some(p => p.value === 33.3)")
         assert page.evaluate("window.perfuseChart.state.loads") == loads  # came over the socket, not a reload
-        page.wait_for_function("[...window.perfuseChart.state.live.values()].some(p => p.value === 50.2)")
+        wait_until(page, "[...window.perfuseChart.state.live.values()].some(p => p.value === 50.2)")
 
         # A firmware change becomes an annotation that arrives live and is listed.
         _post(daphne, dev, [factories.reading(100_006, value=34.0)], firmware="fw-2.0")
@@ -127,8 +120,8 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
             "([a, b]) => Plotly.relayout(document.getElementById('chart'), {'xaxis.range': [a, b]})",
             [(now - dt.timedelta(hours=24)).isoformat(), now.isoformat()],
         )
-        page.wait_for_function("document.getElementById('chart').dataset.mode === 'history'")
-        page.wait_for_function("document.getElementById('chart').dataset.resolution === '1m'")
+        wait_until(page, "document.getElementById('chart').dataset.mode === 'history'")
+        wait_until(page, "document.getElementById('chart').dataset.resolution === '1m'")
         assert page.evaluate("Math.min(...window.perfuseChart.state.hist.points.map(p => p.min))") == 28.0
         assert "Calibration c1 → c2" in page.inner_text("#annotation-list")
         shaded = page.evaluate(
@@ -144,7 +137,7 @@ def test_overview_and_chart_live_history_and_annotations(daphne):
 
         # One click back to live.
         page.click("#go-live")
-        page.wait_for_function("document.getElementById('chart').dataset.mode === 'live'")
+        wait_until(page, "document.getElementById('chart').dataset.mode === 'live'")
         page.screenshot(path=str(ROOT / "test-artifacts" / "chart-live.png"), full_page=True)
         assert errors == []
         browser.close()

@@ -28,6 +28,7 @@ from config.refusal import Refusal
 
 View = Callable[..., HttpResponseBase]
 FORBIDDEN_TEMPLATE = "errors/forbidden.html"
+NOT_FOUND_TEMPLATE = "errors/not_found.html"
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -44,6 +45,8 @@ def refusal_page(request: HttpRequest, refusal: Refusal, *, template: str = FORB
     refusal_audit(refusal, actor_from_request(request))
     if refusal.wants_sign_in:
         return redirect_to_login(request.get_full_path())
+    if refusal.status == 404:
+        template = NOT_FOUND_TEMPLATE
     return render(request, template, {"message": refusal.detail}, status=refusal.status)
 
 

@@ -31,30 +31,41 @@ class RevealedIdentity:
 
 
 def _decide(user: Any, patient: Patient | None, purpose: str) -> tuple[str | None, bool]:
-    """(denial reason or None, via break-glass)."""
+    """(denial reason or None, via break-glass). Access is decided before the purpose is looked
+    at: a missing purpose answered first would tell a caller without access which pseudonyms
+    exist (400 for a real patient, 403 for an unknown one)."""
     if not getattr(user, "is_authenticated", False):
         return "not_authenticated", False
     if not user_is_verified(user):
         return "mfa_required", False
     if patient is None:
         return "unknown_patient", False
+    via_grant = False
+    if not (user_can(user, "reveal_identity") and ward_scope(user).covers(patient.ward_id)):
+        if active_grant(user, patient) is None:
+            return "not_permitted", False
+        via_grant = True
     if not purpose:
-        return "purpose_required", False
-    if user_can(user, "reveal_identity") and ward_scope(user).covers(patient.ward_id):
-        return None, False
-    if active_grant(user, patient) is not None:
-        return None, True
-    return "not_permitted", False
+        return "purpose_required", via_grant
+    if "\x00" in purpose:
+        return "invalid_purpose", via_grant
+    return None, via_grant
+
+
+_PURPOSE_PROBLEMS = {
+    "purpose_required": "State the purpose of revealing this identity.",
+    "invalid_purpose": "The purpose must be text without NUL characters.",
+}
 
 
 def _refused(user: Any, *, reason: str, subject: str, purpose: str) -> Refusal:
-    if reason == "purpose_required":
+    if reason in _PURPOSE_PROBLEMS:
         return Refusal(
             action=ACTION,
             reason=reason,
             code=reason,
             status=400,
-            detail="State the purpose of revealing this identity.",
+            detail=_PURPOSE_PROBLEMS[reason],
             subject=subject,
             purpose=purpose,
         )

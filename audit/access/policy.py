@@ -241,7 +241,15 @@ def patient_read(
     whoever answers it); unknown pseudonyms are refused like forbidden ones, with the same
     detail, so the answer is no oracle for which patients exist."""
     patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
-    decision = patient_access(user, patient) if patient is not None else AccessDecision(False, "unknown_patient")
+    # Who asks is decided before which patient: an anonymous or password-only caller is refused
+    # the same way for a pseudonym that exists and one that does not (no existence oracle).
+    problem = _session_problem(user)
+    if problem is not None:
+        decision = AccessDecision(False, problem)
+    elif patient is None:
+        decision = AccessDecision(False, "unknown_patient")
+    else:
+        decision = patient_access(user, patient)
     if patient is None or not decision.allowed:
         raise access_refusal(
             user,

@@ -38,7 +38,9 @@ MIDDLEWARE = [
     # /healthz, /readyz, /metrics: answered before host validation and the HTTPS redirect (config/ops.py).
     "config.ops.OpsEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
     "config.middleware.RejectNulMiddleware",
+    "config.middleware.ChunkedBodyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -129,6 +131,22 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
+# Sent with every answer (config/middleware.py). Scripts and stylesheets come only from static/:
+# the templates carry no inline <script>, event handler, <style> or style attribute, and page data
+# travels as json_script (JSON, not executed) or data- attributes. Style *attributes* set by
+# script are allowed (style-src-attr) because Plotly draws the chart with them; an attribute holds
+# no selector and loads nothing beyond img-src, unlike an injected <style>, which stays refused.
+# connect-src 'self' covers the page's own ws:/wss: origin (CSP level 3, as browsers implement it).
+PERFUSE_CONTENT_SECURITY_POLICY = envstr(
+    "PERFUSE_CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+)
+
+# JSON clients get the contract's error body for a CSRF refusal, browsers Django's page.
+CSRF_FAILURE_VIEW = "config.api_errors.csrf_failure"
+
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
@@ -171,6 +189,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # The staff API takes JSON only: form and multipart bodies get 415 (and the OpenAPI schema,
+    # which lists the parsers' media types, advertises application/json alone).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Refusals (config.refusal) are audited and answered there; other errors go on to
     # config.api_errors.exception_handler. Either way the body is {"error": {"code", "detail"}}.

@@ -313,11 +313,13 @@
   smoothedBox.addEventListener("change", queueRender);
   rawBox.addEventListener("change", queueRender);
 
+  // A revealed name lives in this page's memory only: never in sessionStorage or localStorage,
+  // which outlive the user (the next person to sign in at this browser would see it). Leaving or
+  // reloading the page forgets it; each reveal is asked for, and audited, again.
   const reveal = document.getElementById("reveal-name");
   function showName(name) {
     document.getElementById("patient-name").textContent = name + " (" + cfg.pseudonym + ")";
   }
-  if (sessionStorage.getItem("perfuse.name." + cfg.pseudonym)) showName(sessionStorage.getItem("perfuse.name." + cfg.pseudonym));
   if (reveal) {
     reveal.addEventListener("click", async () => {
       const purpose = window.prompt("Why do you need this patient's identity? (recorded in the audit trail)");
@@ -329,7 +331,6 @@
           headers: { "Content-Type": "application/json", "X-CSRFToken": token },
           body: JSON.stringify({ purpose }),
         });
-        sessionStorage.setItem("perfuse.name." + cfg.pseudonym, body.name);
         showName(body.name);
       } catch (err) {
         window.alert("Identity not revealed: " + err.message);

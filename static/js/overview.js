@@ -121,8 +121,7 @@
     const now = Date.now() + clockOffset;
     const age = card.lastSeen === null ? null : (now - card.lastSeen) / 1000;
     const stale = age === null || age > staleAfter;
-    const name = sessionStorage.getItem("perfuse.name." + card.pseudonym);
-    el.querySelector(".pseudo").textContent = name ? name + " (" + card.pseudonym + ")" : card.pseudonym;
+    el.querySelector(".pseudo").textContent = card.pseudonym; // names are revealed on the chart only
     el.querySelector(".value").textContent = card.value === null ? "—" : card.value.toFixed(1);
     el.querySelector(".unit").textContent = card.value === null ? "" : card.unit;
     const slope = L.trendPerMinute(card.spark.map(([t, v]) => [t, v]), now);

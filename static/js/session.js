@@ -29,7 +29,7 @@
     countdown.textContent = fmt(left);
   }
   stay.addEventListener("click", function () {
-    fetch("/accounts/session/ping", { method: "POST", headers: { "X-CSRFToken": csrf }, credentials: "same-origin" })
+    fetch("/accounts/session/ping", { method: "POST", headers: { "X-CSRFToken": csrf, Accept: "application/json" }, credentials: "same-origin" })
       .then(function (r) {
         if (r.ok) { window.Perfuse.sessionActivity(); tick(); }
         else { window.location.href = "/accounts/login/"; }
