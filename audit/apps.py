@@ -20,3 +20,4 @@ class AuditConfig(AppConfig):
     def ready(self) -> None:
         # Keeps the role groups in place after a flush (transactional tests) or a new permission.
         post_migrate.connect(_sync_roles, sender=self)
+        from audit import hardening  # noqa: F401  (registers the deploy checks of the database role)
