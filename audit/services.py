@@ -17,7 +17,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import connection, transaction
 from django.utils.module_loading import import_string
 
-from audit.chain import CHAIN_LOCK_KEY, GENESIS, event_hash
+from audit.chain import CHAIN_LOCK_KEY, GENESIS, HASH_VERSION, event_hash
 from audit.models import AuditCheckpoint, AuditEvent, BreakGlassGrant, StaffSession
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,10 @@ def audit_record(
         "detail": detail or {},
     }
     prev = last[1] if last else GENESIS
-    event = AuditEvent.objects.create(**content, prev_hash=prev, hash=event_hash(prev, content))
+    # Hashed here with the key the database never sees; the insert trigger checks the link.
+    event = AuditEvent.objects.create(
+        **content, prev_hash=prev, hash=event_hash(prev, content), hash_version=HASH_VERSION
+    )
     every = settings.PERFUSE_AUDIT_CHECKPOINT_EVERY
     if every and event.id // every != (last[0] if last else 0) // every:
         from audit.checkpoints import checkpoint_create  # the checkpoint module reads the chain
@@ -76,7 +79,8 @@ def audit_record(
 
 
 def audit_checkpoint(*, at: dt.datetime | None = None) -> AuditCheckpoint | None:
-    """Sign the current chain head now (cron or `manage.py audit_checkpoint`)."""
+    """Sign the current chain head now and anchor it (cron or `manage.py audit_checkpoint`). With
+    no event since the newest checkpoint, that one is anchored again if the anchor lacks it."""
     from audit.checkpoints import checkpoint_create
 
     with transaction.atomic():
