@@ -6,7 +6,6 @@ transaction as its reads, and renders.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from typing import Any
 
@@ -23,6 +22,7 @@ from alerts.schemas import alarm_out
 from audit.access.decorators import refusal_reason
 from audit.access.policy import actor_from_request, user_can, user_is_verified
 from audit.trail import audit_record
+from config.csv import csv_writer
 from telemetry.models import Patient, Ward
 
 RULE_LABELS: dict[str, tuple[str, str]] = {
@@ -237,9 +237,9 @@ def fatigue(request: HttpRequest) -> HttpResponse:
     if request.path.endswith(".csv"):
         response = HttpResponse(content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="alarm-fatigue-{days}d.csv"'
-        writer = csv.writer(response)
+        writer = csv_writer(response)
         writer.writerow(selectors.FATIGUE_COLUMNS)
         for row in rows:
-            writer.writerow(["" if v is None else v for v in row.as_row()])
+            writer.writerow(row.as_row())
         return response
     return render(request, "alerts/fatigue.html", {"rows": rows, "days": days, "start": start, "end": end})

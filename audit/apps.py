@@ -3,6 +3,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
+import audit.hardening  # noqa: F401  (registers the deploy checks of the database role)
 from audit.access.roles import roles_sync
 
 

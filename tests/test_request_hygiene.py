@@ -10,8 +10,7 @@ import yaml
 from django.test import Client, RequestFactory
 from django.test.client import MULTIPART_CONTENT
 
-from alerts.services import rule_current_ward
-from alerts.services import alarm_raise
+from alerts.services import alarm_raise, rule_current_ward
 from audit.models import AuditEvent
 from audit.trail import SYSTEM, audit_record
 from audit.verify import chain_verify
