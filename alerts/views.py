@@ -9,7 +9,6 @@ audited once.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 from typing import Any
 
@@ -27,6 +26,7 @@ from audit.access.answers import refusal_pages
 from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request, user_can
 from audit.trail import audit_record
+from config.csv import csv_writer
 from config.refusal import Refusal
 from telemetry.models import Patient, Ward
 
@@ -210,9 +210,9 @@ def fatigue(request: HttpRequest) -> HttpResponse:
     if request.path.endswith(".csv"):
         response = HttpResponse(content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="alarm-fatigue-{days}d.csv"'
-        writer = csv.writer(response)
+        writer = csv_writer(response)
         writer.writerow(selectors.FATIGUE_COLUMNS)
         for row in rows:
-            writer.writerow(["" if v is None else v for v in row.as_row()])
+            writer.writerow(row.as_row())
         return response
     return render(request, "alerts/fatigue.html", {"rows": rows, "days": days, "start": start, "end": end})

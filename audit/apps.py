@@ -4,6 +4,7 @@ from django.apps import AppConfig
 from django.core.checks import Tags, register
 from django.db.models.signals import post_migrate
 
+import audit.hardening  # noqa: F401  (registers the deploy checks of the database role)
 from audit.access.checks import staff_flag_check
 from audit.access.roles import roles_sync
 

@@ -1,4 +1,5 @@
-"""Audit events as FHIR R4 AuditEvent resources (a Bundle of type "collection").
+"""Audit events as FHIR R4 AuditEvent resources, exported as pages: searchset Bundles with
+`total` and a `next` link (audit/views.py export_fhir).
 
 Codes: event type from DICOM (DCM) — 110110 Patient Record for reads of patient data, 110114
 User Authentication for sign-in/out, 110113 Security Alert for break-glass, 110100 Application
@@ -112,10 +113,26 @@ def audit_event_resource(event: AuditEvent) -> dict[str, Any]:
     return resource
 
 
-def audit_bundle(events: Iterable[AuditEvent]) -> dict[str, Any]:
+def audit_bundle_page(
+    events: Iterable[AuditEvent], *, total: int, self_url: str, next_url: str | None
+) -> dict[str, Any]:
+    """One page of an export: a searchset Bundle with the number of matching events (`total`)
+    and, while there are more, a `next` link — an export is never cut short without saying so."""
+    links = [{"relation": "self", "url": self_url}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
     return {
         "resourceType": "Bundle",
-        "type": "collection",
+        "type": "searchset",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "entry": [{"fullUrl": f"urn:perfuse:audit-event:{e.id}", "resource": audit_event_resource(e)} for e in events],
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"urn:perfuse:audit-event:{e.id}",
+                "resource": audit_event_resource(e),
+                "search": {"mode": "match"},
+            }
+            for e in events
+        ],
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from audit.chain import HASH_VERSION
+
 
 class StaffProfile(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff")
@@ -31,9 +33,10 @@ class StaffProfile(models.Model):
 class AuditEvent(models.Model):
     """One audited act. Rows are never updated or deleted (database triggers refuse it).
 
-    `prev_hash` is the previous event's `hash`; `hash` is SHA-256 over prev_hash and this row's
-    canonical content (audit/chain.py). Actor and subject are copied as text, not foreign keys,
-    so no cascade can ever rewrite history.
+    `prev_hash` is the previous event's `hash`; `hash` is an HMAC (keyed outside the database)
+    over prev_hash and this row's canonical content, or plain SHA-256 for rows written before the
+    key (`hash_version` 1; audit/chain.py). Actor and subject are copied as text, not foreign
+    keys, so no cascade can ever rewrite history.
     """
 
     class Outcome(models.TextChoices):
@@ -54,6 +57,7 @@ class AuditEvent(models.Model):
     detail = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    hash_version = models.PositiveSmallIntegerField(default=HASH_VERSION)
 
     class Meta:
         ordering = ["id"]
@@ -101,7 +105,9 @@ class AuditCheckpoint(models.Model):
     Kept outside the audit table and signed with PERFUSE_AUDIT_CHECKPOINT_KEY (not SECRET_KEY,
     not in the database): someone who can rewrite the audit table and recompute every hash
     still cannot forge these, so audit_verify detects a full rewrite. Each checkpoint also
-    signs its predecessor's signature, so deleting a checkpoint in the middle is detected too.
+    signs its predecessor's signature, so deleting a checkpoint in the middle is detected too,
+    and each is anchored outside the database (audit/anchor.py), so deleting the newest ones is
+    detected as well. Append-only like the events (triggers, migration 0005).
     """
 
     seq = models.PositiveIntegerField(unique=True)

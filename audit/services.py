@@ -13,7 +13,8 @@ from audit.models import AuditCheckpoint, AuditEvent
 
 
 def audit_checkpoint(*, at: dt.datetime | None = None) -> AuditCheckpoint | None:
-    """Sign the current chain head now (cron or `manage.py audit_checkpoint`)."""
+    """Sign the current chain head now and anchor it (cron or `manage.py audit_checkpoint`). With
+    no event since the newest checkpoint, that one is anchored again if the anchor lacks it."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])

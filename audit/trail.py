@@ -1,9 +1,9 @@
 """The audit-trail writer: who did something (Actor), and `audit_record`, which appends one event
-to the hash chain (audit/chain.py) and signs a checkpoint every PERFUSE_AUDIT_CHECKPOINT_EVERY
-events.
+to the keyed hash chain (audit/chain.py: HMAC, the key never enters the database) and signs —
+and anchors outside the database — a checkpoint every PERFUSE_AUDIT_CHECKPOINT_EVERY events.
 
 Every layer audits its own acts, so this module sits just above the plumbing and imports nothing
-of the apps but the audit tables and the chain. `audit_record` is called inside the transaction
+of the apps but the audit tables, the chain and its checkpoints. `audit_record` is called inside the transaction
 of the action being audited, so the event and the action commit or roll back together.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.chain import CHAIN_LOCK_KEY, GENESIS, event_hash
+from audit.chain import CHAIN_LOCK_KEY, GENESIS, HASH_VERSION, event_hash
 from audit.checkpoints import checkpoint_create
 from audit.models import AuditEvent
 
@@ -83,7 +83,10 @@ def audit_record(
     }
     content = {name: _storable(value) for name, value in content.items()}
     prev = last[1] if last else GENESIS
-    event = AuditEvent.objects.create(**content, prev_hash=prev, hash=event_hash(prev, content))
+    # Hashed here with the key the database never sees; the insert trigger checks the link.
+    event = AuditEvent.objects.create(
+        **content, prev_hash=prev, hash=event_hash(prev, content), hash_version=HASH_VERSION
+    )
     every = settings.PERFUSE_AUDIT_CHECKPOINT_EVERY
     if every and event.id // every != (last[0] if last else 0) // every:
         checkpoint_create(event_id=event.id, event_hash=event.hash)

@@ -4,8 +4,8 @@ audit.access.decorators.staff_page)."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET
 
 from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request
-from audit.fhir import audit_bundle
+from audit.fhir import audit_bundle_page
 from audit.models import AuditEvent
 from audit.selectors import (
     AuditFilters,
@@ -27,9 +27,11 @@ from audit.selectors import (
 )
 from audit.trail import audit_record
 from audit.verify import chain_verify
+from config.csv import csv_writer
 
 PAGE_SIZE = 50
-FHIR_EXPORT_MAX = 50_000
+FHIR_PAGE_SIZE = 1000
+FHIR_PAGE_MAX = 5000
 CSV_COLUMNS = (
     "id",
     "occurred_at",
@@ -105,7 +107,7 @@ def disclosures(request: HttpRequest, pseudonym: str) -> HttpResponse:
     if request.GET.get("format") == "csv":
         response = HttpResponse(content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="disclosures-{pseudonym}.csv"'
-        writer = csv.writer(response)
+        writer = csv_writer(response)
         writer.writerow(["date", "recipient", "description", "purpose"])
         for row in rows:
             writer.writerow([row["date"].isoformat(), row["recipient"], row["description"], row["purpose"]])
@@ -119,7 +121,7 @@ class _Echo:
 
 
 def _csv_rows(events: Any) -> Iterator[str]:
-    writer = csv.writer(_Echo())
+    writer = csv_writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     for event in events.iterator(chunk_size=2000):
         yield writer.writerow(
@@ -152,12 +154,65 @@ def export_csv(request: HttpRequest) -> StreamingHttpResponse:
     return response
 
 
+@dataclass(frozen=True)
+class _FhirPage:
+    """Keyset paging of a FHIR export: events with after < id <= until, `count` per page. The
+    first page fixes `until` (the newest matching event then, its own audit event included), so
+    the export is a stable snapshot although each page request is audited itself."""
+
+    count: int
+    after: int
+    until: int | None
+
+
+def _fhir_page_from(params: Any) -> _FhirPage:
+    count = int(params.get("_count") or FHIR_PAGE_SIZE)
+    until = params.get("until")
+    if not 1 <= count <= FHIR_PAGE_MAX:
+        raise ValueError("_count")
+    return _FhirPage(count=count, after=int(params.get("after") or 0), until=int(until) if until else None)
+
+
+def _fhir_error(detail: str) -> JsonResponse:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": detail}],
+    }
+    return JsonResponse(outcome, status=400, content_type="application/fhir+json")
+
+
 @require_GET
 @staff_page("view_audit_trail", "audit.export")
 def export_fhir(request: HttpRequest) -> HttpResponse:
     filters = audit_filters_from(request.GET)
-    _audit_read(request, "audit.export", filters, format="fhir")
-    events = audit_events(filters).order_by("id")[:FHIR_EXPORT_MAX]
-    response = JsonResponse(audit_bundle(events), content_type="application/fhir+json")
+    try:
+        page = _fhir_page_from(request.GET)
+    except (ValueError, OverflowError):
+        audit_record(
+            actor=actor_from_request(request),
+            action="audit.export",
+            outcome=AuditEvent.Outcome.DENIED,
+            detail={"reason": "invalid_query", "format": "fhir"},
+        )
+        return _fhir_error(f"_count is 1 to {FHIR_PAGE_MAX}; after and until are event ids")
+    _audit_read(request, "audit.export", filters, format="fhir", after=page.after)
+    matching = audit_events(filters).order_by("id")
+    until = page.until if page.until is not None else matching.values_list("id", flat=True).last() or 0
+    snapshot = matching.filter(id__lte=until)
+    events = list(snapshot.filter(id__gt=page.after)[: page.count + 1])
+    more, events = len(events) > page.count, events[: page.count]
+
+    def url(after: int) -> str:
+        return request.build_absolute_uri(
+            f"{request.path}?{_querystring(filters, _count=page.count, after=after, until=until)}"
+        )
+
+    bundle = audit_bundle_page(
+        events,
+        total=snapshot.count(),
+        self_url=url(page.after),
+        next_url=url(events[-1].id) if more else None,
+    )
+    response = JsonResponse(bundle, content_type="application/fhir+json")
     response["Content-Disposition"] = 'attachment; filename="perfuse-audit.fhir.json"'
     return response

@@ -104,6 +104,40 @@ start_postgres() {
     || as_service "$bindir/createdb" -h 127.0.0.1 -p "$port" -U perfuse perfuse
 }
 
+# The database roles (audit/hardening.py, docs/security.md). perfuse_owner owns every table and
+# runs the migrations; perfuse_app, the role the application connects as, owns nothing and may
+# only SELECT and INSERT the audit tables. The cluster's superuser (perfuse) only sets them up.
+DB_OWNER_ROLE=perfuse_owner
+DB_APP_ROLE=perfuse_app
+
+# superuser_sql PORT DB: run the SQL on stdin as the cluster's superuser.
+superuser_sql() {
+  as_service "$(pg_bindir)/psql" -h 127.0.0.1 -p "$1" -U perfuse -d "$2" -v ON_ERROR_STOP=1 -qX >/dev/null
+}
+
+# ensure_db_roles PORT DB [createdb]: create (once) the owner and application roles and give the
+# owner DB. createdb: the owner may create databases (pytest-django creates the test database).
+ensure_db_roles() {
+  local port="$1" db="$2" createdb=NOCREATEDB
+  [ "${3:-}" = createdb ] && createdb=CREATEDB
+  superuser_sql "$port" "$db" <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_OWNER_ROLE') THEN CREATE ROLE $DB_OWNER_ROLE LOGIN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_APP_ROLE') THEN CREATE ROLE $DB_APP_ROLE LOGIN; END IF;
+END \$\$;
+ALTER ROLE $DB_OWNER_ROLE NOSUPERUSER NOCREATEROLE $createdb NOREPLICATION NOBYPASSRLS;
+ALTER ROLE $DB_APP_ROLE NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS NOINHERIT;
+ALTER DATABASE $db OWNER TO $DB_OWNER_ROLE;
+SQL
+}
+
+# harden_db PORT DB: the owner owns every object and the application role gets its grants. Run
+# before migrate (a database first migrated as the superuser is handed to the owner) and after.
+harden_db() {
+  "$PY" "$ROOT/manage.py" audit_hardening_sql --app-role "$DB_APP_ROLE" --owner-role "$DB_OWNER_ROLE" \
+    | superuser_sql "$1" "$2"
+}
+
 stop_postgres() {
   local dir="$1"
   [ -f "$dir/postmaster.pid" ] && as_service "$(pg_bindir)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true

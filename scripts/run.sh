@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the demo. Starts (or reuses) project-owned PostgreSQL and Redis under .data/,
-# migrates, seeds a demo ward, then runs Daphne, the engine and the simulated fleet until Ctrl-C.
+# migrates (as the owner role), seeds a demo ward, then runs Daphne, the engine, the audit
+# checkpoint job and the simulated fleet (as the application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
 ensure_system_packages
@@ -33,11 +34,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.dev}"
 if [ -z "${DATABASE_URL:-}" ]; then
   PG_PORT="${PERFUSE_PG_PORT:-54329}"
   start_postgres "$DATA/pg" "$PG_PORT"
   OWN_PG=1
-  export DATABASE_URL="postgres://perfuse@127.0.0.1:$PG_PORT/perfuse"
+  # The application connects as perfuse_app; only `migrate` runs as the owner (docs/security.md).
+  ensure_db_roles "$PG_PORT" perfuse
+  harden_db "$PG_PORT" perfuse
+  DATABASE_OWNER_URL="postgres://$DB_OWNER_ROLE@127.0.0.1:$PG_PORT/perfuse"
+  export DATABASE_URL="postgres://$DB_APP_ROLE@127.0.0.1:$PG_PORT/perfuse"
 fi
 if [ -z "${REDIS_URL:-}" ]; then
   REDIS_PORT="${PERFUSE_REDIS_PORT:-63799}"
@@ -46,14 +52,18 @@ if [ -z "${REDIS_URL:-}" ]; then
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 fi
 
-export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.dev}"
 cd "$ROOT"
-"$PY" manage.py migrate --noinput >/dev/null
+# With your own DATABASE_URL, set DATABASE_OWNER_URL to migrate as another role than the app's.
+DATABASE_URL="${DATABASE_OWNER_URL:-$DATABASE_URL}" "$PY" manage.py migrate --noinput >/dev/null
+[ -n "${OWN_PG:-}" ] && harden_db "$PG_PORT" perfuse
 "$PY" manage.py seed_demo
 
 "$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" --access-log "$DATA/access.log" config.asgi:application &
 PIDS+=($!)
 "$PY" manage.py run_engine &
+PIDS+=($!)
+# Signs and anchors the audit chain head every minute (PERFUSE_AUDIT_ANCHOR: .data/audit-anchor.log).
+"$PY" manage.py audit_checkpoint --every 60 &
 PIDS+=($!)
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: install what is missing, start throwaway PostgreSQL + Redis (+ the TimescaleDB
-# test server) unless DATABASE_URL / REDIS_URL / TIMESCALE_TEST_URL point at existing ones,
-# then run the whole suite. Extra arguments go to pytest.
+# test server) unless DATABASE_URL / REDIS_URL / TIMESCALE_TEST_URL point at existing ones
+# (with your own DATABASE_URL — the application role — also set DATABASE_OWNER_URL, a role that
+# may create databases, and DATABASE_SUPERUSER_URL), then run the whole suite. Extra arguments
+# go to pytest.
 source "$(dirname "$0")/lib.sh"
 
 ensure_system_packages chromium nodejs
@@ -24,7 +26,12 @@ if [ -z "${DATABASE_URL:-}" ]; then
   PG_PORT="$(free_port)"
   PG_FSYNC=off start_postgres "$TMP/pg" "$PG_PORT"
   OWN_PG=1
-  export DATABASE_URL="postgres://perfuse@127.0.0.1:$PG_PORT/perfuse"
+  # The suite runs as the application role; pytest-django creates and migrates the test
+  # database as the owner (tests/conftest.py); a few tests need the superuser itself.
+  ensure_db_roles "$PG_PORT" perfuse createdb
+  export DATABASE_URL="postgres://$DB_APP_ROLE@127.0.0.1:$PG_PORT/perfuse"
+  export DATABASE_OWNER_URL="postgres://$DB_OWNER_ROLE@127.0.0.1:$PG_PORT/perfuse"
+  export DATABASE_SUPERUSER_URL="postgres://perfuse@127.0.0.1:$PG_PORT/perfuse"
 fi
 if [ -z "${REDIS_URL:-}" ]; then
   REDIS_PORT="$(free_port)"

@@ -1,6 +1,11 @@
 """DDL for the readings store: a TimescaleDB hypertable when the extension exists, daily range
 partitions on plain PostgreSQL. Called from migrations; the engine keeps the partitions.
 
+Partitions are created by `telemetry_partition_ensure`, a SECURITY DEFINER function owned by the
+role that migrates: attaching a partition takes ownership of the parent table, which the
+application's role must not have (it owns nothing, audit/hardening.py), so the engine calls the
+function and may create exactly this — a day's partition of telemetry_reading — and nothing else.
+
 The idempotency key (device, metric, seq, sample_time) is the primary key, ordered
 (device_id, metric, sample_time, seq) so the same index also serves per-device time ranges.
 TimescaleDB requires every unique index to contain the time column; ours does.
@@ -80,26 +85,38 @@ def partition_name(day: dt.date) -> str:
     return f"telemetry_reading_p{day:%Y%m%d}"
 
 
+PARTITION_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION telemetry_partition_ensure(parent text, day date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  name text := parent || '_p' || to_char(day, 'YYYYMMDD');
+  lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+  hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+BEGIN
+  IF parent <> 'telemetry_reading' THEN
+    RAISE EXCEPTION 'telemetry_partition_ensure: % is not the partitioned readings table', parent;
+  END IF;
+  IF to_regclass(format('public.%I', name)) IS NOT NULL THEN
+    RETURN false;
+  END IF;
+  EXECUTE format('CREATE TABLE public.%I (LIKE public.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name, parent);
+  EXECUTE format('WITH moved AS (DELETE FROM public.%I WHERE sample_time >= $1 AND sample_time < $2 RETURNING *) '
+                 'INSERT INTO public.%I SELECT * FROM moved', parent || '_default', name) USING lo, hi;
+  EXECUTE format('ALTER TABLE public.%I ATTACH PARTITION public.%I FOR VALUES FROM (%L) TO (%L)', parent, name, lo, hi);
+  RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION telemetry_partition_ensure(text, date) FROM PUBLIC;
+"""
+
+
 def ensure_partition(cursor: Any, table: str, day: dt.date) -> bool:
     """Create the daily partition of `table` for `day` if missing; return True if created.
 
     Rows that landed in the default partition for that day (late data while the partition did
     not exist) are moved into the new partition before it is attached, so creation never fails.
     """
-    name = f"{table}_p{day:%Y%m%d}"
-    cursor.execute("SELECT to_regclass(%s)", [name])
-    if cursor.fetchone()[0] is not None:
-        return False
-    lo = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    hi = lo + dt.timedelta(days=1)
-    cursor.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-    cursor.execute(
-        f"WITH moved AS (DELETE FROM {table}_default WHERE sample_time >= %s AND sample_time < %s RETURNING *) "
-        f"INSERT INTO {name} SELECT * FROM moved",
-        [lo, hi],
-    )
-    cursor.execute(f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [lo, hi])
-    return True
+    cursor.execute("SELECT telemetry_partition_ensure(%s, %s)", [table, day])
+    return bool(cursor.fetchone()[0])
 
 
 def ensure_partitions(
@@ -156,6 +173,7 @@ def create_reading_storage(cursor: Any, *, today: dt.date) -> str:
     else:
         cursor.execute(f"CREATE TABLE telemetry_reading ({READING_COLUMNS}) PARTITION BY RANGE (sample_time)")
         cursor.execute("CREATE TABLE telemetry_reading_default PARTITION OF telemetry_reading DEFAULT")
+        cursor.execute(PARTITION_FUNCTION_SQL)
         ensure_partitions(cursor, today=today)
         backend = "postgresql"
     cursor.execute("CREATE INDEX telemetry_reading_patient_time ON telemetry_reading (patient_id, metric, sample_time)")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,30 +16,72 @@ import redis
 from django.conf import settings
 from django.db.backends.postgresql.operations import DatabaseOperations
 
+from audit.hardening import AUDIT_TABLES, grants_sql
 from telemetry import db as telemetry_db
+from tests import db_roles
 
 _original_sql_flush = DatabaseOperations.sql_flush
 
 
 def _flush_with_audit(self: DatabaseOperations, style: Any, tables: Any, **kwargs: Any) -> list[str]:
-    # Transactional tests empty every table between tests. The audit table refuses TRUNCATE by
-    # trigger; the test role is a superuser, which may run the flush in replica mode (triggers
-    # off) — the very power PITFALLS.md warns production roles must not have.
+    # Transactional tests empty every table between tests. The audit tables refuse TRUNCATE by
+    # trigger; their owner switches the triggers off for the flush — the very power the external
+    # anchor exists to catch in production (docs/security.md).
     statements = _original_sql_flush(self, style, tables, **kwargs)
     if not statements:
         return statements
     return [
-        "SET LOCAL session_replication_role = replica",
+        *(f"ALTER TABLE {table} DISABLE TRIGGER USER" for table in AUDIT_TABLES),
         *statements,
         "TRUNCATE telemetry_reading, telemetry_ingest_log",
         # The rollup tables exist on plain PostgreSQL only (migration 0003); Django does not know them.
         "DO $$ BEGIN IF to_regclass('telemetry_rollup_1m') IS NOT NULL THEN "
         "TRUNCATE telemetry_rollup_1m, telemetry_rollup_1h; END IF; END $$",
-        "SET LOCAL session_replication_role = origin",
+        *(f"ALTER TABLE {table} ENABLE TRIGGER USER" for table in AUDIT_TABLES),
     ]
 
 
+def _flush_as_owner(self: DatabaseOperations, sql_list: list[str]) -> None:
+    # The application role the suite runs as may not TRUNCATE, nor touch a trigger: the owner does.
+    with psycopg.connect(**db_roles.conninfo(db_roles.OWNER)) as conn, conn.cursor() as cursor:
+        for sql in sql_list:
+            cursor.execute(sql)
+
+
 DatabaseOperations.sql_flush = _flush_with_audit  # type: ignore[method-assign]
+DatabaseOperations.execute_sql_flush = _flush_as_owner  # type: ignore[method-assign]
+
+
+def _connect_as(env: str) -> None:
+    from django.db import connection
+
+    connection.close()
+    settings.DATABASES["default"].update(db_roles.role(env))
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings: None) -> None:
+    """pytest-django creates and migrates the test database as the owner role, as a deployment
+    migrates; the tests then run as the application role (django_db_setup below)."""
+    _connect_as(db_roles.OWNER)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    from django.db import connection
+
+    app, owner = db_roles.role(db_roles.APP)["USER"], db_roles.role(db_roles.OWNER)["USER"]
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(grants_sql(app_role=app, owner_role=owner))
+    _connect_as(db_roles.APP)
+    yield
+    _connect_as(db_roles.OWNER)  # who drops the test database
+
+
+@pytest.fixture(autouse=True)
+def _audit_anchor(settings: Any, tmp_path: Path) -> None:
+    """Each test anchors the audit chain in a file of its own."""
+    settings.PERFUSE_AUDIT_ANCHOR = (tmp_path / "audit-anchor.log").as_uri()
 
 
 @pytest.fixture(autouse=True)
@@ -147,5 +190,5 @@ def _drop_stray_connections(django_db_setup: Any, django_db_blocker: Any) -> Ite
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND usename = current_user AND pid <> pg_backend_pid()"
         )

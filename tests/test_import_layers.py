@@ -34,6 +34,7 @@ LAYERS: dict[str, float] = {
     "audit.chain": 1,
     "audit.trail": 1,
     "audit.checkpoints": 1,
+    "audit.anchor": 1,
     "audit.services": 1,
     "audit.hardening": 1,
     # 2: telemetry core (registry, ingest, storage, engine, selectors, simulator).

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import re
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from audit.trail import SYSTEM, audit_record
 from config import metrics, ops
 from telemetry import selectors as telemetry_selectors
 from telemetry.engine import engine_batch
-from tests import factories
+from tests import db_roles, factories
 
 # ---- a strict reader of the Prometheus text format (0.0.4) -----------------------------------
 
@@ -170,12 +172,22 @@ def test_readyz_503_with_an_unapplied_migration():
     assert response.json()["checks"]["migrations"] == "unapplied migrations"
 
 
+@contextlib.contextmanager
+def _table_renamed(table: str) -> Iterator[None]:
+    """The table gone for a while: only its owner may rename it (the suite runs as the
+    application role), and the rename commits, so it is undone on the way out."""
+    db_roles.owner_sql(f"ALTER TABLE {table} RENAME TO {table}_gone", triggers_off=False)
+    try:
+        yield
+    finally:
+        db_roles.owner_sql(f"ALTER TABLE {table}_gone RENAME TO {table}", triggers_off=False)
+
+
 @pytest.mark.django_db
 @pytest.mark.usefixtures("fresh_migration_check")
 def test_readyz_503_without_the_readings_table():
-    with connection.cursor() as cursor:  # rolled back with the test's transaction
-        cursor.execute("ALTER TABLE telemetry_reading RENAME TO telemetry_reading_gone")
-    response = Client().get("/readyz")
+    with _table_renamed("telemetry_reading"):
+        response = Client().get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["database"] == "telemetry_reading missing"
     assert response.json()["checks"]["migrations"] == "not checked"
@@ -328,9 +340,8 @@ def test_metrics_active_alarms_by_priority():
 
 @pytest.mark.django_db
 def test_metrics_survive_a_missing_table():
-    with connection.cursor() as cursor:  # rolled back with the test's transaction
-        cursor.execute("ALTER TABLE telemetry_ingest_log RENAME TO telemetry_ingest_log_gone")
-    series, _ = scrape()
+    with _table_renamed("telemetry_ingest_log"):
+        series, _ = scrape()
     assert value(series, "perfuse_database_up") == 1
     assert ("perfuse_engine_lag_seconds", frozenset()) not in series
     assert ("perfuse_audit_events", frozenset()) in series

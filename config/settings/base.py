@@ -172,6 +172,13 @@ OTP_TOTP_ISSUER = "Perfuse"
 # and live outside the database, so whoever can rewrite the audit table cannot re-sign it.
 PERFUSE_AUDIT_CHECKPOINT_KEY = envstr("PERFUSE_AUDIT_CHECKPOINT_KEY", "")
 PERFUSE_AUDIT_CHECKPOINT_EVERY = envint("PERFUSE_AUDIT_CHECKPOINT_EVERY", 100)
+# Every checkpoint is also appended here, outside the database (audit/anchor.py): a URL such as
+# file:///var/lib/perfuse-anchor/audit-anchor.log on storage the database's users cannot
+# rewrite. Empty: not anchored (a deploy check refuses that).
+PERFUSE_AUDIT_ANCHOR = envstr("PERFUSE_AUDIT_ANCHOR", "")
+# audit_verify fails when events have gone this many seconds without an anchored checkpoint
+# (the checkpoint job stopped, or the anchor cannot be written). 0: not checked.
+PERFUSE_AUDIT_CHECKPOINT_MAX_AGE = envint("PERFUSE_AUDIT_CHECKPOINT_MAX_AGE", 900)
 # Break-glass grants last at most this long; a new need is a new grant with a new purpose.
 PERFUSE_BREAK_GLASS_MAX_MINUTES = envint("PERFUSE_BREAK_GLASS_MAX_MINUTES", 240)
 # Login brute-force protection (audit/access/lockout.py): after THRESHOLD charged attempts an account

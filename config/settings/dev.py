@@ -3,6 +3,7 @@
 from config.env import envstr
 
 from .base import *  # noqa: F403
+from .base import BASE_DIR
 
 DEBUG = False  # the demo behaves like production pages
 # `manage.py demo_totp USER` prints the current code of a demo user (never in production).
@@ -11,3 +12,5 @@ SECRET_KEY = envstr("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-01234567
 PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
     "PERFUSE_AUDIT_CHECKPOINT_KEY", "dev-only-audit-checkpoint-key-not-secret-0123456789"
 )
+# `make run` anchors the audit chain in a file next to its database (docs/security.md).
+PERFUSE_AUDIT_ANCHOR = envstr("PERFUSE_AUDIT_ANCHOR", (BASE_DIR / ".data" / "audit-anchor.log").as_uri())

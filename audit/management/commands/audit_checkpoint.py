@@ -1,20 +1,50 @@
-"""`manage.py audit_checkpoint`: sign the current chain head now (run from cron, e.g. every
-minute, so that at most that much trailing history could be removed undetected)."""
+"""`manage.py audit_checkpoint [--every SECONDS]`: sign the current chain head and anchor it
+outside the database — once (from cron, e.g. every minute), or every SECONDS until SIGTERM
+(`make run`). At most that much trailing history could be removed before it is anchored, and
+audit_verify fails once events wait longer than PERFUSE_AUDIT_CHECKPOINT_MAX_AGE."""
 
 from __future__ import annotations
 
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import DatabaseError, close_old_connections
 
 from audit.services import audit_checkpoint
 
 
 class Command(BaseCommand):
-    help = "Write a signed checkpoint of the audit chain head."
+    help = "Write a signed, anchored checkpoint of the audit chain head (once, or every --every seconds)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--every", type=float, default=0.0, help="repeat every SECONDS until SIGTERM")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["every"]:
+            self._checkpoint()
+            return
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        while not stop.is_set():
+            close_old_connections()
+            try:
+                self._checkpoint(quiet=options["verbosity"] < 2)
+            except DatabaseError as exc:  # a database restart must not end the job
+                self.stderr.write(f"audit checkpoint failed, retrying: {exc}")
+            stop.wait(options["every"])
+
+    def _checkpoint(self, *, quiet: bool = False) -> None:
         cp = audit_checkpoint()
+        if quiet:
+            return
         if cp is None:
             self.stdout.write("audit trail is empty; nothing to sign")
         else:

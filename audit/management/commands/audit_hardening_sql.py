@@ -1,5 +1,6 @@
-"""`manage.py audit_hardening_sql --app-role ROLE --owner-role ROLE`: print the SQL that makes the
-application role INSERT-only on the audit tables (run it with psql as a superuser)."""
+"""`manage.py audit_hardening_sql --app-role ROLE --owner-role ROLE`: print the SQL that gives the
+owner role every object and the application role its grants, INSERT-only on the audit tables
+(audit/hardening.py). Run it with psql as a superuser after each migrate (scripts/run.sh does)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from audit.hardening import hardening_sql
 
 
 class Command(BaseCommand):
-    help = "Print SQL that leaves the application role only SELECT and INSERT on the audit tables."
+    help = (
+        "Print SQL: the owner role owns everything, the application role may only SELECT and INSERT the audit tables."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--app-role", required=True)
