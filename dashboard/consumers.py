@@ -30,6 +30,7 @@ from django.db import transaction
 from audit.access.asgi import current_user
 from audit.access.policy import actor_from_scope, patient_access, patient_access_audited, patients_visible_to, ward_read
 from audit.access.refusals import refusal_audit
+from audit.trail import audit_record
 from config.consumers import LiveConsumer
 from config.live import patient_group, ward_group
 from config.refusal import Refusal
@@ -212,7 +213,17 @@ class WardLiveConsumer(BufferedLiveConsumer):
         if user is None:
             return False
         patients = list(patients_visible_to(user).select_related("ward"))
-        if {p.pseudonym for p in patients} != self.visible:
+        visible = {p.pseudonym for p in patients}
+        if visible != self.visible:
+            gained = sorted(visible - self.visible)
+            if gained:
+                # The feed now streams patients the subscription's audit event did not list: a
+                # read of their data like any other, so it is audited too.
+                audit_record(
+                    actor=actor_from_scope(self.scope),
+                    action="ward.live.patients_added",
+                    detail={"reason": "visible", "patients": gained},
+                )
             self._set_patients(patients)
             self._membership_changed = True
         return True

@@ -233,6 +233,21 @@ async def test_ward_socket_snapshot_then_tissue_o2_deltas_of_visible_patients():
     await comm.disconnect()
 
 
+async def test_ward_socket_audits_a_patient_it_gains(settings):
+    settings.PERFUSE_LIVE_REJOIN_SECONDS = 0.1
+    data = await setup()
+    headers = await sync_to_async(data["clinician"].ws_headers)()
+    comm = await _open("/ws/ward/live", headers)
+    await _frame(comm)
+    await sync_to_async(patient)("p-two", data["ward_a"])  # admitted while the overview is open
+    resync = await _frame(comm)
+    assert resync["type"] == "resync" and resync["reason"] == "membership"
+    [event] = await sync_to_async(audit_events)("ward.live.patients_added")
+    assert event.outcome == "allowed" and event.detail["patients"] == ["p-two"]
+    assert event.actor_username == data["clinician"].user.username
+    await comm.disconnect()
+
+
 async def test_ward_socket_refuses_unverified():
     data = await setup()
     headers = await sync_to_async(data["clinician"].ws_headers)(verified=False)
