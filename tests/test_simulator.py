@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import json
 import random
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 
+from alerts.evaluation import ConditionEvent, PatientEvaluator, RuleParams, Sample
+from alerts.models import RULE_DEFAULTS
+from alerts.vocabulary import Kind
 from config.asgi import application
 from telemetry import simulator
 from telemetry.models import Annotation, Assignment, DeviceKey, Ward
@@ -40,6 +47,95 @@ def test_episode_shape_falls_holds_and_recovers():
     depths = [episode.depth(t) for t in range(90, 211, 5)]
     assert depths[0] == 0 and depths[-1] == 0
     assert max(depths) == 1.0 and depths.index(1.0) > 2
+
+
+T0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC).timestamp()
+
+
+def _run(signal: simulator.PatientSignal, *, seconds: int, hz: float) -> Iterator[tuple[float, float, Sample | None]]:
+    """(time, physiological value, the sample or None) of `seconds` of signal from T0."""
+    for i in range(int(seconds * hz)):
+        t = T0 + i / hz
+        sample = signal.sample(t)
+        at = dt.datetime.fromtimestamp(t, dt.UTC)
+        yield t, signal.true_value, None if sample is None else Sample(at, sample[0], sample[1], seq=i)
+
+
+def _evaluated(signal: simulator.PatientSignal, *, seconds: int, hz: float) -> tuple[list[float], list[ConditionEvent]]:
+    """The physiological values (one per sample time) and the conditions the shipped defaults raise."""
+    evaluator = PatientEvaluator(RuleParams.from_values(RULE_DEFAULTS))
+    truth: list[float] = []
+    events: list[ConditionEvent] = []
+    for _, value, sample in _run(signal, seconds=seconds, hz=hz):
+        truth.append(value)
+        if sample is not None:
+            events += evaluator.feed([sample])
+    return truth, events
+
+
+def test_episodes_fall_at_the_pace_of_tissue_oxygen_and_only_designed_ones_raise_a_rapid_fall():
+    # Tissue O2 changes over minutes: outside the rare acute-ischaemia (`rapid`) episodes, no 20 s
+    # of a simulated day falls as fast as the shipped rapid-fall rule (15 points in 60 s), and
+    # the only rapid-fall alarms are those of the designed episodes (docs/simulator.md).
+    hz = 0.5
+    step = int(20 * hz)  # samples in 20 s
+    limit = 20 * float(RULE_DEFAULTS["rapid_fall_drop"]) / float(RULE_DEFAULTS["rapid_fall_window_s"])
+    steepest, rapid_episodes, rapid_alarms = 0.0, 0, 0
+    for patient in range(4):  # four patient-days; these seeds give a rapid episode among them
+        signal = simulator.PatientSignal(random.Random(300 + patient))
+        truth, events = _evaluated(signal, seconds=86400, hz=hz)
+        rapid = [e for e in signal.episodes if e.kind == "rapid"]
+        for i in range(step, len(truth)):
+            t = T0 + i / hz
+            if not any(e.start <= t <= e.end for e in rapid):
+                steepest = max(steepest, truth[i - step] - truth[i])
+        raised = [e for e in events if e.kind == Kind.RAPID_FALL and e.change == "raised"]
+        assert all(any(r.start <= e.onset.timestamp() <= r.end for r in rapid) for e in raised)
+        rapid_episodes += len(rapid)
+        rapid_alarms += len(raised)
+    assert 0 < steepest < limit
+    assert rapid_episodes > 0 and rapid_alarms == rapid_episodes  # each designed one is caught
+
+
+def test_critical_episodes_occur_at_the_documented_rate():
+    kinds = {k.name: k for k in simulator.EPISODE_KINDS}
+    assert kinds["critical"].per_day == 0.5  # docs/simulator.md: one every two patient-days
+    assert max(kinds["critical"].floor) < float(RULE_DEFAULTS["critical_threshold"])
+    episodes: list[simulator.Episode] = []
+    for patient in range(8):  # a week of the demo ward
+        signal = simulator.PatientSignal(random.Random(1000 + patient))
+        for _ in _run(signal, seconds=7 * 86400, hz=0.1):
+            pass
+        assert all(a.end <= b.start for a, b in itertools.pairwise(signal.episodes))  # one at a time
+        episodes += signal.episodes
+    critical = [e for e in episodes if e.kind == "critical"]
+    expected = kinds["critical"].per_day * 8 * 7  # 28; a Poisson count, so within three sigma
+    assert abs(len(critical) - expected) < 3 * expected**0.5
+    assert all(e.floor < float(RULE_DEFAULTS["critical_threshold"]) for e in critical)
+
+
+def test_the_demo_showcase_raises_low_then_critical_within_minutes():
+    signal = simulator.PatientSignal(
+        random.Random(5), simulator.SignalConfig(showcase_after_s=simulator.DEMO_SHOWCASE_S)
+    )
+    _, events = _evaluated(signal, seconds=1800, hz=1)
+    raised = {e.kind: e.at.timestamp() - T0 for e in events if e.change == "raised"}
+    assert Kind.RAPID_FALL not in raised  # a paced fall, however deep
+    assert raised[Kind.LOW] < raised[Kind.CRITICAL_LOW] < 11 * 60
+    assert {e.kind for e in events if e.change == "cleared"} >= {Kind.LOW, Kind.CRITICAL_LOW}  # and it recovers
+
+
+def test_only_the_first_worn_device_plays_the_showcase():
+    key = Ed25519PrivateKey.generate()
+    fleet = [
+        simulator.FleetDevice("spare", "k0", key, None),
+        simulator.FleetDevice("worn-1", "k1", key, "bed-01"),
+        simulator.FleetDevice("worn-2", "k2", key, "bed-02"),
+    ]
+    config = simulator.SignalConfig()
+    shown = simulator.device_signals(fleet, config, showcase_after_s=60.0)
+    assert [s.showcase_after_s for s in shown] == [None, 60.0, None]
+    assert simulator.device_signals(fleet, config, showcase_after_s=None) == [config] * 3
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,32 +1,38 @@
 """The demo and test fleet simulator (`manage.py simulate_fleet`, tests, benchmarks): not part of
 the production telemetry path, which never imports it. signals.py models a patient's tissue-O2
-signal; fleet.py provisions devices through the registry services and plays their gateways
-against the real ingest API."""
+signal (its sources and alarm rate: docs/simulator.md); fleet.py provisions devices through the
+registry services and plays their gateways against the real ingest API."""
 
 from telemetry.simulator.fleet import (
     DEMO_FLEET,
+    DEMO_SHOWCASE_S,
     DEMO_WARD,
     INGEST_PATH,
     FleetDevice,
     GatewayConfig,
     Stats,
     device_ids,
+    device_signals,
     provision_fleet,
     run_fleet,
 )
-from telemetry.simulator.signals import Episode, PatientSignal, SignalConfig
+from telemetry.simulator.signals import EPISODE_KINDS, Episode, EpisodeKind, PatientSignal, SignalConfig
 
 __all__ = [
     "DEMO_FLEET",
+    "DEMO_SHOWCASE_S",
     "DEMO_WARD",
+    "EPISODE_KINDS",
     "INGEST_PATH",
     "Episode",
+    "EpisodeKind",
     "FleetDevice",
     "GatewayConfig",
     "PatientSignal",
     "SignalConfig",
     "Stats",
     "device_ids",
+    "device_signals",
     "provision_fleet",
     "run_fleet",
 ]

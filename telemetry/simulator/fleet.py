@@ -4,12 +4,15 @@ How it works. Provisioning is synchronous and idempotent: the ward, the devices 
 per device are created through the registry services, and each device's private key is kept in a
 local JSON keyfile so a second run reuses it (a lost, unknown or revoked key is replaced by a newly
 provisioned one). Then one asyncio task per device plays a gateway: every `batch_seconds` it samples
-its patient's tissue-O2 signal (drifting baseline, noise, motion artifacts with low signal quality,
-desaturation episodes, dropouts) plus occasional skin temperature and battery readings, queues the
-batch, and flushes its queue through one shared keep-alive httpx client. Gateways misbehave the way
-real ones do: a lost acknowledgement makes them retransmit, batches overtake each other, a gateway
-goes offline for minutes and then flushes everything late, firmware and calibration change. A 429 or
-503 is honoured (Retry-After) and the batch is sent again; nothing is dropped.
+its patient's tissue-O2 signal (signals.py: drifting baseline, noise, desaturation episodes paced
+as tissue O2 changes, artefacts with low signal quality, dropouts) plus occasional skin
+temperature and battery readings, queues the batch, and flushes its queue through one shared
+keep-alive httpx client. Gateways misbehave the way real ones do: a lost acknowledgement makes them
+retransmit, batches overtake each other, a gateway goes offline for minutes and then flushes
+everything late, firmware and calibration change. A 429 or 503 is honoured (Retry-After) and the
+batch is sent again; nothing is dropped. With `--demo` the first worn device also plays a scripted
+critically low desaturation shortly after the start, so the console sounds a high-priority alarm
+within minutes (DEMO_SHOWCASE_S; docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,6 +46,9 @@ DEMO_WARD = "icu-demo"
 # The `make run` fleet: (ward, worn devices, spare devices). A second ward shows ward scoping; the
 # spare device shows unassigned readings to device administrators.
 DEMO_FLEET = [(DEMO_WARD, 8, 1), ("ward-b", 3, 0)]
+# The demo's scripted critical desaturation begins this long after the fleet starts: its low alarm
+# is raised 5-8 minutes after the start, the high-priority one a minute or so after that.
+DEMO_SHOWCASE_S = 60.0
 
 
 # --- provisioning ------------------------------------------------------------------------------
@@ -124,8 +130,10 @@ class GatewayConfig:
     batch_seconds: float = 1.0
     retransmit: float = 0.02  # acknowledgement lost: the same batch is sent again
     reorder: float = 0.02  # a batch overtakes the one before it
-    offline_rate: float = 0.5  # per device-hour
-    offline_seconds: tuple[float, float] = (60.0, 300.0)
+    # About once a device-day a gateway loses its network for half a minute to five minutes (two
+    # thirds of them outlast the no-data delay); docs/simulator.md.
+    offline_rate: float = 1 / 24  # per device-hour
+    offline_seconds: tuple[float, float] = (30.0, 300.0)
     firmware_rate: float = 0.1  # per device-hour
     calibration_rate: float = 0.2  # per device-hour
     temperature_every: float = 30.0
@@ -326,6 +334,17 @@ class Gateway:
             await self.flush(client, time.time(), final=True)
 
 
+def device_signals(
+    fleet: list[FleetDevice], signal: SignalConfig, *, showcase_after_s: float | None
+) -> list[SignalConfig]:
+    """Each device's signal model: the first worn device alone plays the scripted episode (one
+    high-priority alarm to see and hear, not one per bed)."""
+    first = next((i for i, d in enumerate(fleet) if d.pseudonym is not None), None)
+    if showcase_after_s is None or first is None:
+        return [signal] * len(fleet)
+    return [replace(signal, showcase_after_s=showcase_after_s) if i == first else signal for i in range(len(fleet))]
+
+
 def _retry_after(response: httpx.Response) -> float:
     try:
         return max(0.0, min(60.0, float(response.headers.get("Retry-After", "1"))))
@@ -347,13 +366,15 @@ async def run_fleet(
     stop: asyncio.Event | None = None,
     on_tick: Callable[[Stats], None] | None = None,
     drain_seconds: float = 30.0,
+    showcase_after_s: float | None = None,
 ) -> Stats:
     stats = Stats()
     stop = stop or asyncio.Event()
     gateway = gateway or GatewayConfig()
+    signals = device_signals(fleet, signal or SignalConfig(), showcase_after_s=showcase_after_s)
     gateways = [
-        Gateway(d, hz=hz, config=gateway, signal=signal or SignalConfig(), seed=seed * 7919 + i, stats=stats)
-        for i, d in enumerate(fleet)
+        Gateway(d, hz=hz, config=gateway, signal=s, seed=seed * 7919 + i, stats=stats)
+        for i, (d, s) in enumerate(zip(fleet, signals, strict=True))
     ]
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0, transport=transport) as client:

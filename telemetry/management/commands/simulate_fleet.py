@@ -79,4 +79,6 @@ class Command(BaseCommand):
             progress=None if options["quiet"] else sys.stderr,
             stop=stop,
             drain_seconds=options["drain"],
+            # The demo scripts one critically low desaturation so that `make run` is heard early.
+            showcase_after_s=simulator.DEMO_SHOWCASE_S if options["demo"] else None,
         )
