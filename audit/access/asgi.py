@@ -68,7 +68,7 @@ def current_user(scope: dict[str, Any]) -> Any | None:
     return fresh
 
 
-class SessionGuardMiddleware(BaseMiddleware):
+class SessionGuardMiddleware(BaseMiddleware):  # type: ignore[misc]  # channels ships no type hints: its base is Any
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         user = await database_sync_to_async(_guard_user)(scope)
         return await super().__call__({**scope, "user": user}, receive, send)
