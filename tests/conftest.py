@@ -1,4 +1,10 @@
-"""Shared fixtures. Tests use the real PostgreSQL and Redis started by `make test`."""
+"""Shared fixtures. Tests use the real PostgreSQL and Redis started by `make test`.
+
+Personas: one staff user per role, with a confirmed TOTP device (tests/personas.py), for tests
+that need "a clinician of ward A" rather than a particular account. Ward A is `icu-a`, ward B
+`icu-b`; `personas.verified_client(user)` signs one in. Tests whose usernames matter (a login by
+name, a name asserted in the audit trail) create their own users with `personas.staff`.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,13 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db.backends.postgresql.operations import DatabaseOperations
 
+from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL
 from telemetry import db as telemetry_db
+from telemetry.models import Ward
+from tests import factories, personas
 
 _original_sql_flush = DatabaseOperations.sql_flush
 
@@ -48,6 +58,63 @@ def _isolated_redis() -> Iterator[None]:
     client.flushdb()
     yield
     client.close()
+
+
+# ---- personas ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ward_a(db: None) -> Ward:
+    """The ward of the ward personas."""
+    return factories.ward("icu-a")
+
+
+@pytest.fixture
+def ward_b(db: None) -> Ward:
+    """Another ward, of the other-ward personas."""
+    return factories.ward("icu-b")
+
+
+@pytest.fixture
+def ward_clinician(ward_a: Ward) -> User:
+    """A clinician of ward A."""
+    return personas.staff("ward-clinician", CLINICIAN, [ward_a.code])
+
+
+@pytest.fixture
+def other_ward_clinician(ward_b: Ward) -> User:
+    """A clinician of ward B, none of ward A."""
+    return personas.staff("other-ward-clinician", CLINICIAN, [ward_b.code])
+
+
+@pytest.fixture
+def oncall_nurse(ward_a: Ward) -> User:
+    """On-call staff of ward A."""
+    return personas.staff("oncall-nurse", ONCALL, [ward_a.code])
+
+
+@pytest.fixture
+def other_ward_nurse(ward_b: Ward) -> User:
+    """On-call staff of ward B, none of ward A."""
+    return personas.staff("other-ward-nurse", ONCALL, [ward_b.code])
+
+
+@pytest.fixture
+def compliance_officer(db: None) -> User:
+    """A compliance officer: the audit trail, no ward."""
+    return personas.staff("compliance-officer", COMPLIANCE)
+
+
+@pytest.fixture
+def device_admin(db: None) -> User:
+    """A device administrator: devices, no ward."""
+    return personas.staff("device-admin", DEVICE_ADMIN)
+
+
+@pytest.fixture
+def admin(db: None) -> User:
+    """An administrator: every ward's alarm rules and staff."""
+    return personas.staff("admin", ADMIN)
 
 
 @pytest.fixture
