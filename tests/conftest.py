@@ -75,46 +75,24 @@ def ward_b(db: None) -> Ward:
     return factories.ward("icu-b")
 
 
-@pytest.fixture
-def ward_clinician(ward_a: Ward) -> User:
-    """A clinician of ward A."""
-    return personas.staff("ward-clinician", CLINICIAN, [ward_a.code])
+def _persona(username: str, role: str, ward: str | None, doc: str) -> Any:
+    """A fixture: the staff user `username` in `role`, of the ward of fixture `ward` (if any)."""
+
+    def persona(request: pytest.FixtureRequest, db: None) -> User:
+        wards = [request.getfixturevalue(ward).code] if ward else []
+        return personas.staff(username, role, wards)
+
+    persona.__doc__ = doc
+    return pytest.fixture(persona)
 
 
-@pytest.fixture
-def other_ward_clinician(ward_b: Ward) -> User:
-    """A clinician of ward B, none of ward A."""
-    return personas.staff("other-ward-clinician", CLINICIAN, [ward_b.code])
-
-
-@pytest.fixture
-def oncall_nurse(ward_a: Ward) -> User:
-    """On-call staff of ward A."""
-    return personas.staff("oncall-nurse", ONCALL, [ward_a.code])
-
-
-@pytest.fixture
-def other_ward_nurse(ward_b: Ward) -> User:
-    """On-call staff of ward B, none of ward A."""
-    return personas.staff("other-ward-nurse", ONCALL, [ward_b.code])
-
-
-@pytest.fixture
-def compliance_officer(db: None) -> User:
-    """A compliance officer: the audit trail, no ward."""
-    return personas.staff("compliance-officer", COMPLIANCE)
-
-
-@pytest.fixture
-def device_admin(db: None) -> User:
-    """A device administrator: devices, no ward."""
-    return personas.staff("device-admin", DEVICE_ADMIN)
-
-
-@pytest.fixture
-def admin(db: None) -> User:
-    """An administrator: every ward's alarm rules and staff."""
-    return personas.staff("admin", ADMIN)
+ward_clinician = _persona("ward-clinician", CLINICIAN, "ward_a", "A clinician of ward A.")
+other_ward_clinician = _persona("other-ward-clinician", CLINICIAN, "ward_b", "A clinician of ward B, none of ward A.")
+oncall_nurse = _persona("oncall-nurse", ONCALL, "ward_a", "On-call staff of ward A.")
+other_ward_nurse = _persona("other-ward-nurse", ONCALL, "ward_b", "On-call staff of ward B, none of ward A.")
+compliance_officer = _persona("compliance-officer", COMPLIANCE, None, "A compliance officer: the audit trail, no ward.")
+device_admin = _persona("device-admin", DEVICE_ADMIN, None, "A device administrator: devices, no ward.")
+admin = _persona("admin", ADMIN, None, "An administrator: every ward's alarm rules and staff.")
 
 
 @pytest.fixture
