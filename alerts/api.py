@@ -36,7 +36,8 @@ STATES = {
 LIST_LIMIT = 500
 
 
-class AlarmSerializer(serializers.Serializer):
+# Serializer[None]: these declare the OpenAPI schema and validate input; none serializes an instance.
+class AlarmSerializer(serializers.Serializer[None]):
     """Schema of one alarm (alerts.schemas.AlarmOut)."""
 
     id = serializers.IntegerField()
@@ -67,11 +68,11 @@ class AlarmSerializer(serializers.Serializer):
     chart_url = serializers.CharField()
 
 
-class AlarmListSerializer(serializers.Serializer):
+class AlarmListSerializer(serializers.Serializer[None]):
     alarms = AlarmSerializer(many=True)
 
 
-class TransitionSerializer(serializers.Serializer):
+class TransitionSerializer(serializers.Serializer[None]):
     cause = serializers.CharField()
     from_state = serializers.CharField()
     to_state = serializers.CharField()
@@ -79,7 +80,7 @@ class TransitionSerializer(serializers.Serializer):
     at = serializers.DateTimeField()
 
 
-class AlarmDetailSerializer(serializers.Serializer):
+class AlarmDetailSerializer(serializers.Serializer[None]):
     alarm = AlarmSerializer()
     explain = serializers.DictField(
         help_text="Why it fired: rule, thresholds, times, device provenance and the triggering samples. "
@@ -98,36 +99,36 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-class AcknowledgeIn(serializers.Serializer):
+class AcknowledgeIn(serializers.Serializer[None]):
     note = StrictCharField(max_length=500, allow_blank=True, required=False, default="")
 
 
-class DeclineIn(serializers.Serializer):
+class DeclineIn(serializers.Serializer[None]):
     reason = StrictCharField(max_length=300, allow_blank=True, required=False, default="")
 
 
-class PauseIn(serializers.Serializer):
+class PauseIn(serializers.Serializer[None]):
     patient = serializers.SlugField(max_length=40)
     seconds = serializers.IntegerField(min_value=1, max_value=86400)
     priority = serializers.ChoiceField(choices=Priority.values(), default=Priority.MEDIUM.value)
     reason = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
 
 
-class PauseOut(serializers.Serializer):
+class PauseOut(serializers.Serializer[None]):
     patient = serializers.CharField()
     until = serializers.DateTimeField()
     priority = serializers.CharField()
     by = serializers.CharField()
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[None]):
     error = serializers.DictField()
 
 
 ERRORS = {400: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
 
 
-def _input(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+def _input(serializer_class: type[serializers.Serializer[None]], request: Request) -> dict[str, Any]:
     if not isinstance(request.data, dict):
         raise ApiError("invalid", "A JSON object is expected.")
     s = serializer_class(data=request.data)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Protocol
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.db.models import Q
 from django.utils.module_loading import import_string
 
@@ -28,18 +29,18 @@ notify_log = logging.getLogger("perfuse.alarms.notify")
 
 
 class Notifier(Protocol):
-    def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None: ...
+    def notify(self, *, alarm: Alarm, recipients: list[User], text: str, now: dt.datetime) -> None: ...
 
 
 class InAppNotifier:
-    def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None:
+    def notify(self, *, alarm: Alarm, recipients: list[User], text: str, now: dt.datetime) -> None:
         for user in recipients:
             note = Notification.objects.create(recipient=user, alarm=alarm, created_at=now, text=text[:300])
             notification_publish(note=note)
 
 
 class LoggingNotifier:
-    def notify(self, *, alarm: Alarm, recipients: list[Any], text: str, now: dt.datetime) -> None:
+    def notify(self, *, alarm: Alarm, recipients: list[User], text: str, now: dt.datetime) -> None:
         notify_log.warning(
             "escalation alarm=%s level=%s recipients=%s text=%s",
             alarm.pk,
@@ -55,7 +56,7 @@ def configured() -> list[Notifier]:
     return [import_string(path)() for path in paths]
 
 
-def escalation_recipients(alarm: Alarm) -> list[Any]:
+def escalation_recipients(alarm: Alarm) -> list[User]:
     """Level 1: on-call staff of the alarm's ward, or every on-call user when none covers it (an
     escalation must reach someone). Level 2 adds administrators."""
     users = get_user_model().objects.filter(is_active=True)

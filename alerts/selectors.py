@@ -38,6 +38,7 @@ from audit.access.policy import (
 )
 from config.live import iso
 from config.refusal import Refusal
+from config.users import StaffUser
 from telemetry.models import Patient, Ward
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
@@ -68,7 +69,7 @@ class AlarmScope:
         return visible | Q(escalation_level__gte=1) if self.escalated_everywhere else visible
 
 
-def alarm_scope(user: Any) -> AlarmScope | None:
+def alarm_scope(user: StaffUser) -> AlarmScope | None:
     """None when the user may not use the alarm console at all."""
     if not (user_can(user, "acknowledge_alarms") or user_can(user, "edit_alarm_rules")):
         return None
@@ -78,7 +79,7 @@ def alarm_scope(user: Any) -> AlarmScope | None:
     return AlarmScope(role=role, wards=ward_scope(user), escalated_everywhere=role == ONCALL)
 
 
-def alarm_console(user: Any, *, action: str, subject: str = "") -> AlarmScope:
+def alarm_console(user: StaffUser, *, action: str, subject: str = "") -> AlarmScope:
     """The user's alarm scope, or the refusal of `action` (403 even without a session: the alarm
     API has always answered so)."""
     scope = alarm_scope(user)
@@ -89,7 +90,7 @@ def alarm_console(user: Any, *, action: str, subject: str = "") -> AlarmScope:
     return scope
 
 
-def alarm_access(user: Any, alarm: Alarm) -> AccessDecision:
+def alarm_access(user: StaffUser, alarm: Alarm) -> AccessDecision:
     scope = alarm_scope(user)
     if scope is None:
         return AccessDecision(False, refusal_reason(user))
@@ -103,7 +104,7 @@ def alarm_subject(alarm_id: int) -> str:
     return Alarm.objects.filter(pk=alarm_id).values_list("patient__pseudonym", flat=True).first() or ""
 
 
-def alarm_visible(user: Any, *, alarm_id: int, action: str) -> Alarm:
+def alarm_visible(user: StaffUser, *, alarm_id: int, action: str) -> Alarm:
     """The alarm, if the user may see it; else the refusal of `action` (404 for no such alarm)."""
     alarm = Alarm.objects.select_related(*_RELATED).filter(pk=alarm_id).first()
     subject = alarm.patient.pseudonym if alarm is not None else ""
@@ -131,7 +132,7 @@ def alarm_patient(scope: AlarmScope, *, pseudonym: str, action: str) -> Patient:
     return patient
 
 
-def alarms_visible_to(user: Any) -> QuerySet[Alarm]:
+def alarms_visible_to(user: StaffUser) -> QuerySet[Alarm]:
     scope = alarm_scope(user)
     base = Alarm.objects.select_related(*_RELATED)
     if scope is None:
@@ -170,7 +171,7 @@ class AlarmExplanation:
     values_shown: bool
 
 
-def alarm_explanation(*, user: Any, alarm: Alarm) -> AlarmExplanation:
+def alarm_explanation(*, user: StaffUser, alarm: Alarm) -> AlarmExplanation:
     """An alarm's explanation as `user` may see it. Seeing an alarm (escalated to on-call, or an
     administrator's all-ward console) is not reading the patient's telemetry: the triggering
     sample values and the signal-quality figures computed from them are kept for users whom

@@ -52,7 +52,7 @@ def revocation_applies(scope: dict[str, Any], event: Message) -> bool:
     return bool(target == getattr(scope.get("session"), "session_key", None))
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
+class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no type hints: its base is Any
     refused_code = CLOSE_FORBIDDEN
     user_id: int
 

@@ -7,7 +7,7 @@ thread hop under ASGI: `before` may answer in place of the view, `after` may ame
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -15,12 +15,16 @@ from django.http import HttpRequest, HttpResponse
 
 from config.api_errors import error_response
 
+# What Django hands a middleware: the next handler, a coroutine function when the middleware
+# runs async (the middleware tells which with asgiref's iscoroutinefunction, once).
+GetResponse = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
+
 
 class RequestGate:
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         self._async = iscoroutinefunction(get_response)
         if self._async:
@@ -30,11 +34,13 @@ class RequestGate:
         if self._async:
             return self.__acall__(request)
         answer = self.before(request)
-        return answer if answer is not None else self.after(request, self.get_response(request))
+        return answer if answer is not None else self.after(request, cast(HttpResponse, self.get_response(request)))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         answer = self.before(request)
-        return answer if answer is not None else self.after(request, await self.get_response(request))
+        if answer is not None:
+            return answer
+        return self.after(request, await cast(Awaitable[HttpResponse], self.get_response(request)))
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         return None

@@ -23,9 +23,9 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -37,6 +37,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from config import metrics
 from config.api_errors import error_body
+from config.middleware import GetResponse
 from config.net import request_address
 from telemetry.selectors import engine_lag, ingest_counts_last_minute, readings_table_present
 
@@ -288,15 +289,15 @@ class OpsEndpointsMiddleware:
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
-            return self.__acall__(request)  # type: ignore[return-value]
+            return self.__acall__(request)
         view = OPS_VIEWS.get(request.path_info)
         return view(request) if view is not None else self.get_response(request)
 
@@ -304,4 +305,5 @@ class OpsEndpointsMiddleware:
         view = OPS_VIEWS.get(request.path_info)
         if view is not None:
             return await sync_to_async(view)(request)
-        return await self.get_response(request)  # type: ignore[misc]
+        # `_async`: Django handed this middleware a coroutine function.
+        return await cast(Awaitable[HttpResponse], self.get_response(request))

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from audit.access.policy import actor_from_request, patient_read, ward_read
 from config.api_errors import ApiError
+from config.live import iso
 from dashboard import selectors
 from telemetry.units import METRICS
 
@@ -109,7 +110,7 @@ class PatientListView(APIView):
         with transaction.atomic():
             patients = ward_read(user=request.user, actor=actor_from_request(request._request), action="patients.list")
             cards = selectors.ward_cards(patients=patients, now=now)
-        return Response({"server_time": selectors.iso(now), "patients": cards})
+        return Response({"server_time": iso(now), "patients": cards})
 
 
 class SeriesView(APIView):
@@ -154,7 +155,7 @@ class SeriesView(APIView):
                 actor=actor_from_request(request._request),
                 pseudonym=pseudonym,
                 action="series.read",
-                detail={"metric": metric, "start": selectors.iso(start), "end": selectors.iso(end)},
+                detail={"metric": metric, "start": iso(start), "end": iso(end)},
             )
         # Read after the audit row committed: the chain lock is not held across the query, and
         # data is only served once its audit event is durable.
@@ -166,8 +167,8 @@ class SeriesView(APIView):
                 "patient": pseudonym,
                 "metric": metric,
                 "unit": METRICS[metric].canonical,
-                "start": selectors.iso(start),
-                "end": selectors.iso(end),
+                "start": iso(start),
+                "end": iso(end),
                 "resolution": resolution,
                 "points": points,
             }
@@ -210,15 +211,15 @@ class AnnotationsView(APIView):
                 actor=actor_from_request(request._request),
                 pseudonym=pseudonym,
                 action="annotations.read",
-                detail={"start": selectors.iso(start), "end": selectors.iso(end)},
+                detail={"start": iso(start), "end": iso(end)},
             )
         annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
         overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
         return Response(
             {
                 "patient": pseudonym,
-                "start": selectors.iso(start),
-                "end": selectors.iso(end),
+                "start": iso(start),
+                "end": iso(end),
                 "annotations": annotations,
                 "alarm_periods": overlay.periods,
                 "thresholds": overlay.thresholds,

@@ -1,4 +1,10 @@
-"""Shared fixtures. Tests use the real PostgreSQL and Redis started by `make test`."""
+"""Shared fixtures. Tests use the real PostgreSQL and Redis started by `make test`.
+
+Personas: one staff user per role, with a confirmed TOTP device (tests/personas.py), for tests
+that need "a clinician of ward A" rather than a particular account. Ward A is `icu-a`, ward B
+`icu-b`; `personas.verified_client(user)` signs one in. Tests whose usernames matter (a login by
+name, a name asserted in the audit trail) create their own users with `personas.staff`.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,14 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db.backends.postgresql.operations import DatabaseOperations
 
+from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL
 from audit.hardening import AUDIT_TABLES, grants_sql
 from telemetry import db as telemetry_db
-from tests import db_roles
+from telemetry.models import Ward
+from tests import db_roles, factories, personas
 
 _original_sql_flush = DatabaseOperations.sql_flush
 
@@ -91,6 +100,41 @@ def _isolated_redis() -> Iterator[None]:
     client.flushdb()
     yield
     client.close()
+
+
+# ---- personas ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ward_a(db: None) -> Ward:
+    """The ward of the ward personas."""
+    return factories.ward("icu-a")
+
+
+@pytest.fixture
+def ward_b(db: None) -> Ward:
+    """Another ward, of the other-ward personas."""
+    return factories.ward("icu-b")
+
+
+def _persona(username: str, role: str, ward: str | None, doc: str) -> Any:
+    """A fixture: the staff user `username` in `role`, of the ward of fixture `ward` (if any)."""
+
+    def persona(request: pytest.FixtureRequest, db: None) -> User:
+        wards = [request.getfixturevalue(ward).code] if ward else []
+        return personas.staff(username, role, wards)
+
+    persona.__doc__ = doc
+    return pytest.fixture(persona)
+
+
+ward_clinician = _persona("ward-clinician", CLINICIAN, "ward_a", "A clinician of ward A.")
+other_ward_clinician = _persona("other-ward-clinician", CLINICIAN, "ward_b", "A clinician of ward B, none of ward A.")
+oncall_nurse = _persona("oncall-nurse", ONCALL, "ward_a", "On-call staff of ward A.")
+other_ward_nurse = _persona("other-ward-nurse", ONCALL, "ward_b", "On-call staff of ward B, none of ward A.")
+compliance_officer = _persona("compliance-officer", COMPLIANCE, None, "A compliance officer: the audit trail, no ward.")
+device_admin = _persona("device-admin", DEVICE_ADMIN, None, "A device administrator: devices, no ward.")
+admin = _persona("admin", ADMIN, None, "An administrator: every ward's alarm rules and staff.")
 
 
 @pytest.fixture

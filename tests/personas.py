@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.contrib.auth.models import User
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.oath import TOTP
@@ -24,18 +25,18 @@ from audit.trail import SYSTEM
 PASSWORD = "correct-horse-battery-9"
 
 
-def staff(username: str, role: str, wards: list[str] | None = None) -> Any:
+def staff(username: str, role: str, wards: list[str] | None = None) -> User:
     return staff_upsert(username=username, role=role, ward_codes=wards or [], password=PASSWORD).user
 
 
-def totp_code(user: Any, *, offset_steps: int = 0) -> str:
+def totp_code(user: User, *, offset_steps: int = 0) -> str:
     device = TOTPDevice.objects.get(user=user, confirmed=True)
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
     totp.time = time.time() + offset_steps * device.step
     return f"{totp.token():06d}"
 
 
-def verified_client(user: Any, *, otp: bool = True, idle_for: float = 0.0, **client_kwargs: Any) -> Client:
+def verified_client(user: User, *, otp: bool = True, idle_for: float = 0.0, **client_kwargs: Any) -> Client:
     """A client logged in as `user`; otp=False leaves it password-only; idle_for backdates the
     last activity (an expired session when above PERFUSE_SESSION_IDLE_SECONDS)."""
     client = Client(**client_kwargs)

@@ -6,12 +6,13 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 
 from alerts.models import Alarm, AlarmRule
 from alerts.services import alarm_raise, rule_current_ward
 from audit.models import AuditEvent
-from telemetry.models import Patient
+from telemetry.models import Patient, Ward
 from tests import factories
 from tests.alarm_factories import staff, verified_client
 
@@ -19,9 +20,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def world() -> dict[str, Any]:
-    ward_a, ward_b = factories.ward("icu-a"), factories.ward("icu-b")
-    factories.device(ward_code="icu-a", patient="pt-a")
+def world(ward_a: Ward, ward_b: Ward, other_ward_nurse: User, compliance_officer: User, admin: User) -> dict[str, Any]:
+    factories.device(ward_code=ward_a.code, patient="pt-a")
     patient = Patient.objects.select_related("ward").get(pseudonym="pt-a")
     now = dt.datetime.now(dt.UTC)
     alarm = alarm_raise(
@@ -33,9 +33,9 @@ def world() -> dict[str, Any]:
         "clinician": staff("clin-a", "clinician", [ward_a]),
         "other": staff("clin-b", "clinician", [ward_b]),
         "oncall": staff("oncall-a", "oncall", [ward_a]),
-        "oncall_b": staff("oncall-b", "oncall", [ward_b]),
-        "compliance": staff("comp", "compliance"),
-        "admin": staff("admin", "admin"),
+        "oncall_b": other_ward_nurse,
+        "compliance": compliance_officer,
+        "admin": admin,
         "unverified": staff("clin-a2", "clinician", [ward_a]),
     }
 

@@ -9,13 +9,14 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 
 from alerts.engine import AlarmProcessor
 from alerts.models import Alarm
 from audit.models import AuditEvent
-from telemetry.models import Device, Patient
+from telemetry.models import Device, Patient, Ward
 from tests import factories
-from tests.alarm_factories import insert, staff, verified_client
+from tests.alarm_factories import insert, verified_client
 
 pytestmark = pytest.mark.django_db
 
@@ -25,9 +26,8 @@ VALUE_CELL = b"<td>33.0</td>"  # a sample's value in the page's samples table
 
 
 @pytest.fixture
-def world() -> dict[str, Any]:
-    ward_a, ward_b = factories.ward("icu-a"), factories.ward("icu-b")
-    dev = factories.device(ward_code="icu-a", patient="pt-a")
+def world(ward_a: Ward, ward_clinician: User, other_ward_nurse: User, admin: User) -> dict[str, Any]:
+    dev = factories.device(ward_code=ward_a.code, patient="pt-a")
     patient = Patient.objects.select_related("ward").get(pseudonym="pt-a")
     device = Device.objects.get(device_id=dev.device_id)
     now = dt.datetime.now(dt.UTC)
@@ -38,9 +38,9 @@ def world() -> dict[str, Any]:
     Alarm.objects.filter(pk=alarm.pk).update(escalation_level=1)
     return {
         "alarm": alarm,
-        "clinician": staff("clin-a", "clinician", [ward_a]),
-        "oncall_b": staff("oncall-b", "oncall", [ward_b]),
-        "admin": staff("admin", "admin"),
+        "clinician": ward_clinician,
+        "oncall_b": other_ward_nurse,
+        "admin": admin,
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from tests.personas import staff, verified_client
+from tests.personas import verified_client
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = sorted(p for p in ROOT.glob("*/templates/**/*.html") if ".venv" not in p.parts) + sorted(
@@ -42,8 +42,8 @@ def test_template_has_nothing_the_policy_refuses(template):
     "path",
     ["/accounts/login/", "/", "/alarms/", "/api/v1/patients/", "/api/v1/alarms/?state=nonsense", "/no-such-page/"],
 )
-def test_every_answer_carries_the_policy(path):
-    client = verified_client(staff("clin-csp", "clinician"))
+def test_every_answer_carries_the_policy(path, ward_clinician):
+    client = verified_client(ward_clinician)
     for c in (client, Client()):
         r = c.get(path)
         assert r["Content-Security-Policy"] == settings.PERFUSE_CONTENT_SECURITY_POLICY, (path, r.status_code)

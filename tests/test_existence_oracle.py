@@ -9,9 +9,11 @@ import re
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 
 from audit.models import AuditEvent
+from telemetry.models import Ward
 from tests import factories, personas
 
 pytestmark = pytest.mark.django_db
@@ -30,17 +32,19 @@ _TOKEN = re.compile(rb"[A-Za-z0-9]{64}")  # masked CSRF tokens differ on every p
 
 
 @pytest.fixture
-def callers() -> dict[str, Any]:
-    factories.ward("icu-a")
-    factories.ward("icu-b")
-    factories.device(ward_code="icu-a", patient=REAL)
+def callers(
+    ward_a: Ward, other_ward_clinician: User, other_ward_nurse: User, compliance_officer: User, device_admin: User
+) -> dict[str, Any]:
+    factories.device(ward_code=ward_a.code, patient=REAL)
     return {
         "anonymous": lambda: Client(),
-        "password_only": lambda: personas.verified_client(personas.staff("clin-pw", "clinician", ["icu-a"]), otp=False),
-        "other_ward_clinician": lambda: personas.verified_client(personas.staff("clin-b", "clinician", ["icu-b"])),
-        "other_ward_oncall": lambda: personas.verified_client(personas.staff("oncall-b", "oncall", ["icu-b"])),
-        "compliance": lambda: personas.verified_client(personas.staff("comp", "compliance")),
-        "device_admin": lambda: personas.verified_client(personas.staff("dev", "device_admin")),
+        "password_only": lambda: personas.verified_client(
+            personas.staff("clin-pw", "clinician", [ward_a.code]), otp=False
+        ),
+        "other_ward_clinician": lambda: personas.verified_client(other_ward_clinician),
+        "other_ward_oncall": lambda: personas.verified_client(other_ward_nurse),
+        "compliance": lambda: personas.verified_client(compliance_officer),
+        "device_admin": lambda: personas.verified_client(device_admin),
     }
 
 
@@ -73,8 +77,8 @@ def test_identity_reveal_decides_access_before_the_purpose(callers):
     assert (event.outcome, event.detail["reason"]) == ("denied", "not_permitted")
 
 
-def test_ward_clinician_still_needs_a_purpose(callers):
-    client = personas.verified_client(personas.staff("clin-a", "clinician", ["icu-a"]))
+def test_ward_clinician_still_needs_a_purpose(callers, ward_clinician):
+    client = personas.verified_client(ward_clinician)
     r = client.post(f"/api/v1/patients/{REAL}/identity", {"purpose": " "}, content_type="application/json")
     assert (r.status_code, r.json()["error"]["code"]) == (400, "purpose_required")
     r = client.post(f"/api/v1/patients/{REAL}/identity", {"purpose": "a\u0000b"}, content_type="application/json")

@@ -16,6 +16,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from alerts.events import AlarmNotificationFrame, AlarmPauseFrame, AlarmTransitionFrame, ConsoleFrame
@@ -27,9 +28,9 @@ from config import live
 from config.asgi import application
 from config.live import SessionRevokedFrame
 from telemetry.events import AnnotationAddedFrame, ReadingBatchFrame
-from telemetry.models import Patient
+from telemetry.models import Patient, Ward
 from tests import factories
-from tests.alarm_factories import staff, verified, ws_headers
+from tests.alarm_factories import verified, ws_headers
 from tests.ingest_helpers import ago, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ingest_clients")]
@@ -75,14 +76,14 @@ async def _received(channel: str, count: int) -> list[dict[str, Any]]:
     return [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(count)]
 
 
-def _world() -> dict[str, Any]:
-    ward = factories.ward("icu-f")
-    dev = factories.device(ward_code="icu-f", patient="pt-f")
+def _world(ward: Ward, nurse: User, clinician: User) -> dict[str, Any]:
+    """Staff of `ward` (the nurse on call), and a patient there."""
+    dev = factories.device(ward_code=ward.code, patient="pt-f")
     return {
         "dev": dev,
         "patient": Patient.objects.select_related("ward").get(pseudonym="pt-f"),
-        "nurse": staff("oncall-f", "oncall", [ward]),
-        "clinician": staff("clin-f", "clinician", [ward]),
+        "nurse": nurse,
+        "clinician": clinician,
     }
 
 
@@ -99,8 +100,10 @@ def _alarm_acts(world: dict[str, Any]) -> None:
     notify_escalation(alarm=alarm, now=now)
 
 
-async def test_every_published_frame_matches_its_schema_with_millisecond_times() -> None:
-    world = await sync_to_async(_world)()
+async def test_every_published_frame_matches_its_schema_with_millisecond_times(
+    ward_a: Ward, oncall_nurse: User, ward_clinician: User
+) -> None:
+    world = await sync_to_async(_world)(ward_a, oncall_nurse, ward_clinician)
     nurse, clinician = world["nurse"], world["clinician"]
     chart = await _listen(live.patient_group("pt-f"))
     console = await _listen(live.alarms_group(), live.alarms_user_group(nurse.pk))
@@ -132,8 +135,10 @@ async def test_every_published_frame_matches_its_schema_with_millisecond_times()
     assert [f.get("session_key") for f in frames if f["type"] == "session.revoked"] == ["one-session", None]
 
 
-async def test_console_snapshot_matches_its_schema_with_millisecond_times() -> None:
-    world = await sync_to_async(_world)()
+async def test_console_snapshot_matches_its_schema_with_millisecond_times(
+    ward_a: Ward, oncall_nurse: User, ward_clinician: User
+) -> None:
+    world = await sync_to_async(_world)(ward_a, oncall_nurse, ward_clinician)
     await sync_to_async(_alarm_acts)(world)
     comm = WebsocketCommunicator(
         application, "/ws/alarms/live", headers=await sync_to_async(ws_headers)(world["nurse"])

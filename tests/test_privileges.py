@@ -11,7 +11,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.access.checks import staff_flag_check
 from audit.access.policy import user_can
-from tests import factories, personas
+from tests import personas
 
 pytestmark = pytest.mark.django_db
 
@@ -31,9 +31,8 @@ def test_there_is_no_django_admin():
     assert client.get("/django-admin/").status_code == 404
 
 
-def test_a_superuser_flag_does_not_add_capabilities_to_a_role():
-    factories.ward("icu-p")
-    clinician = personas.staff("dr-super", "clinician", ["icu-p"])
+def test_a_superuser_flag_does_not_add_capabilities_to_a_role(ward_clinician):
+    clinician = ward_clinician
     get_user_model().objects.filter(pk=clinician.pk).update(is_superuser=True, is_staff=True)
     user = _verified(clinician)
     assert user.has_perm("audit.view_audit_trail")  # what Django would have let through
@@ -50,14 +49,13 @@ def test_a_superuser_without_a_role_can_do_nothing():
     assert page.status_code == 403
 
 
-def test_a_permission_given_to_the_user_directly_is_no_role():
-    officer = personas.staff("dev-x", "device_admin")
+def test_a_permission_given_to_the_user_directly_is_no_role(device_admin):
+    officer = device_admin
     officer.user_permissions.add(Permission.objects.get(codename="view_audit_trail"))
     assert not user_can(_verified(officer), "view_audit_trail")
 
 
-def test_deploy_check_warns_about_active_staff_or_superuser_accounts():
-    personas.staff("nurse-plain", "oncall")
+def test_deploy_check_warns_about_active_staff_or_superuser_accounts(oncall_nurse):
     assert staff_flag_check(None) == []
     get_user_model().objects.create_superuser("root", password=personas.PASSWORD)
     get_user_model().objects.create_user("helpdesk", is_staff=True)

@@ -50,9 +50,9 @@ def test_a_refused_act_leaves_no_partial_write_and_its_denial_is_committed_once(
 
 
 @pytest.mark.django_db
-def test_a_service_refusal_through_the_api_is_audited_once_with_the_contract_body():
-    alarm = _alarm("icu-r", "pt-r", "low")
-    client = personas.verified_client(personas.staff("dr-r", "clinician", ["icu-r"]))
+def test_a_service_refusal_through_the_api_is_audited_once_with_the_contract_body(ward_a, ward_clinician):
+    alarm = _alarm(ward_a.code, "pt-r", "low")
+    client = personas.verified_client(ward_clinician)
     url = f"/api/v1/alarms/{alarm.pk}/acknowledge"
     assert client.post(url, {}, content_type="application/json").status_code == 200
     again = client.post(url, {}, content_type="application/json")
@@ -63,9 +63,9 @@ def test_a_service_refusal_through_the_api_is_audited_once_with_the_contract_bod
 
 
 @pytest.mark.django_db
-def test_pages_answer_refusals_with_the_login_page_or_a_403_page():
+def test_pages_answer_refusals_with_the_login_page_or_a_403_page(compliance_officer):
     assert Client().get("/alarms/").status_code == 302
-    officer = personas.verified_client(personas.staff("officer-r", "compliance"))
+    officer = personas.verified_client(compliance_officer)
     assert officer.get("/alarms/").status_code == 403
     event = AuditEvent.objects.filter(action="alarm.console_viewed").last()
     assert event is not None and event.detail == {"reason": "role_compliance", "path": "/alarms/"}

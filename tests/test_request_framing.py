@@ -11,7 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 
+from telemetry.models import Ward
 from tests import factories, personas
 from tests.browser import daphne_server
 
@@ -23,10 +25,9 @@ MULTIPART_OK = b'--xx\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nb
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[str, str]]:
-    factories.ward("icu-frame")
-    factories.device(ward_code="icu-frame", patient="pt-frame")
-    client = personas.verified_client(personas.staff("clin-frame", "clinician", ["icu-frame"]))
+def server(ward_a: Ward, ward_clinician: User) -> Iterator[tuple[str, str]]:
+    factories.device(ward_code=ward_a.code, patient="pt-frame")
+    client = personas.verified_client(ward_clinician)
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
     with daphne_server("daphne-framing.log") as url:
         yield url, session

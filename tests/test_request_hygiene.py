@@ -159,7 +159,7 @@ def test_csrf_failure_view_answers_json_on_api_paths_and_html_elsewhere():
     assert page.status_code == 403 and page["Content-Type"].startswith("text/html")
 
 
-def test_csrf_failure_on_a_form_page_stays_html():
-    client = verified_client(staff("clin-form", "clinician", [ward().code]), enforce_csrf_checks=True)
+def test_csrf_failure_on_a_form_page_stays_html(ward_clinician):
+    client = verified_client(ward_clinician, enforce_csrf_checks=True)
     r = client.post("/accounts/logout/", {}, HTTP_ACCEPT="text/html,application/xhtml+xml")
     assert r.status_code == 403 and r["Content-Type"].startswith("text/html")

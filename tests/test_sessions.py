@@ -18,14 +18,9 @@ from tests import factories, personas
 from tests.live_support import HANDSHAKE
 
 
-@pytest.fixture
-def clinician(db):
-    factories.ward("icu-s")
-    return personas.staff("dr-s", CLINICIAN, ["icu-s"])
-
-
 @pytest.mark.django_db
-def test_idle_session_expires_is_audited_and_pages_ask_to_sign_in(clinician):
+def test_idle_session_expires_is_audited_and_pages_ask_to_sign_in(ward_clinician):
+    clinician = ward_clinician
     client = personas.verified_client(clinician, idle_for=personas.idle_beyond_limit())
     r = client.post("/accounts/session/ping")
     assert r.status_code == 401 and r.json()["error"]["code"] == "not_authenticated"
@@ -37,9 +32,9 @@ def test_idle_session_expires_is_audited_and_pages_ask_to_sign_in(clinician):
 
 
 @pytest.mark.django_db
-def test_activity_keeps_the_session_and_background_requests_do_not(clinician):
+def test_activity_keeps_the_session_and_background_requests_do_not(ward_clinician):
     almost = settings.PERFUSE_SESSION_IDLE_SECONDS - 30
-    client = personas.verified_client(clinician, idle_for=almost)
+    client = personas.verified_client(ward_clinician, idle_for=almost)
     assert client.post("/accounts/session/ping", headers={"X-Perfuse-Background": "1"}).status_code == 200
     assert client.session[LAST_ACTIVITY_KEY] < time.time() - almost + 5  # not refreshed
     assert client.post("/accounts/session/ping").status_code == 200
@@ -47,8 +42,8 @@ def test_activity_keeps_the_session_and_background_requests_do_not(clinician):
 
 
 @pytest.mark.django_db
-def test_pages_carry_the_expiry_countdown(clinician):
-    client = personas.verified_client(clinician)
+def test_pages_carry_the_expiry_countdown(ward_clinician):
+    client = personas.verified_client(ward_clinician)
     html = client.get("/accounts/login/").content.decode()
     assert f'data-idle-seconds="{settings.PERFUSE_SESSION_IDLE_SECONDS}"' in html
     assert 'id="session-warning"' in html and "Stay signed in" in html

@@ -25,6 +25,7 @@ from alerts.vocabulary import KIND_CATEGORY, KIND_PRIORITY, PRIORITY_RANK, Prior
 from audit.access.policy import ONCALL, user_can, user_role
 from audit.access.refusals import refusals_audited
 from audit.trail import SYSTEM, Actor, audit_record
+from config.users import StaffUser, user_account
 from telemetry.models import Annotation, Patient
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def _escalate(
 # --- staff acts --------------------------------------------------------------------------------
 
 
-def _locked_visible(alarm_id: int, *, user: Any, act: str) -> Alarm:
+def _locked_visible(alarm_id: int, *, user: StaffUser, act: str) -> Alarm:
     """The alarm, locked for the act, if the user may act on it; else the refusal."""
     alarm = _locked(alarm_id)
     if alarm is None:
@@ -218,7 +219,7 @@ def _refused(
 
 
 @refusals_audited
-def alarm_acknowledge(*, alarm_id: int, user: Any, actor: Actor, note: str = "") -> Alarm:
+def alarm_acknowledge(*, alarm_id: int, user: StaffUser, actor: Actor, note: str = "") -> Alarm:
     """Acknowledge an active alarm. Two people at once: the row lock lets one win; the other is
     refused with `already_acknowledged`, and both attempts are in the audit trail."""
     note = note.strip()[:500]
@@ -239,7 +240,7 @@ def alarm_acknowledge(*, alarm_id: int, user: Any, actor: Actor, note: str = "")
         )
     now = timezone.now()
     alarm.state = State.ACKNOWLEDGED
-    alarm.acknowledged_by = user
+    alarm.acknowledged_by = user_account(user)
     alarm.acknowledged_at = now
     alarm.first_acknowledged_at = alarm.first_acknowledged_at or now
     alarm.ack_note = note
@@ -255,7 +256,7 @@ def alarm_acknowledge(*, alarm_id: int, user: Any, actor: Actor, note: str = "")
     return alarm
 
 
-def _oncall_only(alarm: Alarm, *, user: Any, act: str, verb: str) -> None:
+def _oncall_only(alarm: Alarm, *, user: StaffUser, act: str, verb: str) -> None:
     """Accepting and declining are on-call acts on open alarms; anything else is refused."""
     if user_role(user) != ONCALL:
         raise _refused(AlarmForbidden, alarm, act=act, reason="not_oncall", detail=f"Only on-call staff {verb} alarms.")
@@ -266,7 +267,7 @@ def _oncall_only(alarm: Alarm, *, user: Any, act: str, verb: str) -> None:
 
 
 @refusals_audited
-def alarm_accept(*, alarm_id: int, user: Any, actor: Actor) -> Alarm:
+def alarm_accept(*, alarm_id: int, user: StaffUser, actor: Actor) -> Alarm:
     """An on-call user takes responsibility: timed escalation stops (the alarm still needs an
     acknowledgement)."""
     alarm = _locked_visible(alarm_id, user=user, act="accepted")
@@ -281,7 +282,7 @@ def alarm_accept(*, alarm_id: int, user: Any, actor: Actor) -> Alarm:
             detail=f"{alarm.responsible.username if alarm.responsible else 'someone'} already accepted it.",
         )
     now = timezone.now()
-    alarm.responsible = user
+    alarm.responsible = user_account(user)
     alarm.accepted_at = now
     alarm.save(update_fields=["responsible", "accepted_at"])
     _record(alarm, frm=alarm.state, cause="accepted", actor=actor, now=now)
@@ -289,7 +290,7 @@ def alarm_accept(*, alarm_id: int, user: Any, actor: Actor) -> Alarm:
 
 
 @refusals_audited
-def alarm_decline(*, alarm_id: int, user: Any, actor: Actor, reason: str = "") -> Alarm:
+def alarm_decline(*, alarm_id: int, user: StaffUser, actor: Actor, reason: str = "") -> Alarm:
     """An on-call user declines: the alarm escalates one level further at once."""
     reason = reason.strip()[:300]
     alarm = _locked_visible(alarm_id, user=user, act="declined")
@@ -301,7 +302,9 @@ def alarm_decline(*, alarm_id: int, user: Any, actor: Actor, reason: str = "") -
     return alarm
 
 
-def _pause_refusal(patient: Patient, *, user: Any, seconds: int, priority: str, max_pause_s: int) -> AlarmError | None:
+def _pause_refusal(
+    patient: Patient, *, user: StaffUser, seconds: int, priority: str, max_pause_s: int
+) -> AlarmError | None:
     def refusal(kind: type[AlarmError], detail: str, reason: str) -> AlarmError:
         return kind(
             detail,
@@ -325,7 +328,7 @@ def _pause_refusal(patient: Patient, *, user: Any, seconds: int, priority: str, 
 def patient_pause(
     *,
     patient: Patient,
-    user: Any,
+    user: StaffUser,
     actor: Actor,
     seconds: int,
     priority: str = Priority.MEDIUM,
@@ -343,7 +346,7 @@ def patient_pause(
         started_at=now,
         until=now + dt.timedelta(seconds=seconds),
         priority=priority,
-        paused_by=user,
+        paused_by=user_account(user),
         reason=reason[:300],
     )
     audit_record(

@@ -18,6 +18,7 @@ from alerts.selectors import rule_override, rule_ward_latest
 from audit.access.policy import user_can
 from audit.access.refusals import refusals_audited
 from audit.trail import SYSTEM, Actor, audit_record
+from config.users import StaffUser
 from telemetry.models import Patient, Ward
 
 # (minimum, maximum) per field: wide enough for any ward, narrow enough to refuse nonsense.
@@ -114,7 +115,7 @@ def rule_update(
     *,
     ward: Ward,
     actor: Actor,
-    user: Any,
+    user: StaffUser,
     values: dict[str, Any],
     patient: Patient | None = None,
     reason: str = "",
@@ -162,7 +163,7 @@ def rule_update(
 
 
 @refusals_audited
-def rule_override_remove(*, patient: Patient, actor: Actor, user: Any) -> AlarmRule:
+def rule_override_remove(*, patient: Patient, actor: Actor, user: StaffUser) -> AlarmRule:
     """Return a patient to the ward rule: a retired override version, so history stays intact."""
     action = "alarm_rule.override_removed"
     if not user_can(user, "edit_alarm_rules"):

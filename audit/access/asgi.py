@@ -14,7 +14,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from django.contrib.auth import SESSION_KEY, get_user_model
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.middleware import is_verified
@@ -23,20 +24,21 @@ from django_otp.models import Device
 from audit.access.middleware import session_idle_expired
 
 
-def _guard_user(scope: dict[str, Any]) -> Any:
-    user = scope.get("user")
-    user = getattr(user, "_wrapped", user)  # channels' UserLazyObject is resolved by now
-    if user is None or not getattr(user, "is_authenticated", False):
+def _guard_user(scope: dict[str, Any]) -> User | AnonymousUser:
+    scoped = scope.get("user")
+    user: User | AnonymousUser | None = getattr(scoped, "_wrapped", scoped)  # channels' lazy user, resolved by now
+    if user is None or not user.is_authenticated:
         return user or AnonymousUser()
     session = scope.get("session")
     if session is None or session_idle_expired(session):
         return AnonymousUser()
-    user.otp_device = _session_device(user, session)
-    user.is_verified = functools.partial(is_verified, user)
+    # django-otp's attributes, which its middleware gives a request's user: not in User's type.
+    user.otp_device = _session_device(user, session)  # type: ignore[attr-defined]
+    user.is_verified = functools.partial(is_verified, user)  # type: ignore[attr-defined]
     return user
 
 
-def _session_device(user: Any, session: Any) -> Device | None:
+def _session_device(user: User, session: SessionBase | dict[str, Any]) -> Device | None:
     """The confirmed OTP device of `user` the session was verified with, if any."""
     persistent_id = session.get(DEVICE_ID_SESSION_KEY)
     if not persistent_id:
@@ -47,7 +49,7 @@ def _session_device(user: Any, session: Any) -> Device | None:
     return device
 
 
-def current_user(scope: dict[str, Any]) -> Any | None:
+def current_user(scope: dict[str, Any]) -> User | None:
     """The socket's user as the database has it now, with its session's OTP verification; None
     once the session is gone (logout, expiry) or the account is disabled. Sync (queries).
 
@@ -63,12 +65,13 @@ def current_user(scope: dict[str, Any]) -> Any | None:
     fresh = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
     if fresh is None:
         return None
+    # django-otp's attributes, which its middleware gives a request's user: not in User's type.
     fresh.otp_device = _session_device(fresh, data)  # type: ignore[attr-defined]
     fresh.is_verified = functools.partial(is_verified, fresh)  # type: ignore[attr-defined]
     return fresh
 
 
-class SessionGuardMiddleware(BaseMiddleware):
+class SessionGuardMiddleware(BaseMiddleware):  # type: ignore[misc]  # channels ships no type hints: its base is Any
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         user = await database_sync_to_async(_guard_user)(scope)
         return await super().__call__({**scope, "user": user}, receive, send)

@@ -6,7 +6,6 @@ glass, and a change of role ends the holder's grants (audit.access.staff)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -16,6 +15,7 @@ from audit.access.refusals import refusals_audited
 from audit.models import BreakGlassGrant
 from audit.trail import Actor, audit_record
 from config.refusal import Refusal
+from config.users import StaffUser, user_account
 from telemetry.models import Patient
 
 REQUESTED = "break_glass.requested"
@@ -28,7 +28,7 @@ PROBLEMS = {
 }
 
 
-def _problem(*, user: Any, patient: Patient | None, reason: str, purpose: str, minutes: int) -> str | None:
+def _problem(*, user: StaffUser, patient: Patient | None, reason: str, purpose: str, minutes: int) -> str | None:
     if not user_can(user, "break_glass"):
         return "role"
     if patient is None:
@@ -44,7 +44,7 @@ def _problem(*, user: Any, patient: Patient | None, reason: str, purpose: str, m
 
 @refusals_audited
 def break_glass_grant(
-    *, user: Any, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
+    *, user: StaffUser, actor: Actor, pseudonym: str, reason: str, purpose: str, minutes: int
 ) -> BreakGlassGrant:
     """Grant `user` time-limited access to one patient. Audited granted or refused, highlighted;
     a refusal is raised (its `detail` says what to change)."""
@@ -66,7 +66,7 @@ def break_glass_grant(
     assert patient is not None
     now = dt.datetime.now(dt.UTC)
     grant = BreakGlassGrant.objects.create(
-        user=user,
+        user=user_account(user),
         patient=patient,
         reason=reason,
         purpose=purpose[:500],

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 
 from audit.access.policy import user_can, user_is_verified, user_role
+from config.users import StaffUser
 
 # (label, url, capability that shows it). Apps add their pages here, not in templates.
 NAV: list[tuple[str, str, str]] = [
@@ -19,7 +21,7 @@ NAV: list[tuple[str, str, str]] = [
 ]
 
 
-def role_home(user: Any) -> str:
+def role_home(user: StaffUser) -> str:
     """Where a user lands after sign-in: the first page of the navigation their role may use."""
     for _, url, cap in NAV:
         if user_can(user, cap):
@@ -28,13 +30,14 @@ def role_home(user: Any) -> str:
 
 
 def staff_context(request: HttpRequest) -> dict[str, Any]:
-    user = getattr(request, "user", None)
+    # No user: a page answered before Django's authentication middleware ran (an early error).
+    user: StaffUser = getattr(request, "user", None) or AnonymousUser()
     verified = user_is_verified(user)
     items = [{"label": label, "url": url} for label, url, cap in NAV if verified and user_can(user, cap)]
     return {
         "perfuse_nav": items,
         "perfuse_verified": verified,
-        "perfuse_role": user_role(user) if user is not None else "anonymous",
+        "perfuse_role": user_role(user),
         "perfuse_idle_seconds": settings.PERFUSE_SESSION_IDLE_SECONDS,
         "perfuse_warning_seconds": settings.PERFUSE_SESSION_WARNING_SECONDS,
     }

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 from audit.access.policy import access_refusal, active_grant, user_can, user_is_verified, ward_scope
 from audit.access.refusals import refusals_audited
 from audit.trail import Actor, audit_record
 from config.refusal import Refusal
+from config.users import StaffUser
 from telemetry.models import Patient, PatientIdentity
 
 ACTION = "identity.reveal"
@@ -30,11 +30,11 @@ class RevealedIdentity:
     date_of_birth: dt.date | None
 
 
-def _decide(user: Any, patient: Patient | None, purpose: str) -> tuple[str | None, bool]:
+def _decide(user: StaffUser, patient: Patient | None, purpose: str) -> tuple[str | None, bool]:
     """(denial reason or None, via break-glass). Access is decided before the purpose is looked
     at: a missing purpose answered first would tell a caller without access which pseudonyms
     exist (400 for a real patient, 403 for an unknown one)."""
-    if not getattr(user, "is_authenticated", False):
+    if not user.is_authenticated:
         return "not_authenticated", False
     if not user_is_verified(user):
         return "mfa_required", False
@@ -58,7 +58,7 @@ _PURPOSE_PROBLEMS = {
 }
 
 
-def _refused(user: Any, *, reason: str, subject: str, purpose: str) -> Refusal:
+def _refused(user: StaffUser, *, reason: str, subject: str, purpose: str) -> Refusal:
     if reason in _PURPOSE_PROBLEMS:
         return Refusal(
             action=ACTION,
@@ -81,7 +81,7 @@ def _refused(user: Any, *, reason: str, subject: str, purpose: str) -> Refusal:
 
 
 @refusals_audited
-def identity_reveal(*, actor: Actor, user: Any, patient: Patient | None, purpose: str) -> RevealedIdentity:
+def identity_reveal(*, actor: Actor, user: StaffUser, patient: Patient | None, purpose: str) -> RevealedIdentity:
     """Return the patient's identity, audited; or raise the audited Refusal."""
     purpose = purpose.strip()[:500]
     reason, via_grant = _decide(user, patient, purpose)

@@ -162,4 +162,4 @@ def second_factor_holds(*, username: str, token: str) -> bool:
         _totp_holds(device, int(token)) for device in TOTPDevice.objects.filter(user=user, confirmed=True)
     ):
         return True
-    return StaticToken.objects.filter(device__user=user, device__confirmed=True, token=token).exists()
+    return bool(StaticToken.objects.filter(device__user=user, device__confirmed=True, token=token).exists())

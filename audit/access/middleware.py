@@ -11,7 +11,8 @@ refetching a gap) send `X-Perfuse-Background: 1` and do not count as activity; t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable
+from typing import cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -22,6 +23,7 @@ from django.http import HttpRequest, HttpResponse
 from audit.access.policy import actor_from_request
 from audit.access.sessions import staff_session_forget, user_sockets_close
 from audit.trail import audit_record
+from config.middleware import GetResponse
 
 LAST_ACTIVITY_KEY = "perfuse_last_activity"
 # Writing the session on every request would cost a database write each; a few seconds of
@@ -39,15 +41,15 @@ class SessionIdleMiddleware:
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self._async:
-            return self.__acall__(request)  # type: ignore[return-value]
+            return self.__acall__(request)
         self._check(request)
         return self.get_response(request)
 
@@ -56,7 +58,8 @@ class SessionIdleMiddleware:
         # through the one thread-sensitive executor for its whole duration: one request at a time.
         if settings.SESSION_COOKIE_NAME in request.COOKIES:
             await sync_to_async(self._check)(request)
-        return await self.get_response(request)  # type: ignore[misc]
+        # `_async`: Django handed this middleware a coroutine function.
+        return await cast(Awaitable[HttpResponse], self.get_response(request))
 
     def _check(self, request: HttpRequest) -> None:
         user = getattr(request, "user", None)

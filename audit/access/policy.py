@@ -25,10 +25,11 @@ from django.http import HttpRequest
 
 from audit.access.refusals import refusal_audit
 from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCALL, ROLES
-from audit.models import BreakGlassGrant
+from audit.models import BreakGlassGrant, StaffProfile
 from audit.trail import Actor, audit_record
 from config.net import request_address, scope_address, scope_header
 from config.refusal import Refusal
+from config.users import StaffUser
 from telemetry.models import Patient
 
 __all__ = [
@@ -63,6 +64,9 @@ WARD_CARE_ROLES = (CLINICIAN, ONCALL)
 # Roles that administer every ward (alarm rules, staff): their ward scope is all wards.
 ALL_WARD_ROLES = (ADMIN,)
 
+# Where role_capabilities caches a user's capabilities for the request, on the user object.
+_CAPABILITIES_CACHE = "_perfuse_capabilities"
+
 PATIENT_REFUSED = "You may not see this patient's data (or there is no such patient)."
 _SIGN_IN_DETAIL = {
     "not_authenticated": "Sign in first.",
@@ -70,8 +74,8 @@ _SIGN_IN_DETAIL = {
 }
 
 
-def user_role(user: Any) -> str:
-    if not getattr(user, "is_authenticated", False):
+def user_role(user: StaffUser) -> str:
+    if not user.is_authenticated:
         return "anonymous"
     names = {group.name for group in user.groups.all()}
     for role in ROLES:
@@ -80,27 +84,31 @@ def user_role(user: Any) -> str:
     return "none"
 
 
-def user_is_verified(user: Any) -> bool:
-    """True for an authenticated user whose session passed a second factor (django-otp)."""
-    return bool(getattr(user, "is_authenticated", False) and getattr(user, "is_verified", lambda: False)())
+def user_is_verified(user: StaffUser | None) -> bool:
+    """True for an authenticated user whose session passed a second factor (django-otp). No
+    user (a socket whose session is gone) and a user without django-otp's `is_verified` (not
+    from a request or socket) are not verified."""
+    return bool(user is not None and user.is_authenticated and getattr(user, "is_verified", lambda: False)())
 
 
-def role_capabilities(user: Any) -> frozenset[str]:
+def role_capabilities(user: StaffUser) -> frozenset[str]:
     """The capability codenames the user's role groups grant. Not Django's `has_perm`: it lets a
     superuser pass every check and adds per-user permissions, and neither is a role. Cached on
     the user object for the request (as `has_perm` caches its own)."""
-    cached: frozenset[str] | None = getattr(user, "_perfuse_capabilities", None)
+    if user.pk is None:  # anonymous: in no group
+        return frozenset()
+    cached: frozenset[str] | None = getattr(user, _CAPABILITIES_CACHE, None)
     if cached is None:
         cached = frozenset(
             Permission.objects.filter(
-                group__user=user, group__name__in=ROLES, content_type__app_label="audit"
+                group__user=user.pk, group__name__in=ROLES, content_type__app_label="audit"
             ).values_list("codename", flat=True)
         )
-        user._perfuse_capabilities = cached
+        setattr(user, _CAPABILITIES_CACHE, cached)  # not a StaffUser attribute: set on whichever user object
     return cached
 
 
-def user_can(user: Any, capability: str) -> bool:
+def user_can(user: StaffUser, capability: str) -> bool:
     """An OTP-verified, active user whose role grants `capability` (a codename in
     audit/access/roles.py)."""
     return user_is_verified(user) and bool(user.is_active) and capability in role_capabilities(user)
@@ -125,12 +133,13 @@ class WardScope:
         return Q() if self.all_wards else Q(**{f"{field}__in": self.ward_ids})
 
 
-def ward_scope(user: Any) -> WardScope:
+def ward_scope(user: StaffUser) -> WardScope:
     """Every ward for administrators; else the wards of the user's staff profile (none for
     anonymous users and users without a profile)."""
     if user_role(user) in ALL_WARD_ROLES:
         return WardScope(all_wards=True, ward_ids=frozenset(), ward_codes=frozenset())
-    staff = getattr(user, "staff", None) if getattr(user, "is_authenticated", False) else None
+    # A user without a profile raises StaffProfile.DoesNotExist, an AttributeError: None too.
+    staff: StaffProfile | None = getattr(user, "staff", None) if user.is_authenticated else None
     wards = list(staff.wards.values_list("id", "code")) if staff is not None else []
     return WardScope(
         all_wards=False, ward_ids=frozenset(i for i, _ in wards), ward_codes=frozenset(c for _, c in wards)
@@ -144,9 +153,9 @@ class AccessDecision:
     break_glass: bool = False
 
 
-def _session_problem(user: Any) -> str | None:
+def _session_problem(user: StaffUser) -> str | None:
     """Why the user cannot be served at all: no sign-in, no second factor, a disabled account."""
-    if not getattr(user, "is_authenticated", False):
+    if not user.is_authenticated:
         return "not_authenticated"
     if not user_is_verified(user):
         return "mfa_required"
@@ -155,13 +164,13 @@ def _session_problem(user: Any) -> str | None:
     return None
 
 
-def refusal_reason(user: Any) -> str:
+def refusal_reason(user: StaffUser) -> str:
     """The audit reason for refusing `user` a page, API or socket of a capability they lack."""
     return _session_problem(user) or f"role_{user_role(user)}"
 
 
 def access_refusal(
-    user: Any,
+    user: StaffUser,
     *,
     action: str,
     detail: str,
@@ -190,20 +199,20 @@ def access_refusal(
 # ---- patients ----------------------------------------------------------------------------
 
 
-def _live_grants(user: Any) -> QuerySet[BreakGlassGrant]:
+def _live_grants(user: StaffUser) -> QuerySet[BreakGlassGrant]:
     """The user's unexpired, unended grants, honoured only while the role still breaks the glass
     (a grant outlives neither the capability nor a role change, which also ends it)."""
-    if not user_can(user, "break_glass"):
+    if user.pk is None or not user_can(user, "break_glass"):  # anonymous: no grants
         return BreakGlassGrant.objects.none()
     now = dt.datetime.now(dt.UTC)
     return BreakGlassGrant.objects.filter(user_id=user.pk, expires_at__gt=now, ended_at__isnull=True)
 
 
-def active_grant(user: Any, patient: Patient) -> BreakGlassGrant | None:
+def active_grant(user: StaffUser, patient: Patient) -> BreakGlassGrant | None:
     return _live_grants(user).filter(patient_id=patient.pk).order_by("-expires_at").first()
 
 
-def patients_visible_to(user: Any) -> QuerySet[Patient]:
+def patients_visible_to(user: StaffUser) -> QuerySet[Patient]:
     """Ward patients for care roles; the patients of active break-glass grants for others."""
     granted = Q(id__in=_live_grants(user).values("patient_id"))
     if user_can(user, "view_ward_patients"):
@@ -213,7 +222,7 @@ def patients_visible_to(user: Any) -> QuerySet[Patient]:
     return Patient.objects.none()
 
 
-def patient_access(user: Any, patient: Patient) -> AccessDecision:
+def patient_access(user: StaffUser, patient: Patient) -> AccessDecision:
     problem = _session_problem(user)
     if problem is not None:
         return AccessDecision(False, problem)
@@ -229,7 +238,7 @@ def patient_access(user: Any, patient: Patient) -> AccessDecision:
 
 def patient_read(
     *,
-    user: Any,
+    user: StaffUser,
     actor: Actor,
     pseudonym: str,
     action: str,
@@ -281,7 +290,7 @@ def patient_access_audited(*, actor: Actor, **read: Any) -> tuple[Patient | None
         return None, AccessDecision(False, refusal.reason)
 
 
-def ward_read(*, user: Any, actor: Actor, action: str) -> list[Patient]:
+def ward_read(*, user: StaffUser, actor: Actor, action: str) -> list[Patient]:
     """The patients `user` may see on the ward overview, audited; call inside the transaction
     that then reads their data (if the audit event cannot be written, nothing is served).
 
@@ -308,8 +317,8 @@ def ward_read(*, user: Any, actor: Actor, action: str) -> list[Patient]:
 # ---- who is asking -----------------------------------------------------------------------
 
 
-def _actor_for(user: Any, source_address: str, user_agent: str) -> Actor:
-    if getattr(user, "is_authenticated", False):
+def _actor_for(user: StaffUser | None, source_address: str, user_agent: str) -> Actor:
+    if user is not None and user.is_authenticated:
         return Actor(
             user_id=user.pk,
             username=user.get_username(),

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
 
 from django.contrib.auth import get_user_model, password_validation
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -28,13 +27,13 @@ class StaffError(Exception):
 
 @dataclass(frozen=True)
 class StaffAccount:
-    user: Any
+    user: User
     role: str
-    totp: Any  # django_otp TOTPDevice
+    totp: TOTPDevice
     created: bool
 
 
-def totp_secret_base32(device: Any) -> str:
+def totp_secret_base32(device: TOTPDevice) -> str:
     return base64.b32encode(device.bin_key).decode()
 
 

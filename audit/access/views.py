@@ -20,6 +20,7 @@ import qrcode.image.svg
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, get_user_model, login, logout
+from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -30,6 +31,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_otp import login as otp_login
 from django_otp import match_token, user_has_device
 from django_otp.middleware import is_verified as otp_is_verified
+from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -52,6 +54,7 @@ from audit.models import BreakGlassGrant, StaffSession
 from audit.trail import Actor, audit_record
 from config.api_errors import error_response
 from config.refusal import Refusal
+from config.users import user_account
 
 ENROLL_KEY = "perfuse_enroll"
 ENROLL_SECONDS = 600
@@ -65,7 +68,9 @@ def _next_url(request: HttpRequest, default: str = "") -> str:
     return default
 
 
-def _failure(request: HttpRequest, form: LoginForm, actor: Actor, reason: str, user: Any = None) -> HttpResponse:
+def _failure(
+    request: HttpRequest, form: LoginForm, actor: Actor, reason: str, user: User | None = None
+) -> HttpResponse:
     attempt = Actor(
         user.pk if user is not None else None,
         form.cleaned_data["username"],
@@ -79,11 +84,12 @@ def _failure(request: HttpRequest, form: LoginForm, actor: Actor, reason: str, u
     return render(request, "accounts/login.html", {"form": form, "next": _next_url(request)}, status=401)
 
 
-def _start_session(request: HttpRequest, user: Any, device: Any, actor: Actor) -> None:
+def _start_session(request: HttpRequest, user: User, device: Device, actor: Actor) -> None:
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     otp_login(request, device)
-    # The OTP middleware ran before login; give this request's user what it would have set.
-    user.is_verified = functools.partial(otp_is_verified, user)
+    # The OTP middleware ran before login; give this request's user what it would have set
+    # (django-otp's attribute, not in User's type).
+    user.is_verified = functools.partial(otp_is_verified, user)  # type: ignore[attr-defined]
     request.session[LAST_ACTIVITY_KEY] = time.time()
     request.session.save()
     staff_session_register(user_id=user.pk, session_key=request.session.session_key or "", actor=actor)
@@ -159,7 +165,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     return redirect(_next_url(request) or role_home(user))
 
 
-def _pending_user(request: HttpRequest) -> Any:
+def _pending_user(request: HttpRequest) -> User | None:
     pending = request.session.get(ENROLL_KEY)
     if not isinstance(pending, dict) or time.time() - float(pending.get("at", 0)) > ENROLL_SECONDS:
         return None
@@ -174,7 +180,7 @@ def _qr_svg(url: str) -> str:
     return str(image.to_string(encoding="unicode"))
 
 
-def _recovery_codes(user: Any) -> list[str]:
+def _recovery_codes(user: User) -> list[str]:
     StaticDevice.objects.filter(user=user).delete()
     device = StaticDevice.objects.create(user=user, name="recovery codes", confirmed=True)
     codes = [StaticToken.random_token() for _ in range(RECOVERY_CODES)]
@@ -231,7 +237,7 @@ def recovery_codes_view(request: HttpRequest) -> HttpResponse:
     if not user_is_verified(request.user):
         return redirect("accounts-login")
     with transaction.atomic():
-        codes = _recovery_codes(request.user)
+        codes = _recovery_codes(user_account(request.user))
         audit_record(actor=actor_from_request(request), action="mfa.recovery_codes_replaced")
     return render(request, "accounts/recovery_codes.html", {"codes": codes, "next": role_home(request.user)})
 
