@@ -101,3 +101,29 @@ def staff_deactivate(*, username: str, actor: Actor = SYSTEM) -> int:
     user.save(update_fields=["is_active"])
     audit_record(actor=actor, action="staff.deactivated", subject=f"user:{user.pk}", detail={"username": username})
     return user_logout_everywhere(user_id=user.pk, actor=actor)
+
+
+def staff_display_mode(user: Any) -> str:
+    """The user's display mode; "auto" for anyone without a profile (or not signed in)."""
+    if not getattr(user, "is_authenticated", False):
+        return StaffProfile.DisplayMode.AUTO
+    mode = StaffProfile.objects.filter(user_id=user.pk).values_list("display_mode", flat=True).first()
+    return mode or StaffProfile.DisplayMode.AUTO
+
+
+@transaction.atomic
+def staff_display_mode_set(*, user: Any, mode: str, actor: Actor) -> str:
+    """Keep the user's display mode (a settings change, audited with the old and new value)."""
+    if mode not in StaffProfile.DisplayMode.values:
+        raise StaffError(f"unknown display mode {mode!r}; modes: {', '.join(StaffProfile.DisplayMode.values)}")
+    profile, _ = StaffProfile.objects.select_for_update().get_or_create(user=user)
+    previous = profile.display_mode
+    profile.display_mode = mode
+    profile.save(update_fields=["display_mode"])
+    audit_record(
+        actor=actor,
+        action="staff.display_mode_changed",
+        subject=f"user:{user.pk}",
+        detail={"from": previous, "to": mode},
+    )
+    return mode
