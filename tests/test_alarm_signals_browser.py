@@ -15,12 +15,10 @@ import datetime as dt
 import itertools
 import math
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from alerts.engine import AlarmProcessor
 from alerts.models import Alarm
@@ -28,7 +26,7 @@ from audit.models import AuditEvent, StaffProfile
 from telemetry.models import Device, Patient
 from tests import factories, personas
 from tests.alarm_factories import insert
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, off_loop, wait_until
 
 pytestmark = [pytest.mark.browser]
 
@@ -205,19 +203,6 @@ def daphne() -> Iterator[str]:
         yield url
 
 
-def _off_loop(fn: Any, *args: Any) -> Any:
-    """Database work off the thread where Playwright's event loop runs."""
-
-    def call() -> Any:
-        try:
-            return fn(*args)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(call).result()
-
-
 def _readings(patient: Patient, device: Device, value: float, seconds: int, quality: float = 0.95) -> None:
     """`seconds` of samples at `value` ending now, through the engine's alarm processor."""
     now = dt.datetime.now(dt.UTC)
@@ -311,7 +296,7 @@ def test_console_sounds_the_most_urgent_alarm_until_acknowledged(daphne: str) ->
             # Not armed: the banner says so and nothing is played, even with an alarm open.
             expect(page.locator("#audio-banner")).to_be_visible()
             assert page.evaluate("window.perfuseConsole.sounder.ctx.state") == "suspended"
-            _off_loop(_readings, a, dev_a, 33.0, 31)  # tissue O2 low: medium
+            off_loop(_readings, a, dev_a, 33.0, 31)  # tissue O2 low: medium
             medium = page.locator("tr.unacked", has_text="pt-sig-a")
             expect(medium).to_be_visible(timeout=5000)
             _sounding(page, "medium:physiological")
@@ -335,7 +320,7 @@ def test_console_sounds_the_most_urgent_alarm_until_acknowledged(daphne: str) ->
             # A high-priority alarm in a background tab: a system notification, and only the
             # high burst sounds from then on (10 pulses, 3 + 2, 3 + 2).
             page.evaluate("window.__hidden = true")
-            _off_loop(_readings, b, dev_b, 20.0, 14)  # critically low: high
+            off_loop(_readings, b, dev_b, 20.0, 14)  # critically low: high
             _sounding(page, "high:physiological")
             page.evaluate("window.__hidden = false")
             assert [n["title"] for n in page.evaluate("window.__notifications")] == ["HIGH alarm · pt-sig-b"]
@@ -374,7 +359,7 @@ def test_console_sounds_the_most_urgent_alarm_until_acknowledged(daphne: str) ->
             assert not [p for p in _audible(page) if p["start"] >= paused_at]
 
             # A higher priority breaks through the pause (and ends it).
-            _off_loop(_readings, c, dev_c, 20.0, 14)
+            off_loop(_readings, c, dev_c, 20.0, 14)
             _sounding(page, "high:physiological")
             expect(page.locator("#audio-paused")).to_be_hidden()
 
@@ -394,7 +379,7 @@ def test_console_sounds_the_most_urgent_alarm_until_acknowledged(daphne: str) ->
 
             # A technical low-priority alarm: at most two pulses of the equipment melody, > 15 s apart.
             before = len(_audible(page))
-            _off_loop(_readings, d, dev_d, 50.0, 62, 0.2)  # signal quality low: low, technical
+            off_loop(_readings, d, dev_d, 50.0, 62, 0.2)  # signal quality low: low, technical
             expect(page.locator("tr.unacked", has_text="pt-sig-d")).to_be_visible(timeout=5000)
             _sounding(page, "low:technical")
             _assert_bursts(_bursts(_audible(page)[before:]), EQUIPMENT, 2, (15.01, 60))
