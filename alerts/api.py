@@ -1,4 +1,5 @@
-"""Alarm REST API (contract section 3): list, detail, acknowledge, accept, decline, pause.
+"""Alarm REST API (contract section 3): list, detail, acknowledge, accept, decline, pause, and a
+console's audio pause.
 
 Ward-scoped through alerts.selectors (`alarm_console`, `alarm_visible`, `alarm_patient`) and the
 services' own checks; every call is audited. A refusal is raised on to the API's exception
@@ -119,6 +120,17 @@ class PauseOut(serializers.Serializer[None]):
     until = serializers.DateTimeField()
     priority = serializers.CharField()
     by = serializers.CharField()
+
+
+class AudioPauseIn(serializers.Serializer[None]):
+    seconds = serializers.IntegerField(min_value=1, max_value=services.AUDIO_PAUSE_MAX_S)
+    priority = serializers.ChoiceField(choices=Priority.values())
+
+
+class AudioPauseOut(serializers.Serializer[None]):
+    until = serializers.DateTimeField()
+    seconds = serializers.IntegerField()
+    priority = serializers.CharField()
 
 
 class ErrorSerializer(serializers.Serializer[None]):
@@ -291,3 +303,22 @@ def alarm_pause(request: Request) -> Response:
         },
         status=201,
     )
+
+
+@extend_schema(
+    summary="Record a console's audio pause (IEC 60601-1-8 AUDIO PAUSED) of a priority and lower",
+    description="The console that asks stays silent for those priorities until `until`; alarms are "
+    "raised, shown and escalated as before, and a higher priority sounds at once.",
+    operation_id="alarm_audio_pause",
+    request=AudioPauseIn,
+    responses={201: AudioPauseOut, **ERRORS},
+)
+@api_view(["POST"])
+@permission_classes([AllowAny])  # access is decided (and refusals raised) below
+def alarm_audio_pause(request: Request) -> Response:
+    selectors.alarm_console(request.user, action="alarm.audio_paused")
+    data = _input(AudioPauseIn, request)
+    until = services.console_audio_pause(
+        actor=actor_from_request(request), seconds=data["seconds"], priority=data["priority"]
+    )
+    return Response({"until": until, "seconds": data["seconds"], "priority": data["priority"]}, status=201)

@@ -10,6 +10,7 @@ urlpatterns = [
     path("alarms/fatigue.csv", views.fatigue, name="alarm-fatigue-csv"),
     path("api/v1/alarms/", api.alarm_list, name="api-alarms"),
     path("api/v1/alarms/pauses", api.alarm_pause, name="api-alarm-pause"),
+    path("api/v1/alarms/audio-pause", api.alarm_audio_pause, name="api-alarm-audio-pause"),
     path("api/v1/alarms/<int:alarm_id>", api.alarm_detail, name="api-alarm"),
     path("api/v1/alarms/<int:alarm_id>/acknowledge", api.alarm_acknowledge, name="api-alarm-acknowledge"),
     path("api/v1/alarms/<int:alarm_id>/accept", api.alarm_accept, name="api-alarm-accept"),

@@ -9,8 +9,18 @@ from audit.chain import HASH_VERSION
 
 
 class StaffProfile(models.Model):
+    class DisplayMode(models.TextChoices):
+        """How pages are drawn for this user (static/css/app.css): "auto" follows the system's
+        light or dark preference, the others fix a scheme."""
+
+        AUTO = "auto", "Auto (system)"
+        DAY = "day", "Day"
+        NIGHT = "night", "Night"
+        CONTRAST = "contrast", "High contrast"
+
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff")
     wards = models.ManyToManyField("telemetry.Ward", blank=True, related_name="staff")
+    display_mode = models.CharField(max_length=16, choices=DisplayMode.choices, default=DisplayMode.AUTO)
 
     class Meta:
         # Role capabilities, granted to the role groups by migration 0004. Checked through

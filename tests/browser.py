@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,20 @@ def daphne_server(log_name: str) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def off_loop(fn: Any, *args: Any) -> Any:
+    """Run database work off the thread where Playwright's event loop runs (the ORM refuses to
+    run inside an event loop)."""
+
+    def call() -> Any:
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
 
 
 def wait_until(page: Any, expression: str, arg: Any = None, *, timeout_ms: float = 30000) -> Any:

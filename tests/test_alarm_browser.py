@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from alerts.engine import AlarmProcessor
 from alerts.models import Alarm
 from telemetry.models import Device, Patient
 from tests import factories, personas
 from tests.alarm_factories import insert
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, off_loop
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -37,19 +35,6 @@ def _page(browser: Any, url: str, session_key: str) -> Any:
     page.goto(url + "/alarms/")
     page.wait_for_selector("#live-status[data-state=live]", timeout=10000)
     return page
-
-
-def _off_loop(fn: Any, *args: Any) -> Any:
-    """Run database work off the thread where Playwright's event loop runs."""
-
-    def call() -> Any:
-        try:
-            return fn(*args)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(call).result()
 
 
 def _desaturate(patient: Patient, device: Device) -> Alarm:
@@ -79,7 +64,7 @@ def test_oncall_sees_new_alarm_live_and_acknowledges_it(daphne: str) -> None:
             expect(page.locator("#alarm-empty")).to_be_visible()
 
             # A 31-second desaturation to 33 % arrives; the engine raises the low alarm.
-            alarm = _off_loop(_desaturate, patient, device)
+            alarm = off_loop(_desaturate, patient, device)
 
             row = page.locator(f"tr[data-alarm='{alarm.pk}']")
             expect(row).to_be_visible(timeout=5000)

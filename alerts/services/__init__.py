@@ -4,6 +4,7 @@ acts on alarms and pauses (alerts/services/alarms.py), and alarm rule versions
 """
 
 from alerts.services.alarms import (
+    AUDIO_PAUSE_MAX_S,
     alarm_accept,
     alarm_acknowledge,
     alarm_condition_clear,
@@ -11,6 +12,7 @@ from alerts.services.alarms import (
     alarm_raise,
     alarm_recur,
     alarm_timers,
+    console_audio_pause,
     patient_pause,
 )
 from alerts.services.rules import (
@@ -24,6 +26,7 @@ from alerts.services.rules import (
 )
 
 __all__ = [
+    "AUDIO_PAUSE_MAX_S",
     "RULE_LIMITS",
     "alarm_accept",
     "alarm_acknowledge",
@@ -32,6 +35,7 @@ __all__ = [
     "alarm_raise",
     "alarm_recur",
     "alarm_timers",
+    "console_audio_pause",
     "patient_pause",
     "rule_current_ward",
     "rule_effective",

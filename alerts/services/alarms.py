@@ -357,3 +357,22 @@ def patient_pause(
     )
     events.pause_publish(pause=pause, by=actor.username)
     return pause
+
+
+# The longest audio pause a console may ask for: IEC 60601-1-8 leaves the AUDIO PAUSED duration to
+# the manufacturer; two minutes is what the console asks, five the ceiling.
+AUDIO_PAUSE_MAX_S = 300
+
+
+@transaction.atomic
+def console_audio_pause(*, actor: Actor, seconds: int, priority: str) -> dt.datetime:
+    """Record that a console silenced its sound for `priority` and lower until the returned time.
+    Nothing changes on the server: alarms are raised, escalate and show as before; the browser
+    that asked stays silent (docs/alarms.md, "Alarm signals")."""
+    until = timezone.now() + dt.timedelta(seconds=seconds)
+    audit_record(
+        actor=actor,
+        action="alarm.audio_paused",
+        detail={"seconds": seconds, "priority": priority, "until": until.isoformat()},
+    )
+    return until

@@ -1,4 +1,5 @@
-"""Template context for every page: the navigation the user's role may use, and session timing."""
+"""Template context for every page: the navigation the user's role may use, session timing and the
+user's display mode."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 
 from audit.access.policy import user_can, user_is_verified, user_role
+from audit.access.staff import staff_display_mode
+from audit.models import StaffProfile
 from config.users import StaffUser
 
 # (label, url, capability that shows it). Apps add their pages here, not in templates.
@@ -40,4 +43,6 @@ def staff_context(request: HttpRequest) -> dict[str, Any]:
         "perfuse_role": user_role(user),
         "perfuse_idle_seconds": settings.PERFUSE_SESSION_IDLE_SECONDS,
         "perfuse_warning_seconds": settings.PERFUSE_SESSION_WARNING_SECONDS,
+        "perfuse_display_mode": staff_display_mode(user) if verified else StaffProfile.DisplayMode.AUTO,
+        "perfuse_display_modes": StaffProfile.DisplayMode.choices,
     }

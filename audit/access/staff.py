@@ -18,6 +18,7 @@ from audit.access.roles import ROLES
 from audit.access.sessions import user_logout_everywhere
 from audit.models import StaffProfile
 from audit.trail import SYSTEM, Actor, audit_record
+from config.users import StaffUser, user_account
 from telemetry.models import Ward
 
 
@@ -100,3 +101,29 @@ def staff_deactivate(*, username: str, actor: Actor = SYSTEM) -> int:
     user.save(update_fields=["is_active"])
     audit_record(actor=actor, action="staff.deactivated", subject=f"user:{user.pk}", detail={"username": username})
     return user_logout_everywhere(user_id=user.pk, actor=actor)
+
+
+def staff_display_mode(user: StaffUser | None) -> str:
+    """The user's display mode; "auto" for anyone without a profile (or not signed in)."""
+    if user is None or not user.is_authenticated or user.pk is None:
+        return StaffProfile.DisplayMode.AUTO
+    mode = StaffProfile.objects.filter(user_id=user.pk).values_list("display_mode", flat=True).first()
+    return mode or StaffProfile.DisplayMode.AUTO
+
+
+@transaction.atomic
+def staff_display_mode_set(*, user: StaffUser, mode: str, actor: Actor) -> str:
+    """Keep the user's display mode (a settings change, audited with the old and new value)."""
+    if mode not in StaffProfile.DisplayMode.values:
+        raise StaffError(f"unknown display mode {mode!r}; modes: {', '.join(StaffProfile.DisplayMode.values)}")
+    profile, _ = StaffProfile.objects.select_for_update().get_or_create(user=user_account(user))
+    previous = profile.display_mode
+    profile.display_mode = mode
+    profile.save(update_fields=["display_mode"])
+    audit_record(
+        actor=actor,
+        action="staff.display_mode_changed",
+        subject=f"user:{user.pk}",
+        detail={"from": previous, "to": mode},
+    )
+    return mode

@@ -1,5 +1,6 @@
 """Staff sign-in (password + TOTP in one form), first-time MFA enrollment, logout, session ping,
-and the break-glass page (request and end time-limited emergency access to one patient).
+the display-mode setting, and the break-glass page (request and end time-limited emergency
+access to one patient).
 
 Every attempt is audited: login.success / login.failure / login.locked / logout (a failed or
 locked attempt through audit.access.refusals.refusal_audit, answered by the form). A user whose
@@ -35,13 +36,14 @@ from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.access.answers import refusal_pages
 from audit.access.breakglass import REQUESTED, break_glass_end, break_glass_grant
 from audit.access.context import role_home
 from audit.access.decorators import staff_page
 from audit.access.forms import BreakGlassForm, EnrollForm, LoginForm
 from audit.access.lockout import Gate, login_gate, login_succeeded, second_factor_holds
 from audit.access.middleware import LAST_ACTIVITY_KEY
-from audit.access.policy import actor_from_request, user_is_verified
+from audit.access.policy import access_refusal, actor_from_request, user_is_verified
 from audit.access.refusals import refusal_audit
 from audit.access.sessions import (
     staff_session_forget,
@@ -49,7 +51,7 @@ from audit.access.sessions import (
     user_logout_everywhere,
     user_sockets_close,
 )
-from audit.access.staff import totp_secret_base32
+from audit.access.staff import StaffError, staff_display_mode_set, totp_secret_base32
 from audit.models import BreakGlassGrant, StaffSession
 from audit.trail import Actor, audit_record
 from config.api_errors import error_response
@@ -281,6 +283,19 @@ def session_ping_view(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return error_response(401, "not_authenticated", "Your session has ended; sign in again.")
     return JsonResponse({"idle_seconds": settings.PERFUSE_SESSION_IDLE_SECONDS})
+
+
+@require_POST
+@refusal_pages()
+def display_mode_view(request: HttpRequest) -> HttpResponse:
+    """The topbar's display selector: keep the mode for this user and go back to the page."""
+    if not user_is_verified(request.user):
+        raise access_refusal(request.user, action="staff.display_mode_changed", detail="Sign in to change the display.")
+    try:
+        staff_display_mode_set(user=request.user, mode=request.POST.get("mode", ""), actor=actor_from_request(request))
+    except StaffError as exc:
+        messages.error(request, str(exc))
+    return redirect(_next_url(request, "/"))
 
 
 @require_http_methods(["GET", "POST"])

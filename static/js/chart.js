@@ -264,7 +264,11 @@
     );
   }
 
+  // The alarm indicator, title and favicon follow the same frames (alerts/static/alerts/alarm-signals.js).
+  const alarmIndicator = window.PerfuseAlarmSignals.patientIndicator(document.getElementById("chart-alarm"));
+
   function onFrame(frame) {
+    alarmIndicator.onFrame(frame);
     switch (frame.type) {
       case "snapshot":
         state.clockOffset = Date.parse(frame.server_time) - Date.now();

@@ -5,6 +5,7 @@
 (function () {
   "use strict";
   const L = window.PerfuseLive;
+  const S = window.PerfuseAlarmSignals; // visual alarm signals: the badge, title and favicon
   const RANK = { high: 0, medium: 1, low: 2 };
   const BUCKET_MS = 30000;
   const SPARK_MS = 30 * 60000;
@@ -136,6 +137,7 @@
     const badge = el.querySelector(".alarm-badge");
     el.dataset.alarm = card.alarm ? card.alarm.priority : "";
     badge.hidden = !card.alarm;
+    S.mark(badge, card.alarm ? card.alarm.priority : null, card.alarm ? card.alarm.state : null);
     if (card.alarm) badge.textContent = card.alarm.priority.toUpperCase() + " · " + card.alarm.label;
   }
 
@@ -150,6 +152,7 @@
       if (container.children[i] !== card.el) container.insertBefore(card.el, container.children[i] || null);
     });
     empty.hidden = cards.size > 0;
+    S.showHighest(S.highest(ordered.filter((c) => c.alarm).map((c) => c.alarm)));
   }
 
   function onFrame(frame) {

@@ -1,9 +1,17 @@
 // Alarm console: render the open alarms, keep them live over WS /ws/alarms/live, act through the
 // REST API. Frames are hints: after a reconnect the list is refetched over REST.
+// Alarm signals (docs/alarms.md): the most urgent unacknowledged, unpaused alarm sounds
+// (alarm-audio.js); until a user gesture arms the audio a banner says the console is silent;
+// the audio pause silences its priority and lower for two minutes, recorded by the server; rows,
+// title and favicon carry the visual signals (alarm-signals.js); keyboard shortcuts below.
 (function () {
   "use strict";
   const root = document.getElementById("alarm-console");
   if (!root) return;
+  const A = window.PerfuseAlarmAudio;
+  const S = window.PerfuseAlarmSignals;
+  const AUDIO_PAUSE_S = 120;
+  const NOTIFY_CAUSES = new Set(["raised", "re_alert", "escalated"]);
   const canAccept = root.dataset.canAccept === "1";
   const canAcknowledge = root.dataset.canAcknowledge === "1";
   const rowsEl = document.getElementById("alarm-rows");
@@ -11,10 +19,17 @@
   const statusEl = document.getElementById("live-status");
   const notesEl = document.getElementById("alarm-notes");
   const csrf = root.querySelector("input[name=csrfmiddlewaretoken]").value;
-  const RANK = { high: 3, medium: 2, low: 1 };
+  const RANK = A.RANK;
   const alarms = new Map();
   const pauses = new Map();
+  const sounder = new A.Sounder();
+  const banner = document.getElementById("audio-banner");
+  const pausedEl = document.getElementById("audio-paused");
+  const pauseError = document.getElementById("audio-pause-error");
+  const help = document.getElementById("shortcuts");
   let serverSkewMs = 0;
+  let audioPause = null; // {until: ms on the server's clock, priority, seconds}
+  let selected = null; // alarm id the shortcuts act on
 
   function setAlarms(list) {
     alarms.clear();
@@ -64,8 +79,11 @@
   }
 
   function row(a) {
-    const tr = el("tr", { "data-alarm": a.id, class: a.state === "active_unacknowledged" ? "unacked" : "acked" });
-    tr.appendChild(el("td")).appendChild(el("span", { class: "prio prio-" + a.priority }, a.priority));
+    const tr = el("tr", { "data-alarm": a.id, tabindex: "-1", class: a.state === "active_unacknowledged" ? "unacked" : "acked" });
+    if (a.id === selected) tr.classList.add("selected");
+    const signal = tr.appendChild(el("td", { class: "signal" }));
+    S.mark(signal, a.priority, a.state);
+    signal.appendChild(el("span", { class: "prio prio-" + a.priority }, a.priority));
     const who = tr.appendChild(el("td"));
     who.appendChild(el("a", { href: a.chart_url }, a.patient));
     who.appendChild(el("div", { class: "ward" }, a.ward));
@@ -89,7 +107,11 @@
     if (canAcknowledge && a.state === "active_unacknowledged") {
       const note = el("input", { type: "text", maxlength: "500", placeholder: "note", "aria-label": "acknowledgement note" });
       cell.appendChild(note);
-      act(cell, "Acknowledge", "ack", () => post("/api/v1/alarms/" + a.id + "/acknowledge", { note: note.value }));
+      const ack = act(cell, "Acknowledge", "ack", () => post("/api/v1/alarms/" + a.id + "/acknowledge", { note: note.value }));
+      note.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter") ack.click();
+        if (ev.key === "Escape") tr.focus();
+      });
     }
     if (canAccept && !a.responsible) act(cell, "Accept", "accept", () => post("/api/v1/alarms/" + a.id + "/accept"));
     if (canAccept && a.escalation_level >= 1) act(cell, "Decline", "decline", () => post("/api/v1/alarms/" + a.id + "/decline", { reason: "" }));
@@ -105,8 +127,10 @@
     const list = [...alarms.values()].filter((a) => a.state !== "resolved");
     list.sort((x, y) => RANK[y.priority] - RANK[x.priority] || Date.parse(x.raised_at) - Date.parse(y.raised_at) || x.id - y.id);
     // Keep a half-typed note: do not re-render a row whose input has focus.
-    const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("tr[data-alarm]");
+    const active = document.activeElement;
+    const focused = active && active.matches && active.matches("tr[data-alarm] input") ? active.closest("tr") : null;
     const keep = focused ? Number(focused.dataset.alarm) : null;
+    const rowFocused = active && active.matches && active.matches("tr[data-alarm]");
     const fresh = document.createDocumentFragment();
     for (const a of list) {
       if (keep === a.id && alarms.get(a.id).state === "active_unacknowledged" && focused) fresh.appendChild(focused);
@@ -114,6 +138,123 @@
     }
     rowsEl.replaceChildren(fresh);
     emptyEl.hidden = list.length > 0;
+    // The selected row keeps the keyboard focus through a re-render.
+    const again = rowFocused && rowsEl.querySelector("tr.selected");
+    if (again) again.focus();
+    signal();
+  }
+
+  // ---- signals ----------------------------------------------------------------------------
+
+  function serverNow() {
+    return Date.now() + serverSkewMs;
+  }
+
+  /* What sounds, the audio-pause countdown, title and favicon; a higher priority than the
+   * audio pause covers breaks through it (and ends it). */
+  function signal() {
+    const list = [...alarms.values()];
+    const now = serverNow();
+    if (audioPause && audioPause.until <= now) audioPause = null;
+    const loudest = A.choose(list, { patients: pauses, audio: null }, now);
+    if (audioPause && loudest && RANK[loudest.priority] > RANK[audioPause.priority]) audioPause = null;
+    const sounding = A.choose(list, { patients: pauses, audio: audioPause }, now);
+    sounder.play(sounding);
+    root.dataset.sounding = sounding ? sounding.priority + ":" + sounding.category : "";
+    pausedEl.hidden = !audioPause;
+    if (audioPause) {
+      // Capped at the length asked: the clock skew measured at the snapshot is not exact.
+      const left = Math.min(audioPause.seconds, Math.max(0, Math.ceil((audioPause.until - now) / 1000)));
+      document.getElementById("audio-paused-priority").textContent = audioPause.priority;
+      document.getElementById("audio-paused-left").textContent = Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0");
+    }
+    S.showHighest(S.highest(list));
+  }
+
+  /* Silence the console's audio for the priority sounding now and lower (low when nothing
+   * sounds, so any medium or high alarm still breaks through). */
+  async function pauseAudio() {
+    const sounding = A.choose([...alarms.values()], { patients: pauses, audio: null }, serverNow());
+    try {
+      const p = await post("/api/v1/alarms/audio-pause", { seconds: AUDIO_PAUSE_S, priority: sounding ? sounding.priority : "low" });
+      audioPause = { until: Date.parse(p.until), priority: p.priority, seconds: p.seconds };
+    } catch (e) {
+      pauseError.hidden = false;
+      pauseError.textContent = "Audio not paused: " + (e.message || e);
+      return;
+    }
+    pauseError.hidden = true;
+    signal();
+  }
+
+  function showArming() {
+    banner.hidden = sounder.armed;
+    root.dataset.audio = sounder.armed ? "armed" : "not-armed";
+  }
+
+  function arm() {
+    if (!sounder.armed) sounder.arm().then(showArming);
+  }
+
+  // ---- keyboard shortcuts -------------------------------------------------------------------
+
+  function visibleRows() {
+    return [...rowsEl.querySelectorAll("tr[data-alarm]")];
+  }
+
+  function select(tr) {
+    if (!tr) return;
+    selected = Number(tr.dataset.alarm);
+    for (const r of visibleRows()) r.classList.toggle("selected", r === tr);
+    tr.focus();
+    tr.scrollIntoView({ block: "nearest" });
+  }
+
+  function step(by) {
+    const rows = visibleRows();
+    const at = rows.findIndex((r) => Number(r.dataset.alarm) === selected);
+    select(rows[at === -1 ? (by > 0 ? 0 : rows.length - 1) : Math.min(Math.max(at + by, 0), rows.length - 1)]);
+  }
+
+  function selectedRow() {
+    const rows = visibleRows();
+    const tr = rows.find((r) => Number(r.dataset.alarm) === selected) || rows.find((r) => r.classList.contains("unacked"));
+    if (tr && Number(tr.dataset.alarm) !== selected) select(tr);
+    return tr;
+  }
+
+  function toggleHelp(open) {
+    help.hidden = !open;
+    if (open) document.getElementById("shortcuts-close").focus();
+  }
+
+  const SHORTCUTS = {
+    j: () => step(1),
+    ArrowDown: () => step(1),
+    k: () => step(-1),
+    ArrowUp: () => step(-1),
+    a: () => {
+      const tr = selectedRow();
+      const note = tr && tr.querySelector("input[aria-label='acknowledgement note']");
+      if (note) note.focus();
+    },
+    o: () => {
+      const tr = selectedRow();
+      if (tr) location.href = tr.querySelector("td a").href;
+    },
+    p: pauseAudio,
+    "?": () => toggleHelp(help.hidden),
+    Escape: () => toggleHelp(false),
+  };
+
+  function onKey(ev) {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const typing = ev.target.closest && ev.target.closest("input, textarea, select, [contenteditable]");
+    if (typing && ev.key !== "Escape") return;
+    const action = SHORTCUTS[ev.key];
+    if (!action || (typing && ev.key === "Escape")) return;
+    ev.preventDefault();
+    action();
   }
 
   function addNote(n) {
@@ -143,6 +284,7 @@
         render();
       } else if (f.type === "alarm.transition") {
         if (f.alarm.state === "resolved") alarms.delete(f.alarm.id); else alarms.set(f.alarm.id, f.alarm);
+        if (f.alarm.state === "active_unacknowledged" && NOTIFY_CAUSES.has(f.transition.cause)) S.notifyBackground(f.alarm);
         render();
       } else if (f.type === "alarm.pause") {
         pauses.set(f.patient, f);
@@ -160,10 +302,36 @@
     };
   }
 
+  // Any gesture arms the audio (the browser's condition for sound); the button also asks to show
+  // system notifications. The banner stays until the context runs, and returns if it stops.
+  sounder.onchange = showArming;
+  document.addEventListener("pointerdown", arm, true);
+  document.addEventListener("keydown", arm, true);
+  document.getElementById("audio-arm").addEventListener("click", () => {
+    arm();
+    S.askNotifications();
+  });
+  document.getElementById("audio-pause").addEventListener("click", pauseAudio);
+  document.getElementById("audio-resume").addEventListener("click", () => {
+    audioPause = null;
+    signal();
+  });
+  document.getElementById("shortcuts-open").addEventListener("click", () => toggleHelp(true));
+  document.getElementById("shortcuts-close").addEventListener("click", () => toggleHelp(false));
+  rowsEl.addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-alarm]");
+    if (tr && !ev.target.closest("a, button, input")) select(tr);
+  });
+  document.addEventListener("keydown", onKey);
+  window.perfuseConsole = { sounder };
+
   setAlarms(JSON.parse(document.getElementById("alarm-initial").textContent));
+  showArming();
   render();
   connect();
   setInterval(() => {
+    showArming();
+    signal();
     for (const td of rowsEl.querySelectorAll("td.age")) td.textContent = waited(td.dataset.since);
     for (const d of rowsEl.querySelectorAll(".paused[data-until]")) {
       const left = Math.round((Date.parse(d.dataset.until) - Date.now() - serverSkewMs) / 1000);
