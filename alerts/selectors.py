@@ -22,7 +22,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from alerts.errors import AlarmNotFound
 from alerts.lifecycle import AlarmView
 from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule
-from alerts.vocabulary import Category, Kind, State
+from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, Category, Kind, State
 from audit.access.policy import (
     ADMIN,
     CLINICIAN,
@@ -39,6 +39,7 @@ from audit.access.policy import (
 from config.live import iso
 from config.refusal import Refusal
 from telemetry.models import Patient, Ward
+from telemetry.units import METRICS
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
 _RELATED = ("patient", "ward", "rule", "acknowledged_by", "responsible")
@@ -145,6 +146,8 @@ def alarms_visible_to(user: Any) -> QuerySet[Alarm]:
 _EXPLAIN_WITHOUT_VALUES = frozenset(
     {
         "kind",
+        "metric",
+        "unit",
         "physiological",
         "onset",
         "at",
@@ -432,28 +435,47 @@ def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]
     return badges
 
 
-def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, list[dict[str, Any]]]:
-    """Threshold bands of the patient's effective rule, alarm periods overlapping [start, end)
-    (condition onset to clearance, sample time), and the open alarms."""
+# The value bands the chart shades per metric: each below-threshold kind, from the next more
+# urgent threshold (or zero) up to its own, most urgent first.
+_BAND_FIELDS: dict[str, tuple[tuple[Kind, str], ...]] = {
+    "tissue_o2": ((Kind.CRITICAL_LOW, "critical_threshold"), (Kind.LOW, "low_threshold")),
+    "spo2": ((Kind.SPO2_CRITICAL_LOW, "spo2_critical_threshold"), (Kind.SPO2_LOW, "spo2_low_threshold")),
+    "battery": ((Kind.BATTERY_LOW, "battery_low_threshold"),),
+}
+
+
+def rule_bands(rule: AlarmRule) -> dict[str, list[dict[str, Any]]]:
+    """The rule's thresholds as value bands, by metric: {"label", "low", "high", "priority"}."""
+    bands: dict[str, list[dict[str, Any]]] = {}
+    for metric, kinds in _BAND_FIELDS.items():
+        low, rows = 0.0, []
+        for kind, field in kinds:
+            high = float(getattr(rule, field))
+            label = f"{kind.label} < {high:g} {METRICS[metric].symbol}"
+            rows.append({"label": label, "low": low, "high": high, "priority": str(KIND_PRIORITY[kind])})
+            low = high
+        bands[metric] = rows
+    return bands
+
+
+def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    """Threshold bands of the patient's effective rule (`thresholds`: tissue O2's, as the chart
+    API has always given them; `bands`: every charted metric's), alarm periods overlapping
+    [start, end) (condition onset to clearance, sample time, with the metric they are about), and
+    the open alarms."""
     patient = Patient.objects.select_related("ward").get(pk=patient_id)
-    rule = rule_in_force(patient)
-    thresholds = [
-        {"label": f"critically low < {rule.critical_threshold:g} %", "low": 0.0, "high": rule.critical_threshold,
-         "priority": "high"},
-        {"label": f"low < {rule.low_threshold:g} %", "low": rule.critical_threshold, "high": rule.low_threshold,
-         "priority": "medium"},
-    ]  # fmt: skip
+    bands = rule_bands(rule_in_force(patient))
     periods, current = [], []
     for alarm in alarms_for_patient(patient_id=patient_id, start=start, end=end):
         label = str(Kind(alarm.kind).label)
         ended = alarm.condition_cleared_at if not alarm.condition_present else None
         periods.append(
             {"start": iso(alarm.condition_started_at), "end": iso(ended) if ended else None,
-             "priority": alarm.priority, "label": label}
+             "priority": alarm.priority, "label": label, "metric": KIND_METRIC.get(alarm.kind)}
         )  # fmt: skip
         if alarm.is_open:
             current.append(
                 {"id": alarm.pk, "priority": alarm.priority, "state": alarm.state, "label": label,
                  "since": iso(alarm.raised_at)}
             )  # fmt: skip
-    return {"thresholds": thresholds, "periods": periods, "current": current}
+    return {"thresholds": bands["tissue_o2"], "bands": bands, "periods": periods, "current": current}
