@@ -52,6 +52,7 @@ def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
         "pseudonym": patient.pseudonym,
         "metric": selectors.METRIC,
         "unit": "%",
+        "metrics": selectors.chart_metrics(),
         "presets": [seconds for _, seconds in PRESETS],
         "staleAfter": settings.PERFUSE_STALE_SECONDS,
         "lowQuality": 0.5,
