@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, Prefetch, Q, QuerySet, prefetch_related_objects
 
 from alerts.errors import AlarmNotFound
 from alerts.lifecycle import AlarmView
-from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule
-from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, Category, Kind, State
+from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, AlarmTransition
+from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, OPEN_STATES, Category, Kind, State
 from audit.access.policy import (
     ADMIN,
     CLINICIAN,
@@ -479,3 +479,181 @@ def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.dateti
                  "since": iso(alarm.raised_at)}
             )  # fmt: skip
     return {"thresholds": bands["tissue_o2"], "bands": bands, "periods": periods, "current": current}
+
+
+# --- alarm history (alerts/history.py) ---------------------------------------------------------
+
+HISTORY_STATES: dict[str, tuple[str, ...]] = {
+    "all": tuple(State),
+    "open": OPEN_STATES,
+    **{state.value: (state,) for state in State},
+}
+# The transitions a history row is built from: who acknowledged and accepted, how far it reached.
+_HISTORY_CAUSES = ("acknowledged", "accepted", "escalated", "declined")
+
+
+@dataclass(frozen=True)
+class HistoryFilters:
+    """Which alarms a history shows: raised in [start, end), narrowed by ward, patient, priority,
+    kind and state. Filters only narrow what the viewer's alarm scope lets them see."""
+
+    start: dt.datetime
+    end: dt.datetime
+    ward: str = ""
+    patient: str = ""
+    priorities: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    state: str = "all"
+
+    def as_detail(self) -> dict[str, Any]:
+        return {
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "ward": self.ward,
+            "patient": self.patient,
+            "priorities": list(self.priorities),
+            "kinds": list(self.kinds),
+            "state": self.state,
+        }
+
+
+def alarm_history(*, scope: AlarmScope, filters: HistoryFilters) -> QuerySet[Alarm]:
+    """The alarms of the history, newest first."""
+    qs = Alarm.objects.filter(scope.alarms_q(), raised_at__gte=filters.start, raised_at__lt=filters.end)
+    if filters.ward:
+        qs = qs.filter(ward__code=filters.ward)
+    if filters.patient:
+        qs = qs.filter(patient__pseudonym=filters.patient)
+    if filters.priorities:
+        qs = qs.filter(priority__in=filters.priorities)
+    if filters.kinds:
+        qs = qs.filter(kind__in=filters.kinds)
+    if filters.state != "all":
+        qs = qs.filter(state__in=HISTORY_STATES[filters.state])
+    return qs.select_related(*_RELATED).order_by("-raised_at", "-id")
+
+
+def history_patient(scope: AlarmScope, *, pseudonym: str, action: str) -> Patient:
+    """A patient whose alarm history the scope covers: on one of its wards now, or with an alarm
+    it sees (raised on a ward the patient has left, or escalated). Unknown and other patients are
+    refused alike (404), so the answer says nothing about who exists."""
+    patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
+    if patient is not None and (
+        scope.wards.covers(patient.ward_id) or Alarm.objects.filter(scope.alarms_q(), patient=patient).exists()
+    ):
+        return patient
+    raise AlarmNotFound("No such patient on your wards.", action=action, reason="not_found", subject=pseudonym[:40])
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    by: str
+    at: dt.datetime
+    note: str
+
+
+@dataclass(frozen=True)
+class Escalation:
+    level: int
+    at: dt.datetime
+    cause: str  # escalated (timed) | declined (by the on-call user who declined)
+    by: str
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One alarm as the history shows it: what, when, who responded and how fast, how far it reached."""
+
+    alarm: Alarm
+    acknowledgements: tuple[Acknowledgement, ...]
+    accepted_by: str | None
+    accepted_at: dt.datetime | None
+    escalations: tuple[Escalation, ...]
+
+    @property
+    def seconds_to_acknowledge(self) -> float | None:
+        first = self.alarm.first_acknowledged_at
+        return None if first is None else round((first - self.alarm.raised_at).total_seconds(), 1)
+
+    @property
+    def seconds_to_accept(self) -> float | None:
+        return None if self.accepted_at is None else round((self.accepted_at - self.alarm.raised_at).total_seconds(), 1)
+
+    @property
+    def highest_level(self) -> int:
+        return max((e.level for e in self.escalations), default=0)
+
+    def as_json(self) -> dict[str, Any]:
+        a = self.alarm
+        first = self.acknowledgements[0] if self.acknowledgements else None
+        return {
+            "id": a.pk,
+            "patient": a.patient.pseudonym,
+            "ward": a.ward.code,
+            "kind": a.kind,
+            "kind_label": str(Kind(a.kind).label),
+            "priority": a.priority,
+            "category": a.category,
+            "state": a.state,
+            "raised_at": iso(a.raised_at),
+            "condition_started_at": iso(a.condition_started_at),
+            "condition_cleared_at": iso(a.condition_cleared_at) if a.condition_cleared_at else None,
+            "resolved_at": iso(a.resolved_at) if a.resolved_at else None,
+            "recurrences": a.recurrences,
+            "acknowledged_by": first.by if first else None,
+            "acknowledged_at": iso(first.at) if first else None,
+            "acknowledgements": [{"by": k.by, "at": iso(k.at), "note": k.note} for k in self.acknowledgements],
+            "note": a.ack_note,
+            "accepted_by": self.accepted_by,
+            "accepted_at": iso(self.accepted_at) if self.accepted_at else None,
+            "seconds_to_acknowledge": self.seconds_to_acknowledge,
+            "seconds_to_accept": self.seconds_to_accept,
+            "escalation_level": self.highest_level,
+            "escalations": [
+                {"level": e.level, "at": iso(e.at), "cause": e.cause, "by": e.by} for e in self.escalations
+            ],
+        }
+
+
+def _history_row(alarm: Alarm) -> HistoryRow:
+    acks: list[Acknowledgement] = []
+    escalations: list[Escalation] = []
+    accepted: tuple[str, dt.datetime] | None = None
+    for t in alarm.transitions.all():  # prefetched: the history causes, in time order
+        if t.cause == "acknowledged":
+            acks.append(Acknowledgement(t.actor_username, t.at, str(t.detail.get("note", ""))))
+        elif t.cause == "accepted" and accepted is None:
+            accepted = (t.actor_username, t.at)
+        elif t.cause in ("escalated", "declined"):
+            escalations.append(Escalation(int(t.detail.get("level", 0)), t.at, t.cause, t.actor_username))
+    return HistoryRow(
+        alarm=alarm,
+        acknowledgements=tuple(acks),
+        accepted_by=accepted[0] if accepted else None,
+        accepted_at=accepted[1] if accepted else None,
+        escalations=tuple(escalations),
+    )
+
+
+def _history_transitions() -> Prefetch[str]:
+    return Prefetch(
+        "transitions", queryset=AlarmTransition.objects.filter(cause__in=_HISTORY_CAUSES).order_by("at", "id")
+    )
+
+
+def history_rows(alarms: Iterable[Alarm]) -> list[HistoryRow]:
+    """History rows of a page of alarms (two queries: the alarms, their transitions)."""
+    page = list(alarms)
+    prefetch_related_objects(page, _history_transitions())
+    return [_history_row(alarm) for alarm in page]
+
+
+def history_rows_all(alarms: QuerySet[Alarm]) -> Iterator[HistoryRow]:
+    """Every row of a history, read in chunks (an export of a long span stays small in memory)."""
+    for alarm in alarms.prefetch_related(_history_transitions()).iterator(chunk_size=500):
+        yield _history_row(alarm)
+
+
+def history_patients(alarms: QuerySet[Alarm], *, limit: int) -> list[str]:
+    """The pseudonyms a history covers (for its audit event), at most `limit`."""
+    return list(alarms.order_by().values_list("patient__pseudonym", flat=True).distinct()[:limit])
