@@ -216,6 +216,8 @@
     const rgb = RGB[tr.metric] || RGB.tissue_o2;
     const line = "rgb(" + rgb + ")";
     const first = tr === primary; // the legend explains the first panel; the others share its meaning
+    // Smoothing is for tissue O2's noisy 1 Hz trace; a vital sign is shown as measured.
+    const smoothed = smoothedBox.checked && first;
     const common = { yaxis: tr.axis, legendgroup: tr.metric, meta: tr.metric };
     const raw = view.raw.filter((p) => p.t >= range[0] - 60000 && p.t <= range[1] + 60000);
     if (view.buckets) {
@@ -225,7 +227,7 @@
       out.push({ ...common, x, y: b.map((p) => p.max), name: "max", mode: "lines", line: { width: 1, color: "rgba(" + rgb + ",0.55)" }, hovertemplate: "max %{y:.1f}<extra></extra>", showlegend: false });
       out.push({ ...common, x, y: b.map((p) => p.min), name: "min–max", mode: "lines", line: { width: 1, color: "rgba(" + rgb + ",0.55)" }, fill: "tonexty", fillcolor: "rgba(" + rgb + ",0.25)", hovertemplate: "min %{y:.1f}<extra></extra>", showlegend: first });
       out.push({ ...common, x, y: b.map((p) => p.avg), name: "average", mode: "lines", line: { width: 1.5, color: line }, visible: rawBox.checked, showlegend: first });
-      if (smoothedBox.checked) {
+      if (smoothed) {
         const s = smooth(x, b.map((p) => p.avg), 5);
         out.push({ ...common, x: s.x, y: s.y, name: "smoothed", mode: "lines", line: { width: 2.5, color: "#e4572e" }, showlegend: first });
       }
@@ -236,12 +238,27 @@
       // Sparse metrics (a battery read once a minute) get markers, so a lone reading is visible.
       const mode = raw.length < 60 ? "lines+markers" : "lines";
       out.push({ ...common, x, y, name: view.buckets ? "live" : "raw", mode, marker: { size: 4, color: line }, line: { width: 1, color: line }, visible: rawBox.checked || Boolean(view.buckets), showlegend: first });
-      if (smoothedBox.checked && !view.buckets) {
+      if (smoothed && !view.buckets) {
         const s = smooth(x, y, 10);
         out.push({ ...common, x: s.x, y: s.y, name: "smoothed", mode: "lines", line: { width: 2.5, color: "#e4572e" }, showlegend: first });
       }
     }
     return { data: out, raw };
+  }
+
+  /* The y range of a vital sign's panel: its values in view, and its least urgent alarm threshold
+   * (so the limit is in sight), with a margin. Left to Plotly's autorange the alarm bands, which
+   * start at zero, would flatten the trace. Null when there is nothing to show. */
+  function valueRange(tr, view, raw) {
+    const values = raw.map((p) => p.value);
+    if (view.buckets) for (const p of view.buckets.points) values.push(p.min, p.max);
+    if (!values.length) return null;
+    const bands = state.bands[tr.metric] || [];
+    const limits = bands.length ? [Math.max(...bands.map((b) => b.high))] : [];
+    let lo = Math.min(...values, ...limits);
+    let hi = Math.max(...values, ...limits);
+    const pad = Math.max((hi - lo) * 0.08, Math.abs(hi) * 0.01, 0.5);
+    return [lo - pad, hi + pad];
   }
 
   function marksTrace(range) {
@@ -277,21 +294,29 @@
     return [end - state.width, end + 2000];
   }
 
-  /* Stacked y axes, the primary panel tallest, each titled with its metric and unit. */
-  function panelAxes() {
+  /* Stacked y axes, the primary panel tallest, each titled with its metric and unit. A vital
+   * sign's axis has the range `ranges` gives it and does not zoom on its own: a zoom on any panel
+   * moves the shared time axis. An empty panel says so. */
+  function panelAxes(ranges) {
     const tracks = [...state.tracks.values()];
     const weights = tracks.map((tr) => (tr === primary ? PRIMARY_WEIGHT : 1));
     const total = weights.reduce((a, b) => a + b, 0);
     const usable = 1 - PANEL_GAP * (tracks.length - 1);
     const axes = {};
+    const notes = [];
     let top = 1;
     tracks.forEach((tr, i) => {
       const bottom = Math.max(0, top - (usable * weights[i]) / total);
-      const key = "yaxis" + tr.axis.slice(1);
-      axes[key] = { domain: [bottom, top], anchor: "x", title: { text: tr.label + " (" + tr.unit + ")", font: { size: tr === primary ? 13 : 11 } }, rangemode: tr === primary ? "tozero" : "normal" };
+      const axis = { domain: [bottom, top], anchor: "x", title: { text: tr.label + " (" + tr.unit + ")", font: { size: tr === primary ? 13 : 11 } } };
+      if (tr === primary) axis.rangemode = "tozero";
+      else Object.assign(axis, { fixedrange: true, range: ranges.get(tr.metric) || [0, 1], showticklabels: ranges.has(tr.metric) });
+      axes["yaxis" + tr.axis.slice(1)] = axis;
+      if (tr !== primary && !ranges.has(tr.metric)) {
+        notes.push({ xref: "paper", yref: tr.axis + " domain", x: 0.5, y: 0.5, showarrow: false, text: tr.label + ": no readings in this span", font: { size: 11, color: "#5b6570" } });
+      }
       top = bottom - PANEL_GAP;
     });
-    return { axes, bottomAxis: tracks[tracks.length - 1].axis };
+    return { axes, notes, bottomAxis: tracks[tracks.length - 1].axis };
   }
 
   /* The alarm rule's value bands of each panel, as horizontal shading on its own axis. */
@@ -318,12 +343,17 @@
     const range = viewRange();
     const data = [];
     const shapes = [...thresholdShapes(), ...periodShapes()];
+    const ranges = new Map(); // metric -> y range of a vital sign's panel with data in view
     let primaryView = null;
     for (const tr of state.tracks.values()) {
       const view = trackView(tr);
       const { data: traces, raw } = trackTraces(tr, view, range);
       data.push(...traces);
       shapes.push(...lowQualityShapes(view.buckets ? view.buckets.points : raw, tr.axis));
+      const span = tr === primary ? null : valueRange(tr, view, raw);
+      if (span) ranges.set(tr.metric, span);
+      // Plotly lays out only the axes that carry a trace: an empty panel gets an empty one.
+      if (!traces.length) data.push({ x: [], y: [], yaxis: tr.axis, meta: tr.metric, showlegend: false, hoverinfo: "skip" });
       if (tr === primary) primaryView = view;
     }
     const { trace, marks } = marksTrace(range);
@@ -331,7 +361,7 @@
     for (const a of marks) {
       shapes.push({ type: "line", xref: "x", yref: "paper", x0: iso(a.t), x1: iso(a.t), y0: 0, y1: 1, line: { color: KIND_COLOR[a.kind] || "#555", width: 1.5, dash: "dot" } });
     }
-    const { axes, bottomAxis } = panelAxes();
+    const { axes, notes, bottomAxis } = panelAxes(ranges);
     const layout = {
       margin: { l: 48, r: 12, t: 8, b: 36 },
       xaxis: { type: "date", range: [iso(range[0]), iso(range[1])], anchor: bottomAxis },
@@ -339,6 +369,7 @@
       yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
       legend: { orientation: "h", y: 1.08 },
       shapes,
+      annotations: notes,
       dragmode: window.matchMedia("(max-width: 700px)").matches ? "pan" : "zoom",
       uirevision: state.mode + ":" + state.width,
     };
