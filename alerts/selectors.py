@@ -6,7 +6,8 @@ to every on-call user (that is what escalation means); administrators, whose war
 ward, see all of them. `alarm_console` and `alarm_visible` raise the refusal (config.refusal)
 when the user may not; the caller's answer audits it. Seeing an alarm is not reading the
 patient's telemetry: `alarm_explanation` shows sample values only to users who may read the
-patient's series.
+patient's series. The alarm history (`alarm_history`, alerts/history.py) is read through the
+same scope.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The words of alarms, defined once: kinds, priorities and their ranks, categories, states.
+"""The words of alarms, defined once: kinds (and the metric each is decided on), priorities and
+their ranks, categories, states.
 
 Plain Python (no Django), so the pure evaluator (alerts/evaluation.py) and lifecycle
 (alerts/lifecycle.py) use the same names as the models (alerts/models.py gives its fields these
