@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import render
@@ -35,6 +35,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts import selectors
+from alerts.api import AlarmSerializer
+from alerts.models import Alarm
+from alerts.schemas import alarm_out
 from alerts.selectors import HISTORY_STATES, AlarmScope, HistoryFilters, HistoryRow
 from alerts.vocabulary import Kind, Priority
 from audit.access.answers import refusal_pages
@@ -63,15 +66,15 @@ CSV_COLUMNS = (
     "condition_cleared_at",
     "resolved_at",
     "recurrences",
-    "acknowledged_by",
-    "acknowledged_at",
+    "first_acknowledged_by",
+    "first_acknowledged_at",
     "acknowledgements",
     "note",
-    "accepted_by",
-    "accepted_at",
+    "first_accepted_by",
+    "first_accepted_at",
     "seconds_to_acknowledge",
     "seconds_to_accept",
-    "escalation_level",
+    "highest_escalation_level",
     "escalations",
 )
 
@@ -172,6 +175,22 @@ def _form(request: HttpRequest, scope: AlarmScope, errors: dict[str, str]) -> di
     }
 
 
+def _bad_filters(request: HttpRequest, scope: AlarmScope, exc: FilterErrors) -> HttpResponse:
+    return render(request, "alerts/history.html", _form(request, scope, exc.errors), status=400)
+
+
+def _page_read(
+    request: HttpRequest, scope: AlarmScope, filters: HistoryFilters, *, number: str | None, fmt: str
+) -> tuple[Page[Alarm], list[HistoryRow]]:
+    """One page of the history, audited in the transaction that reads it."""
+    page = Paginator(selectors.alarm_history(scope=scope, filters=filters), PAGE_SIZE).get_page(number)
+    with transaction.atomic():
+        rows = selectors.history_rows(page.object_list)
+        patients = sorted({r.alarm.patient.pseudonym for r in rows})
+        _audit(request, VIEWED, filters, format=fmt, page=page.number, count=page.paginator.count, patients=patients)
+    return page, rows
+
+
 @require_GET
 @refusal_pages()
 def history_page(request: HttpRequest) -> HttpResponse:
@@ -179,20 +198,8 @@ def history_page(request: HttpRequest) -> HttpResponse:
     try:
         filters = _filters(scope, request.GET, VIEWED)
     except FilterErrors as exc:
-        return render(request, "alerts/history.html", _form(request, scope, exc.errors), status=400)
-    alarms = selectors.alarm_history(scope=scope, filters=filters)
-    page = Paginator(alarms, PAGE_SIZE).get_page(request.GET.get("page"))
-    with transaction.atomic():
-        rows = selectors.history_rows(page.object_list)
-        _audit(
-            request,
-            VIEWED,
-            filters,
-            format="html",
-            page=page.number,
-            count=page.paginator.count,
-            patients=sorted({r.alarm.patient.pseudonym for r in rows}),
-        )
+        return _bad_filters(request, scope, exc)
+    page, rows = _page_read(request, scope, filters, number=request.GET.get("page"), fmt="html")
     query = request.GET.copy()
     query.pop("page", None)
     context = {**_form(request, scope, {}), "filters": filters, "rows": rows, "page": page, "query": query.urlencode()}
@@ -252,7 +259,7 @@ def history_csv(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     try:
         filters = _filters(scope, request.GET, EXPORTED)
     except FilterErrors as exc:
-        return render(request, "alerts/history.html", _form(request, scope, exc.errors), status=400)
+        return _bad_filters(request, scope, exc)
     alarms = selectors.alarm_history(scope=scope, filters=filters)
     # Audited and committed before any row is sent: an export that cannot be audited discloses nothing.
     with transaction.atomic():
@@ -275,32 +282,30 @@ def history_csv(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
 # --- JSON API ------------------------------------------------------------------------------------
 
 
-class HistoryRowSerializer(serializers.Serializer):
-    """Schema of one history row (alerts.selectors.HistoryRow.as_json)."""
+class HistoryRowSerializer(AlarmSerializer):
+    """Schema of one history row: the alarm as the alarm API shows it, and its history."""
 
-    id = serializers.IntegerField()
-    patient = serializers.CharField()
-    ward = serializers.CharField()
-    kind = serializers.ChoiceField(choices=Kind.values())
-    kind_label = serializers.CharField()
-    priority = serializers.ChoiceField(choices=Priority.values())
-    category = serializers.CharField()
-    state = serializers.CharField()
-    raised_at = serializers.DateTimeField()
-    condition_started_at = serializers.DateTimeField()
-    condition_cleared_at = serializers.DateTimeField(allow_null=True)
-    resolved_at = serializers.DateTimeField(allow_null=True)
-    recurrences = serializers.IntegerField()
-    acknowledged_by = serializers.CharField(allow_null=True, help_text="the first acknowledgement")
-    acknowledged_at = serializers.DateTimeField(allow_null=True)
     acknowledgements = serializers.ListField(child=serializers.DictField(), help_text="[{by, at, note}], in order")
-    note = serializers.CharField(help_text="the latest acknowledgement's note")
-    accepted_by = serializers.CharField(allow_null=True)
-    accepted_at = serializers.DateTimeField(allow_null=True)
+    first_accepted_by = serializers.CharField(allow_null=True, help_text="the first on-call user who accepted")
+    first_accepted_at = serializers.DateTimeField(allow_null=True)
     seconds_to_acknowledge = serializers.FloatField(allow_null=True, help_text="raise to first acknowledgement")
-    seconds_to_accept = serializers.FloatField(allow_null=True, help_text="raise to acceptance")
-    escalation_level = serializers.IntegerField(help_text="the highest level reached")
+    seconds_to_accept = serializers.FloatField(allow_null=True, help_text="raise to first acceptance")
+    highest_escalation_level = serializers.IntegerField()
     escalations = serializers.ListField(child=serializers.DictField(), help_text="[{level, at, cause, by}]")
+
+
+def history_json(row: HistoryRow) -> dict[str, Any]:
+    """A history row for the API: alerts.schemas.AlarmOut and what the history adds."""
+    return {
+        **alarm_out(row.alarm),
+        "acknowledgements": [{"by": k.by, "at": iso(k.at), "note": k.note} for k in row.acknowledgements],
+        "first_accepted_by": row.accepted_by,
+        "first_accepted_at": iso(row.accepted_at) if row.accepted_at else None,
+        "seconds_to_acknowledge": row.seconds_to_acknowledge,
+        "seconds_to_accept": row.seconds_to_accept,
+        "highest_escalation_level": row.highest_level,
+        "escalations": [{"level": e.level, "at": iso(e.at), "cause": e.cause, "by": e.by} for e in row.escalations],
+    }
 
 
 class HistorySerializer(serializers.Serializer):
@@ -331,31 +336,19 @@ class HistorySerializer(serializers.Serializer):
     },
 )
 @api_view(["GET"])
-@permission_classes([AllowAny])  # access is decided (and refusals raised) in _history
+@permission_classes([AllowAny])  # access is decided (and refusals raised) by _scope and _filters
 def history_api(request: Request) -> Response:
     scope = _scope(request.user, request.query_params, VIEWED)
     try:
         filters = _filters(scope, request.query_params, VIEWED)
     except FilterErrors as exc:
         raise ApiError("invalid", exc.errors) from exc
-    alarms = selectors.alarm_history(scope=scope, filters=filters)
-    page = Paginator(alarms, PAGE_SIZE).get_page(request.query_params.get("page"))
-    with transaction.atomic():
-        rows = selectors.history_rows(page.object_list)
-        _audit(
-            request._request,
-            VIEWED,
-            filters,
-            format="json",
-            page=page.number,
-            count=page.paginator.count,
-            patients=sorted({r.alarm.patient.pseudonym for r in rows}),
-        )
+    page, rows = _page_read(request._request, scope, filters, number=request.query_params.get("page"), fmt="json")
     return Response(
         {
             "count": page.paginator.count,
             "page": page.number,
             "pages": page.paginator.num_pages,
-            "alarms": [row.as_json() for row in rows],
+            "alarms": [history_json(row) for row in rows],
         }
     )

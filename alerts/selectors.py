@@ -584,37 +584,6 @@ class HistoryRow:
     def highest_level(self) -> int:
         return max((e.level for e in self.escalations), default=0)
 
-    def as_json(self) -> dict[str, Any]:
-        a = self.alarm
-        first = self.acknowledgements[0] if self.acknowledgements else None
-        return {
-            "id": a.pk,
-            "patient": a.patient.pseudonym,
-            "ward": a.ward.code,
-            "kind": a.kind,
-            "kind_label": str(Kind(a.kind).label),
-            "priority": a.priority,
-            "category": a.category,
-            "state": a.state,
-            "raised_at": iso(a.raised_at),
-            "condition_started_at": iso(a.condition_started_at),
-            "condition_cleared_at": iso(a.condition_cleared_at) if a.condition_cleared_at else None,
-            "resolved_at": iso(a.resolved_at) if a.resolved_at else None,
-            "recurrences": a.recurrences,
-            "acknowledged_by": first.by if first else None,
-            "acknowledged_at": iso(first.at) if first else None,
-            "acknowledgements": [{"by": k.by, "at": iso(k.at), "note": k.note} for k in self.acknowledgements],
-            "note": a.ack_note,
-            "accepted_by": self.accepted_by,
-            "accepted_at": iso(self.accepted_at) if self.accepted_at else None,
-            "seconds_to_acknowledge": self.seconds_to_acknowledge,
-            "seconds_to_accept": self.seconds_to_accept,
-            "escalation_level": self.highest_level,
-            "escalations": [
-                {"level": e.level, "at": iso(e.at), "cause": e.cause, "by": e.by} for e in self.escalations
-            ],
-        }
-
 
 def _history_row(alarm: Alarm) -> HistoryRow:
     acks: list[Acknowledgement] = []

@@ -213,9 +213,17 @@ def test_csv_export_is_audited_before_a_row_leaves_and_neutralises_formulas(worl
     assert [int(r["id"]) for r in rows] == [world["a2"].pk, world["a1"].pk]
     high, low = rows
     assert high["note"] == "'" + FORMULA  # shown as text, never run
-    assert (high["accepted_by"], high["seconds_to_accept"], high["escalation_level"]) == ("oncall-a", "200.0", "2")
+    assert (high["first_accepted_by"], high["seconds_to_accept"], high["highest_escalation_level"]) == (
+        "oncall-a",
+        "200.0",
+        "2",
+    )
     assert "declined by oncall-b" in high["escalations"]
-    assert (low["acknowledged_by"], low["seconds_to_acknowledge"], low["accepted_by"]) == ("clin-a", "45.0", "")
+    assert (low["first_acknowledged_by"], low["seconds_to_acknowledge"], low["first_accepted_by"]) == (
+        "clin-a",
+        "45.0",
+        "",
+    )
     assert all(not cell.startswith(("=", "+", "@")) for row in rows for cell in row.values())
 
 
@@ -247,7 +255,12 @@ def test_json_api_pages_the_same_rows_and_answers_contract_errors(world: dict[st
         "Tissue O2 critically low",
         "high",
     )
-    assert (row["accepted_by"], row["seconds_to_accept"], row["escalation_level"]) == ("oncall-a", 200.0, 2)
+    assert (row["first_accepted_by"], row["seconds_to_accept"], row["highest_escalation_level"]) == (
+        "oncall-a",
+        200.0,
+        2,
+    )
+    assert (row["responsible"], row["note"], row["state"]) == ("oncall-a", FORMULA, "acknowledged")  # as the alarm API
     assert [a["note"] for a in row["acknowledgements"]] == [FORMULA]  # JSON is not a spreadsheet
     assert [e["cause"] for e in row["escalations"]] == ["escalated", "declined"]
     [event] = AuditEvent.objects.filter(action="alarm.history_viewed")

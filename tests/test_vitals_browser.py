@@ -6,15 +6,14 @@ beside tissue O2, live."""
 from __future__ import annotations
 
 import datetime as dt
-import urllib.request
 
-import orjson
 import pytest
 
 from telemetry.models import Device, Patient
 from tests import factories, personas
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, sign_in, wait_until
 from tests.live_support import insert_readings, persona
+from tests.test_dashboard_browser import _post
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -23,18 +22,6 @@ TRACE_VALUES = (
     "(metric) => document.getElementById('chart').data"
     ".filter(t => t.meta === metric).flatMap(t => (t.y || []).filter(v => v !== null))"
 )
-
-
-def _post(url: str, dev: factories.SimDevice, readings: list[dict]) -> dict:
-    body = factories.batch_body(dev, readings, firmware="fw-1.0")
-    request = urllib.request.Request(  # noqa: S310
-        url + "/api/v1/ingest/readings",
-        data=body,
-        headers={"Content-Type": "application/json", **dev.sign(body)},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        return orjson.loads(response.read())
 
 
 def test_chart_and_card_show_spo2_and_battery_beside_tissue_o2():
@@ -68,7 +55,7 @@ def test_chart_and_card_show_spo2_and_battery_beside_tissue_o2():
         page.wait_for_selector("#live-status[data-state=live]")
         vital = ".ward-card[data-pseudonym=p-vit] .vital-spo2"
         wait_until(page, f"document.querySelector('{vital}')?.textContent === 'SpO₂ 96 %'")
-        _post(url, dev, [factories.reading(900_001, metric="spo2", value=93.0, unit="%")])
+        _post(url, dev, [factories.reading(900_001, metric="spo2", value=93.0, unit="%")], firmware="fw-1.0")
         wait_until(page, f"document.querySelector('{vital}').textContent === 'SpO₂ 93 %'")
 
         # The chart: a panel per metric, each with its traces, on one time axis.
@@ -100,7 +87,7 @@ def test_chart_and_card_show_spo2_and_battery_beside_tissue_o2():
 
         # A live SpO2 reading arrives over the socket into its own track.
         loads = page.evaluate("window.perfuseChart.state.loads")
-        _post(url, dev, [factories.reading(900_002, metric="spo2", value=91.5, unit="%")])
+        _post(url, dev, [factories.reading(900_002, metric="spo2", value=91.5, unit="%")], firmware="fw-1.0")
         wait_until(page, "[...window.perfuseChart.state.tracks.get('spo2').live.values()].some(p => p.value === 91.5)")
         assert page.evaluate("window.perfuseChart.state.loads") == loads
         assert not page.evaluate("[...window.perfuseChart.state.live.values()].some(p => p.value === 91.5)")
