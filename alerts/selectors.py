@@ -6,7 +6,7 @@ to every on-call user (that is what escalation means); administrators, whose war
 ward, see all of them. `alarm_console` and `alarm_visible` raise the refusal (config.refusal)
 when the user may not; the caller's answer audits it. Seeing an alarm is not reading the
 patient's telemetry: `alarm_explanation` shows sample values only to users who may read the
-patient's series. The alarm history (`alarm_history`, alerts/history.py) is read through the
+patient's series. The alarm history (`alarm_history`, alerts/history/views.py) is read through the
 same scope.
 """
 
@@ -482,7 +482,7 @@ def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.dateti
     return {"thresholds": bands["tissue_o2"], "bands": bands, "periods": periods, "current": current}
 
 
-# --- alarm history (alerts/history.py) ---------------------------------------------------------
+# --- alarm history (alerts/history/views.py) ---------------------------------------------------
 
 HISTORY_STATES: dict[str, tuple[str, ...]] = {
     "all": tuple(State),

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from alerts import api, history, views
+from alerts import api, views
+from alerts.history import views as history
 
 urlpatterns = [
     path("alarms/", views.console, name="alarm-console"),

@@ -64,7 +64,7 @@ def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
         "presets": PRESETS,
         "chart_config": config,
         "identity_url": _identity_url(pseudonym),
-        # The patient's alarm history, for users with an alarm console (alerts/history.py).
+        # The patient's alarm history, for users with an alarm console (alerts/history/views.py).
         "alarm_history": alarm_scope(request.user) is not None,
     }
     return render(request, "dashboard/chart.html", context)

@@ -1,4 +1,4 @@
-"""Alarm history (alerts/history.py): who responded and how fast, how far an alarm reached; the
+"""Alarm history (alerts/history/views.py): who responded and how fast, how far an alarm reached; the
 filters; the ward scope of the alarm console; the CSV export (formulas neutralised, audited as a
 disclosure before a row leaves); the JSON API with the contract's errors."""
 
