@@ -1,9 +1,10 @@
 """The alarm processor run by `manage.py run_engine` (see telemetry/engine.py for the loop).
 
 How it works. `process(rows)` receives newly committed readings inside the engine's transaction.
-Readings are grouped per patient and fed, in sample-time order, to that patient's
-PatientEvaluator (alerts/evaluation.py, pure); the condition changes it reports are reconciled
-with the alarm rows through alerts/services.py. `tick(now)` runs the timers: resolution after
+Readings of the evaluated metrics (tissue O2, SpO2, battery: alerts.vocabulary.METRIC_KINDS) are
+grouped per patient and metric and fed, in sample-time order, to that patient's evaluator of the
+metric (alerts/evaluation.py, pure); the condition changes they report are reconciled with the
+alarm rows through alerts/services.py. `tick(now)` runs the timers: resolution after
 the suppression window, re-alert, escalation, the no-data check, and raising conditions that a
 pause held back once the pause is over.
 
@@ -12,7 +13,8 @@ Nothing lives only in memory. The durable state is PostgreSQL: the readings, the
 An evaluator is a cache rebuilt from them: on first sight of a patient (engine start), when a
 reading arrives older than one already evaluated (late or out-of-order data), or after a rule
 change, the patient's recent window is replayed (telemetry.selectors.readings_window) with each
-condition seeded from its open alarm. Replays are idempotent: an episode is identified by its
+condition seeded from its open alarm. Order is per metric: an SpO2 reading older than the last
+tissue-O2 one is not late. Replays are idempotent: an episode is identified by its
 onset sample time, so a replay never raises an alarm twice.
 
 Only readings inside the evaluation horizon count: from MAX_REPLAY before now to the ingest's
@@ -35,15 +37,16 @@ from django.conf import settings
 from django.db import transaction
 
 from alerts import lifecycle, selectors, services
-from alerts.evaluation import ConditionEvent, OutOfOrder, PatientEvaluator, RuleParams, Sample
+from alerts.evaluation import ConditionEvent, Evaluator, Machine, OutOfOrder, RuleParams, Sample, patient_evaluators
 from alerts.models import RULE_DEFAULTS, AlarmPause, AlarmRule
 from alerts.selectors import OpenAlarm, pauses_active
-from alerts.vocabulary import KIND_PRIORITY, PHYSIOLOGICAL_KINDS, SAMPLE_KINDS, Kind
+from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, METRIC_KINDS, PHYSIOLOGICAL_KINDS, SAMPLE_KINDS, Kind
 from telemetry.models import Device, Patient
 from telemetry.selectors import ReadingRow, calibration_find, patients_last_heard, readings_window
+from telemetry.units import METRICS
 
 log = logging.getLogger(__name__)
-METRIC = "tissue_o2"
+Streams = dict[str, list[Sample]]  # a patient's new samples by metric, each in sample-time order
 # Replays never reach further back than this, however late a reading is.
 MAX_REPLAY = dt.timedelta(hours=6)
 NO_DATA_EVERY = dt.timedelta(seconds=1)
@@ -54,9 +57,24 @@ TIMER_BUDGET_SECONDS = 0.05
 class PatientState:
     patient: Patient
     rule: AlarmRule
-    evaluator: PatientEvaluator
+    evaluators: dict[str, Evaluator]  # by metric
     # Raises a pause held back, by kind: raised when the pause ends if still present.
     held: dict[str, ConditionEvent] = field(default_factory=dict)
+
+    def machine(self, kind: str) -> Machine:
+        return self.evaluators[KIND_METRIC[kind]].machines[kind]
+
+    def behind(self, streams: Streams) -> bool:
+        """Whether a stream starts before what its evaluator already saw (late data: replay)."""
+        for metric, samples in streams.items():
+            seen = self.evaluators[metric].last_t
+            if seen is not None and samples[0].t < seen:
+                return True
+        return False
+
+    def feed(self, streams: Streams) -> list[ConditionEvent]:
+        found = [event for metric, samples in streams.items() for event in self.evaluators[metric].feed(samples)]
+        return sorted(found, key=lambda e: e.at)
 
 
 class AlarmProcessor:
@@ -74,29 +92,25 @@ class AlarmProcessor:
     def process(self, rows: list[Any], *, now: dt.datetime) -> None:
         with transaction.atomic():
             self._refresh_rules()
-            oldest, newest = _horizon(now)
-            by_patient: dict[int, list[Sample]] = defaultdict(list)
-            for row in rows:
-                if row.patient_id is not None and row.metric == METRIC and oldest <= row.sample_time <= newest:
-                    by_patient[row.patient_id].append(_sample(row))
+            by_patient = _streams(rows, now)
             if not by_patient:
                 return
-            stale = []
-            for pid, samples in by_patient.items():
-                samples.sort(key=lambda s: (s.t, s.seq))
-                state = self._patients.get(pid)
-                if state is None or (state.evaluator.last_t is not None and samples[0].t < state.evaluator.last_t):
-                    stale.append(pid)
-            replayed = self._load(stale, now=now, since=min(by_patient[pid][0].t for pid in stale) if stale else now)
-            for pid, samples in by_patient.items():
+            stale = [pid for pid, streams in by_patient.items() if self._stale(pid, streams)]
+            since = min((_first(by_patient[pid]) for pid in stale), default=now)
+            replayed = self._load(stale, now=now, since=since)
+            for pid, streams in by_patient.items():
                 state = self._patients.get(pid)
                 if state is None:
                     continue  # discharged or unknown patient
                 try:
-                    found = replayed[pid] if pid in replayed else state.evaluator.feed(samples)
+                    found = replayed[pid] if pid in replayed else state.feed(streams)
                 except OutOfOrder:  # cannot happen after the check above; replay to be safe
-                    found = self._load([pid], now=now, since=samples[0].t).get(pid, [])
+                    found = self._load([pid], now=now, since=_first(streams)).get(pid, [])
                 self._apply(self._patients[pid], found, now=now)
+
+    def _stale(self, pid: int, streams: Streams) -> bool:
+        state = self._patients.get(pid)
+        return state is None or state.behind(streams)
 
     def tick(self, *, now: dt.datetime) -> None:
         with transaction.atomic():
@@ -114,7 +128,7 @@ class AlarmProcessor:
             pauses = pauses_active(now)
             for pid, state in self._patients.items():
                 for kind, event in list(state.held.items()):
-                    if not state.evaluator.machines[kind].present:
+                    if not state.machine(kind).present:
                         del state.held[kind]
                     elif (pid, kind) not in open_keys and not _suppressed(kind, pauses.get(pid)):
                         del state.held[kind]
@@ -180,15 +194,20 @@ class AlarmProcessor:
         for pid, patient in patients.items():
             rule = self._rule_for(patient)
             params = RuleParams.from_values(rule.values())
-            states[pid] = PatientState(patient, rule, PatientEvaluator(params))
+            states[pid] = PatientState(patient, rule, patient_evaluators(params))
             start = min(start, min(since, now) - params.lookback())
         oldest, newest = _horizon(now)
         start = max(start, oldest)
         _seed(states)
-        windows = readings_window(patient_ids=list(states), metric=METRIC, start=start, end=newest)
+        windows = {
+            metric: readings_window(patient_ids=list(states), metric=metric, start=start, end=newest)
+            for metric in METRIC_KINDS
+        }
         found: dict[int, list[ConditionEvent]] = {}
         for pid, state in states.items():
-            found[pid] = state.evaluator.feed([_sample(row) for row in windows.get(pid, [])])
+            found[pid] = state.feed(
+                {metric: [_sample(row) for row in rows.get(pid, [])] for metric, rows in windows.items()}
+            )
             self._patients[pid] = state
         return found
 
@@ -267,6 +286,24 @@ class AlarmProcessor:
 # --- helpers -----------------------------------------------------------------------------------
 
 
+def _streams(rows: list[Any], now: dt.datetime) -> dict[int, Streams]:
+    """The rows of evaluated metrics inside the horizon, by patient and metric, each stream in
+    sample-time (then seq) order."""
+    oldest, newest = _horizon(now)
+    by_patient: dict[int, Streams] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row.patient_id is not None and row.metric in METRIC_KINDS and oldest <= row.sample_time <= newest:
+            by_patient[row.patient_id][row.metric].append(_sample(row))
+    for streams in by_patient.values():
+        for samples in streams.values():
+            samples.sort(key=lambda s: (s.t, s.seq))
+    return by_patient
+
+
+def _first(streams: Streams) -> dt.datetime:
+    return min(samples[0].t for samples in streams.values())
+
+
 def _sample(row: ReadingRow) -> Sample:
     return Sample(
         row.sample_time, float(row.value), row.signal_quality, row.seq, row.device_id, row.calibration_id, row.firmware
@@ -285,7 +322,7 @@ def _suppressed(kind: str, pause: AlarmPause | None) -> bool:
 def _seed(states: dict[int, PatientState]) -> None:
     """Start each condition from its open alarm so a replay continues the stored episode."""
     for alarm in selectors.alarms_open_of(patient_ids=states, kinds=SAMPLE_KINDS):
-        machine = states[alarm.patient_id].evaluator.machines[alarm.kind]
+        machine = states[alarm.patient_id].machine(alarm.kind)
         if alarm.condition_present:
             decided = dt.datetime.fromisoformat(alarm.explain.get("at", alarm.condition_started_at.isoformat()))
             machine.seed_active(alarm.condition_started_at, decided)
@@ -311,8 +348,11 @@ def _explain(state: PatientState, event: ConditionEvent) -> dict[str, Any]:
             "coefficients": cal.coefficients if cal else None,
             "effective_from": cal.effective_from.isoformat() if cal else None,
         }
+    metric = KIND_METRIC[event.kind]
     return {
         "kind": event.kind,
+        "metric": metric,
+        "unit": METRICS[metric].canonical,
         "physiological": event.kind in PHYSIOLOGICAL_KINDS,
         "onset": event.onset.isoformat(),
         "at": event.at.isoformat(),

@@ -1,5 +1,11 @@
 """Pure alarm-condition evaluation: samples in sample-time order in, condition changes out.
 
+One evaluator per metric of a patient (`patient_evaluators`): tissue O2 (critically low, low,
+rapid fall, signal quality: `PatientEvaluator`), and the metrics whose conditions are plain
+thresholds, SpO2 (critically low, low) and the sensor's battery (low): `ThresholdEvaluator`. Each
+is fed only its own metric's samples, so devices that send different metrics on their own clocks
+never put one another out of order.
+
 No database, no clock: everything is decided by sample times and the rule's parameters, so the
 same signal always gives the same conditions (tests feed constructed signals; the engine replays
 a window from PostgreSQL after a restart or a late reading and gets the same answer).
@@ -19,6 +25,7 @@ no-data delay resets a pending condition (the no-data alarm covers the gap).
 from __future__ import annotations
 
 import datetime as dt
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +37,12 @@ Phase = Literal["idle", "pending", "active", "clearing"]
 
 # Signal quality must recover this far above the level to count as good (hysteresis for quality).
 QUALITY_MARGIN = 0.05
+# A battery must read this much above its threshold to count as recovered (a cell under load
+# rebounds by tens of millivolts; a changed or recharged one by hundreds).
+BATTERY_MARGIN_MV = 100.0
+# Battery readings come a minute or more apart: a gap between them says nothing about the battery
+# (the no-data alarm covers a silent sensor), so only a silence of a day resets a pending low.
+BATTERY_MAX_GAP = dt.timedelta(days=1)
 # Samples kept per condition to explain a raise.
 EXPLAIN_SAMPLES = 30
 
@@ -67,6 +80,13 @@ class RuleParams:
     no_data_delay: dt.timedelta
     clear_margin: float
     clear_delay: dt.timedelta
+    spo2_low_threshold: float
+    spo2_low_delay: dt.timedelta
+    spo2_critical_threshold: float
+    spo2_critical_delay: dt.timedelta
+    spo2_clear_margin: float
+    battery_low_threshold: float
+    battery_low_delay: dt.timedelta
 
     @classmethod
     def from_values(cls, v: dict[str, Any]) -> RuleParams:
@@ -83,11 +103,26 @@ class RuleParams:
             no_data_delay=s(seconds=v["no_data_delay_s"]),
             clear_margin=float(v["clear_margin"]),
             clear_delay=s(seconds=v["clear_delay_s"]),
+            spo2_low_threshold=float(v["spo2_low_threshold"]),
+            spo2_low_delay=s(seconds=v["spo2_low_delay_s"]),
+            spo2_critical_threshold=float(v["spo2_critical_threshold"]),
+            spo2_critical_delay=s(seconds=v["spo2_critical_delay_s"]),
+            spo2_clear_margin=float(v["spo2_clear_margin"]),
+            battery_low_threshold=float(v["battery_low_threshold"]),
+            battery_low_delay=s(seconds=v["battery_low_delay_s"]),
         )
 
     def lookback(self) -> dt.timedelta:
         """How much history reproduces every condition's current state when replayed."""
-        longest = max(self.low_delay, self.critical_delay, self.rapid_fall_window, self.quality_delay)
+        longest = max(
+            self.low_delay,
+            self.critical_delay,
+            self.rapid_fall_window,
+            self.quality_delay,
+            self.spo2_low_delay,
+            self.spo2_critical_delay,
+            self.battery_low_delay,
+        )
         return max(longest + self.clear_delay + dt.timedelta(seconds=60), dt.timedelta(minutes=5))
 
     def threshold(self, kind: str) -> float:
@@ -96,6 +131,9 @@ class RuleParams:
             Kind.LOW: self.low_threshold,
             Kind.RAPID_FALL: self.rapid_fall_drop,
             Kind.SIGNAL_QUALITY: self.quality_level,
+            Kind.SPO2_CRITICAL_LOW: self.spo2_critical_threshold,
+            Kind.SPO2_LOW: self.spo2_low_threshold,
+            Kind.BATTERY_LOW: self.battery_low_threshold,
         }
         return thresholds[kind]
 
@@ -105,8 +143,26 @@ class RuleParams:
             Kind.LOW: self.low_delay,
             Kind.RAPID_FALL: dt.timedelta(0),
             Kind.SIGNAL_QUALITY: self.quality_delay,
+            Kind.SPO2_CRITICAL_LOW: self.spo2_critical_delay,
+            Kind.SPO2_LOW: self.spo2_low_delay,
+            Kind.BATTERY_LOW: self.battery_low_delay,
         }
         return delays[kind]
+
+    def below(self, kind: str) -> Below:
+        """A below-threshold condition of SpO2 or the battery, with its own hysteresis margin."""
+        margin = BATTERY_MARGIN_MV if kind == Kind.BATTERY_LOW else self.spo2_clear_margin
+        return Below(kind, self.threshold(kind), self.delay(kind), margin)
+
+
+@dataclass(frozen=True)
+class Below:
+    """A condition present while the value stays under `threshold`; it clears at threshold + margin."""
+
+    kind: str
+    threshold: float
+    delay: dt.timedelta
+    margin: float
 
 
 @dataclass(frozen=True)
@@ -191,19 +247,13 @@ class Machine:
         return ConditionEvent(self.kind, "cleared", onset, s.t, (s,))
 
 
-class PatientEvaluator:
-    """The sample-driven conditions of one patient. Feed samples in sample-time order."""
+class Evaluator(ABC):
+    """Feeds one metric's samples, in sample-time order, to the state machines of its conditions;
+    subclasses say what each sample means for each condition (`verdicts`) and explain a change."""
 
-    def __init__(self, params: RuleParams) -> None:
-        self.params = params
-        gap = params.no_data_delay
-        self.machines: dict[str, Machine] = {
-            Kind.CRITICAL_LOW: Machine(Kind.CRITICAL_LOW, params.critical_delay, params.clear_delay, gap),
-            Kind.LOW: Machine(Kind.LOW, params.low_delay, params.clear_delay, gap),
-            Kind.RAPID_FALL: Machine(Kind.RAPID_FALL, dt.timedelta(0), params.clear_delay, gap),
-            Kind.SIGNAL_QUALITY: Machine(Kind.SIGNAL_QUALITY, params.quality_delay, params.clear_delay, gap),
-        }
-        self._window: deque[Sample] = deque()
+    machines: dict[str, Machine]
+
+    def __init__(self) -> None:
         self.last_t: dt.datetime | None = None
 
     def feed(self, samples: list[Sample]) -> list[ConditionEvent]:
@@ -217,6 +267,28 @@ class PatientEvaluator:
                 if event is not None:
                     events.append(self._explained(event))
         return events
+
+    @abstractmethod
+    def verdicts(self, s: Sample) -> dict[str, Verdict]: ...
+
+    @abstractmethod
+    def _explained(self, event: ConditionEvent) -> ConditionEvent: ...
+
+
+class PatientEvaluator(Evaluator):
+    """The tissue-O2 conditions of one patient. Feed its tissue-O2 samples in sample-time order."""
+
+    def __init__(self, params: RuleParams) -> None:
+        super().__init__()
+        self.params = params
+        gap = params.no_data_delay
+        self.machines = {
+            Kind.CRITICAL_LOW: Machine(Kind.CRITICAL_LOW, params.critical_delay, params.clear_delay, gap),
+            Kind.LOW: Machine(Kind.LOW, params.low_delay, params.clear_delay, gap),
+            Kind.RAPID_FALL: Machine(Kind.RAPID_FALL, dt.timedelta(0), params.clear_delay, gap),
+            Kind.SIGNAL_QUALITY: Machine(Kind.SIGNAL_QUALITY, params.quality_delay, params.clear_delay, gap),
+        }
+        self._window: deque[Sample] = deque()
 
     def verdicts(self, s: Sample) -> dict[str, Verdict]:
         p = self.params
@@ -249,6 +321,48 @@ class PatientEvaluator:
             return event
         detail["clear_margin"] = p.clear_margin if event.kind != Kind.SIGNAL_QUALITY else QUALITY_MARGIN
         return ConditionEvent(event.kind, event.change, event.onset, event.at, event.samples, detail)
+
+
+class ThresholdEvaluator(Evaluator):
+    """Below-threshold conditions of one metric (SpO2's critically low and low, the battery's
+    low), decided by the same state machines as tissue O2's. Samples whose signal quality is
+    under `quality_level` are skipped, as they are for tissue O2's physiological conditions."""
+
+    def __init__(
+        self,
+        conditions: tuple[Below, ...],
+        *,
+        quality_level: float | None,
+        clear_delay: dt.timedelta,
+        max_gap: dt.timedelta,
+    ) -> None:
+        super().__init__()
+        self.conditions = conditions
+        self.quality_level = quality_level
+        self.machines = {c.kind: Machine(c.kind, c.delay, clear_delay, max_gap) for c in conditions}
+
+    def verdicts(self, s: Sample) -> dict[str, Verdict]:
+        if self.quality_level is not None and s.quality is not None and s.quality < self.quality_level:
+            return {c.kind: "skip" for c in self.conditions}
+        return {c.kind: _below_verdict(s.value, c.threshold, c.margin) for c in self.conditions}
+
+    def _explained(self, event: ConditionEvent) -> ConditionEvent:
+        c = next(c for c in self.conditions if c.kind == event.kind)
+        detail = {"threshold": c.threshold, "delay_s": c.delay.total_seconds(), "clear_margin": c.margin}
+        return ConditionEvent(event.kind, event.change, event.onset, event.at, event.samples, detail)
+
+
+def patient_evaluators(params: RuleParams) -> dict[str, Evaluator]:
+    """A patient's evaluators by metric (the keys of vocabulary.METRIC_KINDS), under one rule."""
+    gap, clear = params.no_data_delay, params.clear_delay
+    spo2 = (params.below(Kind.SPO2_CRITICAL_LOW), params.below(Kind.SPO2_LOW))
+    return {
+        "tissue_o2": PatientEvaluator(params),
+        "spo2": ThresholdEvaluator(spo2, quality_level=params.quality_level, clear_delay=clear, max_gap=gap),
+        "battery": ThresholdEvaluator(
+            (params.below(Kind.BATTERY_LOW),), quality_level=None, clear_delay=clear, max_gap=BATTERY_MAX_GAP
+        ),
+    }
 
 
 class OutOfOrder(Exception):

@@ -32,6 +32,14 @@ RULE_DEFAULTS: dict[str, float | int] = {
     "suppression_window_s": 120,
     "escalation_delay_s": 120,
     "max_pause_s": 600,
+    # SpO2 (pulse oximetry) and the sensor's battery: docs/alarms.md gives the sources.
+    "spo2_low_threshold": 90.0,
+    "spo2_low_delay_s": 15,
+    "spo2_critical_threshold": 80.0,
+    "spo2_critical_delay_s": 10,
+    "spo2_clear_margin": 2.0,
+    "battery_low_threshold": 3500.0,
+    "battery_low_delay_s": 60,
 }
 RULE_FIELDS = tuple(RULE_DEFAULTS)
 
@@ -63,6 +71,13 @@ class AlarmRule(models.Model):
     suppression_window_s = models.PositiveIntegerField()
     escalation_delay_s = models.PositiveIntegerField()
     max_pause_s = models.PositiveIntegerField()
+    spo2_low_threshold = models.FloatField(help_text="% SpO2")
+    spo2_low_delay_s = models.PositiveIntegerField()
+    spo2_critical_threshold = models.FloatField(help_text="% SpO2")
+    spo2_critical_delay_s = models.PositiveIntegerField()
+    spo2_clear_margin = models.FloatField(help_text="%-points above an SpO2 threshold to clear")
+    battery_low_threshold = models.FloatField(help_text="mV")
+    battery_low_delay_s = models.PositiveIntegerField()
 
     class Meta:
         constraints = [

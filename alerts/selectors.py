@@ -6,23 +6,24 @@ to every on-call user (that is what escalation means); administrators, whose war
 ward, see all of them. `alarm_console` and `alarm_visible` raise the refusal (config.refusal)
 when the user may not; the caller's answer audits it. Seeing an alarm is not reading the
 patient's telemetry: `alarm_explanation` shows sample values only to users who may read the
-patient's series.
+patient's series. The alarm history (`alarm_history`, alerts/history/views.py) is read through the
+same scope.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, Prefetch, Q, QuerySet, prefetch_related_objects
 
 from alerts.errors import AlarmNotFound
 from alerts.lifecycle import AlarmView
-from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule
-from alerts.vocabulary import Category, Kind, State
+from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, AlarmTransition
+from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, OPEN_STATES, Category, Kind, State
 from audit.access.policy import (
     ADMIN,
     CLINICIAN,
@@ -40,6 +41,7 @@ from config.live import iso
 from config.refusal import Refusal
 from config.users import StaffUser
 from telemetry.models import Patient, Ward
+from telemetry.units import METRICS
 
 CONSOLE_ROLES = (CLINICIAN, ONCALL, ADMIN)
 _RELATED = ("patient", "ward", "rule", "acknowledged_by", "responsible")
@@ -146,6 +148,8 @@ def alarms_visible_to(user: StaffUser) -> QuerySet[Alarm]:
 _EXPLAIN_WITHOUT_VALUES = frozenset(
     {
         "kind",
+        "metric",
+        "unit",
         "physiological",
         "onset",
         "at",
@@ -433,28 +437,194 @@ def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, dict[str, Any]]
     return badges
 
 
-def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, list[dict[str, Any]]]:
-    """Threshold bands of the patient's effective rule, alarm periods overlapping [start, end)
-    (condition onset to clearance, sample time), and the open alarms."""
+# The value bands the chart shades per metric: each below-threshold kind, from the next more
+# urgent threshold (or zero) up to its own, most urgent first.
+_BAND_FIELDS: dict[str, tuple[tuple[Kind, str], ...]] = {
+    "tissue_o2": ((Kind.CRITICAL_LOW, "critical_threshold"), (Kind.LOW, "low_threshold")),
+    "spo2": ((Kind.SPO2_CRITICAL_LOW, "spo2_critical_threshold"), (Kind.SPO2_LOW, "spo2_low_threshold")),
+    "battery": ((Kind.BATTERY_LOW, "battery_low_threshold"),),
+}
+
+
+def rule_bands(rule: AlarmRule) -> dict[str, list[dict[str, Any]]]:
+    """The rule's thresholds as value bands, by metric: {"label", "low", "high", "priority"}."""
+    bands: dict[str, list[dict[str, Any]]] = {}
+    for metric, kinds in _BAND_FIELDS.items():
+        low, rows = 0.0, []
+        for kind, field in kinds:
+            high = float(getattr(rule, field))
+            label = f"{kind.label} < {high:g} {METRICS[metric].symbol}"
+            rows.append({"label": label, "low": low, "high": high, "priority": str(KIND_PRIORITY[kind])})
+            low = high
+        bands[metric] = rows
+    return bands
+
+
+def patient_alarm_overlay(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    """Threshold bands of the patient's effective rule (`thresholds`: tissue O2's, as the chart
+    API has always given them; `bands`: every charted metric's), alarm periods overlapping
+    [start, end) (condition onset to clearance, sample time, with the metric they are about), and
+    the open alarms."""
     patient = Patient.objects.select_related("ward").get(pk=patient_id)
-    rule = rule_in_force(patient)
-    thresholds = [
-        {"label": f"critically low < {rule.critical_threshold:g} %", "low": 0.0, "high": rule.critical_threshold,
-         "priority": "high"},
-        {"label": f"low < {rule.low_threshold:g} %", "low": rule.critical_threshold, "high": rule.low_threshold,
-         "priority": "medium"},
-    ]  # fmt: skip
+    bands = rule_bands(rule_in_force(patient))
     periods, current = [], []
     for alarm in alarms_for_patient(patient_id=patient_id, start=start, end=end):
         label = str(Kind(alarm.kind).label)
         ended = alarm.condition_cleared_at if not alarm.condition_present else None
         periods.append(
             {"start": iso(alarm.condition_started_at), "end": iso(ended) if ended else None,
-             "priority": alarm.priority, "label": label}
+             "priority": alarm.priority, "label": label, "metric": KIND_METRIC.get(alarm.kind)}
         )  # fmt: skip
         if alarm.is_open:
             current.append(
                 {"id": alarm.pk, "priority": alarm.priority, "state": alarm.state, "label": label,
                  "since": iso(alarm.raised_at)}
             )  # fmt: skip
-    return {"thresholds": thresholds, "periods": periods, "current": current}
+    return {"thresholds": bands["tissue_o2"], "bands": bands, "periods": periods, "current": current}
+
+
+# --- alarm history (alerts/history/views.py) ---------------------------------------------------
+
+HISTORY_STATES: dict[str, tuple[str, ...]] = {
+    "all": tuple(State),
+    "open": OPEN_STATES,
+    **{state.value: (state,) for state in State},
+}
+# The transitions a history row is built from: who acknowledged and accepted, how far it reached.
+_HISTORY_CAUSES = ("acknowledged", "accepted", "escalated", "declined")
+
+
+@dataclass(frozen=True)
+class HistoryFilters:
+    """Which alarms a history shows: raised in [start, end), narrowed by ward, patient, priority,
+    kind and state. Filters only narrow what the viewer's alarm scope lets them see."""
+
+    start: dt.datetime
+    end: dt.datetime
+    ward: str = ""
+    patient: str = ""
+    priorities: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    state: str = "all"
+
+    def as_detail(self) -> dict[str, Any]:
+        return {
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "ward": self.ward,
+            "patient": self.patient,
+            "priorities": list(self.priorities),
+            "kinds": list(self.kinds),
+            "state": self.state,
+        }
+
+
+def alarm_history(*, scope: AlarmScope, filters: HistoryFilters) -> QuerySet[Alarm]:
+    """The alarms of the history, newest first."""
+    qs = Alarm.objects.filter(scope.alarms_q(), raised_at__gte=filters.start, raised_at__lt=filters.end)
+    if filters.ward:
+        qs = qs.filter(ward__code=filters.ward)
+    if filters.patient:
+        qs = qs.filter(patient__pseudonym=filters.patient)
+    if filters.priorities:
+        qs = qs.filter(priority__in=filters.priorities)
+    if filters.kinds:
+        qs = qs.filter(kind__in=filters.kinds)
+    if filters.state != "all":
+        qs = qs.filter(state__in=HISTORY_STATES[filters.state])
+    return qs.select_related(*_RELATED).order_by("-raised_at", "-id")
+
+
+def history_patient(scope: AlarmScope, *, pseudonym: str, action: str) -> Patient:
+    """A patient whose alarm history the scope covers: on one of its wards now, or with an alarm
+    it sees (raised on a ward the patient has left, or escalated). Unknown and other patients are
+    refused alike (404), so the answer says nothing about who exists."""
+    patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
+    if patient is not None and (
+        scope.wards.covers(patient.ward_id) or Alarm.objects.filter(scope.alarms_q(), patient=patient).exists()
+    ):
+        return patient
+    raise AlarmNotFound("No such patient on your wards.", action=action, reason="not_found", subject=pseudonym[:40])
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    by: str
+    at: dt.datetime
+    note: str
+
+
+@dataclass(frozen=True)
+class Escalation:
+    level: int
+    at: dt.datetime
+    cause: str  # escalated (timed) | declined (by the on-call user who declined)
+    by: str
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One alarm as the history shows it: what, when, who responded and how fast, how far it reached."""
+
+    alarm: Alarm
+    acknowledgements: tuple[Acknowledgement, ...]
+    accepted_by: str | None
+    accepted_at: dt.datetime | None
+    escalations: tuple[Escalation, ...]
+
+    @property
+    def seconds_to_acknowledge(self) -> float | None:
+        first = self.alarm.first_acknowledged_at
+        return None if first is None else round((first - self.alarm.raised_at).total_seconds(), 1)
+
+    @property
+    def seconds_to_accept(self) -> float | None:
+        return None if self.accepted_at is None else round((self.accepted_at - self.alarm.raised_at).total_seconds(), 1)
+
+    @property
+    def highest_level(self) -> int:
+        return max((e.level for e in self.escalations), default=0)
+
+
+def _history_row(alarm: Alarm) -> HistoryRow:
+    acks: list[Acknowledgement] = []
+    escalations: list[Escalation] = []
+    accepted: tuple[str, dt.datetime] | None = None
+    for t in alarm.transitions.all():  # prefetched: the history causes, in time order
+        if t.cause == "acknowledged":
+            acks.append(Acknowledgement(t.actor_username, t.at, str(t.detail.get("note", ""))))
+        elif t.cause == "accepted" and accepted is None:
+            accepted = (t.actor_username, t.at)
+        elif t.cause in ("escalated", "declined"):
+            escalations.append(Escalation(int(t.detail.get("level", 0)), t.at, t.cause, t.actor_username))
+    return HistoryRow(
+        alarm=alarm,
+        acknowledgements=tuple(acks),
+        accepted_by=accepted[0] if accepted else None,
+        accepted_at=accepted[1] if accepted else None,
+        escalations=tuple(escalations),
+    )
+
+
+def _history_transitions() -> Prefetch[str]:
+    return Prefetch(
+        "transitions", queryset=AlarmTransition.objects.filter(cause__in=_HISTORY_CAUSES).order_by("at", "id")
+    )
+
+
+def history_rows(alarms: Iterable[Alarm]) -> list[HistoryRow]:
+    """History rows of a page of alarms (two queries: the alarms, their transitions)."""
+    page = list(alarms)
+    prefetch_related_objects(page, _history_transitions())
+    return [_history_row(alarm) for alarm in page]
+
+
+def history_rows_all(alarms: QuerySet[Alarm]) -> Iterator[HistoryRow]:
+    """Every row of a history, read in chunks (an export of a long span stays small in memory)."""
+    for alarm in alarms.prefetch_related(_history_transitions()).iterator(chunk_size=500):
+        yield _history_row(alarm)
+
+
+def history_patients(alarms: QuerySet[Alarm], *, limit: int) -> list[str]:
+    """The pseudonyms a history covers (for its audit event), at most `limit`."""
+    return list(alarms.order_by().values_list("patient__pseudonym", flat=True).distinct()[:limit])

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from alerts import api, views
+from alerts.history import views as history
 
 urlpatterns = [
     path("alarms/", views.console, name="alarm-console"),
@@ -8,6 +9,9 @@ urlpatterns = [
     path("alarms/rules/", views.rules, name="alarm-rules"),
     path("alarms/fatigue/", views.fatigue, name="alarm-fatigue"),
     path("alarms/fatigue.csv", views.fatigue, name="alarm-fatigue-csv"),
+    path("alarms/history/", history.history_page, name="alarm-history"),
+    path("alarms/history.csv", history.history_csv, name="alarm-history-csv"),
+    path("api/v1/alarms/history", history.history_api, name="api-alarm-history"),
     path("api/v1/alarms/", api.alarm_list, name="api-alarms"),
     path("api/v1/alarms/pauses", api.alarm_pause, name="api-alarm-pause"),
     path("api/v1/alarms/audio-pause", api.alarm_audio_pause, name="api-alarm-audio-pause"),

@@ -22,6 +22,7 @@ from alerts import selectors, services
 from alerts.errors import RuleInvalid
 from alerts.models import RULE_FIELDS, AlarmRule
 from alerts.schemas import alarm_out
+from alerts.vocabulary import KIND_METRIC
 from audit.access.answers import refusal_pages
 from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request, user_can
@@ -29,6 +30,7 @@ from audit.trail import audit_record
 from config.csv import csv_writer
 from config.refusal import Refusal
 from telemetry.models import Patient, Ward
+from telemetry.units import METRICS
 
 RULE_LABELS: dict[str, tuple[str, str]] = {
     "low_threshold": ("Low tissue O2 threshold", "%"),
@@ -46,7 +48,27 @@ RULE_LABELS: dict[str, tuple[str, str]] = {
     "suppression_window_s": ("Suppression window", "s"),
     "escalation_delay_s": ("Escalate unacknowledged after", "s"),
     "max_pause_s": ("Longest pause allowed", "s"),
+    "spo2_low_threshold": ("SpO2 low threshold", "%"),
+    "spo2_low_delay_s": ("SpO2 low: sustained for", "s"),
+    "spo2_critical_threshold": ("SpO2 critically low threshold", "%"),
+    "spo2_critical_delay_s": ("SpO2 critically low: sustained for", "s"),
+    "spo2_clear_margin": ("SpO2 clear: recover past threshold by", "%-points"),
+    "battery_low_threshold": ("Sensor battery low below", "mV"),
+    "battery_low_delay_s": ("Battery low: sustained for", "s"),
 }
+# How the rules editor groups the fields: per metric, then what applies to every alarm.
+RULE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "Tissue O2",
+        ("low_threshold", "low_delay_s", "critical_threshold", "critical_delay_s", "rapid_fall_drop",
+         "rapid_fall_window_s", "clear_margin", "quality_level", "quality_delay_s"),
+    ),
+    ("SpO2", ("spo2_low_threshold", "spo2_low_delay_s", "spo2_critical_threshold", "spo2_critical_delay_s",
+              "spo2_clear_margin")),
+    ("Sensor battery", ("battery_low_threshold", "battery_low_delay_s")),
+    ("Every alarm", ("no_data_delay_s", "clear_delay_s", "realert_interval_s", "suppression_window_s",
+                     "escalation_delay_s", "max_pause_s")),
+)  # fmt: skip
 
 
 @refusal_pages()
@@ -85,6 +107,7 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
             detail={"alarm": alarm.pk, "values": explanation.values_shown},
         )
     ex = explanation.explain
+    metric = METRICS.get(ex.get("metric") or KIND_METRIC.get(alarm.kind, ""))
     rule = alarm.rule.values()  # the version that raised it (immutable), not today's rule
     rule_rows = [(RULE_LABELS[name][0], rule[name], RULE_LABELS[name][1]) for name in RULE_FIELDS]
     return render(
@@ -94,6 +117,7 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
             "alarm": alarm,
             "out": alarm_out(alarm),
             "ex": ex,
+            "metric": metric,
             "samples": ex.get("samples", []),
             "values_shown": explanation.values_shown,
             "rule_rows": rule_rows,
@@ -157,16 +181,7 @@ def rules(request: HttpRequest) -> HttpResponse:
                 subject=patient.pseudonym if patient else ward.code,
             )
     shown = values or (current.values() if current else {})
-    fields = [
-        {
-            "name": name,
-            "label": RULE_LABELS[name][0],
-            "unit": RULE_LABELS[name][1],
-            "value": shown.get(name, ""),
-            "error": errors.get(name, ""),
-        }
-        for name in RULE_FIELDS
-    ]
+    sections = [(title, [_rule_field(name, shown, errors) for name in names]) for title, names in RULE_SECTIONS]
     return render(
         request,
         "alerts/rules.html",
@@ -179,7 +194,7 @@ def rules(request: HttpRequest) -> HttpResponse:
             else [],
             "current": current,
             "override": override,
-            "fields": fields,
+            "sections": sections,
             "errors": errors,
             "general_error": errors.get("__all__", ""),
             "history": history,
@@ -187,6 +202,11 @@ def rules(request: HttpRequest) -> HttpResponse:
         },
         status=400 if errors else 200,
     )
+
+
+def _rule_field(name: str, shown: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
+    label, unit = RULE_LABELS[name]
+    return {"name": name, "label": label, "unit": unit, "value": shown.get(name, ""), "error": errors.get(name, "")}
 
 
 def _fatigue_span(request: HttpRequest) -> tuple[dt.datetime, dt.datetime, int]:

@@ -1,4 +1,5 @@
-"""The words of alarms, defined once: kinds, priorities and their ranks, categories, states.
+"""The words of alarms, defined once: kinds (and the metric each is decided on), priorities and
+their ranks, categories, states.
 
 Plain Python (no Django), so the pure evaluator (alerts/evaluation.py) and lifecycle
 (alerts/lifecycle.py) use the same names as the models (alerts/models.py gives its fields these
@@ -59,6 +60,9 @@ class Kind(Term):
     RAPID_FALL = "rapid_fall"
     SIGNAL_QUALITY = "signal_quality"
     NO_DATA = "no_data"
+    SPO2_CRITICAL_LOW = "spo2_critical_low"
+    SPO2_LOW = "spo2_low"
+    BATTERY_LOW = "battery_low"
 
     @property
     def label(self) -> str:
@@ -71,10 +75,20 @@ KIND_LABELS: dict[str, str] = {
     Kind.RAPID_FALL: "Tissue O2 falling rapidly",
     Kind.SIGNAL_QUALITY: "Signal quality low",
     Kind.NO_DATA: "No data from sensor",
+    Kind.SPO2_CRITICAL_LOW: "SpO2 critically low",
+    Kind.SPO2_LOW: "SpO2 low",
+    Kind.BATTERY_LOW: "Sensor battery low",
 }
-# Kinds decided sample by sample (the evaluator); no-data is decided by the clock (the engine).
-SAMPLE_KINDS = (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL, Kind.SIGNAL_QUALITY)
-PHYSIOLOGICAL_KINDS = (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL)
+# The metric (telemetry.units.METRICS key) whose samples decide each sample kind, in the order the
+# evaluator checks them. No-data is decided by the clock (the engine), from any metric.
+METRIC_KINDS: dict[str, tuple[Kind, ...]] = {
+    "tissue_o2": (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL, Kind.SIGNAL_QUALITY),
+    "spo2": (Kind.SPO2_CRITICAL_LOW, Kind.SPO2_LOW),
+    "battery": (Kind.BATTERY_LOW,),
+}
+KIND_METRIC: dict[str, str] = {kind: metric for metric, kinds in METRIC_KINDS.items() for kind in kinds}
+SAMPLE_KINDS = tuple(KIND_METRIC)
+PHYSIOLOGICAL_KINDS = (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL, Kind.SPO2_CRITICAL_LOW, Kind.SPO2_LOW)
 
 # Priority and category are properties of the condition, not of a ward's taste (IEC 60601-1-8:
 # priority follows the urgency of the response the condition demands).
@@ -84,6 +98,11 @@ KIND_PRIORITY: dict[str, Priority] = {
     Kind.RAPID_FALL: Priority.MEDIUM,
     Kind.SIGNAL_QUALITY: Priority.LOW,
     Kind.NO_DATA: Priority.MEDIUM,
+    # A desaturation is the SpO2 monitor's high-priority alarm, its low limit a medium one; a low
+    # battery still leaves time to change it (docs/alarms.md cites the defaults).
+    Kind.SPO2_CRITICAL_LOW: Priority.HIGH,
+    Kind.SPO2_LOW: Priority.MEDIUM,
+    Kind.BATTERY_LOW: Priority.LOW,
 }
 KIND_CATEGORY: dict[str, Category] = {
     kind: Category.PHYSIOLOGICAL if kind in PHYSIOLOGICAL_KINDS else Category.TECHNICAL for kind in Kind

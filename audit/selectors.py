@@ -18,6 +18,7 @@ READ_ACTIONS_LABELS = {
     "patient.annotations": "Read the patient's chart annotations",
     "patient.live": "Watched the patient's live telemetry",
     "patient.export": "Exported the patient's data",
+    "alarm.history_exported": "Exported the patient's alarm history",
     "identity.reveal": "Revealed the patient's identity",
     "break_glass.granted": "Emergency (break-glass) access opened",
 }

@@ -90,6 +90,11 @@ _CARD_FIELDS: dict[str, Any] = {
     "trend": serializers.DictField(help_text='{"direction": "up|down|flat|null", "per_minute": float|null}'),
     "sparkline": serializers.ListField(help_text="[[t, avg], …] 30-s buckets over the last 30 minutes"),
     "alarm": serializers.DictField(allow_null=True, help_text="most severe open alarm or null"),
+    "vitals": serializers.ListField(
+        child=serializers.DictField(),
+        help_text="{metric, label, unit, value, last_seen}: the latest value of each PERFUSE_CARD_METRICS "
+        "metric from the last 30 minutes",
+    ),
 }
 
 
@@ -192,10 +197,15 @@ class AnnotationsView(APIView):
                         child=serializers.DictField(), help_text="{id, kind, t, text, data}"
                     ),
                     "alarm_periods": serializers.ListField(
-                        child=serializers.DictField(), help_text="{start, end|null, priority, label}"
+                        child=serializers.DictField(),
+                        help_text="{start, end|null, priority, label, metric}; metric null for no-data alarms",
                     ),
                     "thresholds": serializers.ListField(
-                        child=serializers.DictField(), help_text="{label, low, high, priority}"
+                        child=serializers.DictField(), help_text="tissue O2's {label, low, high, priority}"
+                    ),
+                    "bands": serializers.DictField(
+                        help_text="the same bands by metric (tissue_o2, spo2, battery): {metric: [{label, low, "
+                        "high, priority}]}"
                     ),
                 },
             ),
@@ -223,5 +233,6 @@ class AnnotationsView(APIView):
                 "annotations": annotations,
                 "alarm_periods": overlay.periods,
                 "thresholds": overlay.thresholds,
+                "bands": overlay.bands,
             }
         )

@@ -184,7 +184,7 @@ class PatientLiveConsumer(BufferedLiveConsumer):
 
 
 class WardLiveConsumer(BufferedLiveConsumer):
-    """WS /ws/ward/live: every patient the user may see, tissue O2 only."""
+    """WS /ws/ward/live: every patient the user may see; the metrics its cards show only."""
 
     def authorize(self) -> bool:
         user = self.scope.get("user")
@@ -196,6 +196,7 @@ class WardLiveConsumer(BufferedLiveConsumer):
             refusal_audit(refusal, actor)
             return False
         self._set_patients(patients)
+        self.metrics = {selectors.METRIC, *selectors.card_metrics()}
         return True
 
     def _set_patients(self, patients: list[Patient]) -> None:
@@ -240,5 +241,5 @@ class WardLiveConsumer(BufferedLiveConsumer):
             return None
         if event.get("type") != "reading.batch":
             return event
-        points = [p for p in event["points"] if p.get("metric") == selectors.METRIC]
+        points = [p for p in event["points"] if p.get("metric") in self.metrics]
         return {**event, "points": points}

@@ -37,6 +37,16 @@ class PatientSnapshotFrame(Frame, tag="snapshot"):
     alarms: list[dict[str, Any]]
 
 
+class CardVital(msgspec.Struct, forbid_unknown_fields=True):
+    """The latest value of a card metric beside tissue O2 (dashboard.selectors.card_vitals)."""
+
+    metric: str
+    label: str
+    unit: str
+    value: float
+    last_seen: str
+
+
 class WardCard(msgspec.Struct, forbid_unknown_fields=True):
     pseudonym: str
     ward: str
@@ -50,6 +60,7 @@ class WardCard(msgspec.Struct, forbid_unknown_fields=True):
     trend: dict[str, Any]
     sparkline: list[tuple[str, float]]
     alarm: dict[str, Any] | None
+    vitals: list[CardVital]
 
 
 class WardSnapshotFrame(Frame, tag="ward.snapshot"):

@@ -3,6 +3,11 @@
 Callers have already decided access (audit.access.policy) and written the audit event; these functions
 only read. Alarm state comes through `patient_alarm_badges` / `patient_alarm_overlay`, which ask
 the alarms app (alerts.selectors).
+
+Tissue O2 is the primary metric: the cards' value, sparkline and trend, the chart's first panel.
+The chart shows the other vital signs the sensors send (CHART_METRICS) in panels of their own; a
+card shows the latest value of the metrics in PERFUSE_CARD_METRICS beside it, when the patient
+has one from the last half hour.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from telemetry.selectors import (
 from telemetry.units import METRICS
 
 METRIC = "tissue_o2"
+# The chart's panels, top to bottom (keys of telemetry.units.METRICS).
+CHART_METRICS = ("tissue_o2", "spo2", "skin_temp", "battery")
 SPARKLINE_WINDOW = dt.timedelta(minutes=30)
 SPARKLINE_BUCKET = dt.timedelta(seconds=30)
 TREND_WINDOW = dt.timedelta(minutes=5)
@@ -54,8 +61,32 @@ class AlarmBadge:
 @dataclass(frozen=True)
 class AlarmOverlay:
     thresholds: list[dict[str, Any]]  # {"label", "low", "high", "priority"}: value bands of the alarm rules
+    bands: dict[str, list[dict[str, Any]]]  # the same, by metric (tissue O2's are `thresholds`)
     periods: list[dict[str, Any]]  # {"start", "end" | None, "priority", "label"}: when alarms were open
     current: list[dict[str, Any]]  # open alarms: {"id", "priority", "state", "label", "since"}
+
+
+def chart_metrics() -> list[dict[str, str]]:
+    """The chart's panels as its page configuration names them."""
+    return [{"metric": m, "label": METRICS[m].label, "unit": METRICS[m].symbol} for m in CHART_METRICS]
+
+
+def card_metrics() -> list[str]:
+    """The metrics a ward card shows beside tissue O2 (PERFUSE_CARD_METRICS)."""
+    return [m for m in settings.PERFUSE_CARD_METRICS if m != METRIC]
+
+
+def card_vitals(*, patient_ids: list[int], now: dt.datetime) -> dict[int, list[dict[str, Any]]]:
+    """Per patient, the latest reading of each card metric from the last SPARKLINE_WINDOW."""
+    vitals: dict[int, list[dict[str, Any]]] = {pid: [] for pid in patient_ids}
+    for metric in card_metrics():
+        for pid, last in readings_latest(patient_ids=patient_ids, metric=metric).items():
+            if now - last.sample_time <= SPARKLINE_WINDOW:
+                vitals[pid].append(
+                    {"metric": metric, "label": METRICS[metric].label, "unit": METRICS[metric].symbol,
+                     "value": last.value, "last_seen": iso(last.sample_time)}
+                )  # fmt: skip
+    return vitals
 
 
 def patient_alarm_badges(*, patient_ids: list[int]) -> dict[int, AlarmBadge]:
@@ -103,6 +134,7 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
         patient_ids=ids, metric=METRIC, start=now - SPARKLINE_WINDOW, end=now, width=SPARKLINE_BUCKET
     )
     badges = patient_alarm_badges(patient_ids=ids)
+    vitals = card_vitals(patient_ids=ids, now=now)
     stale_after = settings.PERFUSE_STALE_SECONDS
     cards: list[dict[str, Any]] = []
     for p in patients:
@@ -124,6 +156,7 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
                 "trend": {"direction": trend_direction(slope), "per_minute": round(slope, 2) if slope else slope},
                 "sparkline": [[iso(t), round(v, 2)] for t, v in lines.get(p.id, [])],
                 "alarm": asdict(badge) if badge else None,
+                "vitals": vitals[p.id],
             }
         )
     # The most urgent open alarm first (rank 3 is high), patients without alarms last.
@@ -144,10 +177,14 @@ def _device_ranges(patient_id: int, since: dt.datetime) -> list[SeqRange]:
 
 
 def _recent_points(patient_id: int, since: dt.datetime) -> list[PointOut]:
-    return [
-        PointOut(t=iso(r.sample_time), metric=r.metric, value=r.value, quality=r.quality, seq=r.seq)
-        for r in readings_recent(patient_id=patient_id, metric=METRIC, since=since, limit=SNAPSHOT_MAX_POINTS)
+    """The raw points of every charted metric from `since`, in sample-time order."""
+    rows = [
+        r
+        for metric in CHART_METRICS
+        for r in readings_recent(patient_id=patient_id, metric=metric, since=since, limit=SNAPSHOT_MAX_POINTS)
     ]
+    rows.sort(key=lambda r: (r.sample_time, r.seq))
+    return [PointOut(t=iso(r.sample_time), metric=r.metric, value=r.value, quality=r.quality, seq=r.seq) for r in rows]
 
 
 def patient_snapshot(*, patient: Patient, now: dt.datetime) -> PatientSnapshotFrame:

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve
 
+from alerts.selectors import alarm_scope
 from audit.access.answers import refusal_pages
 from audit.access.policy import actor_from_request, patient_read, ward_read
 from config.api_errors import error_body
@@ -52,12 +53,20 @@ def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
         "pseudonym": patient.pseudonym,
         "metric": selectors.METRIC,
         "unit": "%",
+        "metrics": selectors.chart_metrics(),
         "presets": [seconds for _, seconds in PRESETS],
         "staleAfter": settings.PERFUSE_STALE_SECONDS,
         "lowQuality": 0.5,
         "breakGlass": decision.break_glass,
     }
-    context = {"patient": patient, "presets": PRESETS, "chart_config": config, "identity_url": _identity_url(pseudonym)}
+    context = {
+        "patient": patient,
+        "presets": PRESETS,
+        "chart_config": config,
+        "identity_url": _identity_url(pseudonym),
+        # The patient's alarm history, for users with an alarm console (alerts/history/views.py).
+        "alarm_history": alarm_scope(request.user) is not None,
+    }
     return render(request, "dashboard/chart.html", context)
 
 

@@ -1,4 +1,5 @@
-"""Metrics, their canonical units, accepted aliases and what each quantity can physically be."""
+"""Metrics, their canonical units, accepted aliases, what each quantity can physically be, and how
+people name it (label, and the unit as printed: UCUM's `Cel` is shown as °C)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ class Metric:
     converters: dict[str, Callable[[float], float]]
     low: float
     high: float
+    label: str
+    symbol: str
 
 
 def _same(value: float) -> float:
@@ -22,9 +25,16 @@ MMHG_PER_KPA = 7.500617
 
 
 METRICS: dict[str, Metric] = {
-    "tissue_o2": Metric("%", {"%": _same, "percent": _same}, 0.0, 100.0),
-    "tissue_po2": Metric("mmHg", {"mmHg": _same, "kPa": lambda v: v * MMHG_PER_KPA}, 0.0, 2000.0),
-    "spo2": Metric("%", {"%": _same, "percent": _same}, 0.0, 100.0),
-    "skin_temp": Metric("Cel", {"Cel": _same, "degC": _same, "degF": lambda v: (v - 32.0) * 5.0 / 9.0}, 0.0, 60.0),
-    "battery": Metric("mV", {"mV": _same}, 0.0, 20000.0),
+    "tissue_o2": Metric("%", {"%": _same, "percent": _same}, 0.0, 100.0, "Tissue O₂", "%"),
+    "tissue_po2": Metric("mmHg", {"mmHg": _same, "kPa": lambda v: v * MMHG_PER_KPA}, 0.0, 2000.0, "Tissue pO₂", "mmHg"),
+    "spo2": Metric("%", {"%": _same, "percent": _same}, 0.0, 100.0, "SpO₂", "%"),
+    "skin_temp": Metric(
+        "Cel",
+        {"Cel": _same, "degC": _same, "degF": lambda v: (v - 32.0) * 5.0 / 9.0},
+        0.0,
+        60.0,
+        "Skin temperature",
+        "°C",
+    ),
+    "battery": Metric("mV", {"mV": _same}, 0.0, 20000.0, "Sensor battery", "mV"),
 }

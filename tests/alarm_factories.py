@@ -41,9 +41,15 @@ def verified_client(user: User) -> Client:
     return personas.verified_client(user)
 
 
-def insert(patient: Patient, device: Device, samples: list[tuple[dt.datetime, float, float | None]]) -> list[Row]:
+def insert(
+    patient: Patient,
+    device: Device,
+    samples: list[tuple[dt.datetime, float, float | None]],
+    *,
+    metric: str = "tissue_o2",
+) -> list[Row]:
     """Store readings as ingest would (and advance DeviceState); return the engine's rows."""
-    rows = [Row(device.pk, patient.pk, "tissue_o2", next(_seq), t, v, q, "cal-1", "fw-2.4.1") for t, v, q in samples]
+    rows = [Row(device.pk, patient.pk, metric, next(_seq), t, v, q, "cal-1", "fw-2.4.1") for t, v, q in samples]
     with connection.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO telemetry_reading (device_id, patient_id, metric, seq, sample_time, value, raw_value, "

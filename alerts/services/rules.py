@@ -38,6 +38,14 @@ RULE_LIMITS: dict[str, tuple[float, float]] = {
     "suppression_window_s": (0, 3600),
     "escalation_delay_s": (10, 86400),
     "max_pause_s": (10, 3600),
+    # Monitors let the SpO2 limits go from 50 to 99 % and delay them by at most tens of seconds.
+    "spo2_low_threshold": (50, 99),
+    "spo2_low_delay_s": (0, 120),
+    "spo2_critical_threshold": (50, 99),
+    "spo2_critical_delay_s": (0, 120),
+    "spo2_clear_margin": (0, 10),
+    "battery_low_threshold": (500, 20000),  # mV: the range telemetry.units accepts for a battery
+    "battery_low_delay_s": (0, 3600),
 }
 
 
@@ -61,13 +69,24 @@ def rule_validate(values: dict[str, Any]) -> tuple[dict[str, float | int], dict[
             errors[name] = f"must be between {low:g} and {high:g}"
             continue
         clean[name] = int(number) if as_int else number
-    if not errors and clean["critical_threshold"] >= clean["low_threshold"]:
-        errors["critical_threshold"] = "must be below the low threshold"
-    if not errors and clean["low_threshold"] + clean["clear_margin"] > 100:
-        errors["clear_margin"] = "threshold plus margin must stay within 100 %"
-    if not errors and clean["rapid_fall_drop"] - clean["clear_margin"] <= 0:
-        errors["rapid_fall_drop"] = "must be larger than the clear margin"
+    if not errors:
+        errors = _relations(clean)
     return clean, errors
+
+
+def _relations(clean: dict[str, float | int]) -> dict[str, str]:
+    """What a set of individually valid values must also satisfy together: the more urgent
+    threshold lies below the other, and a threshold plus its margin stays a percentage."""
+    errors: dict[str, str] = {}
+    for critical, low in (("critical_threshold", "low_threshold"), ("spo2_critical_threshold", "spo2_low_threshold")):
+        if clean[critical] >= clean[low]:
+            errors[critical] = "must be below the low threshold"
+    for threshold, margin in (("low_threshold", "clear_margin"), ("spo2_low_threshold", "spo2_clear_margin")):
+        if threshold not in errors and clean[threshold] + clean[margin] > 100:
+            errors[margin] = "threshold plus margin must stay within 100 %"
+    if clean["rapid_fall_drop"] - clean["clear_margin"] <= 0:
+        errors["rapid_fall_drop"] = "must be larger than the clear margin"
+    return errors
 
 
 def _next_version(*, ward: Ward, patient: Patient | None) -> int:

@@ -119,6 +119,8 @@ PERFUSE_LIVE_MAX_PENDING_FRAMES = envint("PERFUSE_LIVE_MAX_PENDING_FRAMES", 500)
 PERFUSE_LIVE_REJOIN_SECONDS = envint("PERFUSE_LIVE_REJOIN_SECONDS", 30)
 # Raw readings sent in a patient socket's snapshot.
 PERFUSE_LIVE_SNAPSHOT_SECONDS = envint("PERFUSE_LIVE_SNAPSHOT_SECONDS", 300)
+# Metrics a ward card shows beside tissue O2 when the patient has a recent reading of them.
+PERFUSE_CARD_METRICS = envlist("PERFUSE_CARD_METRICS", ["spo2"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -1,6 +1,8 @@
 /* Ward overview: one card per visible patient, live over WS /ws/ward/live.
  * Cards are sorted by alarm severity, then pseudonym. Alarm changes, resync markers and seq gaps
  * refetch GET /api/v1/patients/ (debounced), which carries the authoritative state.
+ * Tissue O2 is a card's value, trend and sparkline; the vital signs the deployment shows on cards
+ * (PERFUSE_CARD_METRICS, e.g. SpO2) are listed beside it with their latest value.
  */
 (function () {
   "use strict";
@@ -10,6 +12,7 @@
   const BUCKET_MS = 30000;
   const SPARK_MS = 30 * 60000;
   const FLAT = 0.5; // %/min, as dashboard/selectors.py TREND_FLAT_PER_MINUTE
+  const PRIMARY = "tissue_o2"; // dashboard/selectors.py METRIC
   const staleAfter = JSON.parse(document.getElementById("stale-after").textContent);
   const container = document.getElementById("cards");
   const empty = document.getElementById("empty-ward");
@@ -29,8 +32,14 @@
       // [bucket start ms, avg, count]; server buckets count as one sample each.
       spark: card.sparkline.map(([t, v]) => [Date.parse(t), v, 1]),
       alarm: card.alarm,
+      vitals: vitalsFromServer(card.vitals || []),
       el: null,
     };
+  }
+
+  /* metric -> {label, unit, value, lastSeen}, in the server's order. */
+  function vitalsFromServer(list) {
+    return new Map(list.map((v) => [v.metric, { label: v.label, unit: v.unit, value: v.value, lastSeen: Date.parse(v.last_seen) }]));
   }
 
   function replaceAll(list) {
@@ -66,6 +75,10 @@
 
   function addPoints(card, points) {
     for (const p of points) {
+      if (p.metric && p.metric !== PRIMARY) {
+        addVital(card, p);
+        continue;
+      }
       const t = Date.parse(p.t);
       if (card.lastSeen === null || t >= card.lastSeen) {
         card.lastSeen = t;
@@ -84,6 +97,33 @@
     }
     const cutoff = Date.now() + clockOffset - SPARK_MS;
     card.spark = card.spark.filter((b) => b[0] >= cutoff);
+  }
+
+  /* A card metric's reading: the newest one is shown. Its label and unit come with the card list,
+   * so a metric the card does not list yet waits for the next refetch. */
+  function addVital(card, p) {
+    const vital = card.vitals.get(p.metric);
+    if (!vital) return scheduleRefetch();
+    const t = Date.parse(p.t);
+    if (t >= vital.lastSeen) {
+      vital.lastSeen = t;
+      vital.value = p.value;
+    }
+  }
+
+  function renderVitals(el, card, now) {
+    const box = el.querySelector(".card-vitals");
+    box.replaceChildren(
+      ...[...card.vitals].map(([metric, v]) => {
+        const item = document.createElement("span");
+        item.className = "vital vital-" + metric;
+        item.dataset.metric = metric;
+        item.classList.toggle("stale", (now - v.lastSeen) / 1000 > staleAfter);
+        item.textContent = v.label + " " + (Number.isInteger(v.value) ? v.value : v.value.toFixed(1)) + " " + v.unit;
+        return item;
+      })
+    );
+    box.hidden = card.vitals.size === 0;
   }
 
   function sparkPath(spark) {
@@ -111,6 +151,7 @@
     a.innerHTML =
       '<div class="card-top"><span class="pseudo"></span><span class="alarm-badge" hidden></span></div>' +
       '<div class="card-main"><span class="value"></span><span class="unit"></span><span class="trend"></span></div>' +
+      '<div class="card-vitals" hidden></div>' +
       '<svg class="spark" viewBox="0 0 100 30" preserveAspectRatio="none" aria-hidden="true"><polyline /></svg>' +
       '<div class="card-foot"><span class="quality"></span><span class="age"></span></div>';
     card.el = a;
@@ -131,6 +172,7 @@
     trend.textContent = L.trendArrow(direction);
     trend.title = slope === null ? "not enough data for a trend" : slope.toFixed(1) + " %/min over 5 min";
     el.querySelector(".spark polyline").setAttribute("points", sparkPath(card.spark));
+    renderVitals(el, card, now);
     el.querySelector(".quality").textContent = card.quality === null ? "" : "SQ " + Math.round(card.quality * 100) + "%";
     el.querySelector(".age").textContent = (stale && age !== null ? "⚠ stale · " : "") + L.formatAge(age);
     el.classList.toggle("stale", stale);
