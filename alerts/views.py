@@ -66,6 +66,7 @@ def console(request: HttpRequest) -> HttpResponse:
         {
             "alarms_json": [alarm_out(a) for a in alarms],
             "notes": notes,
+            "oncall": selectors.shifts_now(now=timezone.now(), wards=scope.wards),
             "role": scope.role,
             "can_accept": scope.role == "oncall",
             "can_acknowledge": user_can(request.user, "acknowledge_alarms"),
@@ -99,6 +100,7 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
             "rule_rows": rule_rows,
             "first": ex.get("first"),
             "transitions": alarm.transitions.all(),
+            "deliveries": selectors.alarm_deliveries(alarm),
         },
     )
 

@@ -59,6 +59,9 @@ class Kind(Term):
     RAPID_FALL = "rapid_fall"
     SIGNAL_QUALITY = "signal_quality"
     NO_DATA = "no_data"
+    # Secondary notification of alarms (email, webhook) keeps failing on a ward: alarms raised
+    # there may not reach anyone outside the console (docs/alarms.md, "Failed channels").
+    NOTIFICATION_FAILED = "notification_failed"
 
     @property
     def label(self) -> str:
@@ -71,6 +74,7 @@ KIND_LABELS: dict[str, str] = {
     Kind.RAPID_FALL: "Tissue O2 falling rapidly",
     Kind.SIGNAL_QUALITY: "Signal quality low",
     Kind.NO_DATA: "No data from sensor",
+    Kind.NOTIFICATION_FAILED: "Alarm notification failed",
 }
 # Kinds decided sample by sample (the evaluator); no-data is decided by the clock (the engine).
 SAMPLE_KINDS = (Kind.CRITICAL_LOW, Kind.LOW, Kind.RAPID_FALL, Kind.SIGNAL_QUALITY)
@@ -84,7 +88,33 @@ KIND_PRIORITY: dict[str, Priority] = {
     Kind.RAPID_FALL: Priority.MEDIUM,
     Kind.SIGNAL_QUALITY: Priority.LOW,
     Kind.NO_DATA: Priority.MEDIUM,
+    Kind.NOTIFICATION_FAILED: Priority.MEDIUM,
 }
 KIND_CATEGORY: dict[str, Category] = {
     kind: Category.PHYSIOLOGICAL if kind in PHYSIOLOGICAL_KINDS else Category.TECHNICAL for kind in Kind
 }
+
+
+class Channel(Term):
+    """Secondary notification channels (alerts/channels.py): messages that leave the building."""
+
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+
+
+class DeliveryState(Term):
+    """A message of the notification outbox (alerts.models.Delivery): `queued` until a sender
+    claims it (`sending`), then `sent`, or `failed` (to be retried after a back-off) and in the
+    end `gave_up`. A DeliveryAttempt row records each of these steps with its time and error."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+
+
+# What made the message: a high-priority raise or an escalation (alerts/notifiers.py).
+class NotifyEvent(Term):
+    RAISED = "raised"
+    ESCALATED = "escalated"

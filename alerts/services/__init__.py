@@ -1,6 +1,8 @@
 """Every write of the alarm app, one function per act (STYLE.md): alarm transitions and staff
-acts on alarms and pauses (alerts/services/alarms.py), and alarm rule versions
-(alerts/services/rules.py). What they refuse is in alerts/errors.py. Import the acts from here.
+acts on alarms and pauses (alerts/services/alarms.py), alarm rule versions
+(alerts/services/rules.py), the on-call roster (alerts/services/roster.py) and the notification
+outbox's sending side (alerts/services/deliveries.py; rows are written by alerts/notifiers.py).
+What they refuse is in alerts/errors.py. Import the acts from here.
 """
 
 from alerts.services.alarms import (
@@ -13,6 +15,8 @@ from alerts.services.alarms import (
     alarm_timers,
     patient_pause,
 )
+from alerts.services.deliveries import Claim, deliveries_claim, delivery_record, retry_delay
+from alerts.services.roster import shift_create, shift_delete, shift_update, shift_validate
 from alerts.services.rules import (
     RULE_LIMITS,
     rule_current_ward,
@@ -25,6 +29,7 @@ from alerts.services.rules import (
 
 __all__ = [
     "RULE_LIMITS",
+    "Claim",
     "alarm_accept",
     "alarm_acknowledge",
     "alarm_condition_clear",
@@ -32,11 +37,18 @@ __all__ = [
     "alarm_raise",
     "alarm_recur",
     "alarm_timers",
+    "deliveries_claim",
+    "delivery_record",
     "patient_pause",
+    "retry_delay",
     "rule_current_ward",
     "rule_effective",
     "rule_ensure_ward_default",
     "rule_override_remove",
     "rule_update",
     "rule_validate",
+    "shift_create",
+    "shift_delete",
+    "shift_update",
+    "shift_validate",
 ]

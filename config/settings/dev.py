@@ -1,6 +1,6 @@
 """Local development and the `make run` demo."""
 
-from config.env import envstr
+from config.env import envint, envstr
 
 from .base import *  # noqa: F403
 
@@ -11,3 +11,8 @@ SECRET_KEY = envstr("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-01234567
 PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
     "PERFUSE_AUDIT_CHECKPOINT_KEY", "dev-only-audit-checkpoint-key-not-secret-0123456789"
 )
+
+# `make run` starts a local SMTP sink on this port (README); a real relay would use STARTTLS.
+PERFUSE_SMTP_HOST = envstr("PERFUSE_SMTP_HOST", "127.0.0.1")
+PERFUSE_SMTP_PORT = envint("PERFUSE_SMTP_PORT", 8025, minimum=1)
+PERFUSE_SMTP_SECURITY = envstr("PERFUSE_SMTP_SECURITY", "none")
