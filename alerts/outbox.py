@@ -111,9 +111,12 @@ class OutboxSender:
         if self._listener is None:
             self.stop_event.wait(self.poll)
             return
+        deadline = time.monotonic() + self.poll
         try:
-            for _ in self._listener.notifies(timeout=self.poll, stop_after=1):
-                pass
+            # In slices, so that stop() is honoured within half a second.
+            while not self.stop_event.is_set() and (left := deadline - time.monotonic()) > 0:
+                if list(self._listener.notifies(timeout=min(left, 0.5), stop_after=1)):
+                    return
         except psycopg.Error:
             log.warning("LISTEN %s lost; polling until it is back", OUTBOX_CHANNEL)
             self._unlisten()
