@@ -85,9 +85,7 @@ def webhook(settings: Any) -> Iterator[WebhookReceiver]:
 
 def _raise(patient: Patient, kind: str = "critical_low", now: dt.datetime | None = None) -> Alarm:
     now = now or dt.datetime.now(dt.UTC)
-    return alarm_raise(
-        patient=patient, rule=rule_current_ward(patient.ward), kind=kind, onset=now, now=now, explain={}
-    )
+    return alarm_raise(patient=patient, rule=rule_current_ward(patient.ward), kind=kind, onset=now, now=now, explain={})
 
 
 def _log(delivery: Delivery) -> list[str]:
@@ -303,9 +301,7 @@ def test_a_claim_is_exclusive_until_its_lease_ends_and_a_lost_claim_records_noth
     assert Delivery.objects.get(alarm=alarm).attempts == 2
 
 
-def test_deliveries_are_shown_on_the_alarm_page_and_in_the_detail_api(
-    ward: dict[str, Any], smtp: SmtpSink
-) -> None:
+def test_deliveries_are_shown_on_the_alarm_page_and_in_the_detail_api(ward: dict[str, Any], smtp: SmtpSink) -> None:
     alarm = _raise(ward["patient"])
     OutboxSender().run_once()
     client = verified_client(ward["nurse"])

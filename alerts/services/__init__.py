@@ -16,7 +16,7 @@ from alerts.services.alarms import (
     patient_pause,
 )
 from alerts.services.deliveries import Claim, deliveries_claim, delivery_record, retry_delay
-from alerts.services.roster import shift_create, shift_delete, shift_update, shift_validate
+from alerts.services.roster import shift_create, shift_create_operator, shift_delete, shift_update, shift_validate
 from alerts.services.rules import (
     RULE_LIMITS,
     rule_current_ward,
@@ -48,6 +48,7 @@ __all__ = [
     "rule_update",
     "rule_validate",
     "shift_create",
+    "shift_create_operator",
     "shift_delete",
     "shift_update",
     "shift_validate",

@@ -23,7 +23,7 @@ from alerts.models import OnCallShift
 from alerts.selectors import roster_candidates
 from audit.access.policy import user_can
 from audit.access.refusals import refusals_audited
-from audit.trail import Actor, audit_record
+from audit.trail import SYSTEM, Actor, audit_record
 from config.live import iso
 from telemetry.models import Ward
 
@@ -95,8 +95,24 @@ def shift_create(
     actor: Actor,
     user: Any,
 ) -> OnCallShift:
+    """An administrator adds a shift (the roster page)."""
     _allowed(user, act="created", ward=ward)
     person = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    return _shift_add(ward=ward, person=person, starts_at=starts_at, ends_at=ends_at, note=note, actor=actor)
+
+
+@refusals_audited
+def shift_create_operator(
+    *, ward: Ward, person: Any, starts_at: dt.datetime, ends_at: dt.datetime, note: str, actor: Actor = SYSTEM
+) -> OnCallShift:
+    """A management command adds a shift (the operator at the server: no role check), validated
+    and audited like the page's."""
+    return _shift_add(ward=ward, person=person, starts_at=starts_at, ends_at=ends_at, note=note, actor=actor)
+
+
+def _shift_add(
+    *, ward: Ward, person: Any, starts_at: dt.datetime | None, ends_at: dt.datetime | None, note: str, actor: Actor
+) -> OnCallShift:
     errors = shift_validate(ward=ward, person=person, starts_at=starts_at, ends_at=ends_at)
     if errors:
         raise _invalid("created", errors, ward)
