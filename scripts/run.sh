@@ -48,6 +48,7 @@ if [ -z "${REDIS_URL:-}" ]; then
 fi
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.dev}"
+export PERFUSE_BASE_URL="${PERFUSE_BASE_URL:-http://127.0.0.1:$PORT}"  # links in alarm messages
 cd "$ROOT"
 "$PY" manage.py migrate --noinput >/dev/null
 "$PY" manage.py seed_demo
