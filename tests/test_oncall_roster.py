@@ -4,6 +4,7 @@ administrators and audited, the roster page, and who is on call on the console."
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 from typing import Any
 
@@ -11,6 +12,8 @@ import msgspec
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from alerts.errors import AlarmForbidden, ShiftInvalid
 from alerts.events import ConsoleFrame
@@ -263,3 +266,19 @@ async def test_the_console_snapshot_carries_the_oncall_shifts_in_scope() -> None
     oncall = snapshot.oncall  # type: ignore[union-attr]
     assert [(o.ward, o.user) for o in oncall] == [("icu-r", "ben")]  # another ward's roster is not in scope
     assert oncall[0].ends_at.endswith("Z")
+
+
+def test_demo_roster_seed_is_idempotent_and_escalations_reach_the_rostered_nurse() -> None:
+    call_command("seed_demo", stdout=io.StringIO())
+    for _ in range(2):
+        call_command("seed_demo_roster", stdout=io.StringIO())
+    shifts = list(OnCallShift.objects.order_by("starts_at").values_list("user__username", "ward__code"))
+    assert shifts == [("oncall", "icu-demo"), ("clinician", "icu-demo")]
+    assert get_user_model().objects.get(username="oncall").email == "oncall@example.org"
+    factories.device(ward_code="icu-demo", patient="pt-demo")
+    patient = Patient.objects.select_related("ward").get(pseudonym="pt-demo")
+    now = dt.datetime.now(dt.UTC)
+    alarm = alarm_raise(
+        patient=patient, rule=rule_current_ward(patient.ward), kind="low", onset=now, now=now, explain={}
+    )
+    assert _names(escalation_recipients(alarm)) == ["oncall"]
