@@ -65,14 +65,14 @@ def ward() -> dict[str, Any]:
     return {"patient": patient, "other": Patient.objects.select_related("ward").get(pseudonym="pt-n2"), "nurse": nurse}
 
 
+def _use_smtp(settings: Any, port: int) -> None:
+    settings.PERFUSE_SMTP_HOST, settings.PERFUSE_SMTP_PORT, settings.PERFUSE_SMTP_SECURITY = "127.0.0.1", port, "none"
+
+
 @pytest.fixture
 def smtp(settings: Any) -> Iterator[SmtpSink]:
     with smtp_sink() as sink:
-        settings.PERFUSE_SMTP_HOST, settings.PERFUSE_SMTP_PORT, settings.PERFUSE_SMTP_SECURITY = (
-            "127.0.0.1",
-            sink.port,
-            "none",
-        )
+        _use_smtp(settings, sink.port)
         yield sink
 
 
@@ -86,6 +86,18 @@ def webhook(settings: Any) -> Iterator[WebhookReceiver]:
 def _raise(patient: Patient, kind: str = "critical_low", now: dt.datetime | None = None) -> Alarm:
     now = now or dt.datetime.now(dt.UTC)
     return alarm_raise(patient=patient, rule=rule_current_ward(patient.ward), kind=kind, onset=now, now=now, explain={})
+
+
+def _two_failed_attempts(patient: Patient) -> tuple[Alarm, OutboxSender, Clock]:
+    """A high-priority raise whose message fails twice, the second attempt when it is due."""
+    clock = Clock()
+    sender = OutboxSender(clock=clock)
+    alarm = _raise(patient, now=clock.now)
+    sender.run_once()
+    assert not Alarm.objects.filter(kind=Kind.NOTIFICATION_FAILED).exists()  # one failure is no alarm
+    clock.move(5)
+    sender.run_once()
+    return alarm, sender, clock
 
 
 def _log(delivery: Delivery) -> list[str]:
@@ -202,18 +214,8 @@ def test_giving_up_raises_one_notification_failed_per_ward_and_a_success_clears_
     settings.PERFUSE_NOTIFY_MAX_ATTEMPTS = 2
     settings.PERFUSE_NOTIFY_FAILURES_ALARM = 10
     with smtp_sink(fail_always=True) as sink:
-        settings.PERFUSE_SMTP_HOST, settings.PERFUSE_SMTP_PORT, settings.PERFUSE_SMTP_SECURITY = (
-            "127.0.0.1",
-            sink.port,
-            "none",
-        )
-        clock = Clock()
-        sender = OutboxSender(clock=clock)
-        first = _raise(ward["patient"], now=clock.now)
-        sender.run_once()
-        assert not Alarm.objects.filter(kind=Kind.NOTIFICATION_FAILED).exists()
-        clock.move(5)
-        sender.run_once()
+        _use_smtp(settings, sink.port)
+        first, sender, clock = _two_failed_attempts(ward["patient"])
         [row] = Delivery.objects.filter(alarm=first)
         assert (row.state, row.attempts, _log(row)) == ("gave_up", 2, ["queued", "failed", "gave_up"])
         assert "SMTP 451" in row.last_error
@@ -250,13 +252,7 @@ def test_failures_in_a_row_raise_the_technical_alarm_before_giving_up(ward: dict
     settings.PERFUSE_NOTIFY_FAILURES_ALARM = 2
     with webhook_receiver(SECRET, fail_always=True) as receiver:
         settings.PERFUSE_WEBHOOK_URL, settings.PERFUSE_WEBHOOK_SECRET = receiver.url, SECRET
-        clock = Clock()
-        sender = OutboxSender(clock=clock)
-        alarm = _raise(ward["patient"], now=clock.now)
-        sender.run_once()
-        assert not Alarm.objects.filter(kind=Kind.NOTIFICATION_FAILED).exists()
-        clock.move(5)
-        sender.run_once()
+        alarm, _, _ = _two_failed_attempts(ward["patient"])
     assert Delivery.objects.get(alarm=alarm).state == "failed"  # still being retried
     [failed] = Alarm.objects.filter(kind=Kind.NOTIFICATION_FAILED)
     assert failed.explain["reason"] == "failures_in_a_row" and failed.explain["channels"] == ["webhook"]
@@ -264,11 +260,7 @@ def test_failures_in_a_row_raise_the_technical_alarm_before_giving_up(ward: dict
 
 def test_a_permanent_refusal_gives_up_at_once(ward: dict[str, Any], settings: Any) -> None:
     with smtp_sink(fail_always=True, refusal="550 5.1.1 No such mailbox") as sink:
-        settings.PERFUSE_SMTP_HOST, settings.PERFUSE_SMTP_PORT, settings.PERFUSE_SMTP_SECURITY = (
-            "127.0.0.1",
-            sink.port,
-            "none",
-        )
+        _use_smtp(settings, sink.port)
         alarm = _raise(ward["patient"])
         OutboxSender().run_once()
     row = Delivery.objects.get(alarm=alarm)
@@ -278,7 +270,7 @@ def test_a_permanent_refusal_gives_up_at_once(ward: dict[str, Any], settings: An
 def test_an_unreachable_server_is_a_failure_recorded_with_its_error(ward: dict[str, Any], settings: Any) -> None:
     with smtp_sink() as sink:
         port = sink.port  # closed again when the block ends: nothing listens there
-    settings.PERFUSE_SMTP_HOST, settings.PERFUSE_SMTP_PORT, settings.PERFUSE_SMTP_SECURITY = "127.0.0.1", port, "none"
+    _use_smtp(settings, port)
     alarm = _raise(ward["patient"])
     OutboxSender().run_once()
     row = Delivery.objects.get(alarm=alarm)
