@@ -72,9 +72,17 @@ class Sender(Protocol):
     def send(self, message: Message) -> Outcome: ...
 
 
+def configured_fields(channel: str) -> list[str]:
+    """PERFUSE_NOTIFY_<CHANNEL>_FIELDS as set. `message_fields` takes nothing outside
+    MESSAGE_FIELDS whatever it says, so the alarm's transaction never fails on a bad setting;
+    `allowed_fields` refuses one when the notifier starts."""
+    fields: list[str] = getattr(settings, f"PERFUSE_NOTIFY_{channel.upper()}_FIELDS")
+    return fields
+
+
 def allowed_fields(channel: str) -> tuple[str, ...]:
     """The configured fields of a channel, refused at start-up when one is not a message field."""
-    configured = getattr(settings, f"PERFUSE_NOTIFY_{channel.upper()}_FIELDS")
+    configured = configured_fields(channel)
     unknown = sorted(set(configured) - set(MESSAGE_FIELDS))
     if unknown:
         raise ImproperlyConfigured(

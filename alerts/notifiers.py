@@ -73,7 +73,11 @@ class OutboxNotifier:
         usernames = [u.username for u in recipients]
         for channel in channels.channels_enabled():
             fields = channels.message_fields(
-                alarm=alarm, event=event, level=alarm.escalation_level, at=now, allowed=channels.allowed_fields(channel)
+                alarm=alarm,
+                event=event,
+                level=alarm.escalation_level,
+                at=now,
+                allowed=channels.configured_fields(channel),
             )
             if channel == Channel.EMAIL:
                 rows += [

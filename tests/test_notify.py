@@ -157,7 +157,9 @@ def test_a_channel_carries_only_the_fields_it_is_configured_for(
 
     settings.PERFUSE_NOTIFY_WEBHOOK_FIELDS = ["ward", "name"]
     with pytest.raises(ImproperlyConfigured, match="name may not be sent"):
-        channels.senders_from_settings()
+        channels.senders_from_settings()  # the notifier does not start
+    later = _raise(ward["other"])  # and the alarm's transaction does not fail on the setting
+    assert set(Delivery.objects.get(alarm=later).message["fields"]) == {"alarm", "event", "level", "at", "ward"}
 
 
 def test_medium_raise_is_not_sent_but_its_escalation_is_in_the_alarm_transaction(

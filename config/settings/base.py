@@ -204,6 +204,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Device ingest and staff APIs of Perfuse, a real-time tissue-oxygen monitor.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Alarms and their deliveries both have a `state`: each set of values gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "StateEnum": "alerts.vocabulary.State.values",
+        "DeliveryStateEnum": "alerts.vocabulary.DeliveryState.values",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "telemetry.openapi.add_ingest_endpoint",
