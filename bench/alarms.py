@@ -476,6 +476,7 @@ def main() -> None:
     parser.add_argument("--engine", default="manage.py run_engine", help="engine command (run with this Python)")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the SMTP server logs every command
 
     if "DATABASE_URL" not in os.environ:
         parser.error("set DATABASE_URL to a database for the bench (the default is make run's demo database)")
