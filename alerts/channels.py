@@ -121,14 +121,15 @@ def channels_enabled() -> list[str]:
 
 
 def email_subject(fields: Mapping[str, Any]) -> str:
+    """Plain ASCII: email-to-pager gateways show the subject as it is."""
     what = "escalated" if fields["event"] == NotifyEvent.ESCALATED else "raised"
     parts = [f"[Perfuse] alarm {fields['alarm']} {what}"]
     if fields["event"] == NotifyEvent.ESCALATED:
         parts.append(f"(level {fields['level']})")
     if "priority" in fields:
-        parts.append(f"— {fields['priority']} priority")
+        parts.append(f"- {fields['priority']} priority")
     if "condition" in fields:
-        parts.append(f"— {fields['condition']}")
+        parts.append(f"- {fields['condition']}")
     if "ward" in fields:
         parts.append(f"on {fields['ward']}")
     return " ".join(parts)
