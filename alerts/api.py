@@ -21,8 +21,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts import selectors, services
-from alerts.schemas import alarm_out, transition_out
-from alerts.vocabulary import OPEN_STATES, Category, Kind, Priority, State
+from alerts.schemas import alarm_out, delivery_out, transition_out
+from alerts.vocabulary import OPEN_STATES, Category, Channel, DeliveryState, Kind, NotifyEvent, Priority, State
 from audit.access.policy import actor_from_request
 from audit.trail import audit_record
 from config.api_errors import ApiError
@@ -81,6 +81,30 @@ class TransitionSerializer(serializers.Serializer[None]):
     at = serializers.DateTimeField()
 
 
+class DeliveryStepSerializer(serializers.Serializer[None]):
+    state = serializers.ChoiceField(choices=DeliveryState.values())
+    attempt = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    error = serializers.CharField()
+
+
+class DeliverySerializer(serializers.Serializer[None]):
+    """Schema of one secondary notification (alerts.schemas.DeliveryOut)."""
+
+    id = serializers.IntegerField()
+    channel = serializers.ChoiceField(choices=Channel.values())
+    event = serializers.ChoiceField(choices=NotifyEvent.values())
+    level = serializers.IntegerField()
+    recipient = serializers.CharField(allow_null=True)
+    address = serializers.CharField()
+    state = serializers.ChoiceField(choices=DeliveryState.values())
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    sent_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField()
+    log = DeliveryStepSerializer(many=True)
+
+
 class AlarmDetailSerializer(serializers.Serializer[None]):
     alarm = AlarmSerializer()
     explain = serializers.DictField(
@@ -89,6 +113,9 @@ class AlarmDetailSerializer(serializers.Serializer[None]):
         'for others the samples carry times only and "values_withheld" is true.'
     )
     transitions = TransitionSerializer(many=True)
+    deliveries = DeliverySerializer(
+        many=True, help_text="Secondary notifications (email, webhook) of the alarm and each step of their delivery."
+    )
 
 
 class StrictCharField(serializers.CharField):
@@ -219,6 +246,7 @@ def alarm_detail(request: Request, alarm_id: int) -> Response:
             "alarm": alarm_out(alarm),
             "explain": explanation.explain,
             "transitions": [transition_out(t) for t in alarm.transitions.all()],
+            "deliveries": [delivery_out(d) for d in selectors.alarm_deliveries(alarm)],
         }
     )
 

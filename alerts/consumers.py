@@ -24,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerts import selectors
-from alerts.events import AlarmSnapshotFrame, NotificationOut, PauseOut
+from alerts.events import AlarmSnapshotFrame, NotificationOut, PauseOut, oncall_out
 from alerts.schemas import alarm_out
 from audit.access.asgi import current_user
 from audit.access.policy import actor_from_scope
@@ -68,7 +68,11 @@ class AlarmConsoleConsumer(LiveConsumer):
             for n in user.alarm_notifications.all()[:20]
         ]
         self._snapshot = AlarmSnapshotFrame(
-            alarms=[alarm_out(a) for a in alarms], pauses=pauses, notifications=notes, server_time=live.iso(now)
+            alarms=[alarm_out(a) for a in alarms],
+            pauses=pauses,
+            notifications=notes,
+            server_time=live.iso(now),
+            oncall=[oncall_out(s) for s in selectors.shifts_now(now=now, wards=scope.wards)],
         )
         return True
 

@@ -53,3 +53,7 @@ class AlarmConflict(AlarmError):
 
 class RuleInvalid(AlarmError):
     status, code = 400, "invalid_rule"
+
+
+class ShiftInvalid(AlarmError):
+    status, code = 400, "invalid_shift"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from alerts.models import Alarm, AlarmPause, AlarmTransition, Notification
+from alerts.models import Alarm, AlarmPause, AlarmTransition, Notification, OnCallShift
 from alerts.schemas import AlarmOut, TransitionOut, alarm_out, transition_out
 from config import live
 from config.live import Frame
@@ -53,13 +53,38 @@ class PauseOut(msgspec.Struct, forbid_unknown_fields=True):
     priority: str
 
 
+class OnCallOut(msgspec.Struct, forbid_unknown_fields=True):
+    """A shift in progress on the on-call roster: who escalations of the ward reach first."""
+
+    ward: str
+    user: str
+    name: str
+    note: str
+    starts_at: str
+    ends_at: str
+
+
+def oncall_out(shift: OnCallShift) -> OnCallOut:
+    """Needs the shift's user and ward loaded."""
+    return OnCallOut(
+        ward=shift.ward.code,
+        user=shift.user.get_username(),
+        name=shift.user.get_full_name(),
+        note=shift.note,
+        starts_at=live.iso(shift.starts_at),
+        ends_at=live.iso(shift.ends_at),
+    )
+
+
 class AlarmSnapshotFrame(Frame, tag="alarm.snapshot"):
-    """First frame of the console: the open alarms in scope, active pauses, recent notifications."""
+    """First frame of the console: the open alarms in scope, active pauses, recent notifications,
+    and who is on call now on the wards in scope (the roster; both people during a handover)."""
 
     alarms: list[AlarmOut]
     pauses: list[PauseOut]
     notifications: list[NotificationOut]
     server_time: str
+    oncall: list[OnCallOut]
 
 
 ConsoleFrame = AlarmSnapshotFrame | AlarmTransitionFrame | AlarmPauseFrame | AlarmNotificationFrame

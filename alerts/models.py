@@ -1,4 +1,5 @@
-"""Alarm rules (immutable versions), alarms with their lifecycle, transitions, pauses, notifications.
+"""Alarm rules (immutable versions), alarms with their lifecycle, transitions, pauses, notifications,
+the on-call roster and the notification outbox.
 
 A rule version is never edited: `rule_update` writes a new row with the next version number and a
 database trigger refuses UPDATE, so the version an alarm points at is exactly the rule that
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from alerts.vocabulary import Category, Kind, Priority, State
+from alerts.vocabulary import Category, Channel, DeliveryState, Kind, NotifyEvent, Priority, State
 from telemetry.models import Patient, Ward
 
 # Shipped clinical defaults (docs/alarms.md explains each). Keys are AlarmRule field names.
@@ -205,3 +206,84 @@ class Notification(models.Model):
     class Meta:
         indexes = [models.Index(fields=["recipient", "created_at"])]
         ordering = ["-created_at"]
+
+
+class OnCallShift(models.Model):
+    """Who is on call for a ward from `starts_at` until `ends_at` (the on-call roster).
+
+    Shifts of one ward may overlap: that is the handover, when both people are on call and both
+    are notified. Edited by administrators (alerts/services/roster.py), every edit audited."""
+
+    ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="oncall_shifts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="oncall_shifts")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    note = models.CharField(max_length=120, blank=True, default="", help_text="role on the shift, e.g. charge nurse")
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="shift_ends_after_start"),
+        ]
+        indexes = [models.Index(fields=["ward", "ends_at", "starts_at"])]
+        ordering = ["starts_at", "id"]
+
+    def __str__(self) -> str:
+        return f"shift {self.ward_id} {self.user_id} {self.starts_at:%Y-%m-%d %H:%M}"
+
+
+class Delivery(models.Model):
+    """One message of the notification outbox: an alarm event to send on one channel.
+
+    Written in the alarm's transaction (alerts/notifiers.py OutboxNotifier), sent afterwards by
+    `manage.py run_notifier` (alerts/outbox.py), which claims due rows with SKIP LOCKED. The
+    message fields are fixed at enqueue time and hold only what the channel may carry
+    (alerts/channels.py `message_fields`): no row here holds more than leaves the building."""
+
+    alarm = models.ForeignKey(Alarm, on_delete=models.PROTECT, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices())
+    event = models.CharField(max_length=10, choices=NotifyEvent.choices())
+    level = models.PositiveSmallIntegerField()  # the alarm's escalation level at the event
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    address = models.CharField(max_length=254, help_text="email address, or the webhook's host")
+    message = models.JSONField(default=dict)
+    state = models.CharField(max_length=10, choices=DeliveryState.choices(), default=DeliveryState.QUEUED.value)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField()
+    # While `sending`: a sender that crashed releases its claim when this passes.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(state__in=["queued", "failed", "sending"]),
+                name="delivery_due",
+            ),
+        ]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} {self.channel} {self.state}"
+
+
+class DeliveryAttempt(models.Model):
+    """Each step of a delivery, kept: queued, then per attempt sent, failed or gave_up."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="log")
+    at = models.DateTimeField()
+    state = models.CharField(max_length=10, choices=DeliveryState.choices())
+    attempt = models.PositiveSmallIntegerField()
+    error = models.CharField(max_length=500, blank=True, default="")
+    # How long the attempt took (connect to accepted or refused), for operations and the bench.
+    elapsed_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["at"])]

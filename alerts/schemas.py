@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TypedDict
 
-from alerts.models import Alarm, AlarmTransition
+from alerts.models import Alarm, AlarmTransition, Delivery
 from alerts.vocabulary import Kind
 from config.live import iso
 
@@ -91,4 +91,49 @@ def transition_out(t: AlarmTransition) -> TransitionOut:
         "to_state": t.to_state,
         "actor": t.actor_username,
         "at": iso(t.at),
+    }
+
+
+class DeliveryStepOut(TypedDict):
+    state: str
+    attempt: int
+    at: str
+    error: str
+
+
+class DeliveryOut(TypedDict):
+    """A secondary notification of the alarm (outbox row) with every step it went through."""
+
+    id: int
+    channel: str
+    event: str
+    level: int
+    recipient: str | None
+    address: str
+    state: str
+    attempts: int
+    created_at: str
+    sent_at: str | None
+    last_error: str
+    log: list[DeliveryStepOut]
+
+
+def delivery_out(d: Delivery) -> DeliveryOut:
+    """Needs recipient loaded and the log prefetched (alerts.selectors.alarm_deliveries)."""
+    return {
+        "id": d.pk,
+        "channel": d.channel,
+        "event": d.event,
+        "level": d.level,
+        "recipient": d.recipient.get_username() if d.recipient else None,
+        "address": d.address,
+        "state": d.state,
+        "attempts": d.attempts,
+        "created_at": iso(d.created_at),
+        "sent_at": iso_or_none(d.sent_at),
+        "last_error": d.last_error,
+        "log": [
+            {"state": step.state, "attempt": step.attempt, "at": iso(step.at), "error": step.error}
+            for step in d.log.all()
+        ],
     }

@@ -18,11 +18,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Count, Max, Prefetch, Q, QuerySet, prefetch_related_objects
 
 from alerts.errors import AlarmNotFound
 from alerts.lifecycle import AlarmView
-from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, AlarmTransition
+from alerts.models import RULE_DEFAULTS, Alarm, AlarmPause, AlarmRule, AlarmTransition, Delivery, OnCallShift
 from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, OPEN_STATES, Category, Kind, State
 from audit.access.policy import (
     ADMIN,
@@ -628,3 +629,52 @@ def history_rows_all(alarms: QuerySet[Alarm]) -> Iterator[HistoryRow]:
 def history_patients(alarms: QuerySet[Alarm], *, limit: int) -> list[str]:
     """The pseudonyms a history covers (for its audit event), at most `limit`."""
     return list(alarms.order_by().values_list("patient__pseudonym", flat=True).distinct()[:limit])
+
+
+# --- on-call roster ----------------------------------------------------------------------------
+
+# Roles a shift may be given to: those that act on alarms of their wards.
+ROSTER_ROLES = (ONCALL, CLINICIAN)
+
+
+def shifts_now(*, now: dt.datetime, wards: WardScope | None = None) -> list[OnCallShift]:
+    """Shifts in progress (handovers included: both people are on call), with user and ward."""
+    qs = OnCallShift.objects.select_related("user", "ward").filter(
+        starts_at__lte=now, ends_at__gt=now, user__is_active=True
+    )
+    if wards is not None:
+        qs = qs.filter(wards.q("ward_id"))
+    return list(qs.order_by("ward__code", "starts_at", "id"))
+
+
+def roster_oncall(*, ward_id: int, now: dt.datetime) -> list[Any]:
+    """The users the roster has on call for the ward now (empty when nobody is rostered)."""
+    users: list[Any] = []
+    for shift in (
+        OnCallShift.objects.select_related("user")
+        .filter(ward_id=ward_id, starts_at__lte=now, ends_at__gt=now, user__is_active=True)
+        .order_by("starts_at", "id")
+    ):
+        if shift.user not in users:
+            users.append(shift.user)
+    return users
+
+
+def shifts_of_ward(*, ward: Ward, start: dt.datetime, end: dt.datetime) -> list[OnCallShift]:
+    """The ward's shifts that overlap [start, end), in order."""
+    qs = OnCallShift.objects.select_related("user").filter(ward=ward, ends_at__gt=start, starts_at__lt=end)
+    return list(qs.order_by("starts_at", "id"))
+
+
+def roster_candidates(ward: Ward) -> list[Any]:
+    """Active on-call and clinician staff of the ward: who may be put on its roster."""
+    users = get_user_model().objects.filter(is_active=True, groups__name__in=ROSTER_ROLES, staff__wards=ward)
+    return list(users.distinct().order_by("username"))
+
+
+# --- notification outbox -----------------------------------------------------------------------
+
+
+def alarm_deliveries(alarm: Alarm) -> list[Delivery]:
+    """The alarm's outbox rows with their attempt logs, oldest first."""
+    return list(alarm.deliveries.select_related("recipient").prefetch_related("log").order_by("id"))

@@ -1,12 +1,13 @@
 from django.urls import path
 
-from alerts import api, views
+from alerts import api, roster_views, views
 from alerts.history import views as history
 
 urlpatterns = [
     path("alarms/", views.console, name="alarm-console"),
     path("alarms/<int:alarm_id>/", views.explain, name="alarm-explain"),
     path("alarms/rules/", views.rules, name="alarm-rules"),
+    path("alarms/oncall/", roster_views.roster, name="alarm-oncall"),
     path("alarms/fatigue/", views.fatigue, name="alarm-fatigue"),
     path("alarms/fatigue.csv", views.fatigue, name="alarm-fatigue-csv"),
     path("alarms/history/", history.history_page, name="alarm-history"),

@@ -88,6 +88,7 @@ def console(request: HttpRequest) -> HttpResponse:
         {
             "alarms_json": [alarm_out(a) for a in alarms],
             "notes": notes,
+            "oncall": selectors.shifts_now(now=timezone.now(), wards=scope.wards),
             "role": scope.role,
             "can_accept": scope.role == "oncall",
             "can_acknowledge": user_can(request.user, "acknowledge_alarms"),
@@ -123,6 +124,7 @@ def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
             "rule_rows": rule_rows,
             "first": ex.get("first"),
             "transitions": alarm.transitions.all(),
+            "deliveries": selectors.alarm_deliveries(alarm),
         },
     )
 

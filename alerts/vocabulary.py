@@ -63,6 +63,9 @@ class Kind(Term):
     SPO2_CRITICAL_LOW = "spo2_critical_low"
     SPO2_LOW = "spo2_low"
     BATTERY_LOW = "battery_low"
+    # Secondary notification of alarms (email, webhook) keeps failing on a ward: alarms raised
+    # there may not reach anyone outside the console (docs/alarms.md, "Failed channels").
+    NOTIFICATION_FAILED = "notification_failed"
 
     @property
     def label(self) -> str:
@@ -78,6 +81,7 @@ KIND_LABELS: dict[str, str] = {
     Kind.SPO2_CRITICAL_LOW: "SpO2 critically low",
     Kind.SPO2_LOW: "SpO2 low",
     Kind.BATTERY_LOW: "Sensor battery low",
+    Kind.NOTIFICATION_FAILED: "Alarm notification failed",
 }
 # The metric (telemetry.units.METRICS key) whose samples decide each sample kind, in the order the
 # evaluator checks them. No-data is decided by the clock (the engine), from any metric.
@@ -103,7 +107,33 @@ KIND_PRIORITY: dict[str, Priority] = {
     Kind.SPO2_CRITICAL_LOW: Priority.HIGH,
     Kind.SPO2_LOW: Priority.MEDIUM,
     Kind.BATTERY_LOW: Priority.LOW,
+    Kind.NOTIFICATION_FAILED: Priority.MEDIUM,
 }
 KIND_CATEGORY: dict[str, Category] = {
     kind: Category.PHYSIOLOGICAL if kind in PHYSIOLOGICAL_KINDS else Category.TECHNICAL for kind in Kind
 }
+
+
+class Channel(Term):
+    """Secondary notification channels (alerts/channels.py): messages that leave the building."""
+
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+
+
+class DeliveryState(Term):
+    """A message of the notification outbox (alerts.models.Delivery): `queued` until a sender
+    claims it (`sending`), then `sent`, or `failed` (to be retried after a back-off) and in the
+    end `gave_up`. A DeliveryAttempt row records each of these steps with its time and error."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+
+
+# What made the message: a high-priority raise or an escalation (alerts/notifiers.py).
+class NotifyEvent(Term):
+    RAISED = "raised"
+    ESCALATED = "escalated"

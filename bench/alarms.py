@@ -14,6 +14,17 @@ at its sample time. The clock starts at that reading's commit (pg_xact_commit_ti
 ingest transaction; the server needs track_commit_timestamp = on, else the request's send time
 is used, an upper bound) and stops when the `raised` frame of that patient's critical_low alarm
 arrives at the console. Prints p50/p99/max, split into commit→engine decision and decision→frame.
+
+Secondary notification beside it: the bench runs an SMTP server (aiosmtpd) and a webhook receiver
+(http.server, checking the HMAC signature) in this process and `manage.py run_notifier` as a third
+subprocess, pointed at them. A critically-low raise is high priority, so its email (to the bench
+on-call user) and its webhook are written to the outbox in the raising transaction; the clock
+starts at that transaction's commit (the `alarm.transition` commit; without commit timestamps,
+at the engine's decision time, an earlier start) and stops when the SMTP server accepts the
+message (end of DATA) and when the receiver has the signed POST. Prints p50/p99/max of each.
+
+The database must be given (DATABASE_URL): the bench refuses to run against the default, which
+is `make run`'s demo database.
 """
 
 from __future__ import annotations
@@ -22,20 +33,27 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import os
 import random
+import re
+import secrets
 import shlex
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,6 +116,8 @@ def setup(n_devices: int, ward_code: str) -> tuple[list[dict[str, Any]], str]:
         )
     account = staff_upsert(username="bench-oncall", role="oncall", ward_codes=[ward_code], password=password)
     user = account.user
+    user.email = "bench-oncall@example.org"  # the raise's email goes to the ward's on-call staff
+    user.save(update_fields=["email"])
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
     session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
@@ -168,6 +188,74 @@ class Console:
             self.raised.setdefault(frame["patient"], now)
             at = frame["transition"]["at"].replace("Z", "+00:00")
             self.decided.setdefault(frame["patient"], dt.datetime.fromisoformat(at).timestamp())
+
+
+class Receivers:
+    """The far ends of secondary notification, timestamping the first message of each alarm's
+    raise on arrival: an SMTP server (accepted = end of DATA) and a webhook receiver."""
+
+    SUBJECT = re.compile(rb"Subject: \[Perfuse\] alarm (\d+) raised")
+
+    def __init__(self) -> None:
+        self.secret = secrets.token_hex(16)
+        self.email: dict[int, float] = {}
+        self.webhook: dict[int, float] = {}
+        self.bad_signatures = 0
+        self.smtp_port = _free_port()
+        self._smtp = Controller(self, hostname="127.0.0.1", port=self.smtp_port)
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.time()
+        found = self.SUBJECT.search(envelope.content)
+        if found:
+            self.email.setdefault(int(found.group(1)), now)
+        return "250 accepted"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receivers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                now = time.time()
+                parts = dict(
+                    p.split("=", 1) for p in self.headers.get("X-Perfuse-Signature", "").split(",") if "=" in p
+                )
+                expected = hmac.new(
+                    receivers.secret.encode(), f"{parts.get('t', '')}.".encode() + body, hashlib.sha256
+                ).hexdigest()
+                if not hmac.compare_digest(expected, parts.get("v1", "")):
+                    receivers.bad_signatures += 1
+                    self.send_response(401)
+                else:
+                    data = orjson.loads(body)
+                    if data["type"] == "perfuse.alarm.raised":
+                        receivers.webhook.setdefault(int(data["alarm"]["alarm"]), now)
+                    self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        return Handler
+
+    def start(self) -> dict[str, str]:
+        """Start both; returns the notifier's environment pointing at them."""
+        self._smtp.start()
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return {
+            "PERFUSE_SMTP_HOST": "127.0.0.1",
+            "PERFUSE_SMTP_PORT": str(self.smtp_port),
+            "PERFUSE_SMTP_SECURITY": "none",
+            "PERFUSE_WEBHOOK_URL": f"http://127.0.0.1:{self._http.server_address[1]}/perfuse",
+            "PERFUSE_WEBHOOK_SECRET": self.secret,
+        }
+
+    def stop(self) -> None:
+        self._smtp.stop()
+        self._http.shutdown()
 
 
 def _body(dev: dict[str, Any], readings: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
@@ -358,6 +446,19 @@ def raise_commit_times(patients: list[str]) -> dict[str, float]:
         return {p: t.timestamp() for p, t in cursor.fetchall() if t is not None}
 
 
+def raised_alarm_ids(patients: list[str]) -> dict[int, str]:
+    """The critical_low alarm of each probe patient: alarm id → pseudonym."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.id, p.pseudonym FROM alerts_alarm a JOIN telemetry_patient p ON p.id = a.patient_id "
+            "WHERE a.kind = 'critical_low' AND p.pseudonym = ANY(%s)",
+            [patients],
+        )
+        return dict(cursor.fetchall())
+
+
 def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
@@ -375,13 +476,17 @@ def main() -> None:
     parser.add_argument("--engine", default="manage.py run_engine", help="engine command (run with this Python)")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the SMTP server logs every command
 
+    if "DATABASE_URL" not in os.environ:
+        parser.error("set DATABASE_URL to a database for the bench (the default is make run's demo database)")
     # A SIGTERM (e.g. from `timeout`) must still stop Daphne and the engine in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"setting up {args.devices} devices…", file=sys.stderr)
     devices, cookie = setup(args.devices, args.ward)
     port = _free_port()
-    env = {**os.environ}
+    receivers = Receivers()
+    env = {**os.environ, **receivers.start()}
     logs = ROOT / ".data" / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     venv_bin = Path(sys.executable).parent
@@ -398,6 +503,13 @@ def main() -> None:
             cwd=ROOT,
             env=env,
             stdout=open(logs / "engine.log", "wb"),  # noqa: SIM115 (lives as long as the process)
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [sys.executable, "manage.py", "run_notifier"],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "notifier.log", "wb"),  # noqa: SIM115 (lives as long as the process)
             stderr=subprocess.STDOUT,
         ),
     ]
@@ -423,6 +535,7 @@ def main() -> None:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        receivers.stop()
     committed = commit_times(result["crossing_reading"])
     start_of = committed if committed else result["crossing_sent"]
     clock = (
@@ -466,6 +579,31 @@ def main() -> None:
             if not part:
                 continue
             print(f"  {name} (ms): p50 {statistics.median(part):.0f}  p99 {_pct(part, 0.99):.0f}  max {part[-1]:.0f}")
+    _notification_report(receivers, list(start_of), decided, engine_commit)
+
+
+def _notification_report(
+    receivers: Receivers, patients: list[str], decided: dict[str, float], engine_commit: dict[str, float]
+) -> None:
+    """Raise commit (or decision) → email accepted and → webhook received, per probe alarm."""
+    start = engine_commit or decided
+    clock = "raise commit (pg_xact_commit_timestamp)" if engine_commit else "engine decision (commit times off)"
+    ids = raised_alarm_ids(patients)
+    print(f"secondary notification of {len(ids)} critical_low raises; clock starts at {clock}")
+    if receivers.bad_signatures:
+        print(f"  webhook requests with a bad signature: {receivers.bad_signatures}")
+    for name, arrived in (
+        ("email accepted by the SMTP server", receivers.email),
+        ("webhook received", receivers.webhook),
+    ):
+        lat = sorted((arrived[a] - start[p]) * 1000 for a, p in ids.items() if a in arrived and p in start)
+        if not lat:
+            print(f"  alarm.transition commit→{name}: none arrived")
+            continue
+        print(
+            f"  alarm.transition commit→{name} (ms): p50 {statistics.median(lat):.0f}  "
+            f"p99 {_pct(lat, 0.99):.0f}  max {lat[-1]:.0f}  ({len(lat)} of {len(ids)})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the demo. Starts (or reuses) project-owned PostgreSQL and Redis under .data/,
-# migrates (as the owner role), seeds a demo ward, then runs Daphne, the engine, the audit
-# checkpoint job and the simulated fleet (as the application role) until Ctrl-C.
+# migrates (as the owner role), seeds a demo ward with its on-call roster, then runs a local SMTP
+# sink (mail lands in .data/mail.log), Daphne, the engine, the notifier, the audit checkpoint job
+# and the simulated fleet (as the application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
 ensure_system_packages
@@ -52,18 +53,34 @@ if [ -z "${REDIS_URL:-}" ]; then
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 fi
 
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.dev}"
+export PERFUSE_BASE_URL="${PERFUSE_BASE_URL:-http://127.0.0.1:$PORT}"  # links in alarm messages
 cd "$ROOT"
 # With your own DATABASE_URL, set DATABASE_OWNER_URL to migrate as another role than the app's.
 DATABASE_URL="${DATABASE_OWNER_URL:-$DATABASE_URL}" "$PY" manage.py migrate --noinput >/dev/null
 [ -n "${OWN_PG:-}" ] && harden_db "$PG_PORT" perfuse
 "$PY" manage.py seed_demo
+"$PY" manage.py seed_demo_roster
+
+# Alarm email goes to a local SMTP sink (aiosmtpd, a dev dependency) that prints every message it
+# accepts into .data/mail.log; set PERFUSE_SMTP_HOST to use a real relay instead.
+if [ -z "${PERFUSE_SMTP_HOST:-}" ]; then
+  SMTP_PORT="${PERFUSE_SMTP_PORT:-8025}"
+  PYTHONUNBUFFERED=1 "$PY" -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" >>"$DATA/mail.log" 2>&1 &
+  PIDS+=($!)
+  export PERFUSE_SMTP_HOST=127.0.0.1 PERFUSE_SMTP_PORT="$SMTP_PORT" PERFUSE_SMTP_SECURITY=none
+  log "alarm email: SMTP sink on 127.0.0.1:$SMTP_PORT, messages in $DATA/mail.log"
+fi
 
 "$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" --access-log "$DATA/access.log" config.asgi:application &
 PIDS+=($!)
 "$PY" manage.py run_engine &
 PIDS+=($!)
 # Signs and anchors the audit chain head every minute (PERFUSE_AUDIT_ANCHOR: .data/audit-anchor.log).
+# Signs and anchors the audit chain head every minute (PERFUSE_AUDIT_ANCHOR: .data/audit-anchor.log).
 "$PY" manage.py audit_checkpoint --every 60 &
+PIDS+=($!)
+"$PY" manage.py run_notifier &
 PIDS+=($!)
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &

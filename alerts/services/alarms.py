@@ -110,6 +110,7 @@ def alarm_raise(
         text=f"{priority} alarm: {alarm.get_kind_display()}",
         data={"alarm": alarm.pk, "kind": kind, "priority": priority},
     )
+    notifiers.notify_raise(alarm=alarm, now=now)  # high priority: paged at once, from the outbox
     return alarm
 
 

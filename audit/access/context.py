@@ -21,6 +21,7 @@ NAV: list[tuple[str, str, str]] = [
     ("Audit", "/audit/", "view_audit_trail"),
     ("Break glass", "/audit/break-glass/", "break_glass"),
     ("Devices", "/devices/", "manage_devices"),
+    ("On call", "/alarms/oncall/", "manage_staff"),
 ]
 
 

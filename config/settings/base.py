@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.env import database_from_url, envbool, envint, envlist, envstr
+from config.env import database_from_url, envbool, envint, envlist, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -213,6 +213,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Device ingest and staff APIs of Perfuse, a real-time tissue-oxygen monitor.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Alarms and their deliveries both have a `state`: each set of values gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "StateEnum": "alerts.vocabulary.State.values",
+        "DeliveryStateEnum": "alerts.vocabulary.DeliveryState.values",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "telemetry.openapi.add_ingest_endpoint",
@@ -262,3 +267,37 @@ PERFUSE_ENGINE_PROCESSORS = envlist(
     "PERFUSE_ENGINE_PROCESSORS", ["telemetry.engine.RollupProcessor", "alerts.engine.AlarmProcessor"]
 )
 PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2
+
+# Secondary alarm notification (docs/alarms.md "Secondary notification", docs/operations.md).
+# A channel is on when its address is set. Messages are written to the outbox in the alarm's
+# transaction and sent by `manage.py run_notifier`.
+PERFUSE_ALARM_NOTIFIERS = envlist(
+    "PERFUSE_ALARM_NOTIFIERS",
+    ["alerts.notifiers.InAppNotifier", "alerts.notifiers.LoggingNotifier", "alerts.notifiers.OutboxNotifier"],
+)
+PERFUSE_SMTP_HOST = envstr("PERFUSE_SMTP_HOST", "")
+PERFUSE_SMTP_PORT = envint("PERFUSE_SMTP_PORT", 587, minimum=1)
+PERFUSE_SMTP_SECURITY = envstr("PERFUSE_SMTP_SECURITY", "starttls")  # starttls, tls or none
+PERFUSE_SMTP_USER = envstr("PERFUSE_SMTP_USER", "")
+PERFUSE_SMTP_PASSWORD = envsecret("PERFUSE_SMTP_PASSWORD")
+PERFUSE_SMTP_FROM = envstr("PERFUSE_SMTP_FROM", "perfuse-alarms@localhost")
+PERFUSE_SMTP_TIMEOUT_SECONDS = envint("PERFUSE_SMTP_TIMEOUT_SECONDS", 5, minimum=1)
+PERFUSE_WEBHOOK_URL = envstr("PERFUSE_WEBHOOK_URL", "")
+PERFUSE_WEBHOOK_SECRET = envsecret("PERFUSE_WEBHOOK_SECRET")
+PERFUSE_WEBHOOK_TIMEOUT_SECONDS = envint("PERFUSE_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
+# What a message may carry, per channel (a subset of alerts.channels.MESSAGE_FIELDS; identity never).
+PERFUSE_NOTIFY_EMAIL_FIELDS = envlist(
+    "PERFUSE_NOTIFY_EMAIL_FIELDS", ["pseudonym", "ward", "priority", "condition", "link"]
+)
+PERFUSE_NOTIFY_WEBHOOK_FIELDS = envlist(
+    "PERFUSE_NOTIFY_WEBHOOK_FIELDS", ["pseudonym", "ward", "priority", "condition", "link"]
+)
+# Raises of these priorities are sent at once; every escalation is sent.
+PERFUSE_NOTIFY_RAISE_PRIORITIES = envlist("PERFUSE_NOTIFY_RAISE_PRIORITIES", ["high"])
+PERFUSE_NOTIFY_MAX_ATTEMPTS = envint("PERFUSE_NOTIFY_MAX_ATTEMPTS", 6, minimum=1)
+PERFUSE_NOTIFY_RETRY_BASE_SECONDS = envint("PERFUSE_NOTIFY_RETRY_BASE_SECONDS", 5, minimum=1)
+PERFUSE_NOTIFY_RETRY_MAX_SECONDS = envint("PERFUSE_NOTIFY_RETRY_MAX_SECONDS", 300, minimum=1)
+# This many failed attempts in a row on a channel raise `notification_failed` (so does giving up).
+PERFUSE_NOTIFY_FAILURES_ALARM = envint("PERFUSE_NOTIFY_FAILURES_ALARM", 3, minimum=1)
+# Links in messages point here (the address staff open Perfuse at).
+PERFUSE_BASE_URL = envstr("PERFUSE_BASE_URL", "http://127.0.0.1:8000")
