@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Any
 
 import redis
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, transaction
@@ -37,6 +37,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from config import metrics
 from config.api_errors import error_body
+from config.middleware import RequestGate
 from config.net import request_address
 from telemetry.selectors import engine_lag, ingest_counts_last_minute, readings_table_present
 
@@ -278,30 +279,14 @@ OPS_VIEWS: dict[str, Callable[[HttpRequest], HttpResponse]] = {
 }
 
 
-class OpsEndpointsMiddleware:
+class OpsEndpointsMiddleware(RequestGate):
     """Answers OPS_VIEWS' exact paths before any other middleware runs (see the module docstring).
+    Under ASGI only the (sync) ops views take a thread hop."""
 
-    Async-capable: under ASGI a sync-only middleware makes Django run every request through the
-    one thread-sensitive executor for its whole duration (one request at a time); here only the
-    (sync) ops views take a thread hop."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if self._async:
-            return self.__acall__(request)  # type: ignore[return-value]
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         view = OPS_VIEWS.get(request.path_info)
-        return view(request) if view is not None else self.get_response(request)
+        return view(request) if view is not None else None
 
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+    async def abefore(self, request: HttpRequest) -> HttpResponse | None:
         view = OPS_VIEWS.get(request.path_info)
-        if view is not None:
-            return await sync_to_async(view)(request)
-        return await self.get_response(request)  # type: ignore[misc]
+        return await sync_to_async(view)(request) if view is not None else None
