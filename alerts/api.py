@@ -192,15 +192,9 @@ def alarm_list(request: Request) -> Response:
 @api_view(["GET"])
 @permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_detail(request: Request, alarm_id: int) -> Response:
-    alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.viewed")
-    explanation = selectors.alarm_explanation(user=request.user, alarm=alarm)
-    with transaction.atomic():
-        audit_record(
-            actor=actor_from_request(request),
-            action="alarm.viewed",
-            subject=alarm.patient.pseudonym,
-            detail={"alarm": alarm.pk, "values": explanation.values_shown},
-        )
+    alarm, explanation = selectors.alarm_read(
+        user=request.user, actor=actor_from_request(request), alarm_id=alarm_id, action="alarm.viewed"
+    )
     return Response(
         {
             "alarm": alarm_out(alarm),
