@@ -9,6 +9,7 @@ with a stable code; invalid input is an ApiError (400, not audited).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
@@ -21,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alerts import selectors, services
+from alerts.models import Alarm
 from alerts.schemas import alarm_out, delivery_out, transition_out
 from alerts.vocabulary import OPEN_STATES, Category, Channel, DeliveryState, Kind, NotifyEvent, Priority, State
 from audit.access.policy import actor_from_request
@@ -176,11 +178,6 @@ def _input(serializer_class: type[serializers.Serializer[None]], request: Reques
     return dict(s.validated_data)
 
 
-def _console(request: Request, action: str, alarm_id: int) -> None:
-    """Refused before the input is read: no console, no answer about the input either."""
-    selectors.alarm_console(request.user, action=action, subject=selectors.alarm_subject(alarm_id))
-
-
 @extend_schema(
     summary="Alarms the user may see",
     operation_id="alarms_list",
@@ -232,15 +229,9 @@ def alarm_list(request: Request) -> Response:
 @api_view(["GET"])
 @permission_classes([AllowAny])  # access is decided (and refusals raised) below
 def alarm_detail(request: Request, alarm_id: int) -> Response:
-    alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.viewed")
-    explanation = selectors.alarm_explanation(user=request.user, alarm=alarm)
-    with transaction.atomic():
-        audit_record(
-            actor=actor_from_request(request),
-            action="alarm.viewed",
-            subject=alarm.patient.pseudonym,
-            detail={"alarm": alarm.pk, "values": explanation.values_shown},
-        )
+    alarm, explanation = selectors.alarm_read(
+        user=request.user, actor=actor_from_request(request), alarm_id=alarm_id, action="alarm.viewed"
+    )
     return Response(
         {
             "alarm": alarm_out(alarm),
@@ -251,52 +242,53 @@ def alarm_detail(request: Request, alarm_id: int) -> Response:
     )
 
 
-@extend_schema(
+def _alarm_act(
+    operation_id: str,
+    act: Callable[..., Alarm],
+    *,
+    form: type[serializers.Serializer[None]] | None,
+    action: str,
+    summary: str,
+) -> Callable[..., Response]:
+    """The endpoint of a staff act on one alarm (acknowledge, accept, decline). The refusal comes
+    before the input is read: no console, no answer about the input either. The form's fields
+    are the act's keyword arguments; the answer is the alarm after the act."""
+
+    def view(request: Request, alarm_id: int) -> Response:
+        selectors.alarm_console(request.user, action=action, subject=selectors.alarm_subject(alarm_id))
+        data = _input(form, request) if form is not None else {}
+        alarm = act(alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), **data)
+        return Response(alarm_out(alarm))
+
+    view.__name__ = view.__qualname__ = operation_id
+    endpoint = api_view(["POST"])(permission_classes([AllowAny])(view))  # access is decided in `view`
+    schema = extend_schema(
+        summary=summary, operation_id=operation_id, request=form, responses={200: AlarmSerializer, **ERRORS}
+    )
+    return schema(endpoint)
+
+
+alarm_acknowledge = _alarm_act(
+    "alarm_acknowledge",
+    services.alarm_acknowledge,
+    form=AcknowledgeIn,
+    action="alarm.acknowledged",
     summary="Acknowledge an active alarm",
-    operation_id="alarm_acknowledge",
-    request=AcknowledgeIn,
-    responses={200: AlarmSerializer, **ERRORS},
 )
-@api_view(["POST"])
-@permission_classes([AllowAny])  # access is decided (and refusals raised) below
-def alarm_acknowledge(request: Request, alarm_id: int) -> Response:
-    _console(request, "alarm.acknowledged", alarm_id)
-    data = _input(AcknowledgeIn, request)
-    alarm = services.alarm_acknowledge(
-        alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), note=data["note"]
-    )
-    return Response(alarm_out(alarm))
-
-
-@extend_schema(
+alarm_accept = _alarm_act(
+    "alarm_accept",
+    services.alarm_accept,
+    form=None,
+    action="alarm.accepted",
     summary="Take responsibility for an alarm (on-call)",
-    operation_id="alarm_accept",
-    request=None,
-    responses={200: AlarmSerializer, **ERRORS},
 )
-@api_view(["POST"])
-@permission_classes([AllowAny])  # access is decided (and refusals raised) below
-def alarm_accept(request: Request, alarm_id: int) -> Response:
-    _console(request, "alarm.accepted", alarm_id)
-    alarm = services.alarm_accept(alarm_id=alarm_id, user=request.user, actor=actor_from_request(request))
-    return Response(alarm_out(alarm))
-
-
-@extend_schema(
+alarm_decline = _alarm_act(
+    "alarm_decline",
+    services.alarm_decline,
+    form=DeclineIn,
+    action="alarm.declined",
     summary="Decline responsibility (on-call): escalates further",
-    operation_id="alarm_decline",
-    request=DeclineIn,
-    responses={200: AlarmSerializer, **ERRORS},
 )
-@api_view(["POST"])
-@permission_classes([AllowAny])  # access is decided (and refusals raised) below
-def alarm_decline(request: Request, alarm_id: int) -> Response:
-    _console(request, "alarm.declined", alarm_id)
-    data = _input(DeclineIn, request)
-    alarm = services.alarm_decline(
-        alarm_id=alarm_id, user=request.user, actor=actor_from_request(request), reason=data["reason"]
-    )
-    return Response(alarm_out(alarm))
 
 
 @extend_schema(

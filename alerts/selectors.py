@@ -7,7 +7,8 @@ ward, see all of them. `alarm_console` and `alarm_visible` raise the refusal (co
 when the user may not; the caller's answer audits it. Seeing an alarm is not reading the
 patient's telemetry: `alarm_explanation` shows sample values only to users who may read the
 patient's series. The alarm history (`alarm_history`, alerts/history/views.py) is read through the
-same scope.
+same scope. `alarm_read` is the one audited read of an alarm (the API's detail, the explain page),
+as audit.access.policy's `patient_read` is for a patient's data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import Count, Max, Prefetch, Q, QuerySet, prefetch_related_objects
 
 from alerts.errors import AlarmNotFound
@@ -38,6 +40,7 @@ from audit.access.policy import (
     user_role,
     ward_scope,
 )
+from audit.trail import Actor, audit_record
 from config.live import iso
 from config.refusal import Refusal
 from config.users import StaffUser
@@ -184,6 +187,21 @@ def alarm_explanation(*, user: StaffUser, alarm: Alarm) -> AlarmExplanation:
     if patient_access(user, alarm.patient).allowed:
         return AlarmExplanation(alarm.explain, values_shown=True)
     return AlarmExplanation(explain_without_values(alarm.explain), values_shown=False)
+
+
+def alarm_read(*, user: Any, actor: Actor, alarm_id: int, action: str) -> tuple[Alarm, AlarmExplanation]:
+    """The alarm and its explanation as `user` may see them, the read audited as `action` with
+    whether sample values were shown (like `patient_read`); else the refusal of `action`."""
+    alarm = alarm_visible(user, alarm_id=alarm_id, action=action)
+    explanation = alarm_explanation(user=user, alarm=alarm)
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action=action,
+            subject=alarm.patient.pseudonym,
+            detail={"alarm": alarm.pk, "values": explanation.values_shown},
+        )
+    return alarm, explanation
 
 
 def explain_without_values(explain: dict[str, Any]) -> dict[str, Any]:

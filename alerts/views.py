@@ -98,15 +98,9 @@ def console(request: HttpRequest) -> HttpResponse:
 
 @refusal_pages()
 def explain(request: HttpRequest, alarm_id: int) -> HttpResponse:
-    alarm = selectors.alarm_visible(request.user, alarm_id=alarm_id, action="alarm.explained")
-    explanation = selectors.alarm_explanation(user=request.user, alarm=alarm)
-    with transaction.atomic():
-        audit_record(
-            actor=actor_from_request(request),
-            action="alarm.explained",
-            subject=alarm.patient.pseudonym,
-            detail={"alarm": alarm.pk, "values": explanation.values_shown},
-        )
+    alarm, explanation = selectors.alarm_read(
+        user=request.user, actor=actor_from_request(request), alarm_id=alarm_id, action="alarm.explained"
+    )
     ex = explanation.explain
     metric = METRICS.get(ex.get("metric") or KIND_METRIC.get(alarm.kind, ""))
     rule = alarm.rule.values()  # the version that raised it (immutable), not today's rule

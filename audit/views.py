@@ -4,7 +4,7 @@ audit.access.decorators.staff_page)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from audit.access.answers import View
 from audit.access.decorators import staff_page
 from audit.access.policy import actor_from_request
 from audit.fhir import audit_bundle_page
@@ -57,6 +58,16 @@ def _querystring(filters: AuditFilters, **extra: Any) -> str:
     return urlencode(params)
 
 
+def _compliance_page(action: str) -> Callable[[View], View]:
+    """A compliance page: GET only, for users who may view the audit trail (a refusal is audited
+    as `action`)."""
+
+    def decorate(view: View) -> View:
+        return require_GET(staff_page("view_audit_trail", action)(view))
+
+    return decorate
+
+
 def _audit_read(request: HttpRequest, action: str, filters: AuditFilters, **detail: Any) -> None:
     audit_record(
         actor=actor_from_request(request),
@@ -66,8 +77,14 @@ def _audit_read(request: HttpRequest, action: str, filters: AuditFilters, **deta
     )
 
 
-@require_GET
-@staff_page("view_audit_trail", "audit.search")
+def _patient_read(request: HttpRequest, action: str, pseudonym: str) -> AuditFilters:
+    """The request's filters narrowed to one patient, the read audited as `action`."""
+    filters = audit_filters_from({**request.GET.dict(), "patient": pseudonym})
+    _audit_read(request, action, filters)
+    return filters
+
+
+@_compliance_page("audit.search")
 def audit_search(request: HttpRequest) -> HttpResponse:
     filters = audit_filters_from(request.GET)
     paginator = Paginator(audit_events(filters), PAGE_SIZE)
@@ -83,11 +100,9 @@ def audit_search(request: HttpRequest) -> HttpResponse:
     return render(request, "audit/events.html", context)
 
 
-@require_GET
-@staff_page("view_audit_trail", "audit.patient_report")
+@_compliance_page("audit.patient_report")
 def patient_report(request: HttpRequest, pseudonym: str) -> HttpResponse:
-    filters = audit_filters_from({**request.GET.dict(), "patient": pseudonym})
-    _audit_read(request, "audit.patient_report", filters)
+    filters = _patient_read(request, "audit.patient_report", pseudonym)
     context = {
         "pseudonym": pseudonym,
         "filters": filters,
@@ -98,11 +113,9 @@ def patient_report(request: HttpRequest, pseudonym: str) -> HttpResponse:
     return render(request, "audit/patient_report.html", context)
 
 
-@require_GET
-@staff_page("view_audit_trail", "audit.disclosures")
+@_compliance_page("audit.disclosures")
 def disclosures(request: HttpRequest, pseudonym: str) -> HttpResponse:
-    filters = audit_filters_from({**request.GET.dict(), "patient": pseudonym})
-    _audit_read(request, "audit.disclosures", filters)
+    filters = _patient_read(request, "audit.disclosures", pseudonym)
     rows = patient_disclosures(pseudonym=pseudonym, start=filters.start, end=filters.end)
     if request.GET.get("format") == "csv":
         response = HttpResponse(content_type="text/csv")
@@ -143,8 +156,7 @@ def _csv_rows(events: Any) -> Iterator[str]:
         )
 
 
-@require_GET
-@staff_page("view_audit_trail", "audit.export")
+@_compliance_page("audit.export")
 def export_csv(request: HttpRequest) -> StreamingHttpResponse:
     filters = audit_filters_from(request.GET)
     # Audited (and committed) before any row is served.
@@ -181,8 +193,7 @@ def _fhir_error(detail: str) -> JsonResponse:
     return JsonResponse(outcome, status=400, content_type="application/fhir+json")
 
 
-@require_GET
-@staff_page("view_audit_trail", "audit.export")
+@_compliance_page("audit.export")
 def export_fhir(request: HttpRequest) -> HttpResponse:
     filters = audit_filters_from(request.GET)
     try:

@@ -2,6 +2,7 @@
 
 Each middleware here is sync- and async-capable through `RequestGate`, so none of them forces a
 thread hop under ASGI: `before` may answer in place of the view, `after` may amend the answer.
+The access layer's session-idle middleware and the ops endpoints (config.ops) build on it too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ GetResponse = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
 
 
 class RequestGate:
+    """A middleware that works both ways. Under ASGI a sync-only middleware would make Django run
+    every request through the one thread-sensitive executor for its whole duration (one request
+    at a time); a gate whose `before` touches the database overrides `abefore` to take that
+    thread hop only when it has to."""
+
     sync_capable = True
     async_capable = True
 
@@ -37,13 +43,17 @@ class RequestGate:
         return answer if answer is not None else self.after(request, cast(HttpResponse, self.get_response(request)))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        answer = self.before(request)
+        answer = await self.abefore(request)
         if answer is not None:
             return answer
         return self.after(request, await cast(Awaitable[HttpResponse], self.get_response(request)))
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         return None
+
+    async def abefore(self, request: HttpRequest) -> HttpResponse | None:
+        """`before` under ASGI: called in the event loop, so it must not block."""
+        return self.before(request)
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         return response

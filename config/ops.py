@@ -23,12 +23,12 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 import redis
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, transaction
@@ -37,7 +37,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from config import metrics
 from config.api_errors import error_body
-from config.middleware import GetResponse
+from config.middleware import RequestGate
 from config.net import request_address
 from telemetry.selectors import engine_lag, ingest_counts_last_minute, readings_table_present
 
@@ -142,41 +142,38 @@ def metrics_allowed(address: str) -> bool:
 
 Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]  # name, type, help, samples
 
+# The help text of every unlabelled gauge of the page, by name.
+_GAUGES = {
+    "perfuse_engine_lag_seconds": "Age of the oldest committed ingest transaction the stream engine has not "
+    "processed (0 when caught up).",
+    "perfuse_engine_lag_transactions": "Ingest-log rows at or past the engine's watermark, i.e. not yet processed.",
+    "perfuse_readings_stored_last_minute": "Readings committed by ingest transactions that started in the last "
+    "60 seconds (all processes).",
+    "perfuse_ingest_transactions_last_minute": "Committed ingest transactions that started in the last 60 seconds "
+    "(all processes).",
+    "perfuse_audit_events": "Length of the audit hash chain (events).",
+    "perfuse_database_up": "Whether PostgreSQL answered this scrape.",
+    "process_start_time_seconds": "Start time of the process since the Unix epoch.",
+    "process_resident_memory_bytes": "Resident memory size in bytes.",
+}
+
+
+def _gauges(**values: float) -> list[Family]:
+    """One unlabelled gauge family per value, in the order given."""
+    return [(name, "gauge", _GAUGES[name], [({}, float(value))]) for name, value in values.items()]
+
 
 def _engine_lag(_cursor: Any) -> list[Family]:
     lag = engine_lag()
-    return [
-        (
-            "perfuse_engine_lag_seconds",
-            "gauge",
-            "Age of the oldest committed ingest transaction the stream engine has not processed (0 when caught up).",
-            [({}, lag.seconds)],
-        ),
-        (
-            "perfuse_engine_lag_transactions",
-            "gauge",
-            "Ingest-log rows at or past the engine's watermark, i.e. not yet processed.",
-            [({}, float(lag.transactions))],
-        ),
-    ]
+    return _gauges(perfuse_engine_lag_seconds=lag.seconds, perfuse_engine_lag_transactions=lag.transactions)
 
 
 def _recent_readings(_cursor: Any) -> list[Family]:
     counts = ingest_counts_last_minute()
-    return [
-        (
-            "perfuse_readings_stored_last_minute",
-            "gauge",
-            "Readings committed by ingest transactions that started in the last 60 seconds (all processes).",
-            [({}, float(counts.readings))],
-        ),
-        (
-            "perfuse_ingest_transactions_last_minute",
-            "gauge",
-            "Committed ingest transactions that started in the last 60 seconds (all processes).",
-            [({}, float(counts.transactions))],
-        ),
-    ]
+    return _gauges(
+        perfuse_readings_stored_last_minute=counts.readings,
+        perfuse_ingest_transactions_last_minute=counts.transactions,
+    )
 
 
 _ALARM_PRIORITIES = ("high", "medium", "low")
@@ -208,7 +205,7 @@ def _audit_chain(cursor: Any) -> list[Family]:
         "WHERE id > coalesce((SELECT event_id FROM cp), 0))"
     )
     (events,) = cursor.fetchone()
-    return [("perfuse_audit_events", "gauge", "Length of the audit hash chain (events).", [({}, float(events))])]
+    return _gauges(perfuse_audit_events=events)
 
 
 # Each collector gets the scrape's cursor; telemetry's figures come from telemetry.selectors, on
@@ -232,18 +229,16 @@ def database_families() -> list[Family]:
                     log.warning("metrics collector %s failed: %s", collector.__name__, exc)
     except DatabaseError as exc:
         log.warning("metrics: database unavailable: %s", exc)
-        return [("perfuse_database_up", "gauge", "Whether PostgreSQL answered this scrape.", [({}, 0.0)])]
-    return [("perfuse_database_up", "gauge", "Whether PostgreSQL answered this scrape.", [({}, 1.0)]), *families]
+        return _gauges(perfuse_database_up=0)
+    return [*_gauges(perfuse_database_up=1), *families]
 
 
 def _process_families() -> list[Family]:
-    start = ("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.")
-    families: list[Family] = [(*start, [({}, _PROCESS_START)])]
+    families = _gauges(process_start_time_seconds=_PROCESS_START)
     try:
         with open("/proc/self/statm", encoding="ascii") as statm:
             resident_pages = int(statm.read().split()[1])
-        rss = float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
-        families.append(("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [({}, rss)]))
+        families += _gauges(process_resident_memory_bytes=resident_pages * os.sysconf("SC_PAGE_SIZE"))
     except (OSError, ValueError, IndexError):
         pass  # not Linux: leave the figure out rather than report a wrong one
     return families
@@ -279,31 +274,14 @@ OPS_VIEWS: dict[str, Callable[[HttpRequest], HttpResponse]] = {
 }
 
 
-class OpsEndpointsMiddleware:
+class OpsEndpointsMiddleware(RequestGate):
     """Answers OPS_VIEWS' exact paths before any other middleware runs (see the module docstring).
+    Under ASGI only the (sync) ops views take a thread hop."""
 
-    Async-capable: under ASGI a sync-only middleware makes Django run every request through the
-    one thread-sensitive executor for its whole duration (one request at a time); here only the
-    (sync) ops views take a thread hop."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: GetResponse) -> None:
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if self._async:
-            return self.__acall__(request)
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         view = OPS_VIEWS.get(request.path_info)
-        return view(request) if view is not None else self.get_response(request)
+        return view(request) if view is not None else None
 
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+    async def abefore(self, request: HttpRequest) -> HttpResponse | None:
         view = OPS_VIEWS.get(request.path_info)
-        if view is not None:
-            return await sync_to_async(view)(request)
-        # `_async`: Django handed this middleware a coroutine function.
-        return await cast(Awaitable[HttpResponse], self.get_response(request))
+        return await sync_to_async(view)(request) if view is not None else None

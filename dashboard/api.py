@@ -23,6 +23,7 @@ from audit.access.policy import actor_from_request, patient_read, ward_read
 from config.api_errors import ApiError
 from config.live import iso
 from dashboard import selectors
+from telemetry.models import Patient
 from telemetry.units import METRICS
 
 MAX_SPAN = dt.timedelta(days=31)
@@ -98,6 +99,23 @@ _CARD_FIELDS: dict[str, Any] = {
 }
 
 
+def _span_read(
+    request: Request, pseudonym: str, action: str, start: dt.datetime, end: dt.datetime, **detail: str
+) -> Patient:
+    """The patient whose data from `start` to `end` the caller may read, the read audited with the
+    span (and `detail`) and committed: the caller reads afterwards, so the chain lock is not held
+    across the query and data is only served once its audit event is durable."""
+    with transaction.atomic():
+        patient, _ = patient_read(
+            user=request.user,
+            actor=actor_from_request(request._request),
+            pseudonym=pseudonym,
+            action=action,
+            detail={**detail, "start": iso(start), "end": iso(end)},
+        )
+    return patient
+
+
 class PatientListView(APIView):
     permission_classes: list[Any] = []  # access is decided (and audited) in the view
 
@@ -154,16 +172,7 @@ class SeriesView(APIView):
             raise ApiError("invalid_metric", f"metric must be one of {sorted(METRICS)}")
         start, end = parse_range(request.query_params, now=now)
         max_points = parse_max_points(request.query_params.get("max_points"))
-        with transaction.atomic():
-            patient, _ = patient_read(
-                user=request.user,
-                actor=actor_from_request(request._request),
-                pseudonym=pseudonym,
-                action="series.read",
-                detail={"metric": metric, "start": iso(start), "end": iso(end)},
-            )
-        # Read after the audit row committed: the chain lock is not held across the query, and
-        # data is only served once its audit event is durable.
+        patient = _span_read(request, pseudonym, "series.read", start, end, metric=metric)
         resolution, points = selectors.series_points(
             patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points
         )
@@ -215,14 +224,7 @@ class AnnotationsView(APIView):
     def get(self, request: Request, pseudonym: str) -> Response:
         now = dt.datetime.now(dt.UTC)
         start, end = parse_range(request.query_params, now=now)
-        with transaction.atomic():
-            patient, _ = patient_read(
-                user=request.user,
-                actor=actor_from_request(request._request),
-                pseudonym=pseudonym,
-                action="annotations.read",
-                detail={"start": iso(start), "end": iso(end)},
-            )
+        patient = _span_read(request, pseudonym, "annotations.read", start, end)
         annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
         overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
         return Response(

@@ -138,6 +138,9 @@ harden_db() {
     | superuser_sql "$1" "$2"
 }
 
+# db_url ROLE PORT: the URL of the project database on the local cluster, as ROLE.
+db_url() { echo "postgres://$1@127.0.0.1:$2/perfuse"; }
+
 stop_postgres() {
   local dir="$1"
   [ -f "$dir/postmaster.pid" ] && as_service "$(pg_bindir)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
@@ -158,6 +161,17 @@ start_redis() {
     sleep 0.1
   done
   log "redis did not start"; return 1
+}
+
+# own_redis DIR PERSIST [PORT]: unless REDIS_URL names a redis already, start a project-owned one
+# in DIR (start_redis; PORT, a free one by default) and point REDIS_URL at it. OWN_REDIS=1 and
+# REDIS_PORT tell the caller's cleanup to stop it (stop_redis).
+own_redis() {
+  [ -z "${REDIS_URL:-}" ] || return 0
+  REDIS_PORT="${3:-$(free_port)}"
+  start_redis "$1" "$REDIS_PORT" "$2"
+  OWN_REDIS=1
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 }
 
 stop_redis() {

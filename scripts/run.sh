@@ -43,15 +43,11 @@ if [ -z "${DATABASE_URL:-}" ]; then
   # The application connects as perfuse_app; only `migrate` runs as the owner (docs/security.md).
   ensure_db_roles "$PG_PORT" perfuse
   harden_db "$PG_PORT" perfuse
-  DATABASE_OWNER_URL="postgres://$DB_OWNER_ROLE@127.0.0.1:$PG_PORT/perfuse"
-  export DATABASE_URL="postgres://$DB_APP_ROLE@127.0.0.1:$PG_PORT/perfuse"
+  DATABASE_OWNER_URL="$(db_url "$DB_OWNER_ROLE" "$PG_PORT")"
+  DATABASE_URL="$(db_url "$DB_APP_ROLE" "$PG_PORT")"
+  export DATABASE_URL
 fi
-if [ -z "${REDIS_URL:-}" ]; then
-  REDIS_PORT="${PERFUSE_REDIS_PORT:-63799}"
-  start_redis "$DATA/redis" "$REDIS_PORT" yes
-  OWN_REDIS=1
-  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-fi
+own_redis "$DATA/redis" yes "${PERFUSE_REDIS_PORT:-63799}"
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.dev}"
 export PERFUSE_BASE_URL="${PERFUSE_BASE_URL:-http://127.0.0.1:$PORT}"  # links in alarm messages

@@ -29,16 +29,12 @@ if [ -z "${DATABASE_URL:-}" ]; then
   # The suite runs as the application role; pytest-django creates and migrates the test
   # database as the owner (tests/conftest.py); a few tests need the superuser itself.
   ensure_db_roles "$PG_PORT" perfuse createdb
-  export DATABASE_URL="postgres://$DB_APP_ROLE@127.0.0.1:$PG_PORT/perfuse"
-  export DATABASE_OWNER_URL="postgres://$DB_OWNER_ROLE@127.0.0.1:$PG_PORT/perfuse"
-  export DATABASE_SUPERUSER_URL="postgres://perfuse@127.0.0.1:$PG_PORT/perfuse"
+  DATABASE_URL="$(db_url "$DB_APP_ROLE" "$PG_PORT")"
+  DATABASE_OWNER_URL="$(db_url "$DB_OWNER_ROLE" "$PG_PORT")"
+  DATABASE_SUPERUSER_URL="$(db_url perfuse "$PG_PORT")"
+  export DATABASE_URL DATABASE_OWNER_URL DATABASE_SUPERUSER_URL
 fi
-if [ -z "${REDIS_URL:-}" ]; then
-  REDIS_PORT="$(free_port)"
-  start_redis "$TMP/redis" "$REDIS_PORT" no
-  OWN_REDIS=1
-  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-fi
+own_redis "$TMP/redis" no
 if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ -x "$ROOT/scripts/timescale-server.sh" ]; then
   TS_PORT="$(free_port)"
   "$ROOT/scripts/timescale-server.sh" "$TS_PORT" "$TMP/timescale" > "$TMP/timescale.log" 2>&1 &

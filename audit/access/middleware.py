@@ -11,10 +11,8 @@ refetching a gap) send `X-Perfuse-Background: 1` and do not count as activity; t
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
-from typing import cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
@@ -23,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from audit.access.policy import actor_from_request
 from audit.access.sessions import staff_session_forget, user_sockets_close
 from audit.trail import audit_record
-from config.middleware import GetResponse
+from config.middleware import RequestGate
 
 LAST_ACTIVITY_KEY = "perfuse_last_activity"
 # Writing the session on every request would cost a database write each; a few seconds of
@@ -37,29 +35,17 @@ def session_idle_expired(session: object) -> bool:
     return isinstance(last, int | float) and time.time() - last > settings.PERFUSE_SESSION_IDLE_SECONDS
 
 
-class SessionIdleMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: GetResponse) -> None:
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if self._async:
-            return self.__acall__(request)
+class SessionIdleMiddleware(RequestGate):
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         self._check(request)
-        return self.get_response(request)
+        return None
 
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        # Under ASGI a sync-only middleware would run every request, device ingest included,
-        # through the one thread-sensitive executor for its whole duration: one request at a time.
+    async def abefore(self, request: HttpRequest) -> HttpResponse | None:
+        # The check reads and may write the session: a thread hop, taken only by requests that
+        # carry a session cookie (device ingest does not).
         if settings.SESSION_COOKIE_NAME in request.COOKIES:
             await sync_to_async(self._check)(request)
-        # `_async`: Django handed this middleware a coroutine function.
-        return await cast(Awaitable[HttpResponse], self.get_response(request))
+        return None
 
     def _check(self, request: HttpRequest) -> None:
         user = getattr(request, "user", None)

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
+from config.commands import ResultCommand
 from telemetry.services import RegistryError, patient_admit
 
 
-class Command(BaseCommand):
+class Command(ResultCommand):
     help = "Create or update a subject and assign a device to it from now on."
+    errors = (RegistryError,)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("pseudonym")
@@ -17,20 +18,14 @@ class Command(BaseCommand):
         parser.add_argument("--device", required=True)
         parser.add_argument("--mrn")
         parser.add_argument("--name")
-        parser.add_argument("--json", action="store_true")
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            patient = patient_admit(
-                pseudonym=options["pseudonym"],
-                ward_code=options["ward"],
-                device_id=options["device"],
-                mrn=options["mrn"],
-                name=options["name"],
-            )
-        except RegistryError as exc:
-            raise CommandError(str(exc)) from exc
-        out = {"pseudonym": patient.pseudonym, "ward": patient.ward.code, "device_id": options["device"]}
-        self.stdout.write(
-            json.dumps(out) if options["json"] else f"{out['pseudonym']} on {out['ward']} with {out['device_id']}"
+    def act(self, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        patient = patient_admit(
+            pseudonym=options["pseudonym"],
+            ward_code=options["ward"],
+            device_id=options["device"],
+            mrn=options["mrn"],
+            name=options["name"],
         )
+        out = {"pseudonym": patient.pseudonym, "ward": patient.ward.code, "device_id": options["device"]}
+        return out, f"{out['pseudonym']} on {out['ward']} with {out['device_id']}"

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
+from config.commands import ResultCommand
 from telemetry.services import RegistryError, readings_assign
 
 
@@ -16,27 +16,22 @@ def _time(raw: str) -> dt.datetime:
     return value
 
 
-class Command(BaseCommand):
+class Command(ResultCommand):
     help = "Give a device's unassigned readings in [--from, --to) to a patient (audited)."
+    errors = (RegistryError,)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("device_id")
         parser.add_argument("pseudonym")
         parser.add_argument("--from", dest="start", required=True, type=_time)
         parser.add_argument("--to", dest="end", required=True, type=_time)
-        parser.add_argument("--json", action="store_true")
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            moved = readings_assign(
-                device_id=options["device_id"],
-                pseudonym=options["pseudonym"],
-                start=options["start"],
-                end=options["end"],
-            )
-        except RegistryError as exc:
-            raise CommandError(str(exc)) from exc
-        out = {"device_id": options["device_id"], "pseudonym": options["pseudonym"], "assigned": moved}
-        self.stdout.write(
-            json.dumps(out) if options["json"] else f"{moved} readings assigned to {options['pseudonym']}"
+    def act(self, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        moved = readings_assign(
+            device_id=options["device_id"],
+            pseudonym=options["pseudonym"],
+            start=options["start"],
+            end=options["end"],
         )
+        out = {"device_id": options["device_id"], "pseudonym": options["pseudonym"], "assigned": moved}
+        return out, f"{moved} readings assigned to {options['pseudonym']}"
