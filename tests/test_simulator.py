@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,6 +24,7 @@ from config.asgi import application
 from telemetry import simulator
 from telemetry.models import Annotation, Assignment, DeviceKey, Ward
 from telemetry.services import device_key_revoke
+from telemetry.simulator.fleet import Gateway
 from tests.ingest_helpers import query
 
 
@@ -136,6 +138,26 @@ def test_only_the_first_worn_device_plays_the_showcase():
     shown = simulator.device_signals(fleet, config, showcase_after_s=60.0)
     assert [s.showcase_after_s for s in shown] == [None, 60.0, None]
     assert simulator.device_signals(fleet, config, showcase_after_s=None) == [config] * 3
+
+
+def _metrics_sent(config: simulator.GatewayConfig, seconds: int) -> dict[str, list[float]]:
+    device = simulator.FleetDevice("worn-1", "k1", Ed25519PrivateKey.generate(), "bed-01")
+    gateway = Gateway(device, hz=1.0, config=config, signal=simulator.SignalConfig(), seed=3, stats=simulator.Stats())
+    start = gateway.next_sample
+    for second in range(seconds):
+        gateway.collect(start + second)
+    values: dict[str, list[float]] = {}
+    for batch in gateway.outbox:
+        for item in orjson.loads(batch.body)["readings"]:
+            values.setdefault(item["metric"], []).append(item["value"])
+    return values
+
+
+def test_a_reader_with_a_pulse_oximeter_sends_spo2_and_one_without_does_not():
+    with_oximeter = _metrics_sent(simulator.GatewayConfig(spo2_every=5.0), 120)
+    assert 20 <= len(with_oximeter["spo2"]) <= 25  # one every 5 s over two minutes
+    assert all(90 <= v <= 100 for v in with_oximeter["spo2"])
+    assert "spo2" not in _metrics_sent(simulator.GatewayConfig(), 120)
 
 
 @pytest.mark.django_db(transaction=True)

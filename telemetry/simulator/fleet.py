@@ -138,6 +138,8 @@ class GatewayConfig:
     calibration_rate: float = 0.2  # per device-hour
     temperature_every: float = 30.0
     battery_every: float = 60.0
+    # A wearable reader with a pulse oximeter also sends SpO2 (None: a tissue-O2 sensor alone).
+    spo2_every: float | None = None
 
 
 @dataclass
@@ -201,6 +203,8 @@ class Gateway:
         self.next_sample = time.time()
         self.next_temperature = self.next_sample + self.rng.uniform(0, config.temperature_every)
         self.next_battery = self.next_sample + self.rng.uniform(0, config.battery_every)
+        self.spo2_baseline = self.rng.uniform(95.0, 99.0)  # a patient on room air, healthy lungs
+        self.next_spo2 = self.next_sample + self.rng.uniform(0, config.spo2_every or 0.0)
         self.outbox: deque[Batch] = deque()
         self.offline_until = 0.0
         self.holding = False
@@ -239,6 +243,10 @@ class Gateway:
             value = celsius * 9 / 5 + 32 if self.temp_unit == "degF" else celsius
             items.append(self._reading(now, "skin_temp", round(value, 2), self.temp_unit, None))
             self.next_temperature = now + c.temperature_every
+        if c.spo2_every is not None and now >= self.next_spo2:
+            spo2 = min(100.0, self.rng.gauss(self.spo2_baseline, 0.7))
+            items.append(self._reading(now, "spo2", round(spo2), "%", None))
+            self.next_spo2 = now + c.spo2_every
         if now >= self.next_battery:
             self.battery_mv -= self.rng.uniform(0, 2)
             items.append(self._reading(now, "battery", round(self.battery_mv), "mV", None))

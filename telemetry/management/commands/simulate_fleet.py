@@ -81,4 +81,6 @@ class Command(BaseCommand):
             drain_seconds=options["drain"],
             # The demo scripts one critically low desaturation so that `make run` is heard early.
             showcase_after_s=simulator.DEMO_SHOWCASE_S if options["demo"] else None,
+            # The demo's wearable readers carry a pulse oximeter, so the chart's SpO2 panel has data.
+            gateway=simulator.GatewayConfig(spo2_every=5.0) if options["demo"] else None,
         )
