@@ -582,6 +582,19 @@ class Escalation:
 
 
 @dataclass(frozen=True)
+class Reached:
+    """One secondary notification of the alarm (the outbox row): by which channel, to whom, how it went."""
+
+    channel: str
+    event: str
+    level: int
+    recipient: str  # the staff member's username, "" for a webhook
+    state: str
+    attempts: int
+    sent_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class HistoryRow:
     """One alarm as the history shows it: what, when, who responded and how fast, how far it reached."""
 
@@ -590,6 +603,7 @@ class HistoryRow:
     accepted_by: str | None
     accepted_at: dt.datetime | None
     escalations: tuple[Escalation, ...]
+    deliveries: tuple[Reached, ...] = ()
 
     @property
     def seconds_to_acknowledge(self) -> float | None:
@@ -616,12 +630,19 @@ def _history_row(alarm: Alarm) -> HistoryRow:
             accepted = (t.actor_username, t.at)
         elif t.cause in ("escalated", "declined"):
             escalations.append(Escalation(int(t.detail.get("level", 0)), t.at, t.cause, t.actor_username))
+    deliveries = tuple(
+        Reached(
+            d.channel, d.event, d.level, d.recipient.username if d.recipient else "", d.state, d.attempts, d.sent_at
+        )
+        for d in alarm.deliveries.all()  # prefetched, in order
+    )
     return HistoryRow(
         alarm=alarm,
         acknowledgements=tuple(acks),
         accepted_by=accepted[0] if accepted else None,
         accepted_at=accepted[1] if accepted else None,
         escalations=tuple(escalations),
+        deliveries=deliveries,
     )
 
 
@@ -631,16 +652,20 @@ def _history_transitions() -> Prefetch[str]:
     )
 
 
+def _history_deliveries() -> Prefetch[str]:
+    return Prefetch("deliveries", queryset=Delivery.objects.select_related("recipient").order_by("id"))
+
+
 def history_rows(alarms: Iterable[Alarm]) -> list[HistoryRow]:
-    """History rows of a page of alarms (two queries: the alarms, their transitions)."""
+    """History rows of a page of alarms (three queries: the alarms, their transitions, deliveries)."""
     page = list(alarms)
-    prefetch_related_objects(page, _history_transitions())
+    prefetch_related_objects(page, _history_transitions(), _history_deliveries())
     return [_history_row(alarm) for alarm in page]
 
 
 def history_rows_all(alarms: QuerySet[Alarm]) -> Iterator[HistoryRow]:
     """Every row of a history, read in chunks (an export of a long span stays small in memory)."""
-    for alarm in alarms.prefetch_related(_history_transitions()).iterator(chunk_size=500):
+    for alarm in alarms.prefetch_related(_history_transitions(), _history_deliveries()).iterator(chunk_size=500):
         yield _history_row(alarm)
 
 

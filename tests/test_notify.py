@@ -312,6 +312,25 @@ def test_deliveries_are_shown_on_the_alarm_page_and_in_the_detail_api(ward: dict
     assert 'id="alarm-deliveries"' in page and "nurse-n@example.org" in page and "delivery-sent" in page
 
 
+def test_the_alarm_history_shows_each_delivery(ward: dict[str, Any], smtp: SmtpSink) -> None:
+    alarm = _raise(ward["patient"])
+    OutboxSender().run_once()
+    client = verified_client(ward["nurse"])
+    [row] = client.get("/api/v1/alarms/history", {"patient": alarm.patient.pseudonym}).json()["alarms"]
+    [delivery] = row["deliveries"]
+    assert (delivery["channel"], delivery["recipient"], delivery["state"], delivery["attempts"]) == (
+        "email",
+        "nurse-n",
+        "sent",
+        1,
+    )
+    page = client.get("/alarms/history/", {"patient": alarm.patient.pseudonym}).content.decode()
+    assert "email to nurse-n" in page and "sent" in page
+    csv_text = b"".join(client.get("/alarms/history.csv", {"patient": alarm.patient.pseudonym})).decode()
+    assert csv_text.splitlines()[0].endswith(",deliveries")
+    assert "email to nurse-n: sent after 1" in csv_text
+
+
 def test_webhook_signature_is_hmac_sha256_over_timestamp_and_body() -> None:
     body = json.dumps({"a": 1}).encode()
     header = channels.webhook_signature(SECRET, body, timestamp=1700000000)

@@ -76,6 +76,7 @@ CSV_COLUMNS = (
     "seconds_to_accept",
     "highest_escalation_level",
     "escalations",
+    "deliveries",
 )
 
 
@@ -214,6 +215,7 @@ def csv_row(row: HistoryRow) -> list[object]:
     a = row.alarm
     first = row.acknowledgements[0] if row.acknowledgements else None
     reach = "; ".join(f"{e.level} at {iso(e.at)} ({e.cause} by {e.by})" for e in row.escalations)
+    told = "; ".join(f"{d.channel} to {d.recipient or 'webhook'}: {d.state} after {d.attempts}" for d in row.deliveries)
     return [
         a.pk,
         a.ward.code,
@@ -237,6 +239,7 @@ def csv_row(row: HistoryRow) -> list[object]:
         row.seconds_to_accept,
         row.highest_level,
         reach,
+        told,
     ]
 
 
@@ -292,6 +295,10 @@ class HistoryRowSerializer(AlarmSerializer):
     seconds_to_accept = serializers.FloatField(allow_null=True, help_text="raise to first acceptance")
     highest_escalation_level = serializers.IntegerField()
     escalations = serializers.ListField(child=serializers.DictField(), help_text="[{level, at, cause, by}]")
+    deliveries = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="secondary notifications: [{channel, event, level, recipient, state, attempts, sent_at}]",
+    )
 
 
 def history_json(row: HistoryRow) -> dict[str, Any]:
@@ -305,6 +312,18 @@ def history_json(row: HistoryRow) -> dict[str, Any]:
         "seconds_to_accept": row.seconds_to_accept,
         "highest_escalation_level": row.highest_level,
         "escalations": [{"level": e.level, "at": iso(e.at), "cause": e.cause, "by": e.by} for e in row.escalations],
+        "deliveries": [
+            {
+                "channel": d.channel,
+                "event": d.event,
+                "level": d.level,
+                "recipient": d.recipient or None,
+                "state": d.state,
+                "attempts": d.attempts,
+                "sent_at": iso(d.sent_at) if d.sent_at else None,
+            }
+            for d in row.deliveries
+        ],
     }
 
 
