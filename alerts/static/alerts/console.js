@@ -192,8 +192,26 @@
     root.dataset.audio = sounder.armed ? "armed" : "not-armed";
   }
 
+  // Hiding the banner moves the page up; done while a pointer is pressed it would move the button
+  // under the pointer, and the click (down and up on the same element) would be lost. So the
+  // banner leaves once the pointer is released, after the click went where the user aimed.
+  let pressing = false;
+  let armingChanged = false;
+  function showArmingSoon() {
+    if (pressing) armingChanged = true;
+    else showArming();
+  }
+
   function arm() {
-    if (!sounder.armed) sounder.arm().then(showArming);
+    if (!sounder.armed) sounder.arm().then(showArmingSoon);
+  }
+
+  function released() {
+    pressing = false;
+    if (armingChanged) {
+      armingChanged = false;
+      setTimeout(showArming, 0); // after the click event of this press
+    }
   }
 
   // ---- keyboard shortcuts -------------------------------------------------------------------
@@ -304,8 +322,10 @@
 
   // Any gesture arms the audio (the browser's condition for sound); the button also asks to show
   // system notifications. The banner stays until the context runs, and returns if it stops.
-  sounder.onchange = showArming;
-  document.addEventListener("pointerdown", arm, true);
+  sounder.onchange = showArmingSoon;
+  document.addEventListener("pointerdown", () => { pressing = true; arm(); }, true);
+  document.addEventListener("pointerup", released, true);
+  document.addEventListener("pointercancel", released, true);
   document.addEventListener("keydown", arm, true);
   document.getElementById("audio-arm").addEventListener("click", () => {
     arm();
