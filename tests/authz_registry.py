@@ -1,6 +1,6 @@
 """The authorization registry: every URL, API route and WebSocket route with the roles allowed.
 
-tests/test_authz_matrix.py runs every route by every identity (each role verified, each role with
+tests/audit/access/test_authz_matrix.py runs every route by every identity (each role verified, each role with
 a password-only session, each role with an idle-expired session, anonymous, and a clinician of
 another ward) and asserts allowed/denied plus exactly one audit event per attempt on audited
 routes (on patient-data routes: exactly one event naming the patient, with the right outcome).

@@ -1,4 +1,4 @@
-"""Dashboard routes for the authorization matrix (tests/test_authz_matrix.py)."""
+"""Dashboard routes for the authorization matrix (tests/audit/access/test_authz_matrix.py)."""
 
 from __future__ import annotations
 

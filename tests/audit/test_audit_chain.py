@@ -2,7 +2,7 @@
 
 Tampering runs as the owner of the audit tables (tests/db_roles.py), which may switch the
 append-only triggers off (`ALTER TABLE … DISABLE TRIGGER`) — the power the application role
-does not have (tests/test_hardening.py). The owner's connection sees committed rows only, so
+does not have (tests/audit/test_hardening.py). The owner's connection sees committed rows only, so
 these tests are transactional. Each test anchors its checkpoints in a file of its own
 (tests/conftest.py); the owner cannot reach it.
 """

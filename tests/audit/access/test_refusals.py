@@ -21,7 +21,7 @@ from config.refusal import Refusal
 from telemetry.models import Patient
 from tests import factories, personas
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _alarm(ward: str, pseudonym: str, kind: str) -> Alarm:

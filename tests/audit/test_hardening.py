@@ -17,7 +17,7 @@ from audit.hardening import audit_anchor_check, hardening_sql, role_problems
 from audit.trail import SYSTEM, audit_record
 from tests import db_roles
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _production_env(**extra: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(os.environ.get("PERFUSE_IMPORT_ROOT") or Path(__file__).resolve().parent.parent)
+ROOT = Path(os.environ.get("PERFUSE_IMPORT_ROOT") or Path(__file__).resolve().parents[2])
 PACKAGES = ("config", "telemetry", "audit", "alerts", "dashboard")
 
 # Module prefix → rank, bottom to top; the most specific prefix wins.

@@ -1,6 +1,6 @@
 """The Content-Security-Policy header is on every answer, and no template needs what it refuses:
 no inline <script>, no on*= event handler, no style= attribute, no <style> element.
-(tests/test_browser_security.py loads the pages in Chromium, which enforces the policy.)"""
+(tests/audit/access/test_browser_security.py loads the pages in Chromium, which enforces the policy.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.test import Client
 
 from tests.personas import verified_client
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = sorted(p for p in ROOT.glob("*/templates/**/*.html") if ".venv" not in p.parts) + sorted(
     (ROOT / "templates").glob("**/*.html")
 )
