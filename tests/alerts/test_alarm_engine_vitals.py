@@ -19,8 +19,8 @@ from audit.models import AuditEvent
 from audit.trail import Actor
 from telemetry.units import METRICS
 from tests.alarm_factories import insert, staff, verified
-from tests.test_alarm_engine import T0
-from tests.test_alarm_engine import Bed as TissueBed
+from tests.alerts.test_alarm_engine import T0
+from tests.alerts.test_alarm_engine import Bed as TissueBed
 
 pytestmark = pytest.mark.django_db
 A = Alarm.State

@@ -17,8 +17,8 @@ from config import live
 from dashboard.selectors import CHART_METRICS
 from telemetry.units import METRICS
 from tests import factories
+from tests.dashboard.test_live import _batch, _frame, _open
 from tests.live_support import audit_events, insert_readings, login, patient, persona
-from tests.test_live import _batch, _frame, _open
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ import pytest
 from telemetry.models import Device, Patient
 from tests import factories, personas
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, daphne_server, sign_in, wait_until
+from tests.dashboard.test_dashboard_browser import _post
 from tests.live_support import insert_readings, persona
-from tests.test_dashboard_browser import _post
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
