@@ -13,6 +13,13 @@ from audit.models import AuditEvent
 
 # Actions that read or reveal patient data (for the disclosure accounting).
 READ_ACTIONS_LABELS = {
+    # What the dashboard records when a patient's data is read (dashboard/views.py, api.py,
+    # consumers.py):
+    "chart.view": "Viewed the patient chart",
+    "series.read": "Read the patient's telemetry (history API)",
+    "annotations.read": "Read the patient's chart annotations",
+    "live.subscribe": "Watched the patient's live telemetry",
+    # Older or synthetic names of the same reads, kept so earlier events stay accounted for:
     "patient.chart": "Viewed the patient chart",
     "patient.series": "Read the patient's telemetry (history API)",
     "patient.annotations": "Read the patient's chart annotations",

@@ -236,6 +236,20 @@ def test_disclosure_accounting_lists_allowed_reads_with_purpose(world):
     assert [r[1] for r in rows[1:]] == ["dr-a (clinician)", "nurse-a (oncall)"]
 
 
+def test_reads_through_the_chart_and_its_api_are_accounted_as_disclosures(world):
+    clinician = personas.verified_client(world["clinician"])
+    assert clinician.get("/patients/pt-a/").status_code == 200
+    assert clinician.get("/api/v1/patients/pt-a/series?metric=tissue_o2").status_code == 200
+    assert clinician.get("/api/v1/patients/pt-a/annotations").status_code == 200
+    officer = personas.verified_client(world["compliance"])
+    rows = list(csv.reader(io.StringIO(officer.get("/audit/patients/pt-a/disclosures/?format=csv").content.decode())))
+    assert [(r[1], r[2]) for r in rows[1:]] == [
+        ("dr-a (clinician)", "Viewed the patient chart"),
+        ("dr-a (clinician)", "Read the patient's telemetry (history API)"),
+        ("dr-a (clinician)", "Read the patient's chart annotations"),
+    ]
+
+
 def test_audit_search_filters_and_paginates(world):
     _reads(world)
     client = personas.verified_client(world["compliance"])
