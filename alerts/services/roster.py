@@ -25,6 +25,7 @@ from audit.access.policy import user_can
 from audit.access.refusals import refusals_audited
 from audit.trail import SYSTEM, Actor, audit_record
 from config.live import iso
+from config.users import StaffUser
 from telemetry.models import Ward
 
 MAX_SHIFT = dt.timedelta(hours=72)
@@ -42,7 +43,7 @@ def _shift_json(shift: OnCallShift) -> dict[str, Any]:
     }
 
 
-def _allowed(user: Any, *, act: str, ward: Ward | None) -> None:
+def _allowed(user: StaffUser, *, act: str, ward: Ward | None) -> None:
     if not user_can(user, CAPABILITY):
         raise AlarmForbidden(
             "Your role does not edit the on-call roster.",
@@ -93,7 +94,7 @@ def shift_create(
     ends_at: dt.datetime | None,
     note: str,
     actor: Actor,
-    user: Any,
+    user: StaffUser,
 ) -> OnCallShift:
     """An administrator adds a shift (the roster page)."""
     _allowed(user, act="created", ward=ward)
@@ -149,7 +150,7 @@ def shift_update(
     ends_at: dt.datetime | None,
     note: str,
     actor: Actor,
-    user: Any,
+    user: StaffUser,
 ) -> OnCallShift:
     """Change a shift's times or note (ending a shift early is a change of its end)."""
     _allowed(user, act="updated", ward=None)
@@ -166,7 +167,7 @@ def shift_update(
 
 
 @refusals_audited
-def shift_delete(*, shift_id: int, actor: Actor, user: Any) -> None:
+def shift_delete(*, shift_id: int, actor: Actor, user: StaffUser) -> None:
     _allowed(user, act="deleted", ward=None)
     shift = _shift_locked(shift_id, act="deleted")
     before = _shift_json(shift)

@@ -9,30 +9,9 @@ import pytest
 from django.test import Client
 
 from telemetry.models import Annotation
-from tests import factories
 from tests.live_support import audit_events, insert_readings, login, patient, persona
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def ward_a():
-    return factories.ward("icu-a")
-
-
-@pytest.fixture
-def ward_b():
-    return factories.ward("icu-b")
-
-
-@pytest.fixture
-def clinician(ward_a):
-    return persona("clinician", ward_a)
-
-
-@pytest.fixture
-def p1(ward_a):
-    return patient("p-one", ward_a)
 
 
 def _q(**params: str) -> str:

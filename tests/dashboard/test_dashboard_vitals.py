@@ -27,21 +27,6 @@ LEVEL = {"tissue_o2": 62.0, "spo2": 97.0, "skin_temp": 36.4, "battery": 3900.0}
 DIP = {"tissue_o2": 28.0, "spo2": 84.0, "skin_temp": 33.0, "battery": 3300.0}
 
 
-@pytest.fixture
-def ward_a():
-    return factories.ward("icu-a")
-
-
-@pytest.fixture
-def clinician(ward_a):
-    return persona("clinician", ward_a)
-
-
-@pytest.fixture
-def p1(ward_a):
-    return patient("p-one", ward_a)
-
-
 def _iso(t: dt.datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
