@@ -50,6 +50,9 @@ ensure_system_packages() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
     # Debian's package starts a cluster and a redis on default ports; we run our own.
     as_root systemctl disable --now redis-server >/dev/null 2>&1 || true
+    as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    # Without systemd the package's init script may have started a broker on 1883.
+    pkill -x -u mosquitto mosquitto >/dev/null 2>&1 || true
   fi
 }
 

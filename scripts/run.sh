@@ -5,7 +5,7 @@
 # and the simulated fleet (as the application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
-ensure_system_packages
+ensure_system_packages mosquitto
 ensure_venv
 ensure_plotly
 

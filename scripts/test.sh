@@ -6,7 +6,7 @@
 # go to pytest.
 source "$(dirname "$0")/lib.sh"
 
-ensure_system_packages chromium nodejs
+ensure_system_packages chromium nodejs mosquitto
 ensure_venv
 ensure_plotly
 
