@@ -35,7 +35,8 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL DATABASE_OWNER_URL DATABASE_SUPERUSER_URL
 fi
 own_redis "$TMP/redis" no
-if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ -x "$ROOT/scripts/timescale-server.sh" ]; then
+# PERFUSE_TEST_TIMESCALE=0 skips the TimescaleDB test server (its tests then skip) for quick targeted runs.
+if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ "${PERFUSE_TEST_TIMESCALE:-1}" != 0 ] && [ -x "$ROOT/scripts/timescale-server.sh" ]; then
   TS_PORT="$(free_port)"
   "$ROOT/scripts/timescale-server.sh" "$TS_PORT" "$TMP/timescale" > "$TMP/timescale.log" 2>&1 &
   PIDS+=($!)
