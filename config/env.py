@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlparse
+from typing import Any
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 
@@ -58,16 +59,27 @@ def envlist(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def database_from_url(url: str) -> dict[str, object]:
-    """Turn postgres://user:pass@host:port/name into a Django DATABASES entry."""
-    parsed = urlparse(url)
-    if parsed.scheme not in {"postgres", "postgresql"}:
-        raise ImproperlyConfigured(f"DATABASE_URL must be postgres://…, got {parsed.scheme!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parsed.path.lstrip("/")) or "perfuse",
-        "USER": unquote(parsed.username or ""),
-        "PASSWORD": unquote(parsed.password or ""),
-        "HOST": parsed.hostname or "",
-        "PORT": str(parsed.port or ""),
-    }
+def database_from_url(url: str, *, connect_timeout: int = 5) -> dict[str, Any]:
+    """A Django DATABASES entry from postgres://user:pass@host:port/name?libpq-params.
+
+    Parsed by dj-database-url, so every libpq parameter in the query string survives into
+    OPTIONS (`sslmode=verify-full`, `sslrootcert`, `target_session_attrs`, `host=/socket/dir`…);
+    dropping them silently would turn a TLS requirement into a plain connection. The ingest
+    pool takes the same parameters (telemetry/db.py reads Django's connection params).
+    `connect_timeout` applies unless the URL sets its own: without one libpq waits on an
+    unreachable host as long as TCP does, and /readyz must answer.
+    """
+    scheme = url.split("://", 1)[0]
+    if scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(f"DATABASE_URL must be postgres://…, got {scheme!r}")
+    try:
+        entry: dict[str, Any] = dict(dj_database_url.parse(url))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {exc}") from exc
+    entry["NAME"] = entry.get("NAME") or "perfuse"
+    entry["PORT"] = str(entry.get("PORT") or "")
+    entry["OPTIONS"] = {"connect_timeout": connect_timeout, **(entry.get("OPTIONS") or {})}
+    # Connection lifetime is the settings' business, not the URL's.
+    for key in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "DISABLE_SERVER_SIDE_CURSORS"):
+        entry.pop(key, None)
+    return entry

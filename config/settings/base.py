@@ -74,11 +74,9 @@ TEMPLATES = [
 DATABASE_URL = envstr("DATABASE_URL", "postgres://perfuse@127.0.0.1:54329/perfuse")
 DATABASES = {
     "default": {
-        **database_from_url(DATABASE_URL),
+        **database_from_url(DATABASE_URL, connect_timeout=envint("PERFUSE_DB_CONNECT_TIMEOUT", 5)),
         "CONN_MAX_AGE": 60,
         "ATOMIC_REQUESTS": False,
-        # Without it libpq waits on an unreachable host for as long as TCP does; /readyz must answer.
-        "OPTIONS": {"connect_timeout": envint("PERFUSE_DB_CONNECT_TIMEOUT", 5)},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
