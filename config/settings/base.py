@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import database_from_url, envbool, envint, envlist, envsecret, envstr
 
@@ -244,11 +247,21 @@ PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECOND
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
 
-LOGGING = {
+# Every line carries the request id of the HTTP request or socket it belongs to (config/logs.py).
+PERFUSE_LOG_FORMAT = envstr("PERFUSE_LOG_FORMAT", "plain")
+if PERFUSE_LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"PERFUSE_LOG_FORMAT must be plain or json, got {PERFUSE_LOG_FORMAT!r}")
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "config.logs.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "config.logs.json_formatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": PERFUSE_LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }
