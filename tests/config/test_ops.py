@@ -441,4 +441,4 @@ def test_websocket_route_never_keeps_an_identifier():
 def test_the_asgi_application_counts_websockets():
     from config.asgi import application
 
-    assert isinstance(application.application_mapping["websocket"], metrics.WebSocketGauge)
+    assert isinstance(application.app.application_mapping["websocket"], metrics.WebSocketGauge)
