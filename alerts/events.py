@@ -14,7 +14,7 @@ from alerts.models import Alarm, AlarmPause, AlarmTransition, Notification, OnCa
 from alerts.schemas import AlarmOut, TransitionOut, alarm_out, transition_out
 from config import live
 from config.live import Frame
-from telemetry.events import AnnotationAddedFrame, AnnotationMark
+from telemetry.events import annotation_publish
 from telemetry.models import Annotation
 
 
@@ -101,9 +101,7 @@ def transition_publish(*, alarm: Alarm, transition: AlarmTransition) -> None:
 
 def mark_publish(*, alarm: Alarm, note: Annotation) -> None:
     """An alarm or acknowledgement mark on the patient's chart."""
-    mark = AnnotationMark(id=note.pk, kind=str(note.kind), t=live.iso(note.time), text=note.text)
-    frame = AnnotationAddedFrame(patient=alarm.patient.pseudonym, annotation=mark)
-    live.publish_after_commit([live.patient_group(alarm.patient.pseudonym)], frame)
+    annotation_publish(pseudonym=alarm.patient.pseudonym, note=note)
 
 
 def pause_publish(*, pause: AlarmPause, by: str) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
+from config import live
 from config.live import Frame
+from telemetry.models import Annotation
 
 
 class PointOut(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,3 +47,9 @@ class ReadingBatchFrame(Frame, tag="reading.batch"):
 class AnnotationAddedFrame(Frame, tag="annotation.added"):
     patient: str
     annotation: AnnotationMark
+
+
+def annotation_publish(*, pseudonym: str, note: Annotation) -> None:
+    """A mark on the patient's chart (calibration, reprocessing, alarm…), sent after commit."""
+    mark = AnnotationMark(id=note.pk, kind=str(note.kind), t=live.iso(note.time), text=note.text)
+    live.publish_after_commit([live.patient_group(pseudonym)], AnnotationAddedFrame(patient=pseudonym, annotation=mark))

@@ -55,17 +55,68 @@ class FirmwareRecord(models.Model):
 
 
 class Calibration(models.Model):
-    """Calibration of a device: calibrated = gain * value + offset for tissue_o2 from `effective_from`."""
+    """Calibration of a device: calibrated = gain * value + offset for tissue_o2 from `effective_from`.
+
+    `source` is "device" for a calibration id first seen in a batch (its coefficients are unknown
+    until staff enter them) and "staff" for one a device administrator created. A correction keeps
+    the coefficients it replaced as a CalibrationRevision (telemetry/calibrations.py)."""
+
+    class Source(models.TextChoices):
+        DEVICE = "device"
+        STAFF = "staff"
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="calibrations")
     calibration_id = models.CharField(max_length=64)
     coefficients = models.JSONField(default=dict)
     effective_from = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # Database defaults too: the ingest path records first sightings with plain SQL.
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.DEVICE, db_default=Source.DEVICE)
+    reason = models.CharField(max_length=300, blank=True, default="", db_default="")
+    created_by = models.CharField(max_length=150, blank=True, default="", db_default="")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["device", "calibration_id"], name="calibration_id_per_device")]
         ordering = ["effective_from"]
+
+
+class CalibrationRevision(models.Model):
+    """What a calibration said before a correction replaced it: nothing is silently overwritten."""
+
+    calibration = models.ForeignKey(Calibration, on_delete=models.PROTECT, related_name="revisions")
+    coefficients = models.JSONField()
+    effective_from = models.DateTimeField()
+    replaced_at = models.DateTimeField()
+    replaced_by = models.CharField(max_length=150)
+    reason = models.CharField(max_length=300)
+
+
+class Reprocessing(models.Model):
+    """One recomputation of a device's canonical values over a span, from the kept raw values."""
+
+    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="reprocessings")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    reason = models.CharField(max_length=300)
+    actor_username = models.CharField(max_length=150)
+    at = models.DateTimeField()
+    examined = models.PositiveIntegerField(default=0)
+    changed = models.PositiveIntegerField(default=0)
+
+
+class ReadingRevision(models.Model):
+    """A canonical value that reprocessing replaced, kept beside the reading's key for audit."""
+
+    reprocessing = models.ForeignKey(Reprocessing, on_delete=models.PROTECT, related_name="revisions")
+    device_id = models.BigIntegerField()
+    metric = models.TextField()
+    seq = models.BigIntegerField()
+    sample_time = models.DateTimeField()
+    old_value = models.FloatField()
+    new_value = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["device_id", "sample_time"])]
 
 
 class DeviceState(models.Model):
@@ -123,6 +174,7 @@ class Annotation(models.Model):
         ALARM = "alarm"
         ACKNOWLEDGEMENT = "acknowledgement"
         NOTE = "note"
+        REPROCESSING = "reprocessing"
 
     patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.CASCADE, related_name="annotations")
     device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.CASCADE, related_name="annotations")

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 from django.db import connection
 
-from telemetry.models import Annotation, Calibration, Device, DeviceState
+from telemetry.models import Annotation, Calibration, Device, DeviceState, Reprocessing
 from telemetry.storage import timescale_in_use
 
 Resolution = Literal["raw", "1m", "1h"]
@@ -456,3 +456,20 @@ def devices_overview() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def device_calibrations(device_id: str) -> dict[str, Any] | None:
+    """A device's calibrations (with the coefficients each correction replaced) and reprocessings."""
+    device = Device.objects.filter(device_id=device_id).first()
+    if device is None:
+        return None
+    calibrations = list(
+        Calibration.objects.filter(device=device).prefetch_related("revisions").order_by("effective_from")
+    )
+    return {
+        "calibrations": [
+            {"calibration": c, "revisions": sorted(c.revisions.all(), key=lambda r: r.replaced_at)}
+            for c in calibrations
+        ],
+        "reprocessings": list(Reprocessing.objects.filter(device=device).order_by("-at")[:50]),
+    }

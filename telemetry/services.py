@@ -152,9 +152,7 @@ def readings_assign(
     if patient is None:
         raise RegistryError(f"unknown patient {pseudonym!r}")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
-        row = cursor.fetchone()
-        watermark = row[0] if row else 0
+        watermark = engine_watermark_lock(cursor)
         cursor.execute(
             "UPDATE telemetry_reading SET patient_id = %s::bigint WHERE device_id = %s::bigint "
             "AND patient_id IS NULL AND sample_time >= %s AND sample_time < %s RETURNING sample_time",
@@ -164,7 +162,7 @@ def readings_assign(
         if times and not timescale_in_use():
             for resolution, seconds in BUCKET_SECONDS.items():
                 buckets = sorted({bucket_floor(t, resolution) for t in times})
-                _rollups_rebuild(cursor, resolution, seconds, device.id, patient.id, buckets, watermark)
+                rollups_rebuild(cursor, resolution, seconds, device.id, patient.id, buckets, watermark)
     audit_record(
         actor=actor,
         action="readings.assigned",
@@ -174,12 +172,20 @@ def readings_assign(
     return len(times)
 
 
-def _rollups_rebuild(
+def engine_watermark_lock(cursor: Any) -> int:
+    """Lock the engine's cursor row for this transaction (no engine batch interleaves with a
+    rewrite of stored readings) and return its watermark: rows below it are already rolled up."""
+    cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def rollups_rebuild(
     cursor: Any,
     resolution: str,
     seconds: int,
     device_pk: int,
-    patient_pk: int,
+    patient_pk: int | None,
     buckets: list[dt.datetime],
     watermark: int,
 ) -> None:

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from alerts import events, lifecycle, notifiers
@@ -26,7 +27,7 @@ from audit.access.policy import ONCALL, user_can, user_role
 from audit.access.refusals import refusals_audited
 from audit.trail import SYSTEM, Actor, audit_record
 from config.users import StaffUser, user_account
-from telemetry.models import Annotation, Patient
+from telemetry.models import Annotation, Patient, ReadingRevision, Reprocessing
 
 log = logging.getLogger(__name__)
 
@@ -377,3 +378,44 @@ def console_audio_pause(*, actor: Actor, seconds: int, priority: str) -> dt.date
         detail={"seconds": seconds, "priority": priority, "until": until.isoformat()},
     )
     return until
+
+
+# --- reprocessed values ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def alarms_reexplain(
+    *, device_id: str, spans: list[tuple[int, dt.datetime, dt.datetime]], reprocessing: Reprocessing
+) -> list[Alarm]:
+    """Re-explain the alarms whose condition overlapped values a calibration correction changed.
+
+    Nothing is removed or resolved: the alarm keeps its record (it was raised on what was known
+    then), and gains a `reprocessed` transition and an entry in its explanation with the span's
+    values before and after, so a reviewer sees both."""
+    touched = []
+    for patient_pk, lo, hi in spans:
+        overlapping = (
+            Alarm.objects.select_for_update(of=("self",))
+            .select_related("patient", "ward")
+            .filter(patient_id=patient_pk, condition_started_at__lte=hi)
+            .exclude(resolved_at__lt=lo)
+        )
+        for alarm in overlapping:
+            start = max(lo, alarm.condition_started_at)
+            end = min(hi, alarm.condition_cleared_at or alarm.resolved_at or hi)
+            revised = ReadingRevision.objects.filter(
+                reprocessing=reprocessing, sample_time__gte=start, sample_time__lte=end
+            ).aggregate(n=Count("id"), old_min=Min("old_value"), new_min=Min("new_value"))
+            note = {
+                "reprocessing": reprocessing.pk,
+                "device": device_id,
+                "reason": reprocessing.reason,
+                "changed": revised["n"],
+                "old_min": revised["old_min"],
+                "new_min": revised["new_min"],
+            }
+            alarm.explain = {**alarm.explain, "reprocessed": [*alarm.explain.get("reprocessed", []), note]}
+            alarm.save(update_fields=["explain"])
+            _record(alarm, frm=alarm.state, cause="reprocessed", actor=SYSTEM, now=timezone.now(), detail=note)
+            touched.append(alarm)
+    return touched

@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from telemetry.calibrations import CALIBRATED_METRIC, coefficients_apply, coefficients_for
 from telemetry.ingest.auth import DeviceKeyRow
 from telemetry.ingest.provenance import AnnotationRow, Span, patient_at, provenance_record
 from telemetry.ingest.validate import Row
@@ -136,12 +137,6 @@ def _copy_text(
 
 def _calibrate(r: Row, by_id: dict[str, Any], calibrations: list[tuple[Any, ...]]) -> float:
     """Apply gain/offset of the reading's calibration (or the device's one in effect) to tissue O2."""
-    if r.metric != "tissue_o2" or not calibrations:
+    if r.metric != CALIBRATED_METRIC or not calibrations:
         return r.value
-    coefficients = by_id.get(r.calibration_id) if r.calibration_id else None
-    if coefficients is None and not r.calibration_id:
-        effective = [c for c in calibrations if c[2] <= r.sample_time]
-        coefficients = effective[-1][1] if effective else None
-    if not coefficients:
-        return r.value
-    return float(coefficients.get("gain", 1.0)) * r.value + float(coefficients.get("offset", 0.0))
+    return coefficients_apply(r.value, coefficients_for(r.calibration_id, r.sample_time, by_id, calibrations))
