@@ -31,7 +31,7 @@ from config.live import iso, patient_group, publish_after_commit, ward_group
 from telemetry.errors import RegistryError
 from telemetry.events import PatientFlowFrame
 from telemetry.models import Assignment, Device, Patient, PatientIdentity, PatientStay, Ward
-from telemetry.signals import patient_discharged, patient_transferred
+from telemetry.signals import patient_discharged
 
 __all__ = [
     "RegistryError",
@@ -212,12 +212,11 @@ def patient_admit(
     bed = _bed(bed)
     device = _device(device_id) if device_id is not None else None
     patient = Patient.objects.select_for_update().select_related("ward").filter(pseudonym=pseudonym).first()
-    event, previous, previous_ward_id = "admitted", "", 0
+    event, previous = "admitted", ""
     if patient is None:
         patient = Patient.objects.create(pseudonym=pseudonym, ward=ward, bed=bed, admitted_at=now)
         PatientStay.objects.create(patient=patient, ward=ward, bed=bed, start=now)
     else:
-        previous_ward_id = patient.ward_id
         event, previous = _admission(patient, ward, bed, now)
         patient.save(update_fields=["ward", "bed", "admitted_at", "discharged_at"])
     identity = _identity_set(patient, mrn=mrn, name=name, date_of_birth=date_of_birth)
@@ -237,10 +236,6 @@ def patient_admit(
             "from_ward": previous,
         },
     )
-    if previous:
-        patient_transferred.send(
-            sender=Patient, patient=patient, previous_ward_id=previous_ward_id, at=now, actor=actor
-        )
     _publish(patient, event, now, previous_ward=previous)
     return patient
 
@@ -288,8 +283,6 @@ def patient_transfer(
         subject=patient.pseudonym,
         detail={"from_ward": previous.code, "ward": ward.code, "bed": bed, "at": iso(now)},
     )
-    if previous.id != ward.id:
-        patient_transferred.send(sender=Patient, patient=patient, previous_ward_id=previous.id, at=now, actor=actor)
     _publish(patient, "transferred", now, previous_ward=previous.code)
     return patient
 

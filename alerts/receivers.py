@@ -1,0 +1,20 @@
+"""What the alarms app does when telemetry's patient flow acts (telemetry/signals.py): connected
+in AlertsConfig.ready, so telemetry (a lower layer) never imports the alarms app."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from alerts.services.alarms import alarms_resolve_discharged
+from audit.trail import Actor
+from telemetry.models import Patient
+from telemetry.signals import patient_discharged
+
+
+def _discharged(*, patient: Patient, at: dt.datetime, actor: Actor, cause: str, **_: Any) -> None:
+    alarms_resolve_discharged(patient=patient, at=at, actor=actor, cause=cause)
+
+
+def receivers_connect() -> None:
+    patient_discharged.connect(_discharged, dispatch_uid="alerts.discharged")
