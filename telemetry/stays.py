@@ -23,6 +23,7 @@ How the rows tell the story (docs/patient-flow.md):
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 from django.db import transaction
 
@@ -44,6 +45,7 @@ __all__ = [
     "patient_discharge_cancel",
     "patient_identity_update",
     "patient_transfer",
+    "pseudonym_new",
 ]
 
 BED_MAX = 40
@@ -419,11 +421,38 @@ def device_release(*, device_id: str, actor: Actor = SYSTEM, at: dt.datetime | N
 def device_swap(
     *, pseudonym: str, old_device_id: str, new_device_id: str, actor: Actor = SYSTEM, at: dt.datetime | None = None
 ) -> Patient:
-    """Replace one of the patient's devices by another at one instant, in one transaction."""
+    """Replace one of the patient's devices by another at one instant: one act, one audit event."""
     now = _now(at)
     patient = _admitted(pseudonym)
-    current = Assignment.objects.filter(device__device_id=old_device_id, patient=patient, end__isnull=True).exists()
-    if not current:
+    new = _device(new_device_id)
+    current = (
+        Assignment.objects.select_for_update()
+        .filter(device__device_id=old_device_id, patient=patient, end__isnull=True)
+        .first()
+    )
+    if current is None:
         raise RegistryError(f"{old_device_id} does not measure {pseudonym}", code="device_not_assigned")
-    device_release(device_id=old_device_id, actor=actor, at=now)
-    return device_associate(pseudonym=pseudonym, device_id=new_device_id, actor=actor, at=now)
+    if now < current.start:
+        raise RegistryError(f"{iso(now)} is before the assignment began", code="before_stay")
+    if new.pk == current.device_id:
+        raise RegistryError("the new device is the one it replaces", code="same_device")
+    current.end = now
+    current.save(update_fields=["end"])
+    _device_attach(patient, new, now, steal=False)
+    audit_record(
+        actor=actor,
+        action="device.swapped",
+        subject=patient.pseudonym,
+        detail={"device": new.device_id, "replaced": old_device_id, "ward": patient.ward.code, "at": iso(now)},
+    )
+    _publish(patient, "devices", now)
+    return patient
+
+
+def pseudonym_new() -> str:
+    """A fresh pseudonym for a patient admitted without one (the ward workflow, a new MRN over
+    ADT): random, so it says nothing about the person or the order of admissions."""
+    while True:
+        candidate = "p-" + secrets.token_hex(5)
+        if not Patient.objects.filter(pseudonym=candidate).exists():
+            return candidate

@@ -37,6 +37,7 @@ __all__ = [
     "CLINICIAN",
     "COMPLIANCE",
     "DEVICE_ADMIN",
+    "FLOW_REFUSED",
     "ONCALL",
     "ROLES",
     "WARD_CARE_ROLES",
@@ -56,6 +57,7 @@ __all__ = [
     "user_can",
     "user_is_verified",
     "user_role",
+    "ward_flow_authorize",
     "ward_read",
     "ward_scope",
 ]
@@ -367,6 +369,25 @@ def ward_read(*, user: StaffUser, actor: Actor, action: str) -> list[Patient]:
         detail="Your role has no ward overview. Use the pages in the menu above.",
         facts={"patients": []},
     )
+
+
+# ---- patient flow ------------------------------------------------------------------------
+
+FLOW_REFUSED = "You may not admit, move or discharge patients of this ward (or there is no such patient)."
+
+
+def ward_flow_authorize(user: StaffUser, *, ward_id: int | None, action: str, subject: str = "") -> None:
+    """Refuse (raise) unless `user` may run the patient flow of the ward `ward_id` (admit,
+    associate devices, transfer out, discharge): an OTP-verified user whose role has
+    `manage_patient_flow` and whose wards include it. None (an unknown ward or patient) is
+    refused like another ward, so the answer tells nothing about what exists."""
+    problem = _session_problem(user)
+    if problem is None and not user_can(user, "manage_patient_flow"):
+        problem = f"role_{user_role(user)}"
+    if problem is None and (ward_id is None or not ward_scope(user).covers(ward_id)):
+        problem = "other_ward" if ward_id is not None else "unknown"
+    if problem is not None:
+        raise access_refusal(user, action=action, reason=problem, detail=FLOW_REFUSED, subject=subject[:80])
 
 
 # ---- who is asking -----------------------------------------------------------------------

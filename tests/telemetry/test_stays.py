@@ -25,6 +25,7 @@ from telemetry.stays import (
     patient_discharge_cancel,
     patient_identity_update,
     patient_transfer,
+    pseudonym_new,
 )
 from tests import factories
 
@@ -195,6 +196,8 @@ def test_associate_release_and_swap(ward_a: Ward) -> None:
     device_swap(pseudonym="p-flow-10", old_device_id=one, new_device_id=two, at=_at(5))
     assert _open_devices("p-flow-10") == [two]
     assert Assignment.objects.get(device__device_id=one).end == _at(5)
+    [swapped] = _events("device.swapped", "p-flow-10")
+    assert (swapped.detail["device"], swapped.detail["replaced"]) == (two, one)
     with pytest.raises(RegistryError) as caught:
         device_swap(pseudonym="p-flow-10", old_device_id=one, new_device_id=three)
     assert caught.value.code == "device_not_assigned"
@@ -202,7 +205,14 @@ def test_associate_release_and_swap(ward_a: Ward) -> None:
     assert released is not None and released.pseudonym == "p-flow-10"
     assert device_release(device_id=two) is None
     assert _open_devices("p-flow-10") == []
-    assert [e.detail["device"] for e in _events("device.released", "p-flow-10")] == [one, two]
+    assert [e.detail["device"] for e in _events("device.released", "p-flow-10")] == [two]
+
+
+def test_new_pseudonyms_are_fresh_slugs(ward_a: Ward) -> None:
+    first = pseudonym_new()
+    patient_admit(pseudonym=first, ward_code=ward_a.code)
+    second = pseudonym_new()
+    assert first != second and first.startswith("p-") and len(first) == 12
 
 
 def test_discharge_command_prints_the_contract_json(ward_a: Ward, capsys: pytest.CaptureFixture[str]) -> None:
