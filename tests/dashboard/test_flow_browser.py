@@ -105,6 +105,11 @@ def test_admit_associate_by_scanning_then_discharge_live(daphne: str) -> None:
         assert overview.is_visible("#empty-ward")
         chart.wait_for_selector("#live-status[data-state=discharged]")
         assert chart.inner_text("#live-status") == "patient discharged"
+        # Opened afterwards, the chart shows the stay's history and no live feed.
+        chart.reload()
+        wait_until(chart, "document.getElementById('chart').dataset.mode === 'history'")
+        assert chart.inner_text("#live-status") == "patient discharged"
+        wait_until(chart, "window.perfuseChart.state.hist && window.perfuseChart.state.hist.points.length === 1")
         patient = off_loop(lambda: Patient.objects.get(pseudonym=pseudonym))
         assert patient.discharged_at is not None and patient.bed == "7"
         assert errors == []

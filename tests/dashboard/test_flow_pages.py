@@ -140,6 +140,10 @@ def test_transfer_and_discharge_through_the_pages(wards: dict[str, Any]) -> None
     assert r.status_code == 302
     moved = Patient.objects.get(pseudonym="p-move")
     assert (moved.ward.code, moved.bed) == ("icu-b", "8")
+    # The icu-a nurse still opens the chart: the history of the stay, without a live feed.
+    chart = nurse.get("/patients/p-move/")
+    assert chart.status_code == 200 and '"historyReason": "former_ward"' in chart.content.decode()
+    assert _last("chart.view").detail["reason"] == "former_ward"
     # Now the patient is icu-b's: the icu-a nurse may no longer discharge it; icu-b's clinician may.
     refused = nurse.post("/ward/flow/patients/p-move/discharge", {"confirm": "yes"})
     assert refused.status_code == 403
