@@ -6,5 +6,7 @@ class AlertsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Receivers of telemetry's signals import models, which Django loads after apps.py.
-        import alerts.receivers  # noqa: F401
+        # Models load only now (tests/config/test_import_layers.py NESTED_ALLOWED says why).
+        from alerts.receivers import receivers_connect
+
+        receivers_connect()

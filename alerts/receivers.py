@@ -1,16 +1,25 @@
-"""What the alarms app does when telemetry's signals fire (telemetry/signals.py); imported once
-by AlertsConfig.ready, after the models are loaded."""
+"""What the alarms app does when telemetry's patient flow or reprocessing acts (telemetry/signals.py): connected
+in AlertsConfig.ready, so telemetry (a lower layer) never imports the alarms app."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from django.dispatch import receiver
+from alerts.services.alarms import alarms_reexplain, alarms_resolve_discharged
+from audit.trail import Actor
+from telemetry.models import Patient
+from telemetry.signals import patient_discharged, readings_reprocessed
 
-from alerts.services.alarms import alarms_reexplain
-from telemetry.signals import readings_reprocessed
+
+def _discharged(*, patient: Patient, at: dt.datetime, actor: Actor, cause: str, **_: Any) -> None:
+    alarms_resolve_discharged(patient=patient, at=at, actor=actor, cause=cause)
 
 
-@receiver(readings_reprocessed, dispatch_uid="alerts.reexplain")
-def reexplain_reprocessed(sender: Any, **kwargs: Any) -> None:
-    alarms_reexplain(device_id=kwargs["device_id"], spans=kwargs["spans"], reprocessing=kwargs["reprocessing"])
+def _reprocessed(*, device_id: str, spans: list[Any], reprocessing: Any, **_: Any) -> None:
+    alarms_reexplain(device_id=device_id, spans=spans, reprocessing=reprocessing)
+
+
+def receivers_connect() -> None:
+    patient_discharged.connect(_discharged, dispatch_uid="alerts.discharged")
+    readings_reprocessed.connect(_reprocessed, dispatch_uid="alerts.reprocessed")

@@ -19,6 +19,8 @@ READ_ACTIONS_LABELS = {
     "series.read": "Read the patient's telemetry (history API)",
     "annotations.read": "Read the patient's chart annotations",
     "live.subscribe": "Watched the patient's live telemetry",
+    # The ward workflow's confirmation step (dashboard/flow/): ward, bed and devices.
+    "ward.flow.confirm": "Viewed the patient's bed and devices before a ward act",
     # Older or synthetic names of the same reads, kept so earlier events stay accounted for:
     "patient.chart": "Viewed the patient chart",
     "patient.series": "Read the patient's telemetry (history API)",

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_SESSION_ENDED = 4401  # no (verified) session any more: the browser shows "signed out"
 CLOSE_FORBIDDEN = 4403  # not allowed (not logged in, no OTP, other ward, role): "access refused"
+CLOSE_SUBJECT_ENDED = 4410  # what the socket shows has ended (a discharged patient): no reconnect
 
 _encoder = msgspec.json.Encoder()
 

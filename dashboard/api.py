@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.access.policy import actor_from_request, patient_read, ward_read
+from audit.access.policy import AccessDecision, actor_from_request, patient_read, ward_read
 from config.api_errors import ApiError
 from config.live import iso
 from dashboard import selectors
@@ -81,6 +81,8 @@ _ERRORS: dict[int | str, Any] = {
 _CARD_FIELDS: dict[str, Any] = {
     "pseudonym": serializers.CharField(),
     "ward": serializers.CharField(),
+    "bed": serializers.CharField(help_text='the bed label, "" when none is known'),
+    "devices": serializers.ListField(child=serializers.CharField(), help_text="the devices measuring the patient now"),
     "metric": serializers.CharField(),
     "unit": serializers.CharField(),
     "value": serializers.FloatField(allow_null=True),
@@ -101,19 +103,18 @@ _CARD_FIELDS: dict[str, Any] = {
 
 def _span_read(
     request: Request, pseudonym: str, action: str, start: dt.datetime, end: dt.datetime, **detail: str
-) -> Patient:
+) -> tuple[Patient, AccessDecision]:
     """The patient whose data from `start` to `end` the caller may read, the read audited with the
     span (and `detail`) and committed: the caller reads afterwards, so the chain lock is not held
     across the query and data is only served once its audit event is durable."""
     with transaction.atomic():
-        patient, _ = patient_read(
+        return patient_read(
             user=request.user,
             actor=actor_from_request(request._request),
             pseudonym=pseudonym,
             action=action,
             detail={**detail, "start": iso(start), "end": iso(end)},
         )
-    return patient
 
 
 class PatientListView(APIView):
@@ -172,9 +173,9 @@ class SeriesView(APIView):
             raise ApiError("invalid_metric", f"metric must be one of {sorted(METRICS)}")
         start, end = parse_range(request.query_params, now=now)
         max_points = parse_max_points(request.query_params.get("max_points"))
-        patient = _span_read(request, pseudonym, "series.read", start, end, metric=metric)
+        patient, access = _span_read(request, pseudonym, "series.read", start, end, metric=metric)
         resolution, points = selectors.series_points(
-            patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points
+            patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points, access=access
         )
         return Response(
             {
@@ -224,16 +225,17 @@ class AnnotationsView(APIView):
     def get(self, request: Request, pseudonym: str) -> Response:
         now = dt.datetime.now(dt.UTC)
         start, end = parse_range(request.query_params, now=now)
-        patient = _span_read(request, pseudonym, "annotations.read", start, end)
-        annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end)
+        patient, access = _span_read(request, pseudonym, "annotations.read", start, end)
+        annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end, access=access)
         overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
+        periods = selectors.alarm_periods_within(overlay.periods, access)
         return Response(
             {
                 "patient": pseudonym,
                 "start": iso(start),
                 "end": iso(end),
                 "annotations": annotations,
-                "alarm_periods": overlay.periods,
+                "alarm_periods": periods,
                 "thresholds": overlay.thresholds,
                 "bands": overlay.bands,
             }

@@ -24,16 +24,27 @@ from collections import deque
 from typing import Any
 
 import msgspec
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
 from audit.access.asgi import current_user
-from audit.access.policy import actor_from_scope, patient_access, patient_access_audited, patients_visible_to, ward_read
+from audit.access.policy import (
+    actor_from_scope,
+    live_refusal,
+    patient_access,
+    patient_access_audited,
+    patients_visible_to,
+    user_can,
+    ward_read,
+    ward_scope,
+)
 from audit.access.refusals import refusal_audit
 from audit.trail import audit_record
-from config.consumers import LiveConsumer
+from config.consumers import CLOSE_FORBIDDEN, CLOSE_SUBJECT_ENDED, LiveConsumer
 from config.live import patient_group, ward_group
 from config.refusal import Refusal
+from config.users import StaffUser
 from dashboard import selectors
 from dashboard.schemas import FramesFrame, PatientSnapshotFrame, ResyncFrame, WardSnapshotFrame
 from telemetry.models import Patient
@@ -155,15 +166,22 @@ class BufferedLiveConsumer(LiveConsumer):
                 await self.send_frame(frames[0] if len(frames) == 1 else FramesFrame(frames=frames))
 
 
+# `patient.flow` events after which a patient's feed has nothing more to show.
+ENDING_EVENTS = frozenset({"discharged", "admit_cancelled"})
+
+
 class PatientLiveConsumer(BufferedLiveConsumer):
-    """WS /ws/patients/{pseudonym}/live"""
+    """WS /ws/patients/{pseudonym}/live: the present of one patient. A discharged patient's
+    socket closes with 4410 (and is refused with it afterwards: the chart still shows history)."""
 
     def authorize(self) -> bool:
         self.pseudonym: str = self.scope["url_route"]["kwargs"]["pseudonym"]
         user = self.scope.get("user")
-        patient, _ = patient_access_audited(
-            user=user, actor=actor_from_scope(self.scope), pseudonym=self.pseudonym, action="live.subscribe"
+        patient, decision = patient_access_audited(
+            user=user, actor=actor_from_scope(self.scope), pseudonym=self.pseudonym, action="live.subscribe", live=True
         )
+        if decision.reason == "discharged":
+            self.refused_code = CLOSE_SUBJECT_ENDED
         self.patient: Patient | None = patient
         return patient is not None
 
@@ -177,7 +195,28 @@ class PatientLiveConsumer(BufferedLiveConsumer):
     def recheck(self) -> bool:
         user = current_user(self.scope)
         patient = Patient.objects.filter(pseudonym=self.pseudonym).first()
-        return bool(user is not None and patient is not None and patient_access(user, patient).allowed)
+        if user is None or patient is None:
+            return False
+        decision = patient_access(user, patient)
+        self._ending = live_refusal(patient, decision) == "discharged"
+        return decision.allowed and live_refusal(patient, decision) is None
+
+    async def access_lost(self) -> None:
+        await self.close(code=CLOSE_SUBJECT_ENDED if getattr(self, "_ending", False) else CLOSE_FORBIDDEN)
+
+    async def patient_flow(self, event: dict[str, Any]) -> None:
+        """Discharged: tell the browser and close. Moved (or devices changed): re-check access
+        at once (a transfer may end it) and forward the frame."""
+        if event.get("patient") != self.pseudonym:
+            return
+        if event.get("event") in ENDING_EVENTS:
+            await self.send_frame(event)
+            await self.close(code=CLOSE_SUBJECT_ENDED)
+            return
+        if not await database_sync_to_async(self.recheck)():
+            await self.access_lost()
+            return
+        self._enqueue(event, filtered=False)
 
     def accepts(self, event: dict[str, Any]) -> dict[str, Any] | None:
         return event if event.get("patient") == self.pseudonym else None
@@ -195,16 +234,20 @@ class WardLiveConsumer(BufferedLiveConsumer):
         except Refusal as refusal:
             refusal_audit(refusal, actor)
             return False
-        self._set_patients(patients)
+        self._set_patients(patients, user)
         self.metrics = {selectors.METRIC, *selectors.card_metrics()}
         return True
 
-    def _set_patients(self, patients: list[Patient]) -> None:
+    def _set_patients(self, patients: list[Patient], user: StaffUser) -> None:
         self.patients = patients
         self.visible = {p.pseudonym for p in patients}
+        # Care staff also hear their own wards while no patient of theirs is there: an admission
+        # to an empty ward must reach its overview.
+        scope = ward_scope(user) if user_can(user, "view_ward_patients") else None
+        self.own_wards = scope.ward_codes if scope is not None else frozenset()
 
     def wanted_groups(self) -> list[str]:
-        return [ward_group(code) for code in sorted({p.ward.code for p in self.patients})]
+        return [ward_group(code) for code in sorted({p.ward.code for p in self.patients} | self.own_wards)]
 
     def snapshot(self) -> WardSnapshotFrame:
         return selectors.ward_snapshot(patients=self.patients, now=dt.datetime.now(dt.UTC))
@@ -225,9 +268,20 @@ class WardLiveConsumer(BufferedLiveConsumer):
                     action="ward.live.patients_added",
                     detail={"reason": "visible", "patients": gained},
                 )
-            self._set_patients(patients)
+            self._set_patients(patients, user)
             self._membership_changed = True
         return True
+
+    async def patient_flow(self, event: dict[str, Any]) -> None:
+        """An admission, transfer, discharge or device change on one of the socket's wards:
+        re-read who the user may see now (audited as on every re-check), re-join the wards, and
+        forward the frame for a patient the overview shows or showed (then a `resync`)."""
+        shown = event.get("patient") in self.visible
+        await database_sync_to_async(self.recheck)()
+        await self._join()
+        if shown or event.get("patient") in self.visible:
+            self._enqueue(event, filtered=False)
+        self.after_recheck()
 
     def after_recheck(self) -> None:
         if getattr(self, "_membership_changed", False):

@@ -14,7 +14,7 @@ import msgspec
 
 from alerts.events import AlarmTransitionFrame
 from config.live import Frame
-from telemetry.events import AnnotationAddedFrame, PointOut, ReadingBatchFrame, SeqRange
+from telemetry.events import AnnotationAddedFrame, PatientFlowFrame, PointOut, ReadingBatchFrame, SeqRange
 
 
 class AnnotationOut(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,6 +50,8 @@ class CardVital(msgspec.Struct, forbid_unknown_fields=True):
 class WardCard(msgspec.Struct, forbid_unknown_fields=True):
     pseudonym: str
     ward: str
+    bed: str  # "" when none is known
+    devices: list[str]  # the devices measuring the patient now
     metric: str
     unit: str
     value: float | None
@@ -74,7 +76,7 @@ class ResyncFrame(Frame, tag="resync"):
     since: str | None
 
 
-Delta = ReadingBatchFrame | AnnotationAddedFrame | AlarmTransitionFrame | ResyncFrame
+Delta = ReadingBatchFrame | AnnotationAddedFrame | AlarmTransitionFrame | PatientFlowFrame | ResyncFrame
 T = TypeVar("T")
 
 

@@ -21,12 +21,15 @@ from django.conf import settings
 
 from alerts import selectors as alarm_selectors
 from alerts.vocabulary import PRIORITY_RANK
+from audit.access.policy import AccessDecision
 from config.live import iso
 from dashboard.schemas import AnnotationOut, PatientSnapshotFrame, WardCard, WardSnapshotFrame
 from telemetry.events import PointOut, SeqRange
 from telemetry.models import Patient
 from telemetry.selectors import (
+    BUCKET_SECONDS,
     annotations_between,
+    devices_by_patient,
     patient_series,
     readings_bucket_averages,
     readings_latest,
@@ -135,6 +138,7 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
     )
     badges = patient_alarm_badges(patient_ids=ids)
     vitals = card_vitals(patient_ids=ids, now=now)
+    devices = devices_by_patient(patient_ids=ids)
     stale_after = settings.PERFUSE_STALE_SECONDS
     cards: list[dict[str, Any]] = []
     for p in patients:
@@ -146,6 +150,8 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
             {
                 "pseudonym": p.pseudonym,
                 "ward": p.ward.code,
+                "bed": p.bed,
+                "devices": devices[p.id],
                 "metric": METRIC,
                 "unit": METRICS[METRIC].canonical,
                 "value": last.value if last else None,
@@ -164,9 +170,21 @@ def ward_cards(*, patients: list[Patient], now: dt.datetime) -> list[dict[str, A
     return cards
 
 
-def patient_annotations(*, patient_id: int, start: dt.datetime, end: dt.datetime) -> list[dict[str, Any]]:
+def patient_annotations(
+    *, patient_id: int, start: dt.datetime, end: dt.datetime, access: AccessDecision | None = None
+) -> list[dict[str, Any]]:
+    """The marks in [start, end); with `access`, only those of the times it covers."""
     rows = annotations_between(patient_id=patient_id, start=start, end=end, limit=ANNOTATIONS_MAX)
-    return [{"id": a.id, "kind": a.kind, "t": iso(a.time), "text": a.text, "data": a.data} for a in rows]
+    return [
+        {"id": a.id, "kind": a.kind, "t": iso(a.time), "text": a.text, "data": a.data}
+        for a in rows
+        if access is None or access.within(a.time)
+    ]
+
+
+def alarm_periods_within(periods: list[dict[str, Any]], access: AccessDecision) -> list[dict[str, Any]]:
+    """The alarm periods (of `patient_alarm_overlay`) that began inside the access's times."""
+    return [p for p in periods if access.within(dt.datetime.fromisoformat(p["start"]))]
 
 
 def _device_ranges(patient_id: int, since: dt.datetime) -> list[SeqRange]:
@@ -211,7 +229,25 @@ def ward_snapshot(*, patients: list[Patient], now: dt.datetime) -> WardSnapshotF
     return WardSnapshotFrame(server_time=iso(now), patients=msgspec.convert(cards, list[WardCard]))
 
 
-def series_points(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime, max_points: int) -> Any:
-    """The history selector, with times rendered for JSON."""
+def series_points(
+    *,
+    patient_id: int,
+    metric: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    max_points: int,
+    access: AccessDecision | None = None,
+) -> Any:
+    """The history selector, with times rendered for JSON. With `access` limited to some periods
+    (staff of a ward the patient left), the span is clamped to them and only points, or whole
+    buckets, inside them are returned."""
+    if access is not None:
+        window = access.clamp(start, end)
+        if window is None:
+            return "raw", []
+        start, end = window
     series = patient_series(patient_id=patient_id, metric=metric, start=start, end=end, max_points=max_points)
-    return series.resolution, [{**p, "t": iso(p["t"])} for p in series.points]
+    width = dt.timedelta(seconds=BUCKET_SECONDS.get(series.resolution, 0))
+    return series.resolution, [
+        {**p, "t": iso(p["t"])} for p in series.points if access is None or access.within(p["t"], width)
+    ]

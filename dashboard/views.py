@@ -18,6 +18,7 @@ from alerts.selectors import alarm_scope
 from audit.access.answers import refusal_pages
 from audit.access.policy import actor_from_request, patient_read, ward_read
 from config.api_errors import error_body
+from config.live import iso
 from dashboard import selectors
 
 PRESETS = [("5 min", 300), ("1 h", 3600), ("8 h", 8 * 3600), ("24 h", 24 * 3600), ("7 d", 7 * 24 * 3600)]
@@ -49,6 +50,7 @@ def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
     patient, decision = patient_read(
         user=request.user, actor=actor_from_request(request), pseudonym=pseudonym, action="chart.view"
     )
+    ended = decision.periods[-1][1] if decision.periods else patient.discharged_at
     config = {
         "pseudonym": patient.pseudonym,
         "metric": selectors.METRIC,
@@ -58,6 +60,9 @@ def patient_chart(request: HttpRequest, pseudonym: str) -> HttpResponse:
         "staleAfter": settings.PERFUSE_STALE_SECONDS,
         "lowQuality": 0.5,
         "breakGlass": decision.break_glass,
+        # Set when there is no present to watch: the chart opens the history up to then.
+        "historyEnd": iso(ended) if ended else None,
+        "historyReason": "former_ward" if decision.periods else ("discharged" if ended else ""),
     }
     context = {
         "patient": patient,

@@ -53,3 +53,19 @@ def annotation_publish(*, pseudonym: str, note: Annotation) -> None:
     """A mark on the patient's chart (calibration, reprocessing, alarm…), sent after commit."""
     mark = AnnotationMark(id=note.pk, kind=str(note.kind), t=live.iso(note.time), text=note.text)
     live.publish_after_commit([live.patient_group(pseudonym)], AnnotationAddedFrame(patient=pseudonym, annotation=mark))
+
+
+class PatientFlowFrame(Frame, tag="patient.flow"):
+    """A patient was admitted, moved, discharged, or got or lost a device (telemetry/stays.py).
+
+    Sent to the patient's group and to the group of every ward concerned (the old and the new
+    one on a transfer). The ward overview's socket re-reads who it may show and the browser
+    refetches its cards; a patient's socket closes on `discharged` and `admit_cancelled`, and
+    re-checks access on the others (a transfer may end it)."""
+
+    patient: str
+    event: str  # admitted | transferred | discharged | admit_cancelled | discharge_cancelled | devices
+    ward: str
+    bed: str
+    at: str
+    previous_ward: str = ""

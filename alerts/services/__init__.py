@@ -14,6 +14,7 @@ from alerts.services.alarms import (
     alarm_raise,
     alarm_recur,
     alarm_timers,
+    alarms_resolve_discharged,
     console_audio_pause,
     patient_pause,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "alarm_raise",
     "alarm_recur",
     "alarm_timers",
+    "alarms_resolve_discharged",
     "console_audio_pause",
     "deliveries_claim",
     "delivery_record",

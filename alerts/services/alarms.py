@@ -22,7 +22,7 @@ from alerts.errors import AlarmConflict, AlarmError, AlarmForbidden, AlarmNotFou
 from alerts.models import Alarm, AlarmPause, AlarmRule, AlarmTransition
 from alerts.selectors import alarm_access
 from alerts.services.rules import rule_current_ward
-from alerts.vocabulary import KIND_CATEGORY, KIND_PRIORITY, PRIORITY_RANK, Priority, State
+from alerts.vocabulary import KIND_CATEGORY, KIND_PRIORITY, OPEN_STATES, PRIORITY_RANK, Priority, State
 from audit.access.policy import ONCALL, user_can, user_role
 from audit.access.refusals import refusals_audited
 from audit.trail import SYSTEM, Actor, audit_record
@@ -167,6 +167,25 @@ def alarm_timers(*, alarm_id: int, now: dt.datetime) -> Alarm | None:
         _escalate(alarm, now=now, actor=SYSTEM, cause="escalated")
         return alarm
     return None
+
+
+def alarms_resolve_discharged(*, patient: Patient, at: dt.datetime, actor: Actor, cause: str) -> list[Alarm]:
+    """The patient left the ward (telemetry.signals.patient_discharged, in the discharge's own
+    transaction): every open alarm of the patient resolves with cause `discharged`, latched or
+    not, since no one is there to answer it. `cause` (discharged or admit_cancelled) is kept in
+    the transition's detail."""
+    ids = list(Alarm.objects.filter(patient=patient, state__in=OPEN_STATES).order_by("id").values_list("id", flat=True))
+    resolved = []
+    for alarm_id in ids:
+        alarm = _locked(alarm_id)
+        if alarm is None or not alarm.is_open:
+            continue
+        frm = alarm.state
+        alarm.state, alarm.resolved_at = State.RESOLVED, at
+        alarm.save(update_fields=["state", "resolved_at"])
+        _record(alarm, frm=frm, cause="discharged", actor=actor, now=at, detail={"flow": cause})
+        resolved.append(alarm)
+    return resolved
 
 
 def _escalate(

@@ -30,13 +30,14 @@ from audit.trail import Actor, audit_record
 from config.net import request_address, scope_address, scope_header
 from config.refusal import Refusal
 from config.users import StaffUser
-from telemetry.models import Patient
+from telemetry.models import Patient, PatientStay
 
 __all__ = [
     "ADMIN",
     "CLINICIAN",
     "COMPLIANCE",
     "DEVICE_ADMIN",
+    "FLOW_REFUSED",
     "ONCALL",
     "ROLES",
     "WARD_CARE_ROLES",
@@ -46,6 +47,7 @@ __all__ = [
     "active_grant",
     "actor_from_request",
     "actor_from_scope",
+    "live_refusal",
     "patient_access",
     "patient_access_audited",
     "patient_read",
@@ -55,6 +57,7 @@ __all__ = [
     "user_can",
     "user_is_verified",
     "user_role",
+    "ward_flow_authorize",
     "ward_read",
     "ward_scope",
 ]
@@ -146,11 +149,35 @@ def ward_scope(user: StaffUser) -> WardScope:
     )
 
 
+Period = tuple[dt.datetime, dt.datetime]
+
+
 @dataclass(frozen=True)
 class AccessDecision:
+    """Whether a patient's data may be read, why, and for which time. `periods` is None for
+    access without a time limit (care on the patient's current or last ward, break-glass); for
+    staff of a ward the patient has left it is the [start, end) of the stays that were theirs,
+    and only data of those times may be served (`within`, `clamp`)."""
+
     allowed: bool
     reason: str
     break_glass: bool = False
+    periods: tuple[Period, ...] | None = None
+
+    def within(self, t: dt.datetime, width: dt.timedelta = dt.timedelta(0)) -> bool:
+        """Whether [t, t + width) lies inside the access (a point, or a whole bucket)."""
+        if self.periods is None:
+            return True
+        return any(start <= t and t + width <= end for start, end in self.periods)
+
+    def clamp(self, start: dt.datetime, end: dt.datetime) -> Period | None:
+        """The part of [start, end) the access may cover at most (None: nothing of it)."""
+        if self.periods is None:
+            return start, end
+        parts = [(max(start, s), min(end, e)) for s, e in self.periods if s < end and start < e]
+        if not parts:
+            return None
+        return min(p[0] for p in parts), max(p[1] for p in parts)
 
 
 def _session_problem(user: StaffUser) -> str | None:
@@ -222,18 +249,42 @@ def patients_visible_to(user: StaffUser) -> QuerySet[Patient]:
     return Patient.objects.none()
 
 
+def _former_stays(scope: WardScope, patient: Patient) -> tuple[Period, ...]:
+    """The ended stays of the patient on the scope's wards (the patient was theirs then)."""
+    stays = PatientStay.objects.filter(scope.q(), patient_id=patient.pk, end__isnull=False).order_by("start")
+    return tuple((start, end) for start, end in stays.values_list("start", "end") if end is not None)
+
+
 def patient_access(user: StaffUser, patient: Patient) -> AccessDecision:
+    """Care on the patient's current (or, once discharged, last) ward sees the whole record: a
+    transferred patient's new ward needs the trend from before the transfer. Staff of a ward the
+    patient left see the times of the stays that were theirs (`former_ward`, with `periods`);
+    break-glass sees everything of the granted patient."""
     problem = _session_problem(user)
     if problem is not None:
         return AccessDecision(False, problem)
     ward_care = user_can(user, "view_ward_patients")
-    if ward_care and ward_scope(user).covers(patient.ward_id):
+    scope = ward_scope(user) if ward_care else None
+    if scope is not None and scope.covers(patient.ward_id):
         return AccessDecision(True, "ward")
     if active_grant(user, patient) is not None:
         return AccessDecision(True, "break_glass", break_glass=True)
-    if ward_care:
+    if scope is not None:
+        periods = _former_stays(scope, patient)
+        if periods:
+            return AccessDecision(True, "former_ward", periods=periods)
         return AccessDecision(False, "other_ward")
     return AccessDecision(False, f"role_{user_role(user)}")
+
+
+def live_refusal(patient: Patient, decision: AccessDecision) -> str | None:
+    """Why a patient's live feed is refused to someone who may read the patient's data: it shows
+    the present, which belongs neither to a discharged stay nor to a ward the patient left."""
+    if patient.discharged_at is not None:
+        return "discharged"
+    if decision.periods is not None:
+        return "former_ward"
+    return None
 
 
 def patient_read(
@@ -244,11 +295,14 @@ def patient_read(
     action: str,
     purpose: str = "",
     detail: dict[str, Any] | None = None,
+    live: bool = False,
 ) -> tuple[Patient, AccessDecision]:
     """Decide one attempt to read a patient's data and audit it when allowed; the caller serves
-    data inside this same transaction or after it committed. A refusal is raised (and audited by
-    whoever answers it); unknown pseudonyms are refused like forbidden ones, with the same
-    detail, so the answer is no oracle for which patients exist."""
+    data inside this same transaction or after it committed, and only of `decision.periods`
+    when they are set. A refusal is raised (and audited by whoever answers it); unknown
+    pseudonyms are refused like forbidden ones, with the same detail, so the answer is no oracle
+    for which patients exist. `live`: the present is asked for (a live socket), refused for a
+    discharged patient or a ward the patient left (`live_refusal`)."""
     patient = Patient.objects.filter(pseudonym=pseudonym[:40]).first()
     # Who asks is decided before which patient: an anonymous or password-only caller is refused
     # the same way for a pseudonym that exists and one that does not (no existence oracle).
@@ -259,6 +313,9 @@ def patient_read(
         decision = AccessDecision(False, "unknown_patient")
     else:
         decision = patient_access(user, patient)
+        live_reason = live_refusal(patient, decision) if live and decision.allowed else None
+        if live_reason is not None:
+            decision = AccessDecision(False, live_reason)
     if patient is None or not decision.allowed:
         raise access_refusal(
             user,
@@ -312,6 +369,25 @@ def ward_read(*, user: StaffUser, actor: Actor, action: str) -> list[Patient]:
         detail="Your role has no ward overview. Use the pages in the menu above.",
         facts={"patients": []},
     )
+
+
+# ---- patient flow ------------------------------------------------------------------------
+
+FLOW_REFUSED = "You may not admit, move or discharge patients of this ward (or there is no such patient)."
+
+
+def ward_flow_authorize(user: StaffUser, *, ward_id: int | None, action: str, subject: str = "") -> None:
+    """Refuse (raise) unless `user` may run the patient flow of the ward `ward_id` (admit,
+    associate devices, transfer out, discharge): an OTP-verified user whose role has
+    `manage_patient_flow` and whose wards include it. None (an unknown ward or patient) is
+    refused like another ward, so the answer tells nothing about what exists."""
+    problem = _session_problem(user)
+    if problem is None and not user_can(user, "manage_patient_flow"):
+        problem = f"role_{user_role(user)}"
+    if problem is None and (ward_id is None or not ward_scope(user).covers(ward_id)):
+        problem = "other_ward" if ward_id is not None else "unknown"
+    if problem is not None:
+        raise access_refusal(user, action=action, reason=problem, detail=FLOW_REFUSED, subject=subject[:80])
 
 
 # ---- who is asking -----------------------------------------------------------------------

@@ -16,8 +16,8 @@ ROLES = (CLINICIAN, ONCALL, COMPLIANCE, DEVICE_ADMIN, ADMIN)
 
 # Permission codenames live on audit.StaffProfile (Meta.permissions).
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
-    CLINICIAN: ("view_ward_patients", "reveal_identity", "acknowledge_alarms"),
-    ONCALL: ("view_ward_patients", "acknowledge_alarms"),
+    CLINICIAN: ("view_ward_patients", "reveal_identity", "acknowledge_alarms", "manage_patient_flow"),
+    ONCALL: ("view_ward_patients", "acknowledge_alarms", "manage_patient_flow"),
     COMPLIANCE: ("view_audit_trail", "break_glass"),
     DEVICE_ADMIN: ("manage_devices",),
     ADMIN: ("manage_staff", "edit_alarm_rules", "manage_devices", "break_glass"),
@@ -27,6 +27,7 @@ PERMISSION_LABELS = {
     "view_ward_patients": "See telemetry of the patients of one's wards",
     "reveal_identity": "Reveal a patient's identity on the chart (own wards)",
     "acknowledge_alarms": "Acknowledge and take responsibility for alarms",
+    "manage_patient_flow": "Admit, move and discharge patients of one's wards and associate their devices",
     "view_audit_trail": "Search and export the audit trail",
     "break_glass": "Open time-limited emergency access to one patient",
     "manage_devices": "Manage devices and device keys",

@@ -70,6 +70,13 @@ def _next_url(request: HttpRequest, default: str = "") -> str:
     return default
 
 
+def _landing(target: str, user: User) -> str:
+    """Where a sign-in ends: the page the user was sent away from, except the bare site root
+    (where everyone starts, and which is the ward overview only care roles have): their role's
+    home, so no role lands on a page it may not use."""
+    return target if target and target != "/" else role_home(user)
+
+
 def _failure(
     request: HttpRequest, form: LoginForm, actor: Actor, reason: str, user: User | None = None
 ) -> HttpResponse:
@@ -164,7 +171,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if isinstance(device, StaticDevice):
         detail["recovery_codes_left"] = device.token_set.count()
     audit_record(actor=actor_from_request(request), action="login.success", detail=detail)
-    return redirect(_next_url(request) or role_home(user))
+    return redirect(_landing(_next_url(request), user))
 
 
 def _pending_user(request: HttpRequest) -> User | None:
@@ -211,7 +218,7 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
                 codes = _recovery_codes(user)
         if ok:
             _start_session(request, user, device, actor)
-            next_url = request.session.pop(ENROLL_KEY, {}).get("next") or role_home(user)
+            next_url = _landing(request.session.pop(ENROLL_KEY, {}).get("next") or "", user)
             login_succeeded(username=user.get_username(), address=actor.source_address)
             audit_record(
                 actor=actor_from_request(request), action="mfa.enrolled", detail={"recovery_codes": len(codes)}

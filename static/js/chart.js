@@ -484,6 +484,19 @@
 
   window.perfuseChart = { state, goLive, goHistory, render };
   (async () => {
+    if (cfg.historyEnd) {
+      // A discharged patient, or one who left the viewer's ward: no present to watch (the live
+      // feed would be refused); open the last day of what the viewer may see.
+      const end = Date.parse(cfg.historyEnd);
+      await goHistory(end - 24 * 3600000, end);
+      await render();
+      chart.on("plotly_relayout", onRelayout);
+      goLiveButton.remove();
+      const status = document.getElementById("live-status");
+      status.dataset.state = cfg.historyReason === "discharged" ? "discharged" : "denied";
+      status.textContent = cfg.historyReason === "discharged" ? "patient discharged" : "left your ward: history only";
+      return;
+    }
     await goLive(cfg.presets[0] * 1000);
     await render();
     chart.on("plotly_relayout", onRelayout);

@@ -14,6 +14,7 @@
     reconnecting: "reconnecting",
     denied: "access refused",
     ended: "signed out",
+    discharged: "patient discharged",
   };
 
   class LiveSocket {
@@ -59,6 +60,7 @@
         if (this.stopped) return;
         if (event.code === 4403) return this.setStatus("denied");
         if (event.code === 4401) return this.setStatus("ended");
+        if (event.code === 4410) return this.setStatus("discharged"); // the patient left: history only
         const delay = Math.min(30000, 500 * 2 ** this.attempt) * (0.75 + Math.random() * 0.5);
         this.attempt += 1;
         this.setStatus("reconnecting", "in " + Math.round(delay / 1000) + " s");

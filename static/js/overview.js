@@ -25,6 +25,8 @@
     return {
       pseudonym: card.pseudonym,
       ward: card.ward,
+      bed: card.bed || "",
+      devices: card.devices || [],
       unit: card.unit,
       value: card.value,
       quality: card.quality,
@@ -57,6 +59,14 @@
         cards.delete(name);
       }
     }
+    render();
+  }
+
+  function dropCard(pseudonym) {
+    const card = cards.get(pseudonym);
+    if (!card) return;
+    if (card.el) card.el.remove();
+    cards.delete(pseudonym);
     render();
   }
 
@@ -149,7 +159,7 @@
     a.href = "/patients/" + encodeURIComponent(card.pseudonym) + "/";
     a.dataset.pseudonym = card.pseudonym;
     a.innerHTML =
-      '<div class="card-top"><span class="pseudo"></span><span class="alarm-badge" hidden></span></div>' +
+      '<div class="card-top"><span class="pseudo"></span><span class="bed"></span><span class="alarm-badge" hidden></span></div>' +
       '<div class="card-main"><span class="value"></span><span class="unit"></span><span class="trend"></span></div>' +
       '<div class="card-vitals" hidden></div>' +
       '<svg class="spark" viewBox="0 0 100 30" preserveAspectRatio="none" aria-hidden="true"><polyline /></svg>' +
@@ -164,6 +174,10 @@
     const age = card.lastSeen === null ? null : (now - card.lastSeen) / 1000;
     const stale = age === null || age > staleAfter;
     el.querySelector(".pseudo").textContent = card.pseudonym; // names are revealed on the chart only
+    const bed = el.querySelector(".bed");
+    bed.textContent = card.bed ? "Bed " + card.bed : "";
+    bed.hidden = !card.bed;
+    el.title = card.devices.length ? "Devices: " + card.devices.join(", ") : "No device associated";
     el.querySelector(".value").textContent = card.value === null ? "—" : card.value.toFixed(1);
     el.querySelector(".unit").textContent = card.value === null ? "" : card.unit;
     const slope = L.trendPerMinute(card.spark.map(([t, v]) => [t, v]), now);
@@ -212,6 +226,12 @@
         update(card);
         break;
       }
+      case "patient.flow":
+        // Discharged (or the admission cancelled): the card leaves at once; any other change
+        // (admission, transfer, bed, devices) comes back with the refetched list.
+        if (frame.event === "discharged" || frame.event === "admit_cancelled") dropCard(frame.patient);
+        scheduleRefetch();
+        break;
       case "alarm.transition":
       case "resync":
         scheduleRefetch();

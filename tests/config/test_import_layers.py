@@ -55,10 +55,11 @@ LAYERS: dict[str, float] = {
 EDGES: dict[str, float] = {"telemetry": 3.5, "audit": 3.5, "audit.access": 3.5, "alerts": 4.5, "dashboard": 5.5}
 EDGE_NAMES = frozenset({"views", "api", "urls", "routing", "consumers", "forms", "management"})
 
-# Function-level imports of project modules allowed, with the reason (none needed today).
+# Function-level imports of project modules allowed, with the reason.
 NESTED_ALLOWED: dict[tuple[str, str], str] = {
-    # Django imports apps.py before the models; receivers (which use models) connect in ready().
-    ("alerts.apps", "alerts.receivers"): "signal receivers connect in AppConfig.ready",
+    # AppConfig.ready connects the receivers of telemetry's signals; the receivers import models,
+    # which cannot be imported while apps.py itself is being loaded.
+    ("alerts.apps", "alerts.receivers"): "signal receivers, connected once the app registry is ready",
 }
 
 

@@ -240,7 +240,11 @@ async def test_ward_socket_audits_a_patient_it_gains(settings):
     comm = await _open("/ws/ward/live", headers)
     await _frame(comm)
     await sync_to_async(patient)("p-two", data["ward_a"])  # admitted while the overview is open
-    resync = await _frame(comm)
+    message = await _frame(comm)
+    # The admission's patient.flow frame re-reads the membership at once, then the resync follows.
+    frames = message["frames"] if message["type"] == "frames" else [message]
+    assert [f["type"] for f in frames] == ["patient.flow", "resync"]
+    resync = frames[-1]
     assert resync["type"] == "resync" and resync["reason"] == "membership"
     [event] = await sync_to_async(audit_events)("ward.live.patients_added")
     assert event.outcome == "allowed" and event.detail["patients"] == ["p-two"]

@@ -102,14 +102,55 @@ def test_new_user_enrolls_with_qr_then_gets_recovery_codes_that_work_once(clinic
     assert _login(Client(), "dr-a", personas.PASSWORD, codes[0]).status_code == 401
 
 
-@pytest.mark.parametrize(
-    "role, home",
-    [("clinician", "/"), ("compliance", "/audit/"), ("device_admin", "/devices/"), ("admin", "/audit/break-glass/")],
-)
+# The administrator's home was the break-glass form (the first page of the menu they could use);
+# it is the on-call roster now (issue 13.3: a sensible administrator's home, not emergency access).
+ROLE_HOMES = [
+    ("clinician", "/"),
+    ("oncall", "/"),
+    ("compliance", "/audit/"),
+    ("device_admin", "/devices/"),
+    ("admin", "/alarms/oncall/"),
+]
+
+
+@pytest.mark.parametrize("role, home", ROLE_HOMES)
 def test_each_role_lands_on_its_home(role, home):
     user = personas.staff(f"u-{role}", role)
     r = _login(Client(), user.username, personas.PASSWORD, personas.totp_code(user))
     assert r.status_code == 302 and r["Location"] == home
+
+
+@pytest.mark.parametrize("role, home", ROLE_HOMES)
+def test_no_role_lands_on_a_refusal_from_the_site_root(role, home):
+    """Sent to sign in from the bare site (next=/), every role lands on its own page, and that
+    page serves it (no 403 landing); the brand link leads there too."""
+    factories.ward("icu-a")
+    user = personas.staff(f"r-{role}", role, ["icu-a"] if role in {"clinician", "oncall"} else [])
+    client = Client()
+    bounced = client.get("/")
+    assert bounced.status_code == 302 and bounced["Location"].startswith("/accounts/login/")
+    r = client.post(
+        "/accounts/login/?next=/",
+        {"username": user.username, "password": personas.PASSWORD, "otp_token": personas.totp_code(user), "next": "/"},
+    )
+    assert r.status_code == 302 and r["Location"] == home
+    page = client.get(home)
+    assert page.status_code == 200
+    assert f'<a class="brand" href="{home}">'.encode() in page.content
+
+
+def test_a_deeper_next_page_is_still_honoured(clinician):
+    client = Client()
+    r = client.post(
+        "/accounts/login/",
+        {
+            "username": "dr-a",
+            "password": personas.PASSWORD,
+            "otp_token": personas.totp_code(clinician),
+            "next": "/alarms/",
+        },
+    )
+    assert r.status_code == 302 and r["Location"] == "/alarms/"
 
 
 def test_account_page_lists_sessions(clinician):
