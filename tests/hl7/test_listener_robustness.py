@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from telemetry.hl7 import services
+from telemetry.hl7.checks import hl7_tls_check
 from telemetry.hl7.listener import tls_context
 from telemetry.hl7.mllp import frame, mllp_send
 from telemetry.hl7.models import Hl7Message
@@ -213,3 +214,15 @@ def test_tls_when_a_certificate_and_key_are_configured(
             assert _closed(plain)
     assert PatientIdentity.objects.filter(mrn="TLS-1").exists()
     assert not PatientIdentity.objects.filter(mrn="PLAIN-1").exists()
+
+
+@pytest.mark.parametrize(
+    ("listen", "tls", "errors"),
+    [("127.0.0.1:12575", False, 0), ("[::1]:12575", False, 0), ("0.0.0.0:12575", False, 1), ("10.0.0.5:2575", True, 0)],
+)
+def test_the_deploy_check_wants_tls_off_loopback(
+    settings: pytest.FixtureRequest, listen: str, tls: bool, errors: int
+) -> None:
+    settings.PERFUSE_HL7_LISTEN = listen  # type: ignore[attr-defined]
+    settings.PERFUSE_HL7_TLS_CERT = settings.PERFUSE_HL7_TLS_KEY = "x.pem" if tls else ""  # type: ignore[attr-defined]
+    assert [e.id for e in hl7_tls_check(None)] == ["telemetry.E101"] * errors
