@@ -102,10 +102,12 @@ def _key_of(header: MessageHeader | None) -> tuple[str, str]:
     return header.sender[:200], header.control_id
 
 
-def _lock(sender: str, control_id: str) -> None:
-    # Two copies of one message on two connections: the second waits, then finds the first's ACK.
+def _lock(key: str) -> None:
+    """A transaction-scoped lock on `key`: two copies of one message on two connections (the
+    second waits, then finds the first's ACK), or two admissions of one new MRN (the second
+    finds the patient the first created, instead of making a second pseudonym)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"hl7|{sender}|{control_id}"])
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [key])
 
 
 def pseudonym_new() -> str:
@@ -131,6 +133,7 @@ def _event_apply(event: AdtEvent, actor: Actor) -> str:
     not land before a change already applied (a readmission before the discharge it follows)."""
     identity = event.identity
     if event.event in {"A01", "A04"}:
+        _lock(f"hl7-mrn|{identity.mrn}")
         patient = selectors.patient_by_mrn(identity.mrn)
         pseudonym = patient.pseudonym if patient is not None else pseudonym_new()
         stays.patient_admit(
@@ -247,7 +250,7 @@ def hl7_message_handle(*, received: Received, actor: Actor) -> str:
     sender, control_id = _key_of(header)
     with transaction.atomic():
         if control_id:
-            _lock(sender, control_id)
+            _lock(f"hl7|{sender}|{control_id}")
             stored_ack = _repeat(sender, control_id, received.raw)
             if stored_ack is not None:
                 return stored_ack

@@ -4,6 +4,8 @@ message sent and every ACK received is validated with hl7apy against its version
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.db import connection
 
@@ -227,3 +229,28 @@ def test_the_message_store_is_insert_and_select_only_for_the_application(
             "has_table_privilege('telemetry_hl7message', 'TRUNCATE')"
         )
         assert cursor.fetchone() == (True, True, False, False, False)
+
+
+def test_an_empty_msh10_is_ar(hl7: RunningListener, wards: tuple[Ward, Ward]) -> None:
+    message = adt("A01", control_id="X").replace("|X|P|", "||P|")
+    ack = hl7.send_unchecked(message.encode())
+    assert (ack.code, ack.control_id, ack.err_location, ack.err_code) == ("AR", "UNKNOWN", "MSH^1^10", "101")
+    assert not Patient.objects.exists()
+
+
+def test_two_admissions_of_one_new_mrn_at_once_make_one_patient(hl7: RunningListener, wards: tuple[Ward, Ward]) -> None:
+    messages = [valid_adt(adt("A01", mrn="RACE-1", bed=f"bed-{n}")) for n in range(4)]
+    codes: list[str] = []
+    barrier = threading.Barrier(len(messages))
+
+    def send(message: str) -> None:
+        barrier.wait()
+        codes.append(hl7.send(message).code)
+
+    threads = [threading.Thread(target=send, args=(message,)) for message in messages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert codes == ["AA"] * 4
+    assert Patient.objects.count() == 1 and PatientIdentity.objects.filter(mrn="RACE-1").count() == 1
