@@ -1,5 +1,6 @@
-"""`manage.py run_hl7` as a process, fed by the documented one-liner (`python -m
-telemetry.hl7.send`): the newcomer's A01 for MRN 12345 to ward icu-demo, then a clean SIGTERM."""
+"""`manage.py run_hl7` as a process, fed by the shell command of docs/hl7.md exactly as written
+there (`python -m telemetry.hl7.send`): the newcomer's A01 for MRN 12345 to ward icu-demo, then
+a clean SIGTERM."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from telemetry.models import PatientIdentity, Ward
 from tests.hl7.support import valid_ack, valid_adt
 
 ROOT = Path(__file__).resolve().parents[2]
-# The message of docs/hl7.md, as typed there (LF line ends; the sender turns them into CR).
-A01 = (
-    "MSH|^~\\&|ADT1|HOSP|PERFUSE|PERFUSE|20261201120000||ADT^A01^ADT_A01|MSG00001|P|2.5\n"
-    "EVN|A01|20261201120000\n"
-    "PID|1||12345^^^HOSP^MR||Doe^Jane||19800101|F\n"
-    "PV1|1|I|icu-demo^^bed-1\n"
-)
+
+
+def documented_command(port: int) -> str:
+    """The first sh block of docs/hl7.md, pointed at `port` and this interpreter."""
+    text = (ROOT / "docs" / "hl7.md").read_text(encoding="utf-8")
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "--port 12575" in block and ".venv/bin/python" in block
+    return block.replace("--port 12575", f"--port {port}").replace(".venv/bin/python", sys.executable)
 
 
 def _free_port() -> int:
@@ -62,15 +64,11 @@ def test_run_hl7_applies_the_documented_a01_and_stops_on_sigterm() -> None:
         while not any("HL7 listener on" in line for line in lines):
             assert proc.poll() is None and time.monotonic() < deadline, lines
             time.sleep(0.05)
-        valid_adt(message_text(A01.encode()).decode())
-        sent = subprocess.run(
-            [sys.executable, "-m", "telemetry.hl7.send", "--port", str(port)],
-            cwd=ROOT,
-            input=A01.encode(),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        command = documented_command(port)
+        producer = command.split("\n  | ", 1)[0].rstrip(" \\\n")  # the printf before the pipe
+        message = subprocess.run(["/bin/bash", "-c", producer], capture_output=True, check=True).stdout
+        valid_adt(message_text(message).decode())  # the documented message is valid HL7 v2.5
+        sent = subprocess.run(["/bin/bash", "-c", command], cwd=ROOT, capture_output=True, timeout=60, check=False)
         assert sent.returncode == 0, sent.stderr
         reply = sent.stdout.decode().strip().replace("\n", "\r")
         assert "MSA|AA|MSG00001" in valid_ack(reply)
