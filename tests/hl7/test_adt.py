@@ -7,12 +7,14 @@ from __future__ import annotations
 import threading
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
 
 from audit.models import AuditEvent
 from telemetry.hl7.adt import VERSIONS
 from telemetry.hl7.models import Hl7Message
 from telemetry.models import Patient, PatientIdentity, PatientStay, Ward
+from tests import personas
 from tests.hl7.support import RunningListener, adt, valid_adt
 
 
@@ -254,3 +256,16 @@ def test_two_admissions_of_one_new_mrn_at_once_make_one_patient(hl7: RunningList
         thread.join(60)
     assert codes == ["AA"] * 4
     assert Patient.objects.count() == 1 and PatientIdentity.objects.filter(mrn="RACE-1").count() == 1
+
+
+def test_an_adt_admission_shows_on_the_ward_overview_and_a_discharge_removes_it(
+    hl7: RunningListener, wards: tuple[Ward, Ward], ward_clinician: User
+) -> None:
+    assert hl7.send(valid_adt(adt("A01", mrn="12345", ward="icu-a", bed="bed-1"))).code == "AA"
+    pseudonym = _patient("12345").pseudonym
+    client = personas.verified_client(ward_clinician)
+    page = client.get("/")
+    assert page.status_code == 200 and pseudonym in page.content.decode()
+    assert "12345" not in page.content.decode() and "Doe" not in page.content.decode()
+    assert hl7.send(valid_adt(adt("A03", mrn="12345", ward="icu-a"))).code == "AA"
+    assert pseudonym not in client.get("/").content.decode()
