@@ -19,12 +19,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from telemetry.checks import hl7_tls_check
 from telemetry.hl7 import services
-from telemetry.hl7.checks import hl7_tls_check
 from telemetry.hl7.listener import tls_context
 from telemetry.hl7.mllp import frame, mllp_send
-from telemetry.hl7.models import Hl7Message
-from telemetry.models import Patient, PatientIdentity, Ward
+from telemetry.models import Hl7Message, Patient, PatientIdentity, Ward
 from tests.hl7.support import Ack, RunningListener, adt, listener_running, read_frame, valid_ack, valid_adt
 
 
