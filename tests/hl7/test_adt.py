@@ -127,7 +127,10 @@ def test_content_errors_name_their_field(hl7: RunningListener, wards: tuple[Ward
     # A discharge of a patient who is not admitted (already discharged).
     assert _send(hl7, adt("A01", mrn="777"))[0] == "AA"
     assert _send(hl7, adt("A03", mrn="777"))[0] == "AA"
-    assert _send(hl7, adt("A03", mrn="777")) == ("AE", "PID^1^3", "204")
+    again = hl7.send(valid_adt(adt("A03", mrn="777")))
+    assert (again.code, again.err_location, again.err_code) == ("AE", "PID^1^3", "204")
+    assert _patient("777").pseudonym not in again.text  # the pseudonym never leaves Perfuse
+    assert "not admitted" in again.text
     assert Patient.objects.count() == 1
 
 
