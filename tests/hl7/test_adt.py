@@ -37,7 +37,16 @@ def _patient(mrn: str) -> Patient:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_event_in_every_version_is_applied(hl7: RunningListener, wards: tuple[Ward, Ward], version: str) -> None:
     mrn = "MRN-" + version.replace(".", "")
-    admit = adt("A01", version=version, mrn=mrn, ward="icu-a", room="12", bed="B", name="Doe^Jane^Q", birth="19800101")
+    admit = adt(
+        "A01",
+        version=version,
+        pid3=f"999^^^X^PI~{mrn}^^^HOSP^MR",  # the MRN is the repetition of type MR, wherever it is
+        ward="icu-a",
+        room="12",
+        bed="B",
+        name="Doe^Jane^Q",
+        birth="19800101",
+    )
     ack = hl7.send(valid_adt(admit))
     assert (ack.code, ack.control_id) == ("AA", admit.split("\r")[0].split("|")[9])
     patient = _patient(mrn)

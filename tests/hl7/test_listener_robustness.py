@@ -47,7 +47,7 @@ def _closed(sock: socket.socket) -> bool:
 def test_noise_before_a_start_block_is_skipped(hl7: RunningListener, ward: Ward) -> None:
     message = valid_adt(adt("A01"))
     with hl7.raw_socket() as sock:
-        sock.sendall(b"\r\n\x00garbage\r\n" + frame(message.encode()) + b"\n" + frame(adt("A08").encode()))
+        sock.sendall(b"\r\n\x00garbage\r\n" + frame(message.encode()) + b"\n" + frame(valid_adt(adt("A08")).encode()))
         first, second = Ack(valid_ack(read_frame(sock).decode())), Ack(valid_ack(read_frame(sock).decode()))
     assert (first.code, second.code) == ("AA", "AA")
 
