@@ -31,7 +31,7 @@ from audit.anchor import anchor_from_url
 
 AUDIT_TABLES = ("audit_auditevent", "audit_auditcheckpoint")
 # Tables the application role may only SELECT and INSERT: the audit trail, and the raw HL7 message
-# store (telemetry/models.py, Hl7Message), whose rows are each written once with the ACK that answered them.
+# store (telemetry/hl7/models.py), whose rows are each written once with the ACK that answered them.
 INSERT_ONLY_TABLES = (*AUDIT_TABLES, "telemetry_hl7message")
 APP_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 FORBIDDEN_AUDIT_PRIVILEGES = ("UPDATE", "DELETE", "TRUNCATE")

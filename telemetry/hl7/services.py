@@ -33,7 +33,8 @@ from telemetry.hl7 import ack
 from telemetry.hl7.ack import Location, Problem, ack_build
 from telemetry.hl7.adt import AdtEvent, Rejected, adt_read, context_of
 from telemetry.hl7.er7 import CONTROL_ID_MAX, HeaderError, MessageHeader, header_read, padded
-from telemetry.models import Hl7Message, Patient
+from telemetry.hl7.models import Hl7Message
+from telemetry.models import Patient
 
 logger = logging.getLogger(__name__)
 

@@ -42,6 +42,9 @@ LAYERS: dict[str, float] = {
     # HL7 v2 over MLLP (framing, ADT parsing, ACKs): telemetry core, calling its services; the
     # run_hl7 listener command is a telemetry edge (EDGE_NAMES "management").
     "telemetry.hl7": 2,
+    # The raw-message model, loaded by telemetry.models: its own unit, or telemetry and
+    # telemetry.hl7 (whose outbox and services use telemetry's models) would form a cycle.
+    "telemetry.hl7.models": 2,
     # 3: the access layer, and the audit trail's read side (verify, selectors, FHIR).
     "audit": 3,
     "audit.access": 3,

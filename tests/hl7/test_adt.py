@@ -12,7 +12,8 @@ from django.db import connection
 
 from audit.models import AuditEvent
 from telemetry.hl7.adt import VERSIONS
-from telemetry.models import Hl7Message, Patient, PatientIdentity, PatientStay, Ward
+from telemetry.hl7.models import Hl7Message
+from telemetry.models import Patient, PatientIdentity, PatientStay, Ward
 from tests import personas
 from tests.hl7.support import RunningListener, adt, valid_adt
 

@@ -23,7 +23,8 @@ from telemetry.checks import hl7_tls_check
 from telemetry.hl7 import services
 from telemetry.hl7.listener import tls_context
 from telemetry.hl7.mllp import frame, mllp_send
-from telemetry.models import Hl7Message, Patient, PatientIdentity, Ward
+from telemetry.hl7.models import Hl7Message
+from telemetry.models import Patient, PatientIdentity, Ward
 from tests.hl7.support import Ack, RunningListener, adt, listener_running, read_frame, valid_ack, valid_adt
 
 
