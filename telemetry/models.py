@@ -10,6 +10,10 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+# Django registers an app's models when its `models` module is imported: the HL7 message store
+# lives beside the HL7 code (telemetry/hl7/models.py) and is loaded from here.
+from telemetry.hl7.models import Hl7Message  # noqa: F401
+
 
 class Ward(models.Model):
     code = models.SlugField(max_length=40, unique=True)
