@@ -4,15 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('alerts', '0004_notify'),
+        ("alerts", "0004_notify"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='alarm',
-            name='kind',
-            field=models.CharField(choices=[('critical_low', 'Tissue O2 critically low'), ('low', 'Tissue O2 low'), ('rapid_fall', 'Tissue O2 falling rapidly'), ('signal_quality', 'Signal quality low'), ('no_data', 'No data from sensor'), ('spo2_critical_low', 'SpO2 critically low'), ('spo2_low', 'SpO2 low'), ('battery_low', 'Sensor battery low'), ('notification_failed', 'Alarm notification failed'), ('hl7_rejected', 'Results rejected by the EHR')], max_length=20),
+            model_name="alarm",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("critical_low", "Tissue O2 critically low"),
+                    ("low", "Tissue O2 low"),
+                    ("rapid_fall", "Tissue O2 falling rapidly"),
+                    ("signal_quality", "Signal quality low"),
+                    ("no_data", "No data from sensor"),
+                    ("spo2_critical_low", "SpO2 critically low"),
+                    ("spo2_low", "SpO2 low"),
+                    ("battery_low", "Sensor battery low"),
+                    ("notification_failed", "Alarm notification failed"),
+                    ("hl7_rejected", "Results rejected by the EHR"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

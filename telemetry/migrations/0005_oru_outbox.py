@@ -5,53 +5,102 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('telemetry', '0004_partition_function'),
+        ("telemetry", "0004_partition_function"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OruMessage',
+            name="OruMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('control_id', models.CharField(max_length=20, unique=True)),
-                ('interval_start', models.DateTimeField()),
-                ('interval_end', models.DateTimeField()),
-                ('correction', models.BooleanField(default=False)),
-                ('payload', models.JSONField()),
-                ('message', models.TextField(blank=True, default='')),
-                ('state', models.CharField(choices=[('queued', 'Queued'), ('sending', 'Sending'), ('retry', 'Retry'), ('done', 'Done'), ('dead', 'Dead')], default='queued', max_length=10)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField()),
-                ('next_attempt_at', models.DateTimeField()),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('done_at', models.DateTimeField(blank=True, null=True)),
-                ('ack_code', models.CharField(blank=True, default='', max_length=2)),
-                ('last_error', models.CharField(blank=True, default='', max_length=500)),
-                ('alarmed_at', models.DateTimeField(blank=True, null=True)),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='telemetry.patient')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("control_id", models.CharField(max_length=20, unique=True)),
+                ("interval_start", models.DateTimeField()),
+                ("interval_end", models.DateTimeField()),
+                ("correction", models.BooleanField(default=False)),
+                ("payload", models.JSONField()),
+                ("message", models.TextField(blank=True, default="")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("sending", "Sending"),
+                            ("retry", "Retry"),
+                            ("done", "Done"),
+                            ("dead", "Dead"),
+                        ],
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField()),
+                ("next_attempt_at", models.DateTimeField()),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("done_at", models.DateTimeField(blank=True, null=True)),
+                ("ack_code", models.CharField(blank=True, default="", max_length=2)),
+                ("last_error", models.CharField(blank=True, default="", max_length=500)),
+                ("alarmed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="telemetry.patient"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['patient', 'id'], name='oru_patient_order'), models.Index(condition=models.Q(('state__in', ['queued', 'sending', 'retry'])), fields=['next_attempt_at'], name='oru_pending'), models.Index(condition=models.Q(('alarmed_at__isnull', True), ('state', 'dead')), fields=['id'], name='oru_dead_unalarmed')],
+                "indexes": [
+                    models.Index(fields=["patient", "id"], name="oru_patient_order"),
+                    models.Index(
+                        condition=models.Q(("state__in", ["queued", "sending", "retry"])),
+                        fields=["next_attempt_at"],
+                        name="oru_pending",
+                    ),
+                    models.Index(
+                        condition=models.Q(("alarmed_at__isnull", True), ("state", "dead")),
+                        fields=["id"],
+                        name="oru_dead_unalarmed",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='OruPartial',
+            name="OruPartial",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('interval_start', models.DateTimeField()),
-                ('metric', models.CharField(max_length=20)),
-                ('n', models.BigIntegerField()),
-                ('value_sum', models.FloatField()),
-                ('last_sample_time', models.DateTimeField()),
-                ('sent_n', models.BigIntegerField(default=0)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='telemetry.device')),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='telemetry.patient')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("interval_start", models.DateTimeField()),
+                ("metric", models.CharField(max_length=20)),
+                ("n", models.BigIntegerField()),
+                ("value_sum", models.FloatField()),
+                ("last_sample_time", models.DateTimeField()),
+                ("sent_n", models.BigIntegerField(default=0)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="telemetry.device"
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="telemetry.patient"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('n__gt', models.F('sent_n'))), fields=['interval_start'], name='oru_partial_unsent')],
-                'constraints': [models.UniqueConstraint(fields=('patient', 'interval_start', 'metric', 'device'), name='oru_partial_key')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("n__gt", models.F("sent_n"))),
+                        fields=["interval_start"],
+                        name="oru_partial_unsent",
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("patient", "interval_start", "metric", "device"), name="oru_partial_key"
+                    )
+                ],
             },
         ),
     ]
