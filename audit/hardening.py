@@ -30,6 +30,9 @@ from django.db import DatabaseError, connection
 from audit.anchor import anchor_from_url
 
 AUDIT_TABLES = ("audit_auditevent", "audit_auditcheckpoint")
+# Tables the application role may only SELECT and INSERT: the audit trail, and the raw HL7 message
+# store (telemetry/hl7/models.py), whose rows are each written once with the ACK that answered them.
+INSERT_ONLY_TABLES = (*AUDIT_TABLES, "telemetry_hl7message")
 APP_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 FORBIDDEN_AUDIT_PRIVILEGES = ("UPDATE", "DELETE", "TRUNCATE")
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -73,7 +76,7 @@ END $$;
 def grants_sql(*, app_role: str, owner_role: str) -> str:
     """As the owner (or a superuser), after every migrate: the application role's rights on what
     exists, default privileges for what the owner creates later, and SELECT/INSERT only on the
-    audit tables."""
+    audit tables and the HL7 message store."""
     _checked(app_role, owner_role)
     defaults = f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner_role}" IN SCHEMA public GRANT'
     audit = "\n".join(
@@ -81,7 +84,7 @@ def grants_sql(*, app_role: str, owner_role: str) -> str:
         f'    REVOKE ALL ON {table} FROM PUBLIC, "{app_role}";\n'
         f'    GRANT SELECT, INSERT ON {table} TO "{app_role}";\n'
         "  END IF;"
-        for table in AUDIT_TABLES
+        for table in INSERT_ONLY_TABLES
     )
     return f"""REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO "{app_role}";

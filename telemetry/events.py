@@ -45,3 +45,19 @@ class ReadingBatchFrame(Frame, tag="reading.batch"):
 class AnnotationAddedFrame(Frame, tag="annotation.added"):
     patient: str
     annotation: AnnotationMark
+
+
+class PatientFlowFrame(Frame, tag="patient.flow"):
+    """A patient was admitted, moved, discharged, or got or lost a device (telemetry/stays.py).
+
+    Sent to the patient's group and to the group of every ward concerned (the old and the new
+    one on a transfer). The ward overview's socket re-reads who it may show and the browser
+    refetches its cards; a patient's socket closes on `discharged` and `admit_cancelled`, and
+    re-checks access on the others (a transfer may end it)."""
+
+    patient: str
+    event: str  # admitted | transferred | discharged | admit_cancelled | discharge_cancelled | devices
+    ward: str
+    bed: str
+    at: str
+    previous_ward: str = ""

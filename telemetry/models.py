@@ -10,6 +10,10 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import F, Q
 
+# Django registers an app's models when its `models` module is imported: the HL7 message store
+# lives beside the HL7 code (telemetry/hl7/models.py) and is loaded from here.
+from telemetry.hl7.models import Hl7Message  # noqa: F401
+
 
 class Ward(models.Model):
     code = models.SlugField(max_length=40, unique=True)
@@ -79,10 +83,15 @@ class DeviceState(models.Model):
 
 
 class Patient(models.Model):
-    """A monitored subject, known everywhere by pseudonym only (identity lives in PatientIdentity)."""
+    """A monitored subject, known everywhere by pseudonym only (identity lives in PatientIdentity).
+
+    `ward`, `bed`, `admitted_at` and `discharged_at` describe the current (or last) stay; the
+    stays themselves, with their times, are PatientStay rows (telemetry/stays.py keeps both).
+    """
 
     pseudonym = models.SlugField(max_length=40, unique=True)
     ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="patients")
+    bed = models.CharField(max_length=40, blank=True, default="")
     admitted_at = models.DateTimeField()
     discharged_at = models.DateTimeField(null=True, blank=True)
 
@@ -97,6 +106,29 @@ class PatientIdentity(models.Model):
     mrn = models.CharField(max_length=40, blank=True, default="")
     name = models.CharField(max_length=200, blank=True, default="")
     date_of_birth = models.DateField(null=True, blank=True)
+
+
+class PatientStay(models.Model):
+    """Patient p lay on ward w (in `bed`) during [start, end): one row per admission or transfer.
+
+    The access layer reads these so that staff of a ward a patient left still see the data of
+    the time the patient was theirs (audit/access/policy.py, docs/patient-flow.md).
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="stays")
+    ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="stays")
+    bed = models.CharField(max_length=40, blank=True, default="")
+    start = models.DateTimeField()
+    end = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient"], condition=Q(end__isnull=True), name="one_open_stay_per_patient"
+            ),
+        ]
+        indexes = [models.Index(fields=["patient", "start"]), models.Index(fields=["ward", "start"])]
+        ordering = ["start"]
 
 
 class Assignment(models.Model):

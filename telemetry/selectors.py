@@ -29,7 +29,16 @@ from typing import Any, Literal, NamedTuple
 
 from django.db import connection
 
-from telemetry.models import Annotation, Calibration, Device, DeviceState
+from telemetry.models import (
+    Annotation,
+    Assignment,
+    Calibration,
+    Device,
+    DeviceState,
+    Patient,
+    PatientIdentity,
+    PatientStay,
+)
 from telemetry.storage import timescale_in_use
 
 Resolution = Literal["raw", "1m", "1h"]
@@ -456,3 +465,31 @@ def devices_overview() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ---- patient flow -------------------------------------------------------------------------------
+
+
+def patient_by_mrn(mrn: str) -> Patient | None:
+    """The patient whose identity carries this MRN (the ADT listener's lookup, as the system: the
+    identity map is otherwise read only through audit.access.identity's audited reveal)."""
+    if not mrn:
+        return None
+    identity = PatientIdentity.objects.select_related("patient__ward").filter(mrn=mrn).first()
+    return identity.patient if identity is not None else None
+
+
+def patient_stays(*, patient_id: int) -> list[PatientStay]:
+    """The patient's stays, oldest first."""
+    return list(PatientStay.objects.filter(patient_id=patient_id).select_related("ward").order_by("start"))
+
+
+def devices_by_patient(*, patient_ids: list[int]) -> dict[int, list[str]]:
+    """The ids of the devices measuring each patient now."""
+    out: dict[int, list[str]] = {pid: [] for pid in patient_ids}
+    rows = Assignment.objects.filter(patient_id__in=patient_ids, end__isnull=True).values_list(
+        "patient_id", "device__device_id"
+    )
+    for pid, device_id in rows.order_by("device__device_id"):
+        out[pid].append(device_id)
+    return out

@@ -1,4 +1,7 @@
-"""Writes to the device registry and subjects. Each is one transaction with its audit event."""
+"""Writes to the device registry and subjects. Each is one transaction with its audit event.
+
+Patient flow (admission, transfer, discharge, device association) lives in telemetry/stays.py;
+`patient_admit` and `RegistryError` are importable from here too, as they were before it."""
 
 from __future__ import annotations
 
@@ -12,13 +15,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry.models import Assignment, Device, DeviceKey, Patient, PatientIdentity, Ward
+from telemetry.errors import RegistryError
+from telemetry.models import Device, DeviceKey, Patient, Ward
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
+from telemetry.stays import patient_admit
 from telemetry.storage import timescale_in_use
 
-
-class RegistryError(Exception):
-    """A registry operation that cannot be done as asked (unknown ward, bad key file…)."""
+__all__ = [
+    "Provisioned",
+    "RegistryError",
+    "device_key_revoke",
+    "device_provision",
+    "patient_admit",
+    "public_key_from_pem",
+    "readings_assign",
+]
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ def device_provision(
     """Register a device (or add a key to an existing one). Generates a key pair when none given."""
     ward = Ward.objects.filter(code=ward_code).first()
     if ward is None:
-        raise RegistryError(f"unknown ward {ward_code!r}")
+        raise RegistryError(f"unknown ward {ward_code!r}", code="unknown_ward")
     device, _ = Device.objects.get_or_create(device_id=device_id, defaults={"ward": ward})
     if device.ward_id != ward.id:
         device.ward = ward
@@ -77,57 +88,12 @@ def device_provision(
 def device_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> DeviceKey:
     key = DeviceKey.objects.select_for_update().select_related("device").filter(key_id=key_id).first()
     if key is None:
-        raise RegistryError(f"unknown key {key_id!r}")
+        raise RegistryError(f"unknown key {key_id!r}", code="unknown_key")
     if key.revoked_at is None:
         key.revoked_at = dt.datetime.now(dt.UTC)
         key.save(update_fields=["revoked_at"])
     audit_record(actor=actor, action="device.key_revoked", subject=key.device.device_id, detail={"key_id": key.key_id})
     return key
-
-
-@transaction.atomic
-def patient_admit(
-    *,
-    pseudonym: str,
-    ward_code: str,
-    device_id: str,
-    mrn: str | None = None,
-    name: str | None = None,
-    actor: Actor = SYSTEM,
-    at: dt.datetime | None = None,
-) -> Patient:
-    """Create or update a subject and assign the device to it from `at` (default now)."""
-    now = at or dt.datetime.now(dt.UTC)
-    ward = Ward.objects.filter(code=ward_code).first()
-    if ward is None:
-        raise RegistryError(f"unknown ward {ward_code!r}")
-    device = Device.objects.select_for_update().filter(device_id=device_id).first()
-    if device is None:
-        raise RegistryError(f"unknown device {device_id!r}")
-    patient, created = Patient.objects.get_or_create(pseudonym=pseudonym, defaults={"ward": ward, "admitted_at": now})
-    if not created and (patient.ward_id != ward.id or patient.discharged_at is not None):
-        patient.ward = ward
-        patient.discharged_at = None
-        patient.save(update_fields=["ward", "discharged_at"])
-    if mrn is not None or name is not None:
-        identity, _ = PatientIdentity.objects.get_or_create(patient=patient)
-        identity.mrn = mrn if mrn is not None else identity.mrn
-        identity.name = name if name is not None else identity.name
-        identity.save()
-    current = Assignment.objects.filter(device=device, end__isnull=True).first()
-    if current is None or current.patient_id != patient.id:
-        if current is not None:
-            current.end = now
-            current.save(update_fields=["end"])
-        Assignment.objects.filter(patient=patient, end__isnull=True).exclude(device=device).update(end=now)
-        Assignment.objects.create(device=device, patient=patient, start=now)
-    audit_record(
-        actor=actor,
-        action="patient.admitted",
-        subject=patient.pseudonym,
-        detail={"ward": ward.code, "device": device.device_id, "identity_set": mrn is not None or name is not None},
-    )
-    return patient
 
 
 @transaction.atomic
@@ -147,10 +113,10 @@ def readings_assign(
         raise RegistryError("start must be before end")
     device = Device.objects.filter(device_id=device_id).first()
     if device is None:
-        raise RegistryError(f"unknown device {device_id!r}")
+        raise RegistryError(f"unknown device {device_id!r}", code="unknown_device")
     patient = Patient.objects.filter(pseudonym=pseudonym).first()
     if patient is None:
-        raise RegistryError(f"unknown patient {pseudonym!r}")
+        raise RegistryError(f"unknown patient {pseudonym!r}", code="unknown_patient")
     with connection.cursor() as cursor:
         cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
         row = cursor.fetchone()

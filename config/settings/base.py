@@ -308,6 +308,24 @@ PERFUSE_NOTIFY_FAILURES_ALARM = envint("PERFUSE_NOTIFY_FAILURES_ALARM", 3, minim
 # Links in messages point here (the address staff open Perfuse at).
 PERFUSE_BASE_URL = envstr("PERFUSE_BASE_URL", "http://127.0.0.1:8000")
 
+# HL7 v2 ADT over MLLP (contract section 4, docs/hl7.md): `manage.py run_hl7` listens here, with
+# TLS when a certificate and key are set (and client certificates required when a CA is set).
+PERFUSE_HL7_LISTEN = envstr("PERFUSE_HL7_LISTEN", "127.0.0.1:12575")
+PERFUSE_HL7_TLS_CERT = envstr("PERFUSE_HL7_TLS_CERT", "")
+PERFUSE_HL7_TLS_KEY = envstr("PERFUSE_HL7_TLS_KEY", "")
+PERFUSE_HL7_TLS_CLIENT_CA = envstr("PERFUSE_HL7_TLS_CLIENT_CA", "")
+# MSH-11 a message must carry to be applied (P production, T training, D debugging).
+PERFUSE_HL7_PROCESSING_ID = envstr("PERFUSE_HL7_PROCESSING_ID", "P")
+# The largest message accepted; a bigger one is answered AR and its connection closed.
+PERFUSE_HL7_MAX_BYTES = envint("PERFUSE_HL7_MAX_BYTES", 1024 * 1024, minimum=1024)
+# A connection that completes no message for this long is closed (a stalled half message too).
+PERFUSE_HL7_IDLE_SECONDS = envint("PERFUSE_HL7_IDLE_SECONDS", 600, minimum=1)
+# MSH-3 and MSH-4 of the acknowledgements Perfuse sends.
+PERFUSE_HL7_APPLICATION = envstr("PERFUSE_HL7_APPLICATION", "PERFUSE")
+PERFUSE_HL7_FACILITY = envstr("PERFUSE_HL7_FACILITY", "PERFUSE")
+# Event times without a UTC offset (EVN-6, EVN-2) are read in this zone.
+PERFUSE_HL7_TIME_ZONE = envstr("PERFUSE_HL7_TIME_ZONE", "UTC")
+
 # Results out (contract section 4, docs/hl7.md): ORU^R01 per patient and interval to host:port
 # over MLLP, from the outbox the engine fills (telemetry/hl7/outbox.py), sent by `manage.py
 # run_hl7`. Nothing is written or sent while the target is unset.
@@ -327,7 +345,7 @@ PERFUSE_HL7_ORU_RETRY_MAX_SECONDS = envfloat("PERFUSE_HL7_ORU_RETRY_MAX_SECONDS"
 PERFUSE_HL7_ORU_TLS_CA = envstr("PERFUSE_HL7_ORU_TLS_CA", "")
 PERFUSE_HL7_ORU_TLS_CERT = envstr("PERFUSE_HL7_ORU_TLS_CERT", "")
 PERFUSE_HL7_ORU_TLS_KEY = envstr("PERFUSE_HL7_ORU_TLS_KEY", "")
-PERFUSE_HL7_ORU_SENDING_FACILITY = envstr("PERFUSE_HL7_ORU_SENDING_FACILITY", "")
+# MSH-5 and MSH-6 of the results (MSH-3/MSH-4 are PERFUSE_HL7_APPLICATION and _FACILITY).
 PERFUSE_HL7_ORU_RECEIVING_APPLICATION = envstr("PERFUSE_HL7_ORU_RECEIVING_APPLICATION", "")
 PERFUSE_HL7_ORU_RECEIVING_FACILITY = envstr("PERFUSE_HL7_ORU_RECEIVING_FACILITY", "")
 PERFUSE_HL7_ORU_PROCESSING_ID = envstr("PERFUSE_HL7_ORU_PROCESSING_ID", "P")

@@ -32,10 +32,11 @@ from hl7apy.core import Message, Segment
 from hl7apy.parser import parse_message
 from hl7apy.v2_6 import ID, IS, ST
 
+from telemetry.hl7.er7 import hl7_time
+
 VERSION = "2.6"
-SENDING_APPLICATION = "PERFUSE"
 LOCAL_SYSTEM = "99PRF"
-PSEUDONYM_AUTHORITY = "PERFUSE"
+NAMESPACE = "PERFUSE"  # assigning authority of pseudonyms (PID-3.4), device ids (OBX-18.2), OBR-3
 PCD_01_PROFILE = ("IHE_PCD_001", "IHE PCD", "1.3.6.1.4.1.19376.1.6.1.1.1", "ISO")
 MONITORING = ("182777000", "monitoring of patient", "SCT")
 
@@ -84,22 +85,14 @@ class Results:
 
 @dataclass(frozen=True)
 class Addressing:
-    """MSH-4..6 and MSH-11 (settings PERFUSE_HL7_*), and PID-3's assigning authority for MRNs."""
+    """MSH-3..6 and MSH-11 (settings PERFUSE_HL7_*), and PID-3's assigning authority for MRNs."""
 
+    application: str = "PERFUSE"
     facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
     processing_id: str = "P"
     mrn_authority: str = ""
-
-
-def hl7_time(at: dt.datetime, *, millis: bool = False) -> str:
-    """DTM in UTC with its offset: 20261201112000+0000 (or .123 milliseconds for MSH-7)."""
-    at = at.astimezone(dt.UTC)
-    stamp = at.strftime("%Y%m%d%H%M%S")
-    if millis:
-        stamp += f".{at.microsecond // 1000:03d}"
-    return stamp + "+0000"
 
 
 def oru_build(results: Results, *, addressing: Addressing, at: dt.datetime) -> str:
@@ -129,7 +122,7 @@ def oru_validate(text: str) -> Message:
 
 
 def _msh(msh: Segment, control_id: str, addressing: Addressing, at: dt.datetime) -> None:
-    msh.msh_3.hd_1 = IS(SENDING_APPLICATION)
+    msh.msh_3.hd_1 = IS(addressing.application)
     if addressing.facility:
         msh.msh_4.hd_1 = IS(addressing.facility)
     if addressing.receiving_application:
@@ -137,7 +130,7 @@ def _msh(msh: Segment, control_id: str, addressing: Addressing, at: dt.datetime)
     if addressing.receiving_facility:
         msh.msh_6.hd_1 = IS(addressing.receiving_facility)
     # Fixed or generated values (no encoding characters in them) are given as ER7 text.
-    msh.msh_7 = hl7_time(at, millis=True)
+    msh.msh_7 = hl7_time(at)
     msh.msh_9 = "ORU^R01^ORU_R01"
     msh.msh_10 = control_id
     msh.msh_11 = addressing.processing_id
@@ -154,7 +147,7 @@ def _pid(pid: Segment, results: Results, addressing: Addressing) -> None:
         mrn.cx_5 = ID("MR")
     pseudonym = pid.add_field("PID_3")
     pseudonym.cx_1 = ST(results.pseudonym)
-    pseudonym.cx_4.hd_1 = IS(PSEUDONYM_AUTHORITY)
+    pseudonym.cx_4.hd_1 = IS(NAMESPACE)
     pseudonym.cx_5 = ID("PI")
     pid.pid_5 = "^^^^^^U"
 
@@ -168,7 +161,8 @@ def _pv1(pv1: Segment, results: Results) -> None:
 
 def _obr(obr: Segment, results: Results, status: str) -> None:
     obr.obr_1 = "1"
-    obr.obr_3 = f"{results.control_id}^{SENDING_APPLICATION}"
+    obr.obr_3.ei_1 = ST(results.control_id)
+    obr.obr_3.ei_2 = IS(NAMESPACE)
     obr.obr_4 = "^".join(MONITORING)
     obr.obr_7 = hl7_time(results.interval_start)
     obr.obr_8 = hl7_time(results.interval_end)
@@ -187,4 +181,4 @@ def _obx(obx: Segment, index: int, sub_id: str, observation: Observation, status
     obx.obx_14 = hl7_time(at)
     # The device id is the device's own string: set as a datatype, so hl7apy escapes it.
     obx.obx_18.ei_1 = ST(observation.device_id)
-    obx.obx_18.ei_2 = IS(SENDING_APPLICATION)
+    obx.obx_18.ei_2 = IS(NAMESPACE)

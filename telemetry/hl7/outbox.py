@@ -193,7 +193,12 @@ def _message(
         interval_start=start,
         interval_end=start + width,
         correction=any(part[7] > 0 for part in parts),
-        payload={"pseudonym": patient.pseudonym, "ward": patient.ward.code, "bed": "", "observations": observations},
+        payload={
+            "pseudonym": patient.pseudonym,
+            "ward": patient.ward.code,
+            "bed": patient.bed,
+            "observations": observations,
+        },
         created_at=now,
         next_attempt_at=now,
     )
@@ -280,7 +285,8 @@ def _results(row: OruMessage) -> Results:
 
 def _addressing() -> Addressing:
     return Addressing(
-        facility=settings.PERFUSE_HL7_ORU_SENDING_FACILITY,
+        application=settings.PERFUSE_HL7_APPLICATION,
+        facility=settings.PERFUSE_HL7_FACILITY,
         receiving_application=settings.PERFUSE_HL7_ORU_RECEIVING_APPLICATION,
         receiving_facility=settings.PERFUSE_HL7_ORU_RECEIVING_FACILITY,
         processing_id=settings.PERFUSE_HL7_ORU_PROCESSING_ID,

@@ -39,6 +39,12 @@ LAYERS: dict[str, float] = {
     "audit.hardening": 1,
     # 2: telemetry core (registry, ingest, storage, engine, selectors, simulator).
     "telemetry": 2,
+    # HL7 v2 over MLLP (framing, ADT parsing, ACKs): telemetry core, calling its services; the
+    # run_hl7 listener command is a telemetry edge (EDGE_NAMES "management").
+    "telemetry.hl7": 2,
+    # The raw-message model, loaded by telemetry.models: its own unit, or telemetry and
+    # telemetry.hl7 (whose outbox and services use telemetry's models) would form a cycle.
+    "telemetry.hl7.models": 2,
     # 3: the access layer, and the audit trail's read side (verify, selectors, FHIR).
     "audit": 3,
     "audit.access": 3,
@@ -269,6 +275,8 @@ def test_ranks_follow_the_table() -> None:
     assert rank_of("audit.management.commands.add_staff") == 3.5
     assert rank_of("telemetry.views") == 3.5
     assert rank_of("telemetry.simulator.fleet") == 2
+    assert rank_of("telemetry.hl7.mllp") == 2
+    assert rank_of("telemetry.management.commands.run_hl7") == 3.5
     assert rank_of("alerts.consumers") == 4.5
     assert upward_arrows([Import("audit.trail", "telemetry.events", 1, True)]) == [
         "audit.trail (rank 1) -> telemetry.events (rank 2), line 1"

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("telemetry", "0004_partition_function"),
+        ("telemetry", "0006_hl7_message"),
     ]
 
     operations = [
