@@ -1,5 +1,5 @@
-"""ORU^R01 (HL7 v2.6, IHE PCD-01 style) built with hl7apy: one message per patient and results
-interval, one OBX per metric and device with the interval's mean of validated readings.
+"""ORU^R01 (HL7 v2.6, IHE PCD-01 style): one message per patient and results interval, one OBX per
+metric and device with the interval's mean of validated readings.
 
 Layout (docs/hl7.md, "Results out", gives every field):
 
@@ -16,9 +16,15 @@ Layout (docs/hl7.md, "Results out", gives every field):
 Codes: MDC (ISO/IEEE 11073-10101) where one exists — SpO2 150456 MDC_PULS_OXIM_SAT_O2, skin
 temperature 150388 MDC_TEMP_SKIN, each with its LOINC code as the alternate — and Perfuse's own
 local code system `99PRF` (HL7 table 0396 reserves "99zzz" for local systems) for tissue O2 and
-tissue pO2, which have neither. Values that come from outside this module (MRN, pseudonym,
-ward, bed, device id) are set as hl7apy datatypes, so hl7apy escapes the encoding characters in
-them; the rest is fixed or generated text without any.
+tissue pO2, which have neither.
+
+Written as ER7 text here and checked with hl7apy. Building through hl7apy's object model cost
+~30 ms of CPU a message on an idle core here (~120 ms on the shared machine: bench/hl7.py), which
+would cap one sender at a few messages a second; a join of escaped fields costs microseconds. Every
+message shape the builder makes is parsed and validated against the v2.6 ORU_R01 structure with
+hl7apy in the tests (`oru_validate`), so the library still decides what a valid message is. Every
+value that comes from outside this module (MRN, pseudonym, ward, bed, device id, addressing) goes
+through the shared ER7 escaping (telemetry/hl7/er7.py).
 """
 
 from __future__ import annotations
@@ -28,13 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Message, Segment
+from hl7apy.core import Message
 from hl7apy.parser import parse_message
-from hl7apy.v2_6 import ID, IS, ST
 
-from telemetry.hl7.er7 import hl7_time
+from telemetry.hl7.er7 import STANDARD_ENCODING, escape, hl7_time
 
 VERSION = "2.6"
+IS_LENGTH = 20
 LOCAL_SYSTEM = "99PRF"
 NAMESPACE = "PERFUSE"  # assigning authority of pseudonyms (PID-3.4), device ids (OBX-18.2), OBR-3
 PCD_01_PROFILE = ("IHE_PCD_001", "IHE PCD", "1.3.6.1.4.1.19376.1.6.1.1.1", "ISO")
@@ -97,21 +103,13 @@ class Addressing:
 
 def oru_build(results: Results, *, addressing: Addressing, at: dt.datetime) -> str:
     """The ER7 text of the ORU^R01 message (segments separated by CR)."""
-    message = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    _msh(message.msh, results.control_id, addressing, at)
-    group = message.add_group("ORU_R01_PATIENT_RESULT")
-    patient = group.add_group("ORU_R01_PATIENT")
-    _pid(patient.add_segment("PID"), results, addressing)
-    _pv1(patient.add_group("ORU_R01_VISIT").add_segment("PV1"), results)
-    order = group.add_group("ORU_R01_ORDER_OBSERVATION")
     status = "C" if results.correction else "F"
-    _obr(order.add_segment("OBR"), results, status)
     devices = sorted({o.device_id for o in results.observations})
+    lines = [_msh(results.control_id, addressing, at), _pid(results, addressing), _pv1(results), _obr(results, status)]
     for index, observation in enumerate(results.observations, start=1):
-        obx = order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
         sub_id = f"{devices.index(observation.device_id) + 1}.1.1.{index}"
-        _obx(obx, index, sub_id, observation, status, results.interval_end)
-    return str(message.to_er7())
+        lines.append(_obx(index, sub_id, observation, status, results.interval_end))
+    return "\r".join(lines)
 
 
 def oru_validate(text: str) -> Message:
@@ -121,64 +119,75 @@ def oru_validate(text: str) -> Message:
     return message
 
 
-def _msh(msh: Segment, control_id: str, addressing: Addressing, at: dt.datetime) -> None:
-    msh.msh_3.hd_1 = IS(addressing.application)
-    if addressing.facility:
-        msh.msh_4.hd_1 = IS(addressing.facility)
-    if addressing.receiving_application:
-        msh.msh_5.hd_1 = IS(addressing.receiving_application)
-    if addressing.receiving_facility:
-        msh.msh_6.hd_1 = IS(addressing.receiving_facility)
-    # Fixed or generated values (no encoding characters in them) are given as ER7 text.
-    msh.msh_7 = hl7_time(at)
-    msh.msh_9 = "ORU^R01^ORU_R01"
-    msh.msh_10 = control_id
-    msh.msh_11 = addressing.processing_id
-    msh.msh_12 = VERSION
-    msh.msh_21 = "^".join(PCD_01_PROFILE)
+def _segment(name: str, fields: dict[int, str]) -> str:
+    """A segment from its non-empty fields by number (already ER7 text), trailing empties dropped."""
+    return "|".join([name, *(fields.get(n, "") for n in range(1, max(fields) + 1))])
 
 
-def _pid(pid: Segment, results: Results, addressing: Addressing) -> None:
+def _components(*parts: str) -> str:
+    """Components from plain values: each is escaped, trailing empty components are dropped."""
+    return "^".join(escape(part) for part in parts).rstrip("^")
+
+
+def _coded(value: str) -> str:
+    """A value of HL7 type IS (namespace ids, point of care, bed): at most 20 characters. Wards and
+    beds usually came from the hospital's own ADT (where they were IS too); a longer local name
+    is cut rather than have a strict receiver refuse every message of the ward."""
+    return value[:IS_LENGTH]
+
+
+def _msh(control_id: str, addressing: Addressing, at: dt.datetime) -> str:
+    # MSH-1 is the field separator itself and MSH-2 the encoding characters: fields from MSH-3.
+    fields = {
+        1: STANDARD_ENCODING,
+        2: escape(_coded(addressing.application)),
+        3: escape(_coded(addressing.facility)),
+        4: escape(_coded(addressing.receiving_application)),
+        5: escape(_coded(addressing.receiving_facility)),
+        6: hl7_time(at),
+        8: "ORU^R01^ORU_R01",
+        9: escape(control_id),
+        10: escape(addressing.processing_id),
+        11: VERSION,
+        20: _components(*PCD_01_PROFILE),
+    }
+    return _segment("MSH", fields)
+
+
+def _pid(results: Results, addressing: Addressing) -> str:
+    identifiers = [_components(results.pseudonym, "", "", NAMESPACE, "PI")]
     if results.mrn:
-        mrn = pid.add_field("PID_3")
-        mrn.cx_1 = ST(results.mrn)
-        if addressing.mrn_authority:
-            mrn.cx_4.hd_1 = IS(addressing.mrn_authority)
-        mrn.cx_5 = ID("MR")
-    pseudonym = pid.add_field("PID_3")
-    pseudonym.cx_1 = ST(results.pseudonym)
-    pseudonym.cx_4.hd_1 = IS(NAMESPACE)
-    pseudonym.cx_5 = ID("PI")
-    pid.pid_5 = "^^^^^^U"
+        identifiers.insert(0, _components(results.mrn, "", "", _coded(addressing.mrn_authority), "MR"))
+    return _segment("PID", {3: "~".join(identifiers), 5: "^^^^^^U"})
 
 
-def _pv1(pv1: Segment, results: Results) -> None:
-    pv1.pv1_2 = "I"
-    pv1.pv1_3.pl_1 = IS(results.ward)
-    if results.bed:
-        pv1.pv1_3.pl_3 = IS(results.bed)
+def _pv1(results: Results) -> str:
+    return _segment("PV1", {2: "I", 3: _components(_coded(results.ward), "", _coded(results.bed))})
 
 
-def _obr(obr: Segment, results: Results, status: str) -> None:
-    obr.obr_1 = "1"
-    obr.obr_3.ei_1 = ST(results.control_id)
-    obr.obr_3.ei_2 = IS(NAMESPACE)
-    obr.obr_4 = "^".join(MONITORING)
-    obr.obr_7 = hl7_time(results.interval_start)
-    obr.obr_8 = hl7_time(results.interval_end)
-    obr.obr_25 = status
+def _obr(results: Results, status: str) -> str:
+    fields = {
+        1: "1",
+        3: _components(results.control_id, NAMESPACE),
+        4: _components(*MONITORING),
+        7: hl7_time(results.interval_start),
+        8: hl7_time(results.interval_end),
+        25: status,
+    }
+    return _segment("OBR", fields)
 
 
-def _obx(obx: Segment, index: int, sub_id: str, observation: Observation, status: str, at: dt.datetime) -> None:
+def _obx(index: int, sub_id: str, observation: Observation, status: str, at: dt.datetime) -> str:
     code = OBSERVATION_CODES[observation.metric]
-    obx.obx_1 = str(index)
-    obx.obx_2 = "NM"
-    obx.obx_3 = "^".join((code.code, code.text, code.system, *(code.alternate or ())))
-    obx.obx_4 = sub_id
-    obx.obx_5 = f"{observation.mean:.2f}"
-    obx.obx_6 = f"{code.ucum}^{code.ucum}^UCUM"
-    obx.obx_11 = status
-    obx.obx_14 = hl7_time(at)
-    # The device id is the device's own string: set as a datatype, so hl7apy escapes it.
-    obx.obx_18.ei_1 = ST(observation.device_id)
-    obx.obx_18.ei_2 = IS(NAMESPACE)
+    fields = {
+        1: str(index),
+        2: "NM",
+        3: _components(code.code, code.text, code.system, *(code.alternate or ())),
+        4: sub_id,
+        5: f"{observation.mean:.2f}",
+        6: _components(code.ucum, code.ucum, "UCUM"),
+        11: status,
+        14: hl7_time(at),
+        18: _components(observation.device_id, NAMESPACE),
+    }
+    return _segment("OBX", fields)

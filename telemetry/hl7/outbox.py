@@ -261,13 +261,14 @@ def oru_text(*, claim: OruClaim, at: dt.datetime) -> str:
     row = OruMessage.objects.get(pk=claim.message_id)
     if row.message:
         return row.message
-    text = oru_build(_results(row), addressing=_addressing(), at=at)
+    text = oru_build(oru_results(row), addressing=oru_addressing(), at=at)
     # Two senders may build at once after a lease ran out: the first stored text wins.
     OruMessage.objects.filter(pk=row.pk, message="").update(message=text)
     return OruMessage.objects.values_list("message", flat=True).get(pk=row.pk)
 
 
-def _results(row: OruMessage) -> Results:
+def oru_results(row: OruMessage) -> Results:
+    """What the outbox row says, with the patient's MRN from the identity map (PID-3)."""
     payload = row.payload
     mrn = PatientIdentity.objects.filter(patient_id=row.patient_id).values_list("mrn", flat=True).first()
     return Results(
@@ -283,7 +284,7 @@ def _results(row: OruMessage) -> Results:
     )
 
 
-def _addressing() -> Addressing:
+def oru_addressing() -> Addressing:
     return Addressing(
         application=settings.PERFUSE_HL7_APPLICATION,
         facility=settings.PERFUSE_HL7_FACILITY,

@@ -97,10 +97,15 @@ async def _print_and_accept(message: bytes) -> bytes:
     return ack_for(message)
 
 
-async def _serve(host: str, port: int) -> None:
-    server = MllpServer(_print_and_accept, host=host, port=port)
+async def _accept(message: bytes) -> bytes:
+    return ack_for(message)
+
+
+async def _serve(host: str, port: int, *, quiet: bool) -> None:
+    server = MllpServer(_accept if quiet else _print_and_accept, host=host, port=port)
     bound = await server.start()
-    print(f"receiving HL7 on {host}:{bound} (every message is printed and answered AA)", file=sys.stderr, flush=True)
+    shown = "answered AA" if quiet else "printed and answered AA"
+    print(f"receiving HL7 on {host}:{bound} (every message is {shown})", file=sys.stderr, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -111,9 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print and acknowledge (AA) HL7 messages sent over MLLP.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12576)
+    parser.add_argument("--quiet", action="store_true", help="do not print the messages (load tests)")
     options = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(options.host, options.port))
+        asyncio.run(_serve(options.host, options.port, quiet=options.quiet))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection, transaction
 
 from telemetry.engine import engine_batch
+from telemetry.hl7.er7 import header_read, unescape
 from telemetry.hl7.oru import Addressing, Observation, Results, oru_build, oru_validate
 from telemetry.hl7.outbox import OruClaim, OruProcessor, oru_claim, oru_text
 from telemetry.models import Device, OruMessage, Patient, PatientIdentity
@@ -85,6 +86,28 @@ def test_without_an_mrn_pid_3_carries_the_pseudonym_alone_and_a_correction_says_
     assert {o.obx_11.to_er7() for o in _obx(message)} == {"C"}
 
 
+@pytest.mark.parametrize("hostile", ["a|b^c", "~d\\e&f", "x\ry\nz", "Zoë 7", "MSH|X"])
+def test_values_from_outside_are_escaped_and_read_back_unchanged(hostile: str) -> None:
+    results = _results(mrn=hostile, bed=hostile, observations=[Observation("spo2", hostile, 95.0, 1)])
+    text = oru_build(results, addressing=Addressing(mrn_authority=hostile, receiving_facility=hostile), at=T0)
+    message = oru_validate(text)
+    assert len(text.split("\r")) == 5  # MSH PID PV1 OBR OBX: nothing broke a segment or field
+    encoding = header_read(text).encoding
+    expected = " ".join(hostile.replace("\r", "\n").split("\n"))  # line breaks travel as spaces
+    patient = message.oru_r01_patient_result.oru_r01_patient
+    assert unescape(patient.pid.pid_3[0].cx_1.to_er7(), encoding) == expected
+    assert unescape(patient.pid.pid_3[0].cx_4.to_er7(), encoding) == expected
+    assert unescape(patient.oru_r01_visit.pv1.pv1_3.pl_3.to_er7(), encoding) == expected
+    assert unescape(_obx(message)[0].obx_18.ei_1.to_er7(), encoding) == expected
+    assert unescape(message.msh.msh_6.to_er7(), encoding) == expected
+
+
+def test_long_ward_and_bed_names_are_cut_to_the_hl7_coded_value_length() -> None:
+    text = oru_build(_results(ward="w" * 40, bed="b" * 40), addressing=Addressing(), at=T0)
+    pv1 = oru_validate(text).oru_r01_patient_result.oru_r01_patient.oru_r01_visit.pv1
+    assert pv1.pv1_3.to_er7() == f"{'w' * 20}^^{'b' * 20}"
+
+
 def test_a_corrupted_message_fails_validation() -> None:
     text = oru_build(_results(), addressing=Addressing(), at=T0)
     without_pid = "\r".join(s for s in text.split("\r") if not s.startswith("PID"))
@@ -104,6 +127,8 @@ def oru(settings: Any) -> dict[str, Any]:
     factories.device(ward_code="icu-oru", device_id="lumee-oru-1", patient="pt-oru-1")
     factories.device(ward_code="icu-oru", device_id="lumee-oru-2", patient="pt-oru-2")
     patient = Patient.objects.get(pseudonym="pt-oru-1")
+    patient.bed = "12"
+    patient.save(update_fields=["bed"])
     PatientIdentity.objects.create(patient=patient, mrn=MRN, name="Ada Quintero")
     return {
         "patient": patient,
@@ -149,7 +174,7 @@ def test_each_patient_gets_one_message_per_interval_with_the_means_of_validated_
     assert _payload_means(mine) == {"tissue_o2": 62.0, "spo2": 98.0}
     assert (mine.interval_start, mine.interval_end, mine.correction) == (T0, T0 + dt.timedelta(seconds=60), False)
     assert mine.control_id == f"PFU{mine.pk:017d}" and mine.state == "queued" and mine.message == ""
-    assert mine.payload["pseudonym"] == "pt-oru-1" and mine.payload["ward"] == "icu-oru"
+    assert (mine.payload["pseudonym"], mine.payload["ward"], mine.payload["bed"]) == ("pt-oru-1", "icu-oru", "12")
     assert MRN not in str(mine.payload)  # the MRN is read when the text is built, for the sender only
     processor.tick(now=T0 + dt.timedelta(seconds=72))  # within the second: not even looked at
     processor.tick(now=T0 + dt.timedelta(seconds=200))
@@ -195,6 +220,7 @@ def test_the_sender_builds_the_text_once_with_the_mrn_and_every_attempt_sends_it
     text = oru_text(claim=claim, at=T0 + dt.timedelta(seconds=81))
     pid = oru_validate(text).oru_r01_patient_result.oru_r01_patient.pid
     assert pid.pid_3[0].to_er7() == f"{MRN}^^^^MR" and "Quintero" not in text
+    assert oru_validate(text).oru_r01_patient_result.oru_r01_patient.oru_r01_visit.pv1.pv1_3.to_er7() == "icu-oru^^12"
     again = OruClaim(claim.message_id, claim.control_id, claim.patient_id, claim.attempt + 1)
     assert oru_text(claim=again, at=T0 + dt.timedelta(hours=1)) == text  # same bytes, same MSH-7
 
