@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the demo. Starts (or reuses) project-owned PostgreSQL and Redis under .data/,
 # migrates (as the owner role), seeds a demo ward with its on-call roster, then runs a local SMTP
-# sink (mail lands in .data/mail.log), Daphne, the engine, the notifier, the audit checkpoint job
-# and the simulated fleet (as the application role) until Ctrl-C.
+# sink (mail lands in .data/mail.log), Daphne, the engine, the notifier, the HL7 listener, the audit
+# checkpoint job and the simulated fleet (as the application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
 ensure_system_packages mosquitto
@@ -78,6 +78,11 @@ PIDS+=($!)
 PIDS+=($!)
 "$PY" manage.py run_notifier &
 PIDS+=($!)
+# HL7 ADT in over MLLP (docs/hl7.md): send an A01 with `python -m telemetry.hl7.send`.
+export PERFUSE_HL7_LISTEN="${PERFUSE_HL7_LISTEN:-127.0.0.1:12575}"
+"$PY" manage.py run_hl7 &
+PIDS+=($!)
+log "HL7 ADT listener (MLLP) on $PERFUSE_HL7_LISTEN"
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)

@@ -1,6 +1,12 @@
 from django.apps import AppConfig
+from django.core.checks import Tags, register
+
+from telemetry.hl7.checks import hl7_tls_check
 
 
 class TelemetryConfig(AppConfig):
     name = "telemetry"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        register(hl7_tls_check, Tags.security, deploy=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from telemetry.hl7.er7 import escape, hl7_time
 
 FALLBACK_VERSION = "2.5"
+# MSA-2 is required: when the incoming MSH-10 cannot be read (not HL7), this stands in for it.
+UNREAD_CONTROL_ID = "UNKNOWN"
 OLD_ERR_VERSIONS = frozenset({"2.3", "2.3.1", "2.4"})
 MSA_TEXT_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"})
 
@@ -127,7 +129,7 @@ def ack_build(
             escape(version),
         ]
     )
-    msa = f"MSA|{code}|{escape(context.control_id)}"
+    msa = f"MSA|{code}|{escape(context.control_id) or UNREAD_CONTROL_ID}"
     if problem is not None and version in MSA_TEXT_VERSIONS:
         msa += f"|{escape(problem.text)}"
     lines = [msh, msa] + ([_err(version, problem)] if problem is not None else [])

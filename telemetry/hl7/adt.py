@@ -35,7 +35,18 @@ from hl7apy.validation import Validator
 
 from telemetry.hl7 import ack
 from telemetry.hl7.ack import AckContext, Location, Problem
-from telemetry.hl7.er7 import Encoding, HeaderError, MessageHeader, date_parse, header_read, time_parse, unescape
+from telemetry.hl7.er7 import (
+    CONTROL_ID_MAX,
+    Encoding,
+    HeaderError,
+    MessageHeader,
+    control_id_guess,
+    date_parse,
+    header_read,
+    padded,
+    time_parse,
+    unescape,
+)
 
 VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
 # Event → the abstract message structure it uses (the same in every version 2.3 to 2.8).
@@ -77,20 +88,15 @@ class AdtEvent:
     occurred_at: dt.datetime | None  # EVN-6, else EVN-2; None when neither is a valid time
 
 
-def _padded(parts: list[str], count: int) -> list[str]:
-    """The first `count` components, empty strings for those not sent."""
-    return [*parts, *[""] * count][:count]
-
-
-def context_of(header: MessageHeader | None) -> AckContext:
-    """What the ACK repeats of the incoming header (defaults when there is none)."""
+def context_of(header: MessageHeader | None, text: str) -> AckContext:
+    """What the ACK repeats of the incoming header (defaults when it cannot be read)."""
     if header is None:
-        return AckContext()
+        return AckContext(control_id=control_id_guess(text))
     version = header.components(12)[0]
     return AckContext(
-        control_id=header.control_id,
+        control_id=header.control_id[:CONTROL_ID_MAX],
         version=version if version in VERSIONS else ack.FALLBACK_VERSION,
-        event=_padded(header.components(9), 2)[1][:3],
+        event=padded(header.components(9), 2)[1][:3],
         processing_id=header.text(11) or "P",
         receiving_application=header.text(3),
         receiving_facility=header.text(4),
@@ -108,7 +114,7 @@ def header_accept(text: str, *, processing_id: str) -> MessageHeader:
     except HeaderError as exc:
         location = Location("MSH", 1, exc.field) if exc.field else None
         raise Rejected("AR", Problem(code=ack.DATA_TYPE_ERROR, text=str(exc), location=location)) from exc
-    kind, event = _padded(header.components(9), 2)
+    kind, event = padded(header.components(9), 2)
     if kind != "ADT":
         raise _reject(f"message type {kind!r} is not accepted (ADT only)", 9, ack.UNSUPPORTED_MESSAGE_TYPE)
     if event not in STRUCTURES:
@@ -182,7 +188,7 @@ def _content_error(text: str, segment: str, field: int, code: str) -> Rejected:
 
 def _mrn(message: Message, encoding: Encoding) -> str:
     for identifier in _fields(message, "PID", 3):
-        parts = _padded(_components(identifier, encoding), 5)
+        parts = padded(_components(identifier, encoding), 5)
         if parts[4] == "MR" and parts[0].strip():
             return parts[0].strip()[:40]
     raise _content_error("PID-3 has no identifier of type MR (the MRN)", "PID", 3, ack.REQUIRED_FIELD_MISSING)
@@ -192,7 +198,7 @@ def _name(message: Message, encoding: Encoding) -> str | None:
     names = _fields(message, "PID", 5)
     if not names:
         return None
-    family, given, middle = _padded(_components(names[0], encoding), 3)
+    family, given, middle = padded(_components(names[0], encoding), 3)
     given_names = " ".join(part for part in (given, middle) if part)
     return ", ".join(part for part in (family, given_names) if part)[:200] or None
 
@@ -209,7 +215,7 @@ def _birth_date(message: Message) -> dt.date | None:
 
 def _place(message: Message, encoding: Encoding, event: str) -> tuple[str, str]:
     values = _fields(message, "PV1", 3)
-    ward, room, bed = _padded(_components(values[0], encoding) if values else [], 3)
+    ward, room, bed = padded(_components(values[0], encoding) if values else [], 3)
     if event in NEEDS_WARD and not ward.strip():
         raise _content_error("PV1-3.1 (point of care: the ward) is empty", "PV1", 3, ack.REQUIRED_FIELD_MISSING)
     return ward.strip(), "-".join(part.strip() for part in (room, bed) if part.strip())[:40]

@@ -15,6 +15,7 @@ import zoneinfo
 from dataclasses import dataclass
 
 STANDARD_ENCODING = "^~\\&"
+CONTROL_ID_MAX = 199  # MSH-10 is ST(199) from v2.5 on
 _SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
 _TIME = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
 
@@ -63,6 +64,11 @@ class MessageHeader:
         return f"{self.text(3)}|{self.text(4)}"
 
 
+def padded(parts: list[str], count: int) -> list[str]:
+    """The first `count` components, empty strings for those not sent."""
+    return [*parts, *[""] * count][:count]
+
+
 def segments(text: str) -> list[str]:
     """Segments of a message; CR is the HL7 terminator, but LF and CRLF from files are accepted."""
     return [segment for segment in _SEGMENT_BREAK.split(text) if segment]
@@ -86,6 +92,15 @@ def header_read(text: str) -> MessageHeader:
     return MessageHeader(encoding=encoding, fields=("MSH", separator, *fields[1:]))
 
 
+def control_id_guess(text: str) -> str:
+    """MSH-10 of a header too broken to read (e.g. wrong encoding characters), split on the
+    field separator alone: "" when there is none. Only to answer it, never as a key."""
+    if not text.startswith("MSH") or len(text) < 4:
+        return ""
+    fields = segments(text)[0].split(text[3])
+    return fields[9].strip()[:CONTROL_ID_MAX] if len(fields) > 9 else ""
+
+
 def unescape(value: str, encoding: Encoding) -> str:
     """Undo the HL7 escape sequences for delimiters (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\); others are kept."""
     esc = encoding.escape
@@ -103,7 +118,9 @@ def unescape(value: str, encoding: Encoding) -> str:
 
 
 def escape(value: str) -> str:
-    """`value` as field text in the standard encoding (|^~\\&); line breaks become spaces."""
+    """`value` as field text in the standard encoding (|^~\\&); line breaks and the MLLP block
+    characters become spaces."""
+    value = value.replace("\x0b", " ").replace("\x1c", " ")
     value = value.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
     value = value.replace("&", "\\T\\").replace("~", "\\R\\")
     return " ".join(_SEGMENT_BREAK.split(value))
