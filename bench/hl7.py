@@ -1,12 +1,19 @@
-"""HL7 benchmark: ORU^R01 results out to a local peer, beside a same-run ceiling (hl7apy parsing the
-same messages in-process).
+"""HL7 benchmark: ADT messages through the real listener and ORU^R01 results out to a local peer,
+each beside a same-run ceiling (hl7apy parsing the same messages in-process).
 
-    .venv/bin/python bench/hl7.py [--patients 200] [--intervals 3]
+    .venv/bin/python bench/hl7.py [--adt 2000] [--connections 4] [--patients 200] [--intervals 3]
 
 Uses DATABASE_URL / REDIS_URL when set (a fresh database `<name>_bench_hl7` is created on that
 server), otherwise starts a throwaway PostgreSQL and Redis with scripts/lib.sh: never the demo's
 database. Then:
 
+0. ADT in: `manage.py run_hl7` as its own process (the real listener, PERFUSE_HL7_LISTEN on a
+   free port), and N A01 messages (each a new MRN admitted to one ward, so each is a full
+   admission: identity map, pseudonym, stay, raw message store, audit) sent over C MLLP
+   connections at once, each connection one message after the other as original mode has it.
+   Prints messages/s and the ACK latency (send → ACK received) p50/p99/max; the ceiling is
+   `adt_read` (hl7apy parsing and validating into the event's structure, what the listener does
+   before any database work) on the same messages in this process.
 1. Filling (the engine's side): P patients, each with a device and an MRN, and I one-minute
    intervals of validated readings (tissue O2, tissue pO2, SpO2 every 5 s, skin temperature
    every 30 s). The real engine processor (telemetry.hl7.outbox.OruProcessor) folds them into
@@ -28,6 +35,8 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +51,68 @@ from bench.live import free_port, fresh_database, start_services  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 METRICS_EVERY = {"tissue_o2": 5, "tissue_po2": 5, "spo2": 5, "skin_temp": 30}  # seconds between readings
+
+
+def adt_messages(count: int) -> list[bytes]:
+    return [
+        (
+            f"MSH|^~\\&|ADT1|HOSP|PERFUSE|PERFUSE|20261201120000||ADT^A01^ADT_A01|BENCH{i:07d}|P|2.5\r"
+            f"EVN|A01|20261201120000\rPID|1||B{i:07d}^^^HOSP^MR||Bench^Patient^{i}||19800101|F\r"
+            f"PV1|1|I|bench-adt^^{i % 40 + 1}"
+        ).encode()
+        for i in range(count)
+    ]
+
+
+async def adt_load(port: int, messages: list[bytes], connections: int) -> tuple[list[float], float]:
+    """Send the messages over `connections` connections; the ACK latency of each, and the wall time."""
+    from telemetry.hl7.mllp import MllpConnection
+    from telemetry.hl7.send import ack_code
+
+    latencies: list[float] = []
+
+    async def one_connection(share: list[bytes]) -> None:
+        async with MllpConnection("127.0.0.1", port) as connection:
+            for message in share:
+                sent = time.perf_counter()
+                reply = await connection.exchange(message)
+                latencies.append(time.perf_counter() - sent)
+                assert ack_code(reply) == "AA", reply
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one_connection(messages[i::connections]) for i in range(connections)))
+    return latencies, time.perf_counter() - began
+
+
+def adt_bench(count: int, connections: int) -> dict[str, float]:
+    from telemetry.hl7.adt import adt_read
+    from telemetry.models import Ward
+
+    Ward.objects.create(code="bench-adt", name="Bench ADT ward")
+    messages = adt_messages(count)
+    port = free_port()
+    env = {**os.environ, "PERFUSE_HL7_LISTEN": f"127.0.0.1:{port}", "PERFUSE_HL7_ORU_TARGET": ""}
+    process = subprocess.Popen([PY, "manage.py", "run_hl7"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        while "HL7 listener on" not in process.stderr.readline():
+            assert process.poll() is None, "run_hl7 did not start"
+        latencies, elapsed = asyncio.run(adt_load(port, messages, connections))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    began = time.perf_counter()
+    for message in messages[: min(count, 500)]:
+        adt_read(message.decode(), processing_id="P", zone="UTC")
+    parse_rate = min(count, 500) / (time.perf_counter() - began)
+    ms = sorted(x * 1000 for x in latencies)
+    return {
+        "rate": count / elapsed,
+        "p50": statistics.median(ms),
+        "p99": ms[int(len(ms) * 0.99) - 1],
+        "max": ms[-1],
+        "parse_rate": parse_rate,
+    }
 
 
 def prepare(n_patients: int) -> list[Any]:
@@ -146,6 +217,8 @@ def ceiling(texts: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adt", type=int, default=2000, help="A01 messages sent to the listener")
+    parser.add_argument("--connections", type=int, default=4, help="MLLP connections sending them at once")
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--intervals", type=int, default=3)
     parser.add_argument("--ceiling-sample", type=int, default=200, help="messages the in-process ceiling uses")
@@ -171,6 +244,7 @@ def main() -> None:
         django.setup()
         from telemetry.models import OruMessage
 
+        adt = adt_bench(args.adt, args.connections)
         pairs = prepare(args.patients)
         filled = fill(pairs, args.intervals)
         expected = filled["messages"]
@@ -182,6 +256,11 @@ def main() -> None:
         peer.wait(10)
         if stop_services:
             subprocess.run(stop_services, check=False)
+    print(
+        f"ADT in: {args.adt} A01 over {args.connections} connections: {adt['rate']:,.1f} messages/s, "
+        f"ACK latency p50 {adt['p50']:.1f} ms, p99 {adt['p99']:.1f} ms, max {adt['max']:.1f} ms; "
+        f"ceiling (same run, in-process hl7apy adt_read): {adt['parse_rate']:,.1f} messages/s"
+    )
     observations = sum(len(m.split("\rOBX|")) - 1 for m in texts) / max(len(texts), 1)
     print(
         f"ORU filling: {filled['readings']} readings folded in {filled['fold_s']:.2f} s "

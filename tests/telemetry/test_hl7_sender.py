@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from alerts.integration import IntegrationAlarmProcessor
 from alerts.models import Alarm
@@ -26,7 +32,9 @@ from telemetry.models import Device, OruMessage, Patient, PatientIdentity
 from telemetry.selectors import ReadingRow
 from tests import factories
 from tests.hl7_peer import EhrPeer, ehr_peer
+from tests.notify_servers import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 MRN = "MRN-88120"
 
@@ -225,3 +233,26 @@ def _wait_db(predicate: Any, timeout: float = 30.0) -> bool:
             return True
         threading.Event().wait(0.1)
     return False
+
+
+def test_run_hl7_sends_the_outbox_beside_the_listener_and_stops_on_sigterm(
+    peer: EhrPeer, patients: list[Patient]
+) -> None:
+    expected = _enqueue(patients[0], 2)
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "PERFUSE_HL7_LISTEN": f"127.0.0.1:{free_port()}",
+        "PERFUSE_HL7_ORU_TARGET": f"127.0.0.1:{peer.port}",
+    }
+    proc = subprocess.Popen([sys.executable, "manage.py", "run_hl7"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    try:
+        assert peer.wait(_all_done(expected)), "run_hl7 did not send the outbox"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, errors = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errors.decode()
+    assert peer.control_ids() == expected
+    assert b"ORU sender to" in errors and b"HL7 listener on" in errors
