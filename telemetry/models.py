@@ -234,7 +234,8 @@ class OruMessage(models.Model):
         SENDING = "sending"
         RETRY = "retry"
         DONE = "done"
-        DEAD = "dead"
+        DEAD = "dead"  # refused by the EHR (AR): the dead-letter list
+        REQUEUED = "requeued"  # a dead letter sent again as a new message
 
     control_id = models.CharField(max_length=20, unique=True)
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="+")

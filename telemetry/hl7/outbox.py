@@ -38,7 +38,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.trail import SYSTEM, audit_record
+from audit.trail import SYSTEM, Actor, audit_record
 from config.retry import backoff
 from telemetry.hl7.oru import Addressing, Observation, Results, oru_build
 from telemetry.models import OruMessage, Patient, PatientIdentity
@@ -162,11 +162,7 @@ def oru_intervals_close(*, now: dt.datetime, limit: int = CLOSE_LIMIT) -> int:
         if not groups:
             return 0
         patients = Patient.objects.select_related("ward").in_bulk({pid for pid, _ in groups})
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence('telemetry_orumessage', 'id')) FROM generate_series(1, %s)",
-            [len(groups)],
-        )
-        ids = [row[0] for row in cursor.fetchall()]
+        ids = _message_ids(len(groups))
         width = dt.timedelta(seconds=seconds)
         OruMessage.objects.bulk_create(
             _message(message_id, patients[pid], start, width, parts, now)
@@ -177,6 +173,16 @@ def oru_intervals_close(*, now: dt.datetime, limit: int = CLOSE_LIMIT) -> int:
             [[part[0] for parts in groups.values() for part in parts]],
         )
     return len(groups)
+
+
+def _message_ids(count: int) -> list[int]:
+    """Ids for new outbox rows, known before the insert: MSH-10 is made from them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('telemetry_orumessage', 'id')) FROM generate_series(1, %s)",
+            [count],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _message(
@@ -367,3 +373,40 @@ def oru_dead_letters_mark_alarmed(*, message_ids: list[int], at: dt.datetime) ->
 def oru_accepted_after(*, patient_id: int, message_id: int) -> bool:
     """Whether the EHR accepted a later message of the patient (the rejection is behind it)."""
     return OruMessage.objects.filter(patient_id=patient_id, pk__gt=message_id, state=State.DONE).exists()
+
+
+def oru_dead_letters(*, limit: int = 200) -> list[OruMessage]:
+    """The dead-letter list, oldest first (`manage.py hl7_dead_letters`)."""
+    return list(OruMessage.objects.filter(state=State.DEAD).order_by("id")[:limit])
+
+
+def oru_requeue(*, message_id: int, actor: Actor, now: dt.datetime) -> OruMessage:
+    """Send a dead letter's results again, once the integration team fixed what the EHR refused:
+    a new outbox message (a new MSH-10: a receiver that keeps answers by MSH-10, as Perfuse's own
+    ADT listener does, would repeat its AR), built afresh when first sent; the dead letter is
+    kept, marked with the message that replaced it."""
+    with transaction.atomic():
+        dead = OruMessage.objects.select_for_update().filter(pk=message_id, state=State.DEAD).first()
+        if dead is None:
+            raise LookupError(f"no dead letter {message_id}")
+        [new_id] = _message_ids(1)
+        again = OruMessage.objects.create(
+            id=new_id,
+            control_id=control_id_for(new_id),
+            patient_id=dead.patient_id,
+            interval_start=dead.interval_start,
+            interval_end=dead.interval_end,
+            correction=dead.correction,
+            payload=dead.payload,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        dead.state, dead.last_error = State.REQUEUED, f"requeued as {again.control_id}; {dead.last_error}"[:500]
+        dead.save(update_fields=["state", "last_error"])
+        audit_record(
+            actor=actor,
+            action="hl7.oru_requeued",
+            subject=dead.payload["pseudonym"],
+            detail={"control_id": dead.control_id, "requeued_as": again.control_id},
+        )
+    return again

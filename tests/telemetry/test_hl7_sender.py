@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -14,10 +15,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from alerts.integration import IntegrationAlarmProcessor
@@ -256,3 +259,28 @@ def test_run_hl7_sends_the_outbox_beside_the_listener_and_stops_on_sigterm(
     assert proc.returncode == 0, errors.decode()
     assert peer.control_ids() == expected
     assert b"ORU sender to" in errors and b"HL7 listener on" in errors
+
+
+def test_the_dead_letter_list_and_a_requeue_under_a_new_msh_10(peer: EhrPeer, patients: list[Patient]) -> None:
+    [rejected] = _enqueue(patients[0], 1)
+    peer.then("AR")
+    with running_sender(peer.port):
+        assert peer.wait(lambda _p: _states([rejected]) == ["dead"])
+    out = StringIO()
+    call_command("hl7_dead_letters", "--json", stdout=out)
+    [letter] = json.loads(out.getvalue())["dead_letters"]
+    assert (letter["control_id"], letter["pseudonym"]) == (rejected, "pt-ehr-1")
+    out = StringIO()
+    call_command("hl7_dead_letters", "--requeue", str(letter["id"]), "--json", stdout=out)
+    again = json.loads(out.getvalue())["requeued"][str(letter["id"])]
+    assert again != rejected
+    with running_sender(peer.port):
+        assert peer.wait(_all_done([again]))
+    assert peer.control_ids() == [rejected, again]
+    assert _states([rejected]) == ["requeued"]
+    assert AuditEvent.objects.filter(action="hl7.oru_requeued", detail__requeued_as=again).count() == 1
+    out = StringIO()
+    call_command("hl7_dead_letters", stdout=out)
+    assert "no dead letters" in out.getvalue()
+    with pytest.raises(CommandError, match="no dead letter"):
+        call_command("hl7_dead_letters", "--requeue", str(letter["id"]))
