@@ -9,7 +9,7 @@ lost one after a crash. A further rejection while the alarm is open adds its con
 the condition cleared, it recurs. The condition clears when the EHR accepted a later message of
 the same patient (the feed works again for them); the alarm engine's timers then resolve it
 after the suppression window. The dead letters stay listed until the integration team acts
-(docs/hl7.md, "Dead letters").
+(docs/hl7-results.md, "Dead letters").
 """
 
 from __future__ import annotations

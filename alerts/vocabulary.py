@@ -67,7 +67,7 @@ class Kind(Term):
     # there may not reach anyone outside the console (docs/alarms.md, "Failed channels").
     NOTIFICATION_FAILED = "notification_failed"
     # The EHR refused (ACK AR) a results message: it sits in the HL7 dead-letter list, and the
-    # patient's results for that interval are not in the record (docs/hl7.md, "Dead letters").
+    # patient's results for that interval are not in the record (docs/hl7-results.md, "Dead letters").
     HL7_REJECTED = "hl7_rejected"
 
     @property

@@ -227,7 +227,7 @@ class OruMessage(models.Model):
     wrote them (telemetry/hl7/outbox.py). The engine stores what to say (`payload`); the sender
     builds the HL7 text once, before the first attempt, and every attempt sends that same text
     under the same MSH-10 (`control_id`). The text carries the MRN (PID-3) so the EHR can file it:
-    like PatientIdentity it is read by nothing but the sender (docs/hl7.md, "Identity")."""
+    like PatientIdentity it is read by nothing but the sender (docs/hl7-results.md, "Identity")."""
 
     class State(models.TextChoices):
         QUEUED = "queued"

@@ -7,6 +7,7 @@ on the same port."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,14 +21,14 @@ BEHAVIOURS = ("AA", "AE", "AR", "stall", "drop")
 
 
 class EhrPeer:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.port = 0
         self.received: list[str] = []  # each message's text, in arrival order
         self._script: list[str] = []
         self._changed = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ehr-peer", daemon=True)
-        self._server = MllpServer(self._respond)
+        self._server = MllpServer(self._respond, tls=tls)
         self._thread.start()
 
     # --- commands from the test's thread --------------------------------------------------------
@@ -84,8 +85,8 @@ class EhrPeer:
 
 
 @contextmanager
-def ehr_peer() -> Iterator[EhrPeer]:
-    peer = EhrPeer()
+def ehr_peer(tls: ssl.SSLContext | None = None) -> Iterator[EhrPeer]:
+    peer = EhrPeer(tls)
     peer.start()
     try:
         yield peer

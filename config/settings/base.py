@@ -326,7 +326,7 @@ PERFUSE_HL7_FACILITY = envstr("PERFUSE_HL7_FACILITY", "PERFUSE")
 # Event times without a UTC offset (EVN-6, EVN-2) are read in this zone.
 PERFUSE_HL7_TIME_ZONE = envstr("PERFUSE_HL7_TIME_ZONE", "UTC")
 
-# Results out (contract section 4, docs/hl7.md): ORU^R01 per patient and interval to host:port
+# Results out (contract section 4, docs/hl7-results.md): ORU^R01 per patient and interval to host:port
 # over MLLP, from the outbox the engine fills (telemetry/hl7/outbox.py), sent by `manage.py
 # run_hl7`. Nothing is written or sent while the target is unset.
 PERFUSE_HL7_ORU_TARGET = envstr("PERFUSE_HL7_ORU_TARGET", "")

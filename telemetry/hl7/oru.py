@@ -1,7 +1,7 @@
 """ORU^R01 (HL7 v2.6, IHE PCD-01 style): one message per patient and results interval, one OBX per
 metric and device with the interval's mean of validated readings.
 
-Layout (docs/hl7.md, "Results out", gives every field):
+Layout (docs/hl7-results.md, "What a message says", gives every field):
 
     MSH  PERFUSE → receiving application, ORU^R01^ORU_R01, MSH-10 the outbox row's control id,
          MSH-21 the IHE PCD-01 profile id; no MSH-15/16, so the EHR answers in original mode

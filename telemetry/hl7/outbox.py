@@ -38,13 +38,14 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.trail import SYSTEM, Actor, audit_record
+from audit.trail import Actor, audit_record
 from config.retry import backoff
 from telemetry.hl7.oru import Addressing, Observation, Results, oru_build
 from telemetry.models import OruMessage, Patient, PatientIdentity
 from telemetry.selectors import EPOCH, ReadingRow
 
 State = OruMessage.State
+SENDER = Actor(user_id=None, username="hl7-oru", role="system")  # who disclosed results to the EHR
 CLOSE_EVERY = dt.timedelta(seconds=1)
 HOUSEKEEPING_EVERY = dt.timedelta(minutes=10)
 # Partials are kept this long after their interval was sent; a reading older than that is not sent.
@@ -334,7 +335,7 @@ def oru_record(*, claim: OruClaim, outcome: AckOutcome, now: dt.datetime) -> str
 
 def _audit(row: OruMessage) -> None:
     audit_record(
-        actor=SYSTEM,
+        actor=SENDER,
         action="hl7.oru_sent" if row.state == State.DONE else "hl7.oru_rejected",
         subject=row.payload["pseudonym"],
         detail={

@@ -3,7 +3,7 @@ answers each with an original-mode ACK AA.
 
     python -m telemetry.hl7.receiver --port 12576
 
-then run Perfuse with PERFUSE_HL7_ORU_TARGET=127.0.0.1:12576 (docs/hl7.md). Plain Python, no
+then run Perfuse with PERFUSE_HL7_ORU_TARGET=127.0.0.1:12576 (docs/hl7-results.md). Plain Python, no
 Django: it only frames (telemetry/hl7/mllp.py) and builds ACKs (telemetry/hl7/ack.py).
 `MllpServer` takes any `respond(message) -> reply | None` (None closes the connection without a
 reply), which is how the tests' EHR stand-in (tests/hl7_peer.py) NAKs, stalls and drops, and how
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -54,11 +55,12 @@ class MllpServer:
     respond: Respond
     host: str = "127.0.0.1"
     port: int = 0
+    tls: ssl.SSLContext | None = None
     _server: asyncio.base_events.Server | None = None
     _connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -82,12 +84,12 @@ class MllpServer:
                     break
                 writer.write(frame(reply))
                 await writer.drain()
-        except (MllpError, ConnectionError):
+        except (MllpError, ConnectionError, ssl.SSLError):
             pass  # a peer that sends garbage or goes away: this connection ends, the server goes on
         finally:
             self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
 
 

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,13 +28,15 @@ from alerts.integration import IntegrationAlarmProcessor
 from alerts.models import Alarm
 from alerts.vocabulary import Kind
 from audit.models import AuditEvent
+from audit.selectors import patient_disclosures
 from telemetry.hl7.oru import oru_validate
 from telemetry.hl7.outbox import AckOutcome, OruProcessor, oru_claim, oru_record
 from telemetry.hl7.receiver import ack_for
-from telemetry.hl7.sender import OruSender, ack_read
+from telemetry.hl7.sender import OruSender, ack_read, client_tls
 from telemetry.models import Device, OruMessage, Patient, PatientIdentity
 from telemetry.selectors import ReadingRow
 from tests import factories
+from tests.hl7.test_listener_robustness import _certificate
 from tests.hl7_peer import EhrPeer, ehr_peer
 from tests.notify_servers import free_port
 
@@ -116,6 +119,8 @@ def test_aa_is_done_and_the_ehr_got_a_valid_v2_6_message_with_the_mrn(peer: EhrP
     assert (row.attempts, row.ack_code, row.message) == (1, "AA", text)
     sent = AuditEvent.objects.get(action="hl7.oru_sent")
     assert sent.subject == "pt-ehr-1" and sent.detail["control_id"] == control_id
+    [disclosure] = patient_disclosures(pseudonym="pt-ehr-1", start=None, end=None)
+    assert disclosure["recipient"] == "hl7-oru (system)" and "EHR" in disclosure["description"]
 
 
 def test_ae_is_retried_under_the_same_msh_10_and_the_next_message_waits_for_it(
@@ -284,3 +289,25 @@ def test_the_dead_letter_list_and_a_requeue_under_a_new_msh_10(peer: EhrPeer, pa
     assert "no dead letters" in out.getvalue()
     with pytest.raises(CommandError, match="no dead letter"):
         call_command("hl7_dead_letters", "--requeue", str(letter["id"]))
+
+
+def test_results_go_over_tls_to_a_receiver_whose_ca_is_configured_and_not_to_another(
+    patients: list[Patient], settings: Any, tmp_path: Path
+) -> None:
+    cert, key = _certificate(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    settings.PERFUSE_HL7_ORU_RETRY_BASE_SECONDS = settings.PERFUSE_HL7_ORU_RETRY_MAX_SECONDS = 0.05
+    with ehr_peer(tls=server) as peer:
+        settings.PERFUSE_HL7_ORU_TARGET = f"127.0.0.1:{peer.port}"
+        [control_id] = _enqueue(patients[0], 1)
+        (tmp_path / "other").mkdir()
+        settings.PERFUSE_HL7_ORU_TLS_CA = str(_certificate(tmp_path / "other")[0])  # not the peer's CA
+        with running_sender(peer.port, tls=client_tls()):
+            assert _wait_db(lambda: OruMessage.objects.get(control_id=control_id).attempts >= 2)
+        row = OruMessage.objects.get(control_id=control_id)
+        assert row.state == "retry" and "SSL" in row.last_error and peer.received == []
+        settings.PERFUSE_HL7_ORU_TLS_CA = str(cert)
+        with running_sender(peer.port, tls=client_tls()):
+            assert peer.wait(_all_done([control_id]))
+    assert peer.control_ids() == [control_id]
