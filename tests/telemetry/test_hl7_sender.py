@@ -36,6 +36,7 @@ from telemetry.hl7.sender import OruSender, ack_read, client_tls
 from telemetry.models import Device, OruMessage, Patient, PatientIdentity
 from telemetry.selectors import ReadingRow
 from tests import factories
+from tests.hl7.support import valid_ack
 from tests.hl7.test_listener_robustness import _certificate
 from tests.hl7_peer import EhrPeer, ehr_peer
 from tests.notify_servers import free_port
@@ -52,6 +53,8 @@ def peer(settings: Any) -> Iterator[EhrPeer]:
         settings.PERFUSE_HL7_ORU_RETRY_BASE_SECONDS = 0.05
         settings.PERFUSE_HL7_ORU_RETRY_MAX_SECONDS = 0.2
         yield running
+        for text in set(running.received):  # every message the sender emitted, against v2.6 ORU_R01
+            oru_validate(text)
 
 
 @pytest.fixture
@@ -225,6 +228,8 @@ def test_a_claim_is_exclusive_until_its_lease_ends_and_a_lost_claim_records_noth
 def test_ack_reading() -> None:
     message = b"MSH|^~\\&|PERFUSE||EHR||20260302120000+0000||ORU^R01^ORU_R01|PFU1|P|2.6\rPID|||x"
     assert ack_read(ack_for(message, "AA"), control_id="PFU1") == AckOutcome("AA")
+    for code in ("AA", "AE", "AR"):  # the stand-in's ACKs are valid v2.6 ACKs
+        valid_ack(ack_for(message, code, text="why").decode())
     nak = ack_read(ack_for(message, "AE", text="unknown patient"), control_id="PFU1")
     assert nak.code == "AE" and "unknown patient" in nak.error
     commit = ack_for(message, "AA").replace(b"MSA|AA|", b"MSA|CA|")
