@@ -66,6 +66,9 @@ class Kind(Term):
     # Secondary notification of alarms (email, webhook) keeps failing on a ward: alarms raised
     # there may not reach anyone outside the console (docs/alarms.md, "Failed channels").
     NOTIFICATION_FAILED = "notification_failed"
+    # The EHR refused (ACK AR) a results message: it sits in the HL7 dead-letter list, and the
+    # patient's results for that interval are not in the record (docs/hl7-results.md, "Dead letters").
+    HL7_REJECTED = "hl7_rejected"
 
     @property
     def label(self) -> str:
@@ -82,6 +85,7 @@ KIND_LABELS: dict[str, str] = {
     Kind.SPO2_LOW: "SpO2 low",
     Kind.BATTERY_LOW: "Sensor battery low",
     Kind.NOTIFICATION_FAILED: "Alarm notification failed",
+    Kind.HL7_REJECTED: "Results rejected by the EHR",
 }
 # The metric (telemetry.units.METRICS key) whose samples decide each sample kind, in the order the
 # evaluator checks them. No-data is decided by the clock (the engine), from any metric.
@@ -108,6 +112,8 @@ KIND_PRIORITY: dict[str, Priority] = {
     Kind.SPO2_LOW: Priority.MEDIUM,
     Kind.BATTERY_LOW: Priority.LOW,
     Kind.NOTIFICATION_FAILED: Priority.MEDIUM,
+    # Nothing at the bedside is wrong, and nothing there can fix it: the integration team acts.
+    Kind.HL7_REJECTED: Priority.LOW,
 }
 KIND_CATEGORY: dict[str, Category] = {
     kind: Category.PHYSIOLOGICAL if kind in PHYSIOLOGICAL_KINDS else Category.TECHNICAL for kind in Kind

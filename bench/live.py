@@ -68,11 +68,11 @@ def start_services(tmp: Path) -> tuple[str, str, list[str]]:
     return f"postgres://perfuse@127.0.0.1:{pg}/perfuse", f"redis://127.0.0.1:{redis}/0", ["bash", "-c", stop]
 
 
-def fresh_database(url: str) -> str:
+def fresh_database(url: str, suffix: str = "bench_live") -> str:
     import psycopg
 
     parsed = urlparse(url)
-    name = f"{parsed.path.lstrip('/') or 'perfuse'}_bench_live"
+    name = f"{parsed.path.lstrip('/') or 'perfuse'}_{suffix}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')

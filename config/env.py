@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import dj_database_url
@@ -24,17 +25,25 @@ def envbool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean, got {raw!r}")
 
 
-def envint(name: str, default: int, *, minimum: int | None = None) -> int:
+def _envnumber(name: str, default: float, convert: Callable[[str], float], kind: str, minimum: float | None) -> Any:
     raw = os.environ.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = convert(raw)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {raw!r}") from exc
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def envint(name: str, default: int, *, minimum: int | None = None) -> int:
+    return int(_envnumber(name, default, int, "an integer", minimum))
+
+
+def envfloat(name: str, default: float, *, minimum: float | None = None) -> float:
+    return float(_envnumber(name, default, float, "a number", minimum))
 
 
 def envsecret(name: str, default: str = "") -> str:

@@ -83,6 +83,7 @@ export PERFUSE_HL7_LISTEN="${PERFUSE_HL7_LISTEN:-127.0.0.1:12575}"
 "$PY" manage.py run_hl7 &
 PIDS+=($!)
 log "HL7 ADT listener (MLLP) on $PERFUSE_HL7_LISTEN"
+[ -n "${PERFUSE_HL7_ORU_TARGET:-}" ] && log "HL7 ORU results every ${PERFUSE_HL7_ORU_INTERVAL:-60} s to $PERFUSE_HL7_ORU_TARGET"
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)

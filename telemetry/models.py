@@ -8,7 +8,7 @@ unmanaged model over it for admin-style reads. Hot paths use SQL through selecto
 from __future__ import annotations
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 # Django registers an app's models when its `models` module is imported: the HL7 message store
 # lives beside the HL7 code (telemetry/hl7/models.py) and is loaded from here.
@@ -250,3 +250,70 @@ class Reading(models.Model):
     class Meta:
         managed = False
         db_table = "telemetry_reading"
+
+
+class OruPartial(models.Model):
+    """Running sums of one patient's validated readings of a metric from one device in one
+    results interval (telemetry/hl7/outbox.py): the engine adds each new reading once, and the
+    interval's ORU message is built from them. `sent_n` is how many readings the last message for
+    the interval carried, so a reading that arrives late is sent as a correction."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="+")
+    interval_start = models.DateTimeField()
+    metric = models.CharField(max_length=20)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    n = models.BigIntegerField()
+    value_sum = models.FloatField()
+    last_sample_time = models.DateTimeField()
+    sent_n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "interval_start", "metric", "device"], name="oru_partial_key")
+        ]
+        indexes = [models.Index(fields=["interval_start"], name="oru_partial_unsent", condition=Q(n__gt=F("sent_n")))]
+
+
+class OruMessage(models.Model):
+    """The ORU^R01 outbox: one HL7 message per patient and interval, in the order the engine
+    wrote them (telemetry/hl7/outbox.py). The engine stores what to say (`payload`); the sender
+    builds the HL7 text once, before the first attempt, and every attempt sends that same text
+    under the same MSH-10 (`control_id`). The text carries the MRN (PID-3) so the EHR can file it:
+    like PatientIdentity it is read by nothing but the sender (docs/hl7-results.md, "Identity")."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        SENDING = "sending"
+        RETRY = "retry"
+        DONE = "done"
+        DEAD = "dead"  # refused by the EHR (AR): the dead-letter list
+        REQUEUED = "requeued"  # a dead letter sent again as a new message
+
+    control_id = models.CharField(max_length=20, unique=True)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="+")
+    interval_start = models.DateTimeField()
+    interval_end = models.DateTimeField()
+    correction = models.BooleanField(default=False)
+    payload = models.JSONField()
+    message = models.TextField(blank=True, default="")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField()
+    lease_until = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    ack_code = models.CharField(max_length=2, blank=True, default="")
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    # When the alerts engine raised the technical alarm for this dead letter (alerts/integration.py).
+    alarmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["patient", "id"], name="oru_patient_order"),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="oru_pending",
+                condition=Q(state__in=["queued", "sending", "retry"]),
+            ),
+            models.Index(fields=["id"], name="oru_dead_unalarmed", condition=Q(state="dead", alarmed_at__isnull=True)),
+        ]

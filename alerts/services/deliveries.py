@@ -38,6 +38,7 @@ from alerts.services.rules import rule_current_ward
 from alerts.vocabulary import OPEN_STATES, DeliveryState, Kind
 from audit.trail import SYSTEM, audit_record
 from config.live import iso
+from config.retry import backoff
 
 FAILED_ALARM_LOCK = 0x4E46  # "NF": advisory lock class of the per-ward notification_failed check
 ATTEMPT_OUTCOMES = (DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.GAVE_UP)
@@ -52,9 +53,10 @@ class Claim:
 
 
 def retry_delay(attempt: int) -> dt.timedelta:
-    """Back-off after failed attempt `attempt` (1-based): exponential, capped."""
-    seconds = settings.PERFUSE_NOTIFY_RETRY_BASE_SECONDS * 2 ** min(attempt - 1, 20)
-    return dt.timedelta(seconds=min(seconds, settings.PERFUSE_NOTIFY_RETRY_MAX_SECONDS))
+    """Back-off after failed attempt `attempt` (1-based): exponential, capped (config.retry)."""
+    return backoff(
+        attempt, base=settings.PERFUSE_NOTIFY_RETRY_BASE_SECONDS, cap=settings.PERFUSE_NOTIFY_RETRY_MAX_SECONDS
+    )
 
 
 _CLAIM_SQL = """

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import database_from_url, envbool, envint, envlist, envsecret, envstr
+from config.env import database_from_url, envbool, envfloat, envint, envlist, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -275,7 +275,13 @@ PERFUSE_METRICS_ALLOWED_NETS = envlist(
 
 # Stream processors run by `manage.py run_engine`, in order, on each batch of new readings.
 PERFUSE_ENGINE_PROCESSORS = envlist(
-    "PERFUSE_ENGINE_PROCESSORS", ["telemetry.engine.RollupProcessor", "alerts.engine.AlarmProcessor"]
+    "PERFUSE_ENGINE_PROCESSORS",
+    [
+        "telemetry.engine.RollupProcessor",
+        "alerts.engine.AlarmProcessor",
+        "telemetry.hl7.outbox.OruProcessor",
+        "alerts.integration.IntegrationAlarmProcessor",
+    ],
 )
 PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2
 
@@ -330,3 +336,29 @@ PERFUSE_HL7_APPLICATION = envstr("PERFUSE_HL7_APPLICATION", "PERFUSE")
 PERFUSE_HL7_FACILITY = envstr("PERFUSE_HL7_FACILITY", "PERFUSE")
 # Event times without a UTC offset (EVN-6, EVN-2) are read in this zone.
 PERFUSE_HL7_TIME_ZONE = envstr("PERFUSE_HL7_TIME_ZONE", "UTC")
+
+# Results out (contract section 4, docs/hl7-results.md): ORU^R01 per patient and interval to host:port
+# over MLLP, from the outbox the engine fills (telemetry/hl7/outbox.py), sent by `manage.py
+# run_hl7`. Nothing is written or sent while the target is unset.
+PERFUSE_HL7_ORU_TARGET = envstr("PERFUSE_HL7_ORU_TARGET", "")
+PERFUSE_HL7_ORU_INTERVAL = envint("PERFUSE_HL7_ORU_INTERVAL", 60, minimum=1)
+# An interval is sent this long after it ended, so readings still in flight make it in; readings
+# later than that are sent as a correction of the interval (OBX-11 C).
+PERFUSE_HL7_ORU_GRACE_SECONDS = envint("PERFUSE_HL7_ORU_GRACE_SECONDS", 10, minimum=0)
+PERFUSE_HL7_ORU_METRICS = envlist("PERFUSE_HL7_ORU_METRICS", ["tissue_o2", "tissue_po2", "spo2", "skin_temp"])
+# Readings with a signal quality below this are artefacts (the alarm rules' default level): left out.
+PERFUSE_HL7_ORU_MIN_QUALITY = envfloat("PERFUSE_HL7_ORU_MIN_QUALITY", 0.5, minimum=0.0)
+PERFUSE_HL7_ORU_ACK_TIMEOUT_SECONDS = envfloat("PERFUSE_HL7_ORU_ACK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+PERFUSE_HL7_ORU_RETRY_BASE_SECONDS = envfloat("PERFUSE_HL7_ORU_RETRY_BASE_SECONDS", 5.0, minimum=0.01)
+PERFUSE_HL7_ORU_RETRY_MAX_SECONDS = envfloat("PERFUSE_HL7_ORU_RETRY_MAX_SECONDS", 300.0, minimum=0.01)
+# TLS to the EHR: the CA that signed its certificate (host name checked), and Perfuse's own
+# client certificate and key if the EHR asks for one.
+PERFUSE_HL7_ORU_TLS_CA = envstr("PERFUSE_HL7_ORU_TLS_CA", "")
+PERFUSE_HL7_ORU_TLS_CERT = envstr("PERFUSE_HL7_ORU_TLS_CERT", "")
+PERFUSE_HL7_ORU_TLS_KEY = envstr("PERFUSE_HL7_ORU_TLS_KEY", "")
+# MSH-5 and MSH-6 of the results (MSH-3/MSH-4 are PERFUSE_HL7_APPLICATION and _FACILITY).
+PERFUSE_HL7_ORU_RECEIVING_APPLICATION = envstr("PERFUSE_HL7_ORU_RECEIVING_APPLICATION", "")
+PERFUSE_HL7_ORU_RECEIVING_FACILITY = envstr("PERFUSE_HL7_ORU_RECEIVING_FACILITY", "")
+PERFUSE_HL7_ORU_PROCESSING_ID = envstr("PERFUSE_HL7_ORU_PROCESSING_ID", "P")
+# PID-3.4 of the MRN: the hospital's assigning authority, as its EHR expects it.
+PERFUSE_HL7_MRN_AUTHORITY = envstr("PERFUSE_HL7_MRN_AUTHORITY", "")

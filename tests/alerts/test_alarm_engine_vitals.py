@@ -57,7 +57,7 @@ def bed() -> Iterator[Bed]:
 def test_every_kind_is_named_once_with_its_metric_priority_and_category() -> None:
     assert set(KIND_LABELS) == set(Kind) == set(KIND_PRIORITY)
     # Decided by time (no data) or by the notification outbox (a failing channel), not by samples:
-    assert set(KIND_METRIC) == set(Kind) - {Kind.NO_DATA, Kind.NOTIFICATION_FAILED}
+    assert set(KIND_METRIC) == set(Kind) - {Kind.NO_DATA, Kind.NOTIFICATION_FAILED, Kind.HL7_REJECTED}
     assert set(METRIC_KINDS) <= set(METRICS)
     assert (KIND_PRIORITY[Kind.SPO2_CRITICAL_LOW], KIND_PRIORITY[Kind.SPO2_LOW], KIND_PRIORITY[Kind.BATTERY_LOW]) == (
         "high",

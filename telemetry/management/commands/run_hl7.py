@@ -13,11 +13,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from telemetry.hl7.listener import hl7_listener_run
+from telemetry.hl7.sender import oru_sender_run
 
 Runner = Callable[..., Awaitable[None]]
 
 # Every coroutine of the process; a new one is one more entry.
-RUNNERS: tuple[Runner, ...] = (hl7_listener_run,)
+RUNNERS: tuple[Runner, ...] = (hl7_listener_run, oru_sender_run)
 
 
 async def run(runners: tuple[Runner, ...], stop: asyncio.Event) -> None:
