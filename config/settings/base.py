@@ -264,7 +264,8 @@ PERFUSE_METRICS_ALLOWED_NETS = envlist(
 
 # Stream processors run by `manage.py run_engine`, in order, on each batch of new readings.
 PERFUSE_ENGINE_PROCESSORS = envlist(
-    "PERFUSE_ENGINE_PROCESSORS", ["telemetry.engine.RollupProcessor", "alerts.engine.AlarmProcessor"]
+    "PERFUSE_ENGINE_PROCESSORS",
+    ["telemetry.engine.RollupProcessor", "alerts.engine.AlarmProcessor", "dashboard.fhir.exports.ExportProcessor"],
 )
 PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2
 
@@ -301,3 +302,12 @@ PERFUSE_NOTIFY_RETRY_MAX_SECONDS = envint("PERFUSE_NOTIFY_RETRY_MAX_SECONDS", 30
 PERFUSE_NOTIFY_FAILURES_ALARM = envint("PERFUSE_NOTIFY_FAILURES_ALARM", 3, minimum=1)
 # Links in messages point here (the address staff open Perfuse at).
 PERFUSE_BASE_URL = envstr("PERFUSE_BASE_URL", "http://127.0.0.1:8000")
+
+# FHIR R4 (docs/fhir.md). Bulk exports are written by the engine (ExportProcessor), at most this
+# many resources per engine loop, and deleted this long after they finished.
+PERFUSE_FHIR_EXPORT_CHUNK_ROWS = envint("PERFUSE_FHIR_EXPORT_CHUNK_ROWS", 2000, minimum=1)
+PERFUSE_FHIR_EXPORT_RETENTION_SECONDS = envint("PERFUSE_FHIR_EXPORT_RETENTION_SECONDS", 3600, minimum=1)
+# Exports a user may have queued or running at once (more: 429).
+PERFUSE_FHIR_EXPORT_MAX_ACTIVE = envint("PERFUSE_FHIR_EXPORT_MAX_ACTIVE", 2, minimum=1)
+# Identifier system of the hospital's MRN in a revealed Patient resource.
+PERFUSE_FHIR_MRN_SYSTEM = envstr("PERFUSE_FHIR_MRN_SYSTEM", "urn:perfuse:mrn")
