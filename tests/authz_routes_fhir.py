@@ -67,9 +67,7 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 ROUTES: list[Route] = [
     Route("fhir metadata", "fhir", "GET", "/fhir/R4/metadata", ALL, audited=False),
-    Route(
-        "fhir patient", "fhir", "GET", "/fhir/R4/Patient/{patient}", CARE, patient_data=True, ward_scoped=True
-    ),
+    Route("fhir patient", "fhir", "GET", "/fhir/R4/Patient/{patient}", CARE, patient_data=True, ward_scoped=True),
     Route(
         "fhir observation search",
         "fhir",
