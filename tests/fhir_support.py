@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.http import HttpResponse
+from asgiref.sync import async_to_sync
+from django.http import HttpResponse, StreamingHttpResponse
 from fhir.resources.R4B import get_fhir_model_class
 
 FHIR_JSON = "application/fhir+json"
@@ -49,3 +50,12 @@ def ndjson(content: bytes) -> list[dict[str, Any]]:
     for line in lines:
         valid(line)
     return lines
+
+
+def streamed(response: StreamingHttpResponse) -> bytes:
+    """The body of a streamed file (an async iterator, as Daphne consumes it: chunk by chunk)."""
+
+    async def collect() -> bytes:
+        return b"".join([part async for part in response.streaming_content])  # type: ignore[union-attr]
+
+    return async_to_sync(collect)()

@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime as dt
 import functools
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,6 +48,8 @@ from telemetry.codes import metric_for_code
 from telemetry.models import Patient
 from telemetry.selectors import Resolution
 from telemetry.units import METRICS
+
+log = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
 DEFAULT_COUNT = 100
@@ -91,6 +94,11 @@ def _answered(methods: tuple[str, ...]) -> Callable[[View], View]:
                 refusal.facts.setdefault("path", request.path[:200])
                 refusal_audit(refusal, actor_from_request(request))
                 return outcome_response(refusal.status, refusal.code, str(refusal.detail))
+            except Exception:
+                # A bug, not the request's content: logged with its traceback, answered in FHIR
+                # (a FHIR client must never parse Django's HTML error page).
+                log.exception("FHIR %s %s failed", request.method, request.path)
+                return outcome_response(500, "internal_error", "the server failed to answer; it is logged")
 
         return csrf_exempt(answered)  # DELETE checks the token itself, to answer an OperationOutcome
 
