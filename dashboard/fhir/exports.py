@@ -153,7 +153,7 @@ def _lines(step: Step, job: FhirExport, budget: int) -> tuple[list[dict[str, Any
     """The resources of `step` after the cursor: (resources, new keyset position, step done)."""
     if step.resource_type == "Patient":
         patients = Patient.objects.filter(id__in=[pk for pk, _ in job.patients]).order_by("pseudonym")
-        views = [resources.PatientView(p.pseudonym, p.discharged_at is None, job.ward.code) for p in patients]
+        views = [resources.PatientView(p.pseudonym, p.discharged_at is None) for p in patients]
         return [resources.patient_resource(v, mrn_system=settings.PERFUSE_FHIR_MRN_SYSTEM) for v in views], None, True
     if step.resource_type == "Device":
         devices = Device.objects.filter(ward_id=job.ward_id).select_related("ward").order_by("device_id")

@@ -160,7 +160,6 @@ def observation_bucket(bucket: dict[str, Any], *, key: BucketId, pseudonym: str)
 class PatientView:
     pseudonym: str
     active: bool
-    ward: str
     name: str = ""
     mrn: str = ""
     date_of_birth: dt.date | None = None

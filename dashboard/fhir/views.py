@@ -147,12 +147,12 @@ def patient(request: HttpRequest, pseudonym: str) -> HttpResponse:
     """The pseudonym as identifier; with `X-Perfuse-Reveal-Purpose`, name, MRN and birth date
     too, revealed (and audited, or refused) by audit.access.identity like the chart's reveal."""
     found = _read(request, pseudonym, "patient.fhir.read", {})
-    view = resources.PatientView(found.pseudonym, found.discharged_at is None, "")
+    view = resources.PatientView(found.pseudonym, found.discharged_at is None)
     purpose = request.headers.get(REVEAL_HEADER)
     if purpose is not None:
         identity = identity_reveal(actor=actor_from_request(request), user=request.user, patient=found, purpose=purpose)
         view = resources.PatientView(
-            found.pseudonym, view.active, "", identity.name, identity.mrn, identity.date_of_birth
+            found.pseudonym, view.active, name=identity.name, mrn=identity.mrn, date_of_birth=identity.date_of_birth
         )
     return fhir_response(resources.patient_resource(view, mrn_system=settings.PERFUSE_FHIR_MRN_SYSTEM))
 
