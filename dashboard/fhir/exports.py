@@ -3,10 +3,10 @@
 Why the engine and not a worker of its own: the job is a bounded read of the hot store, like the
 rollups, and `manage.py run_engine` already runs (one owner at a time, restarted by `make run`);
 ExportProcessor is listed in settings.PERFUSE_ENGINE_PROCESSORS and each `tick` writes at most
-PERFUSE_FHIR_EXPORT_CHUNK_ROWS resources, so alarm timers in the same loop wait at most one
-chunk. The work is a plan fixed at the request — the resource types, then per patient and metric
+PERFUSE_FHIR_EXPORT_CHUNK_ROWS resources, so alarm timers in the same loop wait at most that
+long. The work is a plan fixed at the request — the resource types, then per patient and metric
 a keyset walk through the readings (telemetry.selectors.readings_after) — and a cursor. Each
-tick writes one chunk and moves the cursor in one transaction (a savepoint inside the engine's
+tick writes its chunks and moves the cursor in one transaction (a savepoint inside the engine's
 tick): a crash or restart resumes where the last commit left off, never writing a chunk twice.
 A bug in the job marks it failed instead of failing the engine's tick.
 
@@ -206,15 +206,19 @@ def _finish(job: FhirExport, now: dt.datetime) -> None:
 
 
 def export_advance(job: FhirExport, *, now: dt.datetime, budget: int) -> None:
-    """One unit of work: the next chunk of the current step, the cursor moved past it."""
+    """One unit of work: chunks of the next steps, up to `budget` resources (an empty step counts
+    as one, so a ward of quiet patients is not one loop per patient and metric), the cursor
+    moved past them."""
     steps = export_steps(job)
-    index = int(job.cursor.get("step", 0))
-    if index < len(steps):
+    left = budget
+    while left > 0 and int(job.cursor.get("step", 0)) < len(steps):
+        index = int(job.cursor.get("step", 0))
         step = steps[index]
-        found, position, done = _lines(step, job, budget)
+        found, position, done = _lines(step, job, left)
         if found:
             _write_chunk(job, step.resource_type, found)
         job.cursor["step"], job.cursor["after"] = (index + 1, None) if done else (index, position)
+        left -= max(1, len(found))
     if int(job.cursor["step"]) >= len(steps):
         _finish(job, now)
     job.save()
@@ -254,7 +258,8 @@ def export_expire(*, now: dt.datetime) -> int:
 
 
 class ExportProcessor:
-    """Engine processor: expiry, then one chunk of the oldest queued export per loop."""
+    """Engine processor: expiry, then up to PERFUSE_FHIR_EXPORT_CHUNK_ROWS resources of the oldest
+    queued export per loop."""
 
     def process(self, rows: list[Any], *, now: dt.datetime) -> None:
         return None

@@ -94,9 +94,10 @@ def _component(system: str, code: str, display: str, value: dict[str, Any]) -> d
     return {"code": {"coding": [{"system": system, "code": code, "display": display}]}, **value}
 
 
-def _observation_base(metric: str, pseudonym: str, resolution: str) -> dict[str, Any]:
+def _observation_base(observation_id: str, metric: str, pseudonym: str, resolution: str) -> dict[str, Any]:
     base: dict[str, Any] = {
         "resourceType": "Observation",
+        "id": observation_id,
         "extension": [{"url": RESOLUTION_EXTENSION, "valueCode": resolution}],
         "status": "final",
     }
@@ -109,10 +110,10 @@ def _observation_base(metric: str, pseudonym: str, resolution: str) -> dict[str,
 
 def observation_raw(reading: StoredReading, *, pseudonym: str) -> dict[str, Any]:
     """One stored reading: its value, time, device and signal quality."""
-    resource = _observation_base(reading.metric, pseudonym, "raw")
-    resource["id"] = raw_id(
+    observation_id = raw_id(
         device_pk=reading.device_pk, metric=reading.metric, seq=reading.seq, sample_time=reading.sample_time
     )
+    resource = _observation_base(observation_id, reading.metric, pseudonym, "raw")
     resource["meta"] = {"lastUpdated": iso(reading.ingest_time)}
     resource["effectiveDateTime"] = iso(reading.sample_time)
     resource["issued"] = iso(reading.ingest_time)
@@ -134,8 +135,8 @@ def observation_bucket(bucket: dict[str, Any], *, key: BucketId, pseudonym: str)
     """One bucket of the history API's series: mean as value; minimum, maximum, count (and mean
     signal quality) as components."""
     metric = key.metric
-    resource = _observation_base(metric, pseudonym, key.resolution)
-    resource["id"] = bucket_id(resolution=key.resolution, patient_pk=key.patient_pk, metric=metric, start=key.start)
+    observation_id = bucket_id(resolution=key.resolution, patient_pk=key.patient_pk, metric=metric, start=key.start)
+    resource = _observation_base(observation_id, metric, pseudonym, key.resolution)
     resource["effectivePeriod"] = {"start": iso(key.start), "end": iso(key.end)}
     resource["valueQuantity"] = _quantity(metric, bucket["avg"])
     components = [
