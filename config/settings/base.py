@@ -222,6 +222,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "telemetry.openapi.add_ingest_endpoint",
         "config.openapi.add_ops_endpoints",
+        "dashboard.fhir.openapi.add_fhir_endpoints",
     ],
 }
 

@@ -247,3 +247,23 @@ def test_every_emitted_error_validates() -> None:
     # The builder itself, for statuses the routes above do not reach.
     for status in (400, 401, 403, 404, 405, 410, 429, 500):
         valid(operation_outcome(status=status, code="x", detail="y"))
+
+
+def test_openapi_lists_what_the_capability_statement_lists(client: Client) -> None:
+    paths = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+    fhir = {p for p in paths if p.startswith("/fhir/R4/")}
+    assert fhir == {
+        "/fhir/R4/metadata",
+        "/fhir/R4/Patient/{id}",
+        "/fhir/R4/Observation",
+        "/fhir/R4/Observation/{id}",
+        "/fhir/R4/Device/{id}",
+        "/fhir/R4/DeviceMetric",
+        "/fhir/R4/Provenance",
+        "/fhir/R4/Group/{ward}/$export",
+        "/fhir/R4/$export-status/{export_id}",
+        "/fhir/R4/$export-file/{export_id}/{type}.ndjson",
+    }
+    search = {p["name"] for p in paths["/fhir/R4/Observation"]["get"]["parameters"]}
+    assert search == {"patient", "code", "date", "_count"}
+    assert set(paths["/fhir/R4/$export-status/{export_id}"]) == {"get", "delete"}

@@ -14,6 +14,7 @@ from django.test import Client
 from audit.models import AuditEvent
 from tests import factories, personas
 from tests.authz_registry import ALL_ROLES, Route, all_routes
+from tests.fhir_support import valid as fhir_valid
 from tests.live_support import HANDSHAKE
 
 pytestmark = pytest.mark.django_db
@@ -80,6 +81,8 @@ def _http(route: Route, client: Client, path: str) -> bool:
     if route.kind == "fhir" and status >= 400:
         assert response["Content-Type"] == "application/fhir+json", "FHIR refusals are FHIR JSON"
         assert response.json()["resourceType"] == "OperationOutcome", "FHIR refusals are OperationOutcome"
+    if route.kind == "fhir" and response.get("Content-Type") == "application/fhir+json":
+        fhir_valid(response.json())  # every FHIR answer, allowed or refused, is valid R4
     if status in (301, 302, 303):
         return not response["Location"].startswith(settings.LOGIN_URL)
     assert status in (200, 400, 401, 403, 404, 429) or 200 <= status < 300, f"{route.name}: {status}"
