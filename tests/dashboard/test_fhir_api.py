@@ -267,3 +267,20 @@ def test_openapi_lists_what_the_capability_statement_lists(client: Client) -> No
     search = {p["name"] for p in paths["/fhir/R4/Observation"]["get"]["parameters"]}
     assert search == {"patient", "code", "date", "_count"}
     assert set(paths["/fhir/R4/$export-status/{export_id}"]) == {"get", "delete"}
+
+
+def test_break_glass_opens_one_patient_not_a_ward(p1: Any, compliance_officer: Any) -> None:
+    found, device = p1
+    insert_readings(found, device, [(T0, 61.0)])
+    officer = personas.verified_client(compliance_officer)
+    granted = officer.post(
+        "/audit/break-glass/",
+        {"pseudonym": "fhir-one", "reason": "incident_review", "purpose": "Incident 2026-03 review", "minutes": 30},
+    )
+    assert granted.status_code == 302
+    bundle = body(officer.get(f"/fhir/R4/Observation?patient=fhir-one&{SPAN}"))
+    assert bundle["total"] == 1
+    read = AuditEvent.objects.get(action="patient.fhir.observations", outcome="allowed")
+    assert read.break_glass and read.detail["reason"] == "break_glass"
+    export = officer.get("/fhir/R4/Group/icu-a/$export", headers={"Prefer": "respond-async"})
+    assert outcome_code(export, 403) == "forbidden"
