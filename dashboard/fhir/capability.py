@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from config.api_errors import FHIR_JSON
 from config.live import iso
-from dashboard.fhir.resources import FHIR_JSON, FHIR_VERSION
+from dashboard.fhir.resources import FHIR_VERSION
 
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from config.api_errors import FHIR_JSON
 from dashboard.fhir.capability import RESOURCES
-from dashboard.fhir.resources import FHIR_JSON
 
 BASE = "/fhir/R4"
 _RESOURCE = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}

@@ -5,7 +5,8 @@ LOINC/MDC where they exist), units in UCUM. An aggregated Observation (a 1-minut
 bucket) carries its mean as the value, and its minimum, maximum and reading count as components
 coded with HL7's observation-statistics code system, so a short desaturation is never hidden by
 the mean; an extension names the resolution (raw, 1m, 1h). Errors are OperationOutcome resources
-whose issue carries the stable Perfuse error code (ERROR_SYSTEM) beside FHIR's issue type.
+(config.api_errors.operation_outcome) whose issue carries the stable Perfuse error code beside
+FHIR's issue type.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from telemetry.codes import (
 from telemetry.selectors import ReadingSource, StoredReading
 from telemetry.units import METRICS
 
-FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
-ERROR_SYSTEM = "https://perfuse.example/fhir/CodeSystem/error"
 PSEUDONYM_SYSTEM = "urn:perfuse:pseudonym"
 DEVICE_SYSTEM = "urn:perfuse:device"
 RESOLUTION_EXTENSION = "https://perfuse.example/fhir/StructureDefinition/resolution"
@@ -40,32 +39,6 @@ CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 SIGNAL_QUALITY = "signal_quality"  # a component code in METRIC_SYSTEM (0..1)
-
-# FHIR issue types for the HTTP statuses Perfuse answers with.
-_ISSUE_TYPES = {
-    400: "invalid",
-    401: "login",
-    403: "forbidden",
-    404: "not-found",
-    405: "not-supported",
-    406: "not-supported",
-    410: "deleted",
-    500: "exception",
-}
-
-
-def operation_outcome(*, status: int, code: str, detail: str) -> dict[str, Any]:
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": "error" if status < 500 else "fatal",
-                "code": _ISSUE_TYPES.get(status, "processing"),
-                "details": {"coding": [{"system": ERROR_SYSTEM, "code": code}], "text": detail},
-                "diagnostics": detail,
-            }
-        ],
-    }
 
 
 def information_outcome(text: str) -> dict[str, Any]:

@@ -24,8 +24,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.middleware.csrf import CsrfViewMiddleware
-from django.views.decorators.csrf import csrf_exempt
 
 from audit.access.identity import identity_reveal
 from audit.access.policy import (
@@ -37,6 +35,7 @@ from audit.access.policy import (
     user_is_verified,
 )
 from audit.access.refusals import refusal_audit
+from config.api_errors import FHIR_JSON, outcome_response
 from config.live import iso
 from config.refusal import Refusal
 from dashboard.api import DEFAULT_SPAN, MAX_SPAN, MAX_TIME, MIN_TIME
@@ -68,12 +67,8 @@ class FhirError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-def fhir_response(body: dict[str, Any], *, status: int = 200, content_type: str = resources.FHIR_JSON) -> HttpResponse:
+def fhir_response(body: dict[str, Any], *, status: int = 200, content_type: str = FHIR_JSON) -> HttpResponse:
     return HttpResponse(orjson.dumps(body), status=status, content_type=content_type)
-
-
-def outcome_response(status: int, code: str, detail: str) -> HttpResponse:
-    return fhir_response(resources.operation_outcome(status=status, code=code, detail=detail), status=status)
 
 
 def _answered(methods: tuple[str, ...]) -> Callable[[View], View]:
@@ -100,19 +95,9 @@ def _answered(methods: tuple[str, ...]) -> Callable[[View], View]:
                 log.exception("FHIR %s %s failed", request.method, request.path)
                 return outcome_response(500, "internal_error", "the server failed to answer; it is logged")
 
-        return csrf_exempt(answered)  # DELETE checks the token itself, to answer an OperationOutcome
+        return answered
 
     return decorate
-
-
-def _no_view(request: HttpRequest) -> HttpResponse:
-    return HttpResponse()
-
-
-def _csrf_checked(request: HttpRequest) -> None:
-    """Django's own CSRF check for a session-authenticated write, answered as OperationOutcome."""
-    if CsrfViewMiddleware(_no_view).process_view(request, _no_view, (), {}) is not None:
-        raise FhirError(403, "csrf_failed", "CSRF check failed: send the X-CSRFToken header with the session")
 
 
 def _base(request: HttpRequest) -> str:
@@ -452,8 +437,7 @@ def _manifest(request: HttpRequest, job: FhirExport) -> dict[str, Any]:
 @_answered(("GET", "DELETE"))
 def export_status(request: HttpRequest, export_id: Any) -> HttpResponse:
     """Polling: 202 with X-Progress while queued, 200 with the manifest when done; DELETE cancels."""
-    if request.method == "DELETE":
-        _csrf_checked(request)
+    if request.method == "DELETE":  # Django's CSRF check ran first (config.api_errors.csrf_failure)
         _owned(request, export_id, "fhir.export.cancelled")
         return fhir_response(resources.information_outcome("export cancelled and deleted"), status=202)
     job = _owned(request, export_id, "fhir.export.status")

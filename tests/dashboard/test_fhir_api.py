@@ -11,8 +11,8 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from audit.selectors import patient_disclosures
+from config.api_errors import operation_outcome
 from dashboard.fhir.ids import observation_id_parse
-from dashboard.fhir.resources import operation_outcome
 from telemetry.models import Calibration, PatientIdentity, Ward
 from telemetry.selectors import patient_series
 from tests import personas
@@ -284,3 +284,13 @@ def test_break_glass_opens_one_patient_not_a_ward(p1: Any, compliance_officer: A
     assert read.break_glass and read.detail["reason"] == "break_glass"
     export = officer.get("/fhir/R4/Group/icu-a/$export", headers={"Prefer": "respond-async"})
     assert outcome_code(export, 403) == "forbidden"
+
+
+def test_request_gates_answer_fhir_paths_in_fhir(client: Client, p1: Any) -> None:
+    """A NUL in the query and a CSRF refusal are answered before any view: still OperationOutcome."""
+    assert outcome_code(client.get("/fhir/R4/Observation?patient=fhir%00one"), 400) == "invalid_parameter"
+    strict = personas.verified_client(personas.staff("csrf-fhir", "clinician", ["icu-a"]), enforce_csrf_checks=True)
+    assert (
+        outcome_code(strict.delete("/fhir/R4/$export-status/00000000-0000-0000-0000-000000000000"), 403)
+        == "csrf_failed"
+    )
