@@ -316,16 +316,24 @@ ReadingKey = tuple[dt.datetime, int, int]  # (sample_time, device pk, seq): the 
 
 
 def readings_after(
-    *, patient_id: int, metric: str, ingested_since: dt.datetime | None, after: ReadingKey | None, limit: int
+    *,
+    patient_id: int,
+    metric: str,
+    ingested_since: dt.datetime | None,
+    after: ReadingKey | None,
+    until: dt.datetime,
+    limit: int,
 ) -> list[StoredReading]:
-    """The patient's readings of `metric` after keyset position `after` (None: from the first) in
-    (sample time, device, seq) order, ingested at or after `ingested_since` when given: a bulk
-    export's next page, walked through the (patient, metric, sample time) index."""
-    where = ["r.patient_id = %s::bigint", "r.metric = %s"]
-    params: list[Any] = [patient_id, metric]
+    """The patient's readings of `metric` after keyset position `after` (None: from the first)
+    and sampled before `until`, in (sample time, device, seq) order, ingested at or after
+    `ingested_since` when given: a bulk export's next page. The sample-time bounds are what the
+    (patient, metric, sample time) index range is walked by, so a page costs at most the
+    readings between them, however few pass the ingest-time filter."""
+    where = ["r.patient_id = %s::bigint", "r.metric = %s", "r.sample_time < %s"]
+    params: list[Any] = [patient_id, metric, until]
     if after is not None:
-        where.append("(r.sample_time, r.device_id, r.seq) > (%s, %s::bigint, %s::bigint)")
-        params.extend(after)
+        where.append("r.sample_time >= %s AND (r.sample_time, r.device_id, r.seq) > (%s, %s::bigint, %s::bigint)")
+        params.extend([after[0], *after])
     if ingested_since is not None:
         where.append("r.ingest_time >= %s")
         params.append(ingested_since)
@@ -336,6 +344,24 @@ def readings_after(
             params,
         )
         return [StoredReading(*row) for row in cursor.fetchall()]
+
+
+def reading_next_time(*, patient_id: int, metric: str, after: ReadingKey | None) -> dt.datetime | None:
+    """The sample time of the patient's first reading of `metric` after keyset position `after`."""
+    where = ""
+    params: list[Any] = [patient_id, metric]
+    if after is not None:
+        where = " AND sample_time >= %s AND (sample_time, device_id, seq) > (%s, %s::bigint, %s::bigint)"
+        params.extend([after[0], *after])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sample_time FROM telemetry_reading WHERE patient_id = %s::bigint AND metric = %s"
+            + where
+            + " ORDER BY sample_time LIMIT 1",
+            params,
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 # ---- readings behind the ward overview and the live snapshot -----------------------------------

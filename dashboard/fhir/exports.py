@@ -36,7 +36,7 @@ from dashboard.fhir import resources
 from dashboard.fhir.selectors import device_view
 from dashboard.models import FhirExport, FhirExportChunk
 from telemetry.models import Device, Patient
-from telemetry.selectors import readings_after
+from telemetry.selectors import reading_next_time, readings_after
 from telemetry.units import METRICS
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 OUTPUT_TYPES = ("Patient", "Device", "Observation")
 DISCLOSING_TYPES = frozenset({"Patient", "Observation"})
 DISCLOSURE_ACTION = "patient.fhir.export"
+WINDOW = dt.timedelta(hours=1)  # of sample time: the most one export query walks
 
 
 class ExportBusy(Exception):
@@ -149,27 +150,42 @@ def export_cancel(*, job: FhirExport) -> None:
 # ---- the job, run by the engine ----------------------------------------------------------------
 
 
-def _lines(step: Step, job: FhirExport, budget: int) -> tuple[list[dict[str, Any]], Any, bool]:
-    """The resources of `step` after the cursor: (resources, new keyset position, step done)."""
+def _lines(step: Step, job: FhirExport, budget: int) -> tuple[list[dict[str, Any]], Any, bool, int]:
+    """The resources of `step` after the cursor: (resources, new keyset position, step done, cost
+    against the loop's budget)."""
     if step.resource_type == "Patient":
         patients = Patient.objects.filter(id__in=[pk for pk, _ in job.patients]).order_by("pseudonym")
         views = [resources.PatientView(p.pseudonym, p.discharged_at is None) for p in patients]
-        return [resources.patient_resource(v, mrn_system=settings.PERFUSE_FHIR_MRN_SYSTEM) for v in views], None, True
+        found = [resources.patient_resource(v, mrn_system=settings.PERFUSE_FHIR_MRN_SYSTEM) for v in views]
+        return found, None, True, max(1, len(found))
     if step.resource_type == "Device":
         devices = Device.objects.filter(ward_id=job.ward_id).select_related("ward").order_by("device_id")
-        return [resources.device_resource(device_view(d)) for d in devices], None, True
+        found = [resources.device_resource(device_view(d)) for d in devices]
+        return found, None, True, max(1, len(found))
+    return _observation_page(step, job, budget)
+
+
+def _observation_page(step: Step, job: FhirExport, budget: int) -> tuple[list[dict[str, Any]], Any, bool, int]:
+    """The next readings of one patient and metric, from at most one WINDOW of sample time: with
+    `_since`, most readings may fail the ingest-time filter, and a window bounds what one query
+    walks. A window that returns nothing still costs SCAN_COST, so a loop walks few of them."""
     assert step.patient is not None and step.metric is not None
     patient_pk, pseudonym = job.patients[step.patient]
-    after = job.cursor.get("after")
+    raw = job.cursor.get("after")
+    after = (dt.datetime.fromisoformat(raw[0]), int(raw[1]), int(raw[2])) if raw else None
+    start = reading_next_time(patient_id=patient_pk, metric=step.metric, after=after)
+    if start is None:
+        return [], None, True, 1
+    until = start + WINDOW
     rows = readings_after(
-        patient_id=patient_pk,
-        metric=step.metric,
-        ingested_since=job.since,
-        after=(dt.datetime.fromisoformat(after[0]), after[1], after[2]) if after else None,
-        limit=budget,
+        patient_id=patient_pk, metric=step.metric, ingested_since=job.since, after=after, until=until, limit=budget
     )
-    position = [rows[-1].sample_time.isoformat(), rows[-1].device_pk, rows[-1].seq] if rows else None
-    return [resources.observation_raw(r, pseudonym=pseudonym) for r in rows], position, len(rows) < budget
+    if len(rows) == budget:
+        position = [rows[-1].sample_time.isoformat(), rows[-1].device_pk, rows[-1].seq]
+    else:
+        position = [until.isoformat(), -1, -1]  # past every reading sampled before `until`
+    scan_cost = max(1, settings.PERFUSE_FHIR_EXPORT_CHUNK_ROWS // 10)
+    return [resources.observation_raw(r, pseudonym=pseudonym) for r in rows], position, False, max(len(rows), scan_cost)
 
 
 def _write_chunk(job: FhirExport, resource_type: str, found: list[dict[str, Any]]) -> None:
@@ -207,18 +223,19 @@ def _finish(job: FhirExport, now: dt.datetime) -> None:
 
 def export_advance(job: FhirExport, *, now: dt.datetime, budget: int) -> None:
     """One unit of work: chunks of the next steps, up to `budget` resources (an empty step counts
-    as one, so a ward of quiet patients is not one loop per patient and metric), the cursor
-    moved past them."""
+    as one, a window of sample time at least SCAN_COST, so a ward of quiet patients is not one
+    loop per patient and metric, nor a selective `_since` an unbounded scan), the cursor moved
+    past them."""
     steps = export_steps(job)
     left = budget
     while left > 0 and int(job.cursor.get("step", 0)) < len(steps):
         index = int(job.cursor.get("step", 0))
         step = steps[index]
-        found, position, done = _lines(step, job, left)
+        found, position, done, cost = _lines(step, job, left)
         if found:
             _write_chunk(job, step.resource_type, found)
         job.cursor["step"], job.cursor["after"] = (index + 1, None) if done else (index, position)
-        left -= max(1, len(found))
+        left -= cost
     if int(job.cursor["step"]) >= len(steps):
         _finish(job, now)
     job.save()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import AsyncClient, Client
 
 from audit.models import AuditEvent
@@ -247,3 +247,23 @@ async def test_a_file_streams_through_the_asgi_handler(ward_a: Ward, ward_b: War
     assert response.status_code == 200
     lines = ndjson(b"".join([part async for part in response.streaming_content]))
     assert len(lines) == 5 and {o["subject"]["reference"] for o in lines} == {"Patient/exp-asgi"}
+
+
+def test_since_walks_hours_of_sample_time_and_keeps_what_was_ingested_after_it(
+    client: Client, ward_a: Ward, settings: Any
+) -> None:
+    settings.PERFUSE_FHIR_EXPORT_CHUNK_ROWS = 4
+    late, device = patient("exp-late", ward_a, "lumee-exp-late")
+    # Five hours of readings, every ten minutes; the odd ones arrived (were ingested) long ago.
+    insert_readings(late, device, [(T0 + dt.timedelta(minutes=10 * i), float(i)) for i in range(30)])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE telemetry_reading SET ingest_time = '2026-01-01T00:00:00Z' WHERE patient_id = %s AND seq %% 2 = 0",
+            [late.pk],
+        )
+    status_url = _kick_off(client, "?_type=Observation&_since=2026-06-01T00:00:00Z")
+    _run_engine()
+    output = json.loads(client.get(status_url).content)["output"]
+    lines = ndjson(streamed(client.get(_path(output[0]["url"]))))
+    assert sorted(o["valueQuantity"]["value"] for o in lines) == [float(i) for i in range(30) if i % 2 == 0]
+    assert FhirExportChunk.objects.count() >= 5  # one window of sample time (or less) per chunk
