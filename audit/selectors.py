@@ -21,6 +21,12 @@ READ_ACTIONS_LABELS = {
     "live.subscribe": "Watched the patient's live telemetry",
     # The ward workflow's confirmation step (dashboard/flow/): ward, bed and devices.
     "ward.flow.confirm": "Viewed the patient's bed and devices before a ward act",
+    # The FHIR API's reads and bulk export (dashboard/fhir/views.py, exports.py):
+    "patient.fhir.read": "Read the patient's FHIR Patient resource",
+    "patient.fhir.observations": "Read the patient's telemetry (FHIR Observation search)",
+    "patient.fhir.observation": "Read one of the patient's FHIR Observations",
+    "patient.fhir.provenance": "Read the provenance of the patient's FHIR Observation",
+    "patient.fhir.export": "Exported the patient's data (FHIR bulk export)",
     # Older or synthetic names of the same reads, kept so earlier events stay accounted for:
     "patient.chart": "Viewed the patient chart",
     "patient.series": "Read the patient's telemetry (history API)",

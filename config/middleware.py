@@ -14,7 +14,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from config.api_errors import error_response
+from config.api_errors import FHIR_PREFIX, error_response, outcome_response
 
 # What Django hands a middleware: the next handler, a coroutine function when the middleware
 # runs async (the middleware tells which with asgiref's iscoroutinefunction, once).
@@ -74,7 +74,10 @@ class RejectNulMiddleware(RequestGate):
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         if _has_nul(request):
-            return error_response(400, "invalid_parameter", "query parameters must not contain NUL characters")
+            detail = "query parameters must not contain NUL characters"
+            if request.path.startswith(FHIR_PREFIX):
+                return outcome_response(400, "invalid_parameter", detail)
+            return error_response(400, "invalid_parameter", detail)
         return None
 
 

@@ -7,6 +7,7 @@ urlpatterns = [
     path("", include("audit.urls")),
     path("", include("audit.access.urls")),
     path("", include("alerts.urls")),
+    path("fhir/R4/", include("dashboard.fhir.urls")),
     path("", include("dashboard.urls")),
 ]
 

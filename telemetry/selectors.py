@@ -212,6 +212,168 @@ def _bucket_points(
     ]
 
 
+# ---- readings one by one, with their device and provenance (FHIR Observation, Provenance, export) --
+
+
+class StoredReading(NamedTuple):
+    device_pk: int
+    device_id: str  # the device's public id
+    patient_id: int | None
+    metric: str
+    seq: int
+    sample_time: dt.datetime
+    value: float
+    signal_quality: float | None
+    calibration_id: str | None
+    firmware: str | None
+    ingest_time: dt.datetime
+
+
+_STORED_SQL = (
+    "SELECT r.device_id, d.device_id, r.patient_id, r.metric, r.seq, r.sample_time, r.value, r.signal_quality, "
+    "r.calibration_id, r.firmware, r.ingest_time FROM telemetry_reading AS r JOIN telemetry_device AS d "
+    "ON d.id = r.device_id "
+)
+
+
+def series_resolution(
+    *, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime, max_points: int = 5000
+) -> Resolution:
+    """The resolution the history API picks for this series (`patient_series`'s choice)."""
+    if end <= start:
+        return "raw"
+    with connection.cursor() as cursor:
+        return choose_resolution(
+            cursor, patient_id=patient_id, metric=metric, start=start, end=end, max_points=max_points
+        )
+
+
+def series_buckets(
+    *, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime, resolution: Resolution
+) -> list[dict[str, Any]]:
+    """The buckets of `patient_series` at a given resolution ("1m" or "1h"), oldest first."""
+    if resolution == "raw":
+        raise ValueError("series_buckets takes a bucket resolution")
+    with connection.cursor() as cursor:
+        return _bucket_points(
+            cursor,
+            timescale=timescale_in_use(),
+            resolution=resolution,
+            patient_id=patient_id,
+            metric=metric,
+            start=start,
+            end=end,
+        )
+
+
+def readings_count(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM telemetry_reading WHERE patient_id = %s::bigint AND metric = %s "
+            "AND sample_time >= %s AND sample_time < %s",
+            [patient_id, metric, start, end],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def readings_page(
+    *, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime, offset: int, limit: int
+) -> list[StoredReading]:
+    """The patient's raw readings of `metric` in [start, end) in the history API's order (sample
+    time, device, seq), from `offset`, at most `limit`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STORED_SQL + "WHERE r.patient_id = %s::bigint AND r.metric = %s AND r.sample_time >= %s "
+            "AND r.sample_time < %s ORDER BY r.sample_time, r.device_id, r.seq OFFSET %s LIMIT %s",
+            [patient_id, metric, start, end, offset, limit],
+        )
+        return [StoredReading(*row) for row in cursor.fetchall()]
+
+
+def reading_get(*, device_pk: int, metric: str, seq: int, sample_time: dt.datetime) -> StoredReading | None:
+    """One stored reading by its idempotency key."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STORED_SQL + "WHERE r.device_id = %s::bigint AND r.metric = %s AND r.sample_time = %s "
+            "AND r.seq = %s::bigint",
+            [device_pk, metric, sample_time, seq],
+        )
+        row = cursor.fetchone()
+    return StoredReading(*row) if row else None
+
+
+class ReadingSource(NamedTuple):
+    device_id: str
+    firmware: str | None
+    calibration_id: str | None
+    readings: int
+
+
+def readings_sources(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime) -> list[ReadingSource]:
+    """Which device, firmware and calibration produced the patient's readings of `metric` in
+    [start, end): the provenance of a bucket."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.device_id, r.firmware, r.calibration_id, count(*) FROM telemetry_reading AS r "
+            "JOIN telemetry_device AS d ON d.id = r.device_id WHERE r.patient_id = %s::bigint AND r.metric = %s "
+            "AND r.sample_time >= %s AND r.sample_time < %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            [patient_id, metric, start, end],
+        )
+        return [ReadingSource(*row) for row in cursor.fetchall()]
+
+
+ReadingKey = tuple[dt.datetime, int, int]  # (sample_time, device pk, seq): the export's keyset position
+
+
+def readings_after(
+    *,
+    patient_id: int,
+    metric: str,
+    ingested_since: dt.datetime | None,
+    after: ReadingKey | None,
+    until: dt.datetime,
+    limit: int,
+) -> list[StoredReading]:
+    """The patient's readings of `metric` after keyset position `after` (None: from the first)
+    and sampled before `until`, in (sample time, device, seq) order, ingested at or after
+    `ingested_since` when given: a bulk export's next page. The sample-time bounds are what the
+    (patient, metric, sample time) index range is walked by, so a page costs at most the
+    readings between them, however few pass the ingest-time filter."""
+    where = ["r.patient_id = %s::bigint", "r.metric = %s", "r.sample_time < %s"]
+    params: list[Any] = [patient_id, metric, until]
+    if after is not None:
+        where.append("r.sample_time >= %s AND (r.sample_time, r.device_id, r.seq) > (%s, %s::bigint, %s::bigint)")
+        params.extend([after[0], *after])
+    if ingested_since is not None:
+        where.append("r.ingest_time >= %s")
+        params.append(ingested_since)
+    params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STORED_SQL + "WHERE " + " AND ".join(where) + " ORDER BY r.sample_time, r.device_id, r.seq LIMIT %s",
+            params,
+        )
+        return [StoredReading(*row) for row in cursor.fetchall()]
+
+
+def reading_next_time(*, patient_id: int, metric: str, after: ReadingKey | None) -> dt.datetime | None:
+    """The sample time of the patient's first reading of `metric` after keyset position `after`."""
+    where = ""
+    params: list[Any] = [patient_id, metric]
+    if after is not None:
+        where = " AND sample_time >= %s AND (sample_time, device_id, seq) > (%s, %s::bigint, %s::bigint)"
+        params.extend([after[0], *after])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT sample_time FROM telemetry_reading WHERE patient_id = %s::bigint AND metric = %s"
+            + where
+            + " ORDER BY sample_time LIMIT 1",
+            params,
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 # ---- readings behind the ward overview and the live snapshot -----------------------------------
 
 

@@ -8,7 +8,11 @@ routes (on patient-data routes: exactly one event naming the patient, with the r
 To add routes, create `tests/authz_routes_<area>.py` with a `ROUTES: list[Route]` (discovered
 automatically, so areas do not edit one shared list). Paths may use `{patient}` (a patient on
 the clinicians' ward), `{other_patient}` (a patient on another ward), `{key}` (an active device
-key) and any name returned by the route's `setup(world)`.
+key) and any name returned by the route's `setup(world)` (`world.caller` is the username of the
+identity about to make the request, "" when anonymous).
+
+Kind "fhir" is an API whose refusals are FHIR OperationOutcome resources (application/fhir+json)
+instead of the {"error"} body; `headers` are sent with the request.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ ALL_ROLES = frozenset({"clinician", "oncall", "compliance", "device_admin", "adm
 @dataclass(frozen=True)
 class Route:
     name: str
-    kind: Literal["page", "api", "ws"]
+    kind: Literal["page", "api", "ws", "fhir"]
     method: str
     path: str
     allowed: frozenset[str]
@@ -38,6 +42,7 @@ class Route:
     ward_scoped: bool = False
     data: dict[str, Any] | None = None
     setup: Callable[[Any], dict[str, str]] | None = field(default=None, compare=False)
+    headers: dict[str, str] | None = field(default=None, compare=False)
 
 
 ACCESS_ROUTES: list[Route] = [

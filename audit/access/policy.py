@@ -30,7 +30,7 @@ from audit.trail import Actor, audit_record
 from config.net import request_address, scope_address, scope_header
 from config.refusal import Refusal
 from config.users import StaffUser
-from telemetry.models import Patient, PatientStay
+from telemetry.models import Device, Patient, PatientStay, Ward
 
 __all__ = [
     "ADMIN",
@@ -47,6 +47,8 @@ __all__ = [
     "active_grant",
     "actor_from_request",
     "actor_from_scope",
+    "device_read",
+    "export_read",
     "live_refusal",
     "patient_access",
     "patient_access_audited",
@@ -57,6 +59,7 @@ __all__ = [
     "user_can",
     "user_is_verified",
     "user_role",
+    "ward_export_read",
     "ward_flow_authorize",
     "ward_read",
     "ward_scope",
@@ -71,6 +74,9 @@ ALL_WARD_ROLES = (ADMIN,)
 _CAPABILITIES_CACHE = "_perfuse_capabilities"
 
 PATIENT_REFUSED = "You may not see this patient's data (or there is no such patient)."
+DEVICE_REFUSED = "You may not see this device (or there is no such device)."
+WARD_REFUSED = "You may not export this ward's data (or there is no such ward)."
+EXPORT_REFUSED = "There is no such export of yours (or it has expired)."
 _SIGN_IN_DETAIL = {
     "not_authenticated": "Sign in first.",
     "mfa_required": "A verified (two-factor) session is required.",
@@ -388,6 +394,94 @@ def ward_flow_authorize(user: StaffUser, *, ward_id: int | None, action: str, su
         problem = "other_ward" if ward_id is not None else "unknown"
     if problem is not None:
         raise access_refusal(user, action=action, reason=problem, detail=FLOW_REFUSED, subject=subject[:80])
+
+
+# ---- devices and whole wards (FHIR Device, DeviceMetric, bulk export) --------------------
+
+
+def _ward_care_covers(user: StaffUser, ward_id: int) -> bool:
+    return user_can(user, "view_ward_patients") and ward_scope(user).covers(ward_id)
+
+
+def device_read(
+    *, user: StaffUser, actor: Actor, device_id: str, action: str, detail: dict[str, Any] | None = None
+) -> Device:
+    """Decide and audit a read of a device's record (firmware, calibrations): device
+    administrators see every device, care roles the devices of their wards. Unknown devices are
+    refused like forbidden ones (no oracle)."""
+    device = Device.objects.select_related("ward").filter(device_id=device_id[:64]).first()
+    reason = _session_problem(user)
+    if reason is None:
+        if device is None:
+            reason = "unknown_device"
+        elif not (user_can(user, "manage_devices") or _ward_care_covers(user, device.ward_id)):
+            reason = "other_ward" if user_can(user, "view_ward_patients") else f"role_{user_role(user)}"
+    if reason is not None or device is None:
+        raise access_refusal(
+            user, action=action, reason=reason, detail=DEVICE_REFUSED, subject=device_id[:80], facts=detail
+        )
+    audit_record(actor=actor, action=action, subject=device.device_id, detail={"reason": "allowed", **(detail or {})})
+    return device
+
+
+def _ward_export_problem(user: StaffUser, ward: Ward | None) -> str | None:
+    problem = _session_problem(user)
+    if problem is not None:
+        return problem
+    if ward is None:
+        return "unknown_ward"
+    if _ward_care_covers(user, ward.id):
+        return None
+    return "other_ward" if user_can(user, "view_ward_patients") else f"role_{user_role(user)}"
+
+
+def ward_export_read(
+    *, user: StaffUser, actor: Actor, ward_code: str, action: str, detail: dict[str, Any] | None = None
+) -> tuple[Ward, list[Patient]]:
+    """Decide and audit an export of a whole ward: care roles of that ward only (break-glass
+    opens one patient, never a ward). Returns the ward and its patients, discharged ones too
+    (their history stays readable to the ward's staff, as `patient_access` decides)."""
+    ward = Ward.objects.filter(code=ward_code[:40]).first()
+    reason = _ward_export_problem(user, ward)
+    if reason is not None or ward is None:
+        raise access_refusal(
+            user,
+            action=action,
+            reason=reason or "unknown_ward",
+            detail=WARD_REFUSED,
+            facts={"ward": ward_code[:40], **(detail or {})},
+        )
+    patients = list(Patient.objects.filter(ward=ward).order_by("pseudonym"))
+    audit_record(
+        actor=actor,
+        action=action,
+        detail={"reason": "ward", "ward": ward.code, "patients": [p.pseudonym for p in patients], **(detail or {})},
+    )
+    return ward, patients
+
+
+def export_read(
+    *,
+    user: StaffUser,
+    actor: Actor,
+    requester_id: int | None,
+    ward_id: int | None,
+    action: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Decide and audit an act on an export (its status, a file, its cancellation): only the user
+    who asked for it, while they still care for its ward. Someone else's export, and one that
+    does not exist (requester_id None), get the same 404, so export ids are no oracle."""
+    reason = _session_problem(user)
+    if reason is None and (requester_id is None or requester_id != user.pk):
+        reason = "not_requester"
+    if reason is None and (ward_id is None or not _ward_care_covers(user, ward_id)):
+        reason = "other_ward" if user_can(user, "view_ward_patients") else f"role_{user_role(user)}"
+    if reason == "not_requester":
+        raise Refusal(action=action, reason=reason, code="not_found", status=404, detail=EXPORT_REFUSED, facts=detail)
+    if reason is not None:
+        raise access_refusal(user, action=action, reason=reason, detail=EXPORT_REFUSED, facts=detail)
+    audit_record(actor=actor, action=action, detail={"reason": "requester", **(detail or {})})
 
 
 # ---- who is asking -----------------------------------------------------------------------

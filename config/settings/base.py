@@ -223,6 +223,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "telemetry.openapi.add_ingest_endpoint",
         "config.openapi.add_ops_endpoints",
+        "dashboard.fhir.openapi.add_fhir_endpoints",
     ],
 }
 
@@ -281,6 +282,7 @@ PERFUSE_ENGINE_PROCESSORS = envlist(
         "alerts.engine.AlarmProcessor",
         "telemetry.hl7.outbox.OruProcessor",
         "alerts.integration.IntegrationAlarmProcessor",
+        "dashboard.fhir.exports.ExportProcessor",
     ],
 )
 PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2
@@ -362,3 +364,12 @@ PERFUSE_HL7_ORU_RECEIVING_FACILITY = envstr("PERFUSE_HL7_ORU_RECEIVING_FACILITY"
 PERFUSE_HL7_ORU_PROCESSING_ID = envstr("PERFUSE_HL7_ORU_PROCESSING_ID", "P")
 # PID-3.4 of the MRN: the hospital's assigning authority, as its EHR expects it.
 PERFUSE_HL7_MRN_AUTHORITY = envstr("PERFUSE_HL7_MRN_AUTHORITY", "")
+
+# FHIR R4 (docs/fhir.md). Bulk exports are written by the engine (ExportProcessor), at most this
+# many resources per engine loop, and deleted this long after they finished.
+PERFUSE_FHIR_EXPORT_CHUNK_ROWS = envint("PERFUSE_FHIR_EXPORT_CHUNK_ROWS", 2000, minimum=1)
+PERFUSE_FHIR_EXPORT_RETENTION_SECONDS = envint("PERFUSE_FHIR_EXPORT_RETENTION_SECONDS", 3600, minimum=1)
+# Exports a user may have queued or running at once (more: 429).
+PERFUSE_FHIR_EXPORT_MAX_ACTIVE = envint("PERFUSE_FHIR_EXPORT_MAX_ACTIVE", 2, minimum=1)
+# Identifier system of the hospital's MRN in a revealed Patient resource.
+PERFUSE_FHIR_MRN_SYSTEM = envstr("PERFUSE_FHIR_MRN_SYSTEM", "urn:perfuse:mrn")

@@ -48,6 +48,8 @@ LAYERS: dict[str, float] = {
     # 4, 5: alarms, then the ward overview and chart.
     "alerts": 4,
     "dashboard": 5,
+    # 5: the FHIR read API and bulk export (resources, selectors, export jobs); views/urls 5.5.
+    "dashboard.fhir": 5,
     # 6: composition roots.
     "config.urls": 6,
     "config.asgi": 6,
@@ -55,7 +57,14 @@ LAYERS: dict[str, float] = {
     "config.ops": 6,
 }
 # App prefix → rank of its edge modules.
-EDGES: dict[str, float] = {"telemetry": 3.5, "audit": 3.5, "audit.access": 3.5, "alerts": 4.5, "dashboard": 5.5}
+EDGES: dict[str, float] = {
+    "telemetry": 3.5,
+    "audit": 3.5,
+    "audit.access": 3.5,
+    "alerts": 4.5,
+    "dashboard": 5.5,
+    "dashboard.fhir": 5.5,
+}
 EDGE_NAMES = frozenset({"views", "api", "urls", "routing", "consumers", "forms", "management"})
 
 # Function-level imports of project modules allowed, with the reason.
@@ -279,6 +288,8 @@ def test_ranks_follow_the_table() -> None:
     assert rank_of("telemetry.hl7.mllp") == 2
     assert rank_of("telemetry.management.commands.run_hl7") == 3.5
     assert rank_of("alerts.consumers") == 4.5
+    assert rank_of("dashboard.fhir.exports") == 5
+    assert rank_of("dashboard.fhir.views") == 5.5
     assert upward_arrows([Import("audit.trail", "telemetry.events", 1, True)]) == [
         "audit.trail (rank 1) -> telemetry.events (rank 2), line 1"
     ]

@@ -14,6 +14,7 @@ from django.test import Client
 from audit.models import AuditEvent
 from tests import factories, personas
 from tests.authz_registry import ALL_ROLES, Route, all_routes
+from tests.fhir_support import valid as fhir_valid
 from tests.live_support import HANDSHAKE
 
 pytestmark = pytest.mark.django_db
@@ -34,6 +35,7 @@ class World:
     patient: str
     other_patient: str
     key: str
+    caller: str = ""  # username of the identity under test ("" when anonymous)
 
     def placeholders(self) -> dict[str, str]:
         return {"patient": self.patient, "other_patient": self.other_patient, "key": self.key}
@@ -65,7 +67,9 @@ def _expected(route: Route, role: str, state: str) -> bool:
 
 def _http(route: Route, client: Client, path: str) -> bool:
     if route.method == "GET":
-        response = client.get(path)
+        response = client.get(path, headers=route.headers)
+    elif route.method == "DELETE":
+        response = client.delete(path, headers=route.headers)
     elif route.kind == "api":
         response = client.post(path, route.data or {}, content_type="application/json")
     else:
@@ -74,6 +78,11 @@ def _http(route: Route, client: Client, path: str) -> bool:
     assert status < 500, f"{route.name}: {status}"
     if route.kind == "api" and status >= 400:
         assert response.json()["error"]["code"], "API refusals carry a JSON error body"
+    if route.kind == "fhir" and status >= 400:
+        assert response["Content-Type"] == "application/fhir+json", "FHIR refusals are FHIR JSON"
+        assert response.json()["resourceType"] == "OperationOutcome", "FHIR refusals are OperationOutcome"
+    if route.kind == "fhir" and response.get("Content-Type") == "application/fhir+json":
+        fhir_valid(response.json())  # every FHIR answer, allowed or refused, is valid R4
     if status in (301, 302, 303):
         return not response["Location"].startswith(settings.LOGIN_URL)
     assert status in (200, 400, 401, 403, 404, 429) or 200 <= status < 300, f"{route.name}: {status}"
@@ -115,6 +124,7 @@ def test_route_access(world: World, route: Route, role: str, state: str, monkeyp
     client = _client(role, state)
     assert client is not None
     values: dict[str, Any] = world.placeholders()
+    world.caller = "" if role == "anonymous" else f"{role}-{state}"
     if route.setup is not None:
         values.update(route.setup(world))
     path = route.path.format(**values)
