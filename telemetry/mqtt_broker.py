@@ -232,7 +232,9 @@ def broker_kick(usernames: list[str], *, timeout: float = 10.0) -> bool:
 
     True once the plugin answered; False when no admin identity is configured. Raises
     BrokerError when the broker cannot be reached or does not answer in `timeout` seconds."""
-    if not (settings.MQTT_URL and settings.PERFUSE_MQTT_ADMIN_CERT_FILE and settings.PERFUSE_MQTT_ADMIN_KEY_FILE):
+    if not usernames or not (
+        settings.MQTT_URL and settings.PERFUSE_MQTT_ADMIN_CERT_FILE and settings.PERFUSE_MQTT_ADMIN_KEY_FILE
+    ):
         return False
     commands: list[dict[str, str]] = []
     for username in usernames:
