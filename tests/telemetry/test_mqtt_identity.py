@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from audit.access.roles import DEVICE_ADMIN
 from audit.models import AuditEvent
 from telemetry import pki
 from telemetry.models import DeviceKey, IssuedCertificate, Ward
 from telemetry.mqtt_broker import DEVICE_ACKS
-from tests import factories
+from tests import factories, personas
 from tests.mqtt_support import WAIT, Broker, Connection, Identity, connected, identity_files
 
 pytestmark = pytest.mark.django_db
@@ -173,3 +174,16 @@ def test_the_daily_crl_refresh_keeps_revocations_and_reloads_the_broker(
     assert serial in {entry.serial_number for entry in crl} and crl.last_update_utc >= before
     with connected(mqtt, _identity(_provision("lumee-c10"), tmp_path)) as device:
         assert device.connected.is_set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_devices_page_says_when_the_broker_was_not_told(mqtt: Broker, settings: Any) -> None:
+    factories.ward("icu-a")
+    admin = personas.staff("devadmin-mqtt", DEVICE_ADMIN)
+    _provision("lumee-c11")
+    key = DeviceKey.objects.get(device__device_id="lumee-c11")
+    settings.PERFUSE_MQTT_RELOAD_COMMAND = "false"
+    page = personas.verified_client(admin).post(f"/devices/keys/{key.key_id}/revoke", follow=True)
+    assert "revoked, but the broker was not told" in page.content.decode()
+    key.refresh_from_db()
+    assert key.revoked_at is not None
