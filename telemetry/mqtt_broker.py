@@ -244,32 +244,48 @@ def client_connect(
 def broker_kick(usernames: list[str], *, timeout: float = 10.0) -> bool:
     """Disconnect every open connection of these usernames (dynamic-security create + delete).
 
-    True once the plugin answered; False when no admin identity is configured. Raises
-    BrokerError when the broker cannot be reached or does not answer in `timeout` seconds."""
+    True once the plugin answered; False when no admin identity is configured or no broker is
+    listening. Raises BrokerError when the broker does not answer in `timeout` seconds."""
     if not usernames or not (
         settings.MQTT_URL and settings.PERFUSE_MQTT_ADMIN_CERT_FILE and settings.PERFUSE_MQTT_ADMIN_KEY_FILE
     ):
         return False
-    commands: list[dict[str, str]] = []
-    for username in usernames:
-        commands += [
-            {"command": "createClient", "username": username},
-            {"command": "deleteClient", "username": username},
-        ]
+    client = _admin_client()
+    if client is None:
+        return False
+    commands = [{"command": c, "username": name} for name in usernames for c in ("createClient", "deleteClient")]
+    responses = _control(client, commands, timeout=timeout)
+    failed = [r for r in responses if r.get("command") == "deleteClient" and r.get("error")]
+    if failed:
+        raise BrokerError(f"the broker did not drop the connections: {failed}")
+    return True
+
+
+def _admin_client() -> mqtt.Client | None:
     context = tls_context(
         ca=settings.MQTT_CA_FILE, cert=settings.PERFUSE_MQTT_ADMIN_CERT_FILE, key=settings.PERFUSE_MQTT_ADMIN_KEY_FILE
     )
-    subscribed, answered = threading.Event(), threading.Event()
     try:
-        client = client_connect(client_id=f"{ADMIN_CN}-{uuid.uuid4().hex[:12]}", context=context)
+        return client_connect(client_id=f"{ADMIN_CN}-{uuid.uuid4().hex[:12]}", context=context)
     except ConnectionRefusedError:
         # No broker listening holds no connection to drop; it reads the new CRL when it starts.
         logger.warning("broker at %s is not running: nothing to drop", settings.MQTT_URL)
-        return False
+        return None
     except OSError as exc:
         raise BrokerError(f"cannot reach the broker at {settings.MQTT_URL}: {exc}") from exc
+
+
+def _control(client: mqtt.Client, commands: list[dict[str, str]], *, timeout: float) -> list[dict[str, str]]:
+    """Send dynamic-security commands and return the plugin's responses."""
+    subscribed, answered = threading.Event(), threading.Event()
+    responses: list[dict[str, str]] = []
+
+    def on_message(_client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        responses.extend(_responses(message.payload))
+        answered.set()
+
     client.on_subscribe = lambda *_args: subscribed.set()
-    client.on_message = lambda *_args: answered.set()
+    client.on_message = on_message
     client.loop_start()
     try:
         client.subscribe(f"{CONTROL_TOPIC}/response", qos=1)
@@ -278,10 +294,19 @@ def broker_kick(usernames: list[str], *, timeout: float = 10.0) -> bool:
         client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
         if not answered.wait(timeout):
             raise BrokerError("the broker's dynamic-security plugin did not answer (is it loaded?)")
-        return True
+        return responses
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _responses(payload: bytes | bytearray) -> list[dict[str, str]]:
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        return [{"command": "?", "error": "unreadable answer"}]
+    responses = answer.get("responses", []) if isinstance(answer, dict) else []
+    return [r for r in responses if isinstance(r, dict)]
 
 
 @dataclass(frozen=True)
