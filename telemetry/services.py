@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry.models import Assignment, Device, DeviceKey, Patient, PatientIdentity, Ward
+from telemetry.models import Assignment, Device, DeviceKey, Gateway, GatewayKey, Patient, PatientIdentity, Ward
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
 from telemetry.storage import timescale_in_use
+
+# Gateway ids become certificate CNs and MQTT topic levels: no '/', '+', '#' or spaces.
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RegistryError(Exception):
@@ -38,8 +42,19 @@ def public_key_from_pem(pem: bytes) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _new_key_id() -> str:
-    return "k_" + secrets.token_urlsafe(12)
+def _new_key_id(prefix: str = "k_") -> str:
+    return prefix + secrets.token_urlsafe(12)
+
+
+def _key_pair(public_key_pem: bytes | None) -> tuple[bytes, str | None]:
+    """The raw Ed25519 public key to register, and the private key's PEM when one was generated."""
+    if public_key_pem is not None:
+        return public_key_from_pem(public_key_pem), None
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw), private_pem
 
 
 @transaction.atomic
@@ -54,15 +69,7 @@ def device_provision(
     if device.ward_id != ward.id:
         device.ward = ward
         device.save(update_fields=["ward"])
-    private_pem = None
-    if public_key_pem is None:
-        private = Ed25519PrivateKey.generate()
-        private_pem = private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode()
-        raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    else:
-        raw = public_key_from_pem(public_key_pem)
+    raw, private_pem = _key_pair(public_key_pem)
     key = DeviceKey.objects.create(key_id=_new_key_id(), device=device, public_key=raw)
     audit_record(
         actor=actor,
@@ -82,6 +89,60 @@ def device_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> DeviceKey:
         key.revoked_at = dt.datetime.now(dt.UTC)
         key.save(update_fields=["revoked_at"])
     audit_record(actor=actor, action="device.key_revoked", subject=key.device.device_id, detail={"key_id": key.key_id})
+    return key
+
+
+@dataclass(frozen=True)
+class GatewayProvisioned:
+    gateway: Gateway
+    key: GatewayKey
+    private_key_pem: str | None
+
+
+@transaction.atomic
+def gateway_provision(
+    *,
+    gateway_id: str,
+    ward_code: str,
+    scope: str = Gateway.Scope.WARD,
+    public_key_pem: bytes | None = None,
+    actor: Actor = SYSTEM,
+) -> GatewayProvisioned:
+    """Register a gateway (or add a key to an existing one, moving it to `ward_code` and `scope`)."""
+    ward = Ward.objects.filter(code=ward_code).first()
+    if ward is None:
+        raise RegistryError(f"unknown ward {ward_code!r}")
+    if scope not in Gateway.Scope.values:
+        raise RegistryError(f"scope must be one of {Gateway.Scope.values}")
+    if not _GATEWAY_ID.fullmatch(gateway_id):
+        raise RegistryError("a gateway id is 1-64 letters, digits, '.', '_' or '-'")
+    # One name space at the broker: the certificate's CN is the MQTT username of a device or gateway.
+    if Device.objects.filter(device_id=gateway_id).exists():
+        raise RegistryError(f"{gateway_id!r} is a device id")
+    gateway, _ = Gateway.objects.update_or_create(gateway_id=gateway_id, defaults={"ward": ward, "scope": scope})
+    raw, private_pem = _key_pair(public_key_pem)
+    key = GatewayKey.objects.create(key_id=_new_key_id("g_"), gateway=gateway, public_key=raw)
+    audit_record(
+        actor=actor,
+        action="gateway.key_added",
+        subject=gateway.gateway_id,
+        detail={"key_id": key.key_id, "ward": ward.code, "scope": scope, "generated": private_pem is not None},
+    )
+    return GatewayProvisioned(gateway=gateway, key=key, private_key_pem=private_pem)
+
+
+@transaction.atomic
+def gateway_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> GatewayKey:
+    """Revoke a gateway key at once: its next outer request gets 401."""
+    key = GatewayKey.objects.select_for_update().select_related("gateway").filter(key_id=key_id).first()
+    if key is None:
+        raise RegistryError(f"unknown gateway key {key_id!r}")
+    if key.revoked_at is None:
+        key.revoked_at = dt.datetime.now(dt.UTC)
+        key.save(update_fields=["revoked_at"])
+    audit_record(
+        actor=actor, action="gateway.key_revoked", subject=key.gateway.gateway_id, detail={"key_id": key.key_id}
+    )
     return key
 
 

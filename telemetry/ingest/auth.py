@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,13 +27,15 @@ from telemetry.ingest.answers import IngestError
 # non-ASCII character must never reach PostgreSQL as a query parameter.
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-_KEY_SQL = """
-SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code
+_KEY_COLUMNS = "k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code"
+_KEY_FROM = """
 FROM telemetry_devicekey k
 JOIN telemetry_device d ON d.id = k.device_id
 JOIN telemetry_ward w ON w.id = d.ward_id
-WHERE k.key_id = %s
 """
+_KEY_SQL = f"SELECT {_KEY_COLUMNS} {_KEY_FROM} WHERE k.key_id = %s"
+# Many keys in one round trip: a gateway request carries many devices' batches.
+_KEYS_SQL = f"SELECT k.key_id, {_KEY_COLUMNS} {_KEY_FROM} WHERE k.key_id = ANY(%s)"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,18 @@ class DeviceKeyRow:
     ward: str
 
 
-def credentials_check(headers: Mapping[str, str], *, now: float) -> Credentials:
-    """The credentials, well-formed and within the clock window, or a 401."""
+class SigningKey(Protocol):
+    """What a signature is checked against: a device key, or a gateway key (ingest/gateway.py)."""
+
+    @property
+    def revoked(self) -> bool: ...
+    @property
+    def public_key(self) -> bytes: ...
+
+
+def credentials_check(headers: Mapping[str, str], *, now: float, max_age: int | None = None) -> Credentials:
+    """The credentials, well-formed and within the clock window, or a 401. `max_age` widens the
+    window into the past (a gateway's buffered inner batches); the future keeps the skew."""
     # Lower-case names: Django's request.headers and the raw ASGI entry's dict both answer them.
     key_id = headers.get("x-perfuse-key", "")
     stamp = headers.get("x-perfuse-timestamp", "")
@@ -71,8 +83,11 @@ def credentials_check(headers: Mapping[str, str], *, now: float) -> Credentials:
         raise IngestError("malformed_signature", "signature is not padded standard base64") from exc
     if len(raw_signature) != 64:
         raise IngestError("malformed_signature", "an Ed25519 signature is 64 bytes")
-    if abs(int(stamp) - now) > settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS:
+    skew = settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS
+    if max_age is None and abs(int(stamp) - now) > skew:
         raise IngestError("stale_timestamp", "X-Perfuse-Timestamp is more than 300 s from server time")
+    if max_age is not None and not -skew <= now - int(stamp) <= max_age:
+        raise IngestError("stale_timestamp", f"timestamp is more than {max_age} s old or {skew} s ahead")
     return Credentials(key_id, int(stamp), raw_signature)
 
 
@@ -86,7 +101,15 @@ async def device_authenticate(conn: AsyncConnection[Any], *, credentials: Creden
     return key
 
 
-def signature_verify(key: DeviceKeyRow, *, credentials: Credentials, body: bytes) -> None:
+async def device_keys_lookup(conn: AsyncConnection[Any], key_ids: list[str]) -> dict[str, DeviceKeyRow]:
+    """The device keys among `key_ids` (well-formed ids only), by key id; unknown ones are absent."""
+    cursor = await conn.execute(_KEYS_SQL, [key_ids])
+    return {
+        row[0]: DeviceKeyRow(row[1], bytes(row[2]), row[3], row[4], row[5], row[6]) for row in await cursor.fetchall()
+    }
+
+
+def signature_verify(key: SigningKey, *, credentials: Credentials, body: bytes) -> None:
     if key.revoked:
         raise IngestError("revoked_key", "this key has been revoked")
     try:
