@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry.models import Assignment, Device, DeviceKey, Gateway, GatewayKey, Patient, PatientIdentity, Ward
+from telemetry.models import (
+    Assignment,
+    Device,
+    DeviceKey,
+    Gateway,
+    GatewayKey,
+    IssuedCertificate,
+    Patient,
+    PatientIdentity,
+    Ward,
+)
+from telemetry.mqtt_broker import BrokerError, broker_revoked
+from telemetry.pki import PkiError, authority_load, certificate_issue, certificate_revoke
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
 from telemetry.storage import timescale_in_use
 
@@ -25,11 +39,19 @@ class RegistryError(Exception):
     """A registry operation that cannot be done as asked (unknown ward, bad key file…)."""
 
 
+class BrokerNotTold(RegistryError):
+    """A revocation committed, but the MQTT broker could not be told (it still refuses the key
+    over HTTP; run revoke_device_key again once the broker is reachable)."""
+
+
 @dataclass(frozen=True)
 class Provisioned:
     device: Device
     key: DeviceKey
     private_key_pem: str | None
+    # The key's client certificate and the CA's, when the deployment CA exists (contract 1b, 2).
+    certificate_pem: str | None = None
+    ca_pem: str | None = None
 
 
 def public_key_from_pem(pem: bytes) -> bytes:
@@ -71,25 +93,67 @@ def device_provision(
         device.save(update_fields=["ward"])
     raw, private_pem = _key_pair(public_key_pem)
     key = DeviceKey.objects.create(key_id=_new_key_id(), device=device, public_key=raw)
+    certificate_pem, ca_pem = _certificate_for(device.device_id, raw, key=key)
     audit_record(
         actor=actor,
         action="device.key_added",
         subject=device.device_id,
-        detail={"key_id": key.key_id, "ward": ward.code, "generated": private_pem is not None},
+        detail={
+            "key_id": key.key_id,
+            "ward": ward.code,
+            "generated": private_pem is not None,
+            "certificate": certificate_pem is not None,
+        },
     )
-    return Provisioned(device=device, key=key, private_key_pem=private_pem)
+    return Provisioned(
+        device=device, key=key, private_key_pem=private_pem, certificate_pem=certificate_pem, ca_pem=ca_pem
+    )
+
+
+def _certificate_for(cn: str, raw_public_key: bytes, *, key: DeviceKey | None = None) -> tuple[str | None, str | None]:
+    """A client certificate for the key (CN = device or gateway id) and the CA, or (None, None)
+    with no CA. `key`: the device key it certifies, revoked with it."""
+    authority = authority_load()
+    if authority is None:
+        return None, None
+    public_key = Ed25519PublicKey.from_public_bytes(raw_public_key)
+    try:
+        pem = certificate_issue(cn=cn, public_key=public_key, key=key)
+    except PkiError as exc:
+        raise RegistryError(str(exc)) from exc
+    return pem, authority.ca_pem
 
 
 @transaction.atomic
 def device_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> DeviceKey:
+    """Revoke a key and its client certificates at once. After commit the broker is told (CRL
+    rebuilt and reloaded, the device's open connection dropped: telemetry.mqtt_broker); a broker
+    that cannot be told fails the call loudly, the revocation itself being committed."""
     key = DeviceKey.objects.select_for_update().select_related("device").filter(key_id=key_id).first()
     if key is None:
         raise RegistryError(f"unknown key {key_id!r}")
     if key.revoked_at is None:
         key.revoked_at = dt.datetime.now(dt.UTC)
         key.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, action="device.key_revoked", subject=key.device.device_id, detail={"key_id": key.key_id})
+    serials = certificate_revoke(key=key, at=key.revoked_at)
+    audit_record(
+        actor=actor,
+        action="device.key_revoked",
+        subject=key.device.device_id,
+        detail={"key_id": key.key_id, "certificates": serials},
+    )
+    # Told again on a repeated revocation too: that is how an operator retries a broker that was
+    # down (BrokerNotTold) — the CRL is rebuilt and the drop repeated, both idempotent.
+    if serials or key.certificates.exists():
+        transaction.on_commit(functools.partial(_broker_told, key.device.device_id))
     return key
+
+
+def _broker_told(device_id: str) -> None:
+    try:
+        broker_revoked([device_id])
+    except BrokerError as exc:
+        raise BrokerNotTold(f"revoked, but the broker was not told: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -97,6 +161,8 @@ class GatewayProvisioned:
     gateway: Gateway
     key: GatewayKey
     private_key_pem: str | None
+    certificate_pem: str | None = None  # with the deployment CA (contract section 2)
+    ca_pem: str | None = None
 
 
 @transaction.atomic
@@ -121,28 +187,50 @@ def gateway_provision(
         raise RegistryError(f"{gateway_id!r} is a device id")
     gateway, _ = Gateway.objects.update_or_create(gateway_id=gateway_id, defaults={"ward": ward, "scope": scope})
     raw, private_pem = _key_pair(public_key_pem)
-    key = GatewayKey.objects.create(key_id=_new_key_id("g_"), gateway=gateway, public_key=raw)
+    certificate_pem, ca_pem = _certificate_for(gateway_id, raw)
+    serial = (
+        "" if certificate_pem is None else f"{x509.load_pem_x509_certificate(certificate_pem.encode()).serial_number:x}"
+    )
+    key = GatewayKey.objects.create(
+        key_id=_new_key_id("g_"), gateway=gateway, public_key=raw, certificate_serial=serial
+    )
     audit_record(
         actor=actor,
         action="gateway.key_added",
         subject=gateway.gateway_id,
-        detail={"key_id": key.key_id, "ward": ward.code, "scope": scope, "generated": private_pem is not None},
+        detail={
+            "key_id": key.key_id,
+            "ward": ward.code,
+            "scope": scope,
+            "generated": private_pem is not None,
+            "certificate": certificate_pem is not None,
+        },
     )
-    return GatewayProvisioned(gateway=gateway, key=key, private_key_pem=private_pem)
+    return GatewayProvisioned(
+        gateway=gateway, key=key, private_key_pem=private_pem, certificate_pem=certificate_pem, ca_pem=ca_pem
+    )
 
 
 @transaction.atomic
 def gateway_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> GatewayKey:
-    """Revoke a gateway key at once: its next outer request gets 401."""
+    """Revoke a gateway key and its client certificate at once: its next outer request gets 401,
+    and after commit the broker is told as for a device key (its other keys' certificates stay)."""
     key = GatewayKey.objects.select_for_update().select_related("gateway").filter(key_id=key_id).first()
     if key is None:
         raise RegistryError(f"unknown gateway key {key_id!r}")
     if key.revoked_at is None:
         key.revoked_at = dt.datetime.now(dt.UTC)
         key.save(update_fields=["revoked_at"])
+    certificates = IssuedCertificate.objects.filter(serial=key.certificate_serial, revoked_at__isnull=True)
+    revoked = certificates.update(revoked_at=key.revoked_at) if key.certificate_serial else 0
     audit_record(
-        actor=actor, action="gateway.key_revoked", subject=key.gateway.gateway_id, detail={"key_id": key.key_id}
+        actor=actor,
+        action="gateway.key_revoked",
+        subject=key.gateway.gateway_id,
+        detail={"key_id": key.key_id, "certificates": [key.certificate_serial] if revoked else []},
     )
+    if key.certificate_serial:  # rebuilds the CRL and drops the open connection, as for a device
+        transaction.on_commit(functools.partial(_broker_told, key.gateway.gateway_id))
     return key
 
 

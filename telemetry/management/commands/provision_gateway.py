@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import CommandParser
 
 from config.commands import ResultCommand
+from telemetry.management.commands._provisioning import key_answer, public_key_read
 from telemetry.models import Gateway
 from telemetry.services import RegistryError, gateway_provision
 
@@ -25,21 +26,17 @@ class Command(ResultCommand):
         parser.add_argument("--public-key-file", type=Path)
 
     def act(self, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        pem = None
-        if options["public_key_file"]:
-            try:
-                pem = options["public_key_file"].read_bytes()
-            except OSError as exc:
-                raise CommandError(f"cannot read public key file: {exc}") from exc
         result = gateway_provision(
             gateway_id=options["gateway_id"],
             ward_code=options["ward"],
             scope=Gateway.Scope.SITE if options["site_wide"] else Gateway.Scope.WARD,
-            public_key_pem=pem,
+            public_key_pem=public_key_read(options["public_key_file"]),
         )
         out: dict[str, Any] = {"gateway_id": result.gateway.gateway_id, "key_id": result.key.key_id}
-        text = f"gateway {out['gateway_id']} key {out['key_id']}"
-        if result.private_key_pem is not None:
-            out["private_key_pem"] = result.private_key_pem
-            text += f"\n{result.private_key_pem}"  # shown once: only its public half is stored
-        return out, text
+        return key_answer(
+            out,
+            f"gateway {out['gateway_id']} key {out['key_id']}",
+            private_key_pem=result.private_key_pem,
+            certificate_pem=result.certificate_pem,
+            ca_pem=result.ca_pem,
+        )
