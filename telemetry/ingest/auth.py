@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,15 +27,15 @@ from telemetry.ingest.answers import IngestError
 # non-ASCII character must never reach PostgreSQL as a query parameter.
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-_KEY_COLUMNS = "k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code"
-_KEY_FROM = """
+_KEY_COLUMNS = """
+SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code, k.key_id
 FROM telemetry_devicekey k
 JOIN telemetry_device d ON d.id = k.device_id
 JOIN telemetry_ward w ON w.id = d.ward_id
 """
-_KEY_SQL = f"SELECT {_KEY_COLUMNS} {_KEY_FROM} WHERE k.key_id = %s"
-# Many keys in one round trip: a gateway request carries many devices' batches.
-_KEYS_SQL = f"SELECT k.key_id, {_KEY_COLUMNS} {_KEY_FROM} WHERE k.key_id = ANY(%s)"
+_KEY_SQL = _KEY_COLUMNS + "WHERE k.key_id = %s"
+# A group of messages (telemetry/ingest/group.py) looks all its keys up in one round trip.
+_KEYS_SQL = _KEY_COLUMNS + "WHERE k.key_id = ANY(%s)"
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class SigningKey(Protocol):
     def revoked(self) -> bool: ...
     @property
     def public_key(self) -> bytes: ...
+
+
+Key = TypeVar("Key", bound=SigningKey)
 
 
 def credentials_check(headers: Mapping[str, str], *, now: float, max_age: int | None = None) -> Credentials:
@@ -94,28 +97,30 @@ def credentials_check(headers: Mapping[str, str], *, now: float, max_age: int | 
 async def device_authenticate(conn: AsyncConnection[Any], *, credentials: Credentials, body: bytes) -> DeviceKeyRow:
     """The key that signed `body`, with its device, ward and site; 401 when unknown, revoked or forged."""
     row = await (await conn.execute(_KEY_SQL, [credentials.key_id])).fetchone()
-    if row is None:
+    return signature_verify(None if row is None else _key_row(row), credentials=credentials, body=body)
+
+
+async def keys_lookup(conn: AsyncConnection[Any], key_ids: list[str]) -> dict[str, DeviceKeyRow]:
+    """The keys of these ids that exist (revoked ones included: `signature_verify` refuses them)."""
+    rows = await (await conn.execute(_KEYS_SQL, [key_ids])).fetchall()
+    return {row[6]: _key_row(row) for row in rows}
+
+
+def _key_row(row: tuple[Any, ...]) -> DeviceKeyRow:
+    return DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+
+
+def signature_verify(key: Key | None, *, credentials: Credentials, body: bytes) -> Key:
+    """`key`, if it is live and signed `body`; else 401 (None: no key has the credentials' id)."""
+    if key is None:
         raise IngestError("unknown_key", "no device key with this id")
-    key = DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
-    signature_verify(key, credentials=credentials, body=body)
-    return key
-
-
-async def device_keys_lookup(conn: AsyncConnection[Any], key_ids: list[str]) -> dict[str, DeviceKeyRow]:
-    """The device keys among `key_ids` (well-formed ids only), by key id; unknown ones are absent."""
-    cursor = await conn.execute(_KEYS_SQL, [key_ids])
-    return {
-        row[0]: DeviceKeyRow(row[1], bytes(row[2]), row[3], row[4], row[5], row[6]) for row in await cursor.fetchall()
-    }
-
-
-def signature_verify(key: SigningKey, *, credentials: Credentials, body: bytes) -> None:
     if key.revoked:
         raise IngestError("revoked_key", "this key has been revoked")
     try:
         _public_key(key.public_key).verify(credentials.signature, str(credentials.stamp).encode() + b"\n" + body)
     except (InvalidSignature, ValueError) as exc:
         raise IngestError("bad_signature", "signature does not match the body and timestamp") from exc
+    return key
 
 
 @lru_cache(maxsize=4096)

@@ -47,14 +47,8 @@ from psycopg_pool import PoolTimeout
 from telemetry import db
 from telemetry.ingest import publish
 from telemetry.ingest.answers import Answer, IngestError, storage_unavailable, too_large
-from telemetry.ingest.auth import (
-    Credentials,
-    DeviceKeyRow,
-    credentials_check,
-    device_keys_lookup,
-    signature_verify,
-)
-from telemetry.ingest.pipeline import batch_result, rate_check
+from telemetry.ingest.auth import Credentials, DeviceKeyRow, credentials_check, keys_lookup, signature_verify
+from telemetry.ingest.pipeline import rate_check
 from telemetry.ingest.store import Stored, readings_store
 from telemetry.ingest.validate import Row, batch_check, parse_batch, validate_readings
 from telemetry.schemas import (
@@ -63,6 +57,7 @@ from telemetry.schemas import (
     ErrorDetail,
     GatewayItemResult,
     GatewayResult,
+    IngestResult,
     Rejection,
     TypedBatchIn,
     gateway_decoder,
@@ -154,9 +149,9 @@ async def gateway_authenticate(conn: AsyncConnection[Any], *, credentials: Crede
     row = await (await conn.execute(_GATEWAY_KEY_SQL, [credentials.key_id])).fetchone()
     if row is None:
         raise IngestError("unknown_key", "no gateway key with this id")
-    key = GatewayKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
-    signature_verify(key, credentials=credentials, body=body)
-    return key
+    return signature_verify(
+        GatewayKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5]), credentials=credentials, body=body
+    )
 
 
 def _parse_envelope(body: bytes, *, gateway: GatewayKeyRow, addressed: str | None) -> list[msgspec.Raw]:
@@ -222,7 +217,7 @@ async def _authenticate_inners(conn: AsyncConnection[Any], inners: list[Inner], 
     """Each inner batch's device key (one query for all) and signature, then the checks of the
     batch against its key and against the gateway's ward or site."""
     wanted = sorted({i.credentials.key_id for i in inners if i.credentials is not None and i.refusal is None})
-    keys = await device_keys_lookup(conn, wanted) if wanted else {}
+    keys = await keys_lookup(conn, wanted) if wanted else {}
     for inner in inners:
         try:
             _authorize(inner, keys, gateway=gateway)
@@ -234,11 +229,9 @@ def _authorize(inner: Inner, keys: dict[str, DeviceKeyRow], *, gateway: GatewayK
     if inner.refusal is not None:
         raise inner.refusal
     assert inner.credentials is not None
-    key = keys.get(inner.credentials.key_id)
-    if key is None:
-        raise IngestError("unknown_key", "no device key with this id")
-    signature_verify(key, credentials=inner.credentials, body=inner.body)
-    inner.key = key
+    key = inner.key = signature_verify(
+        keys.get(inner.credentials.key_id), credentials=inner.credentials, body=inner.body
+    )
     if inner.parse_refusal is not None:
         raise inner.parse_refusal
     assert inner.batch is not None
@@ -290,15 +283,12 @@ def _result(inner: Inner, now: dt.datetime) -> GatewayItemResult:
             result.retry_after = int(inner.answer.headers["Retry-After"])
         return result
     assert inner.batch is not None and inner.rows is not None and inner.rejected is not None
-    stored = inner.stored or Stored([], {}, [])
-    counts = batch_result(inner.batch, rows=inner.rows, stored=stored, rejected=inner.rejected, now=now)
-    return GatewayItemResult(
-        inner.index,
-        inner.device_id,
-        200,
-        batch_id=counts.batch_id,
-        accepted=counts.accepted,
-        duplicates=counts.duplicates,
-        rejected=counts.rejected,
-        ingest_time=counts.ingest_time,
+    accepted = len(inner.stored.inserted) if inner.stored is not None else 0
+    counts = IngestResult(  # section 1's 200, as pipeline.handle builds it
+        batch_id=inner.batch.batch_id,
+        accepted=accepted,
+        duplicates=len(inner.rows) - accepted,
+        rejected=inner.rejected,
+        ingest_time=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
+    return GatewayItemResult(inner.index, inner.device_id, 200, **msgspec.structs.asdict(counts))

@@ -28,8 +28,8 @@ from telemetry.ingest import publish
 from telemetry.ingest.answers import Answer, IngestError, error, storage_unavailable, too_large
 from telemetry.ingest.auth import DeviceKeyRow, credentials_check, device_authenticate
 from telemetry.ingest.store import Stored, readings_store
-from telemetry.ingest.validate import Row, batch_check, parse_batch, validate_readings
-from telemetry.schemas import BatchIn, IngestResult, Rejection, TypedBatchIn
+from telemetry.ingest.validate import batch_check, parse_batch, validate_readings
+from telemetry.schemas import IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,14 @@ async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
         rows, rejected = validate_readings(batch, now)
         stored = await readings_store(conn, key=key, batch=batch, rows=rows, now=now) if rows else Stored([], {}, [])
     publish.stored_publish(key, stored)
-    result = batch_result(batch, rows=rows, stored=stored, rejected=rejected, now=now)
-    return Answer(200, msgspec.to_builtins(result), decision.headers() if decision is not None else {})
-
-
-def batch_result(
-    batch: BatchIn | TypedBatchIn, *, rows: list[Row], stored: Stored, rejected: list[Rejection], now: dt.datetime
-) -> IngestResult:
-    """The 200 answer for one device's batch: what its transaction committed, by count."""
-    return IngestResult(
+    result = IngestResult(
         batch_id=batch.batch_id,
         accepted=len(stored.inserted),
         duplicates=len(rows) - len(stored.inserted),
         rejected=rejected,
         ingest_time=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
+    return Answer(200, msgspec.to_builtins(result), decision.headers() if decision is not None else {})
 
 
 async def rate_check(*, key: DeviceKeyRow, cost: int) -> ratelimit.RateDecision | None:
