@@ -14,8 +14,9 @@ move, so after a restart nothing is processed twice in effect and nothing is ski
 transaction that was still open at the horizon is picked up by a later loop once it commits
 (ordering by commit time instead would skip it, which is why the cursor is not a timestamp).
 
-When it wakes. Every ingest transaction also sends a NOTIFY on the `perfuse_ingest` channel
-(telemetry/ingest/store.py), which PostgreSQL delivers only once that transaction has committed.
+When it wakes. Every ingest-log row queues a NOTIFY on the `perfuse_ingest` channel (a trigger:
+telemetry/storage.py INGEST_NOTIFY_SQL), which PostgreSQL delivers only once the writing ingest
+transaction has committed, one per transaction.
 The engine LISTENs on a connection of its own and, once caught up, waits for a notification or
 the poll interval (PERFUSE_ENGINE_INTERVAL_SECONDS, `--interval`), whichever comes first; the
 notifications that piled up meanwhile are drained, so a burst of commits costs one loop. So a
@@ -51,7 +52,6 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from telemetry import db, storage
-from telemetry.ingest.store import ENGINE_CHANNEL
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, READING_ROW_COLUMNS, ReadingRow, bucket_floor
 from telemetry.units import METRICS
 
@@ -242,7 +242,7 @@ class Engine:
     def listen(self) -> bool:
         """(Re)open the LISTEN connection; False when the database cannot be reached."""
         try:
-            self._listener = db.listen_connect(ENGINE_CHANNEL)
+            self._listener = db.listen_connect(storage.INGEST_CHANNEL)
         except psycopg.Error as exc:
             if not self._listener_down:
                 log.warning("cannot LISTEN for ingest commits (%s); polling every %s s", exc, self.interval)

@@ -7,11 +7,6 @@ moved with `INSERT … ON CONFLICT DO NOTHING RETURNING`, together with the engi
 (telemetry_ingest_log), so a retransmit stores nothing twice and the answer counts exactly the
 rows this transaction committed. Provenance (firmware, calibration) is recorded in the same
 transaction (telemetry/ingest/provenance.py).
-
-The first round trip also queues a NOTIFY on ENGINE_CHANNEL, which wakes `run_engine`
-(telemetry/engine.py) when, and only when, this transaction commits: PostgreSQL delivers
-notifications at commit, drops them on rollback, and folds identical ones of one transaction (a
-gateway message's many devices) into one.
 """
 
 from __future__ import annotations
@@ -27,8 +22,6 @@ from telemetry.ingest.provenance import AnnotationRow, Span, patient_at, provena
 from telemetry.ingest.validate import Row
 from telemetry.schemas import BatchIn, TypedBatchIn
 
-ENGINE_CHANNEL = "perfuse_ingest"
-_NOTIFY_SQL = f"SELECT pg_notify('{ENGINE_CHANNEL}', '')"
 _STAGE_COLUMNS = (
     "device_id, patient_id, metric, seq, sample_time, value, raw_value, raw_unit, "
     "signal_quality, calibration_id, firmware"
@@ -86,7 +79,6 @@ async def readings_store(
                 await cur.execute(_LOCK_DEVICE_SQL, [key.device_pk, now, hi])
                 await spans_cur.execute(_SPANS_SQL, [key.device_pk, hi, lo])
                 await cal_cur.execute(_CALIBRATIONS_SQL, [key.device_pk])
-                await conn.execute(_NOTIFY_SQL)
             state = await cur.fetchone()
             spans: list[Span] = await spans_cur.fetchall()
             calibrations = await cal_cur.fetchall()

@@ -1,6 +1,7 @@
-"""The engine wakes on commit (LISTEN/NOTIFY from the ingest transaction): with a poll interval of an
-hour, a committed reading is still processed, through the HTTP and the gateway doors, and after
-the listening connection was killed."""
+"""The engine wakes on commit (LISTEN/NOTIFY from the ingest transaction, by a trigger on the ingest
+log): with a poll interval of an hour, a committed reading is still processed, through the HTTP
+and the gateway doors, and after the listening connection was killed; a rolled-back transaction
+notifies nothing, a committed one once however many devices it wrote."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import datetime as dt
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import AsyncClient
 
+from telemetry import db, storage
 from telemetry.engine import Engine, ReadingRow
 from tests import factories
 from tests.ingest_helpers import ago, query, send
@@ -113,3 +116,23 @@ async def test_the_engine_listens_again_after_its_connection_is_killed(engine):
     dev = await make_device()
     assert (await send(AsyncClient(), dev, factories.series(1, 2, start=ago(30)))).json()["accepted"] == 2
     assert await asyncio.to_thread(recorder.wait_for, 2)
+
+
+def _log_row(cursor: Any) -> None:
+    cursor.execute(
+        "INSERT INTO telemetry_ingest_log (device_id, min_sample_time, max_sample_time, accepted) "
+        "VALUES (1, now(), now(), 1)"
+    )
+
+
+def test_the_ingest_log_notifies_once_per_committed_transaction_and_never_for_a_rollback():
+    with db.listen_connect(storage.INGEST_CHANNEL) as listener:
+        with pytest.raises(RuntimeError), transaction.atomic(), connection.cursor() as cursor:
+            _log_row(cursor)
+            raise RuntimeError("rolled back")
+        with transaction.atomic(), connection.cursor() as cursor:
+            for _ in range(3):  # three devices in one transaction (a gateway message, a group commit)
+                _log_row(cursor)
+        received = list(listener.notifies(timeout=GUARD, stop_after=1))
+        received += list(listener.notifies(timeout=0.5))  # anything else already queued
+    assert [(n.channel, n.payload) for n in received] == [("perfuse_ingest", "")]
