@@ -3,6 +3,7 @@ door-free `gateway_handle` the MQTT bridge calls."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -12,10 +13,13 @@ import orjson
 import pytest
 import yaml
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.core.management import call_command
 from django.test import AsyncClient, Client
 
+from config import live
 from config.asgi import application
+from telemetry import db as telemetry_db
 from telemetry.ingest.gateway import gateway_handle
 from telemetry.services import device_key_revoke, gateway_key_revoke
 from tests import factories
@@ -335,3 +339,31 @@ def test_the_openapi_schema_describes_the_gateway_endpoint():
     item = components["GatewayItemResult"]
     assert set(item["required"]) == {"index", "device_id", "status"}
     assert {"accepted", "duplicates", "rejected", "error", "retry_after"} <= set(item["properties"])
+
+
+async def test_a_database_outage_answers_the_whole_request_503(settings, monkeypatch):
+    ward = await make_ward()
+    dev = await make_device(ward.code)
+    gw = await make_gateway(ward.code)
+    settings.PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = 0.5
+    monkeypatch.setattr(telemetry_db, "_conninfo", lambda: {"host": "127.0.0.1", "port": 1, "dbname": "x"})
+    response = await post(gw, [factories.inner(dev, device_batch(dev, 1, 2))])
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "storage_unavailable")
+    assert int(response["Retry-After"]) >= 1
+
+
+async def test_each_patient_behind_a_gateway_gets_its_live_frame_after_the_commit():
+    ward = await make_ward()
+    a, b = await make_device(ward.code, patient="p-gw-live-a"), await make_device(ward.code, patient="p-gw-live-b")
+    gw = await make_gateway(ward.code)
+    layer = get_channel_layer()
+    channels = {}
+    for pseudonym in ("p-gw-live-a", "p-gw-live-b"):
+        channels[pseudonym] = await layer.new_channel()
+        await layer.group_add(live.patient_group(pseudonym), channels[pseudonym])
+    inners = [factories.inner(d, device_batch(d, 1, n)) for d, n in ((a, 3), (b, 2))]
+    assert codes(await post(gw, inners)) == [(0, 200, None), (1, 200, None)]
+    for pseudonym, device, n in (("p-gw-live-a", a, 3), ("p-gw-live-b", b, 2)):
+        frame = await asyncio.wait_for(layer.receive(channels[pseudonym]), timeout=5)
+        assert frame["type"] == "reading.batch" and frame["patient"] == pseudonym
+        assert frame["ranges"] == [{"device": device.device_id, "first": 1, "last": n}]
