@@ -227,12 +227,15 @@ class Engine:
         *,
         interval: float | None = None,
         clock: Callable[[], dt.datetime] = timezone.now,
+        listen: bool = True,
     ) -> None:
         self.processors = list(processors)
         self.interval = settings.PERFUSE_ENGINE_INTERVAL_SECONDS if interval is None else interval
         self.clock = clock
         self.stop_event = threading.Event()
         self._housekeeping_due = dt.datetime.min.replace(tzinfo=dt.UTC)
+        # False: poll only (a connection pooler in transaction mode, e.g. PgBouncer, cannot LISTEN).
+        self.listening = listen
         self._listener: psycopg.Connection[Any] | None = None
         self._listener_down = False
 
@@ -255,6 +258,9 @@ class Engine:
 
     def wait_for_commit(self, timeout: float) -> bool:
         """Until an ingest commit is announced (True), `timeout` passes or a stop is asked (False)."""
+        if not self.listening:
+            self.stop_event.wait(timeout)
+            return False
         deadline = time.monotonic() + timeout
         while not self.stop_event.is_set():
             remaining = deadline - time.monotonic()
@@ -320,7 +326,8 @@ class Engine:
         if not self.acquire_ownership():
             return
         # LISTEN before the first loop: a commit after that loop's snapshot is then announced.
-        self.listen()
+        if self.listening:
+            self.listen()
         log.info("engine started with %s", ", ".join(type(p).__name__ for p in self.processors) or "no processors")
         failures = 0
         while not self.stop_event.is_set():
