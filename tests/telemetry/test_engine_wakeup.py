@@ -136,3 +136,19 @@ def test_the_ingest_log_notifies_once_per_committed_transaction_and_never_for_a_
         received = list(listener.notifies(timeout=GUARD, stop_after=1))
         received += list(listener.notifies(timeout=0.5))  # anything else already queued
     assert [(n.channel, n.payload) for n in received] == [("perfuse_ingest", "")]
+
+
+async def test_without_listen_the_engine_polls_and_opens_no_listening_connection():
+    recorder = Recorder()
+    engine = Engine([recorder], interval=0.05, listen=False)
+    worker = threading.Thread(target=engine.run, daemon=True)
+    worker.start()
+    try:
+        assert await asyncio.to_thread(recorder.ticked.wait, GUARD)
+        dev = await make_device()
+        assert (await send(AsyncClient(), dev, factories.series(1, 2, start=ago(30)))).json()["accepted"] == 2
+        assert await asyncio.to_thread(recorder.wait_for, 2)
+        assert await _listener_pid() is None
+    finally:
+        engine.stop()
+        await asyncio.to_thread(worker.join, GUARD)
