@@ -5,7 +5,8 @@ middleware stack cost about 4 ms of CPU per 500-reading request — most of it t
 Django runs each `MiddlewareMixin.process_request` through `sync_to_async` — against about 5.5 ms
 for the ingest work itself. Devices are not browser sessions: they need none of that middleware.
 So `IngestRouter` answers `POST /api/v1/ingest/readings` itself, with the same `pipeline.precheck`
-and `pipeline.handle` as the Django view, and hands every other request to Django. Requests the
+and `pipeline.handle` as the Django view (and `POST /api/v1/ingest/gateway` with
+`gateway.gateway_handle`, contract section 1c), and hands every other request to Django. Requests the
 middleware would have refused or redirected (a host outside ALLOWED_HOSTS, plain HTTP when
 SECURE_SSL_REDIRECT is on) also go to Django, so they are answered exactly as before.
 """
@@ -13,6 +14,7 @@ SECURE_SSL_REDIRECT is on) also go to Django, so they are answered exactly as be
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
@@ -20,13 +22,18 @@ from django.http.request import split_domain_port, validate_host
 
 from config import metrics
 from telemetry.ingest import pipeline
-from telemetry.ingest.answers import Answer, too_large
+from telemetry.ingest.answers import Answer, answer_counts, too_large
+from telemetry.ingest.gateway import gateway_handle
 from telemetry.schemas import encoder
 
 Scope = dict[str, Any]
 ASGIApp = Any
+Handler = Callable[..., Awaitable[Answer]]
 
 PATH = "/api/v1/ingest/readings"
+GATEWAY_PATH = "/api/v1/ingest/gateway"
+
+HANDLERS: dict[str, Handler] = {PATH: pipeline.handle, GATEWAY_PATH: gateway_handle}
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -45,7 +52,7 @@ def _secure(scope: Scope, headers: dict[str, str]) -> bool:
 
 
 def _ours(scope: Scope, headers: dict[str, str]) -> bool:
-    if scope["type"] != "http" or scope["path"] != PATH:
+    if scope["type"] != "http" or scope["path"] not in HANDLERS:
         return False
     domain, _ = split_domain_port(headers.get("host", ""))
     if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
@@ -67,22 +74,24 @@ async def _respond(send: Any, answer: Answer) -> None:
 
 async def ingest_app(scope: Scope, receive: Any, send: Any, headers: dict[str, str]) -> None:
     started = time.perf_counter()
-    status, body = 500, {}  # an exception is counted as the 500 a device would see
+    # An exception is counted as the 500 a device would see.
+    status, counts = 500, (0, 0, list[str]())
     try:
         answer = await _answer(scope, receive, headers)
         if answer is None:  # the client went away before sending its body: nothing to count
             status = 0
             return
-        status, body = answer.status, answer.body
+        status, counts = answer.status, answer_counts(answer)
         await _respond(send, answer)
     finally:
         if status:
             # The same /metrics counters as the Django view's `metrics.ingest_observed`.
+            accepted, duplicates, codes = counts
             metrics.ingest_observe(
                 status=status,
-                accepted=body.get("accepted", 0) if status == 200 else 0,
-                duplicates=body.get("duplicates", 0) if status == 200 else 0,
-                rejected_codes=[item["code"] for item in body.get("rejected", ())] if status == 200 else [],
+                accepted=accepted,
+                duplicates=duplicates,
+                rejected_codes=codes,
                 seconds=time.perf_counter() - started,
             )
 
@@ -108,17 +117,17 @@ async def _answer(scope: Scope, receive: Any, headers: dict[str, str]) -> Answer
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return await pipeline.handle(body=b"".join(chunks), headers=headers)
+    return await HANDLERS[scope["path"]](body=b"".join(chunks), headers=headers)
 
 
 class IngestRouter:
-    """ASGI `http` application: the ingest path here, everything else to Django."""
+    """ASGI `http` application: the ingest paths here, everything else to Django."""
 
     def __init__(self, django_app: ASGIApp) -> None:
         self.django_app = django_app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == PATH:
+        if scope["type"] == "http" and scope["path"] in HANDLERS:
             headers = _headers(scope)
             if _ours(scope, headers):
                 await ingest_app(scope, receive, send, headers)

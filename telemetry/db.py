@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connections
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
@@ -41,6 +42,17 @@ def _conninfo() -> dict[str, Any]:
     params.pop("cursor_factory", None)
     params.pop("context", None)
     return {key: value for key, value in params.items() if value not in (None, "")}
+
+
+def listen_connect(channel: str) -> psycopg.Connection[Any]:
+    """A dedicated autocommit connection LISTENing on `channel` (the engine's wake-up on commit)."""
+    conn = psycopg.connect(**{"connect_timeout": 5, **_conninfo()}, autocommit=True)
+    try:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    except psycopg.Error:
+        conn.close()
+        raise
+    return conn
 
 
 async def ingest_pool() -> AsyncConnectionPool:

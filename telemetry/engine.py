@@ -14,6 +14,18 @@ move, so after a restart nothing is processed twice in effect and nothing is ski
 transaction that was still open at the horizon is picked up by a later loop once it commits
 (ordering by commit time instead would skip it, which is why the cursor is not a timestamp).
 
+When it wakes. Every ingest-log row queues a NOTIFY on the `perfuse_ingest` channel (a trigger:
+telemetry/storage.py INGEST_NOTIFY_SQL), which PostgreSQL delivers only once the writing ingest
+transaction has committed, one per transaction.
+The engine LISTENs on a connection of its own and, once caught up, waits for a notification or
+the poll interval (PERFUSE_ENGINE_INTERVAL_SECONDS, `--interval`), whichever comes first; the
+notifications that piled up meanwhile are drained, so a burst of commits costs one loop. So a
+reading reaches the processors milliseconds after its commit, and the poll stays as the fallback:
+it drives the processors' timers, covers a lost listener connection (reconnected on the next
+wait, which then runs a loop at once in case a notification was missed), and picks up a
+transaction that was still open at the horizon when its notification arrived. The notification
+is a hint, the ingest log is the truth: a spurious or lost one changes only when a loop runs.
+
 Processors (settings.PERFUSE_ENGINE_PROCESSORS) also get `tick(now=...)` every loop for their
 timers. RollupProcessor keeps the plain-PostgreSQL rollup tables from mergeable partials (on
 TimescaleDB the continuous aggregates do that job). Housekeeping on plain PostgreSQL creates
@@ -27,17 +39,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from telemetry import storage
+from telemetry import db, storage
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, READING_ROW_COLUMNS, ReadingRow, bucket_floor
 from telemetry.units import METRICS
 
@@ -47,6 +61,9 @@ ADVISORY_LOCK_KEY = 0x7065_7266_0001  # "perf" + 1: the engine's ownership lock
 MAX_TXIDS_PER_BATCH = 2000
 HOUSEKEEPING_EVERY = dt.timedelta(minutes=10)
 INGEST_LOG_KEEP = dt.timedelta(days=1)
+# A wait for a notification is cut into slices this long so that SIGTERM (which only sets the stop
+# event) is honoured promptly even with a long poll interval.
+STOP_CHECK_SECONDS = 0.5
 
 
 class Processor(Protocol):
@@ -210,15 +227,72 @@ class Engine:
         *,
         interval: float | None = None,
         clock: Callable[[], dt.datetime] = timezone.now,
+        listen: bool = True,
     ) -> None:
         self.processors = list(processors)
         self.interval = settings.PERFUSE_ENGINE_INTERVAL_SECONDS if interval is None else interval
         self.clock = clock
         self.stop_event = threading.Event()
         self._housekeeping_due = dt.datetime.min.replace(tzinfo=dt.UTC)
+        # False: poll only (a connection pooler in transaction mode, e.g. PgBouncer, cannot LISTEN).
+        self.listening = listen
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listener_down = False
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def listen(self) -> bool:
+        """(Re)open the LISTEN connection; False when the database cannot be reached."""
+        try:
+            self._listener = db.listen_connect(storage.INGEST_CHANNEL)
+        except psycopg.Error as exc:
+            if not self._listener_down:
+                log.warning("cannot LISTEN for ingest commits (%s); polling every %s s", exc, self.interval)
+            self._listener_down = True
+            return False
+        if self._listener_down:
+            log.info("listening for ingest commits again")
+        self._listener_down = False
+        return True
+
+    def wait_for_commit(self, timeout: float) -> bool:
+        """Until an ingest commit is announced (True), `timeout` passes or a stop is asked (False)."""
+        if not self.listening:
+            self.stop_event.wait(timeout)
+            return False
+        deadline = time.monotonic() + timeout
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._listener is None:
+                # Reconnected: a notification may have been missed while it was down, so loop now.
+                if self.listen():
+                    return True
+                self.stop_event.wait(min(remaining, 1.0))
+                continue
+            if self._notified(min(remaining, STOP_CHECK_SECONDS)):
+                return True
+        return False
+
+    def _notified(self, timeout: float) -> bool:
+        assert self._listener is not None
+        try:
+            if not any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1)):
+                return False
+            for _ in self._listener.notifies(timeout=0):  # the burst behind it: one loop for all
+                pass
+        except psycopg.Error as exc:
+            log.warning("lost the LISTEN connection (%s); reconnecting", exc)
+            self._close_listener()
+            return False
+        return True
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def acquire_ownership(self) -> bool:
         """Wait until this process holds the engine lock; False if asked to stop first."""
@@ -251,6 +325,9 @@ class Engine:
     def run(self) -> None:
         if not self.acquire_ownership():
             return
+        # LISTEN before the first loop: a commit after that loop's snapshot is then announced.
+        if self.listening:
+            self.listen()
         log.info("engine started with %s", ", ".join(type(p).__name__ for p in self.processors) or "no processors")
         failures = 0
         while not self.stop_event.is_set():
@@ -276,7 +353,8 @@ class Engine:
             if batch.readings:
                 log.debug("processed %d readings from %d transactions", batch.readings, batch.transactions)
             if batch.caught_up:
-                self.stop_event.wait(self.interval)
+                self.wait_for_commit(self.interval)
         # Ending the session releases the ownership lock (also when the connection is already gone).
         connection.close()
+        self._close_listener()
         log.info("engine stopped")

@@ -46,6 +46,41 @@ class DeviceKey(models.Model):
         return self.key_id
 
 
+class Gateway(models.Model):
+    """An edge gateway (a ward hub, a patient's phone) forwarding batches its devices signed.
+
+    It may carry only devices of its own ward, or with scope `site` of every ward on its ward's
+    site (contract section 1c); it cannot forge readings, since each inner batch keeps its
+    device's own signature. Its id is its certificate's CN, the broker's username."""
+
+    class Scope(models.TextChoices):
+        WARD = "ward"
+        SITE = "site"
+
+    gateway_id = models.CharField(max_length=64, unique=True)
+    ward = models.ForeignKey(Ward, on_delete=models.PROTECT, related_name="gateways")
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.WARD)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.gateway_id
+
+
+class GatewayKey(models.Model):
+    """An Ed25519 public key signing a gateway's outer requests. Several may be active (rotation)."""
+
+    key_id = models.CharField(max_length=64, unique=True)
+    gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="keys")
+    public_key = models.BinaryField(max_length=32)
+    # The key's client certificate (IssuedCertificate.serial), revoked with the key; "" without a CA.
+    certificate_serial = models.CharField(max_length=40, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key_id
+
+
 class IssuedCertificate(models.Model):
     """An X.509 client certificate the deployment CA issued (telemetry/pki.py). The CRL is rebuilt
     from the revoked rows, so a revocation outlives the broker and the file it reads."""

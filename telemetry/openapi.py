@@ -1,5 +1,6 @@
-"""OpenAPI of `POST /api/v1/ingest/readings` (contract section 1), a drf-spectacular hook: the
-endpoint is served by the ingest pipeline, not by DRF, so the generator does not see it.
+"""OpenAPI of `POST /api/v1/ingest/readings` (contract section 1) and `POST /api/v1/ingest/gateway`
+(section 1c), a drf-spectacular hook: the endpoints are served by the ingest pipeline, not by DRF,
+so the generator does not see them.
 
 The bodies are generated from the msgspec structs the pipeline decodes and answers with
 (telemetry/schemas.py), so the schema cannot drift from the validator; the error codes of each
@@ -16,10 +17,20 @@ from typing import Any
 import msgspec
 from django.conf import settings
 
-from telemetry.ingest.answers import ERROR_STATUS
-from telemetry.schemas import ErrorBody, IngestResult, ReadingIn, TypedBatchIn
+from telemetry.ingest.answers import ERROR_STATUS, GATEWAY_CODES
+from telemetry.schemas import (
+    ErrorBody,
+    GatewayItemResult,
+    GatewayResult,
+    IngestResult,
+    InnerBatchIn,
+    ReadingIn,
+    TypedBatchIn,
+    TypedGatewayBatchIn,
+)
 
 PATH = "/api/v1/ingest/readings"
+GATEWAY_PATH = "/api/v1/ingest/gateway"
 _REF = "#/components/schemas/"
 # Published component name -> the struct it is generated from.
 _COMPONENTS: dict[str, type[msgspec.Struct]] = {
@@ -27,10 +38,15 @@ _COMPONENTS: dict[str, type[msgspec.Struct]] = {
     "ReadingIn": ReadingIn,
     "IngestResult": IngestResult,
     "IngestError": ErrorBody,
+    "GatewayBatch": TypedGatewayBatchIn,
+    "GatewayInnerBatch": InnerBatchIn,
+    "GatewayResult": GatewayResult,
+    "GatewayItemResult": GatewayItemResult,
 }
 _DESCRIPTIONS = {
     "ReadingBatch": "One device's signed batch of readings.",
     "ReadingIn": "One reading; each is accepted or rejected on its own.",
+    "GatewayBatch": "An edge gateway's signed request carrying its devices' signed batches.",
 }
 
 
@@ -66,11 +82,16 @@ def ingest_components() -> dict[str, Any]:
             schema["description"] = _DESCRIPTIONS[name]
     # A limit the pipeline enforces (413), not the decoder.
     components["ReadingBatch"]["properties"]["readings"]["maxItems"] = settings.PERFUSE_INGEST_MAX_READINGS
+    components["GatewayBatch"]["properties"]["batches"]["maxItems"] = settings.PERFUSE_INGEST_MAX_READINGS
     return components
 
 
-def _error(description: str, status: int, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    codes = [code for code, code_status in ERROR_STATUS.items() if code_status == status]
+def _error(
+    description: str, status: int, headers: dict[str, Any] | None = None, *, codes: list[str] | None = None
+) -> dict[str, Any]:
+    """An error answer listing the codes of `status` the readings endpoint gives (or `codes`)."""
+    if codes is None:
+        codes = [c for c, c_status in ERROR_STATUS.items() if c_status == status and c not in GATEWAY_CODES]
     answer: dict[str, Any] = {
         "description": description + " Codes: " + ", ".join(f"`{c}`" for c in codes) + ".",
         "content": {"application/json": {"schema": {"$ref": _REF + "IngestError"}}},
@@ -95,21 +116,25 @@ def _header(name: str, schema_type: str, description: str) -> dict[str, Any]:
     return {"in": "header", "required": True, "name": name, "schema": {"type": schema_type}, "description": description}
 
 
+def _signed_by(what: str) -> list[dict[str, Any]]:
+    return [
+        _header("X-Perfuse-Key", "string", f"Key id issued when the {what} was provisioned"),
+        _header("X-Perfuse-Timestamp", "integer", "Unix seconds; rejected when more than 300 s from server time"),
+        _header(
+            "X-Perfuse-Signature",
+            "string",
+            'Base64 (standard, padded) Ed25519 signature of TIMESTAMP + "\\n" + BODY',
+        ),
+    ]
+
+
 def ingest_operation() -> dict[str, Any]:
     return {
         "operationId": "ingest_readings",
         "tags": ["ingest"],
         "summary": "Push a signed batch of readings from one device",
         "security": [],
-        "parameters": [
-            _header("X-Perfuse-Key", "string", "Key id issued at provisioning"),
-            _header("X-Perfuse-Timestamp", "integer", "Unix seconds; rejected when more than 300 s from server time"),
-            _header(
-                "X-Perfuse-Signature",
-                "string",
-                'Base64 (standard, padded) Ed25519 signature of TIMESTAMP + "\\n" + BODY',
-            ),
-        ],
+        "parameters": _signed_by("device"),
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": _REF + "ReadingBatch"}}},
@@ -136,7 +161,45 @@ def ingest_operation() -> dict[str, Any]:
     }
 
 
+def gateway_operation() -> dict[str, Any]:
+    inner_codes = ", ".join(f"`{c}`" for c in ERROR_STATUS)
+    return {
+        "operationId": "ingest_gateway",
+        "tags": ["ingest"],
+        "summary": "Push an edge gateway's batches, each signed by its own device",
+        "description": "The outer request is signed by the gateway's key as a device's request is; each inner "
+        'batch carries its device\'s key id, timestamp and signature over TIMESTAMP + "\\n" + BODY. Inner '
+        f"timestamps may be up to {settings.PERFUSE_GATEWAY_MAX_BUFFER_SECONDS} s old "
+        "(PERFUSE_GATEWAY_MAX_BUFFER_SECONDS). A gateway carries only devices of its own ward (or site, when "
+        "provisioned site-wide). At most 5,000 readings and 1 MiB in all.",
+        "security": [],
+        "parameters": _signed_by("gateway"),
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF + "GatewayBatch"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "The outer request is valid: one result per inner batch, by index, with what "
+                "POST /api/v1/ingest/readings would have answered for it (its status and body; `retry_after` "
+                f"seconds with a 429). Inner error codes: {inner_codes}.",
+                "content": {"application/json": {"schema": {"$ref": _REF + "GatewayResult"}}},
+            },
+            "400": _error("Body is not JSON, wrong schema, or batches missing / not a list.", 400),
+            "401": _error("Missing, malformed, unknown, revoked or wrongly signed gateway key; stale timestamp.", 401),
+            "403": _error("gateway_id does not match the key.", 403, codes=["gateway_mismatch"]),
+            "405": _error("Method other than POST.", 405),
+            "413": _error("Body above 1 MiB, or more than 5,000 readings (or batches) in all.", 413),
+            "415": _error("Content-Type is not application/json.", 415),
+            "503": _error(
+                "Storage unavailable or saturated; nothing was committed, send the request again.", 503, _RETRY_AFTER
+            ),
+        },
+    }
+
+
 def add_ingest_endpoint(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     result.setdefault("paths", {})[PATH] = {"post": ingest_operation()}
+    result["paths"][GATEWAY_PATH] = {"post": gateway_operation()}
     result.setdefault("components", {}).setdefault("schemas", {}).update(ingest_components())
     return result

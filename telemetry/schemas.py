@@ -106,3 +106,66 @@ batch_decoder = msgspec.json.Decoder(BatchIn)
 typed_batch_decoder = msgspec.json.Decoder(TypedBatchIn)
 reading_decoder = msgspec.json.Decoder(ReadingIn)
 encoder = msgspec.json.Encoder()
+
+
+# --- edge gateways (contract section 1c) ---------------------------------------------------------
+
+GATEWAY_SCHEMA = "perfuse.gateway/1"
+GatewaySchemaName = Annotated[str, msgspec.Meta(extra_json_schema={"enum": [GATEWAY_SCHEMA]})]
+
+
+class GatewayBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The outer envelope; each inner batch is kept as raw JSON and decoded on its own, so one
+    malformed entry is refused by index while the gateway's other devices are stored."""
+
+    schema: str
+    gateway_id: str
+    batches: list[msgspec.Raw]
+
+
+class InnerBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One device's batch as the device signed it (section 1), carried by a gateway."""
+
+    key: Annotated[str, msgspec.Meta(description="The device's key id")]
+    timestamp: Annotated[
+        int | str, msgspec.Meta(description="The device's Unix time of signing (what X-Perfuse-Timestamp carries)")
+    ]
+    signature: Annotated[str, msgspec.Meta(description='Base64 Ed25519 signature of TIMESTAMP + "\\n" + BODY')]
+    body: Annotated[str, msgspec.Meta(description="Base64 (standard, padded) of the exact section-1 body bytes")]
+
+
+class TypedGatewayBatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The outer envelope as published in the OpenAPI schema."""
+
+    schema: GatewaySchemaName
+    gateway_id: Annotated[str, msgspec.Meta(description="The gateway the signing key belongs to")]
+    batches: list[InnerBatchIn]
+
+
+class GatewayItemResult(msgspec.Struct, omit_defaults=True):
+    """Per inner batch, what section 1 would have answered: the 200 counts, or the error with its
+    status (and `retry_after` seconds with a 429)."""
+
+    index: int
+    device_id: Annotated[str | None, msgspec.Meta(description="The signing key's device, else the body's claim")]
+    status: int
+    batch_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    accepted: int | msgspec.UnsetType = msgspec.UNSET
+    duplicates: int | msgspec.UnsetType = msgspec.UNSET
+    rejected: list[Rejection] | msgspec.UnsetType = msgspec.UNSET
+    ingest_time: Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    error: ErrorDetail | msgspec.UnsetType = msgspec.UNSET
+    retry_after: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class GatewayResult(msgspec.Struct):
+    """The 200 answer to a valid outer request: one result per inner batch, by index."""
+
+    gateway_id: str
+    results: list[GatewayItemResult]
+
+
+gateway_decoder = msgspec.json.Decoder(GatewayBatchIn)
+inner_decoder = msgspec.json.Decoder(InnerBatchIn)

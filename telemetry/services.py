@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
 from telemetry.errors import RegistryError
-from telemetry.models import Device, DeviceKey, Patient, Ward
+from telemetry.models import (
+    Device,
+    DeviceKey,
+    Gateway,
+    GatewayKey,
+    IssuedCertificate,
+    Patient,
+    Ward,
+)
 from telemetry.mqtt_broker import BrokerError, broker_revoked
 from telemetry.pki import PkiError, authority_load, certificate_issue, certificate_revoke
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
@@ -33,6 +43,9 @@ __all__ = [
     "public_key_from_pem",
     "readings_assign",
 ]
+
+# Gateway ids become certificate CNs and MQTT topic levels: no '/', '+', '#' or spaces.
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class BrokerNotTold(RegistryError):
@@ -60,8 +73,19 @@ def public_key_from_pem(pem: bytes) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _new_key_id() -> str:
-    return "k_" + secrets.token_urlsafe(12)
+def _new_key_id(prefix: str = "k_") -> str:
+    return prefix + secrets.token_urlsafe(12)
+
+
+def _key_pair(public_key_pem: bytes | None) -> tuple[bytes, str | None]:
+    """The raw Ed25519 public key to register, and the private key's PEM when one was generated."""
+    if public_key_pem is not None:
+        return public_key_from_pem(public_key_pem), None
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw), private_pem
 
 
 @transaction.atomic
@@ -76,17 +100,9 @@ def device_provision(
     if device.ward_id != ward.id:
         device.ward = ward
         device.save(update_fields=["ward"])
-    private_pem = None
-    if public_key_pem is None:
-        private = Ed25519PrivateKey.generate()
-        private_pem = private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode()
-        raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    else:
-        raw = public_key_from_pem(public_key_pem)
+    raw, private_pem = _key_pair(public_key_pem)
     key = DeviceKey.objects.create(key_id=_new_key_id(), device=device, public_key=raw)
-    certificate_pem, ca_pem = _certificate_for(key)
+    certificate_pem, ca_pem = _certificate_for(device.device_id, raw, key=key)
     audit_record(
         actor=actor,
         action="device.key_added",
@@ -103,14 +119,15 @@ def device_provision(
     )
 
 
-def _certificate_for(key: DeviceKey) -> tuple[str | None, str | None]:
-    """The key's client certificate (CN = device id) and the CA, or (None, None) with no CA."""
+def _certificate_for(cn: str, raw_public_key: bytes, *, key: DeviceKey | None = None) -> tuple[str | None, str | None]:
+    """A client certificate for the key (CN = device or gateway id) and the CA, or (None, None)
+    with no CA. `key`: the device key it certifies, revoked with it."""
     authority = authority_load()
     if authority is None:
         return None, None
-    public_key = Ed25519PublicKey.from_public_bytes(bytes(key.public_key))
+    public_key = Ed25519PublicKey.from_public_bytes(raw_public_key)
     try:
-        pem = certificate_issue(cn=key.device.device_id, public_key=public_key, key=key)
+        pem = certificate_issue(cn=cn, public_key=public_key, key=key)
     except PkiError as exc:
         raise RegistryError(str(exc)) from exc
     return pem, authority.ca_pem
@@ -146,6 +163,84 @@ def _broker_told(device_id: str) -> None:
         broker_revoked([device_id])
     except BrokerError as exc:
         raise BrokerNotTold(f"revoked, but the broker was not told: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GatewayProvisioned:
+    gateway: Gateway
+    key: GatewayKey
+    private_key_pem: str | None
+    certificate_pem: str | None = None  # with the deployment CA (contract section 2)
+    ca_pem: str | None = None
+
+
+@transaction.atomic
+def gateway_provision(
+    *,
+    gateway_id: str,
+    ward_code: str,
+    scope: str = Gateway.Scope.WARD,
+    public_key_pem: bytes | None = None,
+    actor: Actor = SYSTEM,
+) -> GatewayProvisioned:
+    """Register a gateway (or add a key to an existing one, moving it to `ward_code` and `scope`)."""
+    ward = Ward.objects.filter(code=ward_code).first()
+    if ward is None:
+        raise RegistryError(f"unknown ward {ward_code!r}")
+    if scope not in Gateway.Scope.values:
+        raise RegistryError(f"scope must be one of {Gateway.Scope.values}")
+    if not _GATEWAY_ID.fullmatch(gateway_id):
+        raise RegistryError("a gateway id is 1-64 letters, digits, '.', '_' or '-'")
+    # One name space at the broker: the certificate's CN is the MQTT username of a device or gateway.
+    if Device.objects.filter(device_id=gateway_id).exists():
+        raise RegistryError(f"{gateway_id!r} is a device id")
+    gateway, _ = Gateway.objects.update_or_create(gateway_id=gateway_id, defaults={"ward": ward, "scope": scope})
+    raw, private_pem = _key_pair(public_key_pem)
+    certificate_pem, ca_pem = _certificate_for(gateway_id, raw)
+    serial = (
+        "" if certificate_pem is None else f"{x509.load_pem_x509_certificate(certificate_pem.encode()).serial_number:x}"
+    )
+    key = GatewayKey.objects.create(
+        key_id=_new_key_id("g_"), gateway=gateway, public_key=raw, certificate_serial=serial
+    )
+    audit_record(
+        actor=actor,
+        action="gateway.key_added",
+        subject=gateway.gateway_id,
+        detail={
+            "key_id": key.key_id,
+            "ward": ward.code,
+            "scope": scope,
+            "generated": private_pem is not None,
+            "certificate": certificate_pem is not None,
+        },
+    )
+    return GatewayProvisioned(
+        gateway=gateway, key=key, private_key_pem=private_pem, certificate_pem=certificate_pem, ca_pem=ca_pem
+    )
+
+
+@transaction.atomic
+def gateway_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> GatewayKey:
+    """Revoke a gateway key and its client certificate at once: its next outer request gets 401,
+    and after commit the broker is told as for a device key (its other keys' certificates stay)."""
+    key = GatewayKey.objects.select_for_update().select_related("gateway").filter(key_id=key_id).first()
+    if key is None:
+        raise RegistryError(f"unknown gateway key {key_id!r}")
+    if key.revoked_at is None:
+        key.revoked_at = dt.datetime.now(dt.UTC)
+        key.save(update_fields=["revoked_at"])
+    certificates = IssuedCertificate.objects.filter(serial=key.certificate_serial, revoked_at__isnull=True)
+    revoked = certificates.update(revoked_at=key.revoked_at) if key.certificate_serial else 0
+    audit_record(
+        actor=actor,
+        action="gateway.key_revoked",
+        subject=key.gateway.gateway_id,
+        detail={"key_id": key.key_id, "certificates": [key.certificate_serial] if revoked else []},
+    )
+    if key.certificate_serial:  # rebuilds the CRL and drops the open connection, as for a device
+        transaction.on_commit(functools.partial(_broker_told, key.gateway.gateway_id))
+    return key
 
 
 @transaction.atomic

@@ -195,6 +195,29 @@ def create_reading_storage(cursor: Any, *, today: dt.date) -> str:
     return backend
 
 
+# Every row written to the ingest log (one per device and ingest transaction, whichever writer:
+# one request, a gateway message, a group commit) queues a NOTIFY on this channel, which
+# PostgreSQL delivers only once the writing transaction has committed (none after a rollback,
+# one per transaction however many rows: identical notifications are folded). `run_engine`
+# LISTENs on it (telemetry/engine.py). A trigger rather than a statement in each writer, so no
+# write path can forget it.
+INGEST_CHANNEL = "perfuse_ingest"
+INGEST_NOTIFY_SQL = f"""
+CREATE FUNCTION telemetry_ingest_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{INGEST_CHANNEL}', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER telemetry_ingest_log_notify AFTER INSERT ON telemetry_ingest_log
+    FOR EACH ROW EXECUTE FUNCTION telemetry_ingest_notify();
+"""
+INGEST_NOTIFY_REVERSE_SQL = """
+DROP TRIGGER IF EXISTS telemetry_ingest_log_notify ON telemetry_ingest_log;
+DROP FUNCTION IF EXISTS telemetry_ingest_notify();
+"""
+
+
 def drop_reading_storage(cursor: Any) -> None:
     cursor.execute("DROP TABLE IF EXISTS telemetry_ingest_log")
     cursor.execute("DROP TABLE IF EXISTS telemetry_reading CASCADE")

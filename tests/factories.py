@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from telemetry.models import Ward
-from telemetry.services import device_provision, patient_admit
+from telemetry.services import device_provision, gateway_provision, patient_admit
 
 _counter = itertools.count(1)
 
@@ -56,6 +56,36 @@ def device(ward_code: str | None = None, device_id: str | None = None, patient: 
             at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2),
         )
     return SimDevice(device_id, provisioned.key.key_id, private, ward_code)
+
+
+@dataclass
+class SimGateway(SimDevice):
+    """A provisioned gateway: signs its outer requests like a device (`sign`), wraps device batches."""
+
+    def envelope(self, inners: list[dict[str, Any]], **overrides: Any) -> bytes:
+        body: dict[str, Any] = {"schema": "perfuse.gateway/1", "gateway_id": self.device_id, "batches": inners}
+        body.update(overrides)
+        return orjson.dumps(body)
+
+
+def inner(dev: SimDevice, body: bytes, stamp: int | None = None) -> dict[str, Any]:
+    """A device's signed batch as a gateway carries it (contract section 1c)."""
+    headers = dev.sign(body, stamp)
+    return {
+        "key": headers["X-Perfuse-Key"],
+        "timestamp": int(headers["X-Perfuse-Timestamp"]),
+        "signature": headers["X-Perfuse-Signature"],
+        "body": base64.b64encode(body).decode(),
+    }
+
+
+def gateway(ward_code: str, gateway_id: str | None = None, scope: str = "ward") -> SimGateway:
+    gateway_id = gateway_id or f"hub-{next(_counter):04d}"
+    provisioned = gateway_provision(gateway_id=gateway_id, ward_code=ward_code, scope=scope)
+    assert provisioned.private_key_pem is not None
+    private = serialization.load_pem_private_key(provisioned.private_key_pem.encode(), password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    return SimGateway(gateway_id, provisioned.key.key_id, private, ward_code)
 
 
 def reading(seq: int, t: dt.datetime | None = None, **overrides: Any) -> dict[str, Any]:

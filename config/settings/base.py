@@ -241,6 +241,9 @@ PERFUSE_RATE_DEVICE_PER_SECOND = envint("PERFUSE_RATE_DEVICE_PER_SECOND", 200)
 PERFUSE_RATE_DEVICE_BURST = envint("PERFUSE_RATE_DEVICE_BURST", 20000)
 PERFUSE_RATE_SITE_PER_SECOND = envint("PERFUSE_RATE_SITE_PER_SECOND", 200000)
 PERFUSE_RATE_SITE_BURST = envint("PERFUSE_RATE_SITE_BURST", 400000)
+# Edge gateways (contract 1c): how old an inner batch's device timestamp may be (a gateway
+# buffers while offline); the outer request keeps the 300 s window.
+PERFUSE_GATEWAY_MAX_BUFFER_SECONDS = envint("PERFUSE_GATEWAY_MAX_BUFFER_SECONDS", 86400, minimum=300)
 PERFUSE_INGEST_POOL_SIZE = envint("PERFUSE_INGEST_POOL_SIZE", 8)
 # How long a request waits for a pooled connection before answering 503 storage_unavailable.
 PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECONDS", 5)

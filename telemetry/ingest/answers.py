@@ -27,6 +27,8 @@ ErrorCode = Literal[
     "revoked_key",
     "bad_signature",
     "device_mismatch",
+    "gateway_mismatch",
+    "foreign_device",
     "method_not_allowed",
     "body_too_large",
     "too_many_readings",
@@ -47,6 +49,8 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     "revoked_key": 401,
     "bad_signature": 401,
     "device_mismatch": 403,
+    "gateway_mismatch": 403,
+    "foreign_device": 403,
     "method_not_allowed": 405,
     "body_too_large": 413,
     "too_many_readings": 413,
@@ -54,6 +58,11 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     "rate_limited": 429,
     "storage_unavailable": 503,
 }
+
+
+# Codes only the gateway door answers (contract section 1c): the gateway_id is not the signing
+# key's gateway; an inner batch's device is of a ward (or site) the gateway may not carry.
+GATEWAY_CODES: frozenset[ErrorCode] = frozenset({"gateway_mismatch", "foreign_device"})
 
 
 @dataclass
@@ -83,3 +92,18 @@ def too_large() -> Answer:
 def storage_unavailable() -> Answer:
     # Not the device's fault, and nothing was committed: Retry-After makes it send the batch again.
     return error("storage_unavailable", "storage is unavailable; retry later", {"Retry-After": "1"})
+
+
+def answer_counts(answer: Answer) -> tuple[int, int, list[str]]:
+    """Accepted, duplicates and rejection codes an answer told its sender (for /metrics): a
+    section-1 200, or the 200 results of a gateway answer's inner batches (section 1c)."""
+    if answer.status != 200:
+        return 0, 0, []
+    parts = (
+        [r for r in answer.body.get("results", ()) if r["status"] == 200] if "results" in answer.body else [answer.body]
+    )
+    return (
+        sum(p["accepted"] for p in parts),
+        sum(p["duplicates"] for p in parts),
+        [item["code"] for p in parts for item in p["rejected"]],
+    )

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,13 +27,15 @@ from telemetry.ingest.answers import IngestError
 # non-ASCII character must never reach PostgreSQL as a query parameter.
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-_KEY_SQL = """
-SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code
+_KEY_COLUMNS = """
+SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code, k.key_id
 FROM telemetry_devicekey k
 JOIN telemetry_device d ON d.id = k.device_id
 JOIN telemetry_ward w ON w.id = d.ward_id
-WHERE k.key_id = %s
 """
+_KEY_SQL = _KEY_COLUMNS + "WHERE k.key_id = %s"
+# A group of messages (telemetry/ingest/group.py) looks all its keys up in one round trip.
+_KEYS_SQL = _KEY_COLUMNS + "WHERE k.key_id = ANY(%s)"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,21 @@ class DeviceKeyRow:
     ward: str
 
 
-def credentials_check(headers: Mapping[str, str], *, now: float) -> Credentials:
-    """The credentials, well-formed and within the clock window, or a 401."""
+class SigningKey(Protocol):
+    """What a signature is checked against: a device key, or a gateway key (ingest/gateway.py)."""
+
+    @property
+    def revoked(self) -> bool: ...
+    @property
+    def public_key(self) -> bytes: ...
+
+
+Key = TypeVar("Key", bound=SigningKey)
+
+
+def credentials_check(headers: Mapping[str, str], *, now: float, max_age: int | None = None) -> Credentials:
+    """The credentials, well-formed and within the clock window, or a 401. `max_age` widens the
+    window into the past (a gateway's buffered inner batches); the future keeps the skew."""
     # Lower-case names: Django's request.headers and the raw ASGI entry's dict both answer them.
     key_id = headers.get("x-perfuse-key", "")
     stamp = headers.get("x-perfuse-timestamp", "")
@@ -71,28 +86,41 @@ def credentials_check(headers: Mapping[str, str], *, now: float) -> Credentials:
         raise IngestError("malformed_signature", "signature is not padded standard base64") from exc
     if len(raw_signature) != 64:
         raise IngestError("malformed_signature", "an Ed25519 signature is 64 bytes")
-    if abs(int(stamp) - now) > settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS:
+    skew = settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS
+    if max_age is None and abs(int(stamp) - now) > skew:
         raise IngestError("stale_timestamp", "X-Perfuse-Timestamp is more than 300 s from server time")
+    if max_age is not None and not -skew <= now - int(stamp) <= max_age:
+        raise IngestError("stale_timestamp", f"timestamp is more than {max_age} s old or {skew} s ahead")
     return Credentials(key_id, int(stamp), raw_signature)
 
 
 async def device_authenticate(conn: AsyncConnection[Any], *, credentials: Credentials, body: bytes) -> DeviceKeyRow:
     """The key that signed `body`, with its device, ward and site; 401 when unknown, revoked or forged."""
     row = await (await conn.execute(_KEY_SQL, [credentials.key_id])).fetchone()
-    if row is None:
+    return signature_verify(None if row is None else _key_row(row), credentials=credentials, body=body)
+
+
+async def keys_lookup(conn: AsyncConnection[Any], key_ids: list[str]) -> dict[str, DeviceKeyRow]:
+    """The keys of these ids that exist (revoked ones included: `signature_verify` refuses them)."""
+    rows = await (await conn.execute(_KEYS_SQL, [key_ids])).fetchall()
+    return {row[6]: _key_row(row) for row in rows}
+
+
+def _key_row(row: tuple[Any, ...]) -> DeviceKeyRow:
+    return DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+
+
+def signature_verify(key: Key | None, *, credentials: Credentials, body: bytes) -> Key:
+    """`key`, if it is live and signed `body`; else 401 (None: no key has the credentials' id)."""
+    if key is None:
         raise IngestError("unknown_key", "no device key with this id")
-    key = DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
-    signature_verify(key, credentials=credentials, body=body)
-    return key
-
-
-def signature_verify(key: DeviceKeyRow, *, credentials: Credentials, body: bytes) -> None:
     if key.revoked:
         raise IngestError("revoked_key", "this key has been revoked")
     try:
         _public_key(key.public_key).verify(credentials.signature, str(credentials.stamp).encode() + b"\n" + body)
     except (InvalidSignature, ValueError) as exc:
         raise IngestError("bad_signature", "signature does not match the body and timestamp") from exc
+    return key
 
 
 @lru_cache(maxsize=4096)

@@ -13,6 +13,12 @@ everything late, firmware and calibration change. A 429 or 503 is honoured (Retr
 batch is sent again; nothing is dropped. With `--demo` the first worn device also plays a scripted
 critically low desaturation shortly after the start, so the console sounds a high-priority alarm
 within minutes (DEMO_SHOWCASE_S; docs/simulator.md).
+
+With hubs (`simulate_fleet --gateways G`), the devices are spread over G edge gateways of their
+wards (contract section 1c): each device still samples and signs its own batches, and its gateway
+(`Hub`) forwards everything pending in one outer request signed with the gateway's key, buffers
+while offline (the inner batches keep their devices' old timestamps), sends a request again when
+its acknowledgement is lost, and re-queues an inner batch answered 429 or 503.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import random
 import sys
 import time
-from collections import deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,8 +43,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import transaction
 
-from telemetry.models import Assignment, DeviceKey, Ward
-from telemetry.services import device_provision, patient_admit
+from telemetry.models import Assignment, DeviceKey, GatewayKey, Ward
+from telemetry.services import device_provision, gateway_provision, patient_admit
 from telemetry.simulator.signals import PatientSignal, SignalConfig
 
 INGEST_PATH = "/api/v1/ingest/readings"
@@ -60,6 +66,7 @@ class FleetDevice:
     key_id: str
     private_key: Ed25519PrivateKey
     pseudonym: str | None  # None: a spare device nobody wears (its readings are stored unassigned)
+    ward: str = ""
 
 
 def device_ids(ward: str, count: int, spares: int = 0) -> list[tuple[str, str | None]]:
@@ -84,13 +91,14 @@ def _save_keys(path: Path, keys: dict[str, dict[str, str]]) -> None:
     tmp.replace(path)
 
 
-def _usable(entry: dict[str, str] | None, device_id: str) -> Ed25519PrivateKey | None:
-    if (
-        not entry
-        or not DeviceKey.objects.filter(
-            key_id=entry.get("key_id"), device__device_id=device_id, revoked_at__isnull=True
-        ).exists()
-    ):
+def _usable(entry: dict[str, str] | None, owner_id: str, *, gateway: bool = False) -> Ed25519PrivateKey | None:
+    """The kept private key of a device (or gateway), when its key is still registered and active."""
+    keys = (
+        GatewayKey.objects.filter(gateway__gateway_id=owner_id)
+        if gateway
+        else DeviceKey.objects.filter(device__device_id=owner_id)
+    )
+    if not entry or not keys.filter(key_id=entry.get("key_id"), revoked_at__isnull=True).exists():
         return None
     try:
         key = serialization.load_pem_private_key(entry["private_key_pem"].encode(), password=None)
@@ -118,7 +126,7 @@ def provision_fleet(*, ward: str, count: int, keyfile: Path, site: str = "main",
         current = Assignment.objects.filter(device__device_id=device_id, end__isnull=True).first()
         if pseudonym is not None and (current is None or current.patient.pseudonym != pseudonym):
             patient_admit(pseudonym=pseudonym, ward_code=ward, device_id=device_id)
-        fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym))
+        fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym, ward))
     return fleet
 
 
@@ -158,12 +166,14 @@ class Stats:
     late_batches: int = 0
     firmware_changes: int = 0
     calibration_changes: int = 0
+    gateway_requests: int = 0  # outer requests of edge gateways (each carries many devices' batches)
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
         rate = self.accepted / max(1e-9, time.monotonic() - self.started)
+        via = f"  via {self.gateway_requests} gateway requests" if self.gateway_requests else ""
         return (
-            f"batches {self.batches}  readings {self.readings}  accepted {self.accepted} ({rate:.0f}/s)  "
+            f"batches {self.batches}{via}  readings {self.readings}  accepted {self.accepted} ({rate:.0f}/s)  "
             f"duplicates {self.duplicates}  rejected {self.rejected}  429s {self.throttled}  errors {self.errors}"
         )
 
@@ -342,6 +352,221 @@ class Gateway:
             await self.flush(client, time.time(), final=True)
 
 
+# --- edge gateways (contract section 1c) --------------------------------------------------------
+
+GATEWAY_INGEST_PATH = "/api/v1/ingest/gateway"
+# An outer request stays inside the contract's limits (5,000 readings and 1 MiB in all) with room
+# for the envelope and base64's extra third.
+HUB_MAX_READINGS = 4000
+HUB_MAX_BODY_BYTES = 600 * 1024
+
+
+@dataclass
+class FleetGateway:
+    gateway_id: str
+    key_id: str
+    private_key: Ed25519PrivateKey
+    ward: str
+
+
+def provision_gateways(*, ward: str, count: int, keyfile: Path) -> list[FleetGateway]:
+    """Gateways `hub-<ward>-NN` of a ward, keys kept in the fleet's keyfile; idempotent."""
+    keys = _load_keys(keyfile)
+    hubs = []
+    for gateway_id in (f"hub-{ward}-{i:02d}" for i in range(1, count + 1)):
+        private = _usable(keys.get(gateway_id), gateway_id, gateway=True)
+        if private is None:
+            provisioned = gateway_provision(gateway_id=gateway_id, ward_code=ward)
+            assert provisioned.private_key_pem is not None
+            keys[gateway_id] = {"key_id": provisioned.key.key_id, "private_key_pem": provisioned.private_key_pem}
+            _save_keys(keyfile, keys)
+            private = _usable(keys[gateway_id], gateway_id, gateway=True)
+            assert private is not None
+        hubs.append(FleetGateway(gateway_id, keys[gateway_id]["key_id"], private, ward))
+    return hubs
+
+
+def provision_hubs(fleet: list[FleetDevice], *, count: int, keyfile: Path) -> list[FleetGateway]:
+    """`count` gateways over the fleet's wards in proportion to their devices, at least one a ward
+    (a gateway carries only devices of its own ward)."""
+    per_ward = Counter(d.ward for d in fleet)
+    return [
+        hub
+        for ward, devices in per_ward.items()
+        for hub in provision_gateways(ward=ward, count=max(1, round(count * devices / len(fleet))), keyfile=keyfile)
+    ]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+class Hub:
+    """An edge gateway forwarding the batches its devices signed: every `batch_seconds` it collects
+    each device's batch (signed by the device when made, so a buffered batch keeps its old
+    timestamp) and sends everything pending in outer requests signed with its own key. It goes
+    offline and flushes late like a device's own link; a lost acknowledgement makes it send the
+    request again; an inner batch answered 429 or 503 stays queued and is sent again after
+    `retry_after`; nothing is dropped but what the server refused for good (a 4xx)."""
+
+    def __init__(self, gateway: FleetGateway, devices: list[Gateway], *, config: GatewayConfig, seed: int) -> None:
+        self.gateway = gateway
+        self.devices = devices
+        self.config = config
+        self.stats = devices[0].stats
+        self.rng = random.Random(seed)  # noqa: S311 (simulation, not security)
+        self.offline_until = 0.0
+
+    def chunks(self) -> list[list[tuple[Gateway, Batch]]]:
+        """Everything pending, in order, cut into requests within the limits."""
+        chunks: list[list[tuple[Gateway, Batch]]] = [[]]
+        readings = size = 0
+        for device in self.devices:
+            for batch in device.outbox:
+                if chunks[-1] and (
+                    readings + batch.size > HUB_MAX_READINGS or size + len(batch.body) > HUB_MAX_BODY_BYTES
+                ):
+                    chunks.append([])
+                    readings = size = 0
+                chunks[-1].append((device, batch))
+                readings += batch.size
+                size += len(batch.body)
+        return [chunk for chunk in chunks if chunk]
+
+    @staticmethod
+    def inner(device: Gateway, batch: Batch) -> dict[str, Any]:
+        stamp = str(int(batch.created))
+        signature = device.device.private_key.sign(stamp.encode() + b"\n" + batch.body)
+        return {
+            "key": device.device.key_id,
+            "timestamp": int(stamp),
+            "signature": _b64(signature),
+            "body": _b64(batch.body),
+        }
+
+    def sign(self, body: bytes) -> dict[str, str]:
+        stamp = str(int(time.time()))
+        signature = self.gateway.private_key.sign(stamp.encode() + b"\n" + body)
+        return {
+            "Content-Type": "application/json",
+            "X-Perfuse-Key": self.gateway.key_id,
+            "X-Perfuse-Timestamp": stamp,
+            "X-Perfuse-Signature": _b64(signature),
+        }
+
+    async def post(self, client: httpx.AsyncClient, chunk: list[tuple[Gateway, Batch]], now: float) -> bool:
+        """Send one request; True when every inner batch in it was answered for good."""
+        body = orjson.dumps(
+            {
+                "schema": "perfuse.gateway/1",
+                "gateway_id": self.gateway.gateway_id,
+                "batches": [self.inner(device, batch) for device, batch in chunk],
+            }
+        )
+        results = await self._send(client, body, chunk)
+        if results is None:
+            return False
+        wait = self._settle(chunk, results, now)
+        if self.rng.random() < self.config.retransmit:
+            self.stats.retransmits += 1  # the acknowledgement was lost: the same request again
+            again = await self._send(client, body, chunk)
+            for result in again or []:
+                self._count(result)
+        if wait is not None:
+            await asyncio.sleep(wait + self.rng.random() * 0.2)
+            return False
+        return True
+
+    async def _send(
+        self, client: httpx.AsyncClient, body: bytes, chunk: list[tuple[Gateway, Batch]]
+    ) -> list[dict[str, Any]] | None:
+        self.stats.gateway_requests += 1
+        self.stats.batches += len(chunk)
+        self.stats.readings += sum(batch.size for _, batch in chunk)
+        try:
+            response = await client.post(GATEWAY_INGEST_PATH, content=body, headers=self.sign(body))
+        except httpx.HTTPError:
+            self.stats.errors += 1
+            await asyncio.sleep(1.0 + self.rng.random())
+            return None
+        if response.status_code == 200:
+            results: list[dict[str, Any]] = response.json()["results"]
+            return results
+        self.stats.errors += 1
+        if response.status_code in (429, 503):
+            await asyncio.sleep(_retry_after(response) + self.rng.random() * 0.2)
+            return None
+        for device, batch in chunk:  # the whole request was refused for good (a 4xx)
+            device.outbox.remove(batch)
+        return None
+
+    def _count(self, result: dict[str, Any]) -> None:
+        if result["status"] == 200:
+            self.stats.accepted += result["accepted"]
+            self.stats.duplicates += result["duplicates"]
+            self.stats.rejected += len(result["rejected"])
+        elif result["status"] == 429:
+            self.stats.throttled += 1
+        else:
+            self.stats.errors += 1
+
+    def _settle(self, chunk: list[tuple[Gateway, Batch]], results: list[dict[str, Any]], now: float) -> float | None:
+        """Dequeue what was answered for good; the longest `retry_after` of the rest, if any."""
+        wait: float | None = None
+        for result in results:
+            self._count(result)
+            device, batch = chunk[result["index"]]
+            if result["status"] in (429, 503):
+                wait = max(wait or 0.0, float(result.get("retry_after", 1)))
+                continue
+            device.outbox.remove(batch)
+            if now - batch.created > 2 * self.config.batch_seconds + 1:
+                self.stats.late_batches += 1
+        return wait
+
+    async def flush(self, client: httpx.AsyncClient, now: float) -> None:
+        for chunk in self.chunks():
+            if not await self.post(client, chunk, now):
+                return
+
+    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        c = self.config
+        await asyncio.sleep(self.rng.uniform(0, c.batch_seconds))
+        while not stop.is_set():
+            now = time.time()
+            for device in self.devices:
+                device.collect(now)
+            if now >= self.offline_until and self.rng.random() < c.offline_rate * c.batch_seconds / 3600.0:
+                self.offline_until = now + self.rng.uniform(*c.offline_seconds)
+                self.stats.offline_periods += 1
+            if now >= self.offline_until:
+                await self.flush(client, now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, now + c.batch_seconds - time.time()))
+
+    async def drain(self, client: httpx.AsyncClient, deadline: float) -> None:
+        while any(device.outbox for device in self.devices) and time.monotonic() < deadline:
+            await self.flush(client, time.time())
+
+
+def hubs_spread(devices: list[Gateway], gateways: list[FleetGateway], *, config: GatewayConfig, seed: int) -> list[Hub]:
+    """Each device to one gateway of its ward, round robin."""
+    by_ward: dict[str, list[FleetGateway]] = defaultdict(list)
+    for gateway in gateways:
+        by_ward[gateway.ward].append(gateway)
+    members: dict[str, list[Gateway]] = defaultdict(list)
+    for i, device in enumerate(devices):
+        candidates = by_ward.get(device.device.ward)
+        if not candidates:
+            raise ValueError(f"no gateway for ward {device.device.ward!r} of device {device.device.device_id}")
+        members[candidates[i % len(candidates)].gateway_id].append(device)
+    return [
+        Hub(g, members[g.gateway_id], config=config, seed=seed * 104729 + i)
+        for i, g in enumerate(gateways)
+        if members[g.gateway_id]
+    ]
+
+
 def device_signals(
     fleet: list[FleetDevice], signal: SignalConfig, *, showcase_after_s: float | None
 ) -> list[SignalConfig]:
@@ -375,6 +600,7 @@ async def run_fleet(
     on_tick: Callable[[Stats], None] | None = None,
     drain_seconds: float = 30.0,
     showcase_after_s: float | None = None,
+    hubs: list[FleetGateway] | None = None,
 ) -> Stats:
     stats = Stats()
     stop = stop or asyncio.Event()
@@ -384,9 +610,11 @@ async def run_fleet(
         Gateway(d, hz=hz, config=gateway, signal=s, seed=seed * 7919 + i, stats=stats)
         for i, (d, s) in enumerate(zip(fleet, signals, strict=True))
     ]
+    # With `hubs`, the devices are spread over those edge gateways, which forward their batches.
+    runners: list[Gateway] | list[Hub] = hubs_spread(gateways, hubs, config=gateway, seed=seed) if hubs else gateways
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0, transport=transport) as client:
-        tasks = [asyncio.create_task(g.run(client, stop)) for g in gateways]
+        tasks = [asyncio.create_task(r.run(client, stop)) for r in runners]
         started = time.monotonic()
         try:
             while not stop.is_set():
@@ -404,7 +632,7 @@ async def run_fleet(
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             deadline = time.monotonic() + drain_seconds
-            await asyncio.gather(*(g.drain(client, deadline) for g in gateways), return_exceptions=True)
+            await asyncio.gather(*(r.drain(client, deadline) for r in runners), return_exceptions=True)
             if progress is not None:
                 progress.write("\r" + stats.line() + "\n")
     return stats

@@ -276,3 +276,66 @@ async def test_fleet_honours_429_retry_after_and_drops_nothing(tmp_path: Path, s
     ((rows,),) = await query("SELECT count(*) FROM telemetry_reading")
     # Every reading the gateway produced was eventually accepted, after waiting as told.
     assert rows == stats.accepted == stats.generated > 50 and stats.duplicates == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("ingest_clients")
+async def test_fleet_through_gateways_lands_every_reading_once(tmp_path: Path):
+    keyfile = tmp_path / "k.json"
+    fleet = [
+        *await sync_to_async(simulator.provision_fleet)(ward="sim-gw-a", count=4, keyfile=keyfile),
+        *await sync_to_async(simulator.provision_fleet)(ward="sim-gw-b", count=2, keyfile=keyfile),
+    ]
+    hubs = await sync_to_async(simulator.provision_hubs)(fleet, count=3, keyfile=keyfile)
+    assert sorted(h.gateway_id for h in hubs) == ["hub-sim-gw-a-01", "hub-sim-gw-a-02", "hub-sim-gw-b-01"]
+    again = await sync_to_async(simulator.provision_hubs)(fleet, count=3, keyfile=keyfile)
+    assert [h.key_id for h in again] == [h.key_id for h in hubs]  # idempotent, keys kept
+    gateway = simulator.GatewayConfig(
+        batch_seconds=0.25,
+        retransmit=0.3,
+        offline_rate=3600 * 4 * 0.1,
+        offline_seconds=(1.6, 2.0),
+        firmware_rate=3600 * 4,
+        calibration_rate=3600 * 4,
+        temperature_every=0.5,
+        battery_every=0.5,
+    )
+    stats = await simulator.run_fleet(
+        fleet,
+        url="http://localhost",
+        hz=20,
+        duration=3.5,
+        gateway=gateway,
+        progress=None,
+        transport=httpx.ASGITransport(app=application),
+        hubs=hubs,
+    )
+    assert stats.errors == 0 and stats.rejected == 0 and stats.throttled == 0
+    assert stats.retransmits > 0 and stats.duplicates > 0 and stats.offline_periods > 0 and stats.late_batches > 0
+    assert 0 < stats.gateway_requests < stats.batches  # many devices' batches per outer request
+    assert stats.accepted + stats.duplicates == stats.readings
+    assert stats.accepted == stats.generated  # every reading produced landed exactly once
+    ((rows, patients),) = await query("SELECT count(*), count(DISTINCT patient_id) FROM telemetry_reading")
+    assert rows == stats.accepted > 100 and patients == 6
+    ((logged, transactions),) = await query("SELECT count(*), count(DISTINCT txid) FROM telemetry_ingest_log")
+    assert logged > transactions  # devices of one gateway request share its commit
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_spreads_the_fleet_over_gateways(tmp_path: Path, capsys):
+    call_command(
+        "simulate_fleet",
+        "--devices=3",
+        "--gateways=2",
+        "--ward=sim-gw-cmd",
+        "--hz=2",
+        "--duration=1",
+        "--url=http://127.0.0.1:1",
+        f"--keyfile={tmp_path / 'k.json'}",
+        "--drain=0",
+        "--json",
+    )
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "3 devices at 2.0 Hz through 2 gateways" in captured.err
+    assert summary["gateway_requests"] > 0 and summary["errors"] > 0 and summary["accepted"] == 0

@@ -15,13 +15,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--interval", type=float, default=None, help="seconds to wait when caught up")
+        parser.add_argument(
+            "--no-listen",
+            action="store_true",
+            help="poll only, no LISTEN for ingest commits (e.g. behind a transaction-mode connection pooler)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             processors = load_processors()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        engine = Engine(processors, interval=options["interval"])
+        engine = Engine(processors, interval=options["interval"], listen=not options["no_listen"])
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
             # Only set a flag: the batch in progress finishes and commits before the loop ends.

@@ -1,4 +1,5 @@
-"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API."""
+"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API,
+each device itself or (`--gateways G`) through G edge gateways."""
 
 from __future__ import annotations
 
@@ -37,11 +38,19 @@ class Command(BaseCommand):
             "--drain", type=float, default=30.0, help="seconds allowed at the end to flush batches gateways still hold"
         )
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+        parser.add_argument(
+            "--gateways",
+            type=int,
+            default=0,
+            help="spread the devices over G edge gateways of their wards (default 0: each device posts itself)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
         if (options["devices"] is not None and options["devices"] < 1) or options["hz"] <= 0:
             raise CommandError("--devices and --hz must be positive")
+        if options["gateways"] < 0:
+            raise CommandError("--gateways must not be negative")
         if options["demo"] and options["ward"] is None and options["devices"] is None:
             plan = simulator.DEMO_FLEET
         else:
@@ -55,9 +64,13 @@ class Command(BaseCommand):
             fleet += simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile, spares=spares)
             if not options["quiet"]:
                 self.stderr.write(f"ward {ward}: {count} devices on patients, {spares} spare (keys in {keyfile})")
+        hubs = (
+            simulator.provision_hubs(fleet, count=options["gateways"], keyfile=keyfile) if options["gateways"] else []
+        )
         if not options["quiet"]:
-            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz -> {options['url']}")
-        stats = asyncio.run(self._run(fleet, options))
+            via = f" through {len(hubs)} gateways" if hubs else ""
+            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz{via} -> {options['url']}")
+        stats = asyncio.run(self._run(fleet, hubs, options))
         summary = stats.summary()
         if options["json"]:
             self.stdout.write(json.dumps(summary))
@@ -65,7 +78,9 @@ class Command(BaseCommand):
             labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
             self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
 
-    async def _run(self, fleet: list[simulator.FleetDevice], options: dict[str, Any]) -> simulator.Stats:
+    async def _run(
+        self, fleet: list[simulator.FleetDevice], hubs: list[simulator.FleetGateway], options: dict[str, Any]
+    ) -> simulator.Stats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,4 +98,5 @@ class Command(BaseCommand):
             showcase_after_s=simulator.DEMO_SHOWCASE_S if options["demo"] else None,
             # The demo's wearable readers carry a pulse oximeter, so the chart's SpO2 panel has data.
             gateway=simulator.GatewayConfig(spo2_every=5.0) if options["demo"] else None,
+            hubs=hubs or None,
         )
