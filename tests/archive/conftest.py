@@ -1,5 +1,5 @@
 """Fixtures of the archive tests: the archive in a directory or in a real SeaweedFS bucket (one
-server per session, a bucket per test), and a day of signed readings ingested over HTTP."""
+server and bucket per session, a prefix per test), and a day of signed readings ingested over HTTP."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ import pytest
 from telemetry.archive.objects import FileStore, ObjectStore, S3Store
 from tests.archive.seaweedfs import SeaweedFS, seaweedfs_start
 
-_buckets = itertools.count(1)
+_prefixes = itertools.count(1)
+BUCKET = "perfuse-archive"
 
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     server = seaweedfs_start(tmp_path_factory.mktemp("seaweedfs"))
+    # One bucket for the session: each SeaweedFS bucket is a collection with volumes of its own,
+    # and a bucket per test runs out of volume slots (InternalError on PUT, seen here).
+    server.client().create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
     yield server
     server.stop()
 
@@ -33,16 +37,14 @@ def file_archive(settings: Any, tmp_path: Path) -> FileStore:
 
 @pytest.fixture
 def s3_archive(settings: Any, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> S3Store:
-    bucket = f"perfuse-archive-{next(_buckets)}"
-    client = seaweedfs.client()
-    client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    prefix = f"test-{next(_prefixes)}/perfuse"
     # What a deployment sets: the commands build their own client from these.
     monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "perfuse")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "perfuse")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    settings.PERFUSE_ARCHIVE_URL = f"s3://{bucket}/perfuse"
-    return S3Store(bucket, "perfuse", client)
+    settings.PERFUSE_ARCHIVE_URL = f"s3://{BUCKET}/{prefix}"
+    return S3Store(BUCKET, prefix, seaweedfs.client())
 
 
 @pytest.fixture(params=["file", "s3"])
