@@ -78,6 +78,10 @@ PIDS+=($!)
 PIDS+=($!)
 "$PY" manage.py run_notifier &
 PIDS+=($!)
+# Archives each ward-day (Parquet + signed batches + manifest, docs/archive.md) into .data/archive
+# (PERFUSE_ARCHIVE_URL) once it is a day old; `manage.py archive --day D` archives one now.
+PERFUSE_ARCHIVE_AFTER_DAYS="${PERFUSE_ARCHIVE_AFTER_DAYS:-1}" "$PY" manage.py archive --every 3600 &
+PIDS+=($!)
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)

@@ -9,6 +9,7 @@ import io
 import json
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from asgiref.sync import sync_to_async
@@ -18,7 +19,7 @@ from audit.models import AuditEvent
 from telemetry.archive.layout import manifest_key, ward_prefix
 from telemetry.archive.objects import FileStore, ObjectStore, S3Store, WriteOnceConflict
 from telemetry.archive.verify import archive_day_check, archive_day_verified
-from telemetry.archive.writer import archive_day, day_wards
+from telemetry.archive.writer import archive_day, archive_due, day_wards
 from telemetry.engine import RollupProcessor, engine_batch
 from telemetry.models import Device, Patient, Ward
 from telemetry.selectors import patient_series
@@ -243,3 +244,64 @@ async def test_restore_puts_the_day_back_row_for_row_and_the_chart_shows_it(arch
     # The restored batches verify again from the hot store.
     status, answer = await command("verify_batch", "--device", a1.device_id, "--seq", "41")
     assert status == 0 and [(b["readings"], b["matched"]) for b in answer["batches"]] == [(120, 120)]
+
+
+async def test_verify_batch_from_the_archive_after_the_day_left_the_hot_store(archive: ObjectStore, yesterday):
+    a1, _, _ = await _two_wards(yesterday)
+    (batch_id,) = [r[0] for r in await sql("SELECT min(id) FROM telemetry_signed_batch")]
+    await command("archive", "--day", yesterday.isoformat())
+    await sql("DELETE FROM telemetry_reading")
+    await sql("DELETE FROM telemetry_signed_batch")
+    day = yesterday.isoformat()
+    status, answer = await command(
+        "verify_batch", "--source", "archive", "--day", day, "--device", a1.device_id, "--seq", "77"
+    )
+    assert status == 0 and answer["source"] == "archive"
+    assert [(b["signature_valid"], b["readings"], b["matched"]) for b in answer["batches"]] == [(True, 120, 120)]
+    status, answer = await command(
+        "verify_batch", "--source", "archive", "--day", day, "--ward", "icu-a", "--batch", str(batch_id)
+    )
+    assert status == 0 and answer["batches"][0]["id"] == batch_id
+    t = at(yesterday, 36000 + 76.123456).isoformat()
+    status, answer = await command(
+        "verify_batch",
+        "--source",
+        "archive",
+        "--day",
+        day,
+        "--device",
+        a1.device_id,
+        "--seq",
+        "77",
+        "--metric",
+        "spo2",
+        "--sample-time",
+        t,
+    )
+    assert status == 0 and len(answer["batches"]) == 1
+    # A batch file rewritten with another body: the device's signature exposes it.
+    manifest = json.loads(archive.get(manifest_key(yesterday, "icu-a")) or b"")
+    key = ward_prefix(yesterday, "icu-a") + manifest["batches"]["file"]
+    table = pq.read_table(io.BytesIO(archive.get(key) or b""))
+    bodies = [b.replace(b'"value":55.', b'"value":45.') for b in table.column("body").to_pylist()]
+    index = table.schema.get_field_index("body")
+    forged = table.set_column(index, table.schema.field(index), pa.array(bodies, pa.binary()))
+    out = io.BytesIO()
+    pq.write_table(forged, out, compression="zstd")
+    _overwrite(archive, key, out.getvalue())
+    status, answer = await command("verify_batch", "--source", "archive", "--day", day, "--batch", str(batch_id))
+    assert status == 1 and not answer["batches"][0]["signature_valid"]
+
+
+async def test_the_scheduled_run_archives_days_once_they_are_old_enough(file_archive, yesterday, settings):
+    await _two_wards(yesterday)
+    now = dt.datetime.now(dt.UTC)
+    settings.PERFUSE_ARCHIVE_AFTER_DAYS = 2
+    assert await sync_to_async(archive_due)(now=now) == []
+    settings.PERFUSE_ARCHIVE_AFTER_DAYS = 1
+    done = await sync_to_async(archive_due)(now=now)
+    assert sorted((r.day, r.ward, r.status) for r in done) == [
+        (yesterday, "icu-a", "written"),
+        (yesterday, "icu-b", "written"),
+    ]
+    assert await sync_to_async(archive_due)(now=now) == []  # archived days are not reported again

@@ -39,6 +39,8 @@ LAYERS: dict[str, float] = {
     "audit.hardening": 1,
     # 2: telemetry core (registry, ingest, storage, engine, selectors, simulator).
     "telemetry": 2,
+    # The archive: Parquet + manifests out of the hot store, verify, restore (telemetry/archive/).
+    "telemetry.archive": 2,
     # 3: the access layer, and the audit trail's read side (verify, selectors, FHIR).
     "audit": 3,
     "audit.access": 3,
