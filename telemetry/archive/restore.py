@@ -31,8 +31,7 @@ from telemetry.archive.objects import ObjectStore
 from telemetry.archive.verify import archive_day_check
 from telemetry.archive.writer import ArchiveError, archive_store, manifest_read
 from telemetry.ingest.keep import BODY_CODEC, body_compress
-from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR
-from telemetry.services import _rollups_rebuild
+from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH
 from telemetry.storage import ensure_partition, timescale_in_use
 
 _TYPES = {
@@ -119,7 +118,7 @@ def archive_restore(
         for index in range(batches.num_row_groups):
             _batches_insert(cursor, batches.read_row_group(index))
         if not timescale:
-            _rollups_day(cursor, day, pairs, watermark)
+            _rollups_day(cursor, day, [int(d["device_pk"]) for d in manifest["devices"]], watermark)
         audit_record(
             actor=actor,
             action="archive.restored",
@@ -187,13 +186,26 @@ def _batches_insert(cursor: Any, group: pa.Table) -> None:
     )
 
 
-def _rollups_day(cursor: Any, day: dt.date, pairs: set[tuple[int, int | None]], watermark: int) -> None:
+def _rollups_day(cursor: Any, day: dt.date, devices: list[int], watermark: int) -> None:
+    """The devices' 1-minute and 1-hour buckets of the day rebuilt from their readings (the day's
+    bounds are bucket bounds), counting what the engine has folded in (txid below its watermark),
+    as services.readings_assign does for its span."""
     lo, hi = day_bounds(day)
     for resolution, seconds in BUCKET_SECONDS.items():
-        width = dt.timedelta(seconds=seconds)
-        buckets = [lo + n * width for n in range(int((hi - lo) / width))]
-        for device_pk, patient_pk in sorted(pairs, key=lambda p: (p[0], p[1] or 0)):
-            # -1 is no patient's id: the rebuild then takes the device's unassigned readings only.
-            _rollups_rebuild(
-                cursor, resolution, seconds, device_pk, -1 if patient_pk is None else patient_pk, buckets, watermark
-            )
+        table = f"telemetry_rollup_{resolution}"
+        cursor.execute(
+            f"DELETE FROM {table} WHERE device_id = ANY(%s::bigint[]) AND bucket >= %s AND bucket < %s",
+            [devices, lo, hi],
+        )
+        cursor.execute(
+            f"""
+            INSERT INTO {table}
+                (patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n)
+            SELECT patient_id, device_id, metric, date_bin(%s, sample_time, %s), count(*), sum(value), min(value),
+                   max(value), coalesce(sum(signal_quality::float8), 0), count(signal_quality)
+            FROM telemetry_reading
+            WHERE device_id = ANY(%s::bigint[]) AND ingest_txid < %s::bigint AND sample_time >= %s AND sample_time < %s
+            GROUP BY 1, 2, 3, 4
+            """,
+            [dt.timedelta(seconds=seconds), EPOCH, devices, watermark, lo, hi],
+        )

@@ -7,8 +7,8 @@ files and a ward-day is never archived twice under two wards.
 
 A ward-day is read in one REPEATABLE READ, read-only transaction (one snapshot for readings,
 batches and counts), device by device: `COPY (SELECT … ORDER BY metric, sample_time, seq) TO
-STDOUT` in CSV — PostgreSQL prints doubles in their shortest exact form and times as integer
-microseconds, so nothing is rounded — parsed by pyarrow and written as one Parquet row group
+STDOUT` in CSV — PostgreSQL prints doubles in their shortest exact form (extra_float_digits 1)
+and times to the microsecond in UTC, so nothing is rounded — parsed by pyarrow and written as one Parquet row group
 per device (a patient-day: the device of one patient on one day), zstd-compressed. The signed
 batches whose readings overlap the day follow in a Parquet file of their own, with the exact
 bytes the device signed. Both are written to the store before the manifest (layout.py), so a
@@ -67,20 +67,19 @@ _CSV_COLUMNS = [
     ("patient_id", pa.int64()),
     ("metric", pa.string()),
     ("seq", pa.int64()),
-    ("sample_time", pa.int64()),
+    ("sample_time", pa.timestamp("us", tz="UTC")),
     ("value", pa.float64()),
     ("raw_value", pa.float64()),
     ("raw_unit", pa.string()),
     ("signal_quality", pa.float32()),
     ("calibration_id", pa.string()),
     ("firmware", pa.string()),
-    ("ingest_time", pa.int64()),
+    ("ingest_time", pa.timestamp("us", tz="UTC")),
     ("ingest_txid", pa.int64()),
 ]
 _READINGS_COPY = """COPY (
-    SELECT device_id, patient_id, metric, seq, (extract(epoch FROM sample_time) * 1000000)::bigint, value,
-           raw_value, raw_unit, signal_quality, calibration_id, firmware,
-           (extract(epoch FROM ingest_time) * 1000000)::bigint, ingest_txid
+    SELECT device_id, patient_id, metric, seq, sample_time, value, raw_value, raw_unit, signal_quality,
+           calibration_id, firmware, ingest_time, ingest_txid
     FROM telemetry_reading WHERE device_id = %s::bigint AND sample_time >= %s AND sample_time < %s
     ORDER BY metric, sample_time, seq
 ) TO STDOUT (FORMAT csv)"""
@@ -241,6 +240,7 @@ def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], t
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cursor.execute("SET LOCAL extra_float_digits = 1")
+        cursor.execute("SET LOCAL TimeZone = 'UTC'")
         device_stats = _readings_write(cursor, readings_path, day, devices)
         batch_count = _batches_write(cursor, batches_path, day, devices)
     prefix = ward_prefix(day, ward)
@@ -330,15 +330,10 @@ def _device_table(cursor: Any, device: Device, lo: dt.datetime, hi: dt.datetime)
             quoted_strings_can_be_null=False,
         ),
     )
-    n = parsed.num_rows
-    ts = pa.timestamp("us", tz="UTC")
-    patients = parsed.column("patient_id")
     columns = {
         **{name: parsed.column(name) for name in parsed.column_names},
-        "sample_time": parsed.column("sample_time").cast(ts),
-        "ingest_time": parsed.column("ingest_time").cast(ts),
-        "device": pa.array([device.device_id] * n, pa.string()),
-        "pseudonym": _pseudonyms(patients),
+        "device": pa.array([device.device_id] * parsed.num_rows, pa.string()),
+        "pseudonym": _pseudonyms(parsed.column("patient_id")),
     }
     return pa.Table.from_arrays([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
 
