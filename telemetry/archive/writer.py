@@ -22,15 +22,18 @@ PERFUSE_ARCHIVE_AFTER_DAYS after a day before archiving it).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import importlib.metadata
 import json
 import logging
+import queue
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +68,7 @@ Status = Literal["written", "archived", "stale", "empty"]
 _CSV_COLUMNS = [
     ("device_id", pa.int64()),
     ("patient_id", pa.int64()),
+    ("pseudonym", pa.string()),
     ("metric", pa.string()),
     ("seq", pa.int64()),
     ("sample_time", pa.timestamp("us", tz="UTC")),
@@ -78,10 +82,11 @@ _CSV_COLUMNS = [
     ("ingest_txid", pa.int64()),
 ]
 _READINGS_COPY = """COPY (
-    SELECT device_id, patient_id, metric, seq, sample_time, value, raw_value, raw_unit, signal_quality,
-           calibration_id, firmware, ingest_time, ingest_txid
-    FROM telemetry_reading WHERE device_id = %s::bigint AND sample_time >= %s AND sample_time < %s
-    ORDER BY metric, sample_time, seq
+    SELECT r.device_id, r.patient_id, p.pseudonym, r.metric, r.seq, r.sample_time, r.value, r.raw_value, r.raw_unit,
+           r.signal_quality, r.calibration_id, r.firmware, r.ingest_time, r.ingest_txid
+    FROM telemetry_reading r LEFT JOIN telemetry_patient p ON p.id = r.patient_id
+    WHERE r.device_id = %s::bigint AND r.sample_time >= %s AND r.sample_time < %s
+    ORDER BY r.metric, r.sample_time, r.seq
 ) TO STDOUT (FORMAT csv)"""
 _BATCHES_SQL = (
     "SELECT id, device_id, key_id, signed_at, signature, body, body_codec, body_size, door, received_at, "
@@ -294,29 +299,52 @@ def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], t
 
 
 def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]) -> list[dict[str, Any]]:
+    """One row group per device. PostgreSQL formats the next device's rows (in a thread, on the
+    transaction's connection, which nothing else uses meanwhile) while this one is parsed and
+    compressed, so the two work at once."""
     lo, hi = day_bounds(day)
     stats: list[dict[str, Any]] = []
     sorting = [
         pq.SortingColumn(READINGS_SCHEMA.get_field_index(name))
         for name in ("device_id", "metric", "sample_time", "seq")
     ]
-    with pq.ParquetWriter(
-        path, READINGS_SCHEMA, compression="zstd", sorting_columns=sorting, write_statistics=True
-    ) as writer:
-        for device in devices:
-            table = _device_table(cursor.cursor, device, lo, hi)
-            if table.num_rows == 0:
-                continue
-            writer.write_table(table, row_group_size=table.num_rows)
-            stats.append(_device_stats(device, table))
+    fetched: queue.Queue[tuple[Device, bytes] | BaseException | None] = queue.Queue(maxsize=2)
+    raw = cursor.cursor  # the psycopg cursor under Django's
+
+    def fetch() -> None:
+        try:
+            for device in devices:
+                chunks: list[bytes] = []
+                with raw.copy(_READINGS_COPY, [device.pk, lo, hi]) as copy:
+                    chunks.extend(bytes(chunk) for chunk in copy)
+                fetched.put((device, b"".join(chunks)))
+            fetched.put(None)
+        except BaseException as exc:  # handed to the writer, which raises it
+            fetched.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="archive-fetch", daemon=True)
+    fetcher.start()
+    try:
+        with pq.ParquetWriter(
+            path, READINGS_SCHEMA, compression="zstd", sorting_columns=sorting, write_statistics=True
+        ) as writer:
+            while (item := fetched.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                device, data = item
+                table = _device_table(device, data)
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=table.num_rows)
+                    stats.append(_device_stats(device, table))
+    finally:
+        while fetcher.is_alive():  # never leave the thread on the connection
+            with contextlib.suppress(queue.Empty):
+                fetched.get(timeout=0.1)
+        fetcher.join()
     return stats
 
 
-def _device_table(cursor: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> pa.Table:
-    chunks: list[bytes] = []
-    with cursor.copy(_READINGS_COPY, [device.pk, lo, hi]) as copy:
-        chunks.extend(bytes(chunk) for chunk in copy)
-    data = b"".join(chunks)
+def _device_table(device: Device, data: bytes) -> pa.Table:
     if not data:
         return READINGS_SCHEMA.empty_table()
     parsed = pacsv.read_csv(
@@ -330,24 +358,9 @@ def _device_table(cursor: Any, device: Device, lo: dt.datetime, hi: dt.datetime)
             quoted_strings_can_be_null=False,
         ),
     )
-    columns = {
-        **{name: parsed.column(name) for name in parsed.column_names},
-        "device": pa.array([device.device_id] * parsed.num_rows, pa.string()),
-        "pseudonym": _pseudonyms(parsed.column("patient_id")),
-    }
+    columns = {name: parsed.column(name) for name in parsed.column_names}
+    columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
     return pa.Table.from_arrays([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
-
-
-def _pseudonyms(patients: pa.ChunkedArray) -> pa.Array:
-    ids = [pk for pk in pc.unique(patients).to_pylist() if pk is not None]
-    names: dict[int, str] = {}
-    if ids:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT id, pseudonym FROM telemetry_patient WHERE id = ANY(%s::bigint[])", [ids])
-            names = dict(cursor.fetchall())
-    value_set = pa.array(ids, pa.int64())
-    index = pc.index_in(patients, value_set=value_set)
-    return pc.take(pa.array([names.get(pk) for pk in ids], pa.string()), index).combine_chunks()
 
 
 def _device_stats(device: Device, table: pa.Table) -> dict[str, Any]:
