@@ -90,6 +90,11 @@ export PERFUSE_HL7_LISTEN="${PERFUSE_HL7_LISTEN:-127.0.0.1:12575}"
 PIDS+=($!)
 log "HL7 ADT listener (MLLP) on $PERFUSE_HL7_LISTEN"
 [ -n "${PERFUSE_HL7_ORU_TARGET:-}" ] && log "HL7 ORU results every ${PERFUSE_HL7_ORU_INTERVAL:-60} s to $PERFUSE_HL7_ORU_TARGET"
+
+# Archives each ward-day (Parquet + signed batches + manifest, docs/archive.md) into .data/archive
+# (PERFUSE_ARCHIVE_URL) once it is a day old; `manage.py archive --day D` archives one now.
+PERFUSE_ARCHIVE_AFTER_DAYS="${PERFUSE_ARCHIVE_AFTER_DAYS:-1}" "$PY" manage.py archive --every 3600 &
+PIDS+=($!)
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)

@@ -42,7 +42,7 @@ def _flush_with_audit(self: DatabaseOperations, style: Any, tables: Any, **kwarg
     return [
         *(f"ALTER TABLE {table} DISABLE TRIGGER USER" for table in AUDIT_TABLES),
         *statements,
-        "TRUNCATE telemetry_reading, telemetry_ingest_log",
+        "TRUNCATE telemetry_reading, telemetry_ingest_log, telemetry_signed_batch",
         # The rollup tables exist on plain PostgreSQL only (migration 0003); Django does not know them.
         "DO $$ BEGIN IF to_regclass('telemetry_rollup_1m') IS NOT NULL THEN "
         "TRUNCATE telemetry_rollup_1m, telemetry_rollup_1h; END IF; END $$",

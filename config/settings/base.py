@@ -248,6 +248,16 @@ PERFUSE_INGEST_POOL_SIZE = envint("PERFUSE_INGEST_POOL_SIZE", 8)
 # How long a request waits for a pooled connection before answering 503 storage_unavailable.
 PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECONDS", 5)
 
+# The archive (contract section 6, docs/archive.md): file:///path or s3://bucket/prefix (boto3, with
+# the usual AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible store). The scheduled run
+# (`manage.py archive --every S`) archives a day once PERFUSE_ARCHIVE_AFTER_DAYS have passed since
+# it ended, looking back PERFUSE_ARCHIVE_LOOKBACK_DAYS; PERFUSE_PIPELINE_COMMIT names the code in
+# each manifest where the deployment has no git checkout.
+PERFUSE_ARCHIVE_URL = envstr("PERFUSE_ARCHIVE_URL", (BASE_DIR / ".data" / "archive").as_uri())
+PERFUSE_ARCHIVE_AFTER_DAYS = envint("PERFUSE_ARCHIVE_AFTER_DAYS", 2, minimum=1)
+PERFUSE_ARCHIVE_LOOKBACK_DAYS = envint("PERFUSE_ARCHIVE_LOOKBACK_DAYS", 40, minimum=1)
+PERFUSE_PIPELINE_COMMIT = envstr("PERFUSE_PIPELINE_COMMIT", "")
+
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
 

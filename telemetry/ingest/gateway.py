@@ -47,6 +47,7 @@ from telemetry import db
 from telemetry.ingest import publish
 from telemetry.ingest.answers import Answer, IngestError, storage_unavailable, too_large
 from telemetry.ingest.auth import Credentials, DeviceKeyRow, credentials_check, keys_lookup, signature_verify
+from telemetry.ingest.keep import Signed
 from telemetry.ingest.pipeline import rate_check
 from telemetry.ingest.store import Stored, readings_store
 from telemetry.ingest.validate import Row, batch_check, parse_batch, validate_readings
@@ -263,10 +264,15 @@ async def _store(conn: AsyncConnection[Any], inners: list[Inner], *, now: dt.dat
         async with conn.transaction():
             for n, inner in enumerate(sorted(batches, key=lambda i: i.key.device_pk if i.key else 0)):
                 assert inner.key is not None and inner.batch is not None and inner.rows
+                assert inner.credentials is not None
                 if n:
                     # The store step moves the whole staging table, which empties only at commit.
                     await conn.execute("DELETE FROM ingest_stage")
-                inner.stored = await readings_store(conn, key=inner.key, batch=inner.batch, rows=inner.rows, now=now)
+                # What the device signed is kept as it signed it (the inner body and credentials).
+                signed = Signed(inner.credentials, inner.body, "gateway")
+                inner.stored = await readings_store(
+                    conn, key=inner.key, batch=inner.batch, rows=inner.rows, now=now, signed=signed
+                )
         for inner in batches:
             assert inner.key is not None and inner.stored is not None
             publish.stored_publish(inner.key, inner.stored)

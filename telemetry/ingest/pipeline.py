@@ -27,6 +27,7 @@ from telemetry import db, ratelimit
 from telemetry.ingest import publish
 from telemetry.ingest.answers import Answer, IngestError, error, storage_unavailable, too_large
 from telemetry.ingest.auth import DeviceKeyRow, credentials_check, device_authenticate
+from telemetry.ingest.keep import Signed
 from telemetry.ingest.store import Stored, readings_store
 from telemetry.ingest.validate import batch_check, parse_batch, validate_readings
 from telemetry.schemas import IngestResult
@@ -70,7 +71,12 @@ async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
         decision = await rate_check(key=key, cost=max(1, len(batch.readings)))
         now = dt.datetime.now(dt.UTC)
         rows, rejected = validate_readings(batch, now)
-        stored = await readings_store(conn, key=key, batch=batch, rows=rows, now=now) if rows else Stored([], {}, [])
+        signed = Signed(credentials, body, "http")
+        stored = (
+            await readings_store(conn, key=key, batch=batch, rows=rows, now=now, signed=signed)
+            if rows
+            else Stored([], {}, [])
+        )
     publish.stored_publish(key, stored)
     result = IngestResult(
         batch_id=batch.batch_id,

@@ -6,7 +6,8 @@ The rows are then COPYed into a per-connection temporary table (telemetry/db.py 
 moved with `INSERT … ON CONFLICT DO NOTHING RETURNING`, together with the engine's work-queue row
 (telemetry_ingest_log), so a retransmit stores nothing twice and the answer counts exactly the
 rows this transaction committed. Provenance (firmware, calibration) is recorded in the same
-transaction (telemetry/ingest/provenance.py).
+transaction (telemetry/ingest/provenance.py), and so is the signed batch itself
+(telemetry/ingest/keep.py), sent in the same round trip as the move.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from psycopg import AsyncConnection
 
 from telemetry.calibrations import CALIBRATED_METRIC, coefficients_apply, coefficients_for
 from telemetry.ingest.auth import DeviceKeyRow
+from telemetry.ingest.keep import KeptBatch, Signed, batches_keep
 from telemetry.ingest.provenance import AnnotationRow, Span, patient_at, provenance_record
 from telemetry.ingest.validate import Row
 from telemetry.schemas import BatchIn, TypedBatchIn
@@ -65,9 +67,16 @@ class Stored:
 
 
 async def readings_store(
-    conn: AsyncConnection[Any], *, key: DeviceKeyRow, batch: BatchIn | TypedBatchIn, rows: list[Row], now: dt.datetime
+    conn: AsyncConnection[Any],
+    *,
+    key: DeviceKeyRow,
+    batch: BatchIn | TypedBatchIn,
+    rows: list[Row],
+    now: dt.datetime,
+    signed: Signed,
 ) -> Stored:
-    """Store `rows` (at least one) of the key's device; what this transaction committed."""
+    """Store `rows` (at least one) of the key's device and keep the batch `signed` they came in;
+    what this transaction committed."""
     lo = min(r.sample_time for r in rows)
     hi = max(r.sample_time for r in rows)
     async with conn.transaction(), conn.cursor() as cur:
@@ -86,7 +95,9 @@ async def readings_store(
         by_id = {c[0]: c[1] for c in calibrations}
         async with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
             await copy.write(_copy_text(key.device_pk, batch.firmware, rows, spans, by_id, calibrations))
-        await cur.execute(_MOVE_SQL, [key.device_pk])
+        async with conn.cursor() as keep_cur, conn.pipeline():
+            await cur.execute(_MOVE_SQL, [key.device_pk])
+            await batches_keep(keep_cur, [KeptBatch(key.device_pk, signed, rows, now)])
         inserted = await cur.fetchall()
         annotations = await provenance_record(
             cur, key=key, firmware=batch.firmware, rows=rows, state=state, spans=spans, known=by_id, now=now

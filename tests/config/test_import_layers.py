@@ -42,6 +42,8 @@ LAYERS: dict[str, float] = {
     # services and loaded by its models and app config, hence one unit with it, not one of its
     # own: the run_hl7 command is a telemetry edge, EDGE_NAMES "management").
     "telemetry": 2,
+    # The archive: Parquet + manifests out of the hot store, verify, restore (telemetry/archive/).
+    "telemetry.archive": 2,
     # 3: the access layer, and the audit trail's read side (verify, selectors, FHIR).
     "audit": 3,
     "audit.access": 3,

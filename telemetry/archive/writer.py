@@ -1,0 +1,483 @@
+"""`manage.py archive`: one day of one ward from the hot store into the archive.
+
+Which ward a reading belongs to: the ward of its device. The first archive of a day decides it
+for each device (its ward then), and the day's manifests remember it: a device moved to another
+ward later stays with the ward whose manifest lists it, so a repeated run computes the same
+files and a ward-day is never archived twice under two wards.
+
+A ward-day is read in one REPEATABLE READ, read-only transaction (one snapshot for readings,
+batches and counts), device by device: `COPY (SELECT … ORDER BY metric, sample_time, seq) TO
+STDOUT` in CSV — PostgreSQL prints doubles in their shortest exact form (extra_float_digits 1)
+and times to the microsecond in UTC, so nothing is rounded — parsed by pyarrow and written as one Parquet row group
+per device (a patient-day: the device of one patient on one day), zstd-compressed. The signed
+batches whose readings overlap the day follow in a Parquet file of their own, with the exact
+bytes the device signed. Both are written to the store before the manifest (layout.py), so a
+crash leaves no manifest for a partial day, and a rerun finds the files already there.
+
+A ward-day whose manifest exists is not written again: the run reports it `archived`, or
+`stale` when the hot store now holds other rows for it than the manifest says (readings that
+arrived late, after the day was archived: the scheduled job therefore waits
+PERFUSE_ARCHIVE_AFTER_DAYS after a day before archiving it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from django.conf import settings
+from django.db import connection, transaction
+
+from audit.trail import SYSTEM, Actor, audit_record
+from telemetry.archive.layout import (
+    BATCHES_SCHEMA,
+    BATCHES_SCHEMA_VERSION,
+    MANIFEST_SCHEMA,
+    READINGS_SCHEMA,
+    READINGS_SCHEMA_VERSION,
+    day_bounds,
+    day_prefix,
+    manifest_bytes,
+    manifest_key,
+    ward_prefix,
+)
+from telemetry.archive.objects import ObjectStore, WriteOnceConflict, sha256_file, store_from_url
+from telemetry.ingest.keep import body_decompress
+
+log = logging.getLogger(__name__)
+
+Status = Literal["written", "archived", "stale", "empty"]
+
+_CSV_COLUMNS = [
+    ("device_id", pa.int64()),
+    ("patient_id", pa.int64()),
+    ("pseudonym", pa.string()),
+    ("metric", pa.string()),
+    ("seq", pa.int64()),
+    ("sample_time", pa.timestamp("us", tz="UTC")),
+    ("value", pa.float64()),
+    ("raw_value", pa.float64()),
+    ("raw_unit", pa.string()),
+    ("signal_quality", pa.float32()),
+    ("calibration_id", pa.string()),
+    ("firmware", pa.string()),
+    ("ingest_time", pa.timestamp("us", tz="UTC")),
+    ("ingest_txid", pa.int64()),
+]
+_READINGS_COPY = """COPY (
+    SELECT r.device_id, r.patient_id, p.pseudonym, r.metric, r.seq, r.sample_time, r.value, r.raw_value, r.raw_unit,
+           r.signal_quality, r.calibration_id, r.firmware, r.ingest_time, r.ingest_txid
+    FROM telemetry_reading r LEFT JOIN telemetry_patient p ON p.id = r.patient_id
+    WHERE r.device_id = %s::bigint AND r.sample_time >= %s AND r.sample_time < %s
+    ORDER BY r.metric, r.sample_time, r.seq
+) TO STDOUT (FORMAT csv)"""
+_BATCHES_SQL = (
+    "SELECT id, device_id, key_id, signed_at, signature, body, body_codec, body_size, door, received_at, "
+    "ingest_txid, readings, seq_min, seq_max, min_sample_time, max_sample_time FROM telemetry_signed_batch "
+    "WHERE device_id = ANY(%s::bigint[]) AND max_sample_time >= %s AND min_sample_time < %s ORDER BY device_id, id"
+)
+_DEVICES_SQL = """
+    SELECT d.id, d.device_id, w.code FROM telemetry_device d JOIN telemetry_ward w ON w.id = d.ward_id
+    WHERE EXISTS (SELECT 1 FROM telemetry_reading r WHERE r.device_id = d.id AND r.sample_time >= %s
+                  AND r.sample_time < %s)
+    ORDER BY d.id
+"""
+_COUNTS_SQL = (
+    "SELECT device_id, count(*) FROM telemetry_reading WHERE device_id = ANY(%s::bigint[]) "
+    "AND sample_time >= %s AND sample_time < %s GROUP BY device_id"
+)
+_BATCH_PAGE = 5000
+
+
+class ArchiveError(Exception):
+    """An archive run that cannot be done as asked (no such day, a day not over yet…)."""
+
+
+@dataclass(frozen=True)
+class Device:
+    pk: int
+    device_id: str
+
+
+@dataclass
+class DayResult:
+    day: dt.date
+    ward: str
+    status: Status
+    rows: int = 0
+    batches: int = 0
+    files_written: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(),
+            "ward": self.ward,
+            "status": self.status,
+            "rows": self.rows,
+            "batches": self.batches,
+            "files_written": self.files_written,
+            "detail": self.detail,
+        }
+
+
+def archive_store() -> ObjectStore:
+    return store_from_url(settings.PERFUSE_ARCHIVE_URL)
+
+
+def manifest_read(store: ObjectStore, day: dt.date, ward_code: str) -> dict[str, Any] | None:
+    data = store.get(manifest_key(day, ward_code))
+    return None if data is None else dict(json.loads(data))
+
+
+def day_manifests(store: ObjectStore, day: dt.date) -> dict[str, dict[str, Any]]:
+    """The manifests written for `day`, by ward."""
+    found: dict[str, dict[str, Any]] = {}
+    for key in store.keys(day_prefix(day)):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "manifest.json" and parts[1].startswith("ward="):
+            ward = parts[1].removeprefix("ward=")
+            manifest = manifest_read(store, day, ward)
+            if manifest is not None:
+                found[ward] = manifest
+    return found
+
+
+def day_wards(*, day: dt.date, store: ObjectStore | None = None) -> dict[str, list[Device]]:
+    """The devices with readings on `day` in the hot store, by the ward they are archived under:
+    the ward whose manifest of the day lists them, else their ward now."""
+    store = store or archive_store()
+    claimed = {
+        int(device["device_pk"]): (ward, str(device["device"]))
+        for ward, manifest in day_manifests(store, day).items()
+        for device in manifest["devices"]
+    }
+    lo, hi = day_bounds(day)
+    wards: dict[str, list[Device]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_DEVICES_SQL, [lo, hi])
+        for pk, device_id, ward in cursor.fetchall():
+            owner = claimed.get(pk, (ward, device_id))[0]
+            wards.setdefault(owner, []).append(Device(pk, device_id))
+    return wards
+
+
+def hot_counts(devices: list[int], day: dt.date) -> dict[int, int]:
+    """Readings per device on `day` in the hot store."""
+    lo, hi = day_bounds(day)
+    with connection.cursor() as cursor:
+        cursor.execute(_COUNTS_SQL, [devices, lo, hi])
+        return {pk: n for pk, n in cursor.fetchall()}
+
+
+def archive_day(*, day: dt.date, ward_code: str, store: ObjectStore | None = None, actor: Actor = SYSTEM) -> DayResult:
+    """Archive one ward-day (see the module docstring); what the run did."""
+    if day >= dt.datetime.now(dt.UTC).date():
+        raise ArchiveError(f"{day} is not over yet: only past days are archived")
+    store = store or archive_store()
+    existing = manifest_read(store, day, ward_code)
+    if existing is not None:
+        return _existing(existing, day, ward_code)
+    devices = day_wards(day=day, store=store).get(ward_code, [])
+    if not devices:
+        return DayResult(day, ward_code, "empty", detail="no readings of this ward on this day")
+    with tempfile.TemporaryDirectory(prefix="perfuse-archive-") as tmp:
+        return _write(store, day, ward_code, devices, Path(tmp), actor)
+
+
+def archive_days(
+    *, days: list[dt.date], ward_code: str | None = None, store: ObjectStore | None = None, actor: Actor = SYSTEM
+) -> list[DayResult]:
+    """Archive every ward (or only `ward_code`) of each day."""
+    store = store or archive_store()
+    results: list[DayResult] = []
+    for day in days:
+        wards = [ward_code] if ward_code else sorted(day_wards(day=day, store=store))
+        results.extend(archive_day(day=day, ward_code=ward, store=store, actor=actor) for ward in wards)
+    return results
+
+
+def archive_due(*, now: dt.datetime, store: ObjectStore | None = None) -> list[DayResult]:
+    """The scheduled job: every ward-day from PERFUSE_ARCHIVE_LOOKBACK_DAYS ago up to the last
+    day that ended PERFUSE_ARCHIVE_AFTER_DAYS ago, archived unless it is already."""
+    last = now.date() - dt.timedelta(days=settings.PERFUSE_ARCHIVE_AFTER_DAYS)
+    first = now.date() - dt.timedelta(days=settings.PERFUSE_ARCHIVE_LOOKBACK_DAYS)
+    days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    return [r for r in archive_days(days=days, store=store) if r.status != "archived"]
+
+
+def _existing(manifest: dict[str, Any], day: dt.date, ward_code: str) -> DayResult:
+    devices = {int(d["device_pk"]): int(d["rows"]) for d in manifest["devices"]}
+    hot = hot_counts(list(devices), day)
+    rows = int(manifest["readings"]["rows"])
+    batches = int(manifest["batches"]["rows"])
+    if all(hot.get(pk, 0) == n for pk, n in devices.items()) or not hot:
+        return DayResult(day, ward_code, "archived", rows, batches, detail="manifest exists; nothing written")
+    return DayResult(
+        day,
+        ward_code,
+        "stale",
+        rows,
+        batches,
+        detail=f"archived with {rows} readings; the hot store now holds {sum(hot.values())} (late data)",
+    )
+
+
+def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], tmp: Path, actor: Actor) -> DayResult:
+    readings_path, batches_path = tmp / "readings.parquet", tmp / "batches.parquet"
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cursor.execute("SET LOCAL extra_float_digits = 1")
+        cursor.execute("SET LOCAL TimeZone = 'UTC'")
+        device_stats = _readings_write(cursor, readings_path, day, devices)
+        batch_count = _batches_write(cursor, batches_path, day, devices)
+    prefix = ward_prefix(day, ward)
+    files: dict[str, dict[str, Any]] = {}
+    written: list[str] = []
+    rows = sum(int(d["rows"]) for d in device_stats)
+    for kind, path, count, version in (
+        ("readings", readings_path, rows, READINGS_SCHEMA_VERSION),
+        ("batches", batches_path, batch_count, BATCHES_SCHEMA_VERSION),
+    ):
+        digest = sha256_file(path)
+        name = f"{kind}-{digest[:16]}.parquet"
+        files[name] = {
+            "kind": kind,
+            "sha256": digest,
+            "bytes": path.stat().st_size,
+            "rows": count,
+            "row_groups": pq.ParquetFile(path).num_row_groups,
+            "schema_version": version,
+        }
+        if store.put_once(prefix + name, path):
+            written.append(prefix + name)
+    manifest = _manifest(day, ward, device_stats, files, batch_count)
+    manifest_path = tmp / "manifest.json"
+    manifest_path.write_bytes(manifest_bytes(manifest))
+    try:
+        store.put_once(manifest_key(day, ward), manifest_path)
+    except WriteOnceConflict:
+        # Another run archived this ward-day in between: fine when it wrote these very files.
+        other = manifest_read(store, day, ward)
+        if other is None or other.get("files") != files:
+            raise
+        return DayResult(day, ward, "archived", rows, batch_count, written, "archived by another run meanwhile")
+    written.append(manifest_key(day, ward))
+    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="archive.written",
+            detail={
+                "day": day.isoformat(),
+                "ward": ward,
+                "rows": rows,
+                "batches": batch_count,
+                "url": store.url,
+                "manifest_sha256": digest,
+            },
+        )
+    log.info("archived %s %s: %d readings, %d batches", day, ward, rows, batch_count)
+    return DayResult(day, ward, "written", rows, batch_count, written)
+
+
+def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]) -> list[dict[str, Any]]:
+    """One row group per device. PostgreSQL formats the next device's rows (in a thread, on the
+    transaction's connection, which nothing else uses meanwhile) while this one is parsed and
+    compressed, so the two work at once."""
+    lo, hi = day_bounds(day)
+    stats: list[dict[str, Any]] = []
+    sorting = [
+        pq.SortingColumn(READINGS_SCHEMA.get_field_index(name))
+        for name in ("device_id", "metric", "sample_time", "seq")
+    ]
+    fetched: queue.Queue[tuple[Device, bytes] | BaseException | None] = queue.Queue(maxsize=2)
+    raw = cursor.cursor  # the psycopg cursor under Django's
+
+    def fetch() -> None:
+        try:
+            for device in devices:
+                chunks: list[bytes] = []
+                with raw.copy(_READINGS_COPY, [device.pk, lo, hi]) as copy:
+                    chunks.extend(bytes(chunk) for chunk in copy)
+                fetched.put((device, b"".join(chunks)))
+            fetched.put(None)
+        except BaseException as exc:  # handed to the writer, which raises it
+            fetched.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="archive-fetch", daemon=True)
+    fetcher.start()
+    try:
+        with pq.ParquetWriter(
+            path, READINGS_SCHEMA, compression="zstd", sorting_columns=sorting, write_statistics=True
+        ) as writer:
+            while (item := fetched.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                device, data = item
+                table = _device_table(device, data)
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=table.num_rows)
+                    stats.append(_device_stats(device, table))
+    finally:
+        while fetcher.is_alive():  # never leave the thread on the connection
+            with contextlib.suppress(queue.Empty):
+                fetched.get(timeout=0.1)
+        fetcher.join()
+    return stats
+
+
+def _device_table(device: Device, data: bytes) -> pa.Table:
+    if not data:
+        return READINGS_SCHEMA.empty_table()
+    parsed = pacsv.read_csv(
+        pa.py_buffer(data),
+        read_options=pacsv.ReadOptions(column_names=[name for name, _ in _CSV_COLUMNS]),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict(_CSV_COLUMNS),
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    columns = {name: parsed.column(name) for name in parsed.column_names}
+    columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
+    return pa.Table.from_arrays([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
+
+
+def _device_stats(device: Device, table: pa.Table) -> dict[str, Any]:
+    seq = pc.min_max(table.column("seq"))
+    times = pc.min_max(table.column("sample_time"))
+    pseudonyms = sorted(p for p in pc.unique(table.column("pseudonym")).to_pylist() if p is not None)
+    return {
+        "device": device.device_id,
+        "device_pk": device.pk,
+        "rows": table.num_rows,
+        "seq_min": seq["min"].as_py(),
+        "seq_max": seq["max"].as_py(),
+        "min_sample_time": _iso(times["min"].as_py()),
+        "max_sample_time": _iso(times["max"].as_py()),
+        "pseudonyms": pseudonyms,
+    }
+
+
+def _batches_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]) -> int:
+    lo, hi = day_bounds(day)
+    names = {d.pk: d.device_id for d in devices}
+    count = 0
+    with pq.ParquetWriter(path, BATCHES_SCHEMA, compression="zstd") as writer:
+        cursor.execute(_BATCHES_SQL, [list(names), lo, hi])
+        while page := cursor.fetchmany(_BATCH_PAGE):
+            columns: dict[str, list[Any]] = {f.name: [] for f in BATCHES_SCHEMA}
+            for (
+                pk,
+                device_pk,
+                key_id,
+                signed_at,
+                signature,
+                body,
+                codec,
+                size,
+                door,
+                received_at,
+                txid,
+                readings,
+                seq_min,
+                seq_max,
+                t_min,
+                t_max,
+            ) in page:
+                for name, value in (
+                    ("id", pk),
+                    ("device_id", device_pk),
+                    ("device", names[device_pk]),
+                    ("key_id", key_id),
+                    ("signed_at", signed_at),
+                    ("signature", bytes(signature)),
+                    ("body", body_decompress(bytes(body), size=size, codec=codec)),
+                    ("door", door),
+                    ("received_at", received_at),
+                    ("ingest_txid", txid),
+                    ("readings", readings),
+                    ("seq_min", seq_min),
+                    ("seq_max", seq_max),
+                    ("min_sample_time", t_min),
+                    ("max_sample_time", t_max),
+                ):
+                    columns[name].append(value)
+            writer.write_table(pa.table(columns, schema=BATCHES_SCHEMA))
+            count += len(page)
+    return count
+
+
+def _manifest(
+    day: dt.date, ward: str, devices: list[dict[str, Any]], files: dict[str, dict[str, Any]], batches: int
+) -> dict[str, Any]:
+    readings_file = next(name for name, f in files.items() if f["kind"] == "readings")
+    batches_file = next(name for name, f in files.items() if f["kind"] == "batches")
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "day": day.isoformat(),
+        "ward": ward,
+        "archived_at": _iso(dt.datetime.now(dt.UTC)),
+        "pipeline": pipeline_version(),
+        "readings": {
+            "file": readings_file,
+            "rows": sum(int(d["rows"]) for d in devices),
+            "min_sample_time": min(d["min_sample_time"] for d in devices),
+            "max_sample_time": max(d["max_sample_time"] for d in devices),
+            "sort": ["device_id", "metric", "sample_time", "seq"],
+            "row_group": "one per device",
+        },
+        "batches": {"file": batches_file, "rows": batches},
+        "devices": devices,
+        "files": files,
+    }
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@functools.cache
+def pipeline_version() -> dict[str, str]:
+    """The code that wrote an archive: package version and git commit (PERFUSE_PIPELINE_COMMIT
+    when the deployment has no git checkout)."""
+    try:
+        version = importlib.metadata.version("perfuse")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    commit = settings.PERFUSE_PIPELINE_COMMIT
+    git = shutil.which("git")
+    if not commit and git:
+        try:
+            answer = subprocess.run(  # noqa: S603 (fixed arguments)
+                [git, "rev-parse", "HEAD"],
+                cwd=settings.BASE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            commit = answer.stdout.strip() if answer.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    return {"package": "perfuse", "version": version, "commit": commit or "unknown"}

@@ -1,0 +1,83 @@
+"""`manage.py archive [--day D] [--ward W] [--every S] [--json]` (docs/archive.md).
+
+Without --day: every ward-day that is due (ended PERFUSE_ARCHIVE_AFTER_DAYS ago or more, within
+PERFUSE_ARCHIVE_LOOKBACK_DAYS) and not archived yet; with --every, that again every S seconds
+until SIGTERM (make run starts it so). Exit 1 when a ward-day is stale (the hot store changed
+after it was archived) or an archive object exists with other content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from telemetry.archive.objects import WriteOnceConflict
+from telemetry.archive.writer import ArchiveError, DayResult, archive_days, archive_due
+
+log = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Archive past days of each ward (Parquet + signed batches + manifest) to PERFUSE_ARCHIVE_URL."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--day", type=dt.date.fromisoformat, help="YYYY-MM-DD (UTC); default: every due day")
+        parser.add_argument("--ward", help="only this ward")
+        parser.add_argument("--every", type=float, help="run again every this many seconds, until SIGTERM")
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["every"]:
+            self._loop(options["every"])
+            return
+        try:
+            if options["day"]:
+                results = archive_days(days=[options["day"]], ward_code=options["ward"])
+            else:
+                results = [
+                    r
+                    for r in archive_due(now=dt.datetime.now(dt.UTC))
+                    if not options["ward"] or r.ward == options["ward"]
+                ]
+        except (ArchiveError, WriteOnceConflict) as exc:
+            raise CommandError(str(exc)) from exc
+        if options["json"]:
+            self.stdout.write(json.dumps({"results": [r.as_json() for r in results]}))
+        else:
+            for r in results:
+                self.stdout.write(_line(r))
+            if not results:
+                self.stdout.write("nothing to archive")
+        if any(r.status == "stale" for r in results):
+            sys.exit(1)
+
+    def _loop(self, every: float) -> None:
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        log.info("archiver started: every %.0f s", every)
+        while not stop.is_set():
+            try:
+                for r in archive_due(now=dt.datetime.now(dt.UTC)):
+                    (log.warning if r.status == "stale" else log.info)("%s", _line(r))
+            except Exception:
+                # A failed run (store unreachable, a conflict) is retried at the next interval.
+                log.exception("archive run failed")
+            stop.wait(every)
+        log.info("archiver stopped")
+
+
+def _line(r: DayResult) -> str:
+    return f"{r.day} {r.ward}: {r.status}, {r.rows} readings, {r.batches} batches {r.detail}".rstrip()
