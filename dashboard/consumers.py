@@ -206,7 +206,7 @@ class PatientLiveConsumer(BufferedLiveConsumer):
 
     async def patient_flow(self, event: dict[str, Any]) -> None:
         """Discharged: tell the browser and close. Moved (or devices changed): re-check access
-        at once (a transfer may end it) and forward the frame."""
+        at once (a transfer may end it); the chart has nothing to redraw."""
         if event.get("patient") != self.pseudonym:
             return
         if event.get("event") in ENDING_EVENTS:
@@ -215,8 +215,6 @@ class PatientLiveConsumer(BufferedLiveConsumer):
             return
         if not await database_sync_to_async(self.recheck)():
             await self.access_lost()
-            return
-        self._enqueue(event, filtered=False)
 
     def accepts(self, event: dict[str, Any]) -> dict[str, Any] | None:
         return event if event.get("patient") == self.pseudonym else None

@@ -13,6 +13,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from config.live import publish_flush
 from telemetry.models import Ward
 from telemetry.services import device_provision, gateway_provision, patient_admit
 
@@ -55,6 +56,7 @@ def device(ward_code: str | None = None, device_id: str | None = None, patient: 
             device_id=device_id,
             at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2),
         )
+        publish_flush()  # the admission's patient.flow frame leaves now, not into a test's socket
     return SimDevice(device_id, provisioned.key.key_id, private, ward_code)
 
 

@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.test import Client
 
 from audit.models import AuditEvent
+from config.live import publish_flush
 from telemetry.models import Device, Patient, Ward
 from tests import personas, readings
 
@@ -55,6 +56,8 @@ def patient(pseudonym: str, ward: Ward, device_id: str | None = None) -> tuple[P
     patient_admit(
         pseudonym=pseudonym, ward_code=ward.code, device_id=device_id, at=dt.datetime.now(dt.UTC) - dt.timedelta(days=9)
     )
+    # The admission's patient.flow frame leaves now, not into a socket a test opens next.
+    publish_flush()
     return Patient.objects.get(pseudonym=pseudonym), Device.objects.get(device_id=device_id)
 
 

@@ -27,8 +27,9 @@ from audit.trail import Actor
 from config import live
 from config.asgi import application
 from config.live import SessionRevokedFrame
-from telemetry.events import AnnotationAddedFrame, ReadingBatchFrame
+from telemetry.events import AnnotationAddedFrame, PatientFlowFrame, ReadingBatchFrame
 from telemetry.models import Patient, Ward
+from telemetry.stays import patient_discharge
 from tests import factories
 from tests.alarm_factories import verified, ws_headers
 from tests.ingest_helpers import ago, send
@@ -42,6 +43,7 @@ PublishedFrame = (
     | AlarmPauseFrame
     | AlarmNotificationFrame
     | SessionRevokedFrame
+    | PatientFlowFrame
 )
 MILLISECONDS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TIME_KEYS = {"t", "until", "since", "server_time", "at"}
@@ -104,6 +106,7 @@ async def test_every_published_frame_matches_its_schema_with_millisecond_times(
     ward_a: Ward, oncall_nurse: User, ward_clinician: User
 ) -> None:
     world = await sync_to_async(_world)(ward_a, oncall_nurse, ward_clinician)
+    await sync_to_async(live.publish_flush)()  # the admission's patient.flow frame left before we listen
     nurse, clinician = world["nurse"], world["clinician"]
     chart = await _listen(live.patient_group("pt-f"))
     console = await _listen(live.alarms_group(), live.alarms_user_group(nurse.pk))
@@ -121,10 +124,17 @@ async def test_every_published_frame_matches_its_schema_with_millisecond_times(
         *await _received(console, 3),  # the transition, the pause, the notification
         *await _received(sessions, 2),
     ]
+    # The discharge: the open alarm resolves (cause discharged), then the patient-flow frame.
+    await sync_to_async(patient_discharge)(pseudonym="pt-f")
+    discharge = await _received(chart, 2)
+    assert [f["type"] for f in discharge] == ["alarm.transition", "patient.flow"]
+    assert discharge[0]["transition"]["cause"] == "discharged" and discharge[1]["event"] == "discharged"
+    frames += discharge
     for frame in frames:
         msgspec.convert(frame, PublishedFrame, strict=True)
         _assert_milliseconds(frame)
     assert {f["type"] for f in frames} == {
+        "patient.flow",
         "reading.batch",
         "annotation.added",
         "alarm.transition",
