@@ -24,9 +24,10 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 
 from audit.trail import Actor, audit_record
+from config.refusal import Refusal
 from telemetry import selectors, stays
 from telemetry.errors import RegistryError
 from telemetry.hl7 import ack
@@ -183,6 +184,12 @@ def _apply(text: str, actor: Actor) -> Outcome:
             subject = _event_apply(event, actor)
     except RegistryError as exc:
         return Outcome(code="AE", problem=_registry_problem(exc), event_time=event_time)
+    except (Refusal, IntegrityError, DataError) as exc:
+        # Content the services or the database refuse in a way no code above names: still an
+        # answer (AE), or the sender would resend the same message for ever.
+        logger.warning("HL7 %s not applied: %s", event.event, exc)
+        problem = Problem(code=ack.APPLICATION_INTERNAL_ERROR, text=f"not applied ({type(exc).__name__})")
+        return Outcome(code="AE", problem=problem, event_time=event_time)
     return Outcome(code="AA", subject=subject, event_time=event_time)
 
 
