@@ -1,7 +1,7 @@
 from django.apps import AppConfig
 from django.core.checks import Tags, register
 
-from telemetry.hl7.checks import hl7_tls_check
+from telemetry.checks import hl7_tls_check
 
 
 class TelemetryConfig(AppConfig):

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
-from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import get_message_info, parse_segments
 from hl7apy.validation import Validator
 
@@ -44,6 +43,7 @@ from telemetry.hl7.er7 import (
     date_parse,
     header_read,
     padded,
+    segments,
     time_parse,
     unescape,
 )
@@ -139,7 +139,8 @@ def structure_parse(text: str, event: str) -> Message:
     hl7apy would take the structure from MSH-9.3 or guess `ADT_<event>`, which does not exist
     for A04/A08/A11/A13 before 2.4 (MSH-9 has no third component there): the structure is
     named from the event instead, as the standard defines it."""
-    body = "\r".join(segment for segment in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if segment)
+    body = "\r".join(segments(text))
+    version = "?"
     try:
         encoding_chars, _, version = get_message_info(body)
         message = Message(
@@ -152,7 +153,10 @@ def structure_parse(text: str, event: str) -> Message:
             body, message.version, encoding_chars, VALIDATION_LEVEL.TOLERANT, message.reference, True
         )
         Validator.validate(message)
-    except (HL7apyException, ValueError, KeyError, IndexError, AttributeError) as exc:
+    except Exception as exc:
+        # Whatever the library raises on hostile input means "not valid": an AE the sender can
+        # act on. Letting it escape would close the connection without an ACK, and the sender
+        # would resend the same message for ever.
         code = ack.SEGMENT_SEQUENCE_ERROR if "child" in str(exc).lower() else ack.DATA_TYPE_ERROR
         problem = Problem(code=code, text=f"not a valid {STRUCTURES[event]} v{version}: {exc}"[:400])
         raise Rejected("AE", problem) from exc

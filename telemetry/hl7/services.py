@@ -24,9 +24,10 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 
 from audit.trail import Actor, audit_record
+from config.refusal import Refusal
 from telemetry import selectors, stays
 from telemetry.errors import RegistryError
 from telemetry.hl7 import ack
@@ -41,16 +42,19 @@ logger = logging.getLogger(__name__)
 ACTION = "hl7.message_received"
 # MSH-18 character sets Perfuse reads (HL7 table 0211); without MSH-18, UTF-8, else Latin-1.
 CHARSETS = {"ASCII": "ascii", "8859/1": "latin-1", "8859/15": "iso8859-15", "UNICODE UTF-8": "utf-8"}
-# RegistryError codes of the flow services → the HL7 error code and the field it concerns.
-REGISTRY_ERRORS: dict[str, tuple[str, Location]] = {
-    "unknown_ward": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PV1", 1, 3)),
-    "invalid_bed": (ack.DATA_TYPE_ERROR, Location("PV1", 1, 3)),
-    "unknown_patient": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PID", 1, 3)),
-    "not_admitted": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PID", 1, 3)),
-    "not_discharged": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PID", 1, 3)),
-    "mrn_in_use": (ack.DUPLICATE_KEY_IDENTIFIER, Location("PID", 1, 3)),
-    "before_stay": (ack.DATA_TYPE_ERROR, Location("EVN", 1, 2)),
-    "invalid_time": (ack.DATA_TYPE_ERROR, Location("EVN", 1, 2)),
+# RegistryError codes of the flow services → the HL7 error code, the field it concerns, and the
+# sentence for the sender when the service's own would name a pseudonym (never sent out).
+REGISTRY_ERRORS: dict[str, tuple[str, Location, str]] = {
+    "unknown_ward": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PV1", 1, 3), ""),
+    "invalid_bed": (ack.DATA_TYPE_ERROR, Location("PV1", 1, 3), ""),
+    "unknown_patient": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PID", 1, 3), "no patient with this MRN"),
+    "not_admitted": (ack.UNKNOWN_KEY_IDENTIFIER, Location("PID", 1, 3), "the patient with this MRN is not admitted"),
+    "not_discharged": (
+        ack.UNKNOWN_KEY_IDENTIFIER,
+        Location("PID", 1, 3),
+        "the patient with this MRN is not discharged",
+    ),
+    "mrn_in_use": (ack.DUPLICATE_KEY_IDENTIFIER, Location("PID", 1, 3), "the MRN belongs to another patient"),
 }
 VALUE_TOO_LONG = "104"  # table 0357 from v2.7; the nearest code for a message over the size cap
 
@@ -121,7 +125,7 @@ def pseudonym_new() -> str:
 def _known(event: AdtEvent) -> str:
     patient = selectors.patient_by_mrn(event.identity.mrn)
     if patient is None:
-        raise RegistryError(f"no patient with MRN {event.identity.mrn!r} (PID-3)", code="unknown_patient")
+        raise RegistryError("no patient with this MRN", code="unknown_patient")
     return patient.pseudonym
 
 
@@ -163,8 +167,10 @@ def _event_apply(event: AdtEvent, actor: Actor) -> str:
 
 
 def _registry_problem(exc: RegistryError) -> Problem:
-    code, location = REGISTRY_ERRORS.get(exc.code, (ack.APPLICATION_INTERNAL_ERROR, None))
-    return Problem(code=code, text=str(exc), location=location)
+    if exc.code not in REGISTRY_ERRORS:
+        return Problem(code=ack.APPLICATION_INTERNAL_ERROR, text=f"not applied ({exc.code})")
+    code, location, text = REGISTRY_ERRORS[exc.code]
+    return Problem(code=code, text=text or str(exc), location=location)
 
 
 def _apply(text: str, actor: Actor) -> Outcome:
@@ -178,6 +184,12 @@ def _apply(text: str, actor: Actor) -> Outcome:
             subject = _event_apply(event, actor)
     except RegistryError as exc:
         return Outcome(code="AE", problem=_registry_problem(exc), event_time=event_time)
+    except (Refusal, IntegrityError, DataError) as exc:
+        # Content the services or the database refuse in a way no code above names: still an
+        # answer (AE), or the sender would resend the same message for ever.
+        logger.warning("HL7 %s not applied: %s", event.event, exc)
+        problem = Problem(code=ack.APPLICATION_INTERNAL_ERROR, text=f"not applied ({type(exc).__name__})")
+        return Outcome(code="AE", problem=problem, event_time=event_time)
     return Outcome(code="AA", subject=subject, event_time=event_time)
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import threading
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
 
 from audit.models import AuditEvent
 from telemetry.hl7.adt import VERSIONS
 from telemetry.hl7.models import Hl7Message
 from telemetry.models import Patient, PatientIdentity, PatientStay, Ward
+from tests import personas
 from tests.hl7.support import RunningListener, adt, valid_adt
 
 
@@ -36,7 +38,16 @@ def _patient(mrn: str) -> Patient:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_event_in_every_version_is_applied(hl7: RunningListener, wards: tuple[Ward, Ward], version: str) -> None:
     mrn = "MRN-" + version.replace(".", "")
-    admit = adt("A01", version=version, mrn=mrn, ward="icu-a", room="12", bed="B", name="Doe^Jane^Q", birth="19800101")
+    admit = adt(
+        "A01",
+        version=version,
+        pid3=f"999^^^X^PI~{mrn}^^^HOSP^MR",  # the MRN is the repetition of type MR, wherever it is
+        ward="icu-a",
+        room="12",
+        bed="B",
+        name="Doe^Jane^Q",
+        birth="19800101",
+    )
     ack = hl7.send(valid_adt(admit))
     assert (ack.code, ack.control_id) == ("AA", admit.split("\r")[0].split("|")[9])
     patient = _patient(mrn)
@@ -126,7 +137,10 @@ def test_content_errors_name_their_field(hl7: RunningListener, wards: tuple[Ward
     # A discharge of a patient who is not admitted (already discharged).
     assert _send(hl7, adt("A01", mrn="777"))[0] == "AA"
     assert _send(hl7, adt("A03", mrn="777"))[0] == "AA"
-    assert _send(hl7, adt("A03", mrn="777")) == ("AE", "PID^1^3", "204")
+    again = hl7.send(valid_adt(adt("A03", mrn="777")))
+    assert (again.code, again.err_location, again.err_code) == ("AE", "PID^1^3", "204")
+    assert _patient("777").pseudonym not in again.text  # the pseudonym never leaves Perfuse
+    assert "not admitted" in again.text
     assert Patient.objects.count() == 1
 
 
@@ -254,3 +268,16 @@ def test_two_admissions_of_one_new_mrn_at_once_make_one_patient(hl7: RunningList
         thread.join(60)
     assert codes == ["AA"] * 4
     assert Patient.objects.count() == 1 and PatientIdentity.objects.filter(mrn="RACE-1").count() == 1
+
+
+def test_an_adt_admission_shows_on_the_ward_overview_and_a_discharge_removes_it(
+    hl7: RunningListener, wards: tuple[Ward, Ward], ward_clinician: User
+) -> None:
+    assert hl7.send(valid_adt(adt("A01", mrn="12345", ward="icu-a", bed="bed-1"))).code == "AA"
+    pseudonym = _patient("12345").pseudonym
+    client = personas.verified_client(ward_clinician)
+    page = client.get("/")
+    assert page.status_code == 200 and pseudonym in page.content.decode()
+    assert "12345" not in page.content.decode() and "Doe" not in page.content.decode()
+    assert hl7.send(valid_adt(adt("A03", mrn="12345", ward="icu-a"))).code == "AA"
+    assert pseudonym not in client.get("/").content.decode()

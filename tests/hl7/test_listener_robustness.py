@@ -18,9 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from django.db import IntegrityError
 
+from telemetry import stays
+from telemetry.checks import hl7_tls_check
 from telemetry.hl7 import services
-from telemetry.hl7.checks import hl7_tls_check
 from telemetry.hl7.listener import tls_context
 from telemetry.hl7.mllp import frame, mllp_send
 from telemetry.hl7.models import Hl7Message
@@ -48,7 +50,7 @@ def _closed(sock: socket.socket) -> bool:
 def test_noise_before_a_start_block_is_skipped(hl7: RunningListener, ward: Ward) -> None:
     message = valid_adt(adt("A01"))
     with hl7.raw_socket() as sock:
-        sock.sendall(b"\r\n\x00garbage\r\n" + frame(message.encode()) + b"\n" + frame(adt("A08").encode()))
+        sock.sendall(b"\r\n\x00garbage\r\n" + frame(message.encode()) + b"\n" + frame(valid_adt(adt("A08")).encode()))
         first, second = Ack(valid_ack(read_frame(sock).decode())), Ack(valid_ack(read_frame(sock).decode()))
     assert (first.code, second.code) == ("AA", "AA")
 
@@ -226,3 +228,19 @@ def test_the_deploy_check_wants_tls_off_loopback(
     settings.PERFUSE_HL7_LISTEN = listen  # type: ignore[attr-defined]
     settings.PERFUSE_HL7_TLS_CERT = settings.PERFUSE_HL7_TLS_KEY = "x.pem" if tls else ""  # type: ignore[attr-defined]
     assert [e.id for e in hl7_tls_check(None)] == ["telemetry.E101"] * errors
+
+
+def test_a_database_refusal_of_the_content_is_ae_not_a_message_resent_for_ever(
+    hl7: RunningListener, ward: Ward, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(**kwargs: object) -> None:
+        Patient.objects.create(pseudonym="half-done", ward=ward, admitted_at=dt.datetime.now(dt.UTC))
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(stays, "patient_admit", refuse)
+    message = valid_adt(adt("A01", control_id="DB-1"))
+    ack = hl7.send(message)
+    assert (ack.code, ack.err_code) == ("AE", "207")
+    assert not Patient.objects.exists()  # the savepoint took the half-done change back
+    assert hl7.send(message).text == ack.text
+    assert Hl7Message.objects.get().ack_code == "AE"
