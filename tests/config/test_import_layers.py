@@ -37,13 +37,17 @@ LAYERS: dict[str, float] = {
     "audit.anchor": 1,
     "audit.services": 1,
     "audit.hardening": 1,
-    # 2: telemetry core (registry, ingest, storage, engine, selectors, simulator, and HL7 v2 over
-    # MLLP in telemetry.hl7: framing, ADT, ACKs, the ORU outbox and sender, calling telemetry's
-    # services and loaded by its models and app config, hence one unit with it, not one of its
-    # own: the run_hl7 command is a telemetry edge, EDGE_NAMES "management").
+    # 2: telemetry core (registry, ingest, storage, engine, selectors, simulator).
     "telemetry": 2,
     # The archive: Parquet + manifests out of the hot store, verify, restore (telemetry/archive/).
     "telemetry.archive": 2,
+
+    # HL7 v2 over MLLP (framing, ADT parsing, ACKs): telemetry core, calling its services; the
+    # run_hl7 listener command is a telemetry edge (EDGE_NAMES "management").
+    "telemetry.hl7": 2,
+    # The raw-message model, loaded by telemetry.models: its own unit, or telemetry and
+    # telemetry.hl7 (whose outbox and services use telemetry's models) would form a cycle.
+    "telemetry.hl7.models": 2,
     # 3: the access layer, and the audit trail's read side (verify, selectors, FHIR).
     "audit": 3,
     "audit.access": 3,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
-from telemetry.engine import engine_batch
+from telemetry.engine import engine_batch, engine_tick, load_processors
 from telemetry.hl7.er7 import header_read, unescape
 from telemetry.hl7.oru import Addressing, Observation, Results, oru_build, oru_validate
 from telemetry.hl7.outbox import OruClaim, OruProcessor, oru_claim, oru_text
@@ -226,17 +226,15 @@ def test_the_sender_builds_the_text_once_with_the_mrn_and_every_attempt_sends_it
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_engine_feeds_committed_readings_to_the_outbox(oru: dict[str, Any], settings: Any) -> None:
-    settings.PERFUSE_ENGINE_PROCESSORS = ["telemetry.hl7.outbox.OruProcessor"]
+def test_the_engine_feeds_committed_readings_to_the_outbox(oru: dict[str, Any]) -> None:
     dev, patient = oru["device"], oru["patient"]
     with transaction.atomic(), connection.cursor() as cursor:
-        insert_readings(
-            cursor,
-            [Row(dev.pk, patient.pk, "spo2", i, T0 + dt.timedelta(seconds=i), 95.0 + i, 0.9) for i in range(1, 4)],
-        )
-    processor = OruProcessor()
-    batch = engine_batch([processor], now=T0 + dt.timedelta(seconds=30))
+        rows = [Row(dev.pk, patient.pk, "spo2", i, T0 + dt.timedelta(seconds=i), 95.0 + i, 0.9) for i in range(1, 4)]
+        insert_readings(cursor, rows)
+    processors = load_processors()  # the configured list: the ORU processor is in it by default
+    assert any(isinstance(p, OruProcessor) for p in processors)
+    batch = engine_batch(processors, now=T0 + dt.timedelta(seconds=30))
     assert batch.readings == 3
-    processor.tick(now=T0 + dt.timedelta(seconds=75))
+    engine_tick(processors, now=T0 + dt.timedelta(seconds=75))
     [message] = OruMessage.objects.all()
     assert _payload_means(message) == {"spo2": 97.0}
