@@ -260,22 +260,37 @@ async def _store(conn: AsyncConnection[Any], inners: list[Inner], *, now: dt.dat
         if nth == len(rounds):
             rounds.append([])
         rounds[nth].append(inner)
-    for batches in rounds:
-        async with conn.transaction():
-            for n, inner in enumerate(sorted(batches, key=lambda i: i.key.device_pk if i.key else 0)):
-                assert inner.key is not None and inner.batch is not None and inner.rows
-                assert inner.credentials is not None
-                if n:
-                    # The store step moves the whole staging table, which empties only at commit.
-                    await conn.execute("DELETE FROM ingest_stage")
-                # What the device signed is kept as it signed it (the inner body and credentials).
-                signed = Signed(inner.credentials, inner.body, "gateway")
-                inner.stored = await readings_store(
-                    conn, key=inner.key, batch=inner.batch, rows=inner.rows, now=now, signed=signed
-                )
+    for nth, batches in enumerate(rounds):
+        try:
+            await _store_round(conn, batches, now=now)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if nth == 0:
+                raise  # nothing committed: the whole request is answered 503
+            # Earlier rounds are committed and answered; the rest get 503 and are sent again.
+            log.warning("gateway ingest storage unavailable after %d of %d rounds: %s", nth, len(rounds), exc)
+            for later in rounds[nth:]:
+                for inner in later:
+                    inner.answer = storage_unavailable()
+            return
         for inner in batches:
             assert inner.key is not None and inner.stored is not None
             publish.stored_publish(inner.key, inner.stored)
+
+
+async def _store_round(conn: AsyncConnection[Any], batches: list[Inner], *, now: dt.datetime) -> None:
+    """One transaction: each inner batch (of distinct devices) by section 1's store step, in device order."""
+    async with conn.transaction():
+        for n, inner in enumerate(sorted(batches, key=lambda i: i.key.device_pk if i.key else 0)):
+            assert inner.key is not None and inner.batch is not None and inner.rows
+            assert inner.credentials is not None
+            if n:
+                # The store step moves the whole staging table, which empties only at commit.
+                await conn.execute("DELETE FROM ingest_stage")
+            # What the device signed is kept as it signed it (the inner body and credentials).
+            signed = Signed(inner.credentials, inner.body, "gateway")
+            inner.stored = await readings_store(
+                conn, key=inner.key, batch=inner.batch, rows=inner.rows, now=now, signed=signed
+            )
 
 
 def _result(inner: Inner, now: dt.datetime) -> GatewayItemResult:
