@@ -288,7 +288,7 @@ def start_daphnes(count: int, env: dict[str, str], extra: list[str]) -> tuple[li
         )
         ports.append(port)
     for port in ports:
-        for _ in range(100):
+        for _ in range(600):  # up to 60 s: a crowded machine imports Django slowly
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from telemetry.archive.layout import MANIFEST_SCHEMA, manifest_key, ward_prefix
 from telemetry.archive.objects import ObjectStore
-from telemetry.archive.writer import archive_store, hot_counts
+from telemetry.archive.writer import archive_store, hot_difference
 
 
 @dataclass
@@ -59,9 +59,9 @@ def archive_day_check(*, day: dt.date, ward_code: str, store: ObjectStore | None
     devices = {int(d["device_pk"]): int(d["rows"]) for d in manifest["devices"]}
     if sum(devices.values()) != check.rows:
         check.problems.append("the manifest's devices do not add up to its rows")
-    hot = hot_counts(list(devices), day)
-    if hot and hot != {pk: n for pk, n in devices.items() if n}:
-        check.problems.append(f"the hot store holds other rows: {sum(hot.values())} against {check.rows} archived")
+    difference = hot_difference(manifest=manifest, day=day, ward_code=ward_code, store=store)
+    if difference:
+        check.problems.append(difference)
     return check
 
 

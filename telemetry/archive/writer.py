@@ -194,7 +194,7 @@ def archive_day(*, day: dt.date, ward_code: str, store: ObjectStore | None = Non
     store = store or archive_store()
     existing = manifest_read(store, day, ward_code)
     if existing is not None:
-        return _existing(existing, day, ward_code)
+        return _existing(existing, day, ward_code, store)
     devices = day_wards(day=day, store=store).get(ward_code, [])
     if not devices:
         return DayResult(day, ward_code, "empty", detail="no readings of this ward on this day")
@@ -223,21 +223,28 @@ def archive_due(*, now: dt.datetime, store: ObjectStore | None = None) -> list[D
     return [r for r in archive_days(days=days, store=store) if r.status != "archived"]
 
 
-def _existing(manifest: dict[str, Any], day: dt.date, ward_code: str) -> DayResult:
-    devices = {int(d["device_pk"]): int(d["rows"]) for d in manifest["devices"]}
-    hot = hot_counts(list(devices), day)
+def hot_difference(*, manifest: dict[str, Any], day: dt.date, ward_code: str, store: ObjectStore) -> str:
+    """'' when the hot store holds exactly the rows the ward-day's manifest lists, or none of them
+    (the day was dropped after it was archived); else what differs — rows added or removed for
+    a listed device, or readings of a device the manifest does not list (all of whose readings
+    of the day arrived after it was archived)."""
+    listed = {int(d["device_pk"]): int(d["rows"]) for d in manifest["devices"]}
+    unlisted = [d.device_id for d in day_wards(day=day, store=store).get(ward_code, []) if d.pk not in listed]
+    if unlisted:
+        return f"the hot store holds readings of devices the manifest does not list: {', '.join(unlisted)}"
+    hot = hot_counts(list(listed), day)
+    if hot and hot != listed:
+        return f"the hot store holds other rows: {sum(hot.values())} against {sum(listed.values())} archived"
+    return ""
+
+
+def _existing(manifest: dict[str, Any], day: dt.date, ward_code: str, store: ObjectStore) -> DayResult:
     rows = int(manifest["readings"]["rows"])
     batches = int(manifest["batches"]["rows"])
-    if all(hot.get(pk, 0) == n for pk, n in devices.items()) or not hot:
+    difference = hot_difference(manifest=manifest, day=day, ward_code=ward_code, store=store)
+    if not difference:
         return DayResult(day, ward_code, "archived", rows, batches, detail="manifest exists; nothing written")
-    return DayResult(
-        day,
-        ward_code,
-        "stale",
-        rows,
-        batches,
-        detail=f"archived with {rows} readings; the hot store now holds {sum(hot.values())} (late data)",
-    )
+    return DayResult(day, ward_code, "stale", rows, batches, detail=f"{difference} (late data)")
 
 
 def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], tmp: Path, actor: Actor) -> DayResult:

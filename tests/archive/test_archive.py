@@ -149,6 +149,17 @@ async def test_late_readings_after_archiving_make_the_day_stale_and_unverified(a
     assert not check.ok and check.problems == ["the hot store holds other rows: 513 against 510 archived"]
 
 
+async def test_a_device_whose_whole_day_arrived_after_archiving_makes_the_day_stale(archive: ObjectStore, yesterday):
+    await _two_wards(yesterday)
+    await command("archive", "--day", yesterday.isoformat(), "--ward", "icu-a")
+    late = await make_device("icu-a", patient="p-late")
+    await ingest(late, yesterday, batches=1, per_batch=2)
+    status, answer = await command("archive", "--day", yesterday.isoformat(), "--ward", "icu-a")
+    assert status == 1 and answer["results"][0]["status"] == "stale"
+    check = await sync_to_async(archive_day_check)(day=yesterday, ward_code="icu-a", store=archive)
+    assert check.problems == [f"the hot store holds readings of devices the manifest does not list: {late.device_id}"]
+
+
 async def test_an_existing_object_with_other_content_is_an_error_and_is_kept(archive: ObjectStore, yesterday, tmp_path):
     await _two_wards(yesterday)
     # The names the run will use (content-addressed): learn them from a run into a throwaway store.

@@ -41,7 +41,6 @@ LAYERS: dict[str, float] = {
     "telemetry": 2,
     # The archive: Parquet + manifests out of the hot store, verify, restore (telemetry/archive/).
     "telemetry.archive": 2,
-
     # HL7 v2 over MLLP (framing, ADT parsing, ACKs): telemetry core, calling its services; the
     # run_hl7 listener command is a telemetry edge (EDGE_NAMES "management").
     "telemetry.hl7": 2,
