@@ -27,6 +27,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from audit.access.identity import identity_reveal
 from audit.access.policy import (
+    AccessDecision,
+    Period,
     access_refusal,
     actor_from_request,
     device_read,
@@ -120,11 +122,32 @@ def metadata(request: HttpRequest) -> HttpResponse:
 
 
 def _read(request: HttpRequest, pseudonym: str, action: str, detail: dict[str, Any]) -> Patient:
+    return _decided(request, pseudonym, action, detail)[0]
+
+
+def _decided(
+    request: HttpRequest, pseudonym: str, action: str, detail: dict[str, Any]
+) -> tuple[Patient, AccessDecision]:
     with transaction.atomic():
-        patient, _ = patient_read(
+        return patient_read(
             user=request.user, actor=actor_from_request(request), pseudonym=pseudonym, action=action, detail=detail
         )
-    return patient
+
+
+def _allowed_span(decision: AccessDecision, start: dt.datetime, end: dt.datetime) -> Period | None:
+    """The part of [start, end) the reader may see. Staff of a ward the patient left see only
+    their stays' times (docs/patient-flow.md); a search covers the latest of those stays that
+    meets the span, so the time between two of their stays is never served."""
+    if decision.periods is None:
+        return start, end
+    parts = [(max(start, s), min(end, e)) for s, e in decision.periods if s < end and start < e]
+    return max(parts) if parts else None
+
+
+def _observation_allowed(decision: AccessDecision, found: selectors.FoundObservation, key: RawId | BucketId) -> bool:
+    if isinstance(key, RawId):
+        return decision.within(key.sample_time)
+    return decision.within(key.start, key.end - key.start)
 
 
 @_answered(("GET",))
@@ -251,12 +274,19 @@ def observation_search(request: HttpRequest) -> HttpResponse:
     start, end = search_span(params.getlist("date"), now=now)
     count = _count(params.get("_count"))
     offset, pinned = _cursor(params.get("_cursor"), metrics)
-    found = _read(
+    found, decision = _decided(
         request,
         pseudonym,
         "patient.fhir.observations",
         {"start": iso(start), "end": iso(end), "metrics": metrics, "offset": offset},
     )
+    allowed = _allowed_span(decision, start, end)
+    if allowed is None:
+        bundle = resources.searchset(
+            [], base=_base(request), total=0, self_url=request.build_absolute_uri(), next_url=None
+        )
+        return fhir_response(bundle)
+    start, end = allowed
     resolutions = pinned or selectors.search_resolutions(patient=found, metrics=metrics, start=start, end=end)
     page = selectors.observation_search(
         patient=found, resolutions=resolutions, start=start, end=end, offset=offset, count=count
@@ -284,7 +314,12 @@ def _observation(
     if key is None:
         raise FhirError(404, "not_found", "not a Perfuse Observation id")
     found = selectors.observation_lookup(key)
-    _read(request, found.patient.pseudonym if found.patient else "", action, {"observation": observation_id})
+    _, decision = _decided(
+        request, found.patient.pseudonym if found.patient else "", action, {"observation": observation_id}
+    )
+    if not _observation_allowed(decision, found, key):
+        # Outside the reader's stays (a ward the patient left): as if it did not exist.
+        raise FhirError(404, "not_found", "no such Observation")
     return found, key
 
 

@@ -12,9 +12,11 @@ from django.test import Client
 from audit.models import AuditEvent
 from audit.selectors import patient_disclosures
 from config.api_errors import operation_outcome
+from config.live import iso
 from dashboard.fhir.ids import observation_id_parse
 from telemetry.models import Calibration, PatientIdentity, Ward
 from telemetry.selectors import patient_series
+from telemetry.stays import patient_transfer
 from tests import personas
 from tests.fhir_support import body, outcome_code, valid
 from tests.live_support import insert_readings, patient
@@ -294,3 +296,27 @@ def test_request_gates_answer_fhir_paths_in_fhir(client: Client, p1: Any) -> Non
         outcome_code(strict.delete("/fhir/R4/$export-status/00000000-0000-0000-0000-000000000000"), 403)
         == "csrf_failed"
     )
+
+
+def test_a_ward_the_patient_left_sees_only_its_stay_over_fhir(
+    client: Client, p1: Any, ward_b: Ward, other_ward_clinician: Any
+) -> None:
+    """Staff of the old ward keep the time the patient was theirs, over FHIR as over REST: the
+    search is clipped to their stay and an Observation after the transfer is not theirs."""
+    found, device = p1
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30)
+    insert_readings(found, device, [(t0 + dt.timedelta(minutes=i), 60.0 + i) for i in range(10)])
+    patient_transfer(pseudonym=found.pseudonym, ward_code=ward_b.code, at=t0 + dt.timedelta(minutes=4, seconds=30))
+    span = urllib.parse.urlencode([("date", f"ge{iso(t0)}"), ("date", f"lt{iso(t0 + dt.timedelta(minutes=20))}")])
+    url = f"/fhir/R4/Observation?patient={found.pseudonym}&code=tissue_o2&{span}"
+    old = [e["resource"] for page in _pages(client, url) for e in page.get("entry", [])]
+    new_client = personas.verified_client(other_ward_clinician)
+    new = [e["resource"] for page in _pages(new_client, url) for e in page.get("entry", [])]
+    assert [o["valueQuantity"]["value"] for o in old] == [60.0, 61.0, 62.0, 63.0, 64.0]
+    assert len(new) == 10
+    after = next(o for o in new if o["valueQuantity"]["value"] == 69.0)
+    assert outcome_code(client.get(f"/fhir/R4/Observation/{after['id']}"), 404) == "not_found"
+    assert body(new_client.get(f"/fhir/R4/Observation/{after['id']}"))["id"] == after["id"]
+    later = urllib.parse.urlencode([("date", f"ge{iso(t0 + dt.timedelta(minutes=6))}")])
+    empty = body(client.get(f"/fhir/R4/Observation?patient={found.pseudonym}&{later}"))
+    assert empty["total"] == 0 and not empty.get("entry")
