@@ -83,6 +83,10 @@ def seaweedfs_start(directory: Path, *, timeout: float = 60.0) -> SeaweedFS:
             f"-master.port={master}",
             f"-volume.port={volume}",
             f"-filer.port={filer}",
+            # Off: the Iceberg and Lance endpoints default to fixed ports (8181, 9101), which a
+            # second SeaweedFS on the machine (another test run, a benchmark) already holds.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
