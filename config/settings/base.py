@@ -243,6 +243,11 @@ PERFUSE_INGEST_POOL_SIZE = envint("PERFUSE_INGEST_POOL_SIZE", 8)
 # How long a request waits for a pooled connection before answering 503 storage_unavailable.
 PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECONDS", 5)
 
+# Group commit (telemetry/ingest/group.py, used by the MQTT bridge): a group closes this long after
+# its first message arrived, or at this many readings (also the most one transaction holds).
+PERFUSE_INGEST_GROUP_WINDOW_MS = envint("PERFUSE_INGEST_GROUP_WINDOW_MS", 5, minimum=0)
+PERFUSE_INGEST_GROUP_MAX_ROWS = envint("PERFUSE_INGEST_GROUP_MAX_ROWS", 5000, minimum=1)
+
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
 

@@ -27,13 +27,15 @@ from telemetry.ingest.answers import IngestError
 # non-ASCII character must never reach PostgreSQL as a query parameter.
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-_KEY_SQL = """
-SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code
+_KEY_COLUMNS = """
+SELECT k.revoked_at IS NOT NULL, k.public_key, d.id, d.device_id, w.site, w.code, k.key_id
 FROM telemetry_devicekey k
 JOIN telemetry_device d ON d.id = k.device_id
 JOIN telemetry_ward w ON w.id = d.ward_id
-WHERE k.key_id = %s
 """
+_KEY_SQL = _KEY_COLUMNS + "WHERE k.key_id = %s"
+# A group of messages (telemetry/ingest/group.py) looks all its keys up in one round trip.
+_KEYS_SQL = _KEY_COLUMNS + "WHERE k.key_id = ANY(%s)"
 
 
 @dataclass(frozen=True)
@@ -79,20 +81,30 @@ def credentials_check(headers: Mapping[str, str], *, now: float) -> Credentials:
 async def device_authenticate(conn: AsyncConnection[Any], *, credentials: Credentials, body: bytes) -> DeviceKeyRow:
     """The key that signed `body`, with its device, ward and site; 401 when unknown, revoked or forged."""
     row = await (await conn.execute(_KEY_SQL, [credentials.key_id])).fetchone()
-    if row is None:
+    return signature_verify(None if row is None else _key_row(row), credentials=credentials, body=body)
+
+
+async def keys_lookup(conn: AsyncConnection[Any], key_ids: list[str]) -> dict[str, DeviceKeyRow]:
+    """The keys of these ids that exist (revoked ones included: `signature_verify` refuses them)."""
+    rows = await (await conn.execute(_KEYS_SQL, [key_ids])).fetchall()
+    return {row[6]: _key_row(row) for row in rows}
+
+
+def _key_row(row: tuple[Any, ...]) -> DeviceKeyRow:
+    return DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+
+
+def signature_verify(key: DeviceKeyRow | None, *, credentials: Credentials, body: bytes) -> DeviceKeyRow:
+    """`key`, if it is live and signed `body`; else 401 (None: no key has the credentials' id)."""
+    if key is None:
         raise IngestError("unknown_key", "no device key with this id")
-    key = DeviceKeyRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
-    signature_verify(key, credentials=credentials, body=body)
-    return key
-
-
-def signature_verify(key: DeviceKeyRow, *, credentials: Credentials, body: bytes) -> None:
     if key.revoked:
         raise IngestError("revoked_key", "this key has been revoked")
     try:
         _public_key(key.public_key).verify(credentials.signature, str(credentials.stamp).encode() + b"\n" + body)
     except (InvalidSignature, ValueError) as exc:
         raise IngestError("bad_signature", "signature does not match the body and timestamp") from exc
+    return key
 
 
 @lru_cache(maxsize=4096)
