@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from config import metrics
-from telemetry.ingest import pipeline
+from telemetry.ingest import group, pipeline
 from telemetry.ingest.answers import Answer, too_large
 from telemetry.schemas import encoder
 
@@ -34,4 +34,5 @@ async def ingest_readings(request: HttpRequest) -> HttpResponse:
     body = request.body
     if len(body) > settings.PERFUSE_INGEST_MAX_BYTES:
         return _respond(too_large())
-    return _respond(await pipeline.handle(body=body, headers=request.headers))
+    handle = group.http_group_handle if settings.PERFUSE_INGEST_HTTP_GROUP else pipeline.handle
+    return _respond(await handle(body=body, headers=request.headers))

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from config import metrics
-from telemetry.ingest import pipeline
+from telemetry.ingest import group, pipeline
 from telemetry.ingest.answers import Answer, too_large
 from telemetry.schemas import encoder
 
@@ -108,7 +108,8 @@ async def _answer(scope: Scope, receive: Any, headers: dict[str, str]) -> Answer
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return await pipeline.handle(body=b"".join(chunks), headers=headers)
+    handle = group.http_group_handle if settings.PERFUSE_INGEST_HTTP_GROUP else pipeline.handle
+    return await handle(body=b"".join(chunks), headers=headers)
 
 
 class IngestRouter:

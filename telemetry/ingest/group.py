@@ -407,3 +407,28 @@ class GroupWriter:
                 await self.deliver(prepared.message, answer)
             except Exception:
                 log.exception("ingest: delivering an answer failed")
+
+
+# ---- the HTTP door through the same writer (PERFUSE_INGEST_HTTP_GROUP) -------------------
+
+# Per event loop (a server runs one); the loop is kept to tell a reused id() from its own.
+_http_writers: dict[int, tuple[asyncio.AbstractEventLoop, GroupWriter]] = {}
+_http_tasks: set[asyncio.Task[None]] = set()
+
+
+async def http_group_handle(*, body: bytes, headers: Mapping[str, str]) -> Answer:
+    """One HTTP request answered through this event loop's shared group writer: concurrent
+    requests share a transaction. Off by default (docs/benchmarks.md has the measurement)."""
+    loop = asyncio.get_running_loop()
+    entry = _http_writers.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        entry = _http_writers[id(loop)] = (loop, GroupWriter(_resolve))
+        _http_tasks.add(loop.create_task(entry[1].run(asyncio.Event())))  # for the life of the loop
+    future: asyncio.Future[Answer] = loop.create_future()
+    entry[1].put(Message(body, headers, token=future))
+    return await future
+
+
+async def _resolve(message: Message, answer: Answer) -> None:
+    if not message.token.done():  # the client may have gone away
+        message.token.set_result(answer)

@@ -7,16 +7,17 @@ from telemetry.simulator.fleet import (
     DEMO_FLEET,
     DEMO_SHOWCASE_S,
     DEMO_WARD,
-    INGEST_PATH,
     FleetDevice,
     GatewayConfig,
     Stats,
     device_ids,
     device_signals,
+    identities,
     provision_fleet,
     run_fleet,
 )
 from telemetry.simulator.signals import EPISODE_KINDS, Episode, EpisodeKind, PatientSignal, SignalConfig
+from telemetry.simulator.transport import INGEST_PATH, HttpTransport, MqttTransport, Reply, Transport
 
 __all__ = [
     "DEMO_FLEET",
@@ -28,11 +29,16 @@ __all__ = [
     "EpisodeKind",
     "FleetDevice",
     "GatewayConfig",
+    "HttpTransport",
+    "MqttTransport",
     "PatientSignal",
+    "Reply",
     "SignalConfig",
     "Stats",
+    "Transport",
     "device_ids",
     "device_signals",
+    "identities",
     "provision_fleet",
     "run_fleet",
 ]

@@ -7,8 +7,10 @@ provisioned one). Then one asyncio task per device plays a gateway: every `batch
 its patient's tissue-O2 signal (signals.py: drifting baseline, noise, desaturation episodes paced
 as tissue O2 changes, artefacts with low signal quality, dropouts) plus occasional skin
 temperature and battery readings, queues the batch, and flushes its queue through one shared
-keep-alive httpx client. Gateways misbehave the way real ones do: a lost acknowledgement makes them
-retransmit, batches overtake each other, a gateway goes offline for minutes and then flushes
+keep-alive httpx client, or over MQTT (one persistent connection per device; transport.py).
+Gateways misbehave the way real ones do: a lost acknowledgement makes them
+retransmit, an unacknowledged batch (no answer, no MQTT ack in time) is sent again, batches
+overtake each other, a gateway goes offline for minutes and then flushes
 everything late, firmware and calibration change. A 429 or 503 is honoured (Retry-After) and the
 batch is sent again; nothing is dropped. With `--demo` the first worn device also plays a scripted
 critically low desaturation shortly after the start, so the console sounds a high-priority alarm
@@ -40,8 +42,8 @@ from django.db import transaction
 from telemetry.models import Assignment, DeviceKey, Ward
 from telemetry.services import device_provision, patient_admit
 from telemetry.simulator.signals import PatientSignal, SignalConfig
+from telemetry.simulator.transport import HttpTransport, Identity, Reply, Transport
 
-INGEST_PATH = "/api/v1/ingest/readings"
 DEMO_WARD = "icu-demo"
 # The `make run` fleet: (ward, worn devices, spare devices). A second ward shows ward scoping; the
 # spare device shows unassigned readings to device administrators.
@@ -60,6 +62,20 @@ class FleetDevice:
     key_id: str
     private_key: Ed25519PrivateKey
     pseudonym: str | None  # None: a spare device nobody wears (its readings are stored unassigned)
+    # Its MQTT client certificate for the key (issued by the deployment CA; None without one).
+    certificate_pem: str | None = None
+
+
+def identities(fleet: list[FleetDevice]) -> dict[str, Identity]:
+    """Each device's TLS identity for MQTT: its own Ed25519 key and the certificate issued for it."""
+    found = {}
+    for d in fleet:
+        if d.certificate_pem is not None:
+            pem = d.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+            found[d.device_id] = Identity(certificate_pem=d.certificate_pem, private_key_pem=pem)
+    return found
 
 
 def device_ids(ward: str, count: int, spares: int = 0) -> list[tuple[str, str | None]]:
@@ -152,6 +168,8 @@ class Stats:
     rejected: int = 0
     throttled: int = 0
     errors: int = 0
+    acknowledged_batches: int = 0  # batches answered 200, each counted once however often sent
+    acknowledged_readings: int = 0  # their valid readings (accepted or duplicates): all stored
     retransmits: int = 0
     reordered: int = 0
     offline_periods: int = 0
@@ -176,6 +194,7 @@ class Batch:
     body: bytes
     size: int
     created: float
+    acknowledged: bool = False
 
 
 def _iso(t: float) -> str:
@@ -208,6 +227,7 @@ class Gateway:
         self.outbox: deque[Batch] = deque()
         self.offline_until = 0.0
         self.holding = False
+        self.pace = config.batch_seconds  # seconds between flushes; a throttle ack can stretch it
 
     def _happens(self, rate_per_hour: float, dt_s: float) -> bool:
         return self.rng.random() < rate_per_hour * dt_s / 3600.0
@@ -268,37 +288,44 @@ class Gateway:
         stamp = str(int(time.time()))
         signature = self.device.private_key.sign(stamp.encode() + b"\n" + body)
         return {
-            "Content-Type": "application/json",
             "X-Perfuse-Key": self.device.key_id,
             "X-Perfuse-Timestamp": stamp,
             "X-Perfuse-Signature": base64.b64encode(signature).decode(),
         }
 
-    async def post(self, client: httpx.AsyncClient, batch: Batch) -> bool:
+    async def post(self, transport: Transport, batch: Batch) -> bool:
         """Send one batch; True once the server has answered it for good (200 or a 4xx)."""
         self.stats.batches += 1
         self.stats.readings += batch.size
-        try:
-            response = await client.post(INGEST_PATH, content=batch.body, headers=self.sign(batch.body))
-        except httpx.HTTPError:
+        reply = await transport.send(self.device.device_id, batch.body, self.sign(batch.body))
+        if reply is None:  # no response, or no ack in time: sent again later
             self.stats.errors += 1
             await asyncio.sleep(1.0 + self.rng.random())
             return False
-        if response.status_code == 200:
-            result = response.json()
-            self.stats.accepted += result["accepted"]
-            self.stats.duplicates += result["duplicates"]
-            self.stats.rejected += len(result["rejected"])
+        if reply.status == 200:
+            self._answered(batch, reply)
             return True
-        if response.status_code in (429, 503):
-            self.stats.throttled += response.status_code == 429
-            self.stats.errors += response.status_code == 503
-            await asyncio.sleep(_retry_after(response) + self.rng.random() * 0.2)
+        if reply.status in (429, 503):
+            self.stats.throttled += reply.status == 429
+            self.stats.errors += reply.status == 503
+            if reply.suggested_interval_s is not None:
+                self.pace = max(self.pace, reply.suggested_interval_s)
+            await asyncio.sleep(reply.retry_after + self.rng.random() * 0.2)
             return False
         self.stats.errors += 1
         return True  # a 4xx will not get better by resending the same bytes
 
-    async def flush(self, client: httpx.AsyncClient, now: float, *, final: bool = False) -> None:
+    def _answered(self, batch: Batch, reply: Reply) -> None:
+        result = reply.body
+        self.stats.accepted += result["accepted"]
+        self.stats.duplicates += result["duplicates"]
+        self.stats.rejected += len(result["rejected"])
+        if not batch.acknowledged:
+            batch.acknowledged = True
+            self.stats.acknowledged_batches += 1
+            self.stats.acknowledged_readings += result["accepted"] + result["duplicates"]
+
+    async def flush(self, client: Transport, now: float, *, final: bool = False) -> None:
         if self.holding and len(self.outbox) >= 2:
             # The held batch is overtaken by the next one: the server sees them out of order.
             self.outbox[-1], self.outbox[-2] = self.outbox[-2], self.outbox[-1]
@@ -322,7 +349,7 @@ class Gateway:
                 self.stats.retransmits += 1
                 await self.post(client, batch)
 
-    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def run(self, client: Transport, stop: asyncio.Event) -> None:
         c = self.config
         await asyncio.sleep(self.rng.uniform(0, c.batch_seconds))  # spread the fleet over the interval
         while not stop.is_set():
@@ -334,9 +361,9 @@ class Gateway:
             if now >= self.offline_until:
                 await self.flush(client, now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, now + c.batch_seconds - time.time()))
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, now + self.pace - time.time()))
 
-    async def drain(self, client: httpx.AsyncClient, deadline: float) -> None:
+    async def drain(self, client: Transport, deadline: float) -> None:
         """At shutdown the gateway comes back online and flushes what it holds."""
         while self.outbox and time.monotonic() < deadline:
             await self.flush(client, time.time(), final=True)
@@ -351,13 +378,6 @@ def device_signals(
     if showcase_after_s is None or first is None:
         return [signal] * len(fleet)
     return [replace(signal, showcase_after_s=showcase_after_s) if i == first else signal for i in range(len(fleet))]
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.0, min(60.0, float(response.headers.get("Retry-After", "1"))))
-    except ValueError:
-        return 1.0
 
 
 async def run_fleet(
@@ -375,7 +395,10 @@ async def run_fleet(
     on_tick: Callable[[Stats], None] | None = None,
     drain_seconds: float = 30.0,
     showcase_after_s: float | None = None,
+    sender: Transport | None = None,
 ) -> Stats:
+    """Run the fleet until `duration` or `stop`, then drain; `sender` (default: HTTP to `url`,
+    through `transport` when given) is how the devices reach the server."""
     stats = Stats()
     stop = stop or asyncio.Event()
     gateway = gateway or GatewayConfig()
@@ -384,8 +407,8 @@ async def run_fleet(
         Gateway(d, hz=hz, config=gateway, signal=s, seed=seed * 7919 + i, stats=stats)
         for i, (d, s) in enumerate(zip(fleet, signals, strict=True))
     ]
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0, transport=transport) as client:
+    client = sender or HttpTransport(url, transport=transport)
+    try:
         tasks = [asyncio.create_task(g.run(client, stop)) for g in gateways]
         started = time.monotonic()
         try:
@@ -407,4 +430,6 @@ async def run_fleet(
             await asyncio.gather(*(g.drain(client, deadline) for g in gateways), return_exceptions=True)
             if progress is not None:
                 progress.write("\r" + stats.line() + "\n")
+    finally:
+        await client.close()
     return stats

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.test import AsyncClient
 
 from telemetry import db as telemetry_db
 from telemetry.ingest import group, pipeline
 from telemetry.ingest.answers import Answer
 from tests import factories
-from tests.ingest_helpers import ago, query, reading_count, stored
+from tests.ingest_helpers import ago, post, query, reading_count, stored
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ingest_clients")]
 
@@ -226,3 +227,20 @@ async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+async def test_http_through_the_group_writer_shares_transactions_and_counts_the_same(settings):
+    settings.PERFUSE_INGEST_HTTP_GROUP = True
+    # The group closes at its row cap, once all ten requests are in (the window is no factor).
+    settings.PERFUSE_INGEST_GROUP_WINDOW_MS = 60_000
+    settings.PERFUSE_INGEST_GROUP_MAX_ROWS = 200
+    devices = [await make_device(patient=f"p-http-{i}") for i in range(5)]
+    bodies = [(d, factories.batch_body(d, factories.series(1, 20))) for d in devices]
+    client = AsyncClient()
+    responses = await asyncio.gather(*(post(client, d, b) for d, b in bodies + bodies))
+    assert {r.status_code for r in responses} == {200}
+    results = [r.json() for r in responses]
+    assert sum(r["accepted"] for r in results) == 100 == await reading_count()
+    assert all(r["accepted"] + r["duplicates"] == 20 for r in results)
+    (transactions,) = await query("SELECT count(DISTINCT ingest_txid) FROM telemetry_reading")
+    assert transactions[0] == 1  # requests in flight together were committed together

@@ -37,6 +37,16 @@ class Command(BaseCommand):
             "--drain", type=float, default=30.0, help="seconds allowed at the end to flush batches gateways still hold"
         )
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+        parser.add_argument(
+            "--transport",
+            choices=["http", "mqtt"],
+            default="http",
+            help="HTTP requests to --url, or MQTT 5 over mutual TLS to --mqtt-url (a connection per device)",
+        )
+        parser.add_argument("--mqtt-url", default=None, help="the broker (default MQTT_URL)")
+        parser.add_argument(
+            "--ack-timeout", type=float, default=10.0, help="MQTT: seconds without an ack before a batch is sent again"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -55,8 +65,11 @@ class Command(BaseCommand):
             fleet += simulator.provision_fleet(ward=ward, count=count, keyfile=keyfile, spares=spares)
             if not options["quiet"]:
                 self.stderr.write(f"ward {ward}: {count} devices on patients, {spares} spare (keys in {keyfile})")
+        target = options["url"] if options["transport"] == "http" else options["mqtt_url"] or settings.MQTT_URL
+        if options["transport"] == "mqtt":
+            options["sender"] = self._mqtt(fleet, url=target, ack_timeout=options["ack_timeout"])
         if not options["quiet"]:
-            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz -> {options['url']}")
+            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz -> {target}")
         stats = asyncio.run(self._run(fleet, options))
         summary = stats.summary()
         if options["json"]:
@@ -64,6 +77,22 @@ class Command(BaseCommand):
         else:
             labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
             self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
+
+    def _mqtt(self, fleet: list[simulator.FleetDevice], *, url: str, ack_timeout: float) -> simulator.MqttTransport:
+        missing = [d.device_id for d in fleet if d.certificate_pem is None]
+        if missing:
+            raise CommandError(
+                f"no client certificate for {len(missing)} devices (e.g. {missing[0]}): MQTT needs the "
+                "deployment CA (PERFUSE_PKI_DIR), which issues them when devices are provisioned"
+            )
+        if not settings.MQTT_CA_FILE:
+            raise CommandError("MQTT_CA_FILE is not set: the broker's CA is needed to connect")
+        try:
+            return simulator.MqttTransport(
+                url, ca_file=settings.MQTT_CA_FILE, identities=simulator.identities(fleet), ack_timeout=ack_timeout
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
 
     async def _run(self, fleet: list[simulator.FleetDevice], options: dict[str, Any]) -> simulator.Stats:
         stop = asyncio.Event()
@@ -83,4 +112,5 @@ class Command(BaseCommand):
             showcase_after_s=simulator.DEMO_SHOWCASE_S if options["demo"] else None,
             # The demo's wearable readers carry a pulse oximeter, so the chart's SpO2 panel has data.
             gateway=simulator.GatewayConfig(spo2_every=5.0) if options["demo"] else None,
+            sender=options.get("sender"),
         )
