@@ -156,6 +156,7 @@ class Bridge:
         self.config = config
         self.writer = GroupWriter(self._deliver, window_ms=window_ms, max_rows=max_rows)
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker confirmed the shared subscription
         self.generation = 0
         self.received = 0
         self.acked = 0
@@ -182,6 +183,7 @@ class Bridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     # ---- paho's network thread -------------------------------------------------------------
@@ -196,10 +198,19 @@ class Bridge:
         log.info("MQTT bridge connected (session present: %s)", getattr(flags, "session_present", None))
         self.connected.set()
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
+    ) -> None:
+        if all(not r.is_failure for r in reasons):
+            self.subscribed.set()
+        else:
+            log.error("MQTT bridge: the broker refused the subscription: %s", reasons)
+
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         log.warning("MQTT bridge disconnected: %s (reconnecting)", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
