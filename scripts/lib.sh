@@ -181,3 +181,53 @@ stop_redis() {
   local dir="$1" port="$2"
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
 }
+
+# start_mosquitto STATE PKI_DIR PORT [refresh-crl]: write the project broker's configuration
+# (telemetry/mqtt_broker.py; the deployment CA in PKI_DIR is created once) and start Mosquitto
+# on 127.0.0.1:PORT, TLS only, client certificates required. Exports MQTT_URL, the CA, the
+# bridge identity (MQTT_CERT_FILE/MQTT_KEY_FILE), PERFUSE_MQTT_PIDFILE (SIGHUP reloads the CRL)
+# and the admin identity that drops revoked devices. refresh-crl: rebuild the CRL from the
+# database first (it must be migrated). As root, Mosquitto drops to the `mosquitto` user (it
+# refuses to keep root), or to the service user where no such user exists.
+start_mosquitto() {
+  local state="$1" pki="$2" port="$3" run_as=() setup_args=() line
+  if [ "$(id -u)" = 0 ]; then
+    if id mosquitto >/dev/null 2>&1; then run_as=(--run-as mosquitto); else run_as=(--run-as "$SERVICE_USER"); fi
+  fi
+  [ "${4:-}" = refresh-crl ] && setup_args+=(--refresh-crl)
+  local out
+  out="$("$PY" "$ROOT/manage.py" mqtt_broker_setup "$state" --port "$port" --pki-dir "$pki" "${run_as[@]}" "${setup_args[@]}")"
+  while IFS= read -r line; do
+    case "$line" in *=*) export "${line%%=*}=${line#*=}" ;; esac
+  done <<<"$out"
+  rm -f "$state/mosquitto.pid"
+  # -d: daemonizes once the listener is open; the pid file says who to SIGHUP and stop.
+  mosquitto -c "$state/mosquitto.conf" -d
+  local i
+  for i in $(seq 1 50); do
+    [ -s "$state/mosquitto.pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "mosquitto did not start (log: $state/mosquitto.log)"; tail -n 20 "$state/mosquitto.log" >&2 || true
+  return 1
+}
+
+# own_mosquitto STATE PKI_DIR [PORT] [refresh-crl]: unless MQTT_URL names a broker already (then
+# MQTT_CA_FILE, MQTT_CERT_FILE, MQTT_KEY_FILE and PERFUSE_PKI_DIR describe it), start the project's
+# own (start_mosquitto; PORT, a free one by default). OWN_MQTT=1 tells the cleanup to stop it.
+own_mosquitto() {
+  [ -z "${MQTT_URL:-}" ] || return 0
+  MQTT_PORT="${3:-$(free_port)}"
+  start_mosquitto "$1" "$2" "$MQTT_PORT" "${4:-}"
+  OWN_MQTT=1
+}
+
+# stop_mosquitto STATE: SIGTERM (it saves its persistence file on the way out), wait for it.
+stop_mosquitto() {
+  local pidfile="$1/mosquitto.pid" pid i
+  [ -s "$pidfile" ] || return 0
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}

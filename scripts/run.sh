@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: the demo. Starts (or reuses) project-owned PostgreSQL and Redis under .data/,
+# `make run`: the demo. Starts (or reuses) project-owned PostgreSQL, Redis and Mosquitto under .data/,
 # migrates (as the owner role), seeds a demo ward with its on-call roster, then runs a local SMTP
 # sink (mail lands in .data/mail.log), Daphne, the engine, the notifier, the audit checkpoint job
 # and the simulated fleet (as the application role) until Ctrl-C.
@@ -28,6 +28,7 @@ cleanup() {
   # Newest first: the simulator flushes through Daphne, the engine finishes its batch.
   local i
   for (( i=${#PIDS[@]}-1; i>=0; i-- )); do stop_pid "${PIDS[i]}" 15; done
+  [ -n "${OWN_MQTT:-}" ] && stop_mosquitto "$DATA/mqtt"
   [ -n "${OWN_REDIS:-}" ] && stop_redis "$DATA/redis" "$REDIS_PORT"
   [ -n "${OWN_PG:-}" ] && stop_postgres "$DATA/pg"
   log "stopped"
@@ -55,6 +56,11 @@ cd "$ROOT"
 # With your own DATABASE_URL, set DATABASE_OWNER_URL to migrate as another role than the app's.
 DATABASE_URL="${DATABASE_OWNER_URL:-$DATABASE_URL}" "$PY" manage.py migrate --noinput >/dev/null
 [ -n "${OWN_PG:-}" ] && harden_db "$PG_PORT" perfuse
+# Mosquitto on 127.0.0.1:18883 (TLS only, client certificates from the deployment CA in .data/pki,
+# created once, before the demo devices are provisioned; docs/mqtt.md). The CRL is rebuilt from
+# the database at every start.
+own_mosquitto "$DATA/mqtt" "$DATA/pki" "${PERFUSE_MQTT_PORT:-18883}" refresh-crl
+log "MQTT broker: $MQTT_URL (CA ${MQTT_CA_FILE:-unset})"
 "$PY" manage.py seed_demo
 "$PY" manage.py seed_demo_roster
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: install what is missing, start throwaway PostgreSQL + Redis (+ the TimescaleDB
-# test server) unless DATABASE_URL / REDIS_URL / TIMESCALE_TEST_URL point at existing ones
+# test server, Mosquitto with a throwaway CA) unless DATABASE_URL / REDIS_URL / TIMESCALE_TEST_URL /
+# MQTT_URL point at existing ones
 # (with your own DATABASE_URL — the application role — also set DATABASE_OWNER_URL, a role that
 # may create databases, and DATABASE_SUPERUSER_URL), then run the whole suite. Extra arguments
 # go to pytest.
@@ -17,6 +18,7 @@ cleanup() {
   set +e
   [ -n "${OWN_PG:-}" ] && stop_postgres "$TMP/pg"
   [ -n "${OWN_REDIS:-}" ] && stop_redis "$TMP/redis" "$REDIS_PORT"
+  [ -n "${OWN_MQTT:-}" ] && stop_mosquitto "$TMP/mqtt"
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   rm -rf "$TMP"
 }
@@ -35,6 +37,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL DATABASE_OWNER_URL DATABASE_SUPERUSER_URL
 fi
 own_redis "$TMP/redis" no
+# A throwaway deployment CA and Mosquitto (TLS, client certificates) for the MQTT tests
+# (tests/mqtt_support.py); MQTT_URL with PERFUSE_PKI_DIR and the MQTT_*_FILE paths name another.
+own_mosquitto "$TMP/mqtt" "$TMP/pki"
 # PERFUSE_TEST_TIMESCALE=0 skips the TimescaleDB test server (its tests then skip) for quick targeted runs.
 if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ "${PERFUSE_TEST_TIMESCALE:-1}" != 0 ] && [ -x "$ROOT/scripts/timescale-server.sh" ]; then
   TS_PORT="$(free_port)"
@@ -47,5 +52,5 @@ fi
 
 export DJANGO_SETTINGS_MODULE=config.settings.test
 cd "$ROOT"
-log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL#redis://})"
+log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL#redis://}, MQTT ${MQTT_URL#mqtts://})"
 "$PY" -m pytest "$@"

@@ -42,6 +42,21 @@ class DeviceKey(models.Model):
         return self.key_id
 
 
+class IssuedCertificate(models.Model):
+    """An X.509 client certificate the deployment CA issued (telemetry/pki.py). The CRL is rebuilt
+    from the revoked rows, so a revocation outlives the broker and the file it reads."""
+
+    serial = models.CharField(max_length=40, primary_key=True, help_text="hexadecimal")
+    cn = models.CharField(max_length=64, db_index=True)
+    key = models.ForeignKey(DeviceKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates")
+    issued_at = models.DateTimeField(auto_now_add=True)
+    not_after = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.cn} {self.serial}"
+
+
 class FirmwareRecord(models.Model):
     """Each firmware version a device reported, with when it was first seen."""
 

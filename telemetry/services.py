@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
 from telemetry.models import Assignment, Device, DeviceKey, Patient, PatientIdentity, Ward
+from telemetry.mqtt_broker import BrokerError, broker_revoked
+from telemetry.pki import PkiError, authority_load, certificate_issue, certificate_revoke
 from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
 from telemetry.storage import timescale_in_use
 
@@ -21,11 +24,19 @@ class RegistryError(Exception):
     """A registry operation that cannot be done as asked (unknown ward, bad key file…)."""
 
 
+class BrokerNotTold(RegistryError):
+    """A revocation committed, but the MQTT broker could not be told (it still refuses the key
+    over HTTP; run revoke_device_key again once the broker is reachable)."""
+
+
 @dataclass(frozen=True)
 class Provisioned:
     device: Device
     key: DeviceKey
     private_key_pem: str | None
+    # The key's client certificate and the CA's, when the deployment CA exists (contract 1b, 2).
+    certificate_pem: str | None = None
+    ca_pem: str | None = None
 
 
 def public_key_from_pem(pem: bytes) -> bytes:
@@ -64,25 +75,64 @@ def device_provision(
     else:
         raw = public_key_from_pem(public_key_pem)
     key = DeviceKey.objects.create(key_id=_new_key_id(), device=device, public_key=raw)
+    certificate_pem, ca_pem = _certificate_for(key)
     audit_record(
         actor=actor,
         action="device.key_added",
         subject=device.device_id,
-        detail={"key_id": key.key_id, "ward": ward.code, "generated": private_pem is not None},
+        detail={
+            "key_id": key.key_id,
+            "ward": ward.code,
+            "generated": private_pem is not None,
+            "certificate": certificate_pem is not None,
+        },
     )
-    return Provisioned(device=device, key=key, private_key_pem=private_pem)
+    return Provisioned(
+        device=device, key=key, private_key_pem=private_pem, certificate_pem=certificate_pem, ca_pem=ca_pem
+    )
+
+
+def _certificate_for(key: DeviceKey) -> tuple[str | None, str | None]:
+    """The key's client certificate (CN = device id) and the CA, or (None, None) with no CA."""
+    authority = authority_load()
+    if authority is None:
+        return None, None
+    public_key = Ed25519PublicKey.from_public_bytes(bytes(key.public_key))
+    try:
+        pem = certificate_issue(cn=key.device.device_id, public_key=public_key, key=key)
+    except PkiError as exc:
+        raise RegistryError(str(exc)) from exc
+    return pem, authority.ca_pem
 
 
 @transaction.atomic
 def device_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> DeviceKey:
+    """Revoke a key and its client certificates at once. After commit the broker is told (CRL
+    rebuilt and reloaded, the device's open connection dropped: telemetry.mqtt_broker); a broker
+    that cannot be told fails the call loudly, the revocation itself being committed."""
     key = DeviceKey.objects.select_for_update().select_related("device").filter(key_id=key_id).first()
     if key is None:
         raise RegistryError(f"unknown key {key_id!r}")
     if key.revoked_at is None:
         key.revoked_at = dt.datetime.now(dt.UTC)
         key.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, action="device.key_revoked", subject=key.device.device_id, detail={"key_id": key.key_id})
+    serials = certificate_revoke(key=key, at=key.revoked_at)
+    audit_record(
+        actor=actor,
+        action="device.key_revoked",
+        subject=key.device.device_id,
+        detail={"key_id": key.key_id, "certificates": serials},
+    )
+    if serials:
+        transaction.on_commit(functools.partial(_broker_told, key.device.device_id))
     return key
+
+
+def _broker_told(device_id: str) -> None:
+    try:
+        broker_revoked([device_id])
+    except BrokerError as exc:
+        raise BrokerNotTold(f"revoked, but the broker was not told: {exc}") from exc
 
 
 @transaction.atomic

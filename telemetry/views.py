@@ -17,7 +17,7 @@ from audit.access.refusals import refusal_audit
 from audit.trail import audit_record
 from config.refusal import Refusal
 from telemetry.selectors import devices_overview, readings_unassigned_counts
-from telemetry.services import RegistryError, device_key_revoke
+from telemetry.services import BrokerNotTold, RegistryError, device_key_revoke
 
 
 @require_GET
@@ -34,6 +34,9 @@ def device_key_revoke_view(request: HttpRequest, key_id: str) -> HttpResponse:
     try:
         with transaction.atomic():
             key = device_key_revoke(key_id=key_id, actor=actor_from_request(request))
+    except BrokerNotTold as exc:
+        messages.error(request, str(exc))
+        return redirect("devices")
     except RegistryError:
         refused = Refusal(action="device.key_revoked", reason="unknown_key", facts={"key_id": key_id[:64]})
         refusal_audit(refused, actor_from_request(request))  # answered on the devices page

@@ -27,7 +27,7 @@ from audit.access.roles import ADMIN, CLINICIAN, COMPLIANCE, DEVICE_ADMIN, ONCAL
 from audit.hardening import AUDIT_TABLES, grants_sql
 from telemetry import db as telemetry_db
 from telemetry.models import Ward
-from tests import db_roles, factories, personas
+from tests import db_roles, factories, mqtt_support, personas
 
 _original_sql_flush = DatabaseOperations.sql_flush
 
@@ -142,6 +142,25 @@ async def ingest_clients() -> AsyncIterator[None]:
     """Close the ingest pool bound to this test's event loop when the test ends."""
     yield
     await telemetry_db.close_clients()
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> Iterator[mqtt_support.Broker]:
+    """The real Mosquitto (mutual TLS) of tests/mqtt_support.py: scripts/test.sh's, or our own."""
+    broker = mqtt_support.broker_from_env()
+    if broker is not None:
+        yield broker
+        return
+    with mqtt_support.broker_started() as started:
+        yield started
+
+
+@pytest.fixture
+def mqtt(mqtt_broker: mqtt_support.Broker, settings: Any) -> mqtt_support.Broker:
+    """The broker, with the deployment CA and broker settings pointing at it for this test."""
+    for name, value in mqtt_broker.settings().items():
+        setattr(settings, name, value)
+    return mqtt_broker
 
 
 def pytest_report_header(config: pytest.Config) -> str:

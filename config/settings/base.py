@@ -322,3 +322,20 @@ PERFUSE_NOTIFY_RETRY_MAX_SECONDS = envint("PERFUSE_NOTIFY_RETRY_MAX_SECONDS", 30
 PERFUSE_NOTIFY_FAILURES_ALARM = envint("PERFUSE_NOTIFY_FAILURES_ALARM", 3, minimum=1)
 # Links in messages point here (the address staff open Perfuse at).
 PERFUSE_BASE_URL = envstr("PERFUSE_BASE_URL", "http://127.0.0.1:8000")
+
+# MQTT (contract section 1b, docs/mqtt.md). The deployment CA lives in PERFUSE_PKI_DIR (empty:
+# no CA, provisioning issues no certificates). MQTT_URL names the broker; the MQTT_*_FILE paths
+# are the TLS files of the ingest bridge's identity (perfuse-bridge).
+PERFUSE_PKI_DIR = envstr("PERFUSE_PKI_DIR", "")
+PERFUSE_CERT_DAYS = envint("PERFUSE_CERT_DAYS", 825, minimum=1)
+MQTT_URL = envstr("MQTT_URL", "")
+MQTT_CA_FILE = envstr("MQTT_CA_FILE", "")
+MQTT_CERT_FILE = envstr("MQTT_CERT_FILE", "")
+MQTT_KEY_FILE = envstr("MQTT_KEY_FILE", "")
+# Telling the broker about a revocation: the CRL is reloaded by SIGHUP to the pid in
+# PERFUSE_MQTT_PIDFILE, or by running PERFUSE_MQTT_RELOAD_COMMAND (another broker); an open
+# connection is dropped through Mosquitto's dynamic-security plugin, as the perfuse-admin identity.
+PERFUSE_MQTT_PIDFILE = envstr("PERFUSE_MQTT_PIDFILE", "")
+PERFUSE_MQTT_RELOAD_COMMAND = envstr("PERFUSE_MQTT_RELOAD_COMMAND", "")
+PERFUSE_MQTT_ADMIN_CERT_FILE = envstr("PERFUSE_MQTT_ADMIN_CERT_FILE", "")
+PERFUSE_MQTT_ADMIN_KEY_FILE = envstr("PERFUSE_MQTT_ADMIN_KEY_FILE", "")

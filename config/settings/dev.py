@@ -19,3 +19,15 @@ PERFUSE_AUDIT_ANCHOR = envstr("PERFUSE_AUDIT_ANCHOR", (BASE_DIR / ".data" / "aud
 PERFUSE_SMTP_HOST = envstr("PERFUSE_SMTP_HOST", "127.0.0.1")
 PERFUSE_SMTP_PORT = envint("PERFUSE_SMTP_PORT", 8025, minimum=1)
 PERFUSE_SMTP_SECURITY = envstr("PERFUSE_SMTP_SECURITY", "none")
+
+# `make run`'s deployment CA and broker (scripts/run.sh, docs/mqtt.md): an operator's
+# provision_device / revoke_device_key in another shell reach them without extra variables.
+_DATA = BASE_DIR / ".data"
+PERFUSE_PKI_DIR = envstr("PERFUSE_PKI_DIR", str(_DATA / "pki"))
+MQTT_URL = envstr("MQTT_URL", f"mqtts://127.0.0.1:{envint('PERFUSE_MQTT_PORT', 18883, minimum=1)}")
+MQTT_CA_FILE = envstr("MQTT_CA_FILE", str(_DATA / "pki" / "ca.pem"))
+MQTT_CERT_FILE = envstr("MQTT_CERT_FILE", str(_DATA / "pki" / "bridge.pem"))
+MQTT_KEY_FILE = envstr("MQTT_KEY_FILE", str(_DATA / "pki" / "bridge.key"))
+PERFUSE_MQTT_PIDFILE = envstr("PERFUSE_MQTT_PIDFILE", str(_DATA / "mqtt" / "mosquitto.pid"))
+PERFUSE_MQTT_ADMIN_CERT_FILE = envstr("PERFUSE_MQTT_ADMIN_CERT_FILE", str(_DATA / "pki" / "admin.pem"))
+PERFUSE_MQTT_ADMIN_KEY_FILE = envstr("PERFUSE_MQTT_ADMIN_KEY_FILE", str(_DATA / "pki" / "admin.key"))

@@ -10,3 +10,6 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
 PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
     "PERFUSE_AUDIT_CHECKPOINT_KEY", "test-only-audit-checkpoint-key-not-secret-0123456789"
 )
+# No deployment CA unless a test asks for one: the MQTT fixture (tests/mqtt_support.py) points
+# this at the throwaway CA that scripts/test.sh exported as PERFUSE_PKI_DIR (or made itself).
+PERFUSE_PKI_DIR = ""

@@ -10,7 +10,10 @@ from telemetry.services import RegistryError, device_provision
 
 
 class Command(ResultCommand):
-    help = "Register a device and a key; generates an Ed25519 key pair when no public key is given."
+    help = (
+        "Register a device and a key; generates an Ed25519 key pair when no public key is given. "
+        "With the deployment CA (PERFUSE_PKI_DIR), also issues the key's MQTT client certificate."
+    )
     errors = (RegistryError,)
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -31,4 +34,8 @@ class Command(ResultCommand):
         if result.private_key_pem is not None:
             out["private_key_pem"] = result.private_key_pem
             text += f"\n{result.private_key_pem}"  # shown once: only its public half is stored
+        if result.certificate_pem is not None and result.ca_pem is not None:
+            # The MQTT identity (contract 1b): the key's certificate, CN = device id, and the CA.
+            out["certificate_pem"], out["ca_pem"] = result.certificate_pem, result.ca_pem
+            text += f"\n{result.certificate_pem}"
         return out, text
