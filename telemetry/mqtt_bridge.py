@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,20 +51,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry.ingest.answers import Answer, too_large
 from telemetry.ingest.group import GroupWriter, Message
+from telemetry.mqtt_broker import DEVICE_ACKS, DEVICE_READINGS, tls_context
 
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "perfuse-ingest"
-READINGS_FILTER = "perfuse/v1/devices/+/readings"
+READINGS_FILTER = DEVICE_READINGS.format(id="+")
 CREDENTIAL_PROPERTIES = ("x-perfuse-key", "x-perfuse-timestamp", "x-perfuse-signature")
 
 
 def readings_topic(device_id: str) -> str:
-    return f"perfuse/v1/devices/{device_id}/readings"
+    return DEVICE_READINGS.format(id=device_id)
 
 
 def acks_topic(device_id: str) -> str:
-    return f"perfuse/v1/devices/{device_id}/acks"
+    return DEVICE_ACKS.format(id=device_id)
 
 
 def topic_device(topic: str) -> str | None:
@@ -173,9 +173,7 @@ class Bridge:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=c.ca_file)
-        context.load_cert_chain(c.cert_file, c.key_file)
-        client.tls_set_context(context)
+        client.tls_set_context(tls_context(ca=c.ca_file, cert=c.cert_file, key=c.key_file))
         # Acks out: not capped at paho's default of 20 in flight (a group answers hundreds at once).
         client.max_inflight_messages_set(max(20, c.receive_maximum))
         client.max_queued_messages_set(0)
@@ -274,6 +272,31 @@ class Bridge:
             self._loop = None
             self.client.disconnect()
             self.client.loop_stop()
+
+
+def session_discard(config: BrokerConfig, *, timeout: float = 10.0) -> bool:
+    """End the bridge's persistent session at the broker: it leaves the shared subscription for
+    good. Mosquitto (2.0) keeps sharing messages out to a disconnected member's session, so a
+    bridge taken out of service must say so, or it keeps its share queued until the session
+    expires (the devices, unacknowledged, send those batches again). True once done."""
+    done = threading.Event()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5
+    )
+    client.tls_set_context(tls_context(ca=config.ca_file, cert=config.cert_file, key=config.key_file))
+    client.on_connect = lambda c, u, f, reason, p: done.set() if not reason.is_failure else None
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 0  # clean start discards the old session; this one ends with us
+    try:
+        client.connect(config.host, config.port, keepalive=config.keepalive, clean_start=True, properties=properties)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        return done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:

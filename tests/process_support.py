@@ -60,7 +60,7 @@ class Cluster:
         return f"postgres://perfuse@127.0.0.1:{self.port}/perfuse"
 
     def start(self) -> None:
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             _as_service(
                 [
                     str(self.bindir / "pg_ctl"),
@@ -83,9 +83,7 @@ class Cluster:
     def kill(self) -> None:
         """SIGKILL the postmaster and all its backends at once; wait until they are gone."""
         pid = int((self.directory / "postmaster.pid").read_text().split()[0])
-        children = subprocess.run(  # noqa: S603
-            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False  # noqa: S607
-        ).stdout.split()
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()
         victims = [pid, *(int(c) for c in children)]
         for victim in victims:
             with suppress(ProcessLookupError):
@@ -100,7 +98,7 @@ class Cluster:
             lock.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             _as_service([str(self.bindir / "pg_ctl"), "-D", str(self.directory), "-m", "immediate", "-w", "stop"]),
             check=False,
             stdout=subprocess.DEVNULL,
@@ -139,7 +137,7 @@ def cluster_started() -> Iterator[Cluster]:
             shutil.chown(directory, os.environ.get("PERFUSE_SERVICE_USER", "postgres"))
         directory.chmod(0o700)
         cluster = Cluster(directory, free_port())
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             _as_service(
                 [str(cluster.bindir / "initdb"), "-D", str(directory), "-U", "perfuse", "--auth=trust", "-E", "UTF8"]
             ),
@@ -166,7 +164,7 @@ class Managed:
 
     def start(self) -> Managed:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(  # noqa: S603
+            self.process = subprocess.Popen(
                 [sys.executable, str(ROOT / "manage.py"), *self.args],
                 env=self.env,
                 cwd=ROOT,
@@ -198,7 +196,7 @@ class Managed:
 
 def manage(args: list[str], *, env: dict[str, str], timeout: float = 600) -> str:
     """Run `manage.py …` to completion; its standard output (failing loudly on a non-zero exit)."""
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
         env=env,
         cwd=ROOT,

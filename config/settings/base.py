@@ -251,11 +251,7 @@ PERFUSE_INGEST_GROUP_MAX_ROWS = envint("PERFUSE_INGEST_GROUP_MAX_ROWS", 5000, mi
 # in docs/benchmarks.md ("Group commit and the HTTP door").
 PERFUSE_INGEST_HTTP_GROUP = envbool("PERFUSE_INGEST_HTTP_GROUP", False)
 
-# The MQTT broker (contract section 1b) and the bridge's identity at it (`manage.py run_mqtt_ingest`).
-MQTT_URL = envstr("MQTT_URL", "mqtts://127.0.0.1:18883")
-MQTT_CA_FILE = envstr("MQTT_CA_FILE", str(BASE_DIR / ".data" / "pki" / "ca.pem"))
-MQTT_CERT_FILE = envstr("MQTT_CERT_FILE", str(BASE_DIR / ".data" / "pki" / "bridge.pem"))
-MQTT_KEY_FILE = envstr("MQTT_KEY_FILE", str(BASE_DIR / ".data" / "pki" / "bridge.key"))
+# The MQTT bridge (`manage.py run_mqtt_ingest`; the broker and its TLS files: MQTT_* below).
 # One persistent session per bridge: give each bridge of a shared subscription its own id.
 MQTT_CLIENT_ID = envstr("MQTT_CLIENT_ID", "perfuse-bridge-1")
 # How long the broker keeps a bridge's session, queueing its messages, while the bridge is away.

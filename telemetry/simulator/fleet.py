@@ -35,10 +35,12 @@ from typing import Any, TextIO
 
 import httpx
 import orjson
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import transaction
 
+from telemetry import pki
 from telemetry.models import Assignment, DeviceKey, Ward
 from telemetry.services import device_provision, patient_admit
 from telemetry.simulator.signals import PatientSignal, SignalConfig
@@ -122,20 +124,42 @@ def provision_fleet(*, ward: str, count: int, keyfile: Path, site: str = "main",
     with transaction.atomic():
         # The simulator may run before any seed: it owns its ward when none exists.
         Ward.objects.get_or_create(code=ward, defaults={"name": ward.replace("-", " ").upper(), "site": site})
+    authority = pki.authority_load()
     for device_id, pseudonym in device_ids(ward, count, spares):
         private = _usable(keys.get(device_id), device_id)
         if private is None:
             provisioned = device_provision(device_id=device_id, ward_code=ward)
             assert provisioned.private_key_pem is not None
             keys[device_id] = {"key_id": provisioned.key.key_id, "private_key_pem": provisioned.private_key_pem}
+            if provisioned.certificate_pem is not None:
+                keys[device_id]["certificate_pem"] = provisioned.certificate_pem
             _save_keys(keyfile, keys)
             private = _usable(keys[device_id], device_id)
             assert private is not None
+        elif authority is not None and not _certified(keys[device_id].get("certificate_pem"), authority):
+            # A key kept from a run before the deployment CA existed (or of another CA): certify it.
+            key = DeviceKey.objects.get(key_id=keys[device_id]["key_id"])
+            keys[device_id]["certificate_pem"] = pki.certificate_issue(
+                cn=device_id, public_key=private.public_key(), key=key
+            )
+            _save_keys(keyfile, keys)
         current = Assignment.objects.filter(device__device_id=device_id, end__isnull=True).first()
         if pseudonym is not None and (current is None or current.patient.pseudonym != pseudonym):
             patient_admit(pseudonym=pseudonym, ward_code=ward, device_id=device_id)
-        fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym))
+        certificate = keys[device_id].get("certificate_pem") if authority is not None else None
+        fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym, certificate))
     return fleet
+
+
+def _certified(pem: str | None, authority: pki.Authority) -> bool:
+    """The kept certificate was issued by this CA (a new CA after `.data/pki` was removed: not)."""
+    if not pem:
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return False
+    return certificate.issuer == authority.certificate.subject
 
 
 # --- gateways ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry.mqtt_bridge import acks_topic, properties_for, readings_topic
+from telemetry.mqtt_broker import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,7 @@ class MqttTransport:
         cert.write_text(identity.certificate_pem)
         key.write_text(identity.private_key_pem)
         key.chmod(0o600)
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
-        context.load_cert_chain(str(cert), str(key))
-        return context
+        return tls_context(ca=self.ca_file, cert=str(cert), key=str(key))
 
 
 class _Link:

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from telemetry import db
-from telemetry.mqtt_bridge import Bridge, BrokerConfig
+from telemetry.mqtt_bridge import Bridge, BrokerConfig, session_discard
 
 
 class Command(BaseCommand):
@@ -22,10 +22,20 @@ class Command(BaseCommand):
             "--window-ms", type=float, default=None, help="group window (PERFUSE_INGEST_GROUP_WINDOW_MS)"
         )
         parser.add_argument("--max-rows", type=int, default=None, help="group row cap (PERFUSE_INGEST_GROUP_MAX_ROWS)")
+        parser.add_argument(
+            "--discard-session",
+            action="store_true",
+            help="end this bridge's session at the broker (taking it out of the shared subscription) and exit",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             config = BrokerConfig.from_settings(client_id=options["client_id"])
+            if options["discard_session"]:
+                if not session_discard(config):
+                    raise CommandError(f"the broker at {config.host}:{config.port} did not answer")
+                self.stderr.write(f"MQTT bridge {config.client_id}: session discarded")
+                return
             bridge = Bridge(config, window_ms=options["window_ms"], max_rows=options["max_rows"])
         except (ValueError, OSError) as exc:
             raise CommandError(f"MQTT bridge: {exc}") from exc
