@@ -48,7 +48,12 @@ GATEWAY_BATCHES = "perfuse/v1/gateways/{id}/batches"
 GATEWAY_ACKS = "perfuse/v1/gateways/{id}/acks"
 SHARE_GROUP = "perfuse-ingest"
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
-DYNSEC_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+# Where Debian (any architecture) and a source build put the dynamic-security plugin.
+DYNSEC_PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 # Messages the broker keeps per offline persistent session (the bridge's, while it is down).
 QUEUED_MESSAGES = 1_000_000
 
@@ -115,8 +120,6 @@ def config_text(*, state: Path, authority: Authority, port: int, run_as: str | N
         "require_certificate true",
         "use_identity_as_username true",
         f"acl_file {state / 'acl'}",
-        f"plugin {DYNSEC_PLUGIN}",
-        f"plugin_opt_config_file {state / 'dynsec.json'}",
         "persistence true",
         f"persistence_location {state}/",
         "autosave_interval 30",
@@ -131,9 +134,20 @@ def config_text(*, state: Path, authority: Authority, port: int, run_as: str | N
         "connection_messages true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
     ]
+    plugin = dynsec_plugin()
+    if plugin is not None:  # without it a revocation still refuses the next connection
+        lines += [f"plugin {plugin}", f"plugin_opt_config_file {state / 'dynsec.json'}"]
     if run_as:
         lines.append(f"user {run_as}")
     return "\n".join(lines) + "\n"
+
+
+def dynsec_plugin() -> Path | None:
+    for pattern in DYNSEC_PLUGIN_GLOBS:
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return found[0]
+    return None
 
 
 def _hand_to(path: Path, user: str | None) -> None:
@@ -232,7 +246,9 @@ def broker_kick(usernames: list[str], *, timeout: float = 10.0) -> bool:
 
     True once the plugin answered; False when no admin identity is configured. Raises
     BrokerError when the broker cannot be reached or does not answer in `timeout` seconds."""
-    if not (settings.MQTT_URL and settings.PERFUSE_MQTT_ADMIN_CERT_FILE and settings.PERFUSE_MQTT_ADMIN_KEY_FILE):
+    if not usernames or not (
+        settings.MQTT_URL and settings.PERFUSE_MQTT_ADMIN_CERT_FILE and settings.PERFUSE_MQTT_ADMIN_KEY_FILE
+    ):
         return False
     commands: list[dict[str, str]] = []
     for username in usernames:

@@ -123,7 +123,9 @@ def device_key_revoke(*, key_id: str, actor: Actor = SYSTEM) -> DeviceKey:
         subject=key.device.device_id,
         detail={"key_id": key.key_id, "certificates": serials},
     )
-    if serials:
+    # Told again on a repeated revocation too: that is how an operator retries a broker that was
+    # down (BrokerNotTold) — the CRL is rebuilt and the drop repeated, both idempotent.
+    if serials or key.certificates.exists():
         transaction.on_commit(functools.partial(_broker_told, key.device.device_id))
     return key
 

@@ -6,9 +6,11 @@ or, when those are not set, one the session fixture starts itself with a throwaw
 same `telemetry.mqtt_broker.broker_setup` that `make run` uses. Fixtures (tests/conftest.py):
 `mqtt_broker` (session) and `mqtt` (points the settings at it for one test).
 
-Identities: `identity_make` signs a certificate for a fresh Ed25519 key straight from the CA
-files (no database: for tests of the broker alone); a provisioned device's own PEMs become files
-with `identity_files`. `Connection` wraps a paho client with events a test can wait on.
+Identities: `identity_make` signs a certificate for a fresh (or a given) Ed25519 key straight
+from the CA files (no database record: for tests of the broker alone, or to give a
+tests.factories device a broker identity); a provisioned device's own PEMs (what
+provision_device printed) become files with `identity_files`. `Connection` wraps a paho client
+with events a test can wait on.
 """
 
 from __future__ import annotations
@@ -201,11 +203,12 @@ def identity_files(directory: Path, cn: str, *, private_key_pem: str, certificat
     return Identity(cn=cn, cert=cert, key=key)
 
 
-def identity_make(broker: Broker, directory: Path, cn: str) -> Identity:
-    """A fresh Ed25519 key with a certificate for CN `cn` from the broker's CA (not recorded)."""
+def identity_make(broker: Broker, directory: Path, cn: str, private: Ed25519PrivateKey | None = None) -> Identity:
+    """A certificate for CN `cn` from the broker's CA (not recorded) for `private` — e.g. a
+    tests.factories device's signing key — or for a fresh Ed25519 key."""
     authority = pki.authority_load(broker.pki_dir)
     assert authority is not None, f"no CA in {broker.pki_dir}"
-    private = Ed25519PrivateKey.generate()
+    private = private or Ed25519PrivateKey.generate()
     certificate = pki.certificate_build(authority, cn=cn, public_key=private.public_key(), days=1)
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

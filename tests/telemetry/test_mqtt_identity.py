@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from audit.access.roles import DEVICE_ADMIN
 from audit.models import AuditEvent
 from telemetry import pki
 from telemetry.models import DeviceKey, IssuedCertificate, Ward
 from telemetry.mqtt_broker import DEVICE_ACKS
+from tests import factories, personas
 from tests.mqtt_support import WAIT, Broker, Connection, Identity, connected, identity_files
 
 pytestmark = pytest.mark.django_db
@@ -139,3 +141,49 @@ def test_a_device_id_that_is_a_service_identity_gets_no_certificate(mqtt: Broker
     with pytest.raises(CommandError, match="cannot be a certificate's CN"):
         _provision("perfuse-bridge")
     assert not DeviceKey.objects.filter(device__device_id="perfuse-bridge").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_that_cannot_be_told_fails_the_command_after_the_revocation(mqtt: Broker, settings: Any) -> None:
+    factories.ward("icu-a")
+    _provision("lumee-c8")
+    key = DeviceKey.objects.get(device__device_id="lumee-c8")
+    settings.PERFUSE_MQTT_RELOAD_COMMAND = "false"  # e.g. `systemctl reload` of a broker that is down
+    with pytest.raises(CommandError, match="revoked, but the broker was not told"):
+        _command("revoke_device_key", key.key_id)
+    key.refresh_from_db()
+    assert key.revoked_at is not None  # committed: HTTP refuses the key whatever the broker does
+    assert int(IssuedCertificate.objects.get(cn="lumee-c8").serial, 16) in _revoked_serials(mqtt)
+    kicked = "deleteClient | username=lumee-c8"
+    assert kicked not in mqtt.log_text()
+    settings.PERFUSE_MQTT_RELOAD_COMMAND = ""  # the broker is back: the operator runs it again
+    _command("revoke_device_key", key.key_id)
+    assert kicked in mqtt.log_text()
+
+
+def test_the_daily_crl_refresh_keeps_revocations_and_reloads_the_broker(
+    mqtt: Broker, ward_a: Ward, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    _provision("lumee-c9")
+    with django_capture_on_commit_callbacks(execute=True):
+        _command("revoke_device_key", DeviceKey.objects.get(device__device_id="lumee-c9").key_id)
+    serial = int(IssuedCertificate.objects.get(cn="lumee-c9").serial, 16)
+    before = x509.load_pem_x509_crl((mqtt.pki_dir / "crl.pem").read_bytes()).last_update_utc
+    assert _command("mqtt_crl_refresh") == {"crl": True, "reloaded": True}
+    crl = x509.load_pem_x509_crl((mqtt.pki_dir / "crl.pem").read_bytes())
+    assert serial in {entry.serial_number for entry in crl} and crl.last_update_utc >= before
+    with connected(mqtt, _identity(_provision("lumee-c10"), tmp_path)) as device:
+        assert device.connected.is_set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_devices_page_says_when_the_broker_was_not_told(mqtt: Broker, settings: Any) -> None:
+    factories.ward("icu-a")
+    admin = personas.staff("devadmin-mqtt", DEVICE_ADMIN)
+    _provision("lumee-c11")
+    key = DeviceKey.objects.get(device__device_id="lumee-c11")
+    settings.PERFUSE_MQTT_RELOAD_COMMAND = "false"
+    page = personas.verified_client(admin).post(f"/devices/keys/{key.key_id}/revoke", follow=True)
+    assert "revoked, but the broker was not told" in page.content.decode()
+    key.refresh_from_db()
+    assert key.revoked_at is not None
