@@ -171,6 +171,18 @@ async def listen(ws: WebSocket, pseudonym: str, phase_of: list[Phase]) -> None:
                     phase_of[0].arrived.setdefault((pseudonym, p["seq"]), now)
 
 
+async def socket_open(port: int, pseudonym: str, session_key: str) -> WebSocket:
+    """A patient socket; Daphne on a loaded machine may still be loading Django at first."""
+    for attempt in range(60):
+        try:
+            return await WebSocket.connect(port, f"/ws/patients/{pseudonym}/live", session_key)
+        except (OSError, asyncio.IncompleteReadError, RuntimeError):
+            if attempt == 59:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Procs:
     pids: dict[str, int]
@@ -279,7 +291,7 @@ async def main_async(
     phase_of = [Phase("warm-up")]
     sockets = []
     for pseudonym in fleet.pseudonyms[: args.clients]:
-        ws = await WebSocket.connect(port, f"/ws/patients/{pseudonym}/live", fleet.session_key)
+        ws = await socket_open(port, pseudonym, fleet.session_key)
         await ws.recv()  # the snapshot
         sockets.append(asyncio.create_task(listen(ws, pseudonym, phase_of)))
     mqtt = MqttTransport(broker.url, ca_file=str(broker.ca), identities=identities, ack_timeout=10.0)
