@@ -1,5 +1,6 @@
-"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API,
-each device itself or (`--gateways G`) through G edge gateways."""
+"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API
+or (`--transport mqtt`) the MQTT broker, each device itself or (`--gateways G`, HTTP only) through
+G edge gateways."""
 
 from __future__ import annotations
 
@@ -42,7 +43,17 @@ class Command(BaseCommand):
             "--gateways",
             type=int,
             default=0,
-            help="spread the devices over G edge gateways of their wards (default 0: each device posts itself)",
+            help="spread the devices over G edge gateways of their wards (default 0: each device sends itself)",
+        )
+        parser.add_argument(
+            "--transport",
+            choices=["http", "mqtt"],
+            default="http",
+            help="HTTP requests to --url, or MQTT 5 over mutual TLS to --mqtt-url (a connection per device)",
+        )
+        parser.add_argument("--mqtt-url", default=None, help="the broker (default MQTT_URL)")
+        parser.add_argument(
+            "--ack-timeout", type=float, default=10.0, help="MQTT: seconds without an ack before a batch is sent again"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -51,6 +62,10 @@ class Command(BaseCommand):
             raise CommandError("--devices and --hz must be positive")
         if options["gateways"] < 0:
             raise CommandError("--gateways must not be negative")
+        if options["gateways"] and options["transport"] == "mqtt":
+            raise CommandError(
+                "--gateways with --transport mqtt is not supported: gateways post through the HTTP gateway endpoint"
+            )
         if options["demo"] and options["ward"] is None and options["devices"] is None:
             plan = simulator.DEMO_FLEET
         else:
@@ -67,9 +82,12 @@ class Command(BaseCommand):
         hubs = (
             simulator.provision_hubs(fleet, count=options["gateways"], keyfile=keyfile) if options["gateways"] else []
         )
+        target = options["url"] if options["transport"] == "http" else options["mqtt_url"] or settings.MQTT_URL
+        if options["transport"] == "mqtt":
+            options["sender"] = self._mqtt(fleet, url=target, ack_timeout=options["ack_timeout"])
         if not options["quiet"]:
             via = f" through {len(hubs)} gateways" if hubs else ""
-            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz{via} -> {options['url']}")
+            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz{via} -> {target}")
         stats = asyncio.run(self._run(fleet, hubs, options))
         summary = stats.summary()
         if options["json"]:
@@ -77,6 +95,22 @@ class Command(BaseCommand):
         else:
             labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
             self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
+
+    def _mqtt(self, fleet: list[simulator.FleetDevice], *, url: str, ack_timeout: float) -> simulator.MqttTransport:
+        missing = [d.device_id for d in fleet if d.certificate_pem is None]
+        if missing:
+            raise CommandError(
+                f"no client certificate for {len(missing)} devices (e.g. {missing[0]}): MQTT needs the "
+                "deployment CA (PERFUSE_PKI_DIR), which issues them when devices are provisioned"
+            )
+        if not settings.MQTT_CA_FILE:
+            raise CommandError("MQTT_CA_FILE is not set: the broker's CA is needed to connect")
+        try:
+            return simulator.MqttTransport(
+                url, ca_file=settings.MQTT_CA_FILE, identities=simulator.identities(fleet), ack_timeout=ack_timeout
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
 
     async def _run(
         self, fleet: list[simulator.FleetDevice], hubs: list[simulator.FleetGateway], options: dict[str, Any]
@@ -99,4 +133,5 @@ class Command(BaseCommand):
             # The demo's wearable readers carry a pulse oximeter, so the chart's SpO2 panel has data.
             gateway=simulator.GatewayConfig(spo2_every=5.0) if options["demo"] else None,
             hubs=hubs or None,
+            sender=options.get("sender"),
         )
