@@ -19,7 +19,15 @@ Devices keep a mutual-TLS MQTT 5 connection to the broker and publish signed bat
   `{"batch_id", "status", "error": {"code", "detail"}}`; a throttled message's ack also carries
   `retry_after` (s) and `suggested_interval_ms` (how often batches of its size fit the device's
   sustained rate). A message that cannot be attributed (a topic that names no device) is PUBACKed
-  and dropped, with a log line.
+  and dropped, with a log line;
+- takes edge gateways' messages (contract 1c) from `$share/perfuse-ingest/perfuse/v1/gateways/+/batches`
+  the same way: each through `gateway_handle` (its own transaction per message, the topic's
+  gateway checked against the outer key's: 403 `gateway_mismatch`), at most
+  PERFUSE_INGEST_POOL_SIZE at once, answered on `perfuse/v1/gateways/{gateway_id}/acks` after
+  the commit, then PUBACKed: `{"status": 200, "gateway_id", "results": [...]}` as the HTTP
+  endpoint answers, or `{"gateway_id", "status", "error": {"code", "detail"}}`. A gateway
+  matches an ack to its message by the MQTT 5 correlation data, echoed when it sent one (an outer
+  message has no id of its own).
 
 Threads. paho's network loop runs in its own thread (`loop_start`); `on_message` only hands each
 message to the asyncio loop (`call_soon_threadsafe`), where the writer gathers groups and runs the
@@ -49,14 +57,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from telemetry.ingest.answers import Answer, too_large
+from telemetry.ingest.answers import Answer, storage_unavailable, too_large
+from telemetry.ingest.gateway import gateway_handle
 from telemetry.ingest.group import GroupWriter, Message
-from telemetry.mqtt_broker import DEVICE_ACKS, DEVICE_READINGS, tls_context
+from telemetry.mqtt_broker import DEVICE_ACKS, DEVICE_READINGS, GATEWAY_ACKS, GATEWAY_BATCHES, tls_context
 
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "perfuse-ingest"
 READINGS_FILTER = DEVICE_READINGS.format(id="+")
+BATCHES_FILTER = GATEWAY_BATCHES.format(id="+")
 CREDENTIAL_PROPERTIES = ("x-perfuse-key", "x-perfuse-timestamp", "x-perfuse-signature")
 
 
@@ -68,12 +78,29 @@ def acks_topic(device_id: str) -> str:
     return DEVICE_ACKS.format(id=device_id)
 
 
-def topic_device(topic: str) -> str | None:
-    """The device a readings topic names, or None when the topic names none."""
+def batches_topic(gateway_id: str) -> str:
+    return GATEWAY_BATCHES.format(id=gateway_id)
+
+
+def gateway_acks_topic(gateway_id: str) -> str:
+    return GATEWAY_ACKS.format(id=gateway_id)
+
+
+def _topic_id(topic: str, kind: str, leaf: str) -> str | None:
     parts = topic.split("/")
-    if len(parts) != 5 or parts[:3] != ["perfuse", "v1", "devices"] or parts[4] != "readings" or not parts[3]:
+    if len(parts) != 5 or parts[:3] != ["perfuse", "v1", kind] or parts[4] != leaf or not parts[3]:
         return None
     return parts[3]
+
+
+def topic_device(topic: str) -> str | None:
+    """The device a readings topic names, or None when the topic names none."""
+    return _topic_id(topic, "devices", "readings")
+
+
+def topic_gateway(topic: str) -> str | None:
+    """The gateway a gateway batches topic names, or None when it is no such topic."""
+    return _topic_id(topic, "gateways", "batches")
 
 
 @dataclass(frozen=True)
@@ -121,6 +148,13 @@ def ack_payload(answer: Answer, *, batch_id: str | None, readings: int) -> bytes
     return orjson.dumps(body)
 
 
+def gateway_ack_payload(answer: Answer, *, gateway_id: str) -> bytes:
+    """The ack of a gateway message: the HTTP endpoint's answer (contract 1c) with its status."""
+    if answer.status == 200:
+        return orjson.dumps({"status": 200, **answer.body})
+    return orjson.dumps({"gateway_id": gateway_id, "status": answer.status, "error": answer.body["error"]})
+
+
 def _batch_id(body: bytes) -> str | None:
     """The batch id of a body the pipeline refused before parsing it into a batch, if it has one."""
     try:
@@ -147,6 +181,7 @@ class Delivery:
     mid: int
     qos: int
     generation: int
+    correlation: bytes | None = None  # MQTT 5 correlation data, echoed on a gateway's ack
 
 
 class Bridge:
@@ -163,6 +198,9 @@ class Bridge:
         self.dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        # Gateway messages in flight (each holds an ingest connection while it is stored).
+        self._gateway_tasks: set[asyncio.Task[None]] = set()
+        self._gateway_slots: asyncio.Semaphore | None = None
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -192,7 +230,9 @@ class Bridge:
             return
         self.generation += 1
         # Subscribing again on a resumed session is harmless and covers a session the broker lost.
-        client.subscribe(f"$share/{SHARE_GROUP}/{READINGS_FILTER}", qos=1)
+        client.subscribe(
+            [(f"$share/{SHARE_GROUP}/{READINGS_FILTER}", 1), (f"$share/{SHARE_GROUP}/{BATCHES_FILTER}", 1)]
+        )
         log.info("MQTT bridge connected (session present: %s)", getattr(flags, "session_present", None))
         self.connected.set()
 
@@ -215,7 +255,8 @@ class Bridge:
         loop = self._loop
         if loop is None or loop.is_closed():
             return  # not PUBACKed: the broker delivers it again
-        delivery = Delivery(message.mid, message.qos, self.generation)
+        correlation = getattr(message.properties, "CorrelationData", None)
+        delivery = Delivery(message.mid, message.qos, self.generation, correlation)
         loop.call_soon_threadsafe(
             self._arrived, message.topic, bytes(message.payload), _user_properties(message), delivery
         )
@@ -226,6 +267,12 @@ class Bridge:
         if self._stop.is_set():
             return  # stopping: not taken, not PUBACKed, so the broker delivers it again
         self.received += 1
+        gateway = topic_gateway(topic)
+        if gateway is not None:
+            task = asyncio.get_running_loop().create_task(self._gateway(gateway, payload, properties, delivery))
+            self._gateway_tasks.add(task)
+            task.add_done_callback(self._gateway_tasks.discard)
+            return
         device = topic_device(topic)
         if device is None:
             log.warning("MQTT message on %r names no device: dropped", topic[:200])
@@ -251,6 +298,32 @@ class Bridge:
         self.acked += 1
         self._puback(message.token)
 
+    async def _gateway(self, gateway_id: str, payload: bytes, properties: dict[str, str], delivery: Delivery) -> None:
+        """One gateway message: stored (its own transaction), then its ack, then the PUBACK."""
+        if self._gateway_slots is None:
+            self._gateway_slots = asyncio.Semaphore(max(1, settings.PERFUSE_INGEST_POOL_SIZE))
+        async with self._gateway_slots:
+            try:
+                answer = await gateway_handle(body=payload, headers=properties, gateway_id=gateway_id)
+            except Exception:  # a bug must not stop the bridge: committed nothing, the gateway resends
+                log.exception("MQTT gateway message of %s failed", gateway_id)
+                answer = storage_unavailable()
+        ack = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if delivery.correlation is not None:
+            ack.CorrelationData = delivery.correlation
+        try:
+            self.client.publish(
+                gateway_acks_topic(gateway_id),
+                gateway_ack_payload(answer, gateway_id=gateway_id),
+                qos=1,
+                properties=ack,
+            )
+        except Exception:
+            log.exception("MQTT gateway ack to %s failed", gateway_id)  # not PUBACKed: delivered again
+            return
+        self.acked += 1
+        self._puback(delivery)
+
     def _puback(self, delivery: Delivery) -> None:
         if delivery.qos > 0 and delivery.generation == self.generation:
             self.client.ack(delivery.mid, delivery.qos)
@@ -268,6 +341,8 @@ class Bridge:
         try:
             # Once `stop` is set no message is taken any more; those taken are committed and answered.
             await self.writer.run(stop)
+            while self._gateway_tasks:
+                await asyncio.gather(*self._gateway_tasks, return_exceptions=True)
         finally:
             self._loop = None
             self.client.disconnect()

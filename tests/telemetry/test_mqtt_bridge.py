@@ -21,10 +21,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 from django.db import connection
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from telemetry import db
-from telemetry.mqtt_bridge import Bridge, BrokerConfig, acks_topic, properties_for, readings_topic, session_discard
-from telemetry.services import device_provision, patient_admit
+from telemetry.mqtt_bridge import (
+    Bridge,
+    BrokerConfig,
+    acks_topic,
+    batches_topic,
+    gateway_acks_topic,
+    properties_for,
+    readings_topic,
+    session_discard,
+)
+from telemetry.services import device_provision, gateway_provision, patient_admit
 from tests import factories
 from tests.mqtt_support import WAIT, Broker, Connection, identity_files
 
@@ -265,3 +276,106 @@ def test_a_batch_ingested_over_mqtt_is_kept_as_signed_and_verify_batch_proves_it
     answer = json.loads(out.getvalue())
     assert answer["ok"] and answer["batches"][0]["signature_valid"]
     assert answer["batches"][0]["matched"] == answer["batches"][0]["readings"] == 3
+
+
+class Hub:
+    """A provisioned edge gateway with its client certificate (provision_gateway's), connected and
+    subscribed to its acks topic."""
+
+    def __init__(self, broker: Broker, directory: Path) -> None:
+        ward = factories.ward("icu-a")
+        gateway_id = f"hub-mq-{next(factories._counter):04d}"
+        provisioned = gateway_provision(gateway_id=gateway_id, ward_code=ward.code)
+        assert provisioned.private_key_pem is not None and provisioned.certificate_pem is not None
+        private = serialization.load_pem_private_key(provisioned.private_key_pem.encode(), password=None)
+        assert isinstance(private, Ed25519PrivateKey)
+        self.sim = factories.SimGateway(gateway_id, provisioned.key.key_id, private, ward.code)
+        self.gateway_id = gateway_id
+        identity = identity_files(
+            directory,
+            gateway_id,
+            private_key_pem=provisioned.private_key_pem,
+            certificate_pem=provisioned.certificate_pem,
+        )
+        self.connection = Connection(broker, cert=identity.cert, key=identity.key, client_id=gateway_id)
+        assert self.connection.open(), "the broker refused the gateway"
+        self.connection.subscribe(gateway_acks_topic(gateway_id))
+
+    def publish(self, body: bytes, *, headers: dict[str, str] | None = None, correlation: bytes | None = None) -> None:
+        credentials = self.sim.sign(body) if headers is None else headers
+        properties = properties_for(credentials) if credentials else Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        assert not self.connection.publish(batches_topic(self.gateway_id), body, properties=properties).is_failure
+
+    def ack(self) -> tuple[dict[str, Any], bytes | None]:
+        message = self.connection.messages.get(timeout=WAIT)
+        assert message.topic == gateway_acks_topic(self.gateway_id)
+        result: dict[str, Any] = json.loads(message.payload)
+        return result, getattr(message.properties, "CorrelationData", None)
+
+
+def test_a_gateway_message_over_mqtt_is_stored_then_acknowledged_on_the_gateways_acks_topic(mqtt, tmp_path, devices):
+    hub = Hub(mqtt, tmp_path)
+    try:
+        worn = _device(mqtt, tmp_path, devices, patient="p-mqtt-gw-1")
+        other = _device(mqtt, tmp_path, devices)
+        forged = factories.inner(other.sim, factories.batch_body(other.sim, factories.series(1, 2)))
+        forged["signature"] = factories.inner(worn.sim, b"{}")["signature"]
+        first = factories.batch_body(worn.sim, factories.series(1, 3), batch_id="gw-b1")
+        body = hub.sim.envelope([factories.inner(worn.sim, first), forged])
+        with bridge_running() as bridge:
+            hub.publish(body, correlation=b"req-1")
+            ack, correlation = hub.ack()
+            # Sent only after the commit: the readings are visible to any other connection by now.
+            assert _stored(worn.device_id) == [1, 2, 3]
+            hub.publish(body, correlation=b"req-2")  # a retransmit: duplicates, nothing stored twice
+            again, correlation_again = hub.ack()
+            assert bridge.acked == 2
+        assert correlation == b"req-1" and correlation_again == b"req-2"
+        assert (ack["status"], ack["gateway_id"]) == (200, hub.gateway_id)
+        results = [(r["index"], r["device_id"], r["status"]) for r in ack["results"]]
+        assert results == [(0, worn.device_id, 200), (1, other.device_id, 401)]
+        assert (ack["results"][0]["batch_id"], ack["results"][0]["accepted"]) == ("gw-b1", 3)
+        assert ack["results"][1]["error"]["code"] == "bad_signature"
+        assert (again["results"][0]["accepted"], again["results"][0]["duplicates"]) == (0, 3)
+        assert _stored(worn.device_id) == [1, 2, 3] and _stored(other.device_id) == []
+        with connection.cursor() as cursor:  # each inner batch kept as its device signed it
+            cursor.execute("SELECT door, count(*) FROM telemetry_signed_batch GROUP BY door")
+            assert cursor.fetchall() == [("gateway", 2)]
+    finally:
+        hub.connection.close()
+
+
+def test_malformed_gateway_messages_get_error_acks_and_never_stop_the_bridge(mqtt, tmp_path, devices):
+    hub, other = Hub(mqtt, tmp_path), Hub(mqtt, tmp_path)
+    try:
+        worn = _device(mqtt, tmp_path, devices, patient="p-mqtt-gw-2")
+        good = hub.sim.envelope([factories.inner(worn.sim, factories.batch_body(worn.sim, factories.series(1, 2)))])
+        # Another gateway's key and envelope on this gateway's topic (the broker lets it publish to
+        # its own topic only, so this hub publishes what the other signed).
+        theirs = other.sim.envelope([])
+        huge = b'{"schema": "perfuse.gateway/1", "pad": "' + b"x" * (1024 * 1024) + b'"}'
+        with bridge_running() as bridge:
+            hub.publish(b"not json at all")
+            hub.publish(good, headers={})
+            hub.publish(theirs, headers=other.sim.sign(theirs))
+            hub.publish(huge)
+            hub.publish(hub.sim.envelope([], schema="other/1"))
+            hub.publish(good)
+            acks = [hub.ack()[0] for _ in range(6)]
+            assert bridge.acked == 6
+        outcomes = sorted((a["status"], (a.get("error") or {}).get("code", "")) for a in acks)
+        assert outcomes == [
+            (200, ""),
+            (400, "malformed_json"),
+            (400, "wrong_schema"),
+            (401, "missing_credentials"),
+            (403, "gateway_mismatch"),
+            (413, "body_too_large"),
+        ]
+        assert all(a["gateway_id"] == hub.gateway_id for a in acks)
+        assert _stored(worn.device_id) == [1, 2]
+    finally:
+        hub.connection.close()
+        other.connection.close()
