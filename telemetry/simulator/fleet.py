@@ -76,15 +76,19 @@ class FleetDevice:
     certificate_pem: str | None = None
 
 
-def identities(fleet: list[FleetDevice]) -> dict[str, Identity]:
-    """Each device's TLS identity for MQTT: its own Ed25519 key and the certificate issued for it."""
+def identities(fleet: list[FleetDevice], hubs: list[FleetGateway] | None = None) -> dict[str, Identity]:
+    """Each device's (and gateway's) TLS identity for MQTT: its own Ed25519 key and the
+    certificate issued for it, by its id (devices and gateways share the broker's name space)."""
     found = {}
-    for d in fleet:
-        if d.certificate_pem is not None:
-            pem = d.private_key.private_bytes(
+    for owner_id, private, certificate in [
+        *((d.device_id, d.private_key, d.certificate_pem) for d in fleet),
+        *((h.gateway_id, h.private_key, h.certificate_pem) for h in hubs or []),
+    ]:
+        if certificate is not None:
+            pem = private.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ).decode()
-            found[d.device_id] = Identity(certificate_pem=d.certificate_pem, private_key_pem=pem)
+            found[owner_id] = Identity(certificate_pem=certificate, private_key_pem=pem)
     return found
 
 
@@ -418,22 +422,31 @@ class FleetGateway:
     key_id: str
     private_key: Ed25519PrivateKey
     ward: str
+    # Its MQTT client certificate for the key (issued by the deployment CA; None without one).
+    certificate_pem: str | None = None
 
 
 def provision_gateways(*, ward: str, count: int, keyfile: Path) -> list[FleetGateway]:
     """Gateways `hub-<ward>-NN` of a ward, keys kept in the fleet's keyfile; idempotent."""
     keys = _load_keys(keyfile)
+    authority = pki.authority_load()
     hubs = []
     for gateway_id in (f"hub-{ward}-{i:02d}" for i in range(1, count + 1)):
         private = _usable(keys.get(gateway_id), gateway_id, gateway=True)
-        if private is None:
+        if private is None or (
+            authority is not None and not _certified(keys[gateway_id].get("certificate_pem"), authority)
+        ):
+            # A new key, or one kept from before the deployment CA existed: a (new) certified key.
             provisioned = gateway_provision(gateway_id=gateway_id, ward_code=ward)
             assert provisioned.private_key_pem is not None
             keys[gateway_id] = {"key_id": provisioned.key.key_id, "private_key_pem": provisioned.private_key_pem}
+            if provisioned.certificate_pem is not None:
+                keys[gateway_id]["certificate_pem"] = provisioned.certificate_pem
             _save_keys(keyfile, keys)
             private = _usable(keys[gateway_id], gateway_id, gateway=True)
             assert private is not None
-        hubs.append(FleetGateway(gateway_id, keys[gateway_id]["key_id"], private, ward))
+        certificate = keys[gateway_id].get("certificate_pem") if authority is not None else None
+        hubs.append(FleetGateway(gateway_id, keys[gateway_id]["key_id"], private, ward, certificate))
     return hubs
 
 

@@ -14,12 +14,18 @@ takes its acks from its own acks topic, matched to the outstanding batch by `bat
 session is persistent (clean_start False), so acks published while it was cut off still reach it.
 A connection the broker dropped (a broker restart) is re-established every second until it
 comes back.
+
+Edge gateways (`GatewayTransport.send_gateway`): over HTTP a POST to the gateway endpoint; over
+MQTT each gateway has its own connection like a device, publishes its outer messages to its
+batches topic and takes the acks from its own acks topic. An outer message has no id, so each
+attempt carries a fresh MQTT 5 correlation data, which the bridge echoes on its ack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
 import tempfile
@@ -36,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from telemetry.mqtt_bridge import acks_topic, properties_for, readings_topic
+from telemetry.mqtt_bridge import acks_topic, batches_topic, gateway_acks_topic, properties_for, readings_topic
 from telemetry.mqtt_broker import tls_context
 
 log = logging.getLogger(__name__)
@@ -127,11 +133,17 @@ class MqttTransport:
         self._files = tempfile.TemporaryDirectory(prefix="perfuse-sim-mqtt-")
 
     async def send(self, device_id: str, body: bytes, headers: dict[str, str]) -> Reply | None:
-        link = self.links.get(device_id)
+        return await self._link(device_id, gateway=False).send(body, headers)
+
+    async def send_gateway(self, gateway_id: str, body: bytes, headers: dict[str, str]) -> Reply | None:
+        return await self._link(gateway_id, gateway=True).send(body, headers)
+
+    def _link(self, owner_id: str, *, gateway: bool) -> _Link:
+        link = self.links.get(owner_id)
         if link is None:
-            link = self.links[device_id] = _Link(self, device_id)
+            link = self.links[owner_id] = _Link(self, owner_id, gateway=gateway)
             link.start()
-        return await link.send(body, headers)
+        return link
 
     async def close(self) -> None:
         for link in self.links.values():
@@ -150,11 +162,16 @@ class MqttTransport:
 
 
 class _Link:
-    """One device's connection: paho's client on the asyncio loop, and its outstanding batches."""
+    """One device's (or gateway's) connection: paho's client on the asyncio loop, and its
+    outstanding messages, by batch id (a device) or correlation data (a gateway)."""
 
-    def __init__(self, transport: MqttTransport, device_id: str) -> None:
+    def __init__(self, transport: MqttTransport, device_id: str, *, gateway: bool = False) -> None:
         self.transport = transport
         self.device_id = device_id
+        self.gateway = gateway
+        self.publish_topic = batches_topic(device_id) if gateway else readings_topic(device_id)
+        self.acks_topic = gateway_acks_topic(device_id) if gateway else acks_topic(device_id)
+        self._attempts = itertools.count(1)
         self.loop = asyncio.get_running_loop()
         self.connected = asyncio.Event()
         self.waiting: dict[str, asyncio.Future[Reply]] = {}
@@ -246,7 +263,7 @@ class _Link:
         if reason.is_failure:
             log.warning("%s: the broker refused the connection: %s", self.device_id, reason)
             return
-        client.subscribe(acks_topic(self.device_id), qos=1)
+        client.subscribe(self.acks_topic, qos=1)
         self.connected.set()
 
     def _on_disconnect(
@@ -263,7 +280,12 @@ class _Link:
             return
         if not isinstance(ack, dict):
             return
-        future = self.waiting.pop(str(ack.get("batch_id")), None)
+        if self.gateway:
+            correlation = getattr(message.properties, "CorrelationData", None)
+            token = correlation.decode("ascii", "replace") if isinstance(correlation, bytes) else ""
+        else:
+            token = str(ack.get("batch_id"))
+        future = self.waiting.pop(token, None)
         if future is None or future.done():
             return  # the ack of an attempt already answered (a retransmit's twin)
         status = int(ack.get("status", 0))
@@ -280,20 +302,28 @@ class _Link:
     # ---- sending ---------------------------------------------------------------------------
 
     async def send(self, body: bytes, headers: dict[str, str]) -> Reply | None:
-        batch_id = _batch_id(body)
+        # A gateway's attempts each have their own token: a late ack of an earlier attempt is
+        # not this one's answer (the gateway sends the outer message again, its inner batches
+        # then counted as duplicates).
+        token = f"{self.device_id}-{next(self._attempts)}" if self.gateway else _batch_id(body)
         if not self.connected.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connected.wait(), self.transport.ack_timeout)
             if not self.connected.is_set():
                 return None
-        future = self.waiting.get(batch_id)
+        future = self.waiting.get(token)
         if future is None or future.done():
-            future = self.waiting[batch_id] = self.loop.create_future()
-        self.client.publish(readings_topic(self.device_id), body, qos=1, properties=properties_for(headers))
+            future = self.waiting[token] = self.loop.create_future()
+        properties = properties_for(headers)
+        if self.gateway:
+            properties.CorrelationData = token.encode()
+        self.client.publish(self.publish_topic, body, qos=1, properties=properties)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.transport.ack_timeout)
         except TimeoutError:
-            return None  # kept waiting: a late ack of this attempt still answers the batch
+            if self.gateway:
+                self.waiting.pop(token, None)  # this attempt is over
+            return None  # a device's stays waiting: a late ack of this attempt still answers the batch
 
 
 def _batch_id(body: bytes) -> str:

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from telemetry import db
+from telemetry import db, simulator
 from telemetry.mqtt_bridge import (
     Bridge,
     BrokerConfig,
@@ -379,3 +380,59 @@ def test_malformed_gateway_messages_get_error_acks_and_never_stop_the_bridge(mqt
     finally:
         hub.connection.close()
         other.connection.close()
+
+
+def test_the_simulated_fleet_through_gateways_over_mqtt_lands_every_reading_once(mqtt, tmp_path):
+    keyfile = tmp_path / "keys.json"
+    fleet = simulator.provision_fleet(ward="sim-mq-gw", count=4, keyfile=keyfile)
+    hubs = simulator.provision_hubs(fleet, count=2, keyfile=keyfile)
+    assert all(h.certificate_pem is not None for h in hubs)
+    assert [h.key_id for h in simulator.provision_hubs(fleet, count=2, keyfile=keyfile)] == [h.key_id for h in hubs]
+    transport = simulator.MqttTransport(
+        settings.MQTT_URL, ca_file=settings.MQTT_CA_FILE, identities=simulator.identities(fleet, hubs), ack_timeout=20
+    )
+    gateway = simulator.GatewayConfig(batch_seconds=0.25, retransmit=0.3, temperature_every=0.5, battery_every=0.5)
+    with bridge_running():
+        stats = asyncio.run(
+            simulator.run_fleet(
+                fleet,
+                url="http://unused",
+                hz=10,
+                duration=3.0,
+                gateway=gateway,
+                progress=None,
+                hubs=hubs,
+                sender=transport,
+                drain_seconds=60,
+            )
+        )
+    assert stats.errors == 0 and stats.rejected == 0 and stats.throttled == 0
+    assert stats.retransmits > 0 and stats.duplicates > 0  # outer messages sent again: inner duplicates
+    assert 0 < stats.gateway_requests < stats.batches  # many devices' batches per outer message
+    assert stats.accepted == stats.generated  # every reading produced landed exactly once
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), count(DISTINCT (device_id, metric, seq)) FROM telemetry_reading")
+        assert cursor.fetchone() == (stats.accepted, stats.accepted)
+        cursor.execute("SELECT DISTINCT door FROM telemetry_signed_batch")
+        assert cursor.fetchall() == [("gateway",)]
+
+
+def test_simulate_fleet_sends_through_gateways_over_mqtt(mqtt, tmp_path, capsys):
+    with bridge_running():
+        call_command(
+            "simulate_fleet",
+            "--transport=mqtt",
+            "--devices=3",
+            "--gateways=1",
+            "--ward=sim-mq-cmd",
+            "--hz=4",
+            "--duration=1.5",
+            f"--keyfile={tmp_path / 'k.json'}",
+            "--drain=60",
+            "--json",
+        )
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert f"3 devices at 4.0 Hz through 1 gateways -> {settings.MQTT_URL}" in captured.err
+    assert summary["gateway_requests"] > 0 and summary["errors"] == 0
+    assert summary["accepted"] == summary["generated"] > 0

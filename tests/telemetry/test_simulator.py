@@ -15,7 +15,7 @@ import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 
 from alerts.evaluation import ConditionEvent, PatientEvaluator, RuleParams, Sample
 from alerts.models import RULE_DEFAULTS
@@ -339,8 +339,3 @@ def test_command_spreads_the_fleet_over_gateways(tmp_path: Path, capsys):
     summary = json.loads(captured.out)
     assert "3 devices at 2.0 Hz through 2 gateways" in captured.err
     assert summary["gateway_requests"] > 0 and summary["errors"] > 0 and summary["accepted"] == 0
-
-
-def test_command_refuses_gateways_over_mqtt(tmp_path: Path):
-    with pytest.raises(CommandError, match="--gateways with --transport mqtt"):
-        call_command("simulate_fleet", "--gateways=1", "--transport=mqtt", f"--keyfile={tmp_path / 'k.json'}")

@@ -1,6 +1,6 @@
 """`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API
-or (`--transport mqtt`) the MQTT broker, each device itself or (`--gateways G`, HTTP only) through
-G edge gateways."""
+or (`--transport mqtt`) the MQTT broker, each device itself or (`--gateways G`) through G edge
+gateways (the gateway endpoint, or each gateway's own MQTT connection and topic)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
             "--transport",
             choices=["http", "mqtt"],
             default="http",
-            help="HTTP requests to --url, or MQTT 5 over mutual TLS to --mqtt-url (a connection per device)",
+            help="HTTP requests to --url, or MQTT 5 over mutual TLS to --mqtt-url (a connection per device or gateway)",
         )
         parser.add_argument("--mqtt-url", default=None, help="the broker (default MQTT_URL)")
         parser.add_argument(
@@ -62,10 +62,6 @@ class Command(BaseCommand):
             raise CommandError("--devices and --hz must be positive")
         if options["gateways"] < 0:
             raise CommandError("--gateways must not be negative")
-        if options["gateways"] and options["transport"] == "mqtt":
-            raise CommandError(
-                "--gateways with --transport mqtt is not supported: gateways post through the HTTP gateway endpoint"
-            )
         if options["demo"] and options["ward"] is None and options["devices"] is None:
             plan = simulator.DEMO_FLEET
         else:
@@ -84,7 +80,7 @@ class Command(BaseCommand):
         )
         target = options["url"] if options["transport"] == "http" else options["mqtt_url"] or settings.MQTT_URL
         if options["transport"] == "mqtt":
-            options["sender"] = self._mqtt(fleet, url=target, ack_timeout=options["ack_timeout"])
+            options["sender"] = self._mqtt(fleet, hubs, url=target, ack_timeout=options["ack_timeout"])
         if not options["quiet"]:
             via = f" through {len(hubs)} gateways" if hubs else ""
             self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz{via} -> {target}")
@@ -96,18 +92,29 @@ class Command(BaseCommand):
             labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
             self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
 
-    def _mqtt(self, fleet: list[simulator.FleetDevice], *, url: str, ack_timeout: float) -> simulator.MqttTransport:
+    def _mqtt(
+        self,
+        fleet: list[simulator.FleetDevice],
+        hubs: list[simulator.FleetGateway],
+        *,
+        url: str,
+        ack_timeout: float,
+    ) -> simulator.MqttTransport:
         missing = [d.device_id for d in fleet if d.certificate_pem is None]
+        missing += [h.gateway_id for h in hubs if h.certificate_pem is None]
         if missing:
             raise CommandError(
-                f"no client certificate for {len(missing)} devices (e.g. {missing[0]}): MQTT needs the "
-                "deployment CA (PERFUSE_PKI_DIR), which issues them when devices are provisioned"
+                f"no client certificate for {len(missing)} devices or gateways (e.g. {missing[0]}): MQTT needs "
+                "the deployment CA (PERFUSE_PKI_DIR), which issues them when they are provisioned"
             )
         if not settings.MQTT_CA_FILE:
             raise CommandError("MQTT_CA_FILE is not set: the broker's CA is needed to connect")
         try:
             return simulator.MqttTransport(
-                url, ca_file=settings.MQTT_CA_FILE, identities=simulator.identities(fleet), ack_timeout=ack_timeout
+                url,
+                ca_file=settings.MQTT_CA_FILE,
+                identities=simulator.identities(fleet, hubs),
+                ack_timeout=ack_timeout,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
