@@ -190,7 +190,7 @@ def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, i
     import psycopg
 
     from telemetry.db import STAGE_DDL
-    from telemetry.ingest.store import _INSERT_SQL, _STAGE_COLUMNS, _copy_text
+    from telemetry.ingest.store import _INSERT_SQL, STAGE_COLUMNS, copy_text
     from telemetry.ingest.validate import Row
 
     rows = 0
@@ -218,8 +218,8 @@ def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, i
                 for j in range(batch)
             ]
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-                    copy.write(_copy_text(pk, "fw-bench", batch_rows, [], {}, []))
+                with cur.copy(f"COPY ingest_stage ({STAGE_COLUMNS}) FROM STDIN") as copy:
+                    copy.write(copy_text(pk, "fw-bench", batch_rows, [], {}, []))
                 cur.execute(_INSERT_SQL)
                 rows += len(cur.fetchall())
             seq += batch

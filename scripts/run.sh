@@ -2,7 +2,8 @@
 # `make run`: the demo. Starts (or reuses) project-owned PostgreSQL, Redis and Mosquitto under .data/,
 # migrates (as the owner role), seeds a demo ward with its on-call roster, then runs a local SMTP
 # sink (mail lands in .data/mail.log), Daphne, the engine, the notifier, the HL7 listener, the audit
-# checkpoint job and the simulated fleet (as the application role) until Ctrl-C.
+# checkpoint job, the archive job, the MQTT bridge and the simulated fleet over MQTT (as the
+# application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
 ensure_system_packages mosquitto
@@ -95,8 +96,14 @@ log "HL7 ADT listener (MLLP) on $PERFUSE_HL7_LISTEN"
 # (PERFUSE_ARCHIVE_URL) once it is a day old; `manage.py archive --day D` archives one now.
 PERFUSE_ARCHIVE_AFTER_DAYS="${PERFUSE_ARCHIVE_AFTER_DAYS:-1}" "$PY" manage.py archive --every 3600 &
 PIDS+=($!)
+# The MQTT bridge: the broker's shared subscription -> group commit -> acks after commit.
+"$PY" manage.py run_mqtt_ingest &
+PIDS+=($!)
 sleep 2
-"$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
+# The demo fleet keeps one MQTT connection per device (mutual TLS, certificates from .data/pki);
+# PERFUSE_DEMO_TRANSPORT=http sends it through Daphne's HTTP ingest instead.
+"$PY" manage.py simulate_fleet --demo --transport "${PERFUSE_DEMO_TRANSPORT:-mqtt}" --url "http://127.0.0.1:$PORT" \
+  --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)
 
 log "Perfuse is running at http://127.0.0.1:$PORT/ — log in with a user above and its TOTP code. Ctrl-C stops everything."

@@ -1,7 +1,8 @@
 """HTTP entry of device ingest through Django: async views so the hot path never waits on a
 thread hop. In production the same endpoints are served by telemetry/asgi.py in front of Django
-(no middleware); both call the same `pipeline.precheck` and `pipeline.handle` (and, for edge
-gateways, contract section 1c, the same `gateway.gateway_handle`)."""
+(no middleware); both call the same `pipeline.precheck` and, for a device's batch,
+`group.device_handler()` (`pipeline.handle`, or the group writer with PERFUSE_INGEST_HTTP_GROUP),
+and for edge gateways (contract section 1c) the same `gateway.gateway_handle`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from config import metrics
-from telemetry.ingest import pipeline
+from telemetry.ingest import group, pipeline
 from telemetry.ingest.answers import Answer, answer_counts, too_large
 from telemetry.ingest.gateway import gateway_handle
 from telemetry.schemas import encoder
@@ -43,7 +44,7 @@ async def _answer(request: HttpRequest, handle: Callable[..., Awaitable[Answer]]
 @csrf_exempt
 @metrics.ingest_observed
 async def ingest_readings(request: HttpRequest) -> HttpResponse:
-    return _respond(await _answer(request, pipeline.handle))
+    return _respond(await _answer(request, group.device_handler()))
 
 
 @csrf_exempt

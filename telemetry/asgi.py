@@ -21,7 +21,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from config import metrics
-from telemetry.ingest import pipeline
+from telemetry.ingest import group, pipeline
 from telemetry.ingest.answers import Answer, answer_counts, too_large
 from telemetry.ingest.gateway import gateway_handle
 from telemetry.schemas import encoder
@@ -117,7 +117,8 @@ async def _answer(scope: Scope, receive: Any, headers: dict[str, str]) -> Answer
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return await HANDLERS[scope["path"]](body=b"".join(chunks), headers=headers)
+    handle = group.device_handler() if scope["path"] == PATH else HANDLERS[scope["path"]]
+    return await handle(body=b"".join(chunks), headers=headers)
 
 
 class IngestRouter:

@@ -258,6 +258,23 @@ PERFUSE_ARCHIVE_AFTER_DAYS = envint("PERFUSE_ARCHIVE_AFTER_DAYS", 2, minimum=1)
 PERFUSE_ARCHIVE_LOOKBACK_DAYS = envint("PERFUSE_ARCHIVE_LOOKBACK_DAYS", 40, minimum=1)
 PERFUSE_PIPELINE_COMMIT = envstr("PERFUSE_PIPELINE_COMMIT", "")
 
+# Group commit (telemetry/ingest/group.py, used by the MQTT bridge): a group closes this long after
+# its first message arrived, or at this many readings (also the most one transaction holds).
+PERFUSE_INGEST_GROUP_WINDOW_MS = envint("PERFUSE_INGEST_GROUP_WINDOW_MS", 5, minimum=0)
+PERFUSE_INGEST_GROUP_MAX_ROWS = envint("PERFUSE_INGEST_GROUP_MAX_ROWS", 5000, minimum=1)
+# The HTTP door through the same writer (concurrent requests share a transaction). Off: measured
+# in docs/benchmarks.md ("Group commit and the HTTP door").
+PERFUSE_INGEST_HTTP_GROUP = envbool("PERFUSE_INGEST_HTTP_GROUP", False)
+
+# The MQTT bridge (`manage.py run_mqtt_ingest`; the broker and its TLS files: MQTT_* below).
+# One persistent session per bridge: give each bridge of a shared subscription its own id.
+MQTT_CLIENT_ID = envstr("MQTT_CLIENT_ID", "perfuse-bridge-1")
+# How long the broker keeps a bridge's session, queueing its messages, while the bridge is away.
+MQTT_SESSION_EXPIRY_SECONDS = envint("MQTT_SESSION_EXPIRY_SECONDS", 86400, minimum=0)
+# Unacknowledged messages the broker may hand the bridge at once: bounds a group (PUBACK waits
+# for the commit), so keep it above what arrives within a commit.
+MQTT_RECEIVE_MAXIMUM = envint("MQTT_RECEIVE_MAXIMUM", 5000, minimum=1)
+
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
 

@@ -6,5 +6,7 @@
 - `store`: COPY to staging and `INSERT … ON CONFLICT … RETURNING` in one transaction, with its
   provenance (`provenance`); counts come from what the transaction committed
 - `publish`: live frames after the commit
+- `group`: the same steps over a group of messages from many devices, stored in one transaction
+  (group commit; the MQTT bridge's writer)
 - `answers`: the `Answer` every step produces, and the table of error codes
 """

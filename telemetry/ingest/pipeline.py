@@ -4,10 +4,12 @@
     → size (413) → rate (429) → item-by-item validation → store → answer → publish
 
 Each step is a function of its own module (auth, validate, store, publish) taking plain values,
-so another door (an MQTT bridge, a gateway endpoint) runs the same steps with its own framing.
-`handle` is the HTTP door's composition, shared by the raw ASGI fast path (telemetry/asgi.py)
-and the Django view (telemetry/api.py), which therefore answer identically; `precheck` is what
-HTTP can refuse before the body is read.
+so every door runs the same steps with its own framing. `handle` is the HTTP door's composition,
+shared by the raw ASGI fast path (telemetry/asgi.py) and the Django view (telemetry/api.py),
+which therefore answer identically; `precheck` is what HTTP can refuse before the body is read.
+The MQTT bridge runs the same steps over a group of messages (telemetry/ingest/group.py: one key
+lookup, one rate-limit round trip and one transaction for the group); `rate_refusal`,
+`rate_limits` and `stored_answer` are the pieces both compositions share.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from telemetry.ingest.answers import Answer, IngestError, error, storage_unavail
 from telemetry.ingest.auth import DeviceKeyRow, credentials_check, device_authenticate
 from telemetry.ingest.keep import Signed
 from telemetry.ingest.store import Stored, readings_store
-from telemetry.ingest.validate import batch_check, parse_batch, validate_readings
-from telemetry.schemas import IngestResult
+from telemetry.ingest.validate import Row, batch_check, parse_batch, validate_readings
+from telemetry.schemas import BatchIn, IngestResult, Rejection, TypedBatchIn
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,23 @@ async def _handle(body: bytes, headers: Mapping[str, str]) -> Answer:
             else Stored([], {}, [])
         )
     publish.stored_publish(key, stored)
+    return stored_answer(batch, rows=rows, rejected=rejected, accepted=len(stored.inserted), now=now, decision=decision)
+
+
+def stored_answer(
+    batch: BatchIn | TypedBatchIn,
+    *,
+    rows: list[Row],
+    rejected: list[Rejection],
+    accepted: int,
+    now: dt.datetime,
+    decision: ratelimit.RateDecision | None,
+) -> Answer:
+    """The 200 answer: `accepted` of the valid `rows` were committed, the others were duplicates."""
     result = IngestResult(
         batch_id=batch.batch_id,
-        accepted=len(stored.inserted),
-        duplicates=len(rows) - len(stored.inserted),
+        accepted=accepted,
+        duplicates=len(rows) - accepted,
         rejected=rejected,
         ingest_time=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
@@ -92,18 +107,23 @@ async def rate_check(*, key: DeviceKeyRow, cost: int) -> ratelimit.RateDecision 
     """Take `cost` readings from the device's and the site's buckets, or refuse with 429. None when
     the limiter is unavailable (the batch is admitted: an outage of it must not refuse clinical data)."""
     decision = await ratelimit.rate_check(
-        db.ingest_redis(), device=key.device_id, site=key.site, cost=cost, limits=_limits()
+        db.ingest_redis(), device=key.device_id, site=key.site, cost=cost, limits=rate_limits()
     )
+    rate_refusal(decision)
+    return decision
+
+
+def rate_refusal(decision: ratelimit.RateDecision | None) -> None:
+    """429 when the decision refuses (with the headers a device needs to back off)."""
     if decision is not None and not decision.allowed:
         raise IngestError(
             "rate_limited",
             "too many readings; retry later",
             {**decision.headers(), "Retry-After": str(decision.retry_after_seconds)},
         )
-    return decision
 
 
-def _limits() -> ratelimit.Limits:
+def rate_limits() -> ratelimit.Limits:
     return ratelimit.Limits(
         device_rate=settings.PERFUSE_RATE_DEVICE_PER_SECOND,
         device_burst=settings.PERFUSE_RATE_DEVICE_BURST,

@@ -52,7 +52,7 @@ async def provenance_record(
     `state` is the device's (firmware, calibration) before this batch, `known` its calibrations."""
     ordered = sorted(rows, key=lambda r: r.sample_time)
     first_time = ordered[0].sample_time
-    calibration = next((r.calibration_id for r in reversed(ordered) if r.calibration_id), None)
+    calibration = _latest_calibration(ordered)
     cal_time = next((r.sample_time for r in ordered if r.calibration_id == calibration), first_time)
     old_firmware, old_calibration = state if state else ("", "")
     annotations: list[AnnotationRow] = []
@@ -79,13 +79,25 @@ async def provenance_record(
             [a.patient_id, key.device_pk, a.kind, a.time, a.text, orjson.dumps(a.data).decode(), now],
         )
         a.id = (await cur.fetchone())[0]
-    firmware, calibration = firmware or old_firmware, calibration or old_calibration
+    firmware, calibration = state_after(firmware=firmware, rows=rows, state=state)
     if (firmware, calibration) != (old_firmware, old_calibration):
         await cur.execute(
             "UPDATE telemetry_devicestate SET firmware = %s, calibration_id = %s WHERE device_id = %s",
             [firmware, calibration, key.device_pk],
         )
     return annotations
+
+
+def state_after(*, firmware: str | None, rows: list[Row], state: tuple[Any, ...] | None) -> tuple[str, str]:
+    """The device's (firmware, calibration) once this batch is recorded: what the next batch of the
+    same device in one group commit sees as its `state` (telemetry/ingest/group.py)."""
+    old_firmware, old_calibration = state if state else ("", "")
+    calibration = _latest_calibration(sorted(rows, key=lambda r: r.sample_time))
+    return firmware or old_firmware, calibration or old_calibration
+
+
+def _latest_calibration(ordered: list[Row]) -> str | None:
+    return next((r.calibration_id for r in reversed(ordered) if r.calibration_id), None)
 
 
 def _change(kind: str, t: dt.datetime, spans: list[Span], key: DeviceKeyRow, old: str, new: str) -> AnnotationRow:

@@ -25,7 +25,7 @@ from telemetry.ingest.provenance import AnnotationRow, Span, patient_at, provena
 from telemetry.ingest.validate import Row
 from telemetry.schemas import BatchIn, TypedBatchIn
 
-_STAGE_COLUMNS = (
+STAGE_COLUMNS = (
     "device_id, patient_id, metric, seq, sample_time, value, raw_value, raw_unit, "
     "signal_quality, calibration_id, firmware"
 )
@@ -47,7 +47,7 @@ _CALIBRATIONS_SQL = (
     "WHERE device_id = %s ORDER BY effective_from"
 )
 _INSERT_SQL = (
-    f"INSERT INTO telemetry_reading ({_STAGE_COLUMNS}) SELECT {_STAGE_COLUMNS} FROM ingest_stage "
+    f"INSERT INTO telemetry_reading ({STAGE_COLUMNS}) SELECT {STAGE_COLUMNS} FROM ingest_stage "
     "ON CONFLICT DO NOTHING RETURNING patient_id, metric, seq, sample_time, value, signal_quality"
 )
 # The move and its work-queue entry for the engine in one round trip.
@@ -93,8 +93,8 @@ async def readings_store(
             spans: list[Span] = await spans_cur.fetchall()
             calibrations = await cal_cur.fetchall()
         by_id = {c[0]: c[1] for c in calibrations}
-        async with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-            await copy.write(_copy_text(key.device_pk, batch.firmware, rows, spans, by_id, calibrations))
+        async with cur.copy(f"COPY ingest_stage ({STAGE_COLUMNS}) FROM STDIN") as copy:
+            await copy.write(copy_text(key.device_pk, batch.firmware, rows, spans, by_id, calibrations))
         async with conn.cursor() as keep_cur, conn.pipeline():
             await cur.execute(_MOVE_SQL, [key.device_pk])
             await batches_keep(keep_cur, [KeptBatch(key.device_pk, signed, rows, now)])
@@ -118,7 +118,7 @@ def _copy_field(text: str | None) -> str:
     return text
 
 
-def _copy_text(
+def copy_text(
     device_pk: int,
     firmware: str | None,
     rows: list[Row],

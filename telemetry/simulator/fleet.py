@@ -7,8 +7,10 @@ provisioned one). Then one asyncio task per device plays a gateway: every `batch
 its patient's tissue-O2 signal (signals.py: drifting baseline, noise, desaturation episodes paced
 as tissue O2 changes, artefacts with low signal quality, dropouts) plus occasional skin
 temperature and battery readings, queues the batch, and flushes its queue through one shared
-keep-alive httpx client. Gateways misbehave the way real ones do: a lost acknowledgement makes them
-retransmit, batches overtake each other, a gateway goes offline for minutes and then flushes
+keep-alive httpx client, or over MQTT (one persistent connection per device; transport.py).
+Gateways misbehave the way real ones do: a lost acknowledgement makes them
+retransmit, an unacknowledged batch (no answer, no MQTT ack in time) is sent again, batches
+overtake each other, a gateway goes offline for minutes and then flushes
 everything late, firmware and calibration change. A 429 or 503 is honoured (Retry-After) and the
 batch is sent again; nothing is dropped. With `--demo` the first worn device also plays a scripted
 critically low desaturation shortly after the start, so the console sounds a high-priority alarm
@@ -32,22 +34,25 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 import orjson
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import transaction
 
+from telemetry import pki
 from telemetry.models import Assignment, DeviceKey, GatewayKey, Ward
 from telemetry.services import device_provision, gateway_provision, patient_admit
 from telemetry.simulator.signals import PatientSignal, SignalConfig
+from telemetry.simulator.transport import GatewayTransport, HttpTransport, Identity, Reply, Transport
 
-INGEST_PATH = "/api/v1/ingest/readings"
 DEMO_WARD = "icu-demo"
 # The `make run` fleet: (ward, worn devices, spare devices). A second ward shows ward scoping; the
 # spare device shows unassigned readings to device administrators.
@@ -67,6 +72,24 @@ class FleetDevice:
     private_key: Ed25519PrivateKey
     pseudonym: str | None  # None: a spare device nobody wears (its readings are stored unassigned)
     ward: str = ""
+    # Its MQTT client certificate for the key (issued by the deployment CA; None without one).
+    certificate_pem: str | None = None
+
+
+def identities(fleet: list[FleetDevice], hubs: list[FleetGateway] | None = None) -> dict[str, Identity]:
+    """Each device's (and gateway's) TLS identity for MQTT: its own Ed25519 key and the
+    certificate issued for it, by its id (devices and gateways share the broker's name space)."""
+    found = {}
+    for owner_id, private, certificate in [
+        *((d.device_id, d.private_key, d.certificate_pem) for d in fleet),
+        *((h.gateway_id, h.private_key, h.certificate_pem) for h in hubs or []),
+    ]:
+        if certificate is not None:
+            pem = private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+            found[owner_id] = Identity(certificate_pem=certificate, private_key_pem=pem)
+    return found
 
 
 def device_ids(ward: str, count: int, spares: int = 0) -> list[tuple[str, str | None]]:
@@ -114,20 +137,42 @@ def provision_fleet(*, ward: str, count: int, keyfile: Path, site: str = "main",
     with transaction.atomic():
         # The simulator may run before any seed: it owns its ward when none exists.
         Ward.objects.get_or_create(code=ward, defaults={"name": ward.replace("-", " ").upper(), "site": site})
+    authority = pki.authority_load()
     for device_id, pseudonym in device_ids(ward, count, spares):
         private = _usable(keys.get(device_id), device_id)
         if private is None:
             provisioned = device_provision(device_id=device_id, ward_code=ward)
             assert provisioned.private_key_pem is not None
             keys[device_id] = {"key_id": provisioned.key.key_id, "private_key_pem": provisioned.private_key_pem}
+            if provisioned.certificate_pem is not None:
+                keys[device_id]["certificate_pem"] = provisioned.certificate_pem
             _save_keys(keyfile, keys)
             private = _usable(keys[device_id], device_id)
             assert private is not None
+        elif authority is not None and not _certified(keys[device_id].get("certificate_pem"), authority):
+            # A key kept from a run before the deployment CA existed (or of another CA): certify it.
+            key = DeviceKey.objects.get(key_id=keys[device_id]["key_id"])
+            keys[device_id]["certificate_pem"] = pki.certificate_issue(
+                cn=device_id, public_key=private.public_key(), key=key
+            )
+            _save_keys(keyfile, keys)
         current = Assignment.objects.filter(device__device_id=device_id, end__isnull=True).first()
         if pseudonym is not None and (current is None or current.patient.pseudonym != pseudonym):
             patient_admit(pseudonym=pseudonym, ward_code=ward, device_id=device_id)
-        fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym, ward))
+        certificate = keys[device_id].get("certificate_pem") if authority is not None else None
+        fleet.append(FleetDevice(device_id, keys[device_id]["key_id"], private, pseudonym, ward, certificate))
     return fleet
+
+
+def _certified(pem: str | None, authority: pki.Authority) -> bool:
+    """The kept certificate was issued by this CA (a new CA after `.data/pki` was removed: not)."""
+    if not pem:
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return False
+    return certificate.issuer == authority.certificate.subject
 
 
 # --- gateways ----------------------------------------------------------------------------------
@@ -160,6 +205,8 @@ class Stats:
     rejected: int = 0
     throttled: int = 0
     errors: int = 0
+    acknowledged_batches: int = 0  # batches answered 200, each counted once however often sent
+    acknowledged_readings: int = 0  # their valid readings (accepted or duplicates): all stored
     retransmits: int = 0
     reordered: int = 0
     offline_periods: int = 0
@@ -186,6 +233,7 @@ class Batch:
     body: bytes
     size: int
     created: float
+    acknowledged: bool = False
 
 
 def _iso(t: float) -> str:
@@ -218,6 +266,7 @@ class Gateway:
         self.outbox: deque[Batch] = deque()
         self.offline_until = 0.0
         self.holding = False
+        self.pace = config.batch_seconds  # seconds between flushes; a throttle ack can stretch it
 
     def _happens(self, rate_per_hour: float, dt_s: float) -> bool:
         return self.rng.random() < rate_per_hour * dt_s / 3600.0
@@ -278,37 +327,44 @@ class Gateway:
         stamp = str(int(time.time()))
         signature = self.device.private_key.sign(stamp.encode() + b"\n" + body)
         return {
-            "Content-Type": "application/json",
             "X-Perfuse-Key": self.device.key_id,
             "X-Perfuse-Timestamp": stamp,
             "X-Perfuse-Signature": base64.b64encode(signature).decode(),
         }
 
-    async def post(self, client: httpx.AsyncClient, batch: Batch) -> bool:
+    async def post(self, transport: Transport, batch: Batch) -> bool:
         """Send one batch; True once the server has answered it for good (200 or a 4xx)."""
         self.stats.batches += 1
         self.stats.readings += batch.size
-        try:
-            response = await client.post(INGEST_PATH, content=batch.body, headers=self.sign(batch.body))
-        except httpx.HTTPError:
+        reply = await transport.send(self.device.device_id, batch.body, self.sign(batch.body))
+        if reply is None:  # no response, or no ack in time: sent again later
             self.stats.errors += 1
             await asyncio.sleep(1.0 + self.rng.random())
             return False
-        if response.status_code == 200:
-            result = response.json()
-            self.stats.accepted += result["accepted"]
-            self.stats.duplicates += result["duplicates"]
-            self.stats.rejected += len(result["rejected"])
+        if reply.status == 200:
+            self._answered(batch, reply)
             return True
-        if response.status_code in (429, 503):
-            self.stats.throttled += response.status_code == 429
-            self.stats.errors += response.status_code == 503
-            await asyncio.sleep(_retry_after(response) + self.rng.random() * 0.2)
+        if reply.status in (429, 503):
+            self.stats.throttled += reply.status == 429
+            self.stats.errors += reply.status == 503
+            if reply.suggested_interval_s is not None:
+                self.pace = max(self.pace, reply.suggested_interval_s)
+            await asyncio.sleep(reply.retry_after + self.rng.random() * 0.2)
             return False
         self.stats.errors += 1
         return True  # a 4xx will not get better by resending the same bytes
 
-    async def flush(self, client: httpx.AsyncClient, now: float, *, final: bool = False) -> None:
+    def _answered(self, batch: Batch, reply: Reply) -> None:
+        result = reply.body
+        self.stats.accepted += result["accepted"]
+        self.stats.duplicates += result["duplicates"]
+        self.stats.rejected += len(result["rejected"])
+        if not batch.acknowledged:
+            batch.acknowledged = True
+            self.stats.acknowledged_batches += 1
+            self.stats.acknowledged_readings += result["accepted"] + result["duplicates"]
+
+    async def flush(self, client: Transport, now: float, *, final: bool = False) -> None:
         if self.holding and len(self.outbox) >= 2:
             # The held batch is overtaken by the next one: the server sees them out of order.
             self.outbox[-1], self.outbox[-2] = self.outbox[-2], self.outbox[-1]
@@ -332,7 +388,7 @@ class Gateway:
                 self.stats.retransmits += 1
                 await self.post(client, batch)
 
-    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def run(self, client: Transport, stop: asyncio.Event) -> None:
         c = self.config
         await asyncio.sleep(self.rng.uniform(0, c.batch_seconds))  # spread the fleet over the interval
         while not stop.is_set():
@@ -344,9 +400,9 @@ class Gateway:
             if now >= self.offline_until:
                 await self.flush(client, now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, now + c.batch_seconds - time.time()))
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, now + self.pace - time.time()))
 
-    async def drain(self, client: httpx.AsyncClient, deadline: float) -> None:
+    async def drain(self, client: Transport, deadline: float) -> None:
         """At shutdown the gateway comes back online and flushes what it holds."""
         while self.outbox and time.monotonic() < deadline:
             await self.flush(client, time.time(), final=True)
@@ -354,7 +410,6 @@ class Gateway:
 
 # --- edge gateways (contract section 1c) --------------------------------------------------------
 
-GATEWAY_INGEST_PATH = "/api/v1/ingest/gateway"
 # An outer request stays inside the contract's limits (5,000 readings and 1 MiB in all) with room
 # for the envelope and base64's extra third.
 HUB_MAX_READINGS = 4000
@@ -367,22 +422,31 @@ class FleetGateway:
     key_id: str
     private_key: Ed25519PrivateKey
     ward: str
+    # Its MQTT client certificate for the key (issued by the deployment CA; None without one).
+    certificate_pem: str | None = None
 
 
 def provision_gateways(*, ward: str, count: int, keyfile: Path) -> list[FleetGateway]:
     """Gateways `hub-<ward>-NN` of a ward, keys kept in the fleet's keyfile; idempotent."""
     keys = _load_keys(keyfile)
+    authority = pki.authority_load()
     hubs = []
     for gateway_id in (f"hub-{ward}-{i:02d}" for i in range(1, count + 1)):
         private = _usable(keys.get(gateway_id), gateway_id, gateway=True)
-        if private is None:
+        if private is None or (
+            authority is not None and not _certified(keys[gateway_id].get("certificate_pem"), authority)
+        ):
+            # A new key, or one kept from before the deployment CA existed: a (new) certified key.
             provisioned = gateway_provision(gateway_id=gateway_id, ward_code=ward)
             assert provisioned.private_key_pem is not None
             keys[gateway_id] = {"key_id": provisioned.key.key_id, "private_key_pem": provisioned.private_key_pem}
+            if provisioned.certificate_pem is not None:
+                keys[gateway_id]["certificate_pem"] = provisioned.certificate_pem
             _save_keys(keyfile, keys)
             private = _usable(keys[gateway_id], gateway_id, gateway=True)
             assert private is not None
-        hubs.append(FleetGateway(gateway_id, keys[gateway_id]["key_id"], private, ward))
+        certificate = keys[gateway_id].get("certificate_pem") if authority is not None else None
+        hubs.append(FleetGateway(gateway_id, keys[gateway_id]["key_id"], private, ward, certificate))
     return hubs
 
 
@@ -448,13 +512,12 @@ class Hub:
         stamp = str(int(time.time()))
         signature = self.gateway.private_key.sign(stamp.encode() + b"\n" + body)
         return {
-            "Content-Type": "application/json",
             "X-Perfuse-Key": self.gateway.key_id,
             "X-Perfuse-Timestamp": stamp,
             "X-Perfuse-Signature": _b64(signature),
         }
 
-    async def post(self, client: httpx.AsyncClient, chunk: list[tuple[Gateway, Batch]], now: float) -> bool:
+    async def post(self, client: GatewayTransport, chunk: list[tuple[Gateway, Batch]], now: float) -> bool:
         """Send one request; True when every inner batch in it was answered for good."""
         body = orjson.dumps(
             {
@@ -478,23 +541,22 @@ class Hub:
         return True
 
     async def _send(
-        self, client: httpx.AsyncClient, body: bytes, chunk: list[tuple[Gateway, Batch]]
+        self, client: GatewayTransport, body: bytes, chunk: list[tuple[Gateway, Batch]]
     ) -> list[dict[str, Any]] | None:
         self.stats.gateway_requests += 1
         self.stats.batches += len(chunk)
         self.stats.readings += sum(batch.size for _, batch in chunk)
-        try:
-            response = await client.post(GATEWAY_INGEST_PATH, content=body, headers=self.sign(body))
-        except httpx.HTTPError:
+        reply = await client.send_gateway(self.gateway.gateway_id, body, self.sign(body))
+        if reply is None:  # no response, or no ack in time: sent again later
             self.stats.errors += 1
             await asyncio.sleep(1.0 + self.rng.random())
             return None
-        if response.status_code == 200:
-            results: list[dict[str, Any]] = response.json()["results"]
+        if reply.status == 200:
+            results: list[dict[str, Any]] = reply.body["results"]
             return results
         self.stats.errors += 1
-        if response.status_code in (429, 503):
-            await asyncio.sleep(_retry_after(response) + self.rng.random() * 0.2)
+        if reply.status in (429, 503):
+            await asyncio.sleep(reply.retry_after + self.rng.random() * 0.2)
             return None
         for device, batch in chunk:  # the whole request was refused for good (a 4xx)
             device.outbox.remove(batch)
@@ -524,12 +586,12 @@ class Hub:
                 self.stats.late_batches += 1
         return wait
 
-    async def flush(self, client: httpx.AsyncClient, now: float) -> None:
+    async def flush(self, client: GatewayTransport, now: float) -> None:
         for chunk in self.chunks():
             if not await self.post(client, chunk, now):
                 return
 
-    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def run(self, client: GatewayTransport, stop: asyncio.Event) -> None:
         c = self.config
         await asyncio.sleep(self.rng.uniform(0, c.batch_seconds))
         while not stop.is_set():
@@ -544,7 +606,7 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, now + c.batch_seconds - time.time()))
 
-    async def drain(self, client: httpx.AsyncClient, deadline: float) -> None:
+    async def drain(self, client: GatewayTransport, deadline: float) -> None:
         while any(device.outbox for device in self.devices) and time.monotonic() < deadline:
             await self.flush(client, time.time())
 
@@ -578,11 +640,22 @@ def device_signals(
     return [replace(signal, showcase_after_s=showcase_after_s) if i == first else signal for i in range(len(fleet))]
 
 
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.0, min(60.0, float(response.headers.get("Retry-After", "1"))))
-    except ValueError:
-        return 1.0
+def _runners(
+    client: Transport,
+    gateways: list[Gateway],
+    hubs: list[FleetGateway] | None,
+    *,
+    config: GatewayConfig,
+    seed: int,
+) -> tuple[list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]], list[Callable[[float], Awaitable[None]]]]:
+    """What runs the fleet and drains it at the end: each device on its own link, or the edge
+    gateways `hubs` carrying them."""
+    if not hubs:
+        return [partial(g.run, client) for g in gateways], [partial(g.drain, client) for g in gateways]
+    if not isinstance(client, GatewayTransport):
+        raise ValueError(f"{type(client).__name__} cannot carry edge gateways' messages")
+    spread = hubs_spread(gateways, hubs, config=config, seed=seed)
+    return [partial(h.run, client) for h in spread], [partial(h.drain, client) for h in spread]
 
 
 async def run_fleet(
@@ -601,7 +674,12 @@ async def run_fleet(
     drain_seconds: float = 30.0,
     showcase_after_s: float | None = None,
     hubs: list[FleetGateway] | None = None,
+    sender: Transport | None = None,
 ) -> Stats:
+    """Run the fleet until `duration` or `stop`, then drain; `sender` (default: HTTP to `url`,
+    through `transport` when given) is how the devices reach the server. With `hubs`, the devices
+    are spread over those edge gateways, which forward their batches (the sender must then carry
+    gateway messages: a `GatewayTransport`)."""
     stats = Stats()
     stop = stop or asyncio.Event()
     gateway = gateway or GatewayConfig()
@@ -610,11 +688,10 @@ async def run_fleet(
         Gateway(d, hz=hz, config=gateway, signal=s, seed=seed * 7919 + i, stats=stats)
         for i, (d, s) in enumerate(zip(fleet, signals, strict=True))
     ]
-    # With `hubs`, the devices are spread over those edge gateways, which forward their batches.
-    runners: list[Gateway] | list[Hub] = hubs_spread(gateways, hubs, config=gateway, seed=seed) if hubs else gateways
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0, transport=transport) as client:
-        tasks = [asyncio.create_task(r.run(client, stop)) for r in runners]
+    client = sender or HttpTransport(url, transport=transport)
+    try:
+        runs, drains = _runners(client, gateways, hubs, config=gateway, seed=seed)
+        tasks = [asyncio.create_task(run(stop)) for run in runs]
         started = time.monotonic()
         try:
             while not stop.is_set():
@@ -632,7 +709,9 @@ async def run_fleet(
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             deadline = time.monotonic() + drain_seconds
-            await asyncio.gather(*(r.drain(client, deadline) for r in runners), return_exceptions=True)
+            await asyncio.gather(*(drain(deadline) for drain in drains), return_exceptions=True)
             if progress is not None:
                 progress.write("\r" + stats.line() + "\n")
+    finally:
+        await client.close()
     return stats

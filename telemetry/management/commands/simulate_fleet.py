@@ -1,5 +1,6 @@
-"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API,
-each device itself or (`--gateways G`) through G edge gateways."""
+"""`manage.py simulate_fleet`: a realistic device fleet sending signed batches over the real HTTP API
+or (`--transport mqtt`) the MQTT broker, each device itself or (`--gateways G`) through G edge
+gateways (the gateway endpoint, or each gateway's own MQTT connection and topic)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,17 @@ class Command(BaseCommand):
             "--gateways",
             type=int,
             default=0,
-            help="spread the devices over G edge gateways of their wards (default 0: each device posts itself)",
+            help="spread the devices over G edge gateways of their wards (default 0: each device sends itself)",
+        )
+        parser.add_argument(
+            "--transport",
+            choices=["http", "mqtt"],
+            default="http",
+            help="HTTP requests to --url, or MQTT 5 over mutual TLS to --mqtt-url (a connection per device or gateway)",
+        )
+        parser.add_argument("--mqtt-url", default=None, help="the broker (default MQTT_URL)")
+        parser.add_argument(
+            "--ack-timeout", type=float, default=10.0, help="MQTT: seconds without an ack before a batch is sent again"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -67,9 +78,12 @@ class Command(BaseCommand):
         hubs = (
             simulator.provision_hubs(fleet, count=options["gateways"], keyfile=keyfile) if options["gateways"] else []
         )
+        target = options["url"] if options["transport"] == "http" else options["mqtt_url"] or settings.MQTT_URL
+        if options["transport"] == "mqtt":
+            options["sender"] = self._mqtt(fleet, hubs, url=target, ack_timeout=options["ack_timeout"])
         if not options["quiet"]:
             via = f" through {len(hubs)} gateways" if hubs else ""
-            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz{via} -> {options['url']}")
+            self.stderr.write(f"{len(fleet)} devices at {options['hz']} Hz{via} -> {target}")
         stats = asyncio.run(self._run(fleet, hubs, options))
         summary = stats.summary()
         if options["json"]:
@@ -77,6 +91,33 @@ class Command(BaseCommand):
         else:
             labels = {"batches": "sent batches", "readings": "sent readings", "throttled": "429s"}
             self.stdout.write("summary: " + "  ".join(f"{labels.get(k, k)} {v}" for k, v in summary.items()))
+
+    def _mqtt(
+        self,
+        fleet: list[simulator.FleetDevice],
+        hubs: list[simulator.FleetGateway],
+        *,
+        url: str,
+        ack_timeout: float,
+    ) -> simulator.MqttTransport:
+        missing = [d.device_id for d in fleet if d.certificate_pem is None]
+        missing += [h.gateway_id for h in hubs if h.certificate_pem is None]
+        if missing:
+            raise CommandError(
+                f"no client certificate for {len(missing)} devices or gateways (e.g. {missing[0]}): MQTT needs "
+                "the deployment CA (PERFUSE_PKI_DIR), which issues them when they are provisioned"
+            )
+        if not settings.MQTT_CA_FILE:
+            raise CommandError("MQTT_CA_FILE is not set: the broker's CA is needed to connect")
+        try:
+            return simulator.MqttTransport(
+                url,
+                ca_file=settings.MQTT_CA_FILE,
+                identities=simulator.identities(fleet, hubs),
+                ack_timeout=ack_timeout,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
 
     async def _run(
         self, fleet: list[simulator.FleetDevice], hubs: list[simulator.FleetGateway], options: dict[str, Any]
@@ -99,4 +140,5 @@ class Command(BaseCommand):
             # The demo's wearable readers carry a pulse oximeter, so the chart's SpO2 panel has data.
             gateway=simulator.GatewayConfig(spo2_every=5.0) if options["demo"] else None,
             hubs=hubs or None,
+            sender=options.get("sender"),
         )
