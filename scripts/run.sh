@@ -95,6 +95,13 @@ log "HL7 ADT listener (MLLP) on $PERFUSE_HL7_LISTEN"
 # (PERFUSE_ARCHIVE_URL) once it is a day old; `manage.py archive --day D` archives one now.
 PERFUSE_ARCHIVE_AFTER_DAYS="${PERFUSE_ARCHIVE_AFTER_DAYS:-1}" "$PY" manage.py archive --every 3600 &
 PIDS+=($!)
+# Retention (docs/retention.md) with a short demo setting: a day's readings and signed batches leave
+# the hot store once archived, verified and not under a legal hold, 2 days after it ended.
+PERFUSE_RETENTION_READINGS_DAYS="${PERFUSE_RETENTION_READINGS_DAYS:-2}" \
+  PERFUSE_RETENTION_BATCHES_DAYS="${PERFUSE_RETENTION_BATCHES_DAYS:-2}" \
+  PERFUSE_RETENTION_ROLLUPS_DAYS="${PERFUSE_RETENTION_ROLLUPS_DAYS:-14}" \
+  "$PY" manage.py apply_retention --every 3600 &
+PIDS+=($!)
 sleep 2
 "$PY" manage.py simulate_fleet --demo --url "http://127.0.0.1:$PORT" --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)

@@ -44,6 +44,11 @@ LAYERS: dict[str, float] = {
     "telemetry": 2,
     # The archive: Parquet + manifests out of the hot store, verify, restore (telemetry/archive/).
     "telemetry.archive": 2,
+    # The lifecycle after the archive: legal holds, retention, research export (telemetry/lifecycle/):
+    # above the archive, whose verification retention asks. Its models are telemetry's (loaded by
+    # telemetry.models), a unit of their own that imports no project module.
+    "telemetry.lifecycle": 2,
+    "telemetry.lifecycle.models": 2,
     # 3: the access layer, and the audit trail's read side (verify, selectors, FHIR).
     "audit": 3,
     "audit.access": 3,
