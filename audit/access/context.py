@@ -34,6 +34,7 @@ NAV: list[tuple[str, str, str]] = [
     ("On call", "/alarms/oncall/", "manage_staff"),
     ("Legal holds", "/lifecycle/holds/", "manage_legal_holds"),
     ("Retention", "/lifecycle/retention/", "view_retention"),
+    ("Research export", "/lifecycle/research/", "research_export"),
 ]
 
 

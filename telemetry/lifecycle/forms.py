@@ -23,3 +23,16 @@ class HoldForm(forms.Form):
 
 class ReleaseForm(forms.Form):
     reason = forms.CharField(max_length=300, help_text="why the hold ends; audited")
+
+
+class ResearchExportForm(forms.Form):
+    ward = forms.SlugField(label="Ward (code)", max_length=40)
+    start = forms.DateTimeField(
+        label="From (UTC)", input_formats=TIME_FORMATS, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    end = forms.DateTimeField(
+        label="To (UTC)", input_formats=TIME_FORMATS, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    purpose = forms.CharField(
+        max_length=300, help_text="the study and its approval; audited as the disclosure's purpose"
+    )
