@@ -352,7 +352,7 @@ def _readings_and_batches(report: RetentionReport, now: dt.datetime, store: Obje
     for day in _window(now):
         ward_days = _day_examine(day, store, held)
         report.ward_days.extend(ward_days)
-        if day < readings_cutoff:
+        if day < readings_cutoff and ward_days:
             if report.dry_run:
                 for w in ward_days:
                     w.readings_dropped = w.hot_readings if w.cleared else 0

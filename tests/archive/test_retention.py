@@ -7,21 +7,24 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
+from django.db import connection
 
 from audit.models import AuditEvent
 from audit.trail import Actor
 from telemetry.archive.layout import manifest_key, ward_prefix
 from telemetry.archive.objects import FileStore
 from telemetry.engine import RollupProcessor, engine_batch
+from telemetry.lifecycle import retention
 from telemetry.lifecycle.holds import legal_hold_release, legal_hold_set
 from telemetry.lifecycle.models import RetentionDay
 from telemetry.models import Hl7Message
-from telemetry.storage import partition_name
+from telemetry.storage import ensure_partition, partition_name
 from tests.archive.support import at, day_rows, overwrite, sql, two_wards
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ingest_clients")]
@@ -30,13 +33,19 @@ OFFICER = Actor(user_id=None, username="compliance-officer", role="compliance")
 
 
 @pytest.fixture(autouse=True)
-def _short_retention(settings: Any, file_archive: FileStore) -> None:
-    """Yesterday is past every retention; the run looks back three days."""
+def _short_retention(settings: Any, file_archive: FileStore, yesterday: dt.date) -> Iterator[None]:
+    """Yesterday is past every retention; the run looks back three days. Yesterday's partition
+    exists before and after each test: a drop is DDL, which the end of a test does not undo."""
     settings.PERFUSE_RETENTION_READINGS_DAYS = 0
     settings.PERFUSE_RETENTION_BATCHES_DAYS = 0
     settings.PERFUSE_RETENTION_ROLLUPS_DAYS = 0
     settings.PERFUSE_RETENTION_HL7_DAYS = 2
     settings.PERFUSE_RETENTION_LOOKBACK_DAYS = 3
+    with connection.cursor() as cursor:
+        ensure_partition(cursor, "telemetry_reading", yesterday)
+    yield
+    with connection.cursor() as cursor:
+        ensure_partition(cursor, "telemetry_reading", yesterday)
 
 
 def _command(name: str, *args: str) -> tuple[int, dict[str, Any]]:
@@ -221,3 +230,48 @@ async def test_a_legal_hold_stops_a_drop_that_would_otherwise_happen(yesterday):
     assert await _rows_of(["p-a1", "p-a2"], yesterday) == 0
     actions = [e.action async for e in AuditEvent.objects.filter(action__startswith="legal_hold.").order_by("id")]
     assert actions == ["legal_hold.set", "legal_hold.released", "legal_hold.set", "legal_hold.released"]
+
+
+async def test_the_application_role_drops_only_through_the_functions_and_only_past_days(yesterday):
+    """The suite connects as the application role: it owns no partition, and the SECURITY
+    DEFINER functions refuse what retention must never do."""
+    today = at(yesterday, 86400).date()
+    with pytest.raises(Exception, match="must be owner"):
+        await sql(f"DROP TABLE {partition_name(yesterday)}")
+    with pytest.raises(Exception, match="is not a past day"):
+        await sql("SELECT telemetry_reading_day_drop(%s)", [today])
+    with pytest.raises(Exception, match="less than a day ago"):
+        await sql("SELECT telemetry_hl7_retention_delete(now() - interval '1 hour', '{}')")
+    with pytest.raises(Exception, match="permission denied"):
+        await sql("DELETE FROM telemetry_hl7message")
+
+
+async def test_readings_arriving_between_the_check_and_the_drop_roll_the_drop_back(yesterday, monkeypatch):
+    a1, _, _ = await two_wards(yesterday)
+    await command("archive", "--day", yesterday.isoformat())
+    recheck = retention._holds_lock_and_recheck
+    calls: list[int] = []
+
+    def late_reading_then_recheck(ward_days: list[Any]) -> None:
+        # Once, in the readings drop: a reading that reached the hot store after the archive was
+        # verified (as late data could).
+        if calls or not any(w.day == yesterday for w in ward_days):
+            recheck(ward_days)
+            return
+        calls.append(1)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO telemetry_reading (device_id, patient_id, metric, seq, sample_time, value, raw_value, "
+                "raw_unit) SELECT id, NULL, 'tissue_o2', 9999, %s, 50, 50, '%%' FROM telemetry_device "
+                "WHERE device_id = %s",
+                [at(yesterday, 3600), a1.device_id],
+            )
+        recheck(ward_days)
+
+    monkeypatch.setattr(retention, "_holds_lock_and_recheck", late_reading_then_recheck)
+    status, answer = await command("apply_retention")
+    found = _ward_days(answer, yesterday)
+    assert status == 1 and answer["readings_dropped"] == 0 and answer["days_dropped"] == []
+    assert "541 readings in the hot store, 540 archived and verified" in found["icu-a"]["problems"][-1]
+    assert await _partition_exists(yesterday) and len(await day_rows(yesterday)) == 540  # rolled back, late row too
+    assert await _events("retention.readings_dropped") == []

@@ -68,7 +68,9 @@ class Command(BaseCommand):
 
 def _blocked(report: RetentionReport) -> bool:
     cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=settings.PERFUSE_RETENTION_READINGS_DAYS)
-    return any(w.day < cutoff and w.hot_readings and not w.cleared and not w.held for w in report.ward_days)
+    return any(
+        w.day < cutoff and w.hot_readings and not w.held and (not w.verified or w.problems) for w in report.ward_days
+    )
 
 
 def _lines(report: RetentionReport) -> list[str]:
