@@ -18,7 +18,7 @@ from django.db import connection
 from audit.models import AuditEvent
 from audit.trail import Actor
 from telemetry.archive.layout import manifest_key, ward_prefix
-from telemetry.archive.objects import FileStore
+from telemetry.archive.objects import ObjectStore
 from telemetry.engine import RollupProcessor, engine_batch
 from telemetry.lifecycle import retention
 from telemetry.lifecycle.holds import legal_hold_release, legal_hold_set
@@ -33,7 +33,7 @@ OFFICER = Actor(user_id=None, username="compliance-officer", role="compliance")
 
 
 @pytest.fixture(autouse=True)
-def _short_retention(settings: Any, file_archive: FileStore, yesterday: dt.date) -> Iterator[None]:
+def _short_retention(settings: Any, yesterday: dt.date) -> Iterator[None]:
     """Yesterday is past every retention; the run looks back three days. Yesterday's partition
     exists before and after each test: a drop is DDL, which the end of a test does not undo."""
     settings.PERFUSE_RETENTION_READINGS_DAYS = 0
@@ -83,7 +83,8 @@ async def _events(action: str) -> list[dict[str, Any]]:
     return [e.detail async for e in AuditEvent.objects.filter(action=action).order_by("id")]
 
 
-async def test_a_verified_day_is_dropped_whole_audited_and_restorable(yesterday):
+async def test_a_verified_day_is_dropped_whole_audited_and_restorable(archive: ObjectStore, yesterday):
+    """Against a directory and a real SeaweedFS bucket."""
     await two_wards(yesterday)
     today_before = await sql("SELECT count(*) FROM telemetry_reading WHERE sample_time >= %s", [at(yesterday, 86400)])
     await command("archive", "--day", yesterday.isoformat())
@@ -124,7 +125,7 @@ async def test_a_verified_day_is_dropped_whole_audited_and_restorable(yesterday)
     assert status == 0 and restored["inserted"] == 510
 
 
-async def test_an_unarchived_day_is_kept_and_the_run_says_so(yesterday):
+async def test_an_unarchived_day_is_kept_and_the_run_says_so(file_archive, yesterday):
     await two_wards(yesterday)
     status, answer = await command("apply_retention")
     assert status == 1
@@ -137,7 +138,7 @@ async def test_an_unarchived_day_is_kept_and_the_run_says_so(yesterday):
     assert await _events("retention.readings_dropped") == []
 
 
-async def test_one_ward_archived_its_rows_go_and_the_partition_stays_for_the_other(yesterday):
+async def test_one_ward_archived_its_rows_go_and_the_partition_stays_for_the_other(file_archive, yesterday):
     await two_wards(yesterday)
     await command("archive", "--day", yesterday.isoformat(), "--ward", "icu-b")
     status, answer = await command("apply_retention")
@@ -189,7 +190,7 @@ def _hl7(subject: str, control_id: str, age: dt.timedelta) -> None:
     )
 
 
-async def test_a_legal_hold_stops_a_drop_that_would_otherwise_happen(yesterday):
+async def test_a_legal_hold_stops_a_drop_that_would_otherwise_happen(file_archive, yesterday):
     await two_wards(yesterday)
     await sync_to_async(_roll_up)()
     await command("archive", "--day", yesterday.isoformat())
@@ -246,7 +247,9 @@ async def test_the_application_role_drops_only_through_the_functions_and_only_pa
         await sql("DELETE FROM telemetry_hl7message")
 
 
-async def test_readings_arriving_between_the_check_and_the_drop_roll_the_drop_back(yesterday, monkeypatch):
+async def test_readings_arriving_between_the_check_and_the_drop_roll_the_drop_back(
+    file_archive, yesterday, monkeypatch
+):
     a1, _, _ = await two_wards(yesterday)
     await command("archive", "--day", yesterday.isoformat())
     recheck = retention._holds_lock_and_recheck
