@@ -9,6 +9,7 @@ import pytest
 
 from audit.models import AuditEvent
 from telemetry.lifecycle.models import LegalHold, RetentionDay
+from telemetry.checks import retention_horizon_check
 from tests import factories, personas
 
 pytestmark = pytest.mark.django_db
@@ -75,3 +76,11 @@ def test_the_retention_page_shows_classes_and_ward_days(admin):
     assert "PERFUSE_RETENTION_READINGS_DAYS" in text and "never deleted by Perfuse" in text
     assert "2026-11-01" in text and "held" in text
     assert AuditEvent.objects.filter(action="retention.view").count() == 1
+
+
+def test_the_deploy_check_warns_of_a_retention_inside_the_ingest_horizon(settings):
+    settings.PERFUSE_INGEST_MAX_AGE_DAYS = 30
+    settings.PERFUSE_RETENTION_READINGS_DAYS = 30
+    assert [w.id for w in retention_horizon_check(None)] == ["telemetry.W102"]
+    settings.PERFUSE_RETENTION_READINGS_DAYS = 31
+    assert retention_horizon_check(None) == []
