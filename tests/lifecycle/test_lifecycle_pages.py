@@ -8,8 +8,8 @@ import datetime as dt
 import pytest
 
 from audit.models import AuditEvent
-from telemetry.lifecycle.models import LegalHold, RetentionDay
 from telemetry.checks import retention_horizon_check
+from telemetry.lifecycle.models import LegalHold, RetentionDay
 from tests import factories, personas
 
 pytestmark = pytest.mark.django_db
