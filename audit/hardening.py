@@ -10,7 +10,9 @@ audit tables, so a compromised application server cannot UPDATE, DELETE, TRUNCAT
 disable the triggers of the audit trail. Default privileges give the application role the same
 rights on tables the owner creates later — by a migration, or at run time: the engine's daily
 partitions are created by `telemetry_partition_ensure`, a SECURITY DEFINER function owned by the
-owner (telemetry/storage.py), because attaching a partition takes ownership of the parent.
+owner (telemetry/storage.py), because attaching a partition takes ownership of the parent; the
+retention job drops a past day's partition and deletes old HL7 messages (insert-only here) through
+two more such functions, each limited to exactly that act (docs/retention.md).
 
 `hardening_sql` prints the SQL (`manage.py audit_hardening_sql`): run it as a superuser after
 each `migrate` (scripts/run.sh does). What the owner role can still do, and what detects it

@@ -35,6 +35,9 @@ class StaffProfile(models.Model):
             ("manage_devices", "Manage devices and device keys"),
             ("manage_staff", "Manage staff accounts and roles"),
             ("edit_alarm_rules", "Edit alarm rules"),
+            ("manage_legal_holds", "Set and release legal holds on a patient's or a ward's data"),
+            ("view_retention", "See the retention settings and what each past day became"),
+            ("research_export", "Export a de-identified cohort for research"),
         ]
 
     def __str__(self) -> str:

@@ -36,6 +36,8 @@ READ_ACTIONS_LABELS = {
     "alarm.history_exported": "Exported the patient's alarm history",
     "identity.reveal": "Revealed the patient's identity",
     "break_glass.granted": "Emergency (break-glass) access opened",
+    # A de-identified research export the patient is in (telemetry/lifecycle/research.py):
+    "research.export": "Disclosed de-identified for research (research export)",
     # Results sent to the hospital's record (telemetry/hl7/outbox.py), actor `hl7-oru`:
     "hl7.oru_sent": "Results sent to the EHR (HL7 ORU^R01)",
 }

@@ -99,6 +99,14 @@ PIDS+=($!)
 # The MQTT bridge: the broker's shared subscription -> group commit -> acks after commit.
 "$PY" manage.py run_mqtt_ingest &
 PIDS+=($!)
+
+# Retention (docs/retention.md) with a short demo setting: a day's readings and signed batches leave
+# the hot store once archived, verified and not under a legal hold, 2 days after it ended.
+PERFUSE_RETENTION_READINGS_DAYS="${PERFUSE_RETENTION_READINGS_DAYS:-2}" \
+  PERFUSE_RETENTION_BATCHES_DAYS="${PERFUSE_RETENTION_BATCHES_DAYS:-2}" \
+  PERFUSE_RETENTION_ROLLUPS_DAYS="${PERFUSE_RETENTION_ROLLUPS_DAYS:-14}" \
+  "$PY" manage.py apply_retention --every 3600 &
+PIDS+=($!)
 sleep 2
 # The demo fleet keeps one MQTT connection per device (mutual TLS, certificates from .data/pki);
 # PERFUSE_DEMO_TRANSPORT=http sends it through Daphne's HTTP ingest instead.

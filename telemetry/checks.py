@@ -1,5 +1,6 @@
-"""Deploy check of the HL7 listener: ADT carries names, MRNs and birth dates, so off loopback it
-must be TLS (contract section 4: "TLS in production")."""
+"""Deploy checks: the HL7 listener (ADT carries names, MRNs and birth dates, so off loopback it
+must be TLS: contract section 4, "TLS in production"), and the readings retention against the
+ingest horizon (docs/retention.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ipaddress
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Warning
 
 
 def _loopback(host: str) -> bool:
@@ -30,5 +31,21 @@ def hl7_tls_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             hint="Set PERFUSE_HL7_TLS_CERT and PERFUSE_HL7_TLS_KEY "
             "(and PERFUSE_HL7_TLS_CLIENT_CA to require client certificates).",
             id="telemetry.E101",
+        )
+    ]
+
+
+def retention_horizon_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Readings may arrive up to PERFUSE_INGEST_MAX_AGE_DAYS late: a day dropped before that
+    horizon can receive rows its archive does not hold (the day then stays, unverified)."""
+    retention, horizon = settings.PERFUSE_RETENTION_READINGS_DAYS, settings.PERFUSE_INGEST_MAX_AGE_DAYS
+    if retention > horizon:
+        return []
+    return [
+        Warning(
+            f"PERFUSE_RETENTION_READINGS_DAYS={retention} is not above PERFUSE_INGEST_MAX_AGE_DAYS={horizon}: "
+            "late readings can reach a day after retention dropped it",
+            hint="Keep hot readings longer than ingest accepts late data (docs/retention.md).",
+            id="telemetry.W102",
         )
     ]

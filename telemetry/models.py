@@ -13,6 +13,7 @@ from django.db.models import F, Q
 # Django registers an app's models when its `models` module is imported: the HL7 message store
 # lives beside the HL7 code (telemetry/hl7/models.py) and is loaded from here.
 from telemetry.hl7.models import Hl7Message  # noqa: F401
+from telemetry.lifecycle.models import LegalHold, ResearchExport, ResearchFile, ResearchSubject, RetentionDay  # noqa: F401
 
 
 class Ward(models.Model):

@@ -221,3 +221,78 @@ DROP FUNCTION IF EXISTS telemetry_ingest_notify();
 def drop_reading_storage(cursor: Any) -> None:
     cursor.execute("DROP TABLE IF EXISTS telemetry_ingest_log")
     cursor.execute("DROP TABLE IF EXISTS telemetry_reading CASCADE")
+
+
+# Retention (telemetry/lifecycle/retention.py) drops a past day of readings through this SECURITY
+# DEFINER function owned by the migrating role: dropping a partition (or TimescaleDB chunks) needs
+# ownership of telemetry_reading, which the application role must not have. It can drop exactly a
+# past day's partition of telemetry_reading (or its 1-day chunks) and nothing else, and returns
+# the rows it dropped (NULL: the day has no partition of its own), which the caller compares with
+# the archive's manifests inside the same transaction — a difference rolls the drop back.
+DAY_DROP_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION telemetry_reading_day_drop(day date) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  name text := 'telemetry_reading_p' || to_char(day, 'YYYYMMDD');
+  lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+  hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+  part regclass;
+  n bigint;
+BEGIN
+  IF day >= (now() AT TIME ZONE 'UTC')::date THEN
+    RAISE EXCEPTION 'telemetry_reading_day_drop: % is not a past day', day;
+  END IF;
+  IF to_regclass('public.telemetry_reading_default') IS NULL THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+      RAISE EXCEPTION 'telemetry_reading_day_drop: telemetry_reading is neither partitioned nor a hypertable';
+    END IF;
+    SELECT count(*) INTO n FROM public.telemetry_reading WHERE sample_time >= lo AND sample_time < hi;
+    PERFORM public.drop_chunks('public.telemetry_reading', older_than => hi, newer_than => lo);
+    RETURN n;
+  END IF;
+  part := to_regclass(format('public.%I', name));
+  IF part IS NULL OR NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = part
+                                 AND inhparent = 'public.telemetry_reading'::regclass) THEN
+    RETURN NULL;
+  END IF;
+  EXECUTE format('ALTER TABLE public.telemetry_reading DETACH PARTITION public.%I', name);
+  EXECUTE format('SELECT count(*) FROM public.%I', name) INTO n;
+  EXECUTE format('DROP TABLE public.%I', name);
+  RETURN n;
+END $$;
+REVOKE ALL ON FUNCTION telemetry_reading_day_drop(date) FROM PUBLIC;
+"""
+DAY_DROP_FUNCTION_REVERSE_SQL = "DROP FUNCTION IF EXISTS telemetry_reading_day_drop(date);"
+
+# The raw HL7 store is INSERT/SELECT-only for the application role (audit/hardening.py). Its
+# retention deletes through this function, which deletes only messages received more than a day
+# before now (so a run cannot wipe what was just received) and keeps those whose subject is in
+# `keep` (the pseudonyms under a legal hold).
+HL7_RETENTION_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION telemetry_hl7_retention_delete(before timestamptz, keep text[]) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  n bigint;
+BEGIN
+  IF before > now() - interval '1 day' THEN
+    RAISE EXCEPTION 'telemetry_hl7_retention_delete: % is less than a day ago', before;
+  END IF;
+  DELETE FROM public.telemetry_hl7message WHERE received_at < before AND NOT (subject = ANY(keep));
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END $$;
+REVOKE ALL ON FUNCTION telemetry_hl7_retention_delete(timestamptz, text[]) FROM PUBLIC;
+"""
+HL7_RETENTION_FUNCTION_REVERSE_SQL = "DROP FUNCTION IF EXISTS telemetry_hl7_retention_delete(timestamptz, text[]);"
+
+
+def reading_day_drop(cursor: Any, day: dt.date) -> int | None:
+    """Drop the day's partition (or chunks); the rows dropped, None when it has no partition."""
+    cursor.execute("SELECT telemetry_reading_day_drop(%s)", [day])
+    found = cursor.fetchone()[0]
+    return None if found is None else int(found)
+
+
+def hl7_messages_delete(cursor: Any, *, before: dt.datetime, keep: list[str]) -> int:
+    cursor.execute("SELECT telemetry_hl7_retention_delete(%s, %s::text[])", [before, keep])
+    return int(cursor.fetchone()[0])

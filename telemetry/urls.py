@@ -1,8 +1,9 @@
-from django.urls import path
+from django.urls import include, path
 
 from telemetry import api, views
 
 urlpatterns = [
+    path("", include("telemetry.lifecycle.urls")),
     path("api/v1/ingest/readings", api.ingest_readings, name="ingest-readings"),
     path("api/v1/ingest/gateway", api.ingest_gateway, name="ingest-gateway"),
     path("devices/", views.devices, name="devices"),

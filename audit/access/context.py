@@ -32,6 +32,9 @@ NAV: list[tuple[str, str, str]] = [
     ("Break glass", "/audit/break-glass/", "break_glass"),
     ("Devices", "/devices/", "manage_devices"),
     ("On call", "/alarms/oncall/", "manage_staff"),
+    ("Legal holds", "/lifecycle/holds/", "manage_legal_holds"),
+    ("Retention", "/lifecycle/retention/", "view_retention"),
+    ("Research export", "/lifecycle/research/", "research_export"),
 ]
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "patient_read",
     "patients_visible_to",
     "refusal_reason",
+    "requester_read",
     "role_capabilities",
     "user_can",
     "user_is_verified",
@@ -479,6 +480,30 @@ def export_read(
         reason = "other_ward" if user_can(user, "view_ward_patients") else f"role_{user_role(user)}"
     if reason == "not_requester":
         raise Refusal(action=action, reason=reason, code="not_found", status=404, detail=EXPORT_REFUSED, facts=detail)
+    if reason is not None:
+        raise access_refusal(user, action=action, reason=reason, detail=EXPORT_REFUSED, facts=detail)
+    audit_record(actor=actor, action=action, detail={"reason": "requester", **(detail or {})})
+
+
+def requester_read(
+    *,
+    user: StaffUser,
+    actor: Actor,
+    requester_id: int | None,
+    capability: str,
+    action: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Decide and audit a read of something only its requester may have (a research export's
+    file): a verified user who still holds `capability` and asked for it. Someone else's, and
+    one that does not exist or expired (requester_id None), get the same 404 (no oracle)."""
+    reason = _session_problem(user)
+    if reason is None and not user_can(user, capability):
+        reason = f"role_{user_role(user)}"
+    if reason is None and (requester_id is None or requester_id != user.pk):
+        raise Refusal(
+            action=action, reason="not_requester", code="not_found", status=404, detail=EXPORT_REFUSED, facts=detail
+        )
     if reason is not None:
         raise access_refusal(user, action=action, reason=reason, detail=EXPORT_REFUSED, facts=detail)
     audit_record(actor=actor, action=action, detail={"reason": "requester", **(detail or {})})

@@ -18,9 +18,9 @@ ROLES = (CLINICIAN, ONCALL, COMPLIANCE, DEVICE_ADMIN, ADMIN)
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     CLINICIAN: ("view_ward_patients", "reveal_identity", "acknowledge_alarms", "manage_patient_flow"),
     ONCALL: ("view_ward_patients", "acknowledge_alarms", "manage_patient_flow"),
-    COMPLIANCE: ("view_audit_trail", "break_glass"),
+    COMPLIANCE: ("view_audit_trail", "break_glass", "manage_legal_holds", "view_retention", "research_export"),
     DEVICE_ADMIN: ("manage_devices",),
-    ADMIN: ("manage_staff", "edit_alarm_rules", "manage_devices", "break_glass"),
+    ADMIN: ("manage_staff", "edit_alarm_rules", "manage_devices", "break_glass", "view_retention"),
 }
 
 PERMISSION_LABELS = {
@@ -33,6 +33,9 @@ PERMISSION_LABELS = {
     "manage_devices": "Manage devices and device keys",
     "manage_staff": "Manage staff accounts and roles",
     "edit_alarm_rules": "Edit alarm rules",
+    "manage_legal_holds": "Set and release legal holds on a patient's or a ward's data",
+    "view_retention": "See the retention settings and what each past day became",
+    "research_export": "Export a de-identified cohort for research",
 }
 
 

@@ -275,6 +275,31 @@ MQTT_SESSION_EXPIRY_SECONDS = envint("MQTT_SESSION_EXPIRY_SECONDS", 86400, minim
 # for the commit), so keep it above what arrives within a commit.
 MQTT_RECEIVE_MAXIMUM = envint("MQTT_RECEIVE_MAXIMUM", 5000, minimum=1)
 
+# Retention per data class, in days (docs/retention.md). `manage.py apply_retention` drops a hot
+# day of readings (and its signed batches) only once every ward-day of it is archived and verified
+# and no legal hold touches it; rollups and HL7 messages are deleted past their retention (held
+# patients' and wards' kept). The audit trail's retention is shown, never applied: it is
+# append-only and the application cannot delete it. Days are looked at back to
+# PERFUSE_RETENTION_LOOKBACK_DAYS before each class's cutoff. Keep readings longer than
+# PERFUSE_INGEST_MAX_AGE_DAYS in production: a reading that arrives for a day already dropped
+# makes that day differ from its archive (it stays, unverified, until re-archived by hand).
+PERFUSE_RETENTION_READINGS_DAYS = envint("PERFUSE_RETENTION_READINGS_DAYS", 90, minimum=0)
+PERFUSE_RETENTION_BATCHES_DAYS = envint("PERFUSE_RETENTION_BATCHES_DAYS", 90, minimum=0)
+PERFUSE_RETENTION_ROLLUPS_DAYS = envint("PERFUSE_RETENTION_ROLLUPS_DAYS", 730, minimum=1)
+PERFUSE_RETENTION_HL7_DAYS = envint("PERFUSE_RETENTION_HL7_DAYS", 365, minimum=2)
+PERFUSE_RETENTION_AUDIT_DAYS = envint("PERFUSE_RETENTION_AUDIT_DAYS", 3650, minimum=1)
+PERFUSE_RETENTION_LOOKBACK_DAYS = envint("PERFUSE_RETENTION_LOOKBACK_DAYS", 30, minimum=1)
+
+# Research export (docs/retention.md): cohorts smaller than MIN_PATIENTS are refused, values
+# outside the cohort's CLIP_PERCENT .. 100 - CLIP_PERCENT percentiles are clipped, each patient's
+# times shift by a secret random whole number of days within ±DATE_SHIFT_DAYS, at most MAX_ROWS
+# readings, files deleted RETENTION_HOURS after the export.
+PERFUSE_RESEARCH_MIN_PATIENTS = envint("PERFUSE_RESEARCH_MIN_PATIENTS", 5, minimum=2)
+PERFUSE_RESEARCH_CLIP_PERCENT = envint("PERFUSE_RESEARCH_CLIP_PERCENT", 1, minimum=0)
+PERFUSE_RESEARCH_DATE_SHIFT_DAYS = envint("PERFUSE_RESEARCH_DATE_SHIFT_DAYS", 365, minimum=1)
+PERFUSE_RESEARCH_MAX_ROWS = envint("PERFUSE_RESEARCH_MAX_ROWS", 2_000_000, minimum=1)
+PERFUSE_RESEARCH_RETENTION_HOURS = envint("PERFUSE_RESEARCH_RETENTION_HOURS", 72, minimum=1)
+
 # Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
 PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
 

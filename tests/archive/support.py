@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.test import AsyncClient
 
+from telemetry.archive.objects import FileStore, ObjectStore, S3Store
 from tests import factories
 from tests.ingest_helpers import send
 
@@ -68,3 +69,28 @@ def _sql(statement: str, params: list[Any] | None = None) -> list[tuple[Any, ...
 
 
 sql = sync_to_async(_sql)
+
+
+make_device = sync_to_async(factories.device)
+
+
+async def two_wards(day: dt.date) -> tuple[factories.SimDevice, factories.SimDevice, factories.SimDevice]:
+    await sync_to_async(factories.ward)("icu-a")
+    await sync_to_async(factories.ward)("icu-b")
+    a1 = await make_device("icu-a", patient="p-a1")
+    a2 = await make_device("icu-a", patient="p-a2")
+    b1 = await make_device("icu-b", patient="p-b1")
+    await ingest(a1, day, batches=3, per_batch=40)
+    await ingest(a2, day, batches=2, per_batch=25)
+    await ingest(b1, day, batches=1, per_batch=30, start=86400 - 10)  # crosses midnight into today
+    return a1, a2, b1
+
+
+def overwrite(store: ObjectStore, key: str, data: bytes) -> None:
+    if isinstance(store, FileStore):
+        path = store.root / key
+        path.chmod(0o644)
+        path.write_bytes(data)
+    else:
+        assert isinstance(store, S3Store)
+        store.client.put_object(Bucket=store.bucket, Key=store._key(key), Body=data)

@@ -17,14 +17,14 @@ from django.core.management import CommandError, call_command
 
 from audit.models import AuditEvent
 from telemetry.archive.layout import manifest_key, ward_prefix
-from telemetry.archive.objects import FileStore, ObjectStore, S3Store, WriteOnceConflict
+from telemetry.archive.objects import FileStore, ObjectStore, WriteOnceConflict
 from telemetry.archive.verify import archive_day_check, archive_day_verified
 from telemetry.archive.writer import archive_day, archive_due, day_wards
 from telemetry.engine import RollupProcessor, engine_batch
 from telemetry.models import Device, Patient, Ward
 from telemetry.selectors import patient_series
 from tests import factories
-from tests.archive.support import at, day_rows, ingest, sql
+from tests.archive.support import at, day_rows, ingest, overwrite, sql, two_wards
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ingest_clients")]
 
@@ -64,20 +64,8 @@ def _series(pseudonym: str, day: dt.date) -> list[Any]:
 series = sync_to_async(_series)
 
 
-async def _two_wards(day: dt.date) -> tuple[factories.SimDevice, factories.SimDevice, factories.SimDevice]:
-    await sync_to_async(factories.ward)("icu-a")
-    await sync_to_async(factories.ward)("icu-b")
-    a1 = await make_device("icu-a", patient="p-a1")
-    a2 = await make_device("icu-a", patient="p-a2")
-    b1 = await make_device("icu-b", patient="p-b1")
-    await ingest(a1, day, batches=3, per_batch=40)
-    await ingest(a2, day, batches=2, per_batch=25)
-    await ingest(b1, day, batches=1, per_batch=30, start=86400 - 10)  # crosses midnight into today
-    return a1, a2, b1
-
-
 async def test_archive_writes_parquet_batches_and_a_manifest_per_ward_day(archive: ObjectStore, yesterday):
-    a1, a2, _ = await _two_wards(yesterday)
+    a1, a2, _ = await two_wards(yesterday)
     status, answer = await command("archive", "--day", yesterday.isoformat())
     assert status == 0
     by_ward = {r["ward"]: r for r in answer["results"]}
@@ -121,7 +109,7 @@ async def test_archive_writes_parquet_batches_and_a_manifest_per_ward_day(archiv
 
 
 async def test_a_second_run_writes_nothing_and_a_moved_device_stays_with_its_ward_day(archive: ObjectStore, yesterday):
-    a1, _, _ = await _two_wards(yesterday)
+    a1, _, _ = await two_wards(yesterday)
     await command("archive", "--day", yesterday.isoformat())
     keys = {key: archive.get(key) for key in archive.keys("")}
     # The device moves to ward B after its day was archived with ward A.
@@ -140,7 +128,7 @@ async def test_a_second_run_writes_nothing_and_a_moved_device_stays_with_its_war
 
 
 async def test_late_readings_after_archiving_make_the_day_stale_and_unverified(archive: ObjectStore, yesterday):
-    a1, _, _ = await _two_wards(yesterday)
+    a1, _, _ = await two_wards(yesterday)
     await command("archive", "--day", yesterday.isoformat(), "--ward", "icu-a")
     await ingest(a1, yesterday, batches=1, per_batch=1, start=70000)  # a gateway that was offline
     status, answer = await command("archive", "--day", yesterday.isoformat(), "--ward", "icu-a")
@@ -150,7 +138,7 @@ async def test_late_readings_after_archiving_make_the_day_stale_and_unverified(a
 
 
 async def test_a_device_whose_whole_day_arrived_after_archiving_makes_the_day_stale(archive: ObjectStore, yesterday):
-    await _two_wards(yesterday)
+    await two_wards(yesterday)
     await command("archive", "--day", yesterday.isoformat(), "--ward", "icu-a")
     late = await make_device("icu-a", patient="p-late")
     await ingest(late, yesterday, batches=1, per_batch=2)
@@ -161,7 +149,7 @@ async def test_a_device_whose_whole_day_arrived_after_archiving_makes_the_day_st
 
 
 async def test_an_existing_object_with_other_content_is_an_error_and_is_kept(archive: ObjectStore, yesterday, tmp_path):
-    await _two_wards(yesterday)
+    await two_wards(yesterday)
     # The names the run will use (content-addressed): learn them from a run into a throwaway store.
     scratch = FileStore(tmp_path / "scratch")
     await sync_to_async(archive_day)(day=yesterday, ward_code="icu-a", store=scratch)
@@ -184,13 +172,13 @@ async def test_an_existing_object_with_other_content_is_an_error_and_is_kept(arc
 
 
 async def test_a_tampered_archived_file_is_detected(archive: ObjectStore, yesterday, tmp_path):
-    await _two_wards(yesterday)
+    await two_wards(yesterday)
     await command("archive", "--day", yesterday.isoformat())
     manifest = json.loads(archive.get(manifest_key(yesterday, "icu-a")) or b"")
     key = ward_prefix(yesterday, "icu-a") + manifest["readings"]["file"]
     data = bytearray(archive.get(key) or b"")
     data[len(data) // 2] ^= 0x01
-    _overwrite(archive, key, bytes(data))  # as someone with write access to the bucket could
+    overwrite(archive, key, bytes(data))  # as someone with write access to the bucket could
     assert not await sync_to_async(archive_day_verified)(day=yesterday, ward_code="icu-a")
     check = await sync_to_async(archive_day_check)(day=yesterday, ward_code="icu-a", store=archive)
     assert check.problems == [f"{key}: SHA-256 or size differs from the manifest"]
@@ -211,18 +199,8 @@ def _chart_equal(after: list[Any], before: list[Any]) -> bool:
     return True
 
 
-def _overwrite(store: ObjectStore, key: str, data: bytes) -> None:
-    if isinstance(store, FileStore):
-        path = store.root / key
-        path.chmod(0o644)
-        path.write_bytes(data)
-    else:
-        assert isinstance(store, S3Store)
-        store.client.put_object(Bucket=store.bucket, Key=store._key(key), Body=data)
-
-
 async def test_restore_puts_the_day_back_row_for_row_and_the_chart_shows_it(archive: ObjectStore, yesterday):
-    a1, _, _ = await _two_wards(yesterday)
+    a1, _, _ = await two_wards(yesterday)
     await roll_up()
     before = await day_rows(yesterday)
     chart = await series("p-a1", yesterday)
@@ -258,7 +236,7 @@ async def test_restore_puts_the_day_back_row_for_row_and_the_chart_shows_it(arch
 
 
 async def test_verify_batch_from_the_archive_after_the_day_left_the_hot_store(archive: ObjectStore, yesterday):
-    a1, _, _ = await _two_wards(yesterday)
+    a1, _, _ = await two_wards(yesterday)
     (batch_id,) = [r[0] for r in await sql("SELECT min(id) FROM telemetry_signed_batch")]
     await command("archive", "--day", yesterday.isoformat())
     await sql("DELETE FROM telemetry_reading")
@@ -299,13 +277,13 @@ async def test_verify_batch_from_the_archive_after_the_day_left_the_hot_store(ar
     forged = table.set_column(index, table.schema.field(index), pa.array(bodies, pa.binary()))
     out = io.BytesIO()
     pq.write_table(forged, out, compression="zstd")
-    _overwrite(archive, key, out.getvalue())
+    overwrite(archive, key, out.getvalue())
     status, answer = await command("verify_batch", "--source", "archive", "--day", day, "--batch", str(batch_id))
     assert status == 1 and not answer["batches"][0]["signature_valid"]
 
 
 async def test_the_scheduled_run_archives_days_once_they_are_old_enough(file_archive, yesterday, settings):
-    await _two_wards(yesterday)
+    await two_wards(yesterday)
     now = dt.datetime.now(dt.UTC)
     settings.PERFUSE_ARCHIVE_AFTER_DAYS = 2
     assert await sync_to_async(archive_due)(now=now) == []
