@@ -47,7 +47,6 @@ LAYERS: dict[str, float] = {
     # The raw-message model, loaded by telemetry.models: its own unit, or telemetry and
     # telemetry.hl7 (whose outbox and services use telemetry's models) would form a cycle.
     "telemetry.hl7.models": 2,
-
     # The lifecycle after the archive: legal holds, retention, research export (telemetry/lifecycle/):
     # above the archive, whose verification retention asks. Its models are telemetry's (loaded by
     # telemetry.models), a unit of their own that imports no project module.
