@@ -9,10 +9,15 @@ ends the command with its message, as a CommandError, instead of a traceback.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
 
 
 class ResultCommand(BaseCommand, ABC):
@@ -33,3 +38,30 @@ class ResultCommand(BaseCommand, ABC):
         except self.errors as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(result) if options["json"] else text)
+
+
+def repeat_until_stopped(
+    job: Callable[[], None],
+    *,
+    every: float,
+    failed: Callable[[Exception], None],
+    errors: tuple[type[Exception], ...] = (Exception,),
+) -> None:
+    """Run `job` every `every` seconds until SIGTERM or SIGINT (the `--every` of the periodic
+    commands). A run that raises one of `errors` goes to `failed` and is retried at the next
+    interval; connections a database restart broke are dropped before each run, as a request
+    would, so one restart does not fail every later run."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop.is_set():
+        close_old_connections()
+        try:
+            job()
+        except errors as exc:
+            failed(exc)
+        stop.wait(every)

@@ -5,15 +5,13 @@ audit_verify fails once events wait longer than PERFUSE_AUDIT_CHECKPOINT_MAX_AGE
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 
 from audit.services import audit_checkpoint
+from config.commands import repeat_until_stopped
 
 
 class Command(BaseCommand):
@@ -26,20 +24,13 @@ class Command(BaseCommand):
         if not options["every"]:
             self._checkpoint()
             return
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
-        while not stop.is_set():
-            close_old_connections()
-            try:
-                self._checkpoint(quiet=options["verbosity"] < 2)
-            except DatabaseError as exc:  # a database restart must not end the job
-                self.stderr.write(f"audit checkpoint failed, retrying: {exc}")
-            stop.wait(options["every"])
+        # A database restart must not end the job: the run is retried at the next interval.
+        repeat_until_stopped(
+            lambda: self._checkpoint(quiet=options["verbosity"] < 2),
+            every=options["every"],
+            failed=lambda exc: self.stderr.write(f"audit checkpoint failed, retrying: {exc}"),
+            errors=(DatabaseError,),
+        )
 
     def _checkpoint(self, *, quiet: bool = False) -> None:
         cp = audit_checkpoint()

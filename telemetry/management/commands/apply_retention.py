@@ -12,15 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from config.commands import repeat_until_stopped
 from telemetry.lifecycle.retention import RetentionReport, retention_apply
 
 log = logging.getLogger(__name__)
@@ -47,22 +45,13 @@ class Command(BaseCommand):
             sys.exit(1)
 
     def _loop(self, every: float) -> None:
-        stop = threading.Event()
+        def run() -> None:
+            for line in _lines(retention_apply()):
+                log.info("%s", line)
 
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
         log.info("retention started: every %.0f s", every)
-        while not stop.is_set():
-            try:
-                for line in _lines(retention_apply()):
-                    log.info("%s", line)
-            except Exception:
-                # A failed run (archive unreachable, a lock timeout) is retried at the next interval.
-                log.exception("retention run failed")
-            stop.wait(every)
+        # A failed run (archive unreachable, a lock timeout) is retried at the next interval.
+        repeat_until_stopped(run, every=every, failed=lambda exc: log.exception("retention run failed"))
         log.info("retention stopped")
 
 

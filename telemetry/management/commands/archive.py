@@ -11,14 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from config.commands import repeat_until_stopped
 from telemetry.archive.objects import WriteOnceConflict
 from telemetry.archive.writer import ArchiveError, DayResult, archive_days, archive_due
 
@@ -60,22 +58,13 @@ class Command(BaseCommand):
             sys.exit(1)
 
     def _loop(self, every: float) -> None:
-        stop = threading.Event()
+        def run() -> None:
+            for r in archive_due(now=dt.datetime.now(dt.UTC)):
+                (log.warning if r.status == "stale" else log.info)("%s", _line(r))
 
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
         log.info("archiver started: every %.0f s", every)
-        while not stop.is_set():
-            try:
-                for r in archive_due(now=dt.datetime.now(dt.UTC)):
-                    (log.warning if r.status == "stale" else log.info)("%s", _line(r))
-            except Exception:
-                # A failed run (store unreachable, a conflict) is retried at the next interval.
-                log.exception("archive run failed")
-            stop.wait(every)
+        # A failed run (store unreachable, a conflict) is retried at the next interval.
+        repeat_until_stopped(run, every=every, failed=lambda exc: log.exception("archive run failed"))
         log.info("archiver stopped")
 
 
