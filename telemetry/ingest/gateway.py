@@ -16,13 +16,14 @@ PERFUSE_GATEWAY_MAX_BUFFER_SECONDS old (a gateway buffers while offline); the ou
 300 s window, so a captured outer request cannot be replayed later, and an inner batch replayed
 inside a new outer request stores nothing twice (the idempotency key of section 1).
 
-Storage: the inner batches that pass go into one transaction per gateway message (one commit for
-a hub of a hundred devices, not a hundred), each with section 1's store step (a savepoint in that
-transaction), in device order, so concurrent gateways carrying the same devices lock their state
-rows in one order and cannot deadlock. Two inner batches of one device go into consecutive
-transactions ("rounds"): the engine finds a transaction's readings through one ingest-log row per
-device and transaction. Counts are answered only after the commit; if it fails, nothing was
-committed and the whole request gets 503.
+Storage: the inner batches that pass go into ONE transaction per gateway message (one commit for
+a hub of a hundred devices, not a hundred) through the group writer's store step
+(telemetry/ingest/group.py `group_store`, the one the MQTT bridge and the HTTP group writer use):
+one COPY for every inner batch, the devices' state rows locked in device order (concurrent gateways
+carrying the same devices wait instead of deadlocking), one ingest-log row per device (a device's
+several inner batches, a gateway's offline backlog, share it), each inner batch credited with the
+readings it was first to carry. Counts are answered only after the commit; if it fails, nothing
+was committed and the whole request gets 503.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ from telemetry import db
 from telemetry.ingest import publish
 from telemetry.ingest.answers import Answer, IngestError, storage_unavailable, too_large
 from telemetry.ingest.auth import Credentials, DeviceKeyRow, credentials_check, keys_lookup, signature_verify
+from telemetry.ingest.group import Pending, group_store
 from telemetry.ingest.keep import Signed
 from telemetry.ingest.pipeline import rate_check
-from telemetry.ingest.store import Stored, readings_store
 from telemetry.ingest.validate import Row, batch_check, parse_batch, validate_readings
 from telemetry.schemas import (
     GATEWAY_SCHEMA,
@@ -102,7 +103,7 @@ class Inner:
     answer: Answer | None = None
     rows: list[Row] | None = None
     rejected: list[Rejection] | None = None
-    stored: Stored | None = None
+    accepted: int = 0  # readings this message's transaction committed for it
 
     @property
     def device_id(self) -> str | None:
@@ -252,45 +253,21 @@ async def _rate(inner: Inner) -> None:
 
 
 async def _store(conn: AsyncConnection[Any], inners: list[Inner], *, now: dt.datetime) -> None:
-    rounds: list[list[Inner]] = []
-    seen: dict[int, int] = {}
-    for inner in inners:
-        assert inner.key is not None
-        nth = seen[inner.key.device_pk] = seen.get(inner.key.device_pk, -1) + 1
-        if nth == len(rounds):
-            rounds.append([])
-        rounds[nth].append(inner)
-    for nth, batches in enumerate(rounds):
-        try:
-            await _store_round(conn, batches, now=now)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            if nth == 0:
-                raise  # nothing committed: the whole request is answered 503
-            # Earlier rounds are committed and answered; the rest get 503 and are sent again.
-            log.warning("gateway ingest storage unavailable after %d of %d rounds: %s", nth, len(rounds), exc)
-            for later in rounds[nth:]:
-                for inner in later:
-                    inner.answer = storage_unavailable()
-            return
-        for inner in batches:
-            assert inner.key is not None and inner.stored is not None
-            publish.stored_publish(inner.key, inner.stored)
-
-
-async def _store_round(conn: AsyncConnection[Any], batches: list[Inner], *, now: dt.datetime) -> None:
-    """One transaction: each inner batch (of distinct devices) by section 1's store step, in device order."""
-    async with conn.transaction():
-        for n, inner in enumerate(sorted(batches, key=lambda i: i.key.device_pk if i.key else 0)):
-            assert inner.key is not None and inner.batch is not None and inner.rows
-            assert inner.credentials is not None
-            if n:
-                # The store step moves the whole staging table, which empties only at commit.
-                await conn.execute("DELETE FROM ingest_stage")
-            # What the device signed is kept as it signed it (the inner body and credentials).
-            signed = Signed(inner.credentials, inner.body, "gateway")
-            inner.stored = await readings_store(
-                conn, key=inner.key, batch=inner.batch, rows=inner.rows, now=now, signed=signed
-            )
+    """One transaction for every admitted inner batch, by the group writer's store step."""
+    if not inners:
+        return
+    pending = []
+    for n, inner in enumerate(inners):
+        assert inner.key is not None and inner.batch is not None and inner.rows is not None
+        assert inner.credentials is not None and inner.rejected is not None
+        # What the device signed is kept as it signed it (the inner body and credentials).
+        signed = Signed(inner.credentials, inner.body, "gateway")
+        pending.append(Pending(n, inner.key, signed, inner.batch, inner.rows, inner.rejected, None))
+    stored = await group_store(conn, pending, now=now)
+    for inner, accepted in zip(inners, stored.accepted, strict=True):
+        inner.accepted = accepted
+    for key, device_stored in stored.by_device:
+        publish.stored_publish(key, device_stored)
 
 
 def _result(inner: Inner, now: dt.datetime) -> GatewayItemResult:
@@ -305,7 +282,7 @@ def _result(inner: Inner, now: dt.datetime) -> GatewayItemResult:
             result.retry_after = int(inner.answer.headers["Retry-After"])
         return result
     assert inner.batch is not None and inner.rows is not None and inner.rejected is not None
-    accepted = len(inner.stored.inserted) if inner.stored is not None else 0
+    accepted = inner.accepted
     counts = IngestResult(  # section 1's 200, as pipeline.handle builds it
         batch_id=inner.batch.batch_id,
         accepted=accepted,

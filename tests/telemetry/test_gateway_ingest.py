@@ -21,7 +21,7 @@ from django.test import AsyncClient, Client
 from config import live
 from config.asgi import application
 from telemetry import db as telemetry_db
-from telemetry.ingest import gateway as gateway_module
+from telemetry.ingest import group as group_module
 from telemetry.ingest.gateway import gateway_handle
 from telemetry.services import device_key_revoke, gateway_key_revoke
 from tests import factories
@@ -371,26 +371,41 @@ async def test_each_patient_behind_a_gateway_gets_its_live_frame_after_the_commi
         assert frame["ranges"] == [{"device": device.device_id, "first": 1, "last": n}]
 
 
-async def test_storage_lost_after_a_committed_round_answers_503_for_the_rest_only(monkeypatch):
-    # A device's second batch goes into a second transaction; the database failing just then (a
-    # moment no real outage can be timed to, hence the stand-in) leaves the first committed.
+async def test_one_devices_several_inner_batches_share_the_one_transaction():
+    # A gateway's offline backlog: the device's batches, overlapping, in one message; each is
+    # credited with the readings it was first to carry, and one commit stores them all.
     ward = await make_ward()
     dev = await make_device(ward.code)
     gw = await make_gateway(ward.code)
-    real = gateway_module.readings_store
-    calls = 0
+    items = factories.series(1, 5, start=ago(600))
+    backlog = [factories.batch_body(dev, items[:3]), factories.batch_body(dev, items[1:])]
+    response = await post(gw, [factories.inner(dev, body) for body in backlog])
+    assert codes(response) == [(0, 200, None), (1, 200, None)]
+    first, second = response.json()["results"]
+    assert (first["accepted"], first["duplicates"]) == (3, 0)
+    assert (second["accepted"], second["duplicates"]) == (2, 2)
+    assert [r[0] for r in await stored(dev.device_id)] == [1, 2, 3, 4, 5]
+    assert len(await query("SELECT DISTINCT txid FROM telemetry_ingest_log")) == 1
 
-    async def failing_second(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
-        return await real(*args, **kwargs)
 
-    monkeypatch.setattr(gateway_module, "readings_store", failing_second)
-    response = await post(
-        gw, [factories.inner(dev, device_batch(dev, 1, 2)), factories.inner(dev, device_batch(dev, 3, 2))]
-    )
-    assert codes(response) == [(0, 200, None), (1, 503, "storage_unavailable")]
-    assert response.json()["results"][0]["accepted"] == 2 and response.json()["results"][1]["retry_after"] >= 1
-    assert [r[0] for r in await stored(dev.device_id)] == [1, 2]
+async def test_storage_lost_inside_the_transaction_answers_503_and_stores_nothing(monkeypatch):
+    # The database failing inside the message's one transaction (a moment no real outage can be
+    # timed to, hence the stand-in for the step that keeps the signed batches) rolls all of it
+    # back; the whole request is answered 503, and sent again it stores everything once.
+    ward = await make_ward()
+    dev = await make_device(ward.code)
+    gw = await make_gateway(ward.code)
+    real = group_module.batches_keep
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    inners = [factories.inner(dev, device_batch(dev, 1, 2)), factories.inner(dev, device_batch(dev, 3, 2))]
+    monkeypatch.setattr(group_module, "batches_keep", failing)
+    response = await post(gw, inners)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "storage_unavailable"
+    assert await stored(dev.device_id) == []
+    monkeypatch.setattr(group_module, "batches_keep", real)
+    response = await post(gw, inners)
+    assert codes(response) == [(0, 200, None), (1, 200, None)]
+    assert [r[0] for r in await stored(dev.device_id)] == [1, 2, 3, 4]
