@@ -1,37 +1,75 @@
 """The stream engine behind `manage.py run_engine`: feeds newly committed readings to processors.
 
 How it finds new readings. Every ingest transaction writes one row to telemetry_ingest_log (device,
-sample-time span, txid = pg_current_xact_id()), and its readings carry the same ingest_txid. The
-engine's watermark is a transaction-id horizon kept in EngineCursor("engine"): every ingest
-transaction with txid below it has been processed. Each loop opens a transaction whose first
-statement reads `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still running:
-every transaction below that horizon has finished, and the committed ones are visible to the
-statements that follow. The loop takes the log rows with watermark <= txid < horizon, fetches
-their readings through the primary key (device_id, metric, sample_time range, ingest_txid), hands
-them to each processor's `process(rows, now=...)`, and moves the watermark to the horizon in the
-same transaction. A crash before commit undoes the processors' writes together with the cursor
-move, so after a restart nothing is processed twice in effect and nothing is skipped; a
-transaction that was still open at the horizon is picked up by a later loop once it commits
-(ordering by commit time instead would skip it, which is why the cursor is not a timestamp).
+sample-time span, txid = pg_current_xact_id()), and its readings carry the same ingest_txid. Each
+partition's watermark is a transaction-id horizon kept in EngineCursor("engine:<p>/<P>"): every
+reading of the partition from an ingest transaction with txid below it has been processed. Each
+loop opens a transaction whose first statement reads `pg_snapshot_xmin(pg_current_snapshot())`,
+the oldest transaction still running: every transaction below that horizon has finished, and the
+committed ones are visible to the statements that follow. The loop takes the log rows with
+txid >= the lowest watermark of the partitions it owns and < the horizon, fetches their readings
+through the primary key (device_id, metric, sample_time range, ingest_txid), keeps those of its
+partitions at or past their partition's watermark, hands them to each processor's
+`process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction. A
+crash before commit undoes the processors' writes together with the cursor moves, so after a
+restart nothing is processed twice in effect and nothing is skipped; a transaction that was still
+open at the horizon is picked up by a later loop once it commits (ordering by commit time instead
+would skip it, which is why the cursor is not a timestamp).
+
+Partitions. The stream is cut into P = PERFUSE_ENGINE_PARTITIONS partitions by patient: a reading
+belongs to mod(patient_id, P), or mod(device_id, P) while it has no patient. That is what the
+processors key on: alarm evaluators and episodes are per patient (over all of a patient's
+devices, and a patient may wear several, so partitioning by device would split one patient's
+evaluation between engines), rollups per (patient, device), HL7 result partials per patient and
+device; so one owner sees everything a key needs. The ingest log knows only the device (a batch
+may span an admission), so an engine reads every log row of its range and filters the readings
+by partition: the database reads each new reading once per engine, the processors' work is
+split. Patient ids are a sequence, so the identity hash spreads patients evenly.
+Each engine holds ADVISORY_LOCK_KEY in shared mode while it runs (an engine of the single-owner
+era took it exclusively: the two kinds never run together), which makes the number of engines
+readable in pg_locks. Every REBALANCE_EVERY_SECONDS, or at once when another engine announces a
+change (a NOTIFY `engines` on the ingest channel), it counts them, gives up partitions beyond its
+fair share ceil(P / engines) and takes free ones up to it, each owned through a session lock
+pg_try_advisory_lock(PARTITION_LOCK_CLASS, p): one owner per partition. A killed engine's backend
+ends with its socket and its session locks with it, so the survivors find its partitions free at
+their next rebalance. Surplus is given up between loops, after the batch committed; each batch
+also locks its cursor rows FOR UPDATE and reads the positions after the lock, so even two owners
+would not process a reading twice. A partition taken over starts at its own watermark, behind or
+ahead of the others. Cursors of another partition count (or the single cursor "engine" of older
+versions, which migration 0010 converts) are replaced by P cursors at the furthest old position
+only when that is exact (no ingest transaction between the old positions), else the engine
+refuses to start (partition_cursors_ensure).
+
+Timers. `tick(now=...)` runs in the one engine that holds TIMER_LOCK_KEY (taken by whoever finds
+it free), so a timer fires once whatever the number of engines: no-data and escalation scan every
+patient, the HL7 outbox closes every interval, FHIR exports advance every job, and two engines
+running them would race (the no-data check and interval closing read before they write).
+Partition-scoped timers would need every processor to know partitions; one owner keeps them
+unchanged, and timers are cheap next to evaluation. Only state a processor keeps in memory for
+its engine's partitions needs the other engines: they run its optional `tick_local` instead
+(alarms a pause held back), and `forget()` drops that state when partitions move away.
+Housekeeping runs with the timers.
 
 When it wakes. Every ingest-log row queues a NOTIFY on the `perfuse_ingest` channel (a trigger:
 telemetry/storage.py INGEST_NOTIFY_SQL), which PostgreSQL delivers only once the writing ingest
 transaction has committed, one per transaction.
-The engine LISTENs on a connection of its own and, once caught up, waits for a notification or
+Every engine LISTENs on a connection of its own and, once caught up, waits for a notification or
 the poll interval (PERFUSE_ENGINE_INTERVAL_SECONDS, `--interval`), whichever comes first; the
-notifications that piled up meanwhile are drained, so a burst of commits costs one loop. So a
-reading reaches the processors milliseconds after its commit, and the poll stays as the fallback:
-it drives the processors' timers, covers a lost listener connection (reconnected on the next
-wait, which then runs a loop at once in case a notification was missed), and picks up a
-transaction that was still open at the horizon when its notification arrived. The notification
-is a hint, the ingest log is the truth: a spurious or lost one changes only when a loop runs.
+notifications that piled up meanwhile are drained, so a burst of commits costs one loop. A commit
+wakes every engine (the trigger cannot know the partition: the patient is on the readings), each
+processes what is its own. With peers, or partitions nobody owns, the wait is cut to the next
+rebalance, so a dead peer is noticed. So a reading reaches the processors milliseconds after its
+commit, and the poll stays as the fallback: it drives the processors' timers, covers a lost
+listener connection (reconnected on the next wait, which then runs a loop at once in case a
+notification was missed), and picks up a transaction that was still open at the horizon when its
+notification arrived. The notification is a hint, the ingest log is the truth: a spurious or lost
+one changes only when a loop runs.
 
-Processors (settings.PERFUSE_ENGINE_PROCESSORS) also get `tick(now=...)` every loop for their
-timers. RollupProcessor keeps the plain-PostgreSQL rollup tables from mergeable partials (on
-TimescaleDB the continuous aggregates do that job). Housekeeping on plain PostgreSQL creates
-future daily partitions and moves late rows out of the default partition. One engine owns the
-stream at a time: it holds a session-level advisory lock, and a second instance waits for it.
-SIGTERM/SIGINT let the current batch finish, then the worker exits.
+Processors (settings.PERFUSE_ENGINE_PROCESSORS): RollupProcessor keeps the plain-PostgreSQL rollup
+tables from mergeable partials (on TimescaleDB the continuous aggregates do that job).
+Housekeeping on plain PostgreSQL creates future daily partitions and moves late rows out of the
+default partition. SIGTERM/SIGINT let the current batch finish, then the worker releases its locks,
+tells the others, and exits.
 """
 
 from __future__ import annotations
