@@ -1,7 +1,8 @@
 """Three `run_engine` processes share the stream; one is SIGKILLed mid-stream and the two others
 take its partitions over. In effect nothing changes: the rollups equal the raw counts per bucket,
 the HL7 outbox partials equal them too and were all closed by the timers (whose owner may be the
-victim), and every patient's alarms are those a single engine raises over the same input. A
+victim), and every patient's alarms are those a single engine (run in the test's process)
+raises over the same input. A
 sampler watches pg_locks all along: no partition ever has two owners."""
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection, transaction
+from django.test import override_settings
 
 from alerts.models import Alarm
 from alerts.services import rule_ensure_ward_default
 from config.live import publish_flush
-from telemetry.engine import PARTITION_LOCK_CLASS
+from telemetry.engine import PARTITION_LOCK_CLASS, Engine, load_processors
 from telemetry.models import Device, Patient
 from telemetry.services import patient_admit
 from tests import factories
@@ -31,8 +33,8 @@ from tests.readings import Row, insert_readings
 pytestmark = pytest.mark.django_db(transaction=True)
 
 P = 16
-PATIENTS = 12  # per run
-SECONDS = 240  # of readings per patient, one a second
+PATIENTS = 8  # per run
+SECONDS = 160  # of readings per patient, one a second
 PER_BATCH = 8  # readings per ingest transaction
 ORU_ENV = {"PERFUSE_HL7_ORU_TARGET": "127.0.0.1:9"}  # the engine fills the outbox; nothing sends it here
 
@@ -217,16 +219,19 @@ def test_three_engines_one_killed_mid_stream_match_a_single_engine(tmp_path: Pat
             engine.terminate()
         assert all(e.process is not None and e.process.returncode == 0 for e in engines[1:])
 
-        single = Managed(
-            ["run_engine", "--interval", "0.05"], env=_env("perfuse-engine-solo"), log=tmp_path / "solo.log"
-        )
-        single.start()
-        try:
-            for batch in _batches(solo, start):
-                _commit(batch)
-            _wait_settled([p for p, _ in solo], [tmp_path / "solo.log"])
-        finally:
-            single.terminate()
+        # The reference: one engine alone, in this process (the same loop `run_engine` runs).
+        with override_settings(**ORU_ENV):
+            single = Engine(load_processors(), interval=0.05)
+            worker = threading.Thread(target=single.run, daemon=True)
+            worker.start()
+            try:
+                for batch in _batches(solo, start):
+                    _commit(batch)
+                _wait_settled([p for p, _ in solo], [])
+                assert len(single.owned) == P and single.timer_owner
+            finally:
+                single.stop()
+                worker.join(timeout=WAIT)
     finally:
         for engine in engines:
             engine.terminate()
