@@ -4,12 +4,14 @@ the single engine processed is processed again, nothing it had not is skipped
 (telemetry/engine.py). `run_engine` does the same at start (partition_cursors_ensure) when the
 partition count changed since; this migration makes the readers (history, /metrics) see the new
 cursors from the first request after the upgrade. Backwards: one cursor at the slowest partition's
-position, which may repeat work (never skips it)."""
+position, which may repeat work (never skips it). It refuses to run while an engine runs."""
 
 from typing import Any
 
 from django.conf import settings
 from django.db import migrations
+
+ENGINE_LOCK_KEY = 0x7065_7266_0001  # telemetry.engine.ADVISORY_LOCK_KEY, as of this migration
 
 
 def forwards(apps: Any, schema_editor: Any) -> None:
@@ -19,6 +21,11 @@ def forwards(apps: Any, schema_editor: Any) -> None:
         row = cursor.fetchone()
         if row is None:
             return  # never ran: the engine creates its cursors at 0
+        # An engine of the previous version holds this lock while it runs, and would recreate
+        # its cursor at 0 once it is gone (processing everything again): it must be stopped first.
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [ENGINE_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            raise RuntimeError("a run_engine is running: stop every run_engine, then migrate")
         cursor.execute(
             "INSERT INTO telemetry_enginecursor (name, position, updated_at) "
             "SELECT 'engine:' || p || '/' || %s, %s, now() FROM generate_series(0, %s - 1) AS p "

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
@@ -18,6 +19,7 @@ from django.test import override_settings
 
 from telemetry import engine as engine_module
 from telemetry.engine import (
+    ADVISORY_LOCK_KEY,
     PARTITION_LOCK_CLASS,
     Engine,
     ReadingRow,
@@ -55,6 +57,11 @@ class Recorder:
 
     def forget(self) -> None:
         self.forgotten += 1
+
+
+def _conninfo() -> dict[str, object]:
+    params = connection.get_connection_params()
+    return {k: v for k, v in params.items() if k not in {"cursor_factory", "context"} and v not in (None, "")}
 
 
 def _stream(devices: range, *, patient: bool = True, first_seq: int = 1, count: int = 20) -> int:
@@ -146,6 +153,11 @@ def test_the_migration_starts_every_partition_at_the_old_position() -> None:
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM telemetry_enginecursor")
         cursor.execute("INSERT INTO telemetry_enginecursor (name, position, updated_at) VALUES ('engine', 4242, now())")
+    with psycopg.connect(**_conninfo(), autocommit=True) as old_engine:  # an engine of the previous version
+        old_engine.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
+        with pytest.raises(RuntimeError, match="stop every run_engine"):
+            migration.forwards(None, SimpleNamespace(connection=connection))
+    assert _cursors() == {"engine": 4242}
     migration.forwards(None, SimpleNamespace(connection=connection))
     assert _cursors() == {engine_cursor_name(p, P): 4242 for p in range(P)}
     migration.backwards(None, SimpleNamespace(connection=connection))
