@@ -158,7 +158,8 @@ class Batch:
 # Rows whose time no Python datetime can hold (PostgreSQL takes 4713 BC to 294276 AD and
 # ±infinity; ingest stores none) are left out: fetching one would fail the batch on every retry.
 # The partitions join keeps the readings of the batch's partitions that are at or past their
-# partition's watermark (the log knows only the device; a reading's partition is its patient's).
+# partition's watermark (the log knows only the device; a reading's partition is its patient's,
+# computed as selectors.partition_sql does).
 _READINGS_SQL = f"""
     SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
