@@ -6,7 +6,9 @@ grouped per patient and metric and fed, in sample-time order, to that patient's 
 metric (alerts/evaluation.py, pure); the condition changes they report are reconciled with the
 alarm rows through alerts/services.py. `tick(now)` runs the timers: resolution after
 the suppression window, re-alert, escalation, the no-data check, and raising conditions that a
-pause held back once the pause is over.
+pause held back once the pause is over. With several engines (partitions by patient) only the
+engine holding the timer lock runs `tick`; the others run `tick_local`, the held raises of the
+patients whose evaluators they hold, and `forget` drops the evaluators when partitions move.
 
 Nothing lives only in memory. The durable state is PostgreSQL: the readings, the open alarms
 (condition onset, whether present, when cleared, the deciding sample time), pauses and rules.
@@ -124,18 +126,35 @@ class AlarmProcessor:
                 if time.monotonic() > budget_ends:
                     break
                 services.alarm_timers(alarm_id=alarm.pk, now=now)
-            open_keys = {(a.patient_id, a.kind) for a in open_alarms}
             pauses = pauses_active(now)
-            for pid, state in self._patients.items():
-                for kind, event in list(state.held.items()):
-                    if not state.machine(kind).present:
-                        del state.held[kind]
-                    elif (pid, kind) not in open_keys and not _suppressed(kind, pauses.get(pid)):
-                        del state.held[kind]
-                        self._raise(state, event, now=now)
+            self._raise_held(open_alarms, pauses, now=now)
             if self._next_no_data is None or now >= self._next_no_data:
                 self._next_no_data = now + NO_DATA_EVERY
                 self._no_data(now, [a for a in open_alarms if a.kind == Kind.NO_DATA], pauses)
+
+    def tick_local(self, *, now: dt.datetime) -> None:
+        """On an engine that does not run the timers (telemetry/engine.py): only the raises a
+        pause held back, which live in this engine's memory for the patients of its partitions."""
+        if not any(state.held for state in self._patients.values()):
+            return
+        with transaction.atomic():
+            self._refresh_rules()
+            self._raise_held(selectors.alarms_open_timers(), pauses_active(now), now=now)
+
+    def forget(self) -> None:
+        """The engine gave partitions up: their patients' evaluators are another engine's now, and
+        would miss what it processes; anyone seen again is rebuilt by a replay."""
+        self._patients.clear()
+
+    def _raise_held(self, open_alarms: list[OpenAlarm], pauses: dict[int, AlarmPause], *, now: dt.datetime) -> None:
+        open_keys = {(a.patient_id, a.kind) for a in open_alarms}
+        for pid, state in self._patients.items():
+            for kind, event in list(state.held.items()):
+                if not state.machine(kind).present:
+                    del state.held[kind]
+                elif (pid, kind) not in open_keys and not _suppressed(kind, pauses.get(pid)):
+                    del state.held[kind]
+                    self._raise(state, event, now=now)
 
     def _open_alarms(self) -> list[OpenAlarm]:
         """The open alarms' timer fields only: this runs every loop."""

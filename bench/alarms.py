@@ -107,8 +107,10 @@ def setup(n_devices: int, ward_code: str) -> tuple[list[dict[str, Any]], str]:
     Assignment.objects.filter(device__device_id__startswith="bench-alarm-", end__isnull=True).update(
         start=dt.datetime.now(dt.UTC)
     )
-    # The engine starts at the present: earlier bench runs' readings are not re-evaluated.
+    # The engine starts at the present: earlier bench runs' readings are not re-evaluated. One
+    # cursor at the present, which the engine turns into its partitions' cursors at start.
     with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM telemetry_enginecursor WHERE name LIKE 'engine:%%'")
         cursor.execute(
             "INSERT INTO telemetry_enginecursor (name, position, updated_at) "
             "VALUES ('engine', pg_snapshot_xmin(pg_current_snapshot())::text::bigint, now()) "

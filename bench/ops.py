@@ -29,6 +29,7 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from config import metrics, ops  # noqa: E402
+from telemetry.selectors import engine_cursor_name, engine_partitions  # noqa: E402
 
 _INSERT = "INSERT INTO telemetry_ingest_log (txid, device_id, min_sample_time, max_sample_time, accepted, created_at) "
 
@@ -47,9 +48,10 @@ def load(rows: int, last_minute: int, behind: int) -> None:
             "+ (i * interval '58 seconds') / %s AS t FROM generate_series(1, %s) AS i) s",
             [older, last_minute, last_minute],
         )
+        partitions = engine_partitions()  # every partition at the same position
         cursor.execute(
-            "INSERT INTO telemetry_enginecursor (name, position, updated_at) VALUES ('engine', %s, now())",
-            [rows - behind + 1],
+            "INSERT INTO telemetry_enginecursor (name, position, updated_at) SELECT unnest(%s::text[]), %s, now()",
+            [[engine_cursor_name(p, partitions) for p in range(partitions)], rows - behind + 1],
         )
         cursor.execute("VACUUM ANALYZE telemetry_ingest_log")
 

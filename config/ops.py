@@ -144,9 +144,10 @@ Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]  # name, type,
 
 # The help text of every unlabelled gauge of the page, by name.
 _GAUGES = {
-    "perfuse_engine_lag_seconds": "Age of the oldest committed ingest transaction the stream engine has not "
-    "processed (0 when caught up).",
-    "perfuse_engine_lag_transactions": "Ingest-log rows at or past the engine's watermark, i.e. not yet processed.",
+    "perfuse_engine_lag_seconds": "Age of the oldest committed ingest transaction the stream engine's slowest "
+    "partition has not processed (0 when caught up).",
+    "perfuse_engine_lag_transactions": "Ingest-log rows at or past the slowest engine partition's watermark, i.e. "
+    "not yet processed.",
     "perfuse_readings_stored_last_minute": "Readings committed by ingest transactions that started in the last "
     "60 seconds (all processes).",
     "perfuse_ingest_transactions_last_minute": "Committed ingest transactions that started in the last 60 seconds "

@@ -336,7 +336,7 @@ def _revise(cursor: Any, device_pk: int, reprocessing_id: int, changed: list[_Ch
     )
 
 
-def _rollups_for(cursor: Any, device_pk: int, changed: list[_Changed], watermark: int) -> None:
+def _rollups_for(cursor: Any, device_pk: int, changed: list[_Changed], watermark: list[int]) -> None:
     by_patient: dict[int | None, list[dt.datetime]] = {}
     for c in changed:
         by_patient.setdefault(c.patient_id, []).append(c.sample_time)

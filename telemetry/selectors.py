@@ -27,6 +27,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from django.conf import settings
 from django.db import connection
 
 from telemetry.models import (
@@ -45,9 +46,50 @@ from telemetry.storage import timescale_in_use
 Resolution = Literal["raw", "1m", "1h"]
 
 BUCKET_SECONDS: dict[str, int] = {"1m": 60, "1h": 3600}
-ENGINE_CURSOR = "engine"  # the cursor telemetry/engine.py advances (rollups included)
+ENGINE_CURSOR = "engine"  # the single cursor of engines before partitions; now the cursors' name prefix
 # Origin of the UTC-aligned buckets (time_bucket and date_bin agree with it); shared with rollups.
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+# The engine's partitions (telemetry/engine.py): a reading belongs to partition
+# mod(patient id, P), or mod(device id, P) while it has no patient, and each partition has its own
+# watermark, the EngineCursor "engine:<p>/<P>". A reading is processed (rolled up) once its ingest
+# txid is below its partition's watermark.
+def engine_partitions() -> int:
+    return int(settings.PERFUSE_ENGINE_PARTITIONS)
+
+
+def engine_cursor_name(partition: int, partitions: int) -> str:
+    return f"{ENGINE_CURSOR}:{partition}/{partitions}"
+
+
+def partition_of(*, patient_id: int | None, device_id: int, partitions: int) -> int:
+    """The partition of a reading, as partition_sql computes it in SQL."""
+    return (device_id if patient_id is None else patient_id) % partitions
+
+
+def partition_sql(alias: str = "") -> str:
+    """The partition of a telemetry_reading row (`alias` with its dot, e.g. "r.")."""
+    return f"mod(coalesce({alias}patient_id, {alias}device_id), {engine_partitions()})"
+
+
+def rolled_up_sql(alias: str = "") -> str:
+    """True for a reading the engine has processed; one parameter: engine_positions()."""
+    return f"{alias}ingest_txid < (%s::bigint[])[{partition_sql(alias)} + 1]"
+
+
+def engine_positions(cursor: Any, *, for_update: bool = False) -> list[int]:
+    """The watermark of each partition, by partition number (0 for one never processed).
+    `for_update` locks the cursor rows for the transaction, so no engine batch interleaves."""
+    partitions = engine_partitions()
+    names = [engine_cursor_name(p, partitions) for p in range(partitions)]
+    cursor.execute(
+        "SELECT name, position FROM telemetry_enginecursor WHERE name = ANY(%s) ORDER BY name"
+        + (" FOR UPDATE" if for_update else ""),
+        [names],
+    )
+    found = dict(cursor.fetchall())
+    return [int(found.get(name, 0)) for name in names]
 
 
 class ReadingRow(NamedTuple):
@@ -164,16 +206,16 @@ _STORED_PARTS = f"""
     WHERE patient_id = %(patient)s::bigint AND metric = %(metric)s AND bucket >= %(lo)s AND bucket < %(hi)s
 """
 
-# Readings of ingest transactions at or past the engine's watermark: not in the rollups yet. The
-# join walks the primary key (device_id, metric, sample_time) from each log row.
-_UNROLLED_PARTS = f"""
+# Readings of ingest transactions at or past the watermark of the patient's engine partition: not in
+# the rollups yet. The join walks the primary key (device_id, metric, sample_time) from each log row.
+_UNROLLED_PARTS = """
     SELECT date_bin(%(width)s, r.sample_time, %(epoch)s), count(*), sum(r.value), min(r.value), max(r.value),
            coalesce(sum(r.signal_quality::float8), 0), count(r.signal_quality)
     FROM telemetry_ingest_log AS l
     JOIN telemetry_reading AS r
       ON r.device_id = l.device_id AND r.metric = %(metric)s AND r.ingest_txid = l.txid
      AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
-    WHERE l.txid >= coalesce((SELECT position FROM telemetry_enginecursor WHERE name = '{ENGINE_CURSOR}'), 0)
+    WHERE l.txid >= coalesce((SELECT position FROM telemetry_enginecursor WHERE name = %(cursor)s), 0)
       AND l.max_sample_time >= %(lo)s AND l.min_sample_time < %(rows_hi)s
       AND r.patient_id = %(patient)s::bigint AND r.sample_time >= %(lo)s AND r.sample_time < %(rows_hi)s
     GROUP BY r.device_id, 1
@@ -204,6 +246,9 @@ def _bucket_points(
         "rows_hi": bucket_floor(end - dt.timedelta(microseconds=1), resolution) + width,
         "width": width,
         "epoch": EPOCH,
+        "cursor": engine_cursor_name(
+            partition_of(patient_id=patient_id, device_id=0, partitions=engine_partitions()), engine_partitions()
+        ),
     }
     cursor.execute(_MERGE.format(parts=parts), params)
     return [
@@ -551,20 +596,23 @@ def readings_table_present() -> bool:
 
 
 class EngineLag(NamedTuple):
-    transactions: int  # ingest-log rows at or past the engine's watermark
+    transactions: int  # ingest-log rows at or past the watermark of the engine's slowest partition
     seconds: float  # age of the oldest of them (0 when caught up)
 
 
 def engine_lag() -> EngineLag:
+    """The worst partition's lag. The ingest log knows devices, not partitions, so every log row
+    from the slowest watermark on counts, including rows whose readings faster partitions have
+    done: an upper bound, exact when that partition is the one holding everything up (a stopped
+    or killed engine whose partitions nobody took over)."""
     with connection.cursor() as cursor:
         # The watermark goes in as a value, not a subquery, so the planner sees a short range of
         # the txid index rather than guessing and scanning the whole log.
-        cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s", [ENGINE_CURSOR])
-        row = cursor.fetchone()
+        slowest = min(engine_positions(cursor))
         cursor.execute(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM telemetry_ingest_log "
             "WHERE txid >= %s",
-            [row[0] if row else 0],
+            [slowest],
         )
         behind, seconds = cursor.fetchone()
     return EngineLag(int(behind), max(0.0, float(seconds)))

@@ -30,7 +30,7 @@ from telemetry.models import (
 )
 from telemetry.mqtt_broker import BrokerError, broker_revoked
 from telemetry.pki import PkiError, authority_load, certificate_issue, certificate_revoke
-from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH, bucket_floor
+from telemetry.selectors import BUCKET_SECONDS, EPOCH, bucket_floor, engine_positions, rolled_up_sql
 from telemetry.stays import patient_admit
 from telemetry.storage import timescale_in_use
 
@@ -285,12 +285,11 @@ def readings_assign(
     return len(times)
 
 
-def engine_watermark_lock(cursor: Any) -> int:
-    """Lock the engine's cursor row for this transaction (no engine batch interleaves with a
-    rewrite of stored readings) and return its watermark: rows below it are already rolled up."""
-    cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
-    row = cursor.fetchone()
-    return int(row[0]) if row else 0
+def engine_watermark_lock(cursor: Any) -> list[int]:
+    """Lock the engine's cursor rows for this transaction (no engine batch interleaves with a
+    rewrite of stored readings) and return the watermark of each partition: a reading below its
+    partition's watermark is already rolled up (selectors.rolled_up_sql)."""
+    return engine_positions(cursor, for_update=True)
 
 
 def rollups_rebuild(
@@ -300,7 +299,7 @@ def rollups_rebuild(
     device_pk: int,
     patient_pk: int | None,
     buckets: list[dt.datetime],
-    watermark: int,
+    watermark: list[int],
 ) -> None:
     table = f"telemetry_rollup_{resolution}"
     width = dt.timedelta(seconds=seconds)
@@ -317,7 +316,7 @@ def rollups_rebuild(
                max(value), coalesce(sum(signal_quality::float8), 0), count(signal_quality)
         FROM telemetry_reading
         WHERE device_id = %s::bigint AND (patient_id IS NULL OR patient_id = %s::bigint)
-          AND ingest_txid < %s::bigint AND sample_time >= %s AND sample_time < %s
+          AND {rolled_up_sql()} AND sample_time >= %s AND sample_time < %s
           AND date_bin(%s, sample_time, %s) = ANY(%s)
         GROUP BY 1, 2, 3, 4
         """,

@@ -341,6 +341,9 @@ PERFUSE_ENGINE_PROCESSORS = envlist(
     ],
 )
 PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2
+# The stream is split into this many partitions (by patient, docs/operations.md "Stream engine"),
+# shared by the running `run_engine` processes. Changing it needs the engines stopped and caught up.
+PERFUSE_ENGINE_PARTITIONS = envint("PERFUSE_ENGINE_PARTITIONS", 16)
 
 # Secondary alarm notification (docs/alarms.md "Secondary notification", docs/operations.md).
 # A channel is on when its address is set. Messages are written to the outbox in the alarm's

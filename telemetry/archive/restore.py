@@ -33,7 +33,7 @@ from telemetry.archive.objects import ObjectStore
 from telemetry.archive.verify import archive_day_check
 from telemetry.archive.writer import ArchiveError, archive_store, manifest_read
 from telemetry.ingest.keep import BODY_CODEC, body_compress
-from telemetry.selectors import BUCKET_SECONDS, ENGINE_CURSOR, EPOCH
+from telemetry.selectors import BUCKET_SECONDS, EPOCH, engine_positions, rolled_up_sql
 from telemetry.storage import ensure_partition, timescale_in_use
 
 # The restore's staging table: the readings' columns (LIKE), this transaction only.
@@ -88,9 +88,7 @@ def archive_restore(
     batches = _parquet(store, prefix + manifest["batches"]["file"])
     with transaction.atomic(), connection.cursor() as cursor:
         _identities_check(cursor, readings.read(columns=["device_id", "device", "patient_id", "pseudonym"]))
-        cursor.execute("SELECT position FROM telemetry_enginecursor WHERE name = %s FOR UPDATE", [ENGINE_CURSOR])
-        row = cursor.fetchone()
-        watermark = row[0] if row else 0
+        watermark = engine_positions(cursor, for_update=True)
         timescale = timescale_in_use()
         if not timescale:
             ensure_partition(cursor, "telemetry_reading", day)
@@ -182,9 +180,9 @@ def _batches_insert(cursor: Any, group: pa.Table) -> None:
     )
 
 
-def _rollups_day(cursor: Any, day: dt.date, devices: list[int], watermark: int) -> None:
+def _rollups_day(cursor: Any, day: dt.date, devices: list[int], watermark: list[int]) -> None:
     """The devices' 1-minute and 1-hour buckets of the day rebuilt from their readings (the day's
-    bounds are bucket bounds), counting what the engine has folded in (txid below its watermark),
+    bounds are bucket bounds), counting what the engine has folded in (txid below its partition's watermark),
     as services.readings_assign does for its span."""
     lo, hi = day_bounds(day)
     for resolution, seconds in BUCKET_SECONDS.items():
@@ -200,7 +198,7 @@ def _rollups_day(cursor: Any, day: dt.date, devices: list[int], watermark: int) 
             SELECT patient_id, device_id, metric, date_bin(%s, sample_time, %s), count(*), sum(value), min(value),
                    max(value), coalesce(sum(signal_quality::float8), 0), count(signal_quality)
             FROM telemetry_reading
-            WHERE device_id = ANY(%s::bigint[]) AND ingest_txid < %s::bigint AND sample_time >= %s AND sample_time < %s
+            WHERE device_id = ANY(%s::bigint[]) AND {rolled_up_sql()} AND sample_time >= %s AND sample_time < %s
             GROUP BY 1, 2, 3, 4
             """,
             [dt.timedelta(seconds=seconds), EPOCH, devices, watermark, lo, hi],

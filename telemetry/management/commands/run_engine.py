@@ -11,7 +11,10 @@ from telemetry.engine import Engine, load_processors
 
 
 class Command(BaseCommand):
-    help = "Run the stream engine: feed newly committed readings to the configured processors until SIGTERM."
+    help = (
+        "Run the stream engine: feed newly committed readings to the configured processors until SIGTERM. "
+        "Several may run: they share the stream's partitions (PERFUSE_ENGINE_PARTITIONS)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--interval", type=float, default=None, help="seconds to wait when caught up")
@@ -34,4 +37,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        engine.run()
+        try:
+            engine.run()
+        except ImproperlyConfigured as exc:  # the partition cursors cannot be converted exactly
+            raise CommandError(str(exc)) from exc
