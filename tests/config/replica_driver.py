@@ -1,0 +1,125 @@
+"""The Django side of tests/config/test_replica.py, run as a child process whose settings come
+from its environment: DATABASE_URL names a private primary and DATABASE_REPLICA_URL its streaming
+replica, so Django holds both aliases exactly as a deployment would. Each line on stdin is one
+JSON command, each answer one JSON line on stdout.
+
+Requests go through Django's test client into the real URLconf, middleware, access layer, views
+and selectors. Every SQL statement is recorded per alias with `execute_wrapper` (which, unlike
+CaptureQueriesContext, does not connect, so a stopped replica stays untouched), and the answer
+says which server each alias's connection reached (`pg_is_in_recovery()` on it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import django
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connections, transaction  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from audit.access.roles import CLINICIAN, COMPLIANCE  # noqa: E402
+from config import replica  # noqa: E402
+from telemetry.models import Device, Patient  # noqa: E402
+from tests import factories, personas  # noqa: E402
+from tests.readings import Row, insert_readings  # noqa: E402
+
+clients: dict[str, Client] = {}
+settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]  # the test client's host, as pytest-django does
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.sql.append(sql)
+        return execute(sql, params, many, context)
+
+
+def setup(*, ward: str, pseudonym: str, device: str) -> dict[str, Any]:
+    factories.ward(ward)
+    factories.device(ward, device, patient=pseudonym)
+    clients["clinician"] = personas.verified_client(personas.staff("replica-clinician", CLINICIAN, [ward]))
+    clients["officer"] = personas.verified_client(personas.staff("replica-officer", COMPLIANCE))
+    return {}
+
+
+def admit(*, ward: str, pseudonym: str, device: str) -> dict[str, Any]:
+    factories.device(ward, device, patient=pseudonym)
+    return {}
+
+
+def insert(*, device: str, pseudonym: str, seq: int, t: str, value: float) -> dict[str, Any]:
+    device_pk = Device.objects.get(device_id=device).pk
+    patient_pk = Patient.objects.get(pseudonym=pseudonym).pk
+    row = Row(device_pk, patient_pk, "tissue_o2", seq, dt.datetime.fromisoformat(t), value, 0.9)
+    with transaction.atomic(), connections["default"].cursor() as cursor:
+        return {"stored": insert_readings(cursor, [row])}
+
+
+def _server_in_recovery(alias: str) -> bool | None:
+    connection = connections[alias]
+    if connection.connection is None:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery()")
+        return bool(cursor.fetchone()[0])
+
+
+def get(*, who: str, url: str) -> dict[str, Any]:
+    recorders = {alias: Recorder() for alias in settings.DATABASES}
+    with ExitStack() as stack:
+        for alias, recorder in recorders.items():
+            stack.enter_context(connections[alias].execute_wrapper(recorder))
+        response = clients[who].get(url)
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+    return {
+        "status": response.status_code,
+        "body": body.decode(),
+        "sql": {alias: recorder.sql for alias, recorder in recorders.items()},
+        "in_recovery": {alias: _server_in_recovery(alias) for alias in settings.DATABASES},
+    }
+
+
+def configure(**values: Any) -> dict[str, Any]:
+    for name, value in values.items():
+        setattr(settings, name, value)
+    return {}
+
+
+def state() -> dict[str, Any]:
+    return {"down": replica.replica_down_reason(), "pick": replica.replica_pick()}
+
+
+COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
+    "setup": setup,
+    "admit": admit,
+    "insert": insert,
+    "get": get,
+    "configure": configure,
+    "state": state,
+}
+
+
+def main() -> None:
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            answer = COMMANDS[command.pop("op")](**command)
+        except Exception as exc:  # the parent shows it with the command that failed
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
