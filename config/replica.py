@@ -41,14 +41,15 @@ REPLICA = "replica"
 T = TypeVar("T")
 logger = logging.getLogger("perfuse.replica")
 
-# Replay lag in seconds: zero while the standby streams and has replayed all it received (an idle
-# primary writes nothing, and the last replayed commit then grows old without the replica being
-# behind); else the age of the last replayed commit. Infinity before any commit was replayed.
+# Replay lag in seconds: zero while the standby's WAL receiver runs and everything it received is
+# replayed (an idle primary writes nothing, and the last replayed commit then grows old without
+# the replica being behind); else the age of the last replayed commit; Infinity before any
+# commit was replayed. (Only the receiver's pid is visible to a role without pg_read_all_stats.)
 _PROBE = """
     SELECT pg_is_in_recovery(),
            CASE WHEN NOT pg_is_in_recovery() THEN 0
                 WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
-                     AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 0
+                     AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) THEN 0
                 ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 'Infinity')
            END
 """

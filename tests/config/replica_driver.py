@@ -14,9 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 import django
 
@@ -28,10 +30,13 @@ from django.test import Client  # noqa: E402
 
 from audit.access.roles import CLINICIAN, COMPLIANCE  # noqa: E402
 from config import replica  # noqa: E402
+from dashboard.models import FhirExport  # noqa: E402
+from telemetry.engine import engine_tick, load_processors  # noqa: E402
 from telemetry.models import Device, Patient  # noqa: E402
 from tests import factories, personas  # noqa: E402
 from tests.readings import Row, insert_readings  # noqa: E402
 
+FHIR = "application/fhir+json"
 clients: dict[str, Client] = {}
 settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]  # the test client's host, as pytest-django does
 
@@ -75,19 +80,54 @@ def _server_in_recovery(alias: str) -> bool | None:
         return bool(cursor.fetchone()[0])
 
 
-def get(*, who: str, url: str) -> dict[str, Any]:
+def _recorded(act: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What `act` answers, with the SQL each alias ran meanwhile and whose server it reached."""
     recorders = {alias: Recorder() for alias in settings.DATABASES}
     with ExitStack() as stack:
         for alias, recorder in recorders.items():
             stack.enter_context(connections[alias].execute_wrapper(recorder))
-        response = clients[who].get(url)
-        body = b"".join(response.streaming_content) if response.streaming else response.content
+        answer = act()
     return {
-        "status": response.status_code,
-        "body": body.decode(),
+        **answer,
         "sql": {alias: recorder.sql for alias, recorder in recorders.items()},
         "in_recovery": {alias: _server_in_recovery(alias) for alias in settings.DATABASES},
     }
+
+
+def get(*, who: str, url: str) -> dict[str, Any]:
+    def act() -> dict[str, Any]:
+        response = clients[who].get(url)
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        return {"status": response.status_code, "body": body.decode()}
+
+    return _recorded(act)
+
+
+def bulk_export(*, ward: str, replayed: bool) -> dict[str, Any]:
+    """A FHIR bulk export of the ward, requested by the clinician and built by engine loops as
+    run_engine runs them; the manifest's count of each resource type. `replayed`: the first loop
+    waits until the replica holds the job, as a loop a moment after the request would find it."""
+    client = clients["clinician"]
+    kick = client.get(f"/fhir/R4/Group/{ward}/$export", headers={"Prefer": "respond-async", "Accept": FHIR})
+    assert kick.status_code == 202, kick.content
+    status_url = urlsplit(kick["Content-Location"]).path
+    queued = FhirExport.objects.using(replica.REPLICA).filter(state=FhirExport.State.QUEUED)
+    deadline = time.monotonic() + 30
+    while replayed and not queued.exists():
+        assert time.monotonic() < deadline, "the replica did not replay the export request"
+        time.sleep(0.01)
+
+    def act() -> dict[str, Any]:
+        processors = load_processors()
+        for _ in range(50):
+            engine_tick(processors, now=dt.datetime.now(dt.UTC))
+            if not FhirExport.objects.filter(state=FhirExport.State.QUEUED).exists():
+                break
+        return {}
+
+    answer = _recorded(act)
+    manifest = json.loads(client.get(status_url).content)
+    return {**answer, "counts": {o["type"]: o["count"] for o in manifest["output"]}}
 
 
 def configure(**values: Any) -> dict[str, Any]:
@@ -105,6 +145,7 @@ COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "admit": admit,
     "insert": insert,
     "get": get,
+    "bulk_export": bulk_export,
     "configure": configure,
     "state": state,
 }

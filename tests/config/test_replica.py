@@ -183,6 +183,12 @@ def test_history_and_fhir_searches_are_answered_by_the_replica_and_access_by_the
         assert answer["status"] == 200
         assert _exported_ids(answer)[-1] == _newest_event(servers.primary)
         assert not _lists_events(answer, "replica") and _lists_events(answer, "default")
+
+        # A bulk export's readings come from the replica only once it holds the job: paused, it
+        # does not, and the engine reads them from the primary (all three readings).
+        answer = servers.driver("bulk_export", ward=WARD, replayed=False)
+        assert answer["counts"]["Observation"] == 3
+        assert not _reads_readings(answer, "replica")
     finally:
         servers.standby.query("SELECT pg_wal_replay_resume()")
     _caught_up(servers)
@@ -191,6 +197,9 @@ def test_history_and_fhir_searches_are_answered_by_the_replica_and_access_by_the
     answer = servers.driver("get", who="officer", url="/audit/export.csv")
     assert _lists_events(answer, "replica") and not _lists_events(answer, "default")
     assert _exported_ids(answer)[-1] == _newest_event(servers.primary)
+    answer = servers.driver("bulk_export", ward=WARD, replayed=True)
+    assert answer["counts"]["Observation"] == 3
+    assert _reads_readings(answer, "replica") and not _writes(answer, "replica")
 
 
 def _newest_event(cluster: Cluster) -> int:
