@@ -14,7 +14,8 @@ Outside `on_replica`, `read_alias()` is the primary, so the same selector called
 an alarm acknowledgement or a write transaction reads the writer's latest commit.
 
 A replica is used only when a probe on it answers (one query: is it in recovery, how far behind
-is its replay). A failed probe or read marks it down for PERFUSE_REPLICA_RETRY_SECONDS in this
+is its replay) and it is a standby (a promoted one may diverge from the writer). A failed probe
+or read, or a server out of recovery, marks it down for PERFUSE_REPLICA_RETRY_SECONDS in this
 process, so a dead replica costs one connect timeout per process per period, not one per request;
 a read that failed on it runs again on the primary. With PERFUSE_REPLICA_MAX_LAG_SECONDS set, a
 replica further behind is passed over. `seen=` asks for read-your-writes: the replica is used
@@ -47,8 +48,7 @@ logger = logging.getLogger("perfuse.replica")
 # commit was replayed. (Only the receiver's pid is visible to a role without pg_read_all_stats.)
 _PROBE = """
     SELECT pg_is_in_recovery(),
-           CASE WHEN NOT pg_is_in_recovery() THEN 0
-                WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+           CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
                      AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) THEN 0
                 ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 'Infinity')
            END
@@ -136,6 +136,10 @@ def replica_pick(*, seen: Model | None = None, in_transaction: bool = False, cat
         return DEFAULT_DB_ALIAS
     try:
         probe = replica_probe()
+        if not probe.in_recovery:
+            # Promoted, or the URL names some other primary: it may diverge from the writer.
+            _health.down("the replica server is not a standby (pg_is_in_recovery() is false)")
+            return DEFAULT_DB_ALIAS
         bound = settings.PERFUSE_REPLICA_MAX_LAG_SECONDS
         if bound is not None and probe.lag_seconds > bound:
             logger.info("replica %.3fs behind (bound %ss): reading from the primary", probe.lag_seconds, bound)

@@ -238,3 +238,17 @@ def test_a_stopped_replica_falls_back_to_the_primary_and_is_used_again_once_back
     _caught_up(servers)
     values, answer = _series(servers)
     assert values == [61.0, 62.0, 64.0] and _reads_readings(answer, "replica")
+
+
+def test_a_promoted_replica_is_not_read_from(servers: Servers) -> None:
+    """Out of recovery (failed over, or a URL naming another primary) it may diverge from the
+    writer: passed over. Last in the module: the standby does not come back."""
+    servers.standby.query("SELECT pg_promote()")
+    deadline = time.monotonic() + WAIT
+    while servers.standby.query("SELECT pg_is_in_recovery()") != [(False,)]:
+        assert time.monotonic() < deadline, "the standby was not promoted"
+        time.sleep(0.05)
+    _insert(servers, 5)  # on the primary only, now that the two have parted
+    values, answer = _series(servers)
+    assert values == [61.0, 62.0, 64.0, 65.0] and not _reads_readings(answer, "replica")
+    assert "not a standby" in servers.driver("state")["down"]
