@@ -25,13 +25,16 @@ import django
 django.setup()
 
 from django.conf import settings  # noqa: E402
+from django.contrib.auth.models import User  # noqa: E402
 from django.db import connections, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from audit.access.roles import CLINICIAN, COMPLIANCE  # noqa: E402
+from audit.trail import SYSTEM  # noqa: E402
 from config import replica  # noqa: E402
 from dashboard.models import FhirExport  # noqa: E402
 from telemetry.engine import engine_tick, load_processors  # noqa: E402
+from telemetry.lifecycle.research import research_export_create  # noqa: E402
 from telemetry.models import Device, Patient  # noqa: E402
 from tests import factories, personas  # noqa: E402
 from tests.readings import Row, insert_readings  # noqa: E402
@@ -130,6 +133,26 @@ def bulk_export(*, ward: str, replayed: bool) -> dict[str, Any]:
     return {**answer, "counts": {o["type"]: o["count"] for o in manifest["output"]}}
 
 
+def research(*, ward: str) -> dict[str, Any]:
+    """A de-identified research export of the ward's last two hours (the service, as the
+    research page calls it once it has decided the requester may export)."""
+    requester = User.objects.get(username="replica-clinician")
+    now = dt.datetime.now(dt.UTC)
+
+    def act() -> dict[str, Any]:
+        export = research_export_create(
+            requester_id=requester.pk,
+            actor=SYSTEM,
+            ward_code=ward,
+            start=now - dt.timedelta(hours=2),
+            end=now,
+            purpose="replica test",
+        )
+        return {"rows": export.rows, "patients": export.patients}
+
+    return _recorded(act)
+
+
 def configure(**values: Any) -> dict[str, Any]:
     for name, value in values.items():
         setattr(settings, name, value)
@@ -146,6 +169,7 @@ COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "insert": insert,
     "get": get,
     "bulk_export": bulk_export,
+    "research": research,
     "configure": configure,
     "state": state,
 }

@@ -189,6 +189,13 @@ def test_history_and_fhir_searches_are_answered_by_the_replica_and_access_by_the
         answer = servers.driver("bulk_export", ward=WARD, replayed=False)
         assert answer["counts"]["Observation"] == 3
         assert not _reads_readings(answer, "replica")
+
+        # The research cohort is the replica's (one reading of one patient so far), the export
+        # and its audit events are written on the primary.
+        servers.driver("configure", PERFUSE_RESEARCH_MIN_PATIENTS=1)
+        answer = servers.driver("research", ward=WARD)
+        assert (answer["rows"], answer["patients"]) == (1, 1)
+        assert _reads_readings(answer, "replica") and not _writes(answer, "replica") and _writes(answer, "default")
     finally:
         servers.standby.query("SELECT pg_wal_replay_resume()")
     _caught_up(servers)
@@ -200,6 +207,8 @@ def test_history_and_fhir_searches_are_answered_by_the_replica_and_access_by_the
     answer = servers.driver("bulk_export", ward=WARD, replayed=True)
     assert answer["counts"]["Observation"] == 3
     assert _reads_readings(answer, "replica") and not _writes(answer, "replica")
+    answer = servers.driver("research", ward=WARD)
+    assert (answer["rows"], answer["patients"]) == (3, 2) and _reads_readings(answer, "replica")
 
 
 def _newest_event(cluster: Cluster) -> int:
