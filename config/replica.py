@@ -160,10 +160,10 @@ def _replica_failed(exc: BaseException) -> None:
 
 
 @contextmanager
-def _reading_from(alias: str) -> Iterator[str]:
+def _reading_from(alias: str) -> Iterator[None]:
     token = _chosen.set(alias)
     try:
-        yield alias
+        yield
     finally:
         _chosen.reset(token)
 
@@ -172,7 +172,7 @@ def on_replica(
     read: Callable[[], T], *, seen: Model | None = None, in_transaction: bool = False, catch_up: float | None = None
 ) -> T:
     """`read()` with replica-tolerant selectors on the replica when it may answer (replica_pick);
-    a read that the replica fails midway is run again on the primary (reads have no effects)."""
+    a read that fails midway there is run again on the primary (reads have no effects)."""
     alias = replica_pick(seen=seen, in_transaction=in_transaction, catch_up=catch_up)
     if alias == DEFAULT_DB_ALIAS:
         return read()
@@ -180,14 +180,15 @@ def on_replica(
         with _reading_from(alias):
             return read()
     except (OperationalError, InterfaceError) as exc:
-        if not _broke_replica(exc):
-            raise
-        _replica_failed(exc)
+        # A lost replica is remembered; a statement it cancelled (a recovery conflict) is not.
+        if _replica_broken():
+            _replica_failed(exc)
+        else:
+            logger.warning("a read on the replica failed, read again from the primary: %s", exc)
         return read()
 
 
-def _broke_replica(exc: BaseException) -> bool:
-    """Whether the error came from the replica's connection (and not from the primary's)."""
+def _replica_broken() -> bool:
     connection: Any = connections[REPLICA]
     try:
         return connection.connection is None or connection.connection.closed or not connection.is_usable()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import django
+import psycopg
 
 django.setup()
 
@@ -83,10 +85,28 @@ def _server_in_recovery(alias: str) -> bool | None:
         return bool(cursor.fetchone()[0])
 
 
-def _recorded(act: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+class Saboteur:
+    """Before the replica connection's first read of readings, its backend is terminated from
+    another session: the connection dies on the server's side midway through a request."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not self.done and "telemetry_reading" in sql:
+            self.done = True
+            pid = context["connection"].connection.info.backend_pid
+            with psycopg.connect(os.environ["DATABASE_REPLICA_URL"], autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return execute(sql, params, many, context)
+
+
+def _recorded(act: Callable[[], dict[str, Any]], *, sabotage: bool = False) -> dict[str, Any]:
     """What `act` answers, with the SQL each alias ran meanwhile and whose server it reached."""
     recorders = {alias: Recorder() for alias in settings.DATABASES}
     with ExitStack() as stack:
+        if sabotage:
+            stack.enter_context(connections[replica.REPLICA].execute_wrapper(Saboteur()))
         for alias, recorder in recorders.items():
             stack.enter_context(connections[alias].execute_wrapper(recorder))
         answer = act()
@@ -97,13 +117,13 @@ def _recorded(act: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def get(*, who: str, url: str) -> dict[str, Any]:
+def get(*, who: str, url: str, sabotage: bool = False) -> dict[str, Any]:
     def act() -> dict[str, Any]:
         response = clients[who].get(url)
         body = b"".join(response.streaming_content) if response.streaming else response.content
         return {"status": response.status_code, "body": body.decode()}
 
-    return _recorded(act)
+    return _recorded(act, sabotage=sabotage)
 
 
 def bulk_export(*, ward: str, replayed: bool) -> dict[str, Any]:

@@ -227,6 +227,25 @@ def _lists_events(answer: dict[str, Any], alias: str) -> bool:
     return any('FROM "audit_auditevent" ORDER BY "audit_auditevent"."id" ASC' in sql for sql in answer["sql"][alias])
 
 
+def test_a_replica_connection_lost_midway_through_a_read_is_answered_by_the_primary(servers: Servers) -> None:
+    span = urlencode(_span())
+    answer = servers.driver("get", who="clinician", url=f"/api/v1/patients/{PATIENT}/series?{span}", sabotage=True)
+    assert answer["status"] == 200
+    assert [p["value"] for p in json.loads(answer["body"])["points"]] == [61.0, 62.0]
+    # Tried on the replica (its connection died under the read), answered by the primary.
+    assert _reads_readings(answer, "replica") and _reads_readings(answer, "default")
+    assert servers.driver("state")["down"]
+    _picked_again(servers)
+
+
+def _picked_again(servers: Servers) -> None:
+    """Wait out PERFUSE_REPLICA_RETRY_SECONDS until the replica is chosen again."""
+    deadline = time.monotonic() + WAIT
+    while servers.driver("state")["pick"] != "replica":
+        assert time.monotonic() < deadline, "the replica was not used again"
+        time.sleep(0.1)
+
+
 def test_a_stopped_replica_falls_back_to_the_primary_and_is_used_again_once_back(servers: Servers) -> None:
     servers.standby.stop()
     try:
@@ -240,10 +259,7 @@ def test_a_stopped_replica_falls_back_to_the_primary_and_is_used_again_once_back
         assert total == 3 and answer["sql"]["replica"] == [] and _reads_readings(answer, "default")
     finally:
         servers.standby.start()
-    deadline = time.monotonic() + WAIT
-    while servers.driver("state")["pick"] != "replica":
-        assert time.monotonic() < deadline, "the restarted replica was not used again"
-        time.sleep(0.1)
+    _picked_again(servers)
     _caught_up(servers)
     values, answer = _series(servers)
     assert values == [61.0, 62.0, 64.0] and _reads_readings(answer, "replica")
