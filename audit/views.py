@@ -29,6 +29,7 @@ from audit.selectors import (
 from audit.trail import audit_record
 from audit.verify import chain_verify
 from config.csv import csv_writer
+from config.replica import on_replica, read_alias, replica_pick
 
 PAGE_SIZE = 50
 FHIR_PAGE_SIZE = 1000
@@ -68,8 +69,8 @@ def _compliance_page(action: str) -> Callable[[View], View]:
     return decorate
 
 
-def _audit_read(request: HttpRequest, action: str, filters: AuditFilters, **detail: Any) -> None:
-    audit_record(
+def _audit_read(request: HttpRequest, action: str, filters: AuditFilters, **detail: Any) -> AuditEvent:
+    return audit_record(
         actor=actor_from_request(request),
         action=action,
         subject=filters.patient,
@@ -159,9 +160,11 @@ def _csv_rows(events: Any) -> Iterator[str]:
 @_compliance_page("audit.export")
 def export_csv(request: HttpRequest) -> StreamingHttpResponse:
     filters = audit_filters_from(request.GET)
-    # Audited (and committed) before any row is served.
-    _audit_read(request, "audit.export", filters, format="csv")
-    response = StreamingHttpResponse(_csv_rows(audit_events(filters).order_by("id")), content_type="text/csv")
+    # Audited (and committed) before any row is served. The rows may stream from the replica
+    # once it holds that audit event, and with it every event before (config.replica).
+    event = _audit_read(request, "audit.export", filters, format="csv")
+    rows = audit_events(filters).using(replica_pick(seen=event)).order_by("id")
+    response = StreamingHttpResponse(_csv_rows(rows), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="perfuse-audit.csv"'
     return response
 
@@ -193,6 +196,14 @@ def _fhir_error(detail: str) -> JsonResponse:
     return JsonResponse(outcome, status=400, content_type="application/fhir+json")
 
 
+def _fhir_events(filters: AuditFilters, page: _FhirPage) -> tuple[int, list[AuditEvent], int]:
+    """(until, the page's events plus one to tell whether more follow, the snapshot's size)."""
+    matching = audit_events(filters).using(read_alias()).order_by("id")
+    until = page.until if page.until is not None else matching.values_list("id", flat=True).last() or 0
+    snapshot = matching.filter(id__lte=until)
+    return until, list(snapshot.filter(id__gt=page.after)[: page.count + 1]), snapshot.count()
+
+
 @_compliance_page("audit.export")
 def export_fhir(request: HttpRequest) -> HttpResponse:
     filters = audit_filters_from(request.GET)
@@ -206,11 +217,9 @@ def export_fhir(request: HttpRequest) -> HttpResponse:
             detail={"reason": "invalid_query", "format": "fhir"},
         )
         return _fhir_error(f"_count is 1 to {FHIR_PAGE_MAX}; after and until are event ids")
-    _audit_read(request, "audit.export", filters, format="fhir", after=page.after)
-    matching = audit_events(filters).order_by("id")
-    until = page.until if page.until is not None else matching.values_list("id", flat=True).last() or 0
-    snapshot = matching.filter(id__lte=until)
-    events = list(snapshot.filter(id__gt=page.after)[: page.count + 1])
+    event = _audit_read(request, "audit.export", filters, format="fhir", after=page.after)
+    # From the replica once it holds this page's own audit event (config.replica).
+    until, events, total = on_replica(lambda: _fhir_events(filters, page), seen=event)
     more, events = len(events) > page.count, events[: page.count]
 
     def url(after: int) -> str:
@@ -220,7 +229,7 @@ def export_fhir(request: HttpRequest) -> HttpResponse:
 
     bundle = audit_bundle_page(
         events,
-        total=snapshot.count(),
+        total=total,
         self_url=url(page.after),
         next_url=url(events[-1].id) if more else None,
     )

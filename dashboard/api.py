@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from audit.access.policy import AccessDecision, actor_from_request, patient_read, ward_read
 from config.api_errors import ApiError
 from config.live import iso
+from config.replica import on_replica
 from dashboard import selectors
 from telemetry.models import Patient
 from telemetry.units import METRICS
@@ -174,8 +175,12 @@ class SeriesView(APIView):
         start, end = parse_range(request.query_params, now=now)
         max_points = parse_max_points(request.query_params.get("max_points"))
         patient, access = _span_read(request, pseudonym, "series.read", start, end, metric=metric)
-        resolution, points = selectors.series_points(
-            patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points, access=access
+        # History may come from the replica (config.replica); the access decision and its audit
+        # event above were made and committed on the primary.
+        resolution, points = on_replica(
+            lambda: selectors.series_points(
+                patient_id=patient.id, metric=metric, start=start, end=end, max_points=max_points, access=access
+            )
         )
         return Response(
             {
@@ -226,7 +231,9 @@ class AnnotationsView(APIView):
         now = dt.datetime.now(dt.UTC)
         start, end = parse_range(request.query_params, now=now)
         patient, access = _span_read(request, pseudonym, "annotations.read", start, end)
-        annotations = selectors.patient_annotations(patient_id=patient.id, start=start, end=end, access=access)
+        annotations = on_replica(
+            lambda: selectors.patient_annotations(patient_id=patient.id, start=start, end=end, access=access)
+        )
         overlay = selectors.patient_alarm_overlay(patient_id=patient.id, start=start, end=end)
         periods = selectors.alarm_periods_within(overlay.periods, access)
         return Response(

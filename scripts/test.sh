@@ -50,6 +50,9 @@ if [ -z "${TIMESCALE_TEST_URL:-}" ] && [ "${PERFUSE_TEST_TIMESCALE:-1}" != 0 ] &
   export TIMESCALE_TEST_LOG="$TMP/timescale.log"
 fi
 
+# The suite's databases are throwaway ones that no replica streams from (tests/config/test_replica.py
+# makes its own primary and standby).
+unset DATABASE_REPLICA_URL
 export DJANGO_SETTINGS_MODULE=config.settings.test
 cd "$ROOT"
 log "running tests (PostgreSQL ${DATABASE_URL##*@}, Redis ${REDIS_URL#redis://}, MQTT ${MQTT_URL#mqtts://})"

@@ -1,7 +1,7 @@
 from django.apps import AppConfig
 from django.core.checks import Tags, register
 
-from telemetry.checks import hl7_tls_check, retention_horizon_check
+from telemetry.checks import hl7_tls_check, replica_tls_check, retention_horizon_check
 
 
 class TelemetryConfig(AppConfig):
@@ -11,3 +11,4 @@ class TelemetryConfig(AppConfig):
     def ready(self) -> None:
         register(hl7_tls_check, Tags.security, deploy=True)
         register(retention_horizon_check, Tags.database, deploy=True)
+        register(replica_tls_check, Tags.security, deploy=True)

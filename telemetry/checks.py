@@ -49,3 +49,32 @@ def retention_horizon_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
             id="telemetry.W102",
         )
     ]
+
+
+TLS_SSLMODES = frozenset({"require", "verify-ca", "verify-full"})
+
+
+def replica_in_clear(entry: dict[str, Any]) -> str | None:
+    """The host of a DATABASES entry that may talk to it in clear off loopback, else None."""
+    host = str(entry.get("HOST") or "")
+    sslmode = str((entry.get("OPTIONS") or {}).get("sslmode", ""))
+    if not host or host.startswith("/") or _loopback(host) or sslmode in TLS_SSLMODES:
+        return None
+    return host
+
+
+def replica_tls_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """The replica serves the same patient data as the primary: off loopback its connection must
+    insist on TLS (`prefer`, libpq's default, falls back to clear text without a word)."""
+    entry = settings.DATABASES.get("replica")
+    host = replica_in_clear(entry) if entry is not None else None
+    if host is None:
+        return []
+    return [
+        Warning(
+            f"DATABASE_REPLICA_URL names {host} without sslmode=require/verify-ca/verify-full: "
+            "history and exports would cross the network in clear",
+            hint="Add ?sslmode=verify-full&sslrootcert=… to DATABASE_REPLICA_URL (docs/replica.md).",
+            id="telemetry.W103",
+        )
+    ]

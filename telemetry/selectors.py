@@ -16,6 +16,10 @@ Buckets from several devices of the same patient are merged per bucket (sums and
 min/max combine), and every bucket carries its min/max so a short desaturation is never averaged
 away. A bucket is returned when its start lies in [floor(start), end).
 
+The history, FHIR and export selectors below read through config.replica.read_alias(): the
+primary, unless their caller runs them with `on_replica` (docs/replica.md); the readings the
+ward overview, live snapshots and the alarm engine use always read the primary.
+
 Integer parameters compared with telemetry_reading columns are cast to bigint in the SQL: psycopg
 sends a small Python int as smallint, and TimescaleDB's bloom-filter check on compressed chunks
 then hashes the smallint and silently skips matching rows (seen on the TimescaleDB test server).
@@ -28,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
+from config.replica import read_alias
 from telemetry.models import (
     Annotation,
     Assignment,
@@ -126,7 +131,7 @@ def patient_series(
     """Series of `metric` for the patient in [start, end), at the finest resolution that keeps the
     trace under `max_points` points: raw readings when there are few enough, else 1-minute
     buckets when the span has at most `max_points` minutes, else 1-hour buckets."""
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         return series_on(
             cursor,
             timescale=timescale_in_use(),
@@ -287,7 +292,7 @@ def series_resolution(
     """The resolution the history API picks for this series (`patient_series`'s choice)."""
     if end <= start:
         return "raw"
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         return choose_resolution(
             cursor, patient_id=patient_id, metric=metric, start=start, end=end, max_points=max_points
         )
@@ -299,7 +304,7 @@ def series_buckets(
     """The buckets of `patient_series` at a given resolution ("1m" or "1h"), oldest first."""
     if resolution == "raw":
         raise ValueError("series_buckets takes a bucket resolution")
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         return _bucket_points(
             cursor,
             timescale=timescale_in_use(),
@@ -312,7 +317,7 @@ def series_buckets(
 
 
 def readings_count(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime) -> int:
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM telemetry_reading WHERE patient_id = %s::bigint AND metric = %s "
             "AND sample_time >= %s AND sample_time < %s",
@@ -326,7 +331,7 @@ def readings_page(
 ) -> list[StoredReading]:
     """The patient's raw readings of `metric` in [start, end) in the history API's order (sample
     time, device, seq), from `offset`, at most `limit`."""
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             _STORED_SQL + "WHERE r.patient_id = %s::bigint AND r.metric = %s AND r.sample_time >= %s "
             "AND r.sample_time < %s ORDER BY r.sample_time, r.device_id, r.seq OFFSET %s LIMIT %s",
@@ -337,7 +342,7 @@ def readings_page(
 
 def reading_get(*, device_pk: int, metric: str, seq: int, sample_time: dt.datetime) -> StoredReading | None:
     """One stored reading by its idempotency key."""
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             _STORED_SQL + "WHERE r.device_id = %s::bigint AND r.metric = %s AND r.sample_time = %s "
             "AND r.seq = %s::bigint",
@@ -357,7 +362,7 @@ class ReadingSource(NamedTuple):
 def readings_sources(*, patient_id: int, metric: str, start: dt.datetime, end: dt.datetime) -> list[ReadingSource]:
     """Which device, firmware and calibration produced the patient's readings of `metric` in
     [start, end): the provenance of a bucket."""
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             "SELECT d.device_id, r.firmware, r.calibration_id, count(*) FROM telemetry_reading AS r "
             "JOIN telemetry_device AS d ON d.id = r.device_id WHERE r.patient_id = %s::bigint AND r.metric = %s "
@@ -393,7 +398,7 @@ def readings_after(
         where.append("r.ingest_time >= %s")
         params.append(ingested_since)
     params.append(limit)
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             _STORED_SQL + "WHERE " + " AND ".join(where) + " ORDER BY r.sample_time, r.device_id, r.seq LIMIT %s",
             params,
@@ -408,7 +413,7 @@ def reading_next_time(*, patient_id: int, metric: str, after: ReadingKey | None)
     if after is not None:
         where = " AND sample_time >= %s AND (sample_time, device_id, seq) > (%s, %s::bigint, %s::bigint)"
         params.extend([after[0], *after])
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(
             "SELECT sample_time FROM telemetry_reading WHERE patient_id = %s::bigint AND metric = %s"
             + where
@@ -502,7 +507,8 @@ def readings_seq_ranges(*, patient_id: int, since: dt.datetime) -> list[SeqRange
 
 def annotations_between(*, patient_id: int, start: dt.datetime, end: dt.datetime, limit: int) -> list[Annotation]:
     """The patient's chart marks with time in [start, end), oldest first, at most `limit`."""
-    rows = Annotation.objects.filter(patient_id=patient_id, time__gte=start, time__lt=end).order_by("time", "id")
+    rows = Annotation.objects.using(read_alias()).filter(patient_id=patient_id, time__gte=start, time__lt=end)
+    rows = rows.order_by("time", "id")
     return list(rows[:limit])
 
 

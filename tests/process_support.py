@@ -206,3 +206,39 @@ def manage(args: list[str], *, env: dict[str, str], timeout: float = 600) -> str
     )
     assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr.decode()[-3000:]}"
     return done.stdout.decode()
+
+
+@contextmanager
+def replica_started(primary: Cluster) -> Iterator[Cluster]:
+    """A hot standby of `primary`, streaming from it: `pg_basebackup -R` (the recipe of
+    docs/replica.md) copies the running cluster and writes standby.signal and primary_conninfo;
+    started on a port of its own it replays the primary's WAL and answers read-only queries.
+    initdb's pg_hba.conf already trusts replication connections from loopback, and wal_level
+    `replica` and max_wal_senders are PostgreSQL's defaults."""
+    directory = Path(tempfile.mkdtemp(prefix="perfuse-replica-pg-"))
+    replica = Cluster(directory, free_port(), primary.bindir)
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(directory, os.environ.get("PERFUSE_SERVICE_USER", "postgres"))
+        directory.chmod(0o700)
+        copied = subprocess.run(
+            _as_service(
+                [
+                    str(primary.bindir / "pg_basebackup"),
+                    *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "perfuse", "-D", str(directory)),
+                    *("-R", "-X", "stream", "-c", "fast"),
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # (It warns about the primary's socket file in the data directory, which it skips.)
+        assert copied.returncode == 0, f"pg_basebackup failed: {copied.stderr}"
+        replica.start()
+        try:
+            yield replica
+        finally:
+            replica.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

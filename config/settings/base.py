@@ -82,6 +82,28 @@ DATABASES = {
         "ATOMIC_REQUESTS": False,
     }
 }
+# A streaming replica (docs/replica.md): history, FHIR searches and exports read from it through
+# config.replica, never through a router; everything else stays on the primary. Under tests it
+# mirrors the test database, so a suite run with it set changes nothing.
+DATABASE_REPLICA_URL = envstr("DATABASE_REPLICA_URL", "")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = {
+        **database_from_url(DATABASE_REPLICA_URL, connect_timeout=envint("PERFUSE_REPLICA_CONNECT_TIMEOUT", 2)),
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+        "ATOMIC_REQUESTS": False,
+        "TEST": {"MIRROR": "default"},
+    }
+# A replica that failed is not tried again in a process for this long.
+PERFUSE_REPLICA_RETRY_SECONDS = envfloat("PERFUSE_REPLICA_RETRY_SECONDS", 10.0, minimum=0)
+# A replica further behind than this many seconds is passed over (set empty: no bound).
+PERFUSE_REPLICA_MAX_LAG_SECONDS: float | None = (
+    envfloat("PERFUSE_REPLICA_MAX_LAG_SECONDS", 10.0, minimum=0)
+    if envstr("PERFUSE_REPLICA_MAX_LAG_SECONDS", "10")
+    else None
+)
+# How long a read-your-writes read (an export) waits for the replica to replay that commit.
+PERFUSE_REPLICA_CATCH_UP_SECONDS = envfloat("PERFUSE_REPLICA_CATCH_UP_SECONDS", 1.0, minimum=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # "auto": use TimescaleDB when the extension is available, plain partitions otherwise.

@@ -31,12 +31,13 @@ from django.db import InterfaceError, OperationalError, transaction
 
 from audit.access.policy import ward_export_read
 from audit.trail import SYSTEM, Actor, audit_record
+from config.replica import on_replica
 from config.users import StaffUser
 from dashboard.fhir import resources
 from dashboard.fhir.selectors import device_view
 from dashboard.models import FhirExport, FhirExportChunk
 from telemetry.models import Device, Patient
-from telemetry.selectors import reading_next_time, readings_after
+from telemetry.selectors import ReadingKey, StoredReading, reading_next_time, readings_after
 from telemetry.units import METRICS
 
 log = logging.getLogger(__name__)
@@ -165,21 +166,41 @@ def _lines(step: Step, job: FhirExport, budget: int) -> tuple[list[dict[str, Any
     return _observation_page(step, job, budget)
 
 
+def _readings_from(
+    patient_pk: int, metric: str, since: dt.datetime | None, after: ReadingKey | None, budget: int
+) -> tuple[dt.datetime, list[StoredReading]] | None:
+    """The end of the next WINDOW of the patient's readings after `after`, and its readings (at
+    most `budget`); None when there are no more."""
+    start = reading_next_time(patient_id=patient_pk, metric=metric, after=after)
+    if start is None:
+        return None
+    until = start + WINDOW
+    return until, readings_after(
+        patient_id=patient_pk, metric=metric, ingested_since=since, after=after, until=until, limit=budget
+    )
+
+
 def _observation_page(step: Step, job: FhirExport, budget: int) -> tuple[list[dict[str, Any]], Any, bool, int]:
     """The next readings of one patient and metric, from at most one WINDOW of sample time: with
     `_since`, most readings may fail the ingest-time filter, and a window bounds what one query
     walks. A window that returns nothing still costs SCAN_COST, so a loop walks few of them."""
     assert step.patient is not None and step.metric is not None
+    metric = step.metric
     patient_pk, pseudonym = job.patients[step.patient]
     raw = job.cursor.get("after")
     after = (dt.datetime.fromisoformat(raw[0]), int(raw[1]), int(raw[2])) if raw else None
-    start = reading_next_time(patient_id=patient_pk, metric=step.metric, after=after)
-    if start is None:
-        return [], None, True, 1
-    until = start + WINDOW
-    rows = readings_after(
-        patient_id=patient_pk, metric=step.metric, ingested_since=job.since, after=after, until=until, limit=budget
+    # The readings may come from the replica once it holds this job (committed when the export
+    # was requested, so it also holds every reading committed before); never waited for here, in
+    # the engine's loop. The job's own writes (chunks, cursor) go to the primary.
+    found = on_replica(
+        lambda: _readings_from(patient_pk, metric, job.since, after, budget),
+        seen=job,
+        in_transaction=True,
+        catch_up=0.0,
     )
+    if found is None:
+        return [], None, True, 1
+    until, rows = found
     if len(rows) == budget:
         position = [rows[-1].sample_time.isoformat(), rows[-1].device_pk, rows[-1].seq]
     else:

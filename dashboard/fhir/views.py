@@ -40,6 +40,7 @@ from audit.access.refusals import refusal_audit
 from config.api_errors import FHIR_JSON, outcome_response
 from config.live import iso
 from config.refusal import Refusal
+from config.replica import on_replica
 from dashboard.api import DEFAULT_SPAN, MAX_SPAN, MAX_TIME, MIN_TIME
 from dashboard.fhir import exports, resources, selectors
 from dashboard.fhir.capability import capability_statement
@@ -287,10 +288,18 @@ def observation_search(request: HttpRequest) -> HttpResponse:
         )
         return fhir_response(bundle)
     start, end = allowed
-    resolutions = pinned or selectors.search_resolutions(patient=found, metrics=metrics, start=start, end=end)
-    page = selectors.observation_search(
-        patient=found, resolutions=resolutions, start=start, end=end, offset=offset, count=count
+    # The search reads the replica when one may answer (config.replica): both parts in one go.
+    page = on_replica(
+        lambda: selectors.observation_search(
+            patient=found,
+            resolutions=pinned or selectors.search_resolutions(patient=found, metrics=metrics, start=start, end=end),
+            start=start,
+            end=end,
+            offset=offset,
+            count=count,
+        )
     )
+    resolutions = page.resolutions
     next_url = None
     if offset + count < page.total:
         query: list[tuple[str, str]] = [("patient", pseudonym)]

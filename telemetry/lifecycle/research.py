@@ -49,9 +49,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connections, transaction
 
 from audit.trail import Actor, audit_record
+from config.replica import on_replica, read_alias
 from telemetry.errors import RegistryError
 from telemetry.lifecycle.models import ResearchExport, ResearchFile, ResearchSubject
 from telemetry.models import Patient, Ward
@@ -116,7 +117,7 @@ def _random_offset() -> int:
 
 def cohort_read(*, ward: Ward, start: dt.datetime, end: dt.datetime) -> Cohort:
     limit = settings.PERFUSE_RESEARCH_MAX_ROWS
-    with connection.cursor() as cursor:
+    with connections[read_alias()].cursor() as cursor:
         cursor.execute(_COHORT_SQL, [ward.pk, start, end, end, start, limit + 1])
         rows = cursor.fetchall()
     if len(rows) > limit:
@@ -203,7 +204,8 @@ def research_export_create(
         raise RegistryError(f"no ward {ward_code!r}", code="unknown_ward")
     k = settings.PERFUSE_RESEARCH_MIN_PATIENTS
     with transaction.atomic():
-        cohort = cohort_read(ward=ward, start=start, end=end)
+        # The cohort may come from the replica (config.replica): nothing is written before it.
+        cohort = on_replica(lambda: cohort_read(ward=ward, start=start, end=end), in_transaction=True)
         if len(cohort.patients) < k:
             raise RegistryError(
                 f"the cohort has {len(cohort.patients)} patients with readings; at least {k} are needed",
