@@ -74,10 +74,12 @@ async def ingest_pool() -> AsyncConnectionPool:
 
 
 def ingest_redis() -> Redis:
+    """The rate limiter's client: on the limits' server (config/redis_servers.py)."""
     loop_id = id(asyncio.get_running_loop())
     client = _redis.get(loop_id)
     if client is None:
-        client = Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        url = settings.PERFUSE_RATELIMIT_REDIS_URL
+        client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         _redis[loop_id] = client
     return client
 
