@@ -24,6 +24,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import redis
+import redis.asyncio
+from redis.exceptions import RedisClusterException, RedisError
+
+# What a limits client raises when its server (or cluster) is away: RedisClusterException is not
+# a RedisError ("no reachable node" when a cluster client starts).
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+
 
 def channel_hosts(urls: Sequence[str], connections_per_server: int) -> list[str]:
     """The channel layer's `hosts`: each server's connections as one contiguous block (each host
@@ -41,6 +49,22 @@ def hash_tag(text: str) -> str:
     if not text or "{" in text or "}" in text:
         text = hashlib.sha256(text.encode()).hexdigest()[:16]
     return "{" + text + "}"
+
+
+def limits_client(url: str, *, cluster: bool, timeout: float) -> redis.Redis | redis.RedisCluster:
+    """The login lockout's client of the limits' server, or of the cluster `url` is a node of.
+    A cluster client asks the node for the slot map at once: it raises REDIS_FAILURES if the
+    cluster is away."""
+    if cluster:
+        return redis.RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def limits_client_async(url: str, *, cluster: bool, timeout: float) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+    """The rate limiter's client (see `limits_client`; this one connects on first use)."""
+    if cluster:
+        return redis.asyncio.RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def redis_servers(*urls: str | Sequence[str]) -> list[str]:

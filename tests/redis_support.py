@@ -62,3 +62,30 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.kill()
+
+
+def start_cluster(root: Path, nodes: int = 3) -> list[RedisServer]:
+    """A Redis Cluster of `nodes` primaries, no replicas, every slot assigned (redis-cli
+    --cluster create); returned once every node reports cluster_state:ok."""
+    servers = [RedisServer(root / f"node-{n}", cluster=True) for n in range(nodes)]
+    try:
+        for server in servers:
+            server.start()
+        addresses = [f"127.0.0.1:{server.port}" for server in servers]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        deadline = time.monotonic() + WAIT
+        for server in servers:
+            with server.client() as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    assert time.monotonic() < deadline, f"cluster node {server.port} not ok"
+                    time.sleep(0.05)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

@@ -42,7 +42,7 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from config.redis_servers import hash_tag
+from config.redis_servers import REDIS_FAILURES, hash_tag, limits_client
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,15 @@ if n <= 1 then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, bool], redis.Redis | redis.RedisCluster] = {}
 
 
-def _redis() -> redis.Redis:
-    """The client of the limits' server (config/redis_servers.py), one per URL."""
-    url = settings.PERFUSE_RATELIMIT_REDIS_URL
-    client = _clients.get(url)
+def _redis() -> redis.Redis | redis.RedisCluster:
+    """The client of the limits' server or cluster (config/redis_servers.py), one per setting."""
+    where = (settings.PERFUSE_RATELIMIT_REDIS_URL, settings.PERFUSE_REDIS_CLUSTER)
+    client = _clients.get(where)
     if client is None:
-        client = _clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client = _clients[where] = limits_client(where[0], cluster=where[1], timeout=1)
     return client
 
 
@@ -146,7 +146,7 @@ def login_gate(*, username: str, address: str) -> Gate:
             settings.PERFUSE_LOGIN_LOCK_MAX_SECONDS * 1000,
             settings.PERFUSE_LOGIN_WINDOW_SECONDS,
         )
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         log.warning("login lockout store unavailable, admitting attempt: %s", exc)
         return Gate("evaluate", 0)
     return Gate(_VERDICTS[int(verdict)], math.ceil(int(wait_ms) / 1000))
@@ -155,7 +155,7 @@ def login_gate(*, username: str, address: str) -> Gate:
 def login_succeeded(*, username: str, address: str) -> None:
     try:
         _redis().eval(_SUCCESS, 3, *login_keys(username, address), int(time.time() * 1000))
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         log.warning("login lockout store unavailable: %s", exc)
 
 

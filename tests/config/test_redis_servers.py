@@ -7,8 +7,9 @@ servers started for this module beside the suite's own:
   again (redis-py re-subscribes on reconnect);
 - the ingest rate limiter and the login lockout live on PERFUSE_RATELIMIT_REDIS_URL and fail
   open while it is down, as telemetry/ratelimit.py and audit/access/lockout.py document;
-- every Lua script's keys hash to one Redis Cluster slot (CLUSTER KEYSLOT of a cluster-enabled
-  redis-server, cross-checked with redis-py's key_slot).
+- every Lua script's keys hash to one Redis Cluster slot (CLUSTER KEYSLOT of a real three-node
+  cluster, cross-checked with redis-py's key_slot), and with PERFUSE_REDIS_CLUSTER the limiter
+  and the lockout run on that cluster, deciding as on one server.
 """
 
 from __future__ import annotations
@@ -29,19 +30,21 @@ from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash
 from django.test import AsyncClient, Client
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
 
-from audit.access.lockout import login_keys
+from audit.access.lockout import login_gate, login_keys
 from audit.access.roles import CLINICIAN
 from config import live
 from config.asgi import application
 from config.redis_servers import channel_hosts, hash_tag, redis_servers
-from telemetry.ratelimit import bucket_keys
+from telemetry.ratelimit import Limits, Take, bucket_keys, rate_check, rates_check
 from tests import factories, personas
 from tests.ingest_helpers import send
 from tests.live_support import persona
-from tests.process_support import WAIT
-from tests.redis_support import RedisServer
+from tests.process_support import WAIT, free_port
+from tests.redis_support import RedisServer, start_cluster
 
 PREFIX = "perfuse"
 
@@ -308,15 +311,20 @@ def test_login_lockout_lives_on_its_server_and_fails_open_while_it_is_down(
 
 
 @pytest.fixture(scope="module")
-def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    """A cluster-enabled redis-server: it answers CLUSTER KEYSLOT without joining a cluster."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("redis-cluster-node")), cluster=True)
-    server.start()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """A real three-node Redis Cluster on loopback."""
+    nodes = start_cluster(Path(tmp_path_factory.mktemp("redis-cluster")))
     try:
-        with server.client() as client:
-            yield client
+        yield nodes
     finally:
-        server.stop()
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def cluster_node(cluster: list[RedisServer]) -> Iterator[redis.Redis]:
+    with cluster[0].client() as client:
+        yield client
 
 
 SITES = ["site-x", "icu-a", "", "a{b", "a}b", "}x", "{}", "hôpital nord"]
@@ -349,3 +357,72 @@ def test_hash_tags_stand_for_the_text_or_its_digest():
     assert hash_tag("a}b") != hash_tag("a{b")
     # Without the tag, a site's two keys would usually land in two slots.
     assert key_slot(b"perfuse:rl:dev:lumee-0001") != key_slot(b"perfuse:rl:site:site-x")
+
+
+# ---- the limits on a Redis Cluster (PERFUSE_REDIS_CLUSTER=1) ----------------------------------------
+
+TIGHT = Limits(device_rate=1, device_burst=30, site_rate=1, site_burst=1000)
+
+
+async def test_rate_limits_on_a_cluster_decide_as_on_one_server(
+    cluster: list[RedisServer], servers: tuple[RedisServer, RedisServer]
+):
+    sites = [f"site-{n}" for n in range(8)]
+    takes = [Take(f"dev-{site}", site, 10) for site in sites for _ in range(4)]
+    on_cluster = AsyncRedisCluster.from_url(cluster[0].url)
+    on_one = AsyncRedis.from_url(servers[0].url)
+    try:
+        # The sites' buckets are spread over several nodes: one pipeline spans them.
+        await on_cluster.initialize()
+        nodes = {on_cluster.get_node_from_key(bucket_keys(device="d", site=site)[1]).name for site in sites}
+        assert len(nodes) >= 2
+        clustered = await rates_check(on_cluster, takes, limits=TIGHT)
+        single = await rates_check(on_one, takes, limits=TIGHT)
+        assert clustered == single
+        assert [d.allowed for d in clustered if d] == [True, True, True, False] * len(sites)
+        assert [d.remaining for d in clustered[:4] if d] == [20, 10, 0, 0]
+        one = await rate_check(on_cluster, device="dev-site-0", site="site-0", cost=1, limits=TIGHT)
+        assert one is not None and not one.allowed  # the same buckets, seen by one EVAL
+    finally:
+        await on_cluster.aclose()
+        await on_one.aclose()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("ingest_clients")
+async def test_ingest_and_login_lockout_run_their_scripts_on_the_cluster(cluster: list[RedisServer], settings: Any):
+    settings.PERFUSE_REDIS_CLUSTER = True
+    settings.PERFUSE_RATELIMIT_REDIS_URL = cluster[1].url  # any node: the client finds the rest
+    dev = await sync_to_async(factories.device)(patient="p-cluster")
+    response = await send(AsyncClient(), dev, factories.series(1, 10))
+    assert response.status_code == 200 and "X-RateLimit-Limit" in response
+    keys = bucket_keys(device=dev.device_id, site=await _site_of(dev))
+    client = redis.RedisCluster.from_url(cluster[0].url)
+    try:
+        assert client.exists(*keys) == 2
+        await sync_to_async(_lock_out)(settings)
+        assert client.exists(*login_keys("dr-cluster", "10.0.0.9")) == 3
+    finally:
+        client.close()
+
+
+def _lock_out(settings: Any) -> None:
+    settings.PERFUSE_LOGIN_ACCOUNT_THRESHOLD = 3
+    factories.ward("icu-cluster")
+    user = personas.staff("dr-cluster", CLINICIAN, ["icu-cluster"])
+    assert [_login("dr-cluster", "wrong-password-x") for _ in range(3)] == [401, 401, 401]
+    assert _login("dr-cluster", personas.PASSWORD, personas.totp_code(user)) == 429
+
+
+async def test_an_unreachable_cluster_fails_open_like_a_server(settings: Any):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    on_cluster = AsyncRedisCluster.from_url(dead, socket_connect_timeout=0.5)
+    try:
+        assert await rate_check(on_cluster, device="d", site="s", cost=1, limits=TIGHT) is None
+        assert await rates_check(on_cluster, [Take("d", "s", 1)], limits=TIGHT) == [None]
+    finally:
+        await on_cluster.aclose()
+    settings.PERFUSE_REDIS_CLUSTER = True
+    settings.PERFUSE_RATELIMIT_REDIS_URL = dead
+    gate = await sync_to_async(login_gate)(username="dr-x", address="10.0.0.9")
+    assert gate.allowed  # evaluated as usual: no lockout store, no lockout
