@@ -307,6 +307,27 @@ def test_login_lockout_lives_on_its_server_and_fails_open_while_it_is_down(
     assert _login("dr-lock", personas.PASSWORD, personas.totp_code(user)) == 429
 
 
+# ---- readiness ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_readiness_pings_every_configured_server(
+    servers: tuple[RedisServer, RedisServer], settings: Any, caplog: pytest.LogCaptureFixture
+):
+    on_a, on_b = servers
+    settings.REDIS_URLS = [on_a.url, on_b.url]
+    settings.PERFUSE_RATELIMIT_REDIS_URL = on_a.url
+    assert Client().get("/readyz").json()["checks"]["redis"] == "ok"
+    on_b.kill()
+    response = Client().get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["redis"] == "unreachable"
+    assert f"127.0.0.1:{on_b.port}/0" in caplog.text  # the log names the server that failed
+    on_b.start()
+    assert Client().get("/readyz").status_code == 200
+    settings.PERFUSE_RATELIMIT_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # the limits' server
+    assert Client().get("/readyz").json()["checks"]["redis"] == "unreachable"
+
+
 # ---- Redis Cluster slots -----------------------------------------------------------------------
 
 
