@@ -6,10 +6,10 @@ production HTTPS redirect (301) would refuse; none of the three builds a URL fro
 header or uses a session, so neither check protects anything here.
 
 Liveness needs nothing: no database, no Redis. Readiness asks PostgreSQL (reachable,
-`telemetry_reading` present, no unapplied migration) and Redis (PING). The migration check loads
-the migration graph, too slow for every probe: once the database is found migrated that answer
-is kept for the life of the process (a deploy that adds migrations also restarts it); a
-negative answer is re-checked at most every few seconds.
+`telemetry_reading` present, no unapplied migration) and every configured Redis server (PING).
+The migration check loads the migration graph, too slow for every probe: once the database is
+found migrated that answer is kept for the life of the process (a deploy that adds migrations
+also restarts it); a negative answer is re-checked at most every few seconds.
 
 `/metrics` joins this process's counters (config/metrics.py) with figures read from PostgreSQL
 at scrape time, so they agree whichever process is scraped: engine lag, readings stored in the
@@ -39,6 +39,7 @@ from config import metrics
 from config.api_errors import error_body
 from config.middleware import RequestGate
 from config.net import request_address
+from config.redis_servers import redis_servers
 from telemetry.selectors import engine_lag, ingest_counts_last_minute, readings_table_present
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,25 @@ def _migrations_check() -> str:
 
 
 def _redis_check() -> str:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
-    )
-    try:
-        client.ping()
-    finally:
-        client.close()
+    # Every configured server: the channel layer's (each carries its share of the live groups)
+    # and the limits' (config/redis_servers.py). The first one down fails the check, named in the log.
+    for url in redis_servers(settings.REDIS_URLS, settings.PERFUSE_RATELIMIT_REDIS_URL):
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
+        )
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise redis.ConnectionError(f"{_server_name(client)}: {exc}") from exc
+        finally:
+            client.close()
     return "ok"
+
+
+def _server_name(client: redis.Redis) -> str:
+    """host:port/db of a client, without the password a URL may carry."""
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
 
 def _run_check(name: str, check: Callable[[], str], failure: str) -> str:

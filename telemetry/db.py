@@ -15,7 +15,9 @@ from django.conf import settings
 from django.db import connections
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+
+from config.redis_servers import limits_client_async
 
 _pools: dict[int, AsyncConnectionPool] = {}
 
@@ -34,7 +36,7 @@ async def _configure(conn: AsyncConnection[Any]) -> None:
     await conn.execute(STAGE_DDL)
 
 
-_redis: dict[int, Redis] = {}
+_redis: dict[int, Redis | RedisCluster] = {}
 
 
 def _conninfo() -> dict[str, Any]:
@@ -73,12 +75,13 @@ async def ingest_pool() -> AsyncConnectionPool:
     return pool
 
 
-def ingest_redis() -> Redis:
+def ingest_redis() -> Redis | RedisCluster:
+    """The rate limiter's client: of the limits' server or cluster (config/redis_servers.py)."""
     loop_id = id(asyncio.get_running_loop())
     client = _redis.get(loop_id)
     if client is None:
-        client = Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-        _redis[loop_id] = client
+        url, cluster = settings.PERFUSE_RATELIMIT_REDIS_URL, settings.PERFUSE_REDIS_CLUSTER
+        client = _redis[loop_id] = limits_client_async(url, cluster=cluster, timeout=0.5)
     return client
 
 

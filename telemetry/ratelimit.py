@@ -2,6 +2,8 @@
 
 Both buckets are refilled and tested in the same script, so concurrent requests cannot slip
 through between a read and a write. Tokens are readings: a 500-reading batch costs 500.
+The two keys carry the site as a hash tag, so the script also runs on a Redis Cluster
+(PERFUSE_REDIS_CLUSTER, config/redis_servers.py).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis, RedisCluster
+
+from config.redis_servers import REDIS_FAILURES, hash_tag
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,14 @@ class Limits:
     site_burst: int
 
 
-async def rate_check(redis: Redis, *, device: str, site: str, cost: int, limits: Limits) -> RateDecision | None:
+async def rate_check(
+    redis: Redis | RedisCluster, *, device: str, site: str, cost: int, limits: Limits
+) -> RateDecision | None:
     """Take `cost` tokens from both buckets, or none. None when Redis is unavailable (fail open:
     an outage of the rate limiter must not refuse clinical data)."""
     try:
         answer = await redis.eval(_SCRIPT, 2, *_script_args(device=device, site=site, cost=cost, limits=limits))
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         log.warning("rate limiter unavailable, admitting request: %s", exc)
         return None
     return _decision(answer)
@@ -98,29 +103,55 @@ class Take:
     cost: int
 
 
-async def rates_check(redis: Redis, takes: Sequence[Take], *, limits: Limits) -> list[RateDecision | None]:
+async def rates_check(
+    redis: Redis | RedisCluster, takes: Sequence[Take], *, limits: Limits
+) -> list[RateDecision | None]:
     """`rate_check` for many messages in one round trip (a pipeline of the same script, in order:
     a device twice in `takes` pays twice, as two requests would). All None when Redis is
     unavailable, as above."""
     if not takes:
         return []
-    script = redis.register_script(_SCRIPT)
+    args = [_script_args(device=take.device, site=take.site, cost=take.cost, limits=limits) for take in takes]
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for take in takes:
-                values = _script_args(device=take.device, site=take.site, cost=take.cost, limits=limits)
-                await script(keys=values[:2], args=values[2:], client=pipe)
-            answers = await pipe.execute()
-    except (RedisError, OSError) as exc:
+        if isinstance(redis, RedisCluster):
+            answers = await _cluster_pipeline(redis, args)
+        else:
+            answers = await _pipeline(redis, args)
+    except REDIS_FAILURES as exc:
         log.warning("rate limiter unavailable, admitting %d messages: %s", len(takes), exc)
         return [None] * len(takes)
     return [_decision(answer) for answer in answers]
 
 
+async def _pipeline(redis: Redis, args: list[list[Any]]) -> list[Any]:
+    script = redis.register_script(_SCRIPT)
+    async with redis.pipeline(transaction=False) as pipe:
+        for values in args:
+            await script(keys=values[:2], args=values[2:], client=pipe)
+        return list(await pipe.execute())
+
+
+async def _cluster_pipeline(redis: RedisCluster, args: list[list[Any]]) -> list[Any]:
+    # A cluster pipeline sends each node its share, in order, and answers in the order queued.
+    # EVAL with the body, not EVALSHA: a node that restarted or took over slots after a
+    # failover would answer NOSCRIPT for its share, which a cluster pipeline does not retry.
+    async with redis.pipeline(transaction=False) as pipe:
+        for values in args:
+            pipe.eval(_SCRIPT, 2, *values)
+        return list(await pipe.execute())
+
+
+def bucket_keys(*, device: str, site: str) -> list[str]:
+    """The device's and the site's bucket, tagged by site: both keys of one script share a Redis
+    Cluster slot (a device sends for one site). The site key is every request of the site's
+    one hot key anyway, so tagging its devices with it moves no extra load onto that slot."""
+    tag = hash_tag(site)
+    return [f"perfuse:rl:{tag}:dev:{device}", f"perfuse:rl:{tag}:site"]
+
+
 def _script_args(*, device: str, site: str, cost: int, limits: Limits) -> list[Any]:
     return [
-        f"perfuse:rl:dev:{device}",
-        f"perfuse:rl:site:{site}",
+        *bucket_keys(device=device, site=site),
         int(time.time() * 1000),
         cost,
         limits.device_rate,

@@ -42,6 +42,8 @@ from django_otp.oath import TOTP
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from config.redis_servers import REDIS_FAILURES, hash_tag, limits_client
+
 log = logging.getLogger(__name__)
 
 Verdict = Literal["evaluate", "second_factor_first", "locked"]
@@ -88,21 +90,34 @@ if n <= 1 then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
-_client: redis.Redis | None = None
+_clients: dict[tuple[str, bool], redis.Redis | redis.RedisCluster] = {}
 
 
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-    return _client
+def _redis() -> redis.Redis | redis.RedisCluster:
+    """The client of the limits' server or cluster (config/redis_servers.py), one per setting."""
+    where = (settings.PERFUSE_RATELIMIT_REDIS_URL, settings.PERFUSE_REDIS_CLUSTER)
+    client = _clients.get(where)
+    if client is None:
+        client = _clients[where] = limits_client(where[0], cluster=where[1], timeout=1)
+    return client
 
 
-def _keys(username: str, address: str) -> list[str]:
+# One hash tag for every lockout key. The gate script reads and charges the pair, the account (of
+# every address) and the address (of every account) at once; no tag narrower than "all logins"
+# puts those three in one Redis Cluster slot, and splitting the script would let concurrent
+# attempts slip between its checks. Sign-ins are few: one slot carries them easily.
+_TAG = hash_tag("perfuse-login")
+
+
+def login_keys(username: str, address: str) -> list[str]:
     # Hash the username: keys must not grow unbounded with attacker-chosen text.
     account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
     address = address or "-"
-    return [f"perfuse:login:pair:{account}:{address}", f"perfuse:login:acct:{account}", f"perfuse:login:addr:{address}"]
+    return [
+        f"perfuse:login:{_TAG}:pair:{account}:{address}",
+        f"perfuse:login:{_TAG}:acct:{account}",
+        f"perfuse:login:{_TAG}:addr:{address}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,7 @@ def login_gate(*, username: str, address: str) -> Gate:
         verdict, wait_ms = _redis().eval(
             _GATE,
             3,
-            *_keys(username, address),
+            *login_keys(username, address),
             int(time.time() * 1000),
             settings.PERFUSE_LOGIN_ACCOUNT_THRESHOLD,
             settings.PERFUSE_LOGIN_ACCOUNT_THRESHOLD,
@@ -131,7 +146,7 @@ def login_gate(*, username: str, address: str) -> Gate:
             settings.PERFUSE_LOGIN_LOCK_MAX_SECONDS * 1000,
             settings.PERFUSE_LOGIN_WINDOW_SECONDS,
         )
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         log.warning("login lockout store unavailable, admitting attempt: %s", exc)
         return Gate("evaluate", 0)
     return Gate(_VERDICTS[int(verdict)], math.ceil(int(wait_ms) / 1000))
@@ -139,8 +154,8 @@ def login_gate(*, username: str, address: str) -> Gate:
 
 def login_succeeded(*, username: str, address: str) -> None:
     try:
-        _redis().eval(_SUCCESS, 3, *_keys(username, address), int(time.time() * 1000))
-    except (redis.RedisError, OSError) as exc:
+        _redis().eval(_SUCCESS, 3, *login_keys(username, address), int(time.time() * 1000))
+    except REDIS_FAILURES as exc:
         log.warning("login lockout store unavailable: %s", exc)
 
 

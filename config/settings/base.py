@@ -8,6 +8,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import database_from_url, envbool, envfloat, envint, envlist, envsecret, envstr
+from config.redis_servers import channel_hosts
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -110,6 +111,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PERFUSE_TIMESCALE = envstr("PERFUSE_TIMESCALE", "auto")
 
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:63799/0")
+# Several Redis servers (config/redis_servers.py, docs/operations.md "Redis"): the channel layer
+# spreads over all of them; the rate limiter and login lockout live on one (or on a Cluster).
+REDIS_URLS = envlist("REDIS_URLS", []) or [REDIS_URL]
+PERFUSE_RATELIMIT_REDIS_URL = envstr("PERFUSE_RATELIMIT_REDIS_URL", REDIS_URLS[0])
+PERFUSE_REDIS_CLUSTER = envbool("PERFUSE_REDIS_CLUSTER", False)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -117,7 +123,7 @@ CHANNEL_LAYERS = {
         # entries for the same Redis shard the channels over several connections, so a busy
         # process does not publish one frame at a time (docs/benchmarks.md, Live).
         "CONFIG": {
-            "hosts": [REDIS_URL] * envint("PERFUSE_CHANNEL_SHARDS", 4),
+            "hosts": channel_hosts(REDIS_URLS, envint("PERFUSE_CHANNEL_SHARDS", 4, minimum=1)),
             "prefix": envstr("PERFUSE_CHANNEL_PREFIX", "perfuse"),
         },
     }
@@ -125,7 +131,8 @@ CHANNEL_LAYERS = {
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
+        # One LOCATION: further ones would be read replicas of the first, not shards.
+        "LOCATION": PERFUSE_RATELIMIT_REDIS_URL,
         "KEY_PREFIX": envstr("PERFUSE_CACHE_PREFIX", "perfuse"),
     }
 }

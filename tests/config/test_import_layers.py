@@ -29,6 +29,8 @@ PACKAGES = ("config", "telemetry", "audit", "alerts", "dashboard")
 LAYERS: dict[str, float] = {
     # 0: plumbing (settings, env, metrics, API errors, middleware, client address, ...).
     "config": 0,
+    # Which Redis server holds what, and the Cluster hash tags of the limits' keys.
+    "config.redis_servers": 0,
     # 1: the audit-trail writer; every layer audits its own acts.
     "audit.models": 1,
     "audit.chain": 1,

@@ -106,7 +106,7 @@ def _dead_redis_url() -> str:
 def _dead_redis_settings() -> dict[str, Any]:
     url = _dead_redis_url()
     cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
-    return {"REDIS_URL": url, "CACHES": {"default": cache}}
+    return {"REDIS_URL": url, "REDIS_URLS": [url], "PERFUSE_RATELIMIT_REDIS_URL": url, "CACHES": {"default": cache}}
 
 
 # ---- healthz ---------------------------------------------------------------------------------

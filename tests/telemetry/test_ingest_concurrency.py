@@ -73,7 +73,7 @@ async def _drain_publishes() -> None:
 
 async def test_redis_outage_does_not_fail_ingest(settings):
     dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    settings.REDIS_URL = dead
+    settings.REDIS_URL = settings.PERFUSE_RATELIMIT_REDIS_URL = dead
     settings.CHANNEL_LAYERS = {"default": {**settings.CHANNEL_LAYERS["default"], "CONFIG": {"hosts": [dead]}}}
     dev = await make_device(patient="p-outage")
     response = await send(AsyncClient(), dev, factories.series(1, 50), firmware="fw-x")
