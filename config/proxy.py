@@ -29,11 +29,14 @@ class Front:
     upstreams: tuple[str, ...]  # host:port of each Daphne
     certificate: Path
     certificate_key: Path
-    state_dir: Path  # pid, logs, temp files (the standalone configuration)
+    state_dir: Path  # pid and logs (the standalone configuration)
     server_name: str = "localhost"
     static_root: Path | None = None  # served by nginx when given; else Django serves /static/
     max_body_bytes: int = field(default_factory=lambda: int(settings.PERFUSE_INGEST_MAX_BYTES))
     worker_processes: int = 1
+    # nginx's temp files (request bodies above the buffer, large answers): its workers must reach
+    # it, which an unprivileged worker cannot under a 0700 home or test directory.
+    temp_dir: Path | None = None
 
     @property
     def access_log(self) -> Path:
@@ -76,15 +79,23 @@ def site_config(front: Front) -> str:
 
 def standalone_config(front: Front) -> str:
     """deploy/nginx/nginx.conf for `front`: a whole configuration including the site part."""
-    return _render("nginx.conf", {"state_dir": str(front.state_dir), "worker_processes": str(front.worker_processes)})
+    return _render(
+        "nginx.conf",
+        {
+            "state_dir": str(front.state_dir),
+            "temp_dir": str(front.temp_dir or front.state_dir),
+            "worker_processes": str(front.worker_processes),
+        },
+    )
 
 
 def front_write(front: Front) -> Path:
     """Both files into the state directory (with nginx's temp directories); the nginx.conf path."""
     front.state_dir.mkdir(parents=True, exist_ok=True)
-    # nginx's workers (an unprivileged user when the master runs as root) buffer large bodies
-    # in temp directories under it: they must be able to reach them.
-    front.state_dir.chmod(0o755)
+    temp = front.temp_dir or front.state_dir
+    temp.mkdir(parents=True, exist_ok=True)
+    # nginx's workers (an unprivileged user when the master runs as root) write temp files there.
+    temp.chmod(0o755)
     (front.state_dir / "perfuse.conf").write_text(site_config(front))
     main = front.state_dir / "nginx.conf"
     main.write_text(standalone_config(front))

@@ -9,10 +9,10 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
@@ -117,18 +117,27 @@ def front_started(directory: Path, daphnes: int = 2) -> Iterator[Front]:
     """`daphnes` Daphne processes and nginx in front of them, all on loopback."""
     started: list[Daphne] = []
     nginx: subprocess.Popen[bytes] | None = None
-    state: Path | None = None
+    temp: Path | None = None
     try:
         started = [_daphne(directory, i) for i in range(daphnes)]
         for d in started:
             _wait_for(lambda d=d: _accepts(d.port), f"daphne on {d.port}", d.process, directory / "daphne-0.log")
         port = free_port()
+        state = directory / "nginx"
         # Not under pytest's 0700 directories: nginx's workers (nobody, when the tests run as
-        # root) must reach the temp files under it (config/proxy.py).
-        state = Path(tempfile.mkdtemp(prefix="perfuse-nginx-"))
+        # root) write their temp files there (config/proxy.py).
+        temp = Path(tempfile.mkdtemp(prefix="perfuse-nginx-"))
         upstreams = [arg for d in started for arg in ("--upstream", f"127.0.0.1:{d.port}")]
         call_command(
-            "proxy_setup", str(state), "--listen", f"127.0.0.1:{port}", *upstreams, "--pki-dir", str(directory / "pki")
+            "proxy_setup",
+            str(state),
+            "--listen",
+            f"127.0.0.1:{port}",
+            *upstreams,
+            "--pki-dir",
+            str(directory / "pki"),
+            "--temp-dir",
+            str(temp),
         )
         error_log = state / "error.log"
         nginx = subprocess.Popen(
@@ -147,9 +156,8 @@ def front_started(directory: Path, daphnes: int = 2) -> Iterator[Front]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=WAIT)
-        if state is not None:
-            shutil.copytree(state, directory / "nginx", dirs_exist_ok=True)  # the logs stay with the test's
-            shutil.rmtree(state, ignore_errors=True)
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def https(

@@ -34,6 +34,9 @@ class Command(ResultCommand):
         parser.add_argument("--pki-dir", type=Path, help="default: PERFUSE_PKI_DIR")
         parser.add_argument("--static-root", type=Path, help="serve /static/ from here (default: Django serves it)")
         parser.add_argument("--workers", type=int, default=1, help="nginx worker processes")
+        parser.add_argument(
+            "--temp-dir", type=Path, help="nginx's temp files (default: STATE; its workers must reach it)"
+        )
 
     def act(self, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
         pki_dir = options["pki_dir"] or (Path(settings.PERFUSE_PKI_DIR) if settings.PERFUSE_PKI_DIR else None)
@@ -50,6 +53,7 @@ class Command(ResultCommand):
             state_dir=state,
             static_root=options["static_root"].resolve() if options["static_root"] else None,
             worker_processes=options["workers"],
+            temp_dir=options["temp_dir"].resolve() if options["temp_dir"] else None,
         )
         config = front_write(front)
         port = front.listen.rsplit(":", 1)[-1]
