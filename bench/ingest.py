@@ -242,6 +242,7 @@ def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -
 
 def _ceiling_process(device_pks: list[int], batch: int, seconds: float, index: int, queue: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_django()  # a spawned process: the ingest modules it imports need the app registry
     queue.put(ceiling(device_pks, batch, seconds, index)[0])
 
 
@@ -255,7 +256,7 @@ def ceiling_parallel(device_pks: list[int], batch: int, seconds: float, processe
     ]
     for w in workers:
         w.start()
-    rates = [queue.get() for _ in workers]
+    rates = [queue.get(timeout=seconds + 120) for _ in workers]
     for w in workers:
         w.join()
     return float(sum(rates))
@@ -493,11 +494,19 @@ def main() -> None:
         daphne_pids = [p.pid for p in procs]
 
         direct = drive(args, devices, ports, daphne_pids)
+        print(
+            f"direct: {direct.rate:,.0f} readings/s, p50 {direct.percentile(0.5):.1f} ms, "
+            f"p99 {direct.percentile(0.99):.1f} ms"
+        )
         proxied = None
         if args.proxy:
             nginx, proxy_port, ca_file = start_proxy(ports, env, tmp)
             procs.append(nginx)
             proxied = drive(args, devices, [proxy_port], daphne_pids + nginx_pids(nginx.pid), ca_file)
+            print(
+                f"proxy: {proxied.rate:,.0f} readings/s, p50 {proxied.percentile(0.5):.1f} ms, "
+                f"p99 {proxied.percentile(0.99):.1f} ms"
+            )
 
         for p in procs:
             p.terminate()
