@@ -1,7 +1,7 @@
 """Alarm latency: commit of the reading that completes a rule's delay → `alarm.transition` frame at
 a subscribed alarm console, under a fleet of N devices at F Hz through the real ingest API.
 
-    DATABASE_URL=… REDIS_URL=… .venv/bin/python bench/alarms.py --devices 1000 --hz 1 --duration 120
+    .venv/bin/python bench/alarms.py --devices 1000 --hz 1 --duration 120
 
 Starts Daphne and `manage.py run_engine` as subprocesses against the given database (migrated
 here; the engine cursor is moved to the present), provisions a bench ward with N devices and
@@ -23,8 +23,8 @@ starts at that transaction's commit (the `alarm.transition` commit; without comm
 at the engine's decision time, an earlier start) and stops when the SMTP server accepts the
 message (end of DATA) and when the receiver has the signed POST. Prints p50/p99/max of each.
 
-The database must be given (DATABASE_URL): the bench refuses to run against the default, which
-is `make run`'s demo database.
+Runs against throwaway PostgreSQL and Redis of its own unless DATABASE_URL names a database
+(bench/servers.py), never against `make run`'s demo database.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+
+# Throwaway PostgreSQL and Redis unless DATABASE_URL names a database (bench/servers.py).
+from bench.servers import own_services_unless_given  # noqa: E402
+
+OWN_SERVICES = own_services_unless_given()
 
 CRITICAL_DELAY_S = 10
 DIP_SECONDS = 14
@@ -480,8 +485,6 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # the SMTP server logs every command
 
-    if "DATABASE_URL" not in os.environ:
-        parser.error("set DATABASE_URL to a database for the bench (the default is make run's demo database)")
     # A SIGTERM (e.g. from `timeout`) must still stop Daphne and the engine in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"setting up {args.devices} devices…", file=sys.stderr)

@@ -1,10 +1,10 @@
 """Audit-trail figures (not a test): append rate of hash-chained events (one writer and several
 concurrent writers serialized by the chain lock), and the time audit_verify takes per event.
 
-    DATABASE_URL=… REDIS_URL=… DJANGO_SETTINGS_MODULE=config.settings.dev .venv/bin/python bench/audit.py [N]
+    .venv/bin/python bench/audit.py [N]
 
-Writes N (default 5000) events with action "bench.event" into the configured database; run it
-against a throwaway database.
+Writes N (default 5000) events with action "bench.event" into a throwaway database of its own
+(started and migrated here), or into DATABASE_URL's when given (then run it against a throwaway one).
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
-import django
+# Throwaway PostgreSQL and Redis unless DATABASE_URL names a database (bench/servers.py).
+from bench.servers import own_services_unless_given
+
+OWN_SERVICES = own_services_unless_given()
+
+import django  # noqa: E402
 
 django.setup()
 
+from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from audit.models import AuditEvent  # noqa: E402
@@ -41,6 +47,8 @@ def write(n: int) -> None:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    if OWN_SERVICES:
+        call_command("migrate", verbosity=0)
     start = time.perf_counter()
     write(n)
     single = n / (time.perf_counter() - start)

@@ -1,6 +1,6 @@
 """Engine wake-up: the commit of an ingest transaction → the engine's processors see its readings.
 
-    DATABASE_URL=… .venv/bin/python bench/engine_wakeup.py [--commits 200] [--interval 0.2]
+    .venv/bin/python bench/engine_wakeup.py [--commits 200] [--interval 0.2]
 
 Migrates the given database, runs the engine (`telemetry.engine.Engine`, as `run_engine` does) in
 a thread with one probe processor, and commits ingest transactions of one reading each (the
@@ -10,8 +10,8 @@ engine's transaction where the alarm evaluator decides. Twice: with LISTEN (the 
 the ingest log's NOTIFY trigger) and poll only (`run_engine --no-listen`) at the same interval.
 Prints p50/p99/max of each.
 
-The database must be given (DATABASE_URL): the bench refuses to run against the default, which
-is `make run`'s demo database.
+Runs against throwaway PostgreSQL and Redis of its own unless DATABASE_URL names a database
+(bench/servers.py), never against `make run`'s demo database.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+
+# Throwaway PostgreSQL and Redis unless DATABASE_URL names a database (bench/servers.py).
+from bench.servers import own_services_unless_given  # noqa: E402
+
+OWN_SERVICES = own_services_unless_given()
 
 import django  # noqa: E402
 
@@ -110,8 +115,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commits", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.2, help="the engine's poll interval (s)")
     args = parser.parse_args(argv)
-    if not os.environ.get("DATABASE_URL"):
-        parser.error("set DATABASE_URL to a database for the bench (never make run's demo database)")
     call_command("migrate", verbosity=0)
     with connection.cursor() as cursor:  # start past whatever the database held
         cursor.execute("DELETE FROM telemetry_reading WHERE device_id = %s", [DEVICE])

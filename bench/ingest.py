@@ -1,15 +1,18 @@
 """Ingest benchmark (not a test): signed 500-reading batches through Daphne vs. the bare COPY ceiling.
 
-    .venv/bin/python bench/ingest.py [--daphnes 2] [--clients 2] [--concurrency 2] [--devices 120]
-                                     [--seconds 20] [--warmup 3] [--batch 500]
+    .venv/bin/python bench/ingest.py [--daphnes 2] [--proxy] [--clients 2] [--concurrency 2]
+                                     [--devices 120] [--seconds 20] [--warmup 3] [--batch 500]
 
 Uses DATABASE_URL / REDIS_URL when set, else starts throwaway PostgreSQL and Redis with
 scripts/lib.sh (in a temporary directory, removed at the end). Migrates, provisions devices (each
 assigned to a patient, as on a ward), starts `--daphnes` Daphne processes on loopback ports, and
 drives them from `--clients` client processes, each keeping `--concurrency` keep-alive HTTP/1.1
 connections busy with freshly generated and signed batches (requests are spread over the Daphne
-ports). Then, on the same table, it measures the ceiling: one process, no HTTP, the same
-COPY → staging → INSERT … ON CONFLICT DO NOTHING per 500-row batch and commit.
+ports). With --proxy it then drives the same Daphnes the same way through the nginx TLS front of
+deploy/nginx/ (TLS 1.3, rendered by `manage.py proxy_setup`, its own throwaway CA), and prints both
+figures side by side. Then, on the same table, it measures the ceiling: `--daphnes` processes at
+once (as many as serve HTTP), no HTTP, each the same COPY → staging → INSERT … ON CONFLICT DO
+NOTHING per 500-row batch and commit on devices of its own; the one-process figure beside it.
 
 The client processes run on the same 2 cores as Daphne and PostgreSQL; their CPU time is printed
 so the figures can be read honestly.
@@ -28,7 +31,6 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,10 +129,20 @@ class Device:
         return head + body
 
 
-async def _connection(port: int, devices: list[Device], batch: int, t_start: float, t_end: float, out: list) -> None:
-    """One keep-alive connection sending batch after batch (a minimal HTTP/1.1 client: cheap on CPU)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    host = f"127.0.0.1:{port}".encode()
+async def _connection(
+    port: int, devices: list[Device], batch: int, t_start: float, t_end: float, out: list, ca_file: str | None
+) -> None:
+    """One keep-alive connection sending batch after batch (a minimal HTTP/1.1 client: cheap on CPU);
+    over TLS to the proxy when `ca_file` (the CA that signed its certificate) is given."""
+    if ca_file:
+        import ssl
+
+        context = ssl.create_default_context(cafile=ca_file)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        host = f"localhost:{port}".encode()
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        host = f"127.0.0.1:{port}".encode()
     i = 0
     while time.time() < t_end:
         device = devices[i % len(devices)]
@@ -169,6 +181,7 @@ def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], qu
                     args["t_start"],
                     args["t_end"],
                     results,
+                    args.get("ca_file"),
                 )
                 for c in range(args["concurrency"])
             )
@@ -182,7 +195,7 @@ def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], qu
 # --- the ceiling ---------------------------------------------------------------------------------
 
 
-def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, int]:
+def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -> tuple[float, int]:
     """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP.
 
     The COPY payload is formatted the way the ingest formats it (one pass), so the ceiling is not
@@ -194,7 +207,7 @@ def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, i
     from telemetry.ingest.validate import Row
 
     rows = 0
-    seq = int(time.time() * 1000) * 1000 + 9 * 10**8
+    seq = int(time.time() * 1000) * 1000 + 9 * 10**8 + index * 10**7
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         conn.execute(STAGE_DDL)
         start = time.perf_counter()
@@ -225,6 +238,28 @@ def ceiling(device_pks: list[int], batch: int, seconds: float) -> tuple[float, i
             seq += batch
         elapsed = time.perf_counter() - start
     return rows / elapsed, rows
+
+
+def _ceiling_process(device_pks: list[int], batch: int, seconds: float, index: int, queue: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_django()  # a spawned process: the ingest modules it imports need the app registry
+    queue.put(ceiling(device_pks, batch, seconds, index)[0])
+
+
+def ceiling_parallel(device_pks: list[int], batch: int, seconds: float, processes: int) -> float:
+    """The ceiling of `processes` such processes at once (each on its own devices): readings/s in all."""
+    context = mp.get_context("spawn")
+    queue: Any = context.Queue()
+    workers = [
+        context.Process(target=_ceiling_process, args=(device_pks[i::processes], batch, seconds, i, queue))
+        for i in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    rates = [queue.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join()
+    return float(sum(rates))
 
 
 def backend_cpu() -> dict[int, float]:
@@ -304,9 +339,123 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Run:
+    """One measured window of HTTP ingest: what the clients saw and what the servers spent."""
+
+    def __init__(self, results: list[tuple[float, int, int]], seconds: float, cpu: dict[str, float]) -> None:
+        self.results, self.seconds, self.cpu = results, seconds, cpu
+        self.latencies = sorted(r[0] for r in results)
+        self.statuses: dict[int, int] = {}
+        for r in results:
+            self.statuses[r[1]] = self.statuses.get(r[1], 0) + 1
+        self.accepted = sum(r[2] for r in results)
+        self.rate = self.accepted / seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        return self.latencies[min(len(self.latencies) - 1, int(len(self.latencies) * q))] * 1000
+
+
+def drive(
+    args: argparse.Namespace,
+    devices: list[tuple[str, str, str]],
+    ports: list[int],
+    server_pids: list[int],
+    ca_file: str | None = None,
+) -> Run:
+    """The client processes against `ports` for the warm-up and the measured window."""
+    t_start = time.time() + 2.0 + args.warmup
+    t_end = t_start + args.seconds
+    context = mp.get_context("spawn")
+    queue: Any = context.Queue()
+    per = len(devices) // args.clients
+    clients = [
+        context.Process(
+            target=client_process,
+            args=(
+                {**vars(args), "index": i, "ports": ports, "t_start": t_start, "t_end": t_end, "ca_file": ca_file},
+                devices[i * per : (i + 1) * per],
+                queue,
+            ),
+        )
+        for i in range(args.clients)
+    ]
+    for c in clients:
+        c.start()
+    time.sleep(max(0.0, t_start - time.time()))
+    cpu_start = {pid: cpu_of(pid) for pid in server_pids}
+    pg_start = backend_cpu()
+    time.sleep(max(0.0, t_end - time.time()))
+    cpu_end = {pid: cpu_of(pid) for pid in server_pids}
+    pg_end = backend_cpu()
+    outcomes = [queue.get() for _ in clients]
+    for c in clients:
+        c.join()
+    cpu = {
+        "servers": sum(cpu_end[p] - cpu_start[p] for p in cpu_end),
+        "postgres": sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items()),
+        "clients": sum(cpu for _, cpu in outcomes),
+    }
+    return Run([r for rs, _ in outcomes for r in rs], args.seconds, cpu)
+
+
+def start_proxy(ports: list[int], env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    """nginx (deploy/nginx/) in front of `ports`, with a throwaway CA: the process, its port, the CA file."""
+    port = free_port()
+    state = tmp / "nginx"
+    upstreams = [arg for p in ports for arg in ("--upstream", f"127.0.0.1:{p}")]
+    subprocess.run(
+        [
+            *(sys.executable, "manage.py", "proxy_setup", str(state), "--listen", f"127.0.0.1:{port}"),
+            *upstreams,
+            *("--pki-dir", str(tmp / "pki"), "--temp-dir", str(tmp / "nginx-temp")),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    proc = subprocess.Popen(
+        ["nginx", "-e", str(state / "error.log"), "-c", str(state / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port, str(tmp / "pki" / "ca.pem")
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nginx did not start; see {state / 'error.log'}")
+
+
+def nginx_pids(master: int) -> list[int]:
+    """The nginx master and its workers (the workers do the TLS)."""
+    children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True, check=False).stdout
+    return [master, *(int(pid) for pid in children.split())]
+
+
+def report(name: str, run: Run, args: argparse.Namespace, ceiling_rate: float) -> None:
+    print(
+        f"{name}: {run.rate:,.0f} readings/s accepted ({len(run.results)} requests of {args.batch} "
+        f"in {args.seconds:.0f} s, statuses {run.statuses}) = {run.rate / ceiling_rate:.0%} of the "
+        f"{args.daphnes}-process ceiling; latency p50 {run.percentile(0.5):.1f} ms  p99 {run.percentile(0.99):.1f} ms"
+        f"  max {run.percentile(1.0):.1f} ms"
+    )
+    print(
+        f"  CPU during the window: servers {run.cpu['servers'] / args.seconds:.2f} cores, postgres backends "
+        f"{run.cpu['postgres'] / args.seconds:.2f} cores, load clients "
+        f"{run.cpu['clients'] / (args.seconds + args.warmup + 2):.2f} cores; per 1,000 readings: servers "
+        f"{run.cpu['servers'] / max(1, run.accepted) * 1e6:.1f} ms, "
+        f"postgres {run.cpu['postgres'] / max(1, run.accepted) * 1e6:.1f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--daphnes", type=int, default=2)
+    parser.add_argument("--proxy", action="store_true", help="also through the nginx TLS front (deploy/nginx/)")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2, help="connections per client process")
     parser.add_argument("--devices", type=int, default=120)
@@ -323,6 +472,7 @@ def main() -> None:
 
     services = Services()
     procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="perfuse-bench-proxy-"))
     try:
         env = {
             **os.environ,
@@ -333,81 +483,58 @@ def main() -> None:
             "PERFUSE_RATE_SITE_PER_SECOND": "10000000",
             "PERFUSE_RATE_SITE_BURST": "10000000",
             "LOG_LEVEL": "WARNING",
+            # The proxy (when --proxy) reaches the Daphnes from loopback (config/net.py).
+            "PERFUSE_TRUSTED_PROXIES": "127.0.0.1",
         }
         os.environ.update(env)
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         setup_django()
         devices, pks = provision(args.devices)
         procs, ports = start_daphnes(args.daphnes, env, args.daphne_args.split())
+        daphne_pids = [p.pid for p in procs]
 
-        t_start = time.time() + 2.0 + args.warmup
-        t_end = t_start + args.seconds
-        queue: Any = mp.get_context("spawn").Queue()
-        per = len(devices) // args.clients
-        clients = [
-            mp.get_context("spawn").Process(
-                target=client_process,
-                args=(
-                    {**vars(args), "index": i, "ports": ports, "t_start": t_start, "t_end": t_end},
-                    devices[i * per : (i + 1) * per],
-                    queue,
-                ),
+        direct = drive(args, devices, ports, daphne_pids)
+        print(
+            f"direct: {direct.rate:,.0f} readings/s, p50 {direct.percentile(0.5):.1f} ms, "
+            f"p99 {direct.percentile(0.99):.1f} ms"
+        )
+        proxied = None
+        if args.proxy:
+            nginx, proxy_port, ca_file = start_proxy(ports, env, tmp)
+            procs.append(nginx)
+            proxied = drive(args, devices, [proxy_port], daphne_pids + nginx_pids(nginx.pid), ca_file)
+            print(
+                f"proxy: {proxied.rate:,.0f} readings/s, p50 {proxied.percentile(0.5):.1f} ms, "
+                f"p99 {proxied.percentile(0.99):.1f} ms"
             )
-            for i in range(args.clients)
-        ]
-        for c in clients:
-            c.start()
-        time.sleep(max(0.0, t_start - time.time()))
-        cpu_start = {p.pid: cpu_of(p.pid) for p in procs}
-        pg_start = backend_cpu()
-        time.sleep(max(0.0, t_end - time.time()))
-        cpu_end = {p.pid: cpu_of(p.pid) for p in procs}
-        pg_end = backend_cpu()
-        outcomes = [queue.get() for _ in clients]
-        for c in clients:
-            c.join()
-        results = [r for rs, _ in outcomes for r in rs]
-        client_cpu = sum(cpu for _, cpu in outcomes)
-        latencies = sorted(r[0] for r in results)
-        statuses: dict[int, int] = {}
-        for r in results:
-            statuses[r[1]] = statuses.get(r[1], 0) + 1
-        accepted = sum(r[2] for r in results)
-        rate = accepted / args.seconds
-        daphne_cpu = sum(cpu_end[p] - cpu_start[p] for p in cpu_end)
-        pg_cpu = sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items())
 
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(10)
         procs = []
-        ceil_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
+        one_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
+        ceil_rate = ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)
 
-        p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
-        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else float("nan")
         print(
-            f"ingest over HTTP: {rate:,.0f} readings/s accepted "
-            f"({len(results)} requests of {args.batch} in {args.seconds:.0f} s, statuses {statuses})"
+            f"ceiling (COPY + INSERT … ON CONFLICT, no HTTP): {args.daphnes} processes {ceil_rate:,.0f} readings/s; "
+            f"1 process {one_rate:,.0f} readings/s"
         )
-        print(f"request latency:  p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {latencies[-1] * 1000:.1f} ms")
-        print(f"ceiling (COPY + INSERT … ON CONFLICT, 1 process, no HTTP): {ceil_rate:,.0f} readings/s")
-        print(f"ratio: {rate / ceil_rate:.0%} of the ceiling")
-        print(
-            f"CPU per 1,000 readings: daphne {daphne_cpu / max(1, accepted) * 1e6:.1f} ms, "
-            f"postgres {pg_cpu / max(1, accepted) * 1e6:.1f} ms"
-        )
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes compete for the cores)")
-        print(
-            f"CPU during the measured window: daphne {daphne_cpu / args.seconds:.2f} cores "
-            f"({args.daphnes} processes), postgres backends {pg_cpu / args.seconds:.2f} cores, "
-            f"load clients {client_cpu / (args.seconds + args.warmup + 2):.2f} cores "
-            f"({args.clients} processes x {args.concurrency} connections), machine has {os.cpu_count()} cores"
-        )
+        report(f"direct to {args.daphnes} Daphnes (HTTP)", direct, args, ceil_rate)
+        if proxied is not None:
+            report(f"through nginx (TLS 1.3) to {args.daphnes} Daphnes", proxied, args, ceil_rate)
+            print(f"  proxy / direct: {proxied.rate / max(1.0, direct.rate):.0%}")
+        with open("/proc/loadavg") as load:
+            print(
+                f"load average at the end: {' '.join(load.read().split()[:3])} "
+                f"(other processes compete for the cores; machine has {os.cpu_count()} cores; "
+                f"{args.clients} client processes x {args.concurrency} connections)"
+            )
     finally:
         for p in procs:
             p.terminate()
         services.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

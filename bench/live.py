@@ -47,25 +47,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from bench.servers import free_port, start_services  # noqa: E402
 
 # ---- services ------------------------------------------------------------------------------
-
-
-def start_services(tmp: Path) -> tuple[str, str, list[str]]:
-    pg, redis = free_port(), free_port()
-    script = (
-        f"source {ROOT}/scripts/lib.sh; chmod 755 {tmp}; PG_FSYNC=off start_postgres {tmp}/pg {pg}; "
-        f"start_redis {tmp}/redis {redis} no"
-    )
-    subprocess.run(["bash", "-c", script], check=True)
-    stop = f"source {ROOT}/scripts/lib.sh; stop_postgres {tmp}/pg; stop_redis {tmp}/redis {redis}"
-    return f"postgres://perfuse@127.0.0.1:{pg}/perfuse", f"redis://127.0.0.1:{redis}/0", ["bash", "-c", stop]
 
 
 def fresh_database(url: str, suffix: str = "bench_live") -> str:

@@ -1,7 +1,7 @@
 """Operational endpoint figures (not a test): what /metrics and /readyz cost with a full day's
 ingest log, and what counting one ingest request costs.
 
-    DATABASE_URL=… REDIS_URL=… .venv/bin/python bench/ops.py [LOG_ROWS] [LAST_MINUTE] [BEHIND]
+    .venv/bin/python bench/ops.py [LOG_ROWS] [LAST_MINUTE] [BEHIND]
 
 Creates a throwaway database (perfuse_bench_ops) on the configured server, migrates it, fills
 telemetry_ingest_log with LOG_ROWS rows (default 2,000,000) spread over 24 hours, LAST_MINUTE of
@@ -22,7 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 
-import django
+# Throwaway PostgreSQL and Redis unless DATABASE_URL names a database (bench/servers.py).
+from bench.servers import own_services_unless_given
+
+OWN_SERVICES = own_services_unless_given()
+
+import django  # noqa: E402
 
 django.setup()
 

@@ -1,7 +1,7 @@
 """Storage figures (not a test): engine catch-up rate with rollups on plain PostgreSQL, and series
 selector latency per resolution, from the rollups and from the raw tail.
 
-    DATABASE_URL=… .venv/bin/python bench/storage.py [DEVICES] [HOURS]
+    .venv/bin/python bench/storage.py [DEVICES] [HOURS]
 
 Creates a throwaway database (perfuse_bench_storage) on the configured server, migrates it, loads
 DEVICES (default 4) patients x HOURS (default 24) of 1 Hz readings in 10-minute ingest
@@ -20,7 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 
-import django
+# Throwaway PostgreSQL and Redis unless DATABASE_URL names a database (bench/servers.py).
+from bench.servers import own_services_unless_given
+
+OWN_SERVICES = own_services_unless_given()
+
+import django  # noqa: E402
 
 django.setup()
 

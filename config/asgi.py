@@ -23,6 +23,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from audit.access.asgi import SessionGuardMiddleware  # noqa: E402
 from config.logs import CorrelationMiddleware  # noqa: E402
 from config.metrics import WebSocketGauge  # noqa: E402
+from config.net import ProxyHeadersGate  # noqa: E402
 from config.origins import OriginGuard  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from telemetry.asgi import IngestRouter  # noqa: E402
@@ -32,12 +33,15 @@ application = CorrelationMiddleware(
     ProtocolTypeRouter(
         {
             # Device ingest skips Django's middleware (measured; see telemetry/asgi.py).
-            "http": IngestRouter(django_asgi_app),
+            # ProxyHeadersGate: X-Forwarded-* and X-Request-ID only from PERFUSE_TRUSTED_PROXIES (config/net.py).
+            "http": ProxyHeadersGate(IngestRouter(django_asgi_app)),
             # SessionGuardMiddleware: OTP verification and idle expiry for sockets (audit/access/asgi.py).
             # WebSocketGauge: the open-connections gauge of /metrics (config/metrics.py).
             # OriginGuard: the page's origin must be exactly ours, scheme and port included (config/origins.py).
             "websocket": WebSocketGauge(
-                OriginGuard(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))
+                ProxyHeadersGate(
+                    OriginGuard(AuthMiddlewareStack(SessionGuardMiddleware(URLRouter(websocket_urlpatterns))))
+                )
             ),
         }
     )

@@ -1,9 +1,9 @@
 """Log lines a log pipeline can use: JSON (python-json-logger) with a correlation id on every line.
 
 Every HTTP request and WebSocket gets a request id when it enters the ASGI application
-(`CorrelationMiddleware`, outermost in config/asgi.py): the proxy's `X-Request-ID` when the proxy
-is trusted (PERFUSE_TRUSTED_PROXY) and the value is a plain token, otherwise a fresh one. It is
-kept in a context variable, so every line logged while the request runs — in the event loop or
+(`CorrelationMiddleware`, in config/asgi.py): the proxy's `X-Request-ID` when the peer is a trusted
+proxy (PERFUSE_TRUSTED_PROXIES, config/net.py) and the value is a plain token, otherwise a fresh
+one. It is kept in a context variable, so every line logged while the request runs — in the event loop or
 in a `sync_to_async` thread, which copies the context — carries it, and the HTTP answer echoes
 it as `X-Request-ID` so a user's report ("request id …") finds its lines. Lines logged outside
 any request (the engine, the notifier) carry "-".
@@ -21,10 +21,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-from django.conf import settings
 from pythonjsonlogger.json import JsonFormatter
 
-from config.net import scope_header
+from config.net import scope_header, scope_peer, trusted_proxy
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,7 +39,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 def request_id_for(scope: Scope) -> str:
     """The proxy's id when we trust the proxy and it is a plain token, else a new one."""
-    if settings.PERFUSE_TRUSTED_PROXY:
+    if trusted_proxy(scope_peer(scope)):
         offered = scope_header(dict(scope), b"x-request-id")
         if _TOKEN.fullmatch(offered):
             return offered

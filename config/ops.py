@@ -19,18 +19,15 @@ in PERFUSE_METRICS_ALLOWED_NETS (403 JSON otherwise). Nothing in it names a pati
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -38,7 +35,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from config import metrics
 from config.api_errors import error_body
 from config.middleware import RequestGate
-from config.net import request_address
+from config.net import address_in, networks, request_address
 from config.redis_servers import redis_servers
 from telemetry.selectors import engine_lag, ingest_counts_last_minute, readings_table_present
 
@@ -129,25 +126,9 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 # ---- who may scrape ------------------------------------------------------------------------
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@lru_cache(maxsize=8)
-def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
-    try:
-        return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"PERFUSE_METRICS_ALLOWED_NETS: {exc}") from exc
-
 
 def metrics_allowed(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in _networks(tuple(settings.PERFUSE_METRICS_ALLOWED_NETS)))
+    return address_in(address, networks(tuple(settings.PERFUSE_METRICS_ALLOWED_NETS), "PERFUSE_METRICS_ALLOWED_NETS"))
 
 
 # ---- figures from PostgreSQL ---------------------------------------------------------------

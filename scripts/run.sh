@@ -29,6 +29,7 @@ cleanup() {
   # Newest first: the simulator flushes through Daphne, the engine finishes its batch.
   local i
   for (( i=${#PIDS[@]}-1; i>=0; i-- )); do stop_pid "${PIDS[i]}" 15; done
+  [ -n "${NGINX_TEMP:-}" ] && rm -rf "$NGINX_TEMP"
   [ -n "${OWN_MQTT:-}" ] && stop_mosquitto "$DATA/mqtt"
   [ -n "${OWN_REDIS:-}" ] && stop_redis "$DATA/redis" "$REDIS_PORT"
   [ -n "${OWN_PG:-}" ] && stop_postgres "$DATA/pg"
@@ -52,6 +53,8 @@ fi
 own_redis "$DATA/redis" yes "${PERFUSE_REDIS_PORT:-63799}"
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.dev}"
+# PERFUSE_TLS=1 (`make run-tls`): behind nginx with several Daphnes (scripts/tls_front.sh, docs/proxy.md).
+[ "${PERFUSE_TLS:-0}" = 1 ] && source "$ROOT/scripts/tls_front.sh" && export PERFUSE_BASE_URL="${PERFUSE_BASE_URL:-https://localhost:$TLS_PORT}"
 export PERFUSE_BASE_URL="${PERFUSE_BASE_URL:-http://127.0.0.1:$PORT}"  # links in alarm messages
 cd "$ROOT"
 # With your own DATABASE_URL, set DATABASE_OWNER_URL to migrate as another role than the app's.
@@ -75,8 +78,13 @@ if [ -z "${PERFUSE_SMTP_HOST:-}" ]; then
   log "alarm email: SMTP sink on 127.0.0.1:$SMTP_PORT, messages in $DATA/mail.log"
 fi
 
-"$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" --access-log "$DATA/access.log" config.asgi:application &
-PIDS+=($!)
+if [ "${PERFUSE_TLS:-0}" = 1 ]; then
+  start_tls_front
+  PORT="$DAPHNE_PORT"  # the simulator's HTTP transport posts to the first Daphne directly
+else
+  "$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" --access-log "$DATA/access.log" config.asgi:application &
+  PIDS+=($!)
+fi
 "$PY" manage.py run_engine &
 PIDS+=($!)
 # Signs and anchors the audit chain head every minute (PERFUSE_AUDIT_ANCHOR: .data/audit-anchor.log).
@@ -114,5 +122,5 @@ sleep 2
   --hz "${PERFUSE_DEMO_HZ:-1}" --quiet --drain 5 &
 PIDS+=($!)
 
-log "Perfuse is running at http://127.0.0.1:$PORT/ — log in with a user above and its TOTP code. Ctrl-C stops everything."
+log "Perfuse is running at ${PERFUSE_BASE_URL%/}/ — log in with a user above and its TOTP code. Ctrl-C stops everything."
 wait -n "${PIDS[@]}" || true

@@ -329,8 +329,15 @@ PERFUSE_RESEARCH_DATE_SHIFT_DAYS = envint("PERFUSE_RESEARCH_DATE_SHIFT_DAYS", 36
 PERFUSE_RESEARCH_MAX_ROWS = envint("PERFUSE_RESEARCH_MAX_ROWS", 2_000_000, minimum=1)
 PERFUSE_RESEARCH_RETENTION_HOURS = envint("PERFUSE_RESEARCH_RETENTION_HOURS", 72, minimum=1)
 
-# Trust X-Forwarded-For only when a proxy we run sets it (rightmost hop).
-PERFUSE_TRUSTED_PROXY = envbool("PERFUSE_TRUSTED_PROXY", False)
+# The proxies whose X-Forwarded-For (rightmost hop), X-Forwarded-Proto and X-Request-ID we believe,
+# by the TCP peer's address (addresses or CIDR, comma-separated; config/net.py, docs/proxy.md).
+# Empty: no peer is a proxy. PERFUSE_TRUSTED_PROXY=1, the older switch, means one on this host.
+PERFUSE_TRUSTED_PROXIES = envlist(
+    "PERFUSE_TRUSTED_PROXIES", ["127.0.0.1", "::1"] if envbool("PERFUSE_TRUSTED_PROXY", False) else []
+)
+if PERFUSE_TRUSTED_PROXIES:
+    # HTTPS as the proxy saw it; the header is dropped from any other peer (config.net.ProxyHeadersGate).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Every line carries the request id of the HTTP request or socket it belongs to (config/logs.py).
 PERFUSE_LOG_FORMAT = envstr("PERFUSE_LOG_FORMAT", "plain")

@@ -322,7 +322,7 @@ def test_device_admin_sees_devices_and_unassigned_counts_but_no_values(world):
 
 def test_actor_source_address_trusts_only_the_rightmost_proxy_hop(rf, settings):
     request = rf.get("/", REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR="6.6.6.6, 192.0.2.7")
-    settings.PERFUSE_TRUSTED_PROXY = False
+    settings.PERFUSE_TRUSTED_PROXIES = []
     assert actor_from_request(request).source_address == "10.0.0.5"
-    settings.PERFUSE_TRUSTED_PROXY = True
+    settings.PERFUSE_TRUSTED_PROXIES = ["10.0.0.5"]
     assert actor_from_request(request).source_address == "192.0.2.7"

@@ -68,7 +68,7 @@ async def test_two_requests_get_different_ids() -> None:
 
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_the_proxy_id_is_kept_only_from_a_trusted_proxy(trusted: bool) -> None:
-    with override_settings(PERFUSE_TRUSTED_PROXY=trusted):
+    with override_settings(PERFUSE_TRUSTED_PROXIES=["127.0.0.1"] if trusted else []):  # httpx's ASGI peer
         response, lines = await _get({"X-Request-ID": "nginx-4f2a.9"})
     rid = response.headers["x-request-id"]
     assert (rid == "nginx-4f2a.9") is trusted
@@ -76,7 +76,7 @@ async def test_the_proxy_id_is_kept_only_from_a_trusted_proxy(trusted: bool) -> 
 
 
 async def test_a_proxy_id_that_is_not_a_token_is_replaced() -> None:
-    with override_settings(PERFUSE_TRUSTED_PROXY=True):
+    with override_settings(PERFUSE_TRUSTED_PROXIES=["127.0.0.1"]):
         response, lines = await _get({"X-Request-ID": "a b<script>"})
     assert response.headers["x-request-id"] != "a b<script>"
     assert lines[0]["request_id"] == response.headers["x-request-id"]

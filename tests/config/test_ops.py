@@ -367,9 +367,9 @@ def test_metrics_forwarded_for_is_trusted_only_behind_our_proxy():
     assert spoofed.get("/metrics").status_code == 403
     # Behind our proxy (itself on a private address), the rightmost hop is the client.
     proxied = Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="127.0.0.1, 203.0.113.7")
-    with override_settings(PERFUSE_TRUSTED_PROXY=True):
+    with override_settings(PERFUSE_TRUSTED_PROXIES=["10.0.0.2"]):
         assert proxied.get("/metrics").status_code == 403
-    with override_settings(PERFUSE_METRICS_ALLOWED_NETS=["203.0.113.0/24"], PERFUSE_TRUSTED_PROXY=True):
+    with override_settings(PERFUSE_METRICS_ALLOWED_NETS=["203.0.113.0/24"], PERFUSE_TRUSTED_PROXIES=["10.0.0.0/24"]):
         assert proxied.get("/metrics").status_code == 200
 
 

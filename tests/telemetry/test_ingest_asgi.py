@@ -85,6 +85,7 @@ async def test_requests_the_middleware_would_refuse_still_go_to_django(settings)
 
     settings.SECURE_SSL_REDIRECT = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.PERFUSE_TRUSTED_PROXIES = ["127.0.0.1"]  # httpx's ASGI peer plays the proxy (config/net.py)
     async with asgi_client() as fast:
         plain = await fast.post(URL, content=body, headers={**dev.sign(body), "Content-Type": "application/json"})
         proxied = await fast.post(
