@@ -294,8 +294,9 @@ class Bridge:
         batch_id = answer.body.get("batch_id") if answer.status == 200 else _batch_id(message.body)
         readings = _readings(message.body) if answer.status == 429 else 0
         payload = ack_payload(answer, batch_id=batch_id, readings=readings)
-        self.client.publish(acks_topic(message.topic_device), payload, qos=1)
+        # Counted before the publish: the network thread may deliver the ack before the next line runs.
         self.acked += 1
+        self.client.publish(acks_topic(message.topic_device), payload, qos=1)
         self._puback(message.token)
 
     async def _gateway(self, gateway_id: str, payload: bytes, properties: dict[str, str], delivery: Delivery) -> None:
@@ -311,6 +312,7 @@ class Bridge:
         ack = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if delivery.correlation is not None:
             ack.CorrelationData = delivery.correlation
+        self.acked += 1  # before the publish, as in _answer
         try:
             self.client.publish(
                 gateway_acks_topic(gateway_id),
@@ -319,9 +321,9 @@ class Bridge:
                 properties=ack,
             )
         except Exception:
+            self.acked -= 1
             log.exception("MQTT gateway ack to %s failed", gateway_id)  # not PUBACKed: delivered again
             return
-        self.acked += 1
         self._puback(delivery)
 
     def _puback(self, delivery: Delivery) -> None:
