@@ -87,7 +87,7 @@ ensure_venv() {
     fi
     if ! "$PY" -m pip check --disable-pip-version-check >"$out" 2>&1; then
       cat "$out" >&2
-      log "the installed packages do not satisfy pyproject.toml: run \`make lock\` (docs/DEVELOPERS.md)"
+      log "pip check failed (above); if pyproject.toml asks for what requirements.lock lacks, run \`make lock\` (docs/DEVELOPERS.md)"
       return 1
     fi
     echo "$want" > "$stamp"
