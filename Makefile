@@ -1,4 +1,4 @@
-.PHONY: run run-tls test lint bench
+.PHONY: run run-tls test lint bench lock sbom
 
 # Run Perfuse with a demo fleet (installs what is missing, starts PostgreSQL and Redis).
 run:
@@ -12,5 +12,14 @@ run-tls:
 test:
 	@scripts/test.sh
 
+# ruff check, ruff format --check, mypy --strict: the versions requirements.lock pins.
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	@scripts/lint.sh
+
+# requirements.lock from pyproject.toml, every file hashed (docs/DEVELOPERS.md, "Dependencies").
+lock:
+	@scripts/lock.sh $(LOCK_ARGS)
+
+# CycloneDX JSON SBOM of requirements.lock and the npm packages, in dist/sbom.cdx.json.
+sbom:
+	@scripts/sbom.sh

@@ -56,9 +56,16 @@ ensure_system_packages() {
   fi
 }
 
+# ensure_venv: .venv holding exactly requirements.lock (`make lock` writes it from pyproject.toml).
+# --require-hashes: every file pip installs must match a sha256 the lock records, whatever index or
+# find-links this machine's pip configuration adds (a file the lock does not name is refused, not
+# installed). The project itself (its metadata: archive manifests record its version) goes in
+# without dependencies or build isolation: its build backend, setuptools, is in the lock too, so
+# no unhashed download happens. `pip check` then fails when pyproject.toml asks for something the
+# lock lacks (run `make lock`). Installs again whenever the lock or pyproject.toml changes.
 ensure_venv() {
-  local stamp="$VENV/.perfuse-deps" want
-  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  local stamp="$VENV/.perfuse-lock" want
+  want="$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
   if [ ! -x "$PY" ]; then
     # Django 5.2 LTS on the Python 3.11 that Debian 12 ships (pyproject pins >=3.11,<3.12).
     local base
@@ -70,23 +77,38 @@ ensure_venv() {
     "$base" -m venv "$VENV"
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing Python dependencies"
-    local out="$VENV/pip-install.log"
-    if ! { "$PY" -m pip install -q --disable-pip-version-check --upgrade pip \
-           && "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]"; } >"$out" 2>&1; then
+    log "installing Python dependencies from requirements.lock (hashes checked)"
+    local out="$VENV/pip-install.log" pip=("$PY" -m pip install -q --disable-pip-version-check)
+    if ! { "${pip[@]}" --require-hashes -r "$ROOT/requirements.lock" \
+           && "${pip[@]}" --no-deps --no-build-isolation -e "$ROOT"; } >"$out" 2>&1; then
       cat "$out" >&2
       log "pip install failed (log above)"
+      return 1
+    fi
+    if ! "$PY" -m pip check --disable-pip-version-check >"$out" 2>&1; then
+      cat "$out" >&2
+      log "pip check failed (above); if pyproject.toml asks for what requirements.lock lacks, run \`make lock\` (docs/DEVELOPERS.md)"
       return 1
     fi
     echo "$want" > "$stamp"
   fi
 }
 
+# ensure_plotly: static/vendor/plotly.min.js from the npm package pinned in tooling/plotly
+# (package-lock.json records its sha512 integrity, which `npm ci` checks), served only once its
+# sha256 matches the one recorded in tooling/plotly/plotly.min.js.sha256.
 ensure_plotly() {
-  local src
-  src="$("$PY" -c 'import plotly, pathlib; print(pathlib.Path(plotly.__file__).parent / "package_data" / "plotly.min.js")')"
+  local dir="$ROOT/tooling/plotly" dest="$ROOT/static/vendor/plotly.min.js" want
+  want="$(cut -d' ' -f1 "$dir/plotly.min.js.sha256")"
+  [ -f "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$want" ] && return 0
+  if ! (cd "$dir" && sha256sum --quiet -c plotly.min.js.sha256) >/dev/null 2>&1; then
+    log "installing Plotly.js (tooling/plotly/package-lock.json)"
+    (cd "$dir" && npm ci --no-audit --no-fund --silent >&2) || { log "npm ci failed in tooling/plotly"; return 1; }
+    (cd "$dir" && sha256sum --quiet -c plotly.min.js.sha256) >&2 \
+      || { log "tooling/plotly: plotly.min.js does not match plotly.min.js.sha256"; return 1; }
+  fi
   mkdir -p "$ROOT/static/vendor"
-  cmp -s "$src" "$ROOT/static/vendor/plotly.min.js" 2>/dev/null || cp "$src" "$ROOT/static/vendor/plotly.min.js"
+  cp "$dir/node_modules/plotly.js-dist-min/plotly.min.js" "$dest"
 }
 
 # start_postgres DIR PORT: init (once) and start a cluster in DIR owned by the service user.

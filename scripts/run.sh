@@ -6,7 +6,7 @@
 # application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
-ensure_system_packages mosquitto
+ensure_system_packages mosquitto nodejs
 ensure_venv
 ensure_plotly
 

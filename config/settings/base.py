@@ -12,7 +12,9 @@ from config.redis_servers import channel_hosts
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
-SECRET_KEY = envstr("SECRET_KEY", "")
+# Secrets (and URLs that may carry a password) go through envsecret: NAME or NAME_FILE, a file
+# holding the value (docs/operations.md, "Secrets from files").
+SECRET_KEY = envsecret("SECRET_KEY")
 DEBUG = False
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
@@ -75,7 +77,7 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = envstr("DATABASE_URL", "postgres://perfuse@127.0.0.1:54329/perfuse")
+DATABASE_URL = envsecret("DATABASE_URL", "postgres://perfuse@127.0.0.1:54329/perfuse")
 DATABASES = {
     "default": {
         **database_from_url(DATABASE_URL, connect_timeout=envint("PERFUSE_DB_CONNECT_TIMEOUT", 5)),
@@ -86,7 +88,7 @@ DATABASES = {
 # A streaming replica (docs/replica.md): history, FHIR searches and exports read from it through
 # config.replica, never through a router; everything else stays on the primary. Under tests it
 # mirrors the test database, so a suite run with it set changes nothing.
-DATABASE_REPLICA_URL = envstr("DATABASE_REPLICA_URL", "")
+DATABASE_REPLICA_URL = envsecret("DATABASE_REPLICA_URL")
 if DATABASE_REPLICA_URL:
     DATABASES["replica"] = {
         **database_from_url(DATABASE_REPLICA_URL, connect_timeout=envint("PERFUSE_REPLICA_CONNECT_TIMEOUT", 2)),
@@ -110,11 +112,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # "auto": use TimescaleDB when the extension is available, plain partitions otherwise.
 PERFUSE_TIMESCALE = envstr("PERFUSE_TIMESCALE", "auto")
 
-REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:63799/0")
+REDIS_URL = envsecret("REDIS_URL", "redis://127.0.0.1:63799/0")
 # Several Redis servers (config/redis_servers.py, docs/operations.md "Redis"): the channel layer
 # spreads over all of them; the rate limiter and login lockout live on one (or on a Cluster).
-REDIS_URLS = envlist("REDIS_URLS", []) or [REDIS_URL]
-PERFUSE_RATELIMIT_REDIS_URL = envstr("PERFUSE_RATELIMIT_REDIS_URL", REDIS_URLS[0])
+# URLs may carry a password: read like every secret (NAME or NAME_FILE).
+REDIS_URLS = [url.strip() for url in envsecret("REDIS_URLS").split(",") if url.strip()] or [REDIS_URL]
+PERFUSE_RATELIMIT_REDIS_URL = envsecret("PERFUSE_RATELIMIT_REDIS_URL", REDIS_URLS[0])
 PERFUSE_REDIS_CLUSTER = envbool("PERFUSE_REDIS_CLUSTER", False)
 CHANNEL_LAYERS = {
     "default": {
@@ -202,7 +205,7 @@ OTP_TOTP_ISSUER = "Perfuse"
 
 # Audit chain checkpoints are signed with this key (HMAC-SHA256). It must differ from SECRET_KEY
 # and live outside the database, so whoever can rewrite the audit table cannot re-sign it.
-PERFUSE_AUDIT_CHECKPOINT_KEY = envstr("PERFUSE_AUDIT_CHECKPOINT_KEY", "")
+PERFUSE_AUDIT_CHECKPOINT_KEY = envsecret("PERFUSE_AUDIT_CHECKPOINT_KEY")
 PERFUSE_AUDIT_CHECKPOINT_EVERY = envint("PERFUSE_AUDIT_CHECKPOINT_EVERY", 100)
 # Every checkpoint is also appended here, outside the database (audit/anchor.py): a URL such as
 # file:///var/lib/perfuse-anchor/audit-anchor.log on storage the database's users cannot
@@ -395,7 +398,7 @@ PERFUSE_SMTP_USER = envstr("PERFUSE_SMTP_USER", "")
 PERFUSE_SMTP_PASSWORD = envsecret("PERFUSE_SMTP_PASSWORD")
 PERFUSE_SMTP_FROM = envstr("PERFUSE_SMTP_FROM", "perfuse-alarms@localhost")
 PERFUSE_SMTP_TIMEOUT_SECONDS = envint("PERFUSE_SMTP_TIMEOUT_SECONDS", 5, minimum=1)
-PERFUSE_WEBHOOK_URL = envstr("PERFUSE_WEBHOOK_URL", "")
+PERFUSE_WEBHOOK_URL = envsecret("PERFUSE_WEBHOOK_URL")  # gateways often put a token in the URL
 PERFUSE_WEBHOOK_SECRET = envsecret("PERFUSE_WEBHOOK_SECRET")
 PERFUSE_WEBHOOK_TIMEOUT_SECONDS = envint("PERFUSE_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
 # What a message may carry, per channel (a subset of alerts.channels.MESSAGE_FIELDS; identity never).

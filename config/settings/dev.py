@@ -1,6 +1,6 @@
 """Local development and the `make run` demo."""
 
-from config.env import envint, envstr
+from config.env import envint, envsecret, envstr
 
 from .base import *  # noqa: F403
 from .base import BASE_DIR
@@ -8,8 +8,8 @@ from .base import BASE_DIR
 DEBUG = False  # the demo behaves like production pages
 # `manage.py demo_totp USER` prints the current code of a demo user (never in production).
 PERFUSE_DEMO_TOOLS = True
-SECRET_KEY = envstr("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-0123456789abcdef")
-PERFUSE_AUDIT_CHECKPOINT_KEY = envstr(
+SECRET_KEY = envsecret("SECRET_KEY", "dev-only-not-secret-perfuse-demo-key-0123456789abcdef")
+PERFUSE_AUDIT_CHECKPOINT_KEY = envsecret(
     "PERFUSE_AUDIT_CHECKPOINT_KEY", "dev-only-audit-checkpoint-key-not-secret-0123456789"
 )
 # `make run` anchors the audit chain in a file next to its database (docs/security.md).
