@@ -63,6 +63,9 @@ def test_production_settings_take_every_secret_from_files(tmp_path: Path) -> Non
         "PERFUSE_SMTP_PASSWORD": "smtp-pass",
         "PERFUSE_WEBHOOK_SECRET": "hook-secret",
         "PERFUSE_WEBHOOK_URL": "https://pager.invalid/hook/t0ken",
+        "DATABASE_REPLICA_URL": "postgres://perfuse_app:rep%40pass@127.0.0.1:6544/perfuse?sslmode=verify-full",
+        "REDIS_URLS": "redis://:shard-a@127.0.0.1:6391/0,redis://:shard-b@127.0.0.1:6392/0",
+        "PERFUSE_RATELIMIT_REDIS_URL": "redis://:limits@127.0.0.1:6393/0",
     }
     assert set(values) == documented_secrets()
     env = {k: v for k, v in os.environ.items() if k not in values and not k.endswith("_FILE")}
@@ -77,7 +80,9 @@ def test_production_settings_take_every_secret_from_files(tmp_path: Path) -> Non
         "'REDIS_URL': s.REDIS_URL, 'cache': s.CACHES['default']['LOCATION'],"
         "'channels': s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0],"
         "'PERFUSE_SMTP_PASSWORD': s.PERFUSE_SMTP_PASSWORD, 'PERFUSE_WEBHOOK_SECRET': s.PERFUSE_WEBHOOK_SECRET,"
-        "'PERFUSE_WEBHOOK_URL': s.PERFUSE_WEBHOOK_URL}))"
+        "'PERFUSE_WEBHOOK_URL': s.PERFUSE_WEBHOOK_URL,"
+        "'replica': [s.DATABASES['replica'][k] for k in ('USER', 'PASSWORD', 'PORT')],"
+        "'shards': sorted(set(s.CHANNEL_LAYERS['default']['CONFIG']['hosts']))}))"
     )
     answer = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
@@ -89,8 +94,11 @@ def test_production_settings_take_every_secret_from_files(tmp_path: Path) -> Non
         "PERFUSE_AUDIT_CHECKPOINT_KEY": values["PERFUSE_AUDIT_CHECKPOINT_KEY"],
         "db": ["perfuse_app", "db@pass", "6543", "verify-full"],
         "REDIS_URL": values["REDIS_URL"],
-        "cache": values["REDIS_URL"],
-        "channels": values["REDIS_URL"],
+        # The channel layer spreads over REDIS_URLS; the cache (lockout) is on the limits' server.
+        "cache": values["PERFUSE_RATELIMIT_REDIS_URL"],
+        "channels": "redis://:shard-a@127.0.0.1:6391/0",
+        "shards": sorted(values["REDIS_URLS"].split(",")),
+        "replica": ["perfuse_app", "rep@pass", "6544"],
         "PERFUSE_SMTP_PASSWORD": "smtp-pass",
         "PERFUSE_WEBHOOK_SECRET": "hook-secret",
         "PERFUSE_WEBHOOK_URL": values["PERFUSE_WEBHOOK_URL"],
