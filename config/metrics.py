@@ -22,6 +22,7 @@ The API other modules call:
   once per ingest request (telemetry/api.py, telemetry/asgi.py).
 - `websocket_opened(route)` / `websocket_closed(route)`: called by `WebSocketGauge`
   (config/asgi.py) for every accepted WebSocket, so consumers need not call them.
+- `mqtt_bridge_subscribed(bool)`: the MQTT bridge's subscription state (telemetry/mqtt_bridge.py).
 - `this_process()`: the Collector config/ops.py puts on the page: these metrics (this process's,
   or every process's in multiprocess mode) and the process_*/python_* runtime figures of the
   process answering the scrape.
@@ -109,6 +110,16 @@ WEBSOCKETS_OPENED = Counter(
     ["route"],
     registry=None,
 )
+# Set by the MQTT bridge (telemetry/mqtt_bridge.py), a process of its own: only a shared
+# multiprocess directory brings its value to a Daphne's page, so the gauge is left off the page
+# of a lone process (where it could only say 0) and, in multiprocess mode, every process starts
+# it at 0 so the family is there (sum 0) when no bridge is up.
+MQTT_BRIDGES_SUBSCRIBED = Gauge(
+    "perfuse_mqtt_bridges_subscribed",
+    "MQTT ingest bridges connected to the broker with their shared subscription granted (processes alive).",
+    registry=None,
+    multiprocess_mode="livesum",
+)
 
 PERFUSE_METRICS: list[Collector] = [
     INGEST_REQUESTS,
@@ -176,6 +187,10 @@ def websocket_opened(route: str) -> None:
 
 def websocket_closed(route: str) -> None:
     WEBSOCKETS_OPEN.labels(route=route).dec()
+
+
+def mqtt_bridge_subscribed(subscribed: bool) -> None:
+    MQTT_BRIDGES_SUBSCRIBED.set(1 if subscribed else 0)
 
 
 def websocket_route(path: str) -> str:
@@ -299,3 +314,4 @@ if MULTIPROC_DIR:
     if not Path(MULTIPROC_DIR).is_dir():
         raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={MULTIPROC_DIR} is not a directory")
     atexit.register(_mark_this_process_dead)
+    MQTT_BRIDGES_SUBSCRIBED.set(0)

@@ -167,13 +167,14 @@ def test_promtool_accepts_the_page(daphnes: list[Daphne]) -> None:
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 
 
-# ---- the open-WebSocket gauge across processes (livesum) -----------------------------------
+# ---- the open-WebSocket and MQTT bridge gauges across processes (livesum) -----------------------------------
 
 _OPEN_SOCKETS = """
 import os, signal, sys
 from config import metrics
 for _ in range(int(sys.argv[1])):
     metrics.websocket_opened("patients")
+metrics.mqtt_bridge_subscribed(sys.argv[1] == "3")  # the second holder plays an MQTT bridge
 print("ready", flush=True)
 signal.pause() if sys.argv[2] == "wait" else None
 """
@@ -189,7 +190,7 @@ def _python(code: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def test_open_websockets_count_live_processes_only() -> None:
+def test_live_gauges_count_live_processes_only() -> None:
     with tempfile.TemporaryDirectory(prefix="perfuse-prom-ws-") as directory:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
         holders = [_python(_OPEN_SOCKETS, str(n), "wait", env=env) for n in (2, 3)]
@@ -205,12 +206,13 @@ def test_open_websockets_count_live_processes_only() -> None:
                 return (
                     value(series, "perfuse_websocket_connections", route="patients"),
                     value(series, "perfuse_websocket_connections_opened_total", route="patients"),
+                    series[("perfuse_mqtt_bridges_subscribed", frozenset())],
                 )
 
-            assert scraped() == (5, 9)
+            assert scraped() == (5, 9, 1)
             holders[1].send_signal(signal.SIGKILL)  # no atexit: the next scrape finds it dead
             holders[1].wait(timeout=WAIT)
-            assert scraped() == (2, 9)
+            assert scraped() == (2, 9, 0)
             assert not list(Path(directory).glob(f"gauge_livesum_{holders[1].pid}.db"))
         finally:
             for holder in holders:
