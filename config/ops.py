@@ -225,7 +225,7 @@ def _audit_tail(cursor: Any) -> list[Metric]:
         "tail AS (SELECT id, prev_hash, lag(hash) OVER (ORDER BY id) AS before FROM audit_auditevent "
         "WHERE id >= coalesce((SELECT event_id FROM cp), 0)) "
         "SELECT (SELECT count(*) FROM tail WHERE before IS NOT NULL AND prev_hash <> before), "
-        "(SELECT extract(epoch FROM now() - created_at) FROM cp)"
+        "(SELECT extract(epoch FROM clock_timestamp() - created_at) FROM cp)"
     )
     unlinked, checkpoint_age = cursor.fetchone()
     families = _gauges(perfuse_audit_chain_unlinked_events=unlinked)
