@@ -7,7 +7,7 @@
 # go to pytest.
 source "$(dirname "$0")/lib.sh"
 
-ensure_system_packages chromium nodejs mosquitto prometheus
+ensure_system_packages chromium nodejs mosquitto prometheus systemd
 ensure_venv
 ensure_plotly
 
