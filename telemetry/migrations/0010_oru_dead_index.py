@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('telemetry', '0009_legal_holds_retention_research'),
+        ("telemetry", "0009_legal_holds_retention_research"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='orumessage',
-            index=models.Index(condition=models.Q(('state', 'dead')), fields=['id'], name='oru_dead'),
+            model_name="orumessage",
+            index=models.Index(condition=models.Q(("state", "dead")), fields=["id"], name="oru_dead"),
         ),
     ]
