@@ -94,3 +94,5 @@ def test_units_are_hardened_and_restart(unit: str) -> None:
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "Restart=on-failure", "User=perfuse"):
         assert line in text.splitlines(), (unit, line)
     assert "PartOf=perfuse.target" in text and "WantedBy=perfuse.target" in text
+    # Any process that writes audit events may sign a checkpoint and append it to the anchor.
+    assert "ReadWritePaths=/var/lib/perfuse/anchor" in text.splitlines(), unit
