@@ -1,33 +1,65 @@
-"""In-process metrics of one Daphne process, rendered in the Prometheus text format (0.0.4).
+"""The counters, gauges and histograms of `/metrics`, kept by prometheus_client.
 
-Counters, gauges and histograms live in this process's memory: each Daphne process is scraped
-on its own (Prometheus sums across targets). Figures that must be the same whichever process
-answers (engine lag, alarms, audit chain) are read from PostgreSQL at scrape time instead
-(config/ops.py). Everything here is aggregate: no label ever carries a patient, a pseudonym, a
-device id or a user — label values come from small fixed sets (status codes, rejection codes,
-WebSocket route kinds).
+One Daphne process (the default): the metrics live in this process's memory and each process is
+scraped on its own (Prometheus sums across targets). Several Daphnes on one host
+(`PROMETHEUS_MULTIPROC_DIR` set, the same directory for all of them, emptied before the first
+starts: deploy/systemd does both): prometheus_client keeps every value in a memory-mapped file
+per process in that directory, and a scrape of ANY of the processes answers the sums over all
+of them — counters and histograms summed (a stopped process's counts stay in the total, as a
+counter must), the open-WebSocket gauge as `livesum` (processes alive only). A process removes
+its live-gauge files at exit (`mark_process_dead`), and a scrape also removes those of processes
+that died without exiting cleanly, so a SIGKILLed Daphne's sockets do not stay "open".
+
+Figures that must be the same whichever process answers (engine lag, alarms, audit chain) are
+read from PostgreSQL at scrape time instead (config/ops.py). Everything here is aggregate: no
+label ever carries a patient, a pseudonym, a device id or a user — label values come from small
+fixed sets (status codes, rejection codes, WebSocket route kinds), anything else folded into
+"other".
 
 The API other modules call:
 
 - `ingest_observe(status=..., accepted=..., duplicates=..., rejected_codes=..., seconds=...)`
-  once per ingest request (telemetry/api.py).
+  once per ingest request (telemetry/api.py, telemetry/asgi.py).
 - `websocket_opened(route)` / `websocket_closed(route)`: called by `WebSocketGauge`
   (config/asgi.py) for every accepted WebSocket, so consumers need not call them.
+- `mqtt_bridge_subscribed(bool)`: the MQTT bridge's subscription state (telemetry/mqtt_bridge.py).
+- `this_process()`: the Collector config/ops.py puts on the page: these metrics (this process's,
+  or every process's in multiprocess mode) and the process_*/python_* runtime figures of the
+  process answering the scrape.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
-import math
+import os
 import re
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import orjson
+from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-Labels = tuple[str, ...]
+# The 0.0.4 page has had no `_created` series; OpenMetrics-only noise for our scrapers.
+cast(Callable[[], None], disable_created_metrics)()
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
 # Label values from code paths are fixed words; anything else is folded into "other" so a
 # surprise can never grow the number of series (or carry an identifier into a label).
 _WORD = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -37,160 +69,59 @@ def _word(value: str) -> str:
     return value if _WORD.fullmatch(value) else "other"
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def sample_line(name: str, labels: dict[str, str], value: float) -> str:
-    if not labels:
-        return f"{name} {format_value(value)}"
-    inner = ",".join(f'{key}="{_escape_label(str(val))}"' for key, val in labels.items())
-    return f"{name}{{{inner}}} {format_value(value)}"
-
-
-def family_header(name: str, kind: str, help_text: str) -> list[str]:
-    return [f"# HELP {name} {_escape_help(help_text)}", f"# TYPE {name} {kind}"]
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help_text = help_text
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> Labels:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(labels[name]) for name in self.labelnames)
-
-    def _labels(self, key: Labels) -> dict[str, str]:
-        return dict(zip(self.labelnames, key, strict=True))
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
-
-
-class _Sum(_Metric):
-    """One float per label set, added to; counters and gauges differ only in sign and naming."""
-
-    sample_suffix = ""
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[Labels, float] = {}
-        if not self.labelnames:
-            self._values[()] = 0.0
-
-    def _add(self, amount: float, labels: dict[str, str]) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        lines = family_header(self.name, self.kind, self.help_text)
-        sample = f"{self.name}{self.sample_suffix}"
-        lines += [sample_line(sample, self._labels(key), value) for key, value in items]
-        return lines
-
-
-class Counter(_Sum):
-    kind = "counter"
-    sample_suffix = "_total"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        self._add(amount, labels)
-
-
-class Gauge(_Sum):
-    kind = "gauge"
-
-    def add(self, amount: float, **labels: str) -> None:
-        self._add(amount, labels)
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
-        super().__init__(name, help_text)
-        self.bounds = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.bounds) + 1)  # the last slot is +Inf
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        slot = next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))
-        with self._lock:
-            self._counts[slot] += 1
-            self._sum += value
-
-    def count(self) -> int:
-        with self._lock:
-            return sum(self._counts)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            counts = list(self._counts)
-            total_sum = self._sum
-        lines = family_header(self.name, self.kind, self.help_text)
-        cumulative = 0
-        for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
-            cumulative += count
-            lines.append(sample_line(f"{self.name}_bucket", {"le": format_value(bound)}, cumulative))
-        lines.append(sample_line(f"{self.name}_sum", {}, total_sum))
-        lines.append(sample_line(f"{self.name}_count", {}, cumulative))
-        return lines
-
-
+# registry=None: nothing here lands in prometheus_client's global REGISTRY; the page is built
+# from `this_process()` (in multiprocess mode from the files of every process instead).
 INGEST_REQUESTS = Counter(
-    "perfuse_ingest_requests", "Device ingest requests answered by this process, by HTTP status.", ["status"]
+    "perfuse_ingest_requests",
+    "Device ingest requests answered, by HTTP status.",
+    ["status"],
+    registry=None,
 )
 INGEST_READINGS = Counter(
     "perfuse_ingest_readings",
-    "Readings in ingest requests answered by this process: accepted (stored) or duplicate (already stored).",
+    "Readings in ingest requests answered: accepted (stored) or duplicate (already stored).",
     ["outcome"],
+    registry=None,
 )
 INGEST_REJECTED = Counter(
-    "perfuse_ingest_readings_rejected", "Readings rejected item by item, by rejection code.", ["code"]
+    "perfuse_ingest_readings_rejected",
+    "Readings rejected item by item, by rejection code.",
+    ["code"],
+    registry=None,
 )
 # 0.15 s is the ingest p99 target (docs/benchmarks.md), so it is a bucket bound.
 INGEST_SECONDS = Histogram(
     "perfuse_ingest_request_duration_seconds",
     "Time from the ingest view's start to its answer, in seconds.",
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0],
+    buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0],
+    registry=None,
 )
+# livesum: the sockets open now in the processes alive now (a dead process holds none).
 WEBSOCKETS_OPEN = Gauge(
-    "perfuse_websocket_connections", "WebSocket connections accepted and still open, by route kind.", ["route"]
+    "perfuse_websocket_connections",
+    "WebSocket connections accepted and still open, by route kind.",
+    ["route"],
+    registry=None,
+    multiprocess_mode="livesum",
 )
 WEBSOCKETS_OPENED = Counter(
-    "perfuse_websocket_connections_opened", "WebSocket connections accepted since start, by route kind.", ["route"]
+    "perfuse_websocket_connections_opened",
+    "WebSocket connections accepted since start, by route kind.",
+    ["route"],
+    registry=None,
+)
+# Set by the MQTT bridge (telemetry/mqtt_bridge.py), a process of its own: only a shared
+# multiprocess directory brings its value to a Daphne's page, so the gauge is left off the page
+# of a lone process (where it could only say 0) and, in multiprocess mode, every process starts
+# it at 0 so the family is there (sum 0) when no bridge is up.
+MQTT_BRIDGES_SUBSCRIBED = Gauge(
+    "perfuse_mqtt_bridges_subscribed",
+    "MQTT ingest bridges connected to the broker with their shared subscription granted (processes alive).",
+    registry=None,
+    multiprocess_mode="livesum",
 )
 
-PROCESS_METRICS: list[_Metric] = [
+PERFUSE_METRICS: list[Collector] = [
     INGEST_REQUESTS,
     INGEST_READINGS,
     INGEST_REJECTED,
@@ -198,19 +129,23 @@ PROCESS_METRICS: list[_Metric] = [
     WEBSOCKETS_OPEN,
     WEBSOCKETS_OPENED,
 ]
+# process_* (CPU, memory, file descriptors, start time) and python_* (GC, version) of the
+# process answering: prometheus_client's own collectors, left out of the global REGISTRY when
+# multiprocess mode is on, so they are listed here rather than taken from it.
+RUNTIME_COLLECTORS: list[Collector] = [PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR]
 
 
 def ingest_observe(
     *, status: int, accepted: int, duplicates: int, rejected_codes: Iterable[str], seconds: float
 ) -> None:
     """Count one answered ingest request (any status) and its readings."""
-    INGEST_REQUESTS.inc(status=str(status))
+    INGEST_REQUESTS.labels(status=str(status)).inc()
     if accepted:
-        INGEST_READINGS.inc(accepted, outcome="accepted")
+        INGEST_READINGS.labels(outcome="accepted").inc(accepted)
     if duplicates:
-        INGEST_READINGS.inc(duplicates, outcome="duplicate")
+        INGEST_READINGS.labels(outcome="duplicate").inc(duplicates)
     for code in rejected_codes:
-        INGEST_REJECTED.inc(code=_word(code))
+        INGEST_REJECTED.labels(code=_word(code)).inc()
     INGEST_SECONDS.observe(seconds)
 
 
@@ -246,12 +181,16 @@ def ingest_observed(view: View) -> View:
 
 
 def websocket_opened(route: str) -> None:
-    WEBSOCKETS_OPEN.add(1, route=route)
-    WEBSOCKETS_OPENED.inc(route=route)
+    WEBSOCKETS_OPEN.labels(route=route).inc()
+    WEBSOCKETS_OPENED.labels(route=route).inc()
 
 
 def websocket_closed(route: str) -> None:
-    WEBSOCKETS_OPEN.add(-1, route=route)
+    WEBSOCKETS_OPEN.labels(route=route).dec()
+
+
+def mqtt_bridge_subscribed(subscribed: bool) -> None:
+    MQTT_BRIDGES_SUBSCRIBED.set(1 if subscribed else 0)
 
 
 def websocket_route(path: str) -> str:
@@ -294,8 +233,85 @@ class WebSocketGauge:
                 websocket_closed(route)
 
 
-def render_process_metrics() -> list[str]:
-    lines: list[str] = []
-    for metric in PROCESS_METRICS:
-        lines += metric.render()
-    return lines
+def current(metric: Collector, **labels: str) -> float:
+    """This process's own value of one series of a metric above (a counter's `_total`, a
+    histogram's `_count`), whatever the mode: for tests and benchmarks."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.labels == labels and sample.name.endswith(("_total", "_count", family.name)):
+                return float(sample.value)
+    return 0.0
+
+
+# ---- multiprocess mode ---------------------------------------------------------------------
+
+# prometheus_client's multiprocess module is untyped; these are the signatures used here.
+_mark_process_dead = cast(Callable[[int, str], None], multiprocess.mark_process_dead)
+_MultiProcessCollector = cast(Callable[[None, str], Collector], multiprocess.MultiProcessCollector)
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def forget_dead_processes(directory: str) -> list[int]:
+    """Remove the live-gauge files of processes that are gone (a SIGKILL or OOM kill skips the
+    `atexit` below); counter and histogram files stay, their counts belong in the totals."""
+    dead = sorted(
+        {
+            int(match.group(1))
+            for entry in os.listdir(directory)
+            if (match := _LIVE_FILE.fullmatch(entry)) and not _alive(int(match.group(1)))
+        }
+    )
+    for pid in dead:
+        _mark_process_dead(pid, directory)
+    return dead
+
+
+def _mark_this_process_dead() -> None:
+    _mark_process_dead(os.getpid(), MULTIPROC_DIR)
+
+
+class _ThisProcess(Collector):
+    """What this process contributes to the page (see the module docstring)."""
+
+    def collect(self) -> Iterator[Metric]:
+        if MULTIPROC_DIR:
+            forget_dead_processes(MULTIPROC_DIR)
+            yield from _MultiProcessCollector(None, MULTIPROC_DIR).collect()
+        else:
+            for metric in PERFUSE_METRICS:
+                yield from metric.collect()
+        for collector in RUNTIME_COLLECTORS:
+            yield from collector.collect()
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked names: registering must not collect (and scan the directory)
+
+
+def this_process() -> Collector:
+    return _ThisProcess()
+
+
+def scrape_registry(*collectors: Collector) -> CollectorRegistry:
+    """A registry for one scrape: this process's metrics, then `collectors` in order."""
+    registry = CollectorRegistry()
+    registry.register(this_process())
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+if MULTIPROC_DIR:
+    if not Path(MULTIPROC_DIR).is_dir():
+        raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={MULTIPROC_DIR} is not a directory")
+    atexit.register(_mark_this_process_dead)
+    MQTT_BRIDGES_SUBSCRIBED.set(0)

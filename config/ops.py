@@ -20,9 +20,8 @@ in PERFUSE_METRICS_ALLOWED_NETS (403 JSON otherwise). Nothing in it names a pati
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -31,6 +30,9 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from config import metrics
 from config.api_errors import error_body
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 NOT_MIGRATED_RECHECK_SECONDS = 5.0
 REDIS_TIMEOUT_SECONDS = 0.5
 SCRAPE_STATEMENT_TIMEOUT = "2s"
-_PROCESS_START = time.time()
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -133,8 +134,6 @@ def metrics_allowed(address: str) -> bool:
 
 # ---- figures from PostgreSQL ---------------------------------------------------------------
 
-Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]  # name, type, help, samples
-
 # The help text of every unlabelled gauge of the page, by name.
 _GAUGES = {
     "perfuse_engine_lag_seconds": "Age of the oldest committed ingest transaction the stream engine's slowest "
@@ -146,23 +145,27 @@ _GAUGES = {
     "perfuse_ingest_transactions_last_minute": "Committed ingest transactions that started in the last 60 seconds "
     "(all processes).",
     "perfuse_audit_events": "Length of the audit hash chain (events).",
+    "perfuse_audit_checkpoint_age_seconds": "Seconds since the newest signed audit checkpoint was written.",
+    "perfuse_audit_chain_unlinked_events": "Audit events after the newest checkpoint whose prev_hash is not the "
+    "hash of the event before them (0 unless the chain was tampered with).",
+    "perfuse_hl7_outbox_oldest_pending_seconds": "Age of the oldest ORU message not yet acknowledged by the EHR "
+    "(0 when none waits).",
+    "perfuse_archive_newest_day_timestamp_seconds": "End of the newest archived day (Unix time).",
     "perfuse_database_up": "Whether PostgreSQL answered this scrape.",
-    "process_start_time_seconds": "Start time of the process since the Unix epoch.",
-    "process_resident_memory_bytes": "Resident memory size in bytes.",
 }
 
 
-def _gauges(**values: float) -> list[Family]:
+def _gauges(**values: float) -> list[Metric]:
     """One unlabelled gauge family per value, in the order given."""
-    return [(name, "gauge", _GAUGES[name], [({}, float(value))]) for name, value in values.items()]
+    return [GaugeMetricFamily(name, _GAUGES[name], value=float(value)) for name, value in values.items()]
 
 
-def _engine_lag(_cursor: Any) -> list[Family]:
+def _engine_lag(_cursor: Any) -> list[Metric]:
     lag = engine_lag()
     return _gauges(perfuse_engine_lag_seconds=lag.seconds, perfuse_engine_lag_transactions=lag.transactions)
 
 
-def _recent_readings(_cursor: Any) -> list[Family]:
+def _recent_readings(_cursor: Any) -> list[Metric]:
     counts = ingest_counts_last_minute()
     return _gauges(
         perfuse_readings_stored_last_minute=counts.readings,
@@ -174,7 +177,7 @@ _ALARM_PRIORITIES = ("high", "medium", "low")
 _ALARM_OPEN_STATES = ("active_unacknowledged", "acknowledged")
 
 
-def _active_alarms(cursor: Any) -> list[Family]:
+def _active_alarms(cursor: Any) -> list[Metric]:
     # The alarms app may not be installed or migrated yet: look for the table and its columns first.
     cursor.execute(
         "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('alerts_alarm') "
@@ -186,11 +189,15 @@ def _active_alarms(cursor: Any) -> list[Family]:
     counts = {(p, s): 0.0 for p in _ALARM_PRIORITIES for s in _ALARM_OPEN_STATES}
     for priority, state, count in cursor.fetchall():
         counts[(str(priority), str(state))] = float(count)
-    samples = [({"priority": p, "state": s}, value) for (p, s), value in sorted(counts.items())]
-    return [("perfuse_alarms_active", "gauge", "Alarms not yet resolved, by priority and state.", samples)]
+    family = GaugeMetricFamily(
+        "perfuse_alarms_active", "Alarms not yet resolved, by priority and state.", labels=["priority", "state"]
+    )
+    for (priority, state), count in sorted(counts.items()):
+        family.add_metric([priority, state], count)
+    return [family]
 
 
-def _audit_chain(cursor: Any) -> list[Family]:
+def _audit_chain(cursor: Any) -> list[Metric]:
     # The latest signed checkpoint counts the chain up to its event; add the events after it
     # rather than counting the whole table on every scrape.
     cursor.execute(
@@ -202,15 +209,80 @@ def _audit_chain(cursor: Any) -> list[Family]:
     return _gauges(perfuse_audit_events=events)
 
 
+def _audit_tail(cursor: Any) -> list[Metric]:
+    """The links of the chain's unsigned tail (after the newest checkpoint, which the checkpoint
+    job writes every minute), compared in SQL: a deleted, inserted or rewritten tail event
+    breaks one. Only the links, not the HMACs (that is audit_verify's full walk); without any
+    checkpoint the whole chain is the tail, bounded by the scrape's statement timeout."""
+    cursor.execute(
+        "WITH cp AS (SELECT event_id, event_hash, created_at FROM audit_auditcheckpoint ORDER BY seq DESC LIMIT 1), "
+        "tail AS (SELECT id, prev_hash, lag(hash) OVER (ORDER BY id) AS before FROM audit_auditevent "
+        "WHERE id >= coalesce((SELECT event_id FROM cp), 0)) "
+        "SELECT (SELECT count(*) FROM tail WHERE before IS NOT NULL AND prev_hash <> before), "
+        "(SELECT extract(epoch FROM clock_timestamp() - created_at) FROM cp)"
+    )
+    unlinked, checkpoint_age = cursor.fetchone()
+    families = _gauges(perfuse_audit_chain_unlinked_events=unlinked)
+    if checkpoint_age is not None:  # no checkpoint yet: absent, not "0 seconds old"
+        families += _gauges(perfuse_audit_checkpoint_age_seconds=checkpoint_age)
+    return families
+
+
+_HL7_STATES = ("queued", "sending", "retry", "dead")
+
+
+def _hl7_outbox(cursor: Any) -> list[Metric]:
+    # Both queries are answered from partial indexes (oru_pending, oru_dead): the outbox keeps
+    # every message it ever sent, so nothing here may scan it.
+    cursor.execute(
+        "SELECT state, count(*), extract(epoch FROM now() - min(created_at)) FROM telemetry_orumessage "
+        "WHERE state IN ('queued', 'sending', 'retry') GROUP BY state"
+    )
+    counts = dict.fromkeys(_HL7_STATES, 0.0)
+    oldest = 0.0
+    for state, count, age in cursor.fetchall():
+        counts[str(state)] = float(count)
+        oldest = max(oldest, float(age))
+    cursor.execute("SELECT count(*) FROM telemetry_orumessage WHERE state = 'dead'")
+    counts["dead"] = float(cursor.fetchone()[0])
+    family = GaugeMetricFamily(
+        "perfuse_hl7_outbox_messages",
+        "ORU result messages in the HL7 outbox by state (dead: refused by the EHR, waiting in the dead-letter list).",
+        labels=["state"],
+    )
+    for state, count in counts.items():
+        family.add_metric([state], count)
+    return [family, *_gauges(perfuse_hl7_outbox_oldest_pending_seconds=oldest)]
+
+
+def _archive(cursor: Any) -> list[Metric]:
+    # Each archived ward-day is audited once (`archive.written`, telemetry/archive/writer.py),
+    # a few rows a day under the action index.
+    cursor.execute(
+        "SELECT extract(epoch FROM max((detail->>'day')::date + 1)::timestamp AT TIME ZONE 'UTC') "
+        "FROM audit_auditevent WHERE action = 'archive.written'"
+    )
+    (newest,) = cursor.fetchone()
+    return [] if newest is None else _gauges(perfuse_archive_newest_day_timestamp_seconds=newest)
+
+
 # Each collector gets the scrape's cursor; telemetry's figures come from telemetry.selectors, on
 # the same connection and so inside the same read-only transaction and statement timeout.
-DATABASE_COLLECTORS: list[Callable[[Any], list[Family]]] = [_engine_lag, _recent_readings, _active_alarms, _audit_chain]
+DATABASE_COLLECTORS: list[Callable[[Any], list[Metric]]] = [
+    _engine_lag,
+    _recent_readings,
+    _active_alarms,
+    _audit_chain,
+    _audit_tail,
+    _hl7_outbox,
+    _archive,
+]
 
 
-def database_families() -> list[Family]:
+def database_families() -> list[Metric]:
     """Run every collector in one read transaction with a statement timeout; a collector that
     fails is logged and left out (its savepoint keeps the others usable)."""
-    families: list[Family] = []
+    families: list[Metric] = []
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION READ ONLY")
@@ -227,28 +299,37 @@ def database_families() -> list[Family]:
     return [*_gauges(perfuse_database_up=1), *families]
 
 
-def _process_families() -> list[Family]:
-    families = _gauges(process_start_time_seconds=_PROCESS_START)
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            resident_pages = int(statm.read().split()[1])
-        families += _gauges(process_resident_memory_bytes=resident_pages * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, IndexError):
-        pass  # not Linux: leave the figure out rather than report a wrong one
-    return families
+class DatabaseFigures(Collector):
+    """The figures read from PostgreSQL, as a prometheus_client Collector (one scrape each)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from database_families()
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not query the database
+
+
+class ScrapeDuration(Collector):
+    """Registered last: collected after everything else on the page."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "perfuse_metrics_scrape_duration_seconds",
+            "Time spent producing this page, in seconds.",
+            value=time.perf_counter() - self.started,
+        )
+
+    def describe(self) -> list[Metric]:
+        return []
 
 
 def render_metrics() -> str:
     started = time.perf_counter()
-    lines = metrics.render_process_metrics()
-    for name, kind, help_text, samples in [*_process_families(), *database_families()]:
-        lines += metrics.family_header(name, kind, help_text)
-        lines += [metrics.sample_line(name, labels, value) for labels, value in samples]
-    lines += metrics.family_header(
-        "perfuse_metrics_scrape_duration_seconds", "gauge", "Time spent producing this page, in seconds."
-    )
-    lines.append(metrics.sample_line("perfuse_metrics_scrape_duration_seconds", {}, time.perf_counter() - started))
-    return "\n".join(lines) + "\n"
+    registry = metrics.scrape_registry(DatabaseFigures(), ScrapeDuration(started))
+    return generate_latest(registry).decode()
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -258,7 +339,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return JsonResponse(
             error_body("metrics_forbidden", "metrics are served to the monitoring networks only"), status=403
         )
-    return HttpResponse(render_metrics(), content_type="text/plain; version=0.0.4; charset=utf-8", headers=_NO_STORE)
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_PLAIN_0_0_4, headers=_NO_STORE)
 
 
 OPS_VIEWS: dict[str, Callable[[HttpRequest], HttpResponse]] = {

@@ -53,6 +53,10 @@ ensure_system_packages() {
     as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
     # Without systemd the package's init script may have started a broker on 1883.
     pkill -x -u mosquitto mosquitto >/dev/null 2>&1 || true
+    # `prometheus` is installed for promtool only; its package starts a server on 9090.
+    as_root systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+    pkill -x -u prometheus prometheus >/dev/null 2>&1 || true
+    pkill -x -u prometheus prometheus-node-exporter >/dev/null 2>&1 || true
   fi
 }
 

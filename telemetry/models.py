@@ -367,4 +367,6 @@ class OruMessage(models.Model):
                 condition=Q(state__in=["queued", "sending", "retry"]),
             ),
             models.Index(fields=["id"], name="oru_dead_unalarmed", condition=Q(state="dead", alarmed_at__isnull=True)),
+            # The dead-letter count of /metrics (config/ops.py): the outbox keeps every message.
+            models.Index(fields=["id"], name="oru_dead", condition=Q(state="dead")),
         ]

@@ -57,6 +57,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from config import metrics
 from telemetry.ingest.answers import Answer, storage_unavailable, too_large
 from telemetry.ingest.gateway import gateway_handle
 from telemetry.ingest.group import GroupWriter, Message
@@ -240,6 +241,7 @@ class Bridge:
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
     ) -> None:
         if all(not r.is_failure for r in reasons):
+            metrics.mqtt_bridge_subscribed(True)
             self.subscribed.set()
         else:
             log.error("MQTT bridge: the broker refused the subscription: %s", reasons)
@@ -249,6 +251,7 @@ class Bridge:
     ) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        metrics.mqtt_bridge_subscribed(False)
         log.warning("MQTT bridge disconnected: %s (reconnecting)", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

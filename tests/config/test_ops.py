@@ -16,6 +16,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 from django.db import connection
 from django.test import AsyncClient, Client, override_settings
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from audit.trail import SYSTEM, audit_record
 from config import metrics, ops
@@ -28,7 +31,8 @@ from tests import db_roles, factories
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
-_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+# Format 0.0.4 names a counter family by its sample name, which ends in _total.
+_SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -66,6 +70,7 @@ def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
             _, _, name, kind = line.split(" ")
             assert re.fullmatch(_NAME, name) and name not in types, line
             assert kind in _SUFFIXES, line
+            assert kind != "counter" or name.endswith("_total"), line
             types[name] = kind
         else:
             match = _SAMPLE.match(line)
@@ -93,6 +98,14 @@ def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
 
 def value(series: Series, name: str, **labels: str) -> float:
     return series.get((name, frozenset(labels.items())), 0.0)
+
+
+class _Fixed(Collector):
+    def __init__(self, *families: Metric) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
 
 
 def _dead_redis_url() -> str:
@@ -380,8 +393,11 @@ def test_metrics_only_answer_get():
 
 
 def test_renderer_escapes_label_values():
-    line = metrics.sample_line("x", {"a": 'q"b\\c\nd'}, 1.5)
-    series, _ = parse_exposition(f"# TYPE x gauge\n{line}\n")
+    family = GaugeMetricFamily("x", "help", labels=["a"])
+    family.add_metric(['q"b\\c\nd'], 1.5)
+    registry = CollectorRegistry()
+    registry.register(_Fixed(family))
+    series, _ = parse_exposition(generate_latest(registry).decode())
     assert value(series, "x", a='q"b\\c\nd') == 1.5
 
 
@@ -412,23 +428,23 @@ class _Refusing(AsyncWebsocketConsumer):
 @pytest.mark.django_db  # Channels closes stale database connections around each message
 async def test_websocket_gauge_counts_open_connections_by_route_kind():
     route = "demo_patients"
-    start = metrics.WEBSOCKETS_OPEN.value(route=route)
-    opened = metrics.WEBSOCKETS_OPENED.value(route=route)
+    start = metrics.current(metrics.WEBSOCKETS_OPEN, route=route)
+    opened = metrics.current(metrics.WEBSOCKETS_OPENED, route=route)
     app = metrics.WebSocketGauge(_Accepting.as_asgi())
     first = WebsocketCommunicator(app, f"/ws/{route}/p-secret/live")
     second = WebsocketCommunicator(app, f"/ws/{route}/p-other/live")
     assert (await first.connect())[0] and (await second.connect())[0]
-    assert metrics.WEBSOCKETS_OPEN.value(route=route) == start + 2
+    assert metrics.current(metrics.WEBSOCKETS_OPEN, route=route) == start + 2
     await first.disconnect()
-    assert metrics.WEBSOCKETS_OPEN.value(route=route) == start + 1
+    assert metrics.current(metrics.WEBSOCKETS_OPEN, route=route) == start + 1
     await second.disconnect()
-    assert metrics.WEBSOCKETS_OPEN.value(route=route) == start
-    assert metrics.WEBSOCKETS_OPENED.value(route=route) == opened + 2
+    assert metrics.current(metrics.WEBSOCKETS_OPEN, route=route) == start
+    assert metrics.current(metrics.WEBSOCKETS_OPENED, route=route) == opened + 2
 
     refused = WebsocketCommunicator(metrics.WebSocketGauge(_Refusing.as_asgi()), f"/ws/{route}/x/live")
     assert not (await refused.connect())[0]
     await refused.wait()
-    assert metrics.WEBSOCKETS_OPENED.value(route=route) == opened + 2
+    assert metrics.current(metrics.WEBSOCKETS_OPENED, route=route) == opened + 2
 
 
 def test_websocket_route_never_keeps_an_identifier():

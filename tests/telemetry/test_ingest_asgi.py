@@ -107,16 +107,16 @@ async def test_fast_path_feeds_the_ingest_metrics():
     items = [*factories.series(1, 4, start=ago(30)), factories.reading(9, value=500.0)]
     body = factories.batch_body(dev, items)
     before = {
-        "ok": metrics.INGEST_REQUESTS.value(status="200"),
-        "unauthorized": metrics.INGEST_REQUESTS.value(status="401"),
-        "accepted": metrics.INGEST_READINGS.value(outcome="accepted"),
-        "duplicate": metrics.INGEST_READINGS.value(outcome="duplicate"),
+        "ok": metrics.current(metrics.INGEST_REQUESTS, status="200"),
+        "unauthorized": metrics.current(metrics.INGEST_REQUESTS, status="401"),
+        "accepted": metrics.current(metrics.INGEST_READINGS, outcome="accepted"),
+        "duplicate": metrics.current(metrics.INGEST_READINGS, outcome="duplicate"),
     }
     async with asgi_client() as fast:
         for _ in range(2):
             await fast.post(URL, content=body, headers={**dev.sign(body), "Content-Type": "application/json"})
         await fast.post(URL, content=body, headers={"Content-Type": "application/json"})
-    assert metrics.INGEST_REQUESTS.value(status="200") - before["ok"] == 2
-    assert metrics.INGEST_REQUESTS.value(status="401") - before["unauthorized"] == 1
-    assert metrics.INGEST_READINGS.value(outcome="accepted") - before["accepted"] == 4
-    assert metrics.INGEST_READINGS.value(outcome="duplicate") - before["duplicate"] == 4
+    assert metrics.current(metrics.INGEST_REQUESTS, status="200") - before["ok"] == 2
+    assert metrics.current(metrics.INGEST_REQUESTS, status="401") - before["unauthorized"] == 1
+    assert metrics.current(metrics.INGEST_READINGS, outcome="accepted") - before["accepted"] == 4
+    assert metrics.current(metrics.INGEST_READINGS, outcome="duplicate") - before["duplicate"] == 4

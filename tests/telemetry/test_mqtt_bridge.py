@@ -25,6 +25,7 @@ from django.db import connection
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from config import metrics
 from telemetry import db, simulator
 from telemetry.mqtt_bridge import (
     Bridge,
@@ -436,3 +437,10 @@ def test_simulate_fleet_sends_through_gateways_over_mqtt(mqtt, tmp_path, capsys)
     assert f"3 devices at 4.0 Hz through 1 gateways -> {settings.MQTT_URL}" in captured.err
     assert summary["gateway_requests"] > 0 and summary["errors"] == 0
     assert summary["accepted"] == summary["generated"] > 0
+
+
+def test_the_bridge_reports_its_subscription_to_metrics(mqtt):
+    # perfuse_mqtt_bridges_subscribed: 1 while subscribed, 0 once disconnected (config/metrics.py).
+    with bridge_running("perfuse-bridge-metrics"):
+        assert metrics.current(metrics.MQTT_BRIDGES_SUBSCRIBED) == 1
+    assert metrics.current(metrics.MQTT_BRIDGES_SUBSCRIBED) == 0
