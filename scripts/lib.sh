@@ -175,6 +175,21 @@ stop_postgres() {
   [ -f "$dir/postmaster.pid" ] && as_service "$(pg_bindir)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# start_replica PRIMARY_PORT DIR PORT: a hot standby of the local cluster on PRIMARY_PORT, made
+# afresh in DIR by `pg_basebackup -R` (docs/replica.md: the copy streams the primary's WAL from
+# then on) and started on PORT. initdb's pg_hba.conf trusts replication from loopback.
+start_replica() {
+  local primary="$1" dir="$2" port="$3"
+  stop_postgres "$dir"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown "$SERVICE_USER" "$dir"
+  chmod 700 "$dir"
+  # (It warns about the primary's socket file in the data directory, which it skips.)
+  as_service "$(pg_bindir)/pg_basebackup" -h 127.0.0.1 -p "$primary" -U perfuse -D "$dir" -R -X stream -c fast 2>/dev/null
+  start_postgres "$dir" "$port"
+}
+
 # start_redis DIR PORT [persist]: a project-owned redis on loopback.
 start_redis() {
   local dir="$1" port="$2" persist="${3:-yes}"

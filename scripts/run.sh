@@ -32,6 +32,7 @@ cleanup() {
   [ -n "${NGINX_TEMP:-}" ] && rm -rf "$NGINX_TEMP"
   [ -n "${OWN_MQTT:-}" ] && stop_mosquitto "$DATA/mqtt"
   [ -n "${OWN_REDIS:-}" ] && stop_redis "$DATA/redis" "$REDIS_PORT"
+  [ -n "${OWN_REPLICA:-}" ] && stop_postgres "$DATA/pg-replica"
   [ -n "${OWN_PG:-}" ] && stop_postgres "$DATA/pg"
   log "stopped"
 }
@@ -79,14 +80,31 @@ if [ -z "${PERFUSE_SMTP_HOST:-}" ]; then
 fi
 
 if [ "${PERFUSE_TLS:-0}" = 1 ]; then
+  # The shape of docs/deploy.md on one machine: a streaming replica for history, FHIR searches and
+  # exports (docs/replica.md; PERFUSE_REPLICA=0 leaves it out), the Daphnes' and the bridge's
+  # /metrics summed through one multiprocess directory, and PERFUSE_ENGINES engines (below).
+  if [ -n "${OWN_PG:-}" ] && [ "${PERFUSE_REPLICA:-1}" = 1 ]; then
+    REPLICA_PORT="${PERFUSE_REPLICA_PORT:-54330}"
+    start_replica "$PG_PORT" "$DATA/pg-replica" "$REPLICA_PORT"
+    OWN_REPLICA=1
+    export DATABASE_REPLICA_URL="$(db_url "$DB_APP_ROLE" "$REPLICA_PORT")"
+    log "streaming replica on 127.0.0.1:$REPLICA_PORT (history, FHIR searches and exports read from it)"
+  fi
+  export PROMETHEUS_MULTIPROC_DIR="$DATA/metrics"
+  rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
   start_tls_front
   PORT="$DAPHNE_PORT"  # the simulator's HTTP transport posts to the first Daphne directly
 else
   "$VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" --access-log "$DATA/access.log" config.asgi:application &
   PIDS+=($!)
 fi
-"$PY" manage.py run_engine &
-PIDS+=($!)
+# PERFUSE_ENGINES engines (default 1; 2 with make run-tls) share the stream's partitions (docs/storage.md).
+ENGINES="${PERFUSE_ENGINES:-$([ "${PERFUSE_TLS:-0}" = 1 ] && echo 2 || echo 1)}"
+for (( e=0; e<ENGINES; e++ )); do
+  "$PY" manage.py run_engine &
+  PIDS+=($!)
+done
+[ "$ENGINES" -gt 1 ] && log "$ENGINES stream engines sharing ${PERFUSE_ENGINE_PARTITIONS:-16} partitions"
 # Signs and anchors the audit chain head every minute (PERFUSE_AUDIT_ANCHOR: .data/audit-anchor.log).
 # Signs and anchors the audit chain head every minute (PERFUSE_AUDIT_ANCHOR: .data/audit-anchor.log).
 "$PY" manage.py audit_checkpoint --every 60 &
