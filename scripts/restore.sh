@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Point-in-time restore of Perfuse's PostgreSQL from scripts/backup.sh's archive (docs/backup.md).
 #
-#   restore.sh ARCHIVE_DIR NEW_PGDATA --target-time TIME [--backup NAME] [--archive-to DIR] [--start PORT]
+#   restore.sh ARCHIVE_DIR NEW_PGDATA --target-time TIME [--backup NAME] [--archive-to DIR]
+#              [--start PORT [--server-options OPTS]]
 #
 # Copies the newest complete base backup that finished before TIME (or NAME) into NEW_PGDATA
 # (which must not exist or be empty: a restore never writes over a data directory), and sets up
@@ -10,21 +11,23 @@
 # committed at or before TIME, none after, and then becomes a primary on a new timeline.
 # It does not archive into ARCHIVE_DIR (it is not that server any more): archive_mode is off
 # unless --archive-to DIR names a NEW archive for it (take a base backup there once promoted).
-# --start PORT starts it on 127.0.0.1:PORT and waits until recovery is done and it is promoted.
+# --start PORT starts it on 127.0.0.1:PORT and waits until recovery is done and it is promoted;
+# --server-options: more postgres options for that start (the drill's `-c fsync=off`).
 # TIME: anything PostgreSQL reads as timestamptz, with its zone (2026-12-01 14:30:00.123+00).
 source "$(dirname "$0")/lib.sh"
 
-usage() { sed -n '4p' "$0" >&2; exit 2; }
+usage() { sed -n '4,5p' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 archive="$(cd "$1" && pwd)" pgdata="$2"
 shift 2
-target="" backup="" archive_to="" port=""
+target="" backup="" archive_to="" port="" server_options=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --target-time) target="$2"; shift 2 ;;
     --backup) backup="$2"; shift 2 ;;
     --archive-to) archive_to="$2"; shift 2 ;;
     --start) port="$2"; shift 2 ;;
+    --server-options) server_options="$2"; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -87,7 +90,7 @@ as_service touch "$pgdata/recovery.signal"
 [ -n "$port" ] || { log "ready: start it (pg_ctl -D $pgdata start); it promotes itself at the target"; exit 0; }
 
 as_service setsid -w "$(pg_bindir)/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 120 \
-  -o "-h 127.0.0.1 -p $port -k $pgdata" start >/dev/null
+  -o "-h 127.0.0.1 -p $port -k $pgdata $server_options" start >/dev/null
 for _ in $(seq 1 1200); do
   state="$(as_service "$(pg_bindir)/psql" -h 127.0.0.1 -p "$port" -U "${PGUSER:-perfuse}" -d postgres -qXtAc \
     "SELECT pg_is_in_recovery()" 2>/dev/null || true)"

@@ -29,17 +29,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
 from audit.hardening import hardening_sql
 from tests import factories
-from tests.process_support import ROOT, WAIT, Cluster, cluster_started, free_port, manage
+from tests.process_support import ROOT, WAIT, Cluster, Managed, cluster_started, free_port, manage
 
 OWNER, APP = "perfuse_owner", "perfuse_app"  # scripts/lib.sh DB_OWNER_ROLE, DB_APP_ROLE
 BATCHES, PER_BATCH = 4, 25  # readings acknowledged on each side of T
@@ -75,9 +77,15 @@ def _run(args: list[str], *, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def _django(code: str, env: dict[str, str]) -> Any:
-    """Run `code` in `manage.py shell`; the JSON it printed last."""
-    return json.loads(manage(["shell", "-c", code], env=env).strip().splitlines()[-1])
+def _last_json(output: str) -> Any:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _finished(managed: Managed) -> Any:
+    """Wait for a `manage.py` child that must succeed; the JSON it printed last."""
+    output = managed.output(timeout=WAIT * 4)
+    assert managed.process is not None and managed.process.returncode == 0, managed.log.read_text()[-3000:]
+    return _last_json(output)
 
 
 def _url(role: str, port: int) -> str:
@@ -89,7 +97,7 @@ def _deployed(cluster: Cluster, env: dict[str, str]) -> None:
     _run(["bash", "-c", 'source scripts/lib.sh && ensure_db_roles "$1" perfuse', "_", str(cluster.port)])
     manage(["migrate", "--noinput"], env={**env, "DATABASE_URL": _url(OWNER, cluster.port)})
     with psycopg.connect(cluster.url, autocommit=True) as conn:
-        conn.execute(hardening_sql(app_role=APP, owner_role=OWNER))  # type: ignore[arg-type]
+        conn.execute(hardening_sql(app_role=APP, owner_role=OWNER))
 
 
 @contextmanager
@@ -97,7 +105,14 @@ def _daphne(env: dict[str, str], log: Path) -> Iterator[str]:
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            [
+                str(Path(sys.executable).parent / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "config.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -189,74 +204,142 @@ def _device(answer: dict[str, Any]) -> factories.SimDevice:
     return factories.SimDevice("drill-1", answer["key_id"], private, "drill")
 
 
-def test_restore_to_a_point_in_time_keeps_exactly_what_was_acknowledged_before_it_and_the_audit_chain_verifies() -> (
-    None
-):
+@dataclass
+class Drill:
+    work: Path
+    archive: Path
+    anchor: Path
+    target: str  # T, as the origin server wrote its clock
+    backups: list[str]  # the base backups taken, oldest first (the second one after T)
+    before: set[int]  # seqs acknowledged before T
+    after: set[int]  # and after
+    on_origin: set[int]  # seqs the origin stored in the end
+    audit_at_target: tuple[int, int]  # (events, last id) on the origin at T
+    audit_on_origin: tuple[int, int]  # and in the end
+    first_signed: int  # the last event checkpoint 1 signed (the checkpoint before T)
+    health: tuple[int, dict[str, Any]]  # `backup.sh check`: exit status, JSON
+    restored: Cluster
+    restored_env: dict[str, str]
+
+
+def _origin_run(work: Path, origin: Cluster) -> dict[str, Any]:
+    """Everything that happens on the server before it is lost; what the drill later compares."""
+    archive, anchor = work / "archive", work / "anchor.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _url(APP, origin.port),
+        "REDIS_URL": settings.REDIS_URL,
+        "PERFUSE_AUDIT_ANCHOR": anchor.as_uri(),
+    }
+    backup_env = {**os.environ, "PGPORT": str(origin.port)}
+    backup = [str(ROOT / "scripts/backup.sh")]
+    _run([*backup, "configure", str(archive)], env=backup_env)
+    origin.stop()  # archive_mode takes a restart
+    origin.start()
+    _deployed(origin, env)
+    backups = [_run([*backup, "base-backup", str(archive)], env=backup_env).strip()]
+
+    # The audited acts before T run while Daphne starts (two processes' start-up at once).
+    acts = Managed(["shell", "-c", BEFORE], env=env, log=work / "before.log").start()
+    with _daphne(env, work / "daphne.log") as url:
+        device = _device(_finished(acts))
+        before = _acknowledged(url, device, first_seq=1)
+        ((target,),) = origin.query("SELECT clock_timestamp()::text")
+        audit_at_target = _audit_head(origin)
+        ((first_signed,),) = origin.query("SELECT event_id FROM audit_auditcheckpoint WHERE seq = 1")
+        acts = Managed(["shell", "-c", AFTER], env=env, log=work / "after.log").start()
+        after = _acknowledged(url, device, first_seq=1 + BATCHES * PER_BATCH)
+        assert _finished(acts)["checkpoint"] == 2
+    _wal_archived(origin)  # the commits after T too: recovery stops at the first of them
+    health = subprocess.run([*backup, "check", "300"], env=backup_env, capture_output=True, text=True, check=False)
+    backups.append(_run([*backup, "base-backup", str(archive)], env=backup_env).strip())
+    return {
+        "archive": archive,
+        "anchor": anchor,
+        "target": str(target),
+        "backups": [Path(b).name for b in backups],
+        "before": before,
+        "after": after,
+        "on_origin": _seqs(origin),
+        "audit_at_target": audit_at_target,
+        "audit_on_origin": _audit_head(origin),
+        "first_signed": int(first_signed),  # type: ignore[call-overload]
+        "health": (health.returncode, json.loads(health.stdout)),
+        "env": env,
+    }
+
+
+@pytest.fixture(scope="module")
+def drill() -> Iterator[Drill]:
+    """Run the origin, lose it, restore it to T on another port (once for the module)."""
     work = Path(tempfile.mkdtemp(prefix="perfuse-restore-drill-"))
     work.chmod(0o755)  # the database service user writes the archive and the restored cluster here
-    archive, restored_dir = work / "archive", work / "restored"
-    anchor, new_anchor = work / "anchor.log", work / "anchor-restored.log"
     restored: Cluster | None = None
     try:
         with cluster_started() as origin:
-            env = {
-                **os.environ,
-                "DJANGO_SETTINGS_MODULE": "config.settings.test",
-                "DATABASE_URL": _url(APP, origin.port),
-                "REDIS_URL": settings.REDIS_URL,
-                "PERFUSE_AUDIT_ANCHOR": anchor.as_uri(),
-            }
-            backup_env = {**os.environ, "PGPORT": str(origin.port)}
-            _run([str(ROOT / "scripts/backup.sh"), "configure", str(archive)], env=backup_env)
-            origin.stop()  # archive_mode takes a restart
-            origin.start()
-            _deployed(origin, env)
-            _run([str(ROOT / "scripts/backup.sh"), "base-backup", str(archive)], env=backup_env)
-
-            with _daphne(env, work / "daphne.log") as url:
-                device = _device(_django(BEFORE, env))
-                before = _acknowledged(url, device, first_seq=1)
-                ((target,),) = origin.query("SELECT clock_timestamp()::text")
-                audit_at_target = _audit_head(origin)
-                ((first_signed,),) = origin.query("SELECT event_id FROM audit_auditcheckpoint WHERE seq = 1")
-                after = _acknowledged(url, device, first_seq=1 + BATCHES * PER_BATCH)
-                assert _django(AFTER, env)["checkpoint"] == 2
-            _wal_archived(origin)  # the commits after T too: recovery stops at the first of them
-            assert _seqs(origin) == before | after
-            audit_on_origin = _audit_head(origin)
-
+            seen = _origin_run(work, origin)
+        env = seen.pop("env")
         port = free_port()
-        _run(
-            [str(ROOT / "scripts/restore.sh"), str(archive), str(restored_dir), "--target-time", str(target)]
-            + ["--start", str(port)]
-        )
-        restored = Cluster(restored_dir, port)
-        assert restored.query("SELECT pg_is_in_recovery()") == [(False,)]  # promoted
-
-        stored = _seqs(restored)
-        assert stored == before, f"missing {sorted(before - stored)[:10]}, extra {sorted(stored - before)[:10]}"
-        assert not stored & after
-        assert _audit_head(restored) == audit_at_target
-        assert audit_on_origin[1] > audit_at_target[1]  # the restore did cut audit events off
-
-        restored_env = {**env, "DATABASE_URL": _url(APP, port)}
-        # Against the anchor of the old server the restore is an erasure, and is reported as one:
-        # checkpoint 2 (after T) is anchored but gone, and the verifier names the first event it
-        # vouched for (the first after checkpoint 1), from where the chain is no longer proven.
-        code, result = _verify(restored_env)
-        assert code == 1 and result["ok"] is False
-        assert result["first_bad"] == int(first_signed) + 1  # type: ignore[call-overload]
-
-        cut = json.loads(
-            manage(
-                ["audit_anchor_cut", "--source", anchor.as_uri(), "--until", str(target), "--json"],
-                env={**restored_env, "PERFUSE_AUDIT_ANCHOR": new_anchor.as_uri()},
-            )
-        )
-        assert cut == {"copied": 1, "dropped": 1, "last_seq": 1}
-        code, result = _verify({**restored_env, "PERFUSE_AUDIT_ANCHOR": new_anchor.as_uri()})
-        assert (code, result) == (0, {"events": audit_at_target[0], "ok": True, "first_bad": None})
+        restore = [str(ROOT / "scripts/restore.sh"), str(seen["archive"]), str(work / "restored")]
+        # fsync=off as every test cluster (tests/process_support.py): no start-up sync of the copy
+        _run([*restore, "--target-time", seen["target"], "--start", str(port), "--server-options", "-c fsync=off"])
+        restored = Cluster(work / "restored", port)
+        yield Drill(work=work, restored=restored, restored_env={**env, "DATABASE_URL": _url(APP, port)}, **seen)
     finally:
         if restored is not None:
             restored.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_the_restored_database_has_exactly_the_readings_acknowledged_before_the_target_time(drill: Drill) -> None:
+    assert drill.on_origin == drill.before | drill.after  # the origin had them all
+    assert drill.restored.query("SELECT pg_is_in_recovery()") == [(False,)]  # promoted, a primary
+    stored = _seqs(drill.restored)
+    assert stored == drill.before, (
+        f"missing {sorted(drill.before - stored)[:10]}, extra {sorted(stored - drill.before)[:10]}"
+    )
+    assert not stored & drill.after
+
+
+def test_the_restored_audit_trail_ends_at_the_target_and_the_old_anchor_reports_the_erasure(drill: Drill) -> None:
+    assert _audit_head(drill.restored) == drill.audit_at_target
+    assert drill.audit_on_origin[1] > drill.audit_at_target[1]  # the restore did cut audit events off
+    # Against the anchor of the old server the restore is an erasure, and is reported as one:
+    # checkpoint 2 (after T) is anchored but gone, and the verifier names the first event it
+    # vouched for (the first after checkpoint 1), from where the chain is no longer proven.
+    code, result = _verify(drill.restored_env)
+    assert code == 1 and result["ok"] is False
+    assert result["first_bad"] == drill.first_signed + 1
+
+
+def test_the_restored_audit_chain_verifies_against_the_anchor_cut_at_the_target(drill: Drill) -> None:
+    new_anchor = {**drill.restored_env, "PERFUSE_AUDIT_ANCHOR": (drill.work / "anchor-restored.log").as_uri()}
+    cut = json.loads(
+        manage(
+            ["audit_anchor_cut", "--source", drill.anchor.as_uri(), "--until", drill.target, "--json"], env=new_anchor
+        )
+    )
+    assert cut == {"copied": 1, "dropped": 1, "last_seq": 1}  # checkpoint 2 was signed after T
+    code, result = _verify(new_anchor)
+    assert (code, result) == (0, {"events": drill.audit_at_target[0], "ok": True, "first_bad": None})
+
+
+def test_archiver_health_backup_choice_and_pruning(drill: Drill) -> None:
+    code, health = drill.health
+    assert code == 0 and health["ok"] is True and health["failed_count"] == 0
+    # The second base backup ended after T: the restore took the first, the one before T.
+    first, second = drill.backups
+    assert (
+        f"base backup {first}, target {drill.target}" in (drill.restored.directory / "postgresql.auto.conf").read_text()
+    )
+
+    wal = drill.archive / "wal"
+    label = (drill.archive / "base" / second / "backup_label").read_text()
+    start = label.split("(file ", 1)[1].split(")", 1)[0]
+    segments = sorted(p.name for p in wal.iterdir() if len(p.name) == 24)
+    assert segments[0] < start  # WAL only the first backup needs
+    _run([str(ROOT / "scripts/backup.sh"), "prune", str(drill.archive), "1"])
+    assert sorted(p.name for p in (drill.archive / "base").iterdir()) == [second, f"{second}.done"]
+    kept = sorted(p.name for p in wal.iterdir() if len(p.name) == 24)
+    assert kept and kept[0] == start and kept == [s for s in segments if s >= start]
