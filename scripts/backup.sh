@@ -6,7 +6,8 @@
 #   backup.sh base-backup ARCHIVE_DIR  a verified base backup into ARCHIVE_DIR/base/<UTC time>
 #   backup.sh prune ARCHIVE_DIR N      keep the newest N base backups and the WAL they need
 #   backup.sh check [MAX_AGE_SECONDS]  the archiver's health (pg_stat_archiver) as one JSON line;
-#                                      exit 1 when it fails or the last archived WAL is too old
+#                                      exit 1 when it failed since its last success, or WAL
+#                                      waits while the last archived one is too old
 #
 # Connection: libpq's PGHOST / PGPORT / PGUSER (default 127.0.0.1, 54329 and perfuse: `make run`'s
 # cluster and its superuser). base-backup needs a role with REPLICATION (or a superuser).
@@ -92,15 +93,20 @@ prune() {
 
 check() {
   local max_age="${1:-600}" out
-  # One row: the last archived segment and its age, failures since then; ok is the alert input.
+  # One row. waiting_segments: finished segments not archived yet (their .ready files; needs a
+  # superuser or pg_monitor). A quiet server writes no WAL and so archives nothing for hours: an
+  # old last_archived_wal alone is no alarm, an old one with segments waiting is (a hung or
+  # failing archive_command), and so is any failure since the last success.
   out="$(sql "SELECT json_build_object(
          'last_archived_wal', last_archived_wal,
          'last_archived_age_seconds', round(extract(epoch FROM now() - last_archived_time)),
+         'waiting_segments', waiting,
          'failed_count', failed_count,
          'last_failed_wal', last_failed_wal,
-         'ok', coalesce(now() - last_archived_time < make_interval(secs => $max_age), false)
-               AND NOT coalesce(last_failed_time > last_archived_time, last_failed_time IS NOT NULL))
-       FROM pg_stat_archiver")"
+         'ok', NOT coalesce(last_failed_time > last_archived_time, last_failed_time IS NOT NULL)
+               AND (waiting = 0 OR coalesce(now() - last_archived_time < make_interval(secs => $max_age), false)))
+       FROM pg_stat_archiver,
+            LATERAL (SELECT count(*) AS waiting FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') AS w")"
   echo "$out"
   [[ "$out" == *'"ok" : true'* ]]
 }

@@ -172,6 +172,31 @@ def _wal_archived(cluster: Cluster) -> None:
         time.sleep(0.05)
 
 
+def _check(backup_env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [str(ROOT / "scripts/backup.sh"), "check", "300"], env=backup_env, capture_output=True, text=True, check=False
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def _overwrite_refused(cluster: Cluster, archive: Path, backup_env: dict[str, str]) -> dict[str, Any]:
+    """Plant other bytes under the name of the segment the server is writing, close it: the
+    archive_command must refuse to overwrite them, and `backup.sh check` must say it fails.
+    The planted file goes afterwards (the segment is after everything the restore replays)."""
+    ((segment,),) = cluster.query("SELECT pg_walfile_name(pg_current_wal_lsn()) FROM txid_current()")
+    planted = archive / "wal" / str(segment)
+    planted.write_bytes(b"not this segment")
+    cluster.query("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + WAIT
+    while cluster.query("SELECT failed_count FROM pg_stat_archiver") == [(0,)]:
+        assert time.monotonic() < deadline, "the archiver did not fail on an existing file"
+        time.sleep(0.05)
+    health = _check(backup_env)
+    intact = planted.read_bytes() == b"not this segment"
+    planted.unlink()
+    return {"health": health, "intact": intact}
+
+
 def _seqs(cluster: Cluster) -> set[int]:
     rows = cluster.query(
         "SELECT r.seq FROM telemetry_reading r JOIN telemetry_device d ON d.id = r.device_id "
@@ -218,6 +243,7 @@ class Drill:
     audit_on_origin: tuple[int, int]  # and in the end
     first_signed: int  # the last event checkpoint 1 signed (the checkpoint before T)
     health: tuple[int, dict[str, Any]]  # `backup.sh check`: exit status, JSON
+    overwrite: dict[str, Any]  # a planted file under the next segment's name (_overwrite_refused)
     restored: Cluster
     restored_env: dict[str, str]
 
@@ -252,8 +278,9 @@ def _origin_run(work: Path, origin: Cluster) -> dict[str, Any]:
         after = _acknowledged(url, device, first_seq=1 + BATCHES * PER_BATCH)
         assert _finished(acts)["checkpoint"] == 2
     _wal_archived(origin)  # the commits after T too: recovery stops at the first of them
-    health = subprocess.run([*backup, "check", "300"], env=backup_env, capture_output=True, text=True, check=False)
+    health = _check(backup_env)
     backups.append(_run([*backup, "base-backup", str(archive)], env=backup_env).strip())
+    overwrite = _overwrite_refused(origin, archive, backup_env)
     return {
         "archive": archive,
         "anchor": anchor,
@@ -265,7 +292,8 @@ def _origin_run(work: Path, origin: Cluster) -> dict[str, Any]:
         "audit_at_target": audit_at_target,
         "audit_on_origin": _audit_head(origin),
         "first_signed": int(first_signed),  # type: ignore[call-overload]
-        "health": (health.returncode, json.loads(health.stdout)),
+        "health": health,
+        "overwrite": overwrite,
         "env": env,
     }
 
@@ -327,7 +355,11 @@ def test_the_restored_audit_chain_verifies_against_the_anchor_cut_at_the_target(
 
 def test_archiver_health_backup_choice_and_pruning(drill: Drill) -> None:
     code, health = drill.health
-    assert code == 0 and health["ok"] is True and health["failed_count"] == 0
+    assert code == 0 and health["ok"] is True and health["failed_count"] == 0 and health["waiting_segments"] == 0
+    # The archive_command never overwrites an archived name, and the check turns red at once.
+    assert drill.overwrite["intact"] is True
+    code, health = drill.overwrite["health"]
+    assert code == 1 and health["ok"] is False and health["failed_count"] >= 1
     # The second base backup ended after T: the restore took the first, the one before T.
     first, second = drill.backups
     assert (
