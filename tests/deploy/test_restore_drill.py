@@ -183,9 +183,13 @@ def _overwrite_refused(cluster: Cluster, archive: Path, backup_env: dict[str, st
     """Plant other bytes under the name of the segment the server is writing, close it: the
     archive_command must refuse to overwrite them, and `backup.sh check` must say it fails.
     The planted file goes afterwards (the segment is after everything the restore replays)."""
-    ((segment,),) = cluster.query("SELECT pg_walfile_name(pg_current_wal_lsn()) FROM txid_current()")
+    # Some WAL first: right after a switch the insert position is the very start of the next
+    # segment, which pg_walfile_name names as the previous (archived) one.
+    cluster.query("SELECT txid_current()")
+    ((segment,),) = cluster.query("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
     planted = archive / "wal" / str(segment)
-    planted.write_bytes(b"not this segment")
+    with planted.open("xb") as out:  # never over a file the archive holds
+        out.write(b"not this segment")
     cluster.query("SELECT pg_switch_wal()")
     deadline = time.monotonic() + WAIT
     while cluster.query("SELECT failed_count FROM pg_stat_archiver") == [(0,)]:
