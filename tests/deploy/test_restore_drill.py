@@ -2,9 +2,9 @@
 
 A private cluster archives its WAL with scripts/wal-archive.sh (configured by `scripts/backup.sh
 configure`) and has the project's schema and database roles, as a deployment: migrated as the
-owner role, hardened, the application connecting as perfuse_app. After a base backup
-(`scripts/backup.sh base-backup`), a real Daphne takes signed batches of readings and real
-service functions write audit events and a signed, anchored checkpoint. The target time T is
+owner role, hardened, the application connecting as perfuse_app. During a hot base backup
+(`scripts/backup.sh base-backup`) real service functions write audit events and a signed,
+anchored checkpoint; then a real Daphne takes signed batches of readings. The target time T is
 read from the server after every answer before it came back; then more readings are
 acknowledged and more is audited and anchored. `scripts/restore.sh` restores to T into a new
 data directory on another port, and the drill proves: exactly the readings acknowledged before
@@ -214,19 +214,6 @@ def _audit_head(cluster: Cluster) -> tuple[int, int]:
     return int(count), int(last)  # type: ignore[call-overload]
 
 
-def _verify(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "audit_verify", "--json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 4,
-        check=False,
-    )
-    return done.returncode, json.loads(done.stdout)
-
-
 def _device(answer: dict[str, Any]) -> factories.SimDevice:
     private = serialization.load_pem_private_key(answer["private_key_pem"].encode(), password=None)
     assert isinstance(private, Ed25519PrivateKey)
@@ -249,7 +236,7 @@ class Drill:
     health: tuple[int, dict[str, Any]]  # `backup.sh check`: exit status, JSON
     overwrite: dict[str, Any]  # a planted file under the next segment's name (_overwrite_refused)
     restored: Cluster
-    restored_env: dict[str, str]
+    verified: dict[str, Any]  # _verified
 
 
 def _origin_run(work: Path, origin: Cluster) -> dict[str, Any]:
@@ -268,11 +255,13 @@ def _origin_run(work: Path, origin: Cluster) -> dict[str, Any]:
     origin.stop()  # archive_mode takes a restart
     origin.start()
     _deployed(origin, env)
-    backups = [_run([*backup, "base-backup", str(archive)], env=backup_env).strip()]
-
-    # The audited acts before T run while Daphne starts (two processes' start-up at once).
+    # A hot base backup: taken while Daphne starts and the first audited acts commit.
+    base = subprocess.Popen([*backup, "base-backup", str(archive)], env=backup_env, stdout=subprocess.PIPE, text=True)
     acts = Managed(["shell", "-c", BEFORE], env=env, log=work / "before.log").start()
     with _daphne(env, work / "daphne.log") as url:
+        out, _ = base.communicate(timeout=WAIT * 4)
+        assert base.returncode == 0, "base backup failed"
+        backups = [out.strip()]
         device = _device(_finished(acts))
         before = _acknowledged(url, device, first_seq=1)
         ((target,),) = origin.query("SELECT clock_timestamp()::text")
@@ -302,6 +291,22 @@ def _origin_run(work: Path, origin: Cluster) -> dict[str, Any]:
     }
 
 
+def _verified(work: Path, env: dict[str, str], seen: dict[str, Any]) -> dict[str, Any]:
+    """`audit_verify --json` on the restored database against the old anchor, and (after
+    `audit_anchor_cut`, run meanwhile) against the new one: each (exit status, JSON)."""
+    new_env = {**env, "PERFUSE_AUDIT_ANCHOR": (work / "anchor-restored.log").as_uri()}
+    old = Managed(["audit_verify", "--json"], env=env, log=work / "verify-old.log").start()
+    cut_args = ["audit_anchor_cut", "--source", seen["anchor"].as_uri(), "--until", seen["target"], "--json"]
+    cut = _last_json(manage(cut_args, env=new_env))
+    new = Managed(["audit_verify", "--json"], env=new_env, log=work / "verify-new.log").start()
+    results: dict[str, Any] = {"cut": cut}
+    for name, verify in (("old_anchor", old), ("new_anchor", new)):
+        output = verify.output(timeout=WAIT * 4)
+        assert verify.process is not None
+        results[name] = (verify.process.returncode, json.loads(output))
+    return results
+
+
 @pytest.fixture(scope="module")
 def drill() -> Iterator[Drill]:
     """Run the origin, lose it, restore it to T on another port (once for the module)."""
@@ -317,7 +322,8 @@ def drill() -> Iterator[Drill]:
         # fsync=off as every test cluster (tests/process_support.py): no start-up sync of the copy
         _run([*restore, "--target-time", seen["target"], "--start", str(port), "--server-options", "-c fsync=off"])
         restored = Cluster(work / "restored", port)
-        yield Drill(work=work, restored=restored, restored_env={**env, "DATABASE_URL": _url(APP, port)}, **seen)
+        restored_env = {**env, "DATABASE_URL": _url(APP, port)}
+        yield Drill(work=work, restored=restored, verified=_verified(work, restored_env, seen), **seen)
     finally:
         if restored is not None:
             restored.stop()
@@ -340,20 +346,14 @@ def test_the_restored_audit_trail_ends_at_the_target_and_the_old_anchor_reports_
     # Against the anchor of the old server the restore is an erasure, and is reported as one:
     # checkpoint 2 (after T) is anchored but gone, and the verifier names the first event it
     # vouched for (the first after checkpoint 1), from where the chain is no longer proven.
-    code, result = _verify(drill.restored_env)
+    code, result = drill.verified["old_anchor"]
     assert code == 1 and result["ok"] is False
     assert result["first_bad"] == drill.first_signed + 1
 
 
 def test_the_restored_audit_chain_verifies_against_the_anchor_cut_at_the_target(drill: Drill) -> None:
-    new_anchor = {**drill.restored_env, "PERFUSE_AUDIT_ANCHOR": (drill.work / "anchor-restored.log").as_uri()}
-    cut = json.loads(
-        manage(
-            ["audit_anchor_cut", "--source", drill.anchor.as_uri(), "--until", drill.target, "--json"], env=new_anchor
-        )
-    )
-    assert cut == {"copied": 1, "dropped": 1, "last_seq": 1}  # checkpoint 2 was signed after T
-    code, result = _verify(new_anchor)
+    assert drill.verified["cut"] == {"copied": 1, "dropped": 1, "last_seq": 1}  # checkpoint 2 was signed after T
+    code, result = drill.verified["new_anchor"]
     assert (code, result) == (0, {"events": drill.audit_at_target[0], "ok": True, "first_bad": None})
 
 
