@@ -54,7 +54,7 @@ base_backup() {
     --manifest-checksums=SHA256 --label="perfuse $name" --no-password
   as_service "$(pg_bindir)/pg_verifybackup" -q "$target.partial"
   as_service mv "$target.partial" "$target"
-  date -u +%Y-%m-%dT%H:%M:%SZ | as_service tee "$target.done" >/dev/null
+  date -u +%Y-%m-%dT%H:%M:%S.%NZ | as_service tee "$target.done" >/dev/null
   as_service sync "$target.done" "$dir/base"
   echo "$target"
 }

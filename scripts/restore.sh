@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$target" ] || usage
+[[ "$target" != *"'"* ]] || usage  # it goes into postgresql.auto.conf between quotes
 target_epoch="$(date -u -d "$target" +%s.%N)" || { log "cannot read the target time $target"; exit 2; }
 
 # The newest complete backup (its .done written after pg_verifybackup) that ended before TIME:
@@ -39,7 +40,7 @@ target_epoch="$(date -u -d "$target" +%s.%N)" || { log "cannot read the target t
 if [ -z "$backup" ]; then
   for done in "$archive"/base/*.done; do
     [ -e "$done" ] && [ -d "${done%.done}" ] || continue
-    ended="$(date -u -d "$(cat "$done")" +%s)"
+    ended="$(date -u -d "$(cat "$done")" +%s.%N)"
     awk -v e="$ended" -v t="$target_epoch" 'BEGIN { exit !(e < t) }' && backup="$(basename "${done%.done}")"
   done
   [ -n "$backup" ] || { log "no complete base backup in $archive/base ended before $target"; exit 1; }
