@@ -23,3 +23,8 @@ lock:
 # CycloneDX JSON SBOM of requirements.lock and the npm packages, in dist/sbom.cdx.json.
 sbom:
 	@scripts/sbom.sh
+
+# The backup restore drill alone (docs/backup.md): WAL archive, base backup, point-in-time restore.
+.PHONY: restore-drill
+restore-drill:
+	@PERFUSE_TEST_TIMESCALE=0 scripts/test.sh tests/deploy/test_restore_drill.py

@@ -16,6 +16,7 @@ verifier sorts by `seq`, tolerates an anchor that lags behind the database, and
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,3 +141,24 @@ def configured_anchor() -> AuditAnchor | None:
     refuses that in production)."""
     url = settings.PERFUSE_AUDIT_ANCHOR
     return anchor_from_url(url) if url else None
+
+
+@dataclass(frozen=True)
+class AnchorCut:
+    copied: int
+    dropped: int
+    last_seq: int | None
+
+
+def anchor_cut(*, source: AuditAnchor, target: AuditAnchor, until: dt.datetime) -> AnchorCut:
+    """Start `target`, a new and empty anchor, with the entries of `source` created at or before
+    `until` — the anchor of a database restored to that point in time (docs/backup.md). The
+    restored chain then verifies against every checkpoint anchored up to the target time, and the
+    old anchor (still naming the checkpoints the restore erased) stays untouched for the incident."""
+    if target.latest() is not None:
+        raise AnchorError("the target anchor is not empty: a cut starts a new anchor")
+    entries = source.entries()
+    kept = [entry for entry in entries if dt.datetime.fromisoformat(entry.created_at) <= until]
+    for entry in kept:
+        target.append(entry)
+    return AnchorCut(copied=len(kept), dropped=len(entries) - len(kept), last_seq=kept[-1].seq if kept else None)
