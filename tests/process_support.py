@@ -242,3 +242,21 @@ def replica_started(primary: Cluster) -> Iterator[Cluster]:
             replica.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def daphne_spawn(
+    env: dict[str, str], log: Path, *, extra: tuple[str, ...] = (), append: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real Daphne serving config.asgi on a free loopback port, its output in `log`; the
+    process and its port (the caller waits for it as its test needs)."""
+    port = free_port()
+    daphne = str(Path(sys.executable).parent / "daphne")
+    with log.open("ab" if append else "wb") as out:
+        process = subprocess.Popen(
+            [daphne, "-b", "127.0.0.1", "-p", str(port), *extra, "config.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return process, port

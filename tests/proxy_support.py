@@ -13,7 +13,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from tests.process_support import ROOT, WAIT, free_port
+from tests.process_support import WAIT, daphne_spawn, free_port
 
 PROXY_PEER = "127.0.0.1"  # nginx connects to the Daphnes from here: the one trusted proxy
 
@@ -89,26 +88,9 @@ def daphne_env() -> dict[str, str]:
 
 
 def _daphne(directory: Path, index: int) -> Daphne:
-    port = free_port()
     access_log = directory / f"daphne-{index}.access.log"
     log = directory / f"daphne-{index}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "--access-log",
-                str(access_log),
-                "config.asgi:application",
-            ],
-            cwd=ROOT,
-            env=daphne_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process, port = daphne_spawn(daphne_env(), log, extra=("--access-log", str(access_log)))
     return Daphne(port, access_log, process)
 
 

@@ -21,7 +21,7 @@ from django.db import connection
 
 from tests import factories
 from tests.config.test_ops import Series, parse_exposition, value
-from tests.process_support import ROOT, WAIT, free_port
+from tests.process_support import ROOT, WAIT, daphne_spawn
 
 PROMTOOL = "/usr/bin/promtool"  # Debian package `prometheus` (scripts/test.sh installs it)
 
@@ -60,22 +60,7 @@ class Daphne:
 
 
 def _start_daphne(env: dict[str, str], log: Path) -> Daphne:
-    port = free_port()
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "config.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process, port = daphne_spawn(env, log, append=True)
     return Daphne(process, f"http://127.0.0.1:{port}")
 
 

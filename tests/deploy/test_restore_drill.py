@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -41,7 +40,7 @@ from django.conf import settings
 
 from audit.hardening import hardening_sql
 from tests import factories
-from tests.process_support import ROOT, WAIT, Cluster, Managed, cluster_started, free_port, manage
+from tests.process_support import ROOT, WAIT, Cluster, Managed, cluster_started, daphne_spawn, free_port, manage
 
 OWNER, APP = "perfuse_owner", "perfuse_app"  # scripts/lib.sh DB_OWNER_ROLE, DB_APP_ROLE
 BATCHES, PER_BATCH = 4, 25  # readings acknowledged on each side of T
@@ -102,22 +101,7 @@ def _deployed(cluster: Cluster, env: dict[str, str]) -> None:
 
 @contextmanager
 def _daphne(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "daphne"),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "config.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process, port = daphne_spawn(env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT
