@@ -288,6 +288,9 @@ PERFUSE_INGEST_POOL_TIMEOUT_SECONDS = envint("PERFUSE_INGEST_POOL_TIMEOUT_SECOND
 PERFUSE_ARCHIVE_URL = envstr("PERFUSE_ARCHIVE_URL", (BASE_DIR / ".data" / "archive").as_uri())
 PERFUSE_ARCHIVE_AFTER_DAYS = envint("PERFUSE_ARCHIVE_AFTER_DAYS", 2, minimum=1)
 PERFUSE_ARCHIVE_LOOKBACK_DAYS = envint("PERFUSE_ARCHIVE_LOOKBACK_DAYS", 40, minimum=1)
+# Ward-days archived at once by the scheduled run, each in a worker process of its own (about one
+# per core the database host can spare: the export is PostgreSQL's COPY beside pyarrow's parsing).
+PERFUSE_ARCHIVE_JOBS = envint("PERFUSE_ARCHIVE_JOBS", 1, minimum=1)
 PERFUSE_PIPELINE_COMMIT = envstr("PERFUSE_PIPELINE_COMMIT", "")
 
 # Group commit (telemetry/ingest/group.py, used by the MQTT bridge): a group closes this long after

@@ -32,7 +32,7 @@ from telemetry.archive.layout import TABLE_COLUMNS, day_bounds, ward_prefix
 from telemetry.archive.objects import ObjectStore
 from telemetry.archive.verify import archive_day_check
 from telemetry.archive.writer import ArchiveError, archive_store, manifest_read
-from telemetry.ingest.keep import BODY_CODEC, body_compress
+from telemetry.ingest.keep import body_store
 from telemetry.selectors import BUCKET_SECONDS, EPOCH, engine_positions, rolled_up_sql
 from telemetry.storage import ensure_partition, timescale_in_use
 
@@ -157,6 +157,7 @@ def _readings_insert(cursor: Any, group: pa.Table) -> int:
 
 def _batches_insert(cursor: Any, group: pa.Table) -> None:
     bodies = [bytes(b) for b in group.column("body").to_pylist()]
+    stored = [body_store(b) for b in bodies]
     cursor.execute(
         _INSERT_BATCHES,
         [
@@ -165,8 +166,8 @@ def _batches_insert(cursor: Any, group: pa.Table) -> None:
             group.column("key_id").to_pylist(),
             group.column("signed_at").to_pylist(),
             group.column("signature").to_pylist(),
-            [body_compress(b) for b in bodies],
-            [BODY_CODEC] * len(bodies),
+            [data for data, _ in stored],
+            [codec for _, codec in stored],
             [len(b) for b in bodies],
             group.column("door").to_pylist(),
             group.column("received_at").to_pylist(),

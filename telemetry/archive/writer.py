@@ -29,11 +29,14 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import multiprocessing
 import queue
 import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +49,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
+from config.workers import worker_init, worker_initargs
 from telemetry.archive.layout import (
     BATCHES_SCHEMA,
     BATCHES_SCHEMA_VERSION,
@@ -88,11 +92,39 @@ _READINGS_COPY = """COPY (
     WHERE r.device_id = %s::bigint AND r.sample_time >= %s AND r.sample_time < %s
     ORDER BY r.metric, r.sample_time, r.seq
 ) TO STDOUT (FORMAT csv)"""
-_BATCHES_SQL = (
-    "SELECT id, device_id, key_id, signed_at, signature, body, body_codec, body_size, door, received_at, "
-    "ingest_txid, readings, seq_min, seq_max, min_sample_time, max_sample_time FROM telemetry_signed_batch "
-    "WHERE device_id = ANY(%s::bigint[]) AND max_sample_time >= %s AND min_sample_time < %s ORDER BY device_id, id"
-)
+# The kept batches of one device that overlap the day, as CSV, times as PostgreSQL prints them.
+# A body kept as it came is valid UTF-8 (every accepted body parsed as JSON), so it travels as
+# text and becomes bytes again without a copy; a compressed body and the signature come as hex,
+# decoded in Python (few compressed bodies a day: only large batches are compressed).
+_BATCH_COLUMNS = [
+    ("id", pa.int64()),
+    ("device_id", pa.int64()),
+    ("key_id", pa.string()),
+    ("signed_at", pa.int64()),
+    ("signature", pa.string()),
+    ("body_text", pa.string()),
+    ("body_hex", pa.string()),
+    ("body_codec", pa.string()),
+    ("body_size", pa.int64()),
+    ("door", pa.string()),
+    ("received_at", pa.timestamp("us", tz="UTC")),
+    ("ingest_txid", pa.int64()),
+    ("readings", pa.int32()),
+    ("seq_min", pa.int64()),
+    ("seq_max", pa.int64()),
+    ("min_sample_time", pa.timestamp("us", tz="UTC")),
+    ("max_sample_time", pa.timestamp("us", tz="UTC")),
+]
+_BATCHES_COPY = """COPY (
+    SELECT id, device_id, key_id, signed_at, encode(signature, 'hex'),
+           CASE WHEN body_codec = 'identity' THEN convert_from(body, 'UTF8') END,
+           CASE WHEN body_codec <> 'identity' THEN encode(body, 'hex') END,
+           body_codec, body_size, door, received_at, ingest_txid, readings, seq_min, seq_max, min_sample_time,
+           max_sample_time
+    FROM telemetry_signed_batch
+    WHERE device_id = %s::bigint AND max_sample_time >= %s AND min_sample_time < %s
+    ORDER BY id
+) TO STDOUT (FORMAT csv)"""
 _DEVICES_SQL = """
     SELECT d.id, d.device_id, w.code FROM telemetry_device d JOIN telemetry_ward w ON w.id = d.ward_id
     WHERE EXISTS (SELECT 1 FROM telemetry_reading r WHERE r.device_id = d.id AND r.sample_time >= %s
@@ -103,7 +135,14 @@ _COUNTS_SQL = (
     "SELECT device_id, count(*) FROM telemetry_reading WHERE device_id = ANY(%s::bigint[]) "
     "AND sample_time >= %s AND sample_time < %s GROUP BY device_id"
 )
-_BATCH_PAGE = 5000
+
+
+# Dictionary encoding only where values repeat (Parquet's writer otherwise builds a dictionary
+# for every column, times and values included, before giving it up); signatures are random
+# bytes, which zstd cannot shrink.
+_READINGS_DICTIONARY = ["device", "pseudonym", "metric", "raw_unit", "calibration_id", "firmware"]
+_BATCHES_DICTIONARY = ["device", "key_id", "door"]
+_BATCHES_COMPRESSION = {f.name: "none" if f.name == "signature" else "zstd" for f in BATCHES_SCHEMA}
 
 
 class ArchiveError(Exception):
@@ -203,24 +242,60 @@ def archive_day(*, day: dt.date, ward_code: str, store: ObjectStore | None = Non
 
 
 def archive_days(
-    *, days: list[dt.date], ward_code: str | None = None, store: ObjectStore | None = None, actor: Actor = SYSTEM
+    *,
+    days: list[dt.date],
+    ward_code: str | None = None,
+    store: ObjectStore | None = None,
+    actor: Actor = SYSTEM,
+    jobs: int = 1,
 ) -> list[DayResult]:
-    """Archive every ward (or only `ward_code`) of each day."""
+    """Archive every ward (or only `ward_code`) of each day, `jobs` ward-days at once.
+
+    Ward-days are independent (one snapshot, their own files and manifest each), so with
+    jobs > 1 they are archived by that many worker processes, each with its own database
+    connection: PostgreSQL formats one ward-day's rows while pyarrow parses and compresses
+    another's, on every core. Results come back in the order of the ward-days; when a ward-day
+    fails, the others still finish (their writes are write-once and a rerun skips them) and the
+    first failure is raised after them."""
     store = store or archive_store()
-    results: list[DayResult] = []
-    for day in days:
-        wards = [ward_code] if ward_code else sorted(day_wards(day=day, store=store))
-        results.extend(archive_day(day=day, ward_code=ward, store=store, actor=actor) for ward in wards)
-    return results
+    work = [
+        (day, ward) for day in days for ward in ([ward_code] if ward_code else sorted(day_wards(day=day, store=store)))
+    ]
+    if jobs <= 1 or len(work) <= 1:
+        return [archive_day(day=day, ward_code=ward, store=store, actor=actor) for day, ward in work]
+    return _archive_parallel(work, store_url=store.url, actor=actor, jobs=min(jobs, len(work)))
 
 
-def archive_due(*, now: dt.datetime, store: ObjectStore | None = None) -> list[DayResult]:
+def archive_due(*, now: dt.datetime, store: ObjectStore | None = None, jobs: int | None = None) -> list[DayResult]:
     """The scheduled job: every ward-day from PERFUSE_ARCHIVE_LOOKBACK_DAYS ago up to the last
-    day that ended PERFUSE_ARCHIVE_AFTER_DAYS ago, archived unless it is already."""
+    day that ended PERFUSE_ARCHIVE_AFTER_DAYS ago, archived unless it is already
+    (PERFUSE_ARCHIVE_JOBS ward-days at once unless `jobs` says otherwise)."""
     last = now.date() - dt.timedelta(days=settings.PERFUSE_ARCHIVE_AFTER_DAYS)
     first = now.date() - dt.timedelta(days=settings.PERFUSE_ARCHIVE_LOOKBACK_DAYS)
     days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
-    return [r for r in archive_days(days=days, store=store) if r.status != "archived"]
+    jobs = settings.PERFUSE_ARCHIVE_JOBS if jobs is None else jobs
+    return [r for r in archive_days(days=days, store=store, jobs=jobs) if r.status != "archived"]
+
+
+def _archive_parallel(work: list[tuple[dt.date, str]], *, store_url: str, actor: Actor, jobs: int) -> list[DayResult]:
+    # Spawned workers (config.workers), each with its own connection and its own store client.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=worker_init, initargs=worker_initargs()
+    ) as pool:
+        futures = [pool.submit(_worker_archive, day, ward, store_url, actor) for day, ward in work]
+        wait(futures)
+    for future in futures:
+        if (exc := future.exception()) is not None:
+            raise exc
+    return [future.result() for future in futures]
+
+
+def _worker_archive(day: dt.date, ward: str, store_url: str, actor: Actor) -> DayResult:
+    try:
+        return archive_day(day=day, ward_code=ward, store=store_from_url(store_url), actor=actor)
+    finally:
+        connection.close()
 
 
 def hot_difference(*, manifest: dict[str, Any], day: dt.date, ward_code: str, store: ObjectStore) -> str:
@@ -306,15 +381,34 @@ def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], t
 
 
 def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]) -> list[dict[str, Any]]:
-    """One row group per device. PostgreSQL formats the next device's rows (in a thread, on the
-    transaction's connection, which nothing else uses meanwhile) while this one is parsed and
-    compressed, so the two work at once."""
-    lo, hi = day_bounds(day)
+    """One row group per device."""
     stats: list[dict[str, Any]] = []
     sorting = [
         pq.SortingColumn(READINGS_SCHEMA.get_field_index(name))
         for name in ("device_id", "metric", "sample_time", "seq")
     ]
+    with pq.ParquetWriter(
+        path,
+        READINGS_SCHEMA,
+        compression="zstd",
+        use_dictionary=_READINGS_DICTIONARY,
+        sorting_columns=sorting,
+        write_statistics=True,
+    ) as writer:
+        for device, data in _copy_per_device(cursor, _READINGS_COPY, day, devices):
+            table = _device_table(device, data)
+            if table.num_rows:
+                writer.write_table(table, row_group_size=table.num_rows)
+                stats.append(_device_stats(device, table))
+    return stats
+
+
+def _copy_per_device(cursor: Any, sql: str, day: dt.date, devices: list[Device]) -> Iterator[tuple[Device, bytes]]:
+    """`sql` (a COPY … TO STDOUT of one device's rows of the day) for each device in turn, as
+    bytes. PostgreSQL formats the next device's rows (in a thread, on the transaction's
+    connection, which nothing else uses meanwhile) while the caller parses and compresses this
+    one's, so the two work at once."""
+    lo, hi = day_bounds(day)
     fetched: queue.Queue[tuple[Device, bytes] | BaseException | None] = queue.Queue(maxsize=2)
     raw = cursor.cursor  # the psycopg cursor under Django's
 
@@ -322,49 +416,45 @@ def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]
         try:
             for device in devices:
                 chunks: list[bytes] = []
-                with raw.copy(_READINGS_COPY, [device.pk, lo, hi]) as copy:
+                with raw.copy(sql, [device.pk, lo, hi]) as copy:
                     chunks.extend(bytes(chunk) for chunk in copy)
                 fetched.put((device, b"".join(chunks)))
             fetched.put(None)
-        except BaseException as exc:  # handed to the writer, which raises it
+        except BaseException as exc:  # handed to the caller, which raises it
             fetched.put(exc)
 
     fetcher = threading.Thread(target=fetch, name="archive-fetch", daemon=True)
     fetcher.start()
     try:
-        with pq.ParquetWriter(
-            path, READINGS_SCHEMA, compression="zstd", sorting_columns=sorting, write_statistics=True
-        ) as writer:
-            while (item := fetched.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                device, data = item
-                table = _device_table(device, data)
-                if table.num_rows:
-                    writer.write_table(table, row_group_size=table.num_rows)
-                    stats.append(_device_stats(device, table))
+        while (item := fetched.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
         while fetcher.is_alive():  # never leave the thread on the connection
             with contextlib.suppress(queue.Empty):
                 fetched.get(timeout=0.1)
         fetcher.join()
-    return stats
 
 
-def _device_table(device: Device, data: bytes) -> pa.Table:
-    if not data:
-        return READINGS_SCHEMA.empty_table()
-    parsed = pacsv.read_csv(
+def _csv_table(data: bytes, columns: list[tuple[str, pa.DataType]]) -> pa.Table:
+    return pacsv.read_csv(
         pa.py_buffer(data),
-        read_options=pacsv.ReadOptions(column_names=[name for name, _ in _CSV_COLUMNS]),
+        read_options=pacsv.ReadOptions(column_names=[name for name, _ in columns]),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types=dict(_CSV_COLUMNS),
+            column_types=dict(columns),
             null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         ),
     )
+
+
+def _device_table(device: Device, data: bytes) -> pa.Table:
+    if not data:
+        return READINGS_SCHEMA.empty_table()
+    parsed = _csv_table(data, _CSV_COLUMNS)
     columns = {name: parsed.column(name) for name in parsed.column_names}
     columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
     return pa.Table.from_arrays([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
@@ -387,52 +477,54 @@ def _device_stats(device: Device, table: pa.Table) -> dict[str, Any]:
 
 
 def _batches_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]) -> int:
-    lo, hi = day_bounds(day)
-    names = {d.pk: d.device_id for d in devices}
+    """One row group per device: its kept batches that overlap the day, with the exact bytes the
+    device signed. Column at a time — a device sending every second has 86,400 batches a day."""
     count = 0
-    with pq.ParquetWriter(path, BATCHES_SCHEMA, compression="zstd") as writer:
-        cursor.execute(_BATCHES_SQL, [list(names), lo, hi])
-        while page := cursor.fetchmany(_BATCH_PAGE):
-            columns: dict[str, list[Any]] = {f.name: [] for f in BATCHES_SCHEMA}
-            for (
-                pk,
-                device_pk,
-                key_id,
-                signed_at,
-                signature,
-                body,
-                codec,
-                size,
-                door,
-                received_at,
-                txid,
-                readings,
-                seq_min,
-                seq_max,
-                t_min,
-                t_max,
-            ) in page:
-                for name, value in (
-                    ("id", pk),
-                    ("device_id", device_pk),
-                    ("device", names[device_pk]),
-                    ("key_id", key_id),
-                    ("signed_at", signed_at),
-                    ("signature", bytes(signature)),
-                    ("body", body_decompress(bytes(body), size=size, codec=codec)),
-                    ("door", door),
-                    ("received_at", received_at),
-                    ("ingest_txid", txid),
-                    ("readings", readings),
-                    ("seq_min", seq_min),
-                    ("seq_max", seq_max),
-                    ("min_sample_time", t_min),
-                    ("max_sample_time", t_max),
-                ):
-                    columns[name].append(value)
-            writer.write_table(pa.table(columns, schema=BATCHES_SCHEMA))
-            count += len(page)
+    with pq.ParquetWriter(
+        path, BATCHES_SCHEMA, compression=_BATCHES_COMPRESSION, use_dictionary=_BATCHES_DICTIONARY
+    ) as writer:
+        for device, data in _copy_per_device(cursor, _BATCHES_COPY, day, devices):
+            if not data:
+                continue
+            parsed = _csv_table(data, _BATCH_COLUMNS)
+            columns = {name: parsed.column(name) for name in parsed.column_names}
+            columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
+            columns["signature"] = _unhex(parsed.column("signature"))
+            columns["body"] = _bodies(parsed)
+            table = pa.Table.from_arrays([columns[f.name] for f in BATCHES_SCHEMA], schema=BATCHES_SCHEMA)
+            writer.write_table(table, row_group_size=table.num_rows)
+            count += table.num_rows
     return count
+
+
+def _unhex(column: pa.ChunkedArray) -> pa.Array:
+    """A column of hex texts (PostgreSQL's `encode(…, 'hex')`) as binary, decoded all at once: the
+    texts lie end to end in one buffer, each of even length, so the bytes of the whole buffer
+    decoded are the values end to end, at half the offsets."""
+    texts = column.combine_chunks()
+    if texts.null_count:
+        raise ArchiveError("a kept batch has no bytes")
+    n = len(texts)
+    offsets = pa.Array.from_buffers(pa.int32(), n + 1, [None, texts.buffers()[1]], offset=texts.offset)
+    start, end = offsets[0].as_py(), offsets[n].as_py()
+    data = texts.buffers()[2]
+    values = bytes.fromhex(data.to_pybytes()[start:end].decode("ascii")) if data is not None else b""
+    halves = pc.divide(pc.subtract(offsets, pa.scalar(start, pa.int32())), pa.scalar(2, pa.int32()))
+    return pa.Array.from_buffers(pa.binary(), n, [None, halves.buffers()[1], pa.py_buffer(values)])
+
+
+def _bodies(parsed: pa.Table) -> pa.Array:
+    """The signed bodies: those kept as they came (as text), the compressed ones decompressed."""
+    bodies = pc.cast(parsed.column("body_text"), pa.binary()).combine_chunks()
+    compressed = pc.indices_nonzero(pc.is_valid(parsed.column("body_hex"))).to_pylist()
+    if not compressed:
+        return bodies
+    values = bodies.to_pylist()
+    hexes, codecs, sizes = (parsed.column(name) for name in ("body_hex", "body_codec", "body_size"))
+    for i in compressed:
+        data = bytes.fromhex(hexes[i].as_py())
+        values[i] = body_decompress(data, size=sizes[i].as_py(), codec=codecs[i].as_py())
+    return pa.array(values, pa.binary())
 
 
 def _manifest(

@@ -14,17 +14,20 @@ import pyarrow.parquet as pq
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
+from django.test import AsyncClient
 
 from audit.models import AuditEvent
 from telemetry.archive.layout import manifest_key, ward_prefix
 from telemetry.archive.objects import FileStore, ObjectStore, WriteOnceConflict
 from telemetry.archive.verify import archive_day_check, archive_day_verified
-from telemetry.archive.writer import archive_day, archive_due, day_wards
+from telemetry.archive.writer import archive_day, archive_days, archive_due, day_wards, manifest_read
 from telemetry.engine import RollupProcessor, engine_batch
+from telemetry.ingest.keep import body_decompress
 from telemetry.models import Device, Patient, Ward
 from telemetry.selectors import patient_series
 from tests import factories
 from tests.archive.support import at, day_rows, ingest, overwrite, sql, two_wards
+from tests.ingest_helpers import send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("ingest_clients")]
 
@@ -294,3 +297,48 @@ async def test_the_scheduled_run_archives_days_once_they_are_old_enough(file_arc
         (yesterday, "icu-b", "written"),
     ]
     assert await sync_to_async(archive_due)(now=now) == []  # archived days are not reported again
+
+
+async def test_archive_jobs_archives_ward_days_in_worker_processes_with_the_same_files(
+    file_archive: FileStore, tmp_path, yesterday
+):
+    """`archive --jobs 2`: each ward-day in a spawned worker with its own connection and store,
+    the same files as one after the other; small signed bodies (kept as they came) and
+    compressed ones side by side in one device's batch file, each the exact bytes signed."""
+    await two_wards(yesterday)
+    mixed = await make_device("icu-a", patient="p-a3")
+    small = factories.reading(1, at(yesterday, 50000.5))
+    assert (await send(AsyncClient(), mixed, [small])).json()["accepted"] == 1
+    large = [factories.reading(n, at(yesterday, 50000.5 + n)) for n in range(2, 42)]
+    assert (await send(AsyncClient(), mixed, large)).json()["accepted"] == 40
+    codecs = await sql(
+        "SELECT b.body_codec FROM telemetry_signed_batch b JOIN telemetry_device d ON d.id = b.device_id "
+        "WHERE d.device_id = %s ORDER BY b.id",
+        [mixed.device_id],
+    )
+    assert codecs == [("identity",), ("zstd",)]
+
+    one, two = FileStore(tmp_path / "one"), FileStore(tmp_path / "two")
+    sequential = await sync_to_async(archive_days)(days=[yesterday], store=one)
+    parallel = await sync_to_async(archive_days)(days=[yesterday], store=two, jobs=2)
+    assert (
+        [(r.ward, r.status, r.rows, r.batches) for r in parallel]
+        == [(r.ward, r.status, r.rows, r.batches) for r in sequential]
+        == [("icu-a", "written", 510 + 41, 7), ("icu-b", "written", 30, 1)]
+    )
+    for ward in ("icu-a", "icu-b"):
+        manifest_one, manifest_two = (manifest_read(store, yesterday, ward) for store in (one, two))
+        assert manifest_one is not None and manifest_two is not None
+        assert manifest_two["files"] == manifest_one["files"]
+    # The archived bodies are the bytes each device signed, whatever the hot store kept them as.
+    manifest = manifest_read(two, yesterday, "icu-a")
+    assert manifest is not None
+    batches = pq.read_table(two.root / ward_prefix(yesterday, "icu-a") / manifest["batches"]["file"])
+    kept = {
+        pk: body_decompress(bytes(body), size=size, codec=codec)
+        for pk, body, size, codec in await sql("SELECT id, body, body_size, body_codec FROM telemetry_signed_batch")
+    }
+    archived = dict(zip(batches.column("id").to_pylist(), batches.column("body").to_pylist(), strict=True))
+    assert archived == {pk: kept[pk] for pk in archived} and len(archived) == 7
+    assert archived[max(archived)] == factories.batch_body(mixed, large)
+    assert await sql("SELECT count(*) FROM audit_auditevent WHERE action = 'archive.written'") == [(4,)]

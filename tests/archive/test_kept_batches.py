@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.test import AsyncClient
 
-from telemetry.ingest.keep import body_compress, body_decompress
+from telemetry.ingest.keep import BODY_COMPRESS_MIN, body_compress, body_decompress
 from tests import factories
 from tests.archive.support import at, ingest, sql
 from tests.ingest_helpers import ago, post, send
@@ -57,10 +57,23 @@ async def test_the_signed_batch_is_kept_exactly_with_its_credentials():
         2,
     )
     assert base64.b64encode(bytes(signature)).decode() == headers["X-Perfuse-Signature"]
-    assert codec == "zstd" and len(bytes(stored)) < size == len(body)
-    assert body_decompress(bytes(stored), size=size) == body
+    # A small body is kept as it came; compressing ~200 bytes one at a time does not pay.
+    assert len(body) < BODY_COMPRESS_MIN
+    assert codec == "identity" and bytes(stored) == body and size == len(body)
+    assert body_decompress(bytes(stored), size=size, codec=codec) == body
     # The same transaction as its readings.
     assert await sql("SELECT DISTINCT ingest_txid FROM telemetry_reading") == [(batch_txid,)]
+
+
+async def test_a_large_body_is_kept_compressed_and_read_back_exactly():
+    dev = await make_device(patient="p-kept-large")
+    body = factories.batch_body(dev, [factories.reading(n, ago(60 - n)) for n in range(1, 41)], firmware="fw-1")
+    assert len(body) >= BODY_COMPRESS_MIN
+    response = await post(AsyncClient(), dev, body, headers=dev.sign(body))
+    assert response.status_code == 200 and response.json()["accepted"] == 40
+    ((stored, codec, size),) = await sql("SELECT body, body_codec, body_size FROM telemetry_signed_batch")
+    assert codec == "zstd" and len(bytes(stored)) < size == len(body)
+    assert body_decompress(bytes(stored), size=size, codec=codec) == body
 
 
 async def test_a_retransmit_is_kept_and_a_batch_with_nothing_to_store_is_not():
@@ -116,12 +129,12 @@ async def test_verify_batch_fails_on_a_changed_reading_a_changed_body_and_an_uns
     status, answer = await verify("--batch", str(batch_id))
     assert any("battery seq 99" in p and "not signed" in p for p in answer["batches"][0]["problems"])
     # The kept body changed: the device's signature no longer matches it.
-    ((kept, size),) = await sql("SELECT body, body_size FROM telemetry_signed_batch")
-    original = body_decompress(bytes(kept), size=size)
+    ((kept, size, codec),) = await sql("SELECT body, body_size, body_codec FROM telemetry_signed_batch")
+    original = body_decompress(bytes(kept), size=size, codec=codec)
     forged = original.replace(b'"value":55.333', b'"value":56.333')
     assert forged != original
     await sql(
-        "UPDATE telemetry_signed_batch SET body = %s, body_size = %s",
+        "UPDATE telemetry_signed_batch SET body = %s, body_size = %s, body_codec = 'zstd'",
         [body_compress(forged), len(forged)],
     )
     status, answer = await verify("--batch", str(batch_id))

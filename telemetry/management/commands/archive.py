@@ -1,8 +1,9 @@
-"""`manage.py archive [--day D] [--ward W] [--every S] [--json]` (docs/archive.md).
+"""`manage.py archive [--day D] [--ward W] [--jobs N] [--every S] [--json]` (docs/archive.md).
 
 Without --day: every ward-day that is due (ended PERFUSE_ARCHIVE_AFTER_DAYS ago or more, within
 PERFUSE_ARCHIVE_LOOKBACK_DAYS) and not archived yet; with --every, that again every S seconds
-until SIGTERM (make run starts it so). Exit 1 when a ward-day is stale (the hot store changed
+until SIGTERM (make run starts it so). --jobs N archives N ward-days at once, each in a worker
+process (default PERFUSE_ARCHIVE_JOBS). Exit 1 when a ward-day is stale (the hot store changed
 after it was archived) or an archive object exists with other content.
 """
 
@@ -14,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.commands import repeat_until_stopped
@@ -29,20 +31,26 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--day", type=dt.date.fromisoformat, help="YYYY-MM-DD (UTC); default: every due day")
         parser.add_argument("--ward", help="only this ward")
+        parser.add_argument(
+            "--jobs", type=int, help="ward-days archived at once, in worker processes (default PERFUSE_ARCHIVE_JOBS)"
+        )
         parser.add_argument("--every", type=float, help="run again every this many seconds, until SIGTERM")
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        jobs = options["jobs"] or settings.PERFUSE_ARCHIVE_JOBS
+        if jobs < 1:
+            raise CommandError("--jobs must be at least 1")
         if options["every"]:
-            self._loop(options["every"])
+            self._loop(options["every"], jobs)
             return
         try:
             if options["day"]:
-                results = archive_days(days=[options["day"]], ward_code=options["ward"])
+                results = archive_days(days=[options["day"]], ward_code=options["ward"], jobs=jobs)
             else:
                 results = [
                     r
-                    for r in archive_due(now=dt.datetime.now(dt.UTC))
+                    for r in archive_due(now=dt.datetime.now(dt.UTC), jobs=jobs)
                     if not options["ward"] or r.ward == options["ward"]
                 ]
         except (ArchiveError, WriteOnceConflict) as exc:
@@ -57,9 +65,9 @@ class Command(BaseCommand):
         if any(r.status == "stale" for r in results):
             sys.exit(1)
 
-    def _loop(self, every: float) -> None:
+    def _loop(self, every: float, jobs: int) -> None:
         def run() -> None:
-            for r in archive_due(now=dt.datetime.now(dt.UTC)):
+            for r in archive_due(now=dt.datetime.now(dt.UTC), jobs=jobs):
                 (log.warning if r.status == "stale" else log.info)("%s", _line(r))
 
         log.info("archiver started: every %.0f s", every)
