@@ -90,6 +90,11 @@ def free_port() -> int:
         return port
 
 
+def note(what: str) -> None:
+    """Progress on stderr (a large fleet's setup takes minutes)."""
+    print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
 def wait_port(port: int, what: str) -> None:
     for _ in range(600):
         try:
@@ -465,6 +470,7 @@ async def main_async(
 
     args, fleet = bench.args, bench.fleet
     port, group_port = ports
+    note("opening the alarm console and the patient sockets")
     console_task = await bench.console.open(port, console_session)
     sockets = []
     for pseudonym in fleet.pseudonyms[: args.clients]:
@@ -474,6 +480,7 @@ async def main_async(
     results = []
     for number, name in enumerate(p for p in PHASES if p in args.phases):
         base = (PHASES.index(name) + 1) * 1_000_000
+        note(f"phase {name}")
         if name == "mqtt":
             # Connect every device and warm the bridge (one message each) before measuring.
             mqtt = MqttTransport(broker.url, ca_file=str(broker.ca), identities=identities, ack_timeout=10.0)
@@ -651,11 +658,16 @@ def main() -> None:
     began = time.time()
     fleet = provision(args.devices)
     rule, session = ward_rule(), console_session()
+    from telemetry.models import Assignment
+
+    # Monitoring starts now, not an hour ago as bench/live.py's assignments do: the engine would
+    # otherwise raise a no-data alarm for every patient at its start (and escalate them all through
+    # the run), and with thousands of them the console's snapshot exceeds Daphne's 1 MiB frame.
+    Assignment.objects.filter(device__ward__code=WARD, end__isnull=True).update(start=dt.datetime.now(dt.UTC))
 
     from cryptography.hazmat.primitives import serialization
 
     from telemetry import pki
-    from telemetry.models import Assignment
     from telemetry.mqtt_broker import broker_setup
     from telemetry.simulator.transport import Identity
 
@@ -675,11 +687,7 @@ def main() -> None:
         )
     gateway_phases = any(p.startswith("gateway-") for p in args.phases)
     hubs, hub_identities = provision_gateways(fleet, args.gateways, authority) if gateway_phases else ([], {})
-    print(
-        f"provisioned {args.devices} devices, {len(hubs)} gateways and their certificates "
-        f"in {time.time() - began:.0f} s",
-        file=sys.stderr,
-    )
+    note(f"provisioned {args.devices} devices, {len(hubs)} gateways, their certificates in {time.time() - began:.0f} s")
     port, group_port = free_port(), free_port()
     workers, worker_pids = fork_workers(args, hubs, port, broker, hub_identities) if gateway_phases else ([], [])
     env = {
@@ -718,9 +726,7 @@ def main() -> None:
         wait_port(port, "daphne")
         wait_port(group_port, "daphne")
         time.sleep(2)
-        # Monitoring starts with the stream, not at provisioning (else a large fleet's setup time
-        # turns every patient into a no-data alarm before the first phase).
-        Assignment.objects.filter(device__ward__code=WARD, end__isnull=True).update(start=dt.datetime.now(dt.UTC))
+        note("servers listening")
         phases = [p for p in PHASES if p in args.phases]
         bench = Bench(
             args,
@@ -748,6 +754,8 @@ def main() -> None:
         errors = [line for line in (tmp / "processes.log").read_text(errors="replace").splitlines() if "Error" in line]
         if errors:
             print(f"processes logged {len(errors)} error lines, e.g. {errors[-1][:200]}")
+        if os.environ.get("BENCH_KEEP_LOG"):
+            shutil.copy(tmp / "processes.log", os.environ["BENCH_KEEP_LOG"])
         shutil.rmtree(tmp, ignore_errors=True)
 
 
