@@ -317,7 +317,9 @@ def figures(
             "critical_low_ms": sorted(critical),
             "rapid_fall_ms": sorted(rapid),
         },
-        "cpu_ms_per_1000": {name: (after[name] - before[name]) / max(1, units) * 1000 * 1000 for name in after},
+        "cpu_ms_per_1000": {
+            name: (after[name] - before[name]) / units * 1000 * 1000 if units else float("nan") for name in after
+        },
         "cores": {name: (after[name] - before[name]) / elapsed for name in after},
     }
 

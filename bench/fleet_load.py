@@ -42,9 +42,11 @@ import orjson
 from bench.live import Http
 
 GATEWAY_PATH = "/api/v1/ingest/gateway"
-# An outer message stays inside contract 1c's 5,000 readings (a gateway's backlog goes out over
-# several seconds instead).
+# An outer message stays inside contract 1c's 5,000 readings and 1 MiB, with the simulator's
+# margins (telemetry/simulator/fleet.py HUB_MAX_*): a gateway's backlog goes out over several
+# seconds instead.
 MAX_PARTS = 4000
+MAX_BODY_BYTES = 600 * 1024
 
 
 @dataclass(frozen=True)
@@ -258,12 +260,22 @@ async def _gateway(
             if next_send > now:
                 await asyncio.sleep(next_send - now)
             next_send = max(next_send + 1.0, time.time())  # one message a second, never a burst
-            parts = queue[:MAX_PARTS]
+            parts = _within_limits(queue)
             if parts:
                 await _send(hub, parts, queue, result, http, mqtt)
     finally:
         if http is not None and http.writer is not None:
             http.writer.close()
+
+
+def _within_limits(queue: list[Part]) -> list[Part]:
+    """The oldest queued parts that fit one outer message."""
+    size = 0
+    for n, part in enumerate(queue[:MAX_PARTS]):
+        size += len(part.entry["body"]) + len(part.entry["signature"]) + len(part.entry["key"]) + 50
+        if size > MAX_BODY_BYTES:
+            return queue[:n]
+    return queue[:MAX_PARTS]
 
 
 async def _send(
