@@ -77,7 +77,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet_load import Dips, Hub, Member, PhaseSpec, Shard, body_for, late_summary, merged, shard_main, signed  # noqa: E402
-from bench.live import Http, WebSocket, cpu_seconds, fresh_database, pct, provision, start_services  # noqa: E402
+from bench.live import Http, WebSocket, cpu_seconds, fresh_database, pct, provision  # noqa: E402
+from bench.servers import start_services  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 DAPHNE = str(ROOT / ".venv" / "bin" / "daphne")
@@ -457,7 +458,9 @@ def report(result: dict[str, Any], rule: Rule) -> None:
 
 
 def server_ms(result: dict[str, Any]) -> float:
-    return sum(v for k, v in result["cpu_ms_per_1000"].items() if k not in ("load generator", "generator workers"))
+    return float(
+        sum(v for k, v in result["cpu_ms_per_1000"].items() if k not in ("load generator", "generator workers"))
+    )
 
 
 async def main_async(
@@ -498,9 +501,9 @@ async def main_async(
             await run_phase("http", bench, https, base - SEQ_SPAN, warm=True)
             result = await run_phase("http", bench, https, base, number=number)
             results.append({**result, "door": name})
-            for http in https:
-                if http.writer is not None:
-                    http.writer.close()
+            for client in https:
+                if client.writer is not None:
+                    client.writer.close()
     for task in [*sockets, console_task]:
         task.cancel()
     print(
