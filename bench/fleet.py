@@ -618,6 +618,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="processes running the gateways and their devices")
     parser.add_argument("--drain", type=float, default=20.0, help="seconds gateways may resend after sampling ends")
+    parser.add_argument("--profile-bridge", default="", help="write a cProfile of the bridge to this file")
     args = parser.parse_args()
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(args.phases) - set(PHASES)
@@ -713,6 +714,9 @@ def main() -> None:
         children.append(process)
         return process.pid
 
+    # cProfile of the bridge's asyncio thread (the pipeline; paho's network thread is not in it),
+    # written when the bridge stops on SIGTERM.
+    profiled = ["-m", "cProfile", "-o", args.profile_bridge] if args.profile_bridge else []
     try:
         spawn("broker", ["mosquitto", "-c", str(broker.config)])
         wait_port(mqtt_port, "mosquitto")
@@ -725,7 +729,7 @@ def main() -> None:
                 PERFUSE_INGEST_HTTP_GROUP="1",
             ),
             "engine": spawn("engine", [PY, "manage.py", "run_engine"]),
-            "bridge": spawn("bridge", [PY, "manage.py", "run_mqtt_ingest"]),
+            "bridge": spawn("bridge", [PY, *profiled, "manage.py", "run_mqtt_ingest"]),
             **{f"generator workers-{w}": pid for w, pid in enumerate(worker_pids)},
         }
         wait_port(port, "daphne")
