@@ -139,6 +139,11 @@ class Http:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        status, _ = await self.request(path, body, headers)
+        return status
+
+    async def request(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST; the status and the answer's body."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -154,13 +159,14 @@ class Http:
                 length = int(value)
             elif name.lower() == "transfer-encoding" and "chunked" in value:
                 chunked = True
+        answer = b""
         if chunked:
             while (size := int((await self.reader.readuntil(b"\r\n")).strip(), 16)) != 0:
-                await self.reader.readexactly(size + 2)
+                answer += (await self.reader.readexactly(size + 2))[:-2]
             await self.reader.readuntil(b"\r\n")
         else:
-            await self.reader.readexactly(length)
-        return status
+            answer = await self.reader.readexactly(length)
+        return status, answer
 
 
 class WebSocket:
