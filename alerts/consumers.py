@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -50,11 +51,17 @@ class AlarmConsoleConsumer(LiveConsumer):
             refusal_audit(refusal, actor)
             return False
         with transaction.atomic():
-            alarms = list(selectors.alarms_open_sorted(selectors.alarms_visible_to(user)))
+            open_alarms = selectors.alarms_open_sorted(selectors.alarms_visible_to(user))
+            total = open_alarms.count()
+            alarms = list(open_alarms[: settings.PERFUSE_CONSOLE_SNAPSHOT_MAX])
             audit_record(
                 actor=actor,
                 action="alarm.console_subscribed",
-                detail={"count": len(alarms), "patients": sorted({a.patient.pseudonym for a in alarms})[:100]},
+                detail={
+                    "count": total,
+                    "listed": len(alarms),
+                    "patients": sorted({a.patient.pseudonym for a in alarms})[:100],
+                },
             )
         self.scope_rule = scope
         now = timezone.now()
@@ -69,6 +76,7 @@ class AlarmConsoleConsumer(LiveConsumer):
         ]
         self._snapshot = AlarmSnapshotFrame(
             alarms=[alarm_out(a) for a in alarms],
+            alarms_total=total,
             pauses=pauses,
             notifications=notes,
             server_time=live.iso(now),

@@ -77,10 +77,13 @@ def oncall_out(shift: OnCallShift) -> OnCallOut:
 
 
 class AlarmSnapshotFrame(Frame, tag="alarm.snapshot"):
-    """First frame of the console: the open alarms in scope, active pauses, recent notifications,
-    and who is on call now on the wards in scope (the roster; both people during a handover)."""
+    """First frame of the console: the open alarms in scope (the PERFUSE_CONSOLE_SNAPSHOT_MAX most
+    urgent, in console order; `alarms_total` says how many are open), active pauses, recent
+    notifications, and who is on call now on the wards in scope (the roster; both people during a
+    handover)."""
 
     alarms: list[AlarmOut]
+    alarms_total: int
     pauses: list[PauseOut]
     notifications: list[NotificationOut]
     server_time: str

@@ -150,6 +150,10 @@ PERFUSE_LIVE_MAX_PENDING_POINTS = envint("PERFUSE_LIVE_MAX_PENDING_POINTS", 5000
 PERFUSE_LIVE_MAX_PENDING_FRAMES = envint("PERFUSE_LIVE_MAX_PENDING_FRAMES", 500)
 # Sockets re-join their groups (lost on a Redis restart) and re-check access this often.
 PERFUSE_LIVE_REJOIN_SECONDS = envint("PERFUSE_LIVE_REJOIN_SECONDS", 30)
+# The alarm console's first frame lists at most this many open alarms, the most urgent first, and
+# says how many are open: thousands (a fleet whose devices all went quiet) would make a frame
+# over the WebSocket's 1 MiB limit and a handshake slower than its timeout, and no console at all.
+PERFUSE_CONSOLE_SNAPSHOT_MAX = envint("PERFUSE_CONSOLE_SNAPSHOT_MAX", 500, minimum=1)
 # Raw readings sent in a patient socket's snapshot.
 PERFUSE_LIVE_SNAPSHOT_SECONDS = envint("PERFUSE_LIVE_SNAPSHOT_SECONDS", 300)
 # Metrics a ward card shows beside tissue O2 when the patient has a recent reading of them.

@@ -12,8 +12,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from alerts.events import AlarmTransitionFrame
+from alerts.events import AlarmSnapshotFrame, AlarmTransitionFrame
+from alerts.models import Alarm
 from alerts.schemas import AlarmOut
+from alerts.selectors import alarms_open_sorted
 from alerts.services import alarm_acknowledge, alarm_raise, rule_current_ward
 from audit.models import AuditEvent
 from audit.trail import Actor
@@ -140,4 +142,28 @@ async def test_ward_scope_follows_the_staff_profile_while_connected(settings: An
     frame = await comm.receive_json_from(timeout=3)
     assert (frame["type"], frame["alarm"]["id"]) == ("alarm.transition", in_b)
     assert await comm.receive_nothing(timeout=0.2)
+    await comm.disconnect()
+
+
+async def test_snapshot_lists_the_most_urgent_open_alarms_up_to_the_cap_and_counts_them_all(settings) -> None:
+    """Thousands of open alarms would make a first frame over the WebSocket's 1 MiB limit (seen
+    with 20,000 quiet devices): the snapshot lists the most urgent PERFUSE_CONSOLE_SNAPSHOT_MAX."""
+    settings.PERFUSE_CONSOLE_SNAPSHOT_MAX = 2
+    world = await sync_to_async(_world)()
+    low = await sync_to_async(_raise)(world["a"], "low")
+    critical = await sync_to_async(_raise)(world["a"], "critical_low")
+    later = await sync_to_async(_raise)(world["a"], "rapid_fall")
+    comm = await _open(await sync_to_async(ws_headers)(world["nurse"]))
+    snapshot = msgspec.convert(await comm.receive_json_from(timeout=3), AlarmSnapshotFrame, strict=True)
+    expected = await sync_to_async(
+        lambda: list(
+            alarms_open_sorted(Alarm.objects.filter(pk__in=[low, critical, later])).values_list("pk", flat=True)
+        )
+    )()
+    assert snapshot.alarms_total == 3 and [a["id"] for a in snapshot.alarms] == expected[:2]
+    assert expected[0] == critical  # the most urgent is listed
+    event = await sync_to_async(AuditEvent.objects.filter(action="alarm.console_subscribed", outcome="allowed").latest)(
+        "id"
+    )
+    assert (event.detail["count"], event.detail["listed"]) == (3, 2)
     await comm.disconnect()

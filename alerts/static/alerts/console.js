@@ -297,6 +297,10 @@
       if (f.type === "alarm.snapshot") {
         serverSkewMs = Date.parse(f.server_time) - Date.now();
         setAlarms(f.alarms);
+        const overflow = document.getElementById("alarm-overflow");
+        overflow.hidden = f.alarms_total <= f.alarms.length;
+        overflow.textContent = overflow.hidden ? "" :
+          `Showing the ${f.alarms.length} most urgent of ${f.alarms_total} open alarms; new ones arrive as they happen.`;
         pauses.clear();
         for (const p of f.pauses) pauses.set(p.patient, p);
         render();
