@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -86,24 +87,42 @@ class Monitor(threading.Thread):
         return None
 
 
-def _message(device: tuple[str, str, Any], seq: int, value: float) -> Any:
+def _message(device: tuple[str, str, Any], seq: int, value: float, at: float) -> Any:
+    """A device's signed message of one reading sampled (and sent) at `at` (epoch seconds)."""
     from telemetry.ingest.group import Message
 
     device_id, key_id, private = device
-    now = time.time()
     reading = {
         "seq": seq,
-        "sample_time": dt.datetime.fromtimestamp(now, dt.UTC).isoformat().replace("+00:00", "Z"),
+        "sample_time": dt.datetime.fromtimestamp(at, dt.UTC).isoformat().replace("+00:00", "Z"),
         "metric": "tissue_o2",
         "value": value,
         "unit": "%",
         "signal_quality": 0.95,
     }
     body = orjson.dumps({"schema": "perfuse.readings/1", "device_id": device_id, "readings": [reading]})
-    stamp = str(int(now))
+    stamp = str(int(at))
     signature = base64.b64encode(private.sign(stamp.encode() + b"\n" + body)).decode()
     headers = {"x-perfuse-key": key_id, "x-perfuse-timestamp": stamp, "x-perfuse-signature": signature}
     return Message(body, headers, door="mqtt")
+
+
+def schedule(args: argparse.Namespace, devices: list[Any], start: float) -> list[list[Any]]:
+    """Every commit's messages, signed ahead (the load generator's own CPU stays out of the way):
+    commit k at start + k * commit_ms holds slice k mod share of the devices."""
+    rng = random.Random(7)
+    dipping = set(range(0, len(devices), 100))
+    slices = [list(range(i, len(devices), args.share)) for i in range(args.share)]
+    step = args.commit_ms / 1000.0
+    commits = []
+    for k in range(int((args.warmup + args.duration) / step) + 1):
+        at = start + k * step
+        messages = []
+        for i in slices[k % args.share]:
+            low = i in dipping and (at - start + i) % DIP_EVERY < DIP_FOR
+            messages.append(_message(devices[i], k + 1, 20.0 if low else round(rng.gauss(62, 3), 2), at))
+        commits.append(messages)
+    return commits
 
 
 async def load(args: argparse.Namespace, devices: list[Any], url: str, monitor: Monitor) -> dict[str, Any]:
@@ -112,14 +131,15 @@ async def load(args: argparse.Namespace, devices: list[Any], url: str, monitor: 
     from telemetry import db
     from telemetry.ingest.group import group_handle, message_prepare
 
-    rng = random.Random(7)
-    dipping = set(range(0, len(devices), 100))
-    slices = [list(range(i, len(devices), args.share)) for i in range(args.share)]
     step = args.commit_ms / 1000.0
+    lead = 2.0 + len(devices) * (args.warmup + args.duration) / step / args.share / 20_000  # signing time
+    wall = time.time() + lead
+    planned = schedule(args, devices, wall)
+    await asyncio.sleep(max(0.0, wall - time.time()))
     probe = await psycopg.AsyncConnection.connect(url, autocommit=True)
     started = time.monotonic()
     measure_from, measure_to = started + args.warmup, started + args.warmup + args.duration
-    seq, turn, readings, refused = 1, 0, 0, 0
+    turn, readings, refused = 0, 0, 0
     commits: list[tuple[float, int]] = []  # (commit returned, txid) during the measured window
     cpu: dict[str, float] = {}
     due = started
@@ -132,12 +152,9 @@ async def load(args: argparse.Namespace, devices: list[Any], url: str, monitor: 
             cpu["engine0"], cpu["backends0"] = args.cpu()
             readings = 0
         in_window = "start" in cpu
-        elapsed = now - started
-        messages = []
-        for i in slices[turn % args.share]:
-            low = i in dipping and (elapsed + i) % DIP_EVERY < DIP_FOR
-            messages.append(_message(devices[i], seq, 20.0 if low else round(rng.gauss(62, 3), 2)))
-        seq += 1
+        if turn >= len(planned):
+            break
+        messages = planned[turn]
         turn += 1
         answers = await group_handle([message_prepare(m) for m in messages])
         done = time.monotonic()
@@ -185,8 +202,19 @@ async def prime(devices: list[Any]) -> None:
     from telemetry.ingest.group import group_handle, message_prepare
 
     for start in range(0, len(devices), 500):
-        await group_handle([message_prepare(_message(d, 0, 62.0)) for d in devices[start : start + 500]])
+        await group_handle([message_prepare(_message(d, 0, 62.0, time.time())) for d in devices[start : start + 500]])
     await db.close_clients()
+
+
+def sql_costs(server_log: str, top: int) -> None:
+    """The engine's statements by total duration (literals blanked so that one shape is one line)."""
+    totals: dict[str, list[float]] = {}
+    for match in re.finditer(r"duration: ([0-9.]+) ms  (?:statement|execute [^:]*|bind [^:]*|parse [^:]*): (.*?)(?=\n\S|\Z)", server_log, re.S):
+        shape = re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", " ".join(match.group(2).split()))
+        totals.setdefault(shape[:160], []).append(float(match.group(1)))
+    print(f"the engine's statements, {top} costliest by total server time:")
+    for shape, durations in sorted(totals.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"  {sum(durations):9.1f} ms {len(durations):7d}x  {shape}")
 
 
 def main() -> None:
@@ -197,6 +225,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--profile", default="", help="run the engine under cProfile, stats to this file")
+    parser.add_argument(
+        "--sql-log", type=int, default=0, help="log the engine's statements and print this many costliest"
+    )
     args = parser.parse_args()
 
     with open("/proc/loadavg") as f:
@@ -217,6 +248,8 @@ def main() -> None:
     import psycopg
 
     env = {**os.environ, "LOG_LEVEL": "WARNING", "PGAPPNAME": APP_NAME}
+    if args.sql_log:
+        env["PGOPTIONS"] = "-c log_min_duration_statement=0"
     command = [PY, "manage.py", "run_engine"]
     if args.profile:
         command = [PY, "-m", "cProfile", "-o", str(Path(args.profile).resolve()), "manage.py", "run_engine"]
@@ -245,6 +278,8 @@ def main() -> None:
         engine.terminate()
         engine.wait(timeout=30)
         admin.close()
+        if args.sql_log:
+            sql_costs((tmp / "pg" / "server.log").read_text(errors="replace"), args.sql_log)
         subprocess.run(stop, check=False)
         log.close()
         errors = [line for line in (tmp / "engine.log").read_text(errors="replace").splitlines() if "Error" in line]

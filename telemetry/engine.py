@@ -117,6 +117,10 @@ ENGINES_CHANGED = "engines"  # payload on storage.INGEST_CHANNEL: an engine join
 MAX_TXIDS_PER_BATCH = 2000
 HOUSEKEEPING_EVERY = dt.timedelta(minutes=10)
 INGEST_LOG_KEEP = dt.timedelta(days=1)
+# Timers run at most this often (a busy engine loops on every commit, up to hundreds of times a
+# second): they are timers of seconds (escalation, re-alert, resolution, no data), checked twice
+# as often as an idle engine polls, and their every run reads the open alarms and pauses.
+TIMERS_EVERY_SECONDS = 0.1
 # A wait for a notification is cut into slices this long so that SIGTERM (which only sets the stop
 # event) is honoured promptly even with a long poll interval.
 STOP_CHECK_SECONDS = 0.5
@@ -160,17 +164,35 @@ class Batch:
 # The partitions join keeps the readings of the batch's partitions that are at or past their
 # partition's watermark (the log knows only the device; a reading's partition is its patient's,
 # computed as selectors.partition_sql does).
+# Each log row's readings are looked up through the primary key (device, metric, sample-time
+# span) in a LATERAL subquery that OFFSET 0 keeps from being flattened into a join: left to
+# itself the planner hash-joins the log with a sequential scan of every reading of the day's
+# partition, a cost that grows with the table (45 ms a batch after a minute of 2,000 devices,
+# docs/benchmarks.md "Engine under fleet load") instead of with the batch.
 _READINGS_SQL = f"""
     SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
-    JOIN telemetry_reading AS r
-      ON r.device_id = l.device_id AND r.metric = ANY(%s) AND r.ingest_txid = l.txid
-     AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
+    CROSS JOIN LATERAL (
+        SELECT {READING_ROW_COLUMNS}, r.ingest_txid FROM telemetry_reading AS r
+        WHERE r.device_id = l.device_id AND r.metric = ANY(%s::text[]) AND r.ingest_txid = l.txid
+          AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
+          AND r.sample_time BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'
+        OFFSET 0
+    ) AS r
     JOIN unnest(%s::int[], %s::bigint[]) AS w(part, position)
-      ON w.part = mod(coalesce(r.patient_id, r.device_id), %s) AND r.ingest_txid >= w.position
-    WHERE l.txid >= %s AND l.txid < %s
-      AND r.sample_time BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'
+      ON w.part = mod(coalesce(r.patient_id, r.device_id), %s::bigint) AND r.ingest_txid >= w.position
+    WHERE l.txid >= %s::bigint AND l.txid < %s::bigint
 """
+
+
+def bound_cursor() -> psycopg.Cursor[Any]:
+    """A cursor of Django's connection (so inside its transaction) that sends parameters apart
+    from the statement instead of quoting them into its text as Django's cursors do: the arrays
+    of a batch's rows are dumped by psycopg's C adapters rather than quoted element by element,
+    and a statement run often is prepared once. Results stay text: a `real` column read in
+    binary would come back as its float4 value widened (0.949999988…), not the 0.95 of text."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def engine_batch(
@@ -191,12 +213,10 @@ def engine_batch(
         # First statement: the snapshot (and so the horizon) predates everything read below.
         cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         horizon = cursor.fetchone()[0]
-        partition_cursors_ensure(cursor, count)
-        cursor.execute(
-            "SELECT name, position FROM telemetry_enginecursor WHERE name = ANY(%s) ORDER BY name FOR UPDATE",
-            [names],
-        )
-        found = dict(cursor.fetchall())
+        found = _cursors_lock(cursor, names)
+        if len(found) < len(names):  # first batch, or the partition count changed: convert
+            partition_cursors_ensure(cursor, count)
+            found = _cursors_lock(cursor, names)
         positions = [int(found[name]) for name in names]
         position = min(positions)
         if horizon <= position:
@@ -210,8 +230,9 @@ def engine_batch(
         upto = horizon if caught_up else txids[-1] + 1
         rows: list[ReadingRow] = []
         if txids:
-            cursor.execute(_READINGS_SQL, [list(METRICS), owned, positions, count, position, upto])
-            rows = [ReadingRow(*row) for row in cursor.fetchall()]
+            with bound_cursor() as bound:
+                bound.execute(_READINGS_SQL, [list(METRICS), owned, positions, count, position, upto])
+                rows = [ReadingRow(*row) for row in bound.fetchall()]
             for processor in processors:
                 processor.process(rows, now=now)
         # A partition already past `upto` (taken over from an engine that was ahead) stays put.
@@ -221,6 +242,13 @@ def engine_batch(
             [upto, names],
         )
     return Batch(len(txids), len(rows), min(max(p, upto) for p in positions), caught_up)
+
+
+def _cursors_lock(cursor: Any, names: list[str]) -> dict[str, int]:
+    cursor.execute(
+        "SELECT name, position FROM telemetry_enginecursor WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names]
+    )
+    return dict(cursor.fetchall())
 
 
 def partition_cursors_ensure(cursor: Any, partitions: int) -> None:
@@ -292,6 +320,35 @@ def storage_housekeeping(*, now: dt.datetime) -> list[str]:
     return created
 
 
+_ROLLUP_COLUMNS = "patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n"
+_ROLLUP_UNNEST = (
+    "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])"
+)
+
+
+def _rollup_upsert(table: str) -> str:
+    return f"""
+        INSERT INTO {table} AS r ({_ROLLUP_COLUMNS}) {_ROLLUP_UNNEST}
+        ON CONFLICT ON CONSTRAINT {table}_key DO UPDATE SET
+            n = r.n + excluded.n,
+            value_sum = r.value_sum + excluded.value_sum,
+            value_min = least(r.value_min, excluded.value_min),
+            value_max = greatest(r.value_max, excluded.value_max),
+            quality_sum = r.quality_sum + excluded.quality_sum,
+            quality_n = r.quality_n + excluded.quality_n"""
+
+
+# Every resolution's partials in one statement (one round trip a batch, whatever the resolutions).
+_ROLLUPS_SQL = (
+    "WITH "
+    + ", ".join(
+        f"rollup_{resolution} AS ({_rollup_upsert(f'telemetry_rollup_{resolution}')})" for resolution in BUCKET_SECONDS
+    )
+    + " SELECT 1"
+)
+
+
 class RollupProcessor:
     """Plain PostgreSQL: fold new readings into telemetry_rollup_{1m,1h} as mergeable partials
     (count, sums, min, max), so a late or out-of-order reading just adds to its bucket."""
@@ -299,15 +356,18 @@ class RollupProcessor:
     def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
         if not rows or storage.timescale_in_use():
             return
-        with connection.cursor() as cursor:
-            for resolution in BUCKET_SECONDS:
-                self._upsert(cursor, resolution, rows)
+        params: list[list[Any]] = []
+        for resolution in BUCKET_SECONDS:
+            params += self._partials(resolution, rows)
+        with bound_cursor() as cursor:
+            cursor.execute(_ROLLUPS_SQL, params)
 
     def tick(self, *, now: dt.datetime) -> None:
         return None
 
     @staticmethod
-    def _upsert(cursor: Any, resolution: str, rows: list[ReadingRow]) -> None:
+    def _partials(resolution: str, rows: list[ReadingRow]) -> list[list[Any]]:
+        """The batch's partials of one resolution, as the ten columns of _ROLLUP_UNNEST."""
         partials: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
             key = (row.patient_id, row.device_id, row.metric, bucket_floor(row.sample_time, resolution))
@@ -327,23 +387,7 @@ class RollupProcessor:
         for key, values in partials.items():
             for column, item in zip(columns, (*key, *values), strict=True):
                 column.append(item)
-        table = f"telemetry_rollup_{resolution}"
-        cursor.execute(
-            f"""
-            INSERT INTO {table} AS r
-                (patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n)
-            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[],
-                                 %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
-            ON CONFLICT ON CONSTRAINT {table}_key DO UPDATE SET
-                n = r.n + excluded.n,
-                value_sum = r.value_sum + excluded.value_sum,
-                value_min = least(r.value_min, excluded.value_min),
-                value_max = greatest(r.value_max, excluded.value_max),
-                quality_sum = r.quality_sum + excluded.quality_sum,
-                quality_n = r.quality_n + excluded.quality_n
-            """,
-            columns,
-        )
+        return columns
 
 
 # The engine's view of the stream's members, from one read of pg_locks: how many engines hold the
@@ -384,6 +428,7 @@ class Engine:
         self.timer_owner = False
         self.peers = 1  # engines in the stream, this one included, at the last rebalance
         self._rebalance_due = 0.0  # time.monotonic(); 0: at the next loop
+        self._timers_due = 0.0  # time.monotonic() of the next tick
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -536,10 +581,12 @@ class Engine:
             batch = engine_batch(self.processors, now=now, partitions=sorted(self.owned))
         finally:
             # Timers (no-data, escalation) run even when a batch failed: they must not wait on it.
-            if self.timer_owner:
-                engine_tick(self.processors, now=self.clock())
-            else:
-                engine_tick_local(self.processors, now=self.clock())
+            if time.monotonic() >= self._timers_due:
+                self._timers_due = time.monotonic() + TIMERS_EVERY_SECONDS
+                if self.timer_owner:
+                    engine_tick(self.processors, now=self.clock())
+                else:
+                    engine_tick_local(self.processors, now=self.clock())
         return batch
 
     def _wait_seconds(self) -> float:
