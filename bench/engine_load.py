@@ -1,6 +1,6 @@
 """The stream engine under fleet load: its CPU per reading and per wake, and its lag.
 
-    .venv/bin/python bench/engine_load.py [--patients 2000] [--commit-ms 50] [--share 20]
+    .venv/bin/python bench/engine_load.py [--patients 1000] [--commit-ms 50] [--share 20]
         [--duration 30] [--warmup 8] [--profile FILE]
 
 Throwaway PostgreSQL (fsync off) and Redis (bench/servers.py) and a fresh database; N devices,
@@ -209,7 +209,8 @@ async def prime(devices: list[Any]) -> None:
 def sql_costs(server_log: str, top: int) -> None:
     """The engine's statements by total duration (literals blanked so that one shape is one line)."""
     totals: dict[str, list[float]] = {}
-    for match in re.finditer(r"duration: ([0-9.]+) ms  (?:statement|execute [^:]*|bind [^:]*|parse [^:]*): (.*?)(?=\n\S|\Z)", server_log, re.S):
+    entry = r"duration: ([0-9.]+) ms  (?:statement|execute [^:]*|bind [^:]*|parse [^:]*): (.*?)(?=\n\S|\Z)"
+    for match in re.finditer(entry, server_log, re.S):
         shape = re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", " ".join(match.group(2).split()))
         totals.setdefault(shape[:160], []).append(float(match.group(1)))
     print(f"the engine's statements, {top} costliest by total server time:")
@@ -219,7 +220,7 @@ def sql_costs(server_log: str, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=2000)
+    parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--commit-ms", type=float, default=50.0, help="one ingest transaction this often")
     parser.add_argument("--share", type=int, default=20, help="each transaction holds 1/share of the devices")
     parser.add_argument("--duration", type=float, default=30.0)
