@@ -8,7 +8,8 @@ loop opens a transaction whose first statement reads `pg_snapshot_xmin(pg_curren
 the oldest transaction still running: every transaction below that horizon has finished, and the
 committed ones are visible to the statements that follow. The loop takes the log rows with
 txid >= the lowest watermark of the partitions it owns and < the horizon, fetches their readings
-through the primary key (device_id, metric, sample_time range, ingest_txid), keeps those of its
+through the primary key (device_id, metric, sample_time range, ingest_txid; one index lookup per log
+row, never a scan of the day's readings: the cost of a batch follows the batch), keeps those of its
 partitions at or past their partition's watermark, hands them to each processor's
 `process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction. A
 crash before commit undoes the processors' writes together with the cursor moves, so after a
@@ -55,7 +56,12 @@ telemetry/storage.py INGEST_NOTIFY_SQL), which PostgreSQL delivers only once the
 transaction has committed, one per transaction.
 Every engine LISTENs on a connection of its own and, once caught up, waits for a notification or
 the poll interval (PERFUSE_ENGINE_INTERVAL_SECONDS, `--interval`), whichever comes first; the
-notifications that piled up meanwhile are drained, so a burst of commits costs one loop. A commit
+notifications that piled up meanwhile are drained, so a burst of commits costs one loop; and on a
+busy stream (the loop before had readings) the next loop starts no sooner than
+PERFUSE_ENGINE_COALESCE_MS (20) after the previous one started, so that hundreds of commits a second
+(a transaction per HTTP request) share loops instead of each paying a loop's fixed cost (a commit
+after a quiet spell still runs a loop at once). The timers (`tick`) run at most every
+TIMERS_EVERY_SECONDS (0.2, an idle engine's poll), not on every loop. A commit
 wakes every engine (the trigger cannot know the partition: the patient is on the readings), each
 processes what is its own. With peers, or partitions nobody owns, the wait is cut to the next
 rebalance, so a dead peer is noticed. So a reading reaches the processors milliseconds after its
