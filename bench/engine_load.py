@@ -52,7 +52,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.live import cpu_seconds, fresh_database, pct, provision, start_services  # noqa: E402
+from bench.live import cpu_seconds, fresh_database, pct, provision  # noqa: E402
+from bench.servers import start_services  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 APP_NAME = "perfuse-engine-load"
@@ -67,13 +68,14 @@ class Monitor(threading.Thread):
         import psycopg
 
         self.conn = psycopg.connect(url, autocommit=True)
-        self.moves: list[tuple[float, int]] = []  # (monotonic, lowest position) at each change
+        self.moves: list[tuple[float, int | None]] = []  # (monotonic, lowest position) at each change
         self.stop = threading.Event()
 
     def run(self) -> None:
         last = None
         while not self.stop.is_set():
-            position = self.conn.execute("SELECT min(position) FROM telemetry_enginecursor").fetchone()[0]
+            row = self.conn.execute("SELECT min(position) FROM telemetry_enginecursor").fetchone()
+            position = row[0] if row else None
             if position != last:
                 self.moves.append((time.monotonic(), position))
                 last = position
@@ -162,6 +164,7 @@ async def load(args: argparse.Namespace, devices: list[Any], url: str, monitor: 
         if in_window:
             readings += sum(a.body.get("accepted", 0) for a in answers if a.status == 200)
             row = await (await probe.execute("SELECT max(txid) FROM telemetry_ingest_log")).fetchone()
+            assert row is not None
             commits.append((done, int(row[0])))
         due += step
         await asyncio.sleep(max(0.0, due - time.monotonic()))
