@@ -1,15 +1,20 @@
 """What keeps the engine's cost per batch proportional to the batch (docs/benchmarks.md "Engine
 under fleet load"): its readings are found through the primary key, never by scanning the day's
-readings, and its rollups are exact whatever the floats."""
+readings; its rollups are exact whatever the floats; and loops coalesced on a busy stream still
+process every reading once, none left for the poll."""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
+from collections import Counter
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
 
-from telemetry.engine import _READINGS_SQL, RollupProcessor, engine_batch
+from telemetry.engine import _READINGS_SQL, Engine, ReadingRow, RollupProcessor, engine_batch
 from telemetry.units import METRICS
 from tests.readings import Row, insert_readings
 
@@ -78,3 +83,35 @@ def test_rollups_are_exact_for_awkward_floats_and_missing_quality() -> None:
     present = [q for q in stored_q if q is not None]
     assert quality_n == len(present)
     assert quality_sum == sum(q for q in stored_q[:4] if q is not None) + sum(q for q in stored_q[4:] if q is not None)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: Counter[int] = Counter()
+        self.ticked = threading.Event()
+
+    def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
+        seqs = [r.seq for r in rows]
+        transaction.on_commit(lambda: self.seen.update(seqs))
+
+    def tick(self, *, now: dt.datetime) -> None:
+        self.ticked.set()
+
+
+def test_coalesced_loops_of_a_busy_stream_process_every_commit_once(settings: Any) -> None:
+    settings.PERFUSE_ENGINE_COALESCE_MS = 300  # far more than the commits below take
+    recorder = Recorder()
+    engine = Engine([recorder], interval=3600.0)  # nothing may wait for the poll: it is an hour
+    worker = threading.Thread(target=engine.run, daemon=True)
+    worker.start()
+    try:
+        assert recorder.ticked.wait(30)
+        for seq in range(1, 21):  # twenty commits in a burst, each its own ingest transaction
+            _commit([Row(5, 5, "tissue_o2", seq, NOW - dt.timedelta(seconds=seq), 60.0, 0.9)])
+        deadline = time.monotonic() + 30  # a guard against a reading left for the poll
+        while sum(recorder.seen.values()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+        worker.join(timeout=30)
+    assert recorder.seen == Counter(range(1, 21))
