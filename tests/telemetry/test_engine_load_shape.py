@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 
@@ -115,3 +116,18 @@ def test_coalesced_loops_of_a_busy_stream_process_every_commit_once(settings: An
         engine.stop()
         worker.join(timeout=30)
     assert recorder.seen == Counter(range(1, 21))
+
+
+@pytest.mark.timescale
+def test_the_batch_query_finds_a_commits_readings_on_a_hypertable(timescale: psycopg.Connection[Any]) -> None:
+    # The same statement on TimescaleDB's storage (chunks instead of daily partitions).
+    device = 990_000 + int(time.time()) % 10_000  # the server is shared by the session
+    rows = [Row(device, device, "tissue_o2", s, NOW - dt.timedelta(seconds=s), 60.0 + s, 0.9) for s in range(5)]
+    with timescale.transaction():
+        insert_readings(timescale.cursor(), rows)
+    (txid,) = timescale.execute(
+        "SELECT max(txid) FROM telemetry_ingest_log WHERE device_id = %s", [device]
+    ).fetchone() or (None,)
+    part = device % 16
+    found = timescale.execute(_READINGS_SQL, [list(METRICS), [part], [txid], 16, txid, txid + 1]).fetchall()
+    assert sorted((r[3], r[5]) for r in found) == [(s, 60.0 + s) for s in range(5)]
