@@ -149,6 +149,8 @@ class AlarmProcessor:
     def _raise_held(self, open_alarms: list[OpenAlarm], pauses: dict[int, AlarmPause], *, now: dt.datetime) -> None:
         open_keys = {(a.patient_id, a.kind) for a in open_alarms}
         for pid, state in self._patients.items():
+            if not state.held:
+                continue
             for kind, event in list(state.held.items()):
                 if not state.machine(kind).present:
                     del state.held[kind]

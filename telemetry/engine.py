@@ -8,7 +8,8 @@ loop opens a transaction whose first statement reads `pg_snapshot_xmin(pg_curren
 the oldest transaction still running: every transaction below that horizon has finished, and the
 committed ones are visible to the statements that follow. The loop takes the log rows with
 txid >= the lowest watermark of the partitions it owns and < the horizon, fetches their readings
-through the primary key (device_id, metric, sample_time range, ingest_txid), keeps those of its
+through the primary key (device_id, metric, sample_time range, ingest_txid; one index lookup per log
+row, never a scan of the day's readings: the cost of a batch follows the batch), keeps those of its
 partitions at or past their partition's watermark, hands them to each processor's
 `process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction. A
 crash before commit undoes the processors' writes together with the cursor moves, so after a
@@ -55,7 +56,12 @@ telemetry/storage.py INGEST_NOTIFY_SQL), which PostgreSQL delivers only once the
 transaction has committed, one per transaction.
 Every engine LISTENs on a connection of its own and, once caught up, waits for a notification or
 the poll interval (PERFUSE_ENGINE_INTERVAL_SECONDS, `--interval`), whichever comes first; the
-notifications that piled up meanwhile are drained, so a burst of commits costs one loop. A commit
+notifications that piled up meanwhile are drained, so a burst of commits costs one loop; and on a
+busy stream (the loop before had readings) the next loop starts no sooner than
+PERFUSE_ENGINE_COALESCE_MS (20) after the previous one started, so that hundreds of commits a second
+(a transaction per HTTP request) share loops instead of each paying a loop's fixed cost (a commit
+after a quiet spell still runs a loop at once). The timers (`tick`) run at most every
+TIMERS_EVERY_SECONDS (0.2, an idle engine's poll), not on every loop. A commit
 wakes every engine (the trigger cannot know the partition: the patient is on the readings), each
 processes what is its own. With peers, or partitions nobody owns, the wait is cut to the next
 rebalance, so a dead peer is noticed. So a reading reaches the processors milliseconds after its
@@ -83,6 +89,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -117,6 +124,10 @@ ENGINES_CHANGED = "engines"  # payload on storage.INGEST_CHANNEL: an engine join
 MAX_TXIDS_PER_BATCH = 2000
 HOUSEKEEPING_EVERY = dt.timedelta(minutes=10)
 INGEST_LOG_KEEP = dt.timedelta(days=1)
+# Timers run at most this often: as often as an idle engine polls (the default interval), however
+# many commits a busy engine loops on (hundreds a second), since every run reads the open alarms,
+# pauses and export jobs, and the timers are of seconds (escalation, re-alert, resolution, no data).
+TIMERS_EVERY_SECONDS = 0.2
 # A wait for a notification is cut into slices this long so that SIGTERM (which only sets the stop
 # event) is honoured promptly even with a long poll interval.
 STOP_CHECK_SECONDS = 0.5
@@ -160,17 +171,35 @@ class Batch:
 # The partitions join keeps the readings of the batch's partitions that are at or past their
 # partition's watermark (the log knows only the device; a reading's partition is its patient's,
 # computed as selectors.partition_sql does).
+# Each log row's readings are looked up through the primary key (device, metric, sample-time
+# span) in a LATERAL subquery that OFFSET 0 keeps from being flattened into a join: left to
+# itself the planner hash-joins the log with a sequential scan of every reading of the day's
+# partition, a cost that grows with the table (45 ms a batch after a minute of 2,000 devices,
+# docs/benchmarks.md "Engine under fleet load") instead of with the batch.
 _READINGS_SQL = f"""
     SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
-    JOIN telemetry_reading AS r
-      ON r.device_id = l.device_id AND r.metric = ANY(%s) AND r.ingest_txid = l.txid
-     AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
+    CROSS JOIN LATERAL (
+        SELECT {READING_ROW_COLUMNS}, r.ingest_txid FROM telemetry_reading AS r
+        WHERE r.device_id = l.device_id AND r.metric = ANY(%s::text[]) AND r.ingest_txid = l.txid
+          AND r.sample_time BETWEEN l.min_sample_time AND l.max_sample_time
+          AND r.sample_time BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'
+        OFFSET 0
+    ) AS r
     JOIN unnest(%s::int[], %s::bigint[]) AS w(part, position)
-      ON w.part = mod(coalesce(r.patient_id, r.device_id), %s) AND r.ingest_txid >= w.position
-    WHERE l.txid >= %s AND l.txid < %s
-      AND r.sample_time BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'
+      ON w.part = mod(coalesce(r.patient_id, r.device_id), %s::bigint) AND r.ingest_txid >= w.position
+    WHERE l.txid >= %s::bigint AND l.txid < %s::bigint
 """
+
+
+def bound_cursor() -> psycopg.Cursor[Any]:
+    """A cursor of Django's connection (so inside its transaction) that sends parameters apart
+    from the statement instead of quoting them into its text as Django's cursors do: the arrays
+    of a batch's rows are dumped by psycopg's C adapters rather than quoted element by element,
+    and a statement run often is prepared once. Results stay text: a `real` column read in
+    binary would come back as its float4 value widened (0.949999988…), not the 0.95 of text."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def engine_batch(
@@ -191,12 +220,10 @@ def engine_batch(
         # First statement: the snapshot (and so the horizon) predates everything read below.
         cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         horizon = cursor.fetchone()[0]
-        partition_cursors_ensure(cursor, count)
-        cursor.execute(
-            "SELECT name, position FROM telemetry_enginecursor WHERE name = ANY(%s) ORDER BY name FOR UPDATE",
-            [names],
-        )
-        found = dict(cursor.fetchall())
+        found = _cursors_lock(cursor, names)
+        if len(found) < len(names):  # first batch, or the partition count changed: convert
+            partition_cursors_ensure(cursor, count)
+            found = _cursors_lock(cursor, names)
         positions = [int(found[name]) for name in names]
         position = min(positions)
         if horizon <= position:
@@ -210,8 +237,9 @@ def engine_batch(
         upto = horizon if caught_up else txids[-1] + 1
         rows: list[ReadingRow] = []
         if txids:
-            cursor.execute(_READINGS_SQL, [list(METRICS), owned, positions, count, position, upto])
-            rows = [ReadingRow(*row) for row in cursor.fetchall()]
+            with bound_cursor() as bound:
+                bound.execute(_READINGS_SQL, [list(METRICS), owned, positions, count, position, upto])
+                rows = [ReadingRow(*row) for row in bound.fetchall()]
             for processor in processors:
                 processor.process(rows, now=now)
         # A partition already past `upto` (taken over from an engine that was ahead) stays put.
@@ -221,6 +249,13 @@ def engine_batch(
             [upto, names],
         )
     return Batch(len(txids), len(rows), min(max(p, upto) for p in positions), caught_up)
+
+
+def _cursors_lock(cursor: Any, names: list[str]) -> dict[str, int]:
+    cursor.execute(
+        "SELECT name, position FROM telemetry_enginecursor WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names]
+    )
+    return dict(cursor.fetchall())
 
 
 def partition_cursors_ensure(cursor: Any, partitions: int) -> None:
@@ -292,6 +327,37 @@ def storage_housekeeping(*, now: dt.datetime) -> list[str]:
     return created
 
 
+_ROLLUP_COLUMNS = "patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n"
+_ROLLUP_TYPES = (
+    "patient_id bigint, device_id bigint, metric text, bucket timestamptz, n bigint, value_sum float8, "
+    "value_min float8, value_max float8, quality_sum float8, quality_n bigint"
+)
+
+
+def _rollup_upsert(table: str) -> str:
+    return f"""
+        INSERT INTO {table} AS r ({_ROLLUP_COLUMNS})
+        SELECT {_ROLLUP_COLUMNS} FROM json_to_recordset(%s::json) AS p({_ROLLUP_TYPES})
+        ON CONFLICT ON CONSTRAINT {table}_key DO UPDATE SET
+            n = r.n + excluded.n,
+            value_sum = r.value_sum + excluded.value_sum,
+            value_min = least(r.value_min, excluded.value_min),
+            value_max = greatest(r.value_max, excluded.value_max),
+            quality_sum = r.quality_sum + excluded.quality_sum,
+            quality_n = r.quality_n + excluded.quality_n"""
+
+
+# Every resolution's partials in one statement (one round trip a batch, whatever the resolutions),
+# each as one JSON document: orjson writes it in C, where psycopg would adapt ten arrays element
+# by element in Python (the costliest part of a batch, measured). JSON numbers keep the floats
+# exact: orjson writes the shortest text that reads back as the same double.
+_ROLLUPS_SQL = (
+    "WITH "
+    + ", ".join(f"rollup_{r} AS ({_rollup_upsert(f'telemetry_rollup_{r}')})" for r in BUCKET_SECONDS)
+    + " SELECT 1"
+)
+
+
 class RollupProcessor:
     """Plain PostgreSQL: fold new readings into telemetry_rollup_{1m,1h} as mergeable partials
     (count, sums, min, max), so a late or out-of-order reading just adds to its bucket."""
@@ -299,15 +365,16 @@ class RollupProcessor:
     def process(self, rows: list[ReadingRow], *, now: dt.datetime) -> None:
         if not rows or storage.timescale_in_use():
             return
+        params = [orjson.dumps(self._partials(resolution, rows)).decode() for resolution in BUCKET_SECONDS]
         with connection.cursor() as cursor:
-            for resolution in BUCKET_SECONDS:
-                self._upsert(cursor, resolution, rows)
+            cursor.execute(_ROLLUPS_SQL, params)
 
     def tick(self, *, now: dt.datetime) -> None:
         return None
 
     @staticmethod
-    def _upsert(cursor: Any, resolution: str, rows: list[ReadingRow]) -> None:
+    def _partials(resolution: str, rows: list[ReadingRow]) -> list[dict[str, Any]]:
+        """The batch's partials of one resolution, as the records of _ROLLUP_TYPES."""
         partials: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
             key = (row.patient_id, row.device_id, row.metric, bucket_floor(row.sample_time, resolution))
@@ -323,27 +390,8 @@ class RollupProcessor:
                 if quality is not None:
                     p[4] += quality
                     p[5] += 1
-        columns: list[list[Any]] = [[] for _ in range(10)]
-        for key, values in partials.items():
-            for column, item in zip(columns, (*key, *values), strict=True):
-                column.append(item)
-        table = f"telemetry_rollup_{resolution}"
-        cursor.execute(
-            f"""
-            INSERT INTO {table} AS r
-                (patient_id, device_id, metric, bucket, n, value_sum, value_min, value_max, quality_sum, quality_n)
-            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[],
-                                 %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::bigint[])
-            ON CONFLICT ON CONSTRAINT {table}_key DO UPDATE SET
-                n = r.n + excluded.n,
-                value_sum = r.value_sum + excluded.value_sum,
-                value_min = least(r.value_min, excluded.value_min),
-                value_max = greatest(r.value_max, excluded.value_max),
-                quality_sum = r.quality_sum + excluded.quality_sum,
-                quality_n = r.quality_n + excluded.quality_n
-            """,
-            columns,
-        )
+        names = _ROLLUP_COLUMNS.split(", ")
+        return [dict(zip(names, (*key, *values), strict=True)) for key, values in partials.items()]
 
 
 # The engine's view of the stream's members, from one read of pg_locks: how many engines hold the
@@ -372,6 +420,7 @@ class Engine:
     ) -> None:
         self.processors = list(processors)
         self.interval = settings.PERFUSE_ENGINE_INTERVAL_SECONDS if interval is None else interval
+        self.coalesce = settings.PERFUSE_ENGINE_COALESCE_MS / 1000.0
         self.clock = clock
         self.stop_event = threading.Event()
         self._housekeeping_due = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -384,6 +433,7 @@ class Engine:
         self.timer_owner = False
         self.peers = 1  # engines in the stream, this one included, at the last rebalance
         self._rebalance_due = 0.0  # time.monotonic(); 0: at the next loop
+        self._timers_due = 0.0  # time.monotonic() of the next tick
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -536,11 +586,23 @@ class Engine:
             batch = engine_batch(self.processors, now=now, partitions=sorted(self.owned))
         finally:
             # Timers (no-data, escalation) run even when a batch failed: they must not wait on it.
-            if self.timer_owner:
-                engine_tick(self.processors, now=self.clock())
-            else:
-                engine_tick_local(self.processors, now=self.clock())
+            if time.monotonic() >= self._timers_due:
+                self._timers_due = time.monotonic() + TIMERS_EVERY_SECONDS
+                if self.timer_owner:
+                    engine_tick(self.processors, now=self.clock())
+                else:
+                    engine_tick_local(self.processors, now=self.clock())
         return batch
+
+    def _coalesce(self, started: float) -> None:
+        """Woken right after a batch that had readings (a busy stream): let the next loop start no
+        sooner than `coalesce` after the last one did, so commits arriving hundreds a second
+        (a transaction per HTTP request) share loops, whose fixed cost (cursors, timers, the
+        processors' per-batch reads) would otherwise be paid per commit. A commit after a quiet
+        spell is processed at once."""
+        remaining = started + self.coalesce - time.monotonic()
+        if remaining > 0:
+            self.stop_event.wait(remaining)
 
     def _wait_seconds(self) -> float:
         """Alone with every partition and the timers, nothing can need taking over: wait the
@@ -560,6 +622,7 @@ class Engine:
         log.info("engine started with %s", ", ".join(type(p).__name__ for p in self.processors) or "no processors")
         failures = 0
         while not self.stop_event.is_set():
+            started = time.monotonic()
             try:
                 batch = self.loop_once()
             except (OperationalError, InterfaceError):
@@ -582,8 +645,8 @@ class Engine:
             failures = 0
             if batch.readings:
                 log.debug("processed %d readings from %d transactions", batch.readings, batch.transactions)
-            if batch.caught_up:
-                self.wait_for_commit(self._wait_seconds())
+            if batch.caught_up and self.wait_for_commit(self._wait_seconds()) and batch.readings:
+                self._coalesce(started)
         # Ending the session releases every lock (also when the connection is already gone); the
         # others are told so they take the partitions over at once.
         self._leave()

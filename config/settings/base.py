@@ -387,6 +387,9 @@ PERFUSE_ENGINE_PROCESSORS = envlist(
     ],
 )
 PERFUSE_ENGINE_INTERVAL_SECONDS = 0.2
+# A busy engine starts a loop no sooner than this after the previous one (telemetry/engine.py
+# Engine._coalesce; docs/benchmarks.md "Engine under fleet load"); 0: a loop per wake-up.
+PERFUSE_ENGINE_COALESCE_MS = envint("PERFUSE_ENGINE_COALESCE_MS", 20)
 # The stream is split into this many partitions (by patient, docs/operations.md "Stream engine"),
 # shared by the running `run_engine` processes. Changing it needs the engines stopped and caught up.
 PERFUSE_ENGINE_PARTITIONS = envint("PERFUSE_ENGINE_PARTITIONS", 16)

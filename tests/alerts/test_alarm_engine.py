@@ -260,3 +260,19 @@ def test_concurrent_style_double_acknowledgement_is_refused_and_audited(bed: Bed
     outcomes = sorted(AuditEvent.objects.filter(action="alarm.acknowledged").values_list("actor_username", "outcome"))
     assert outcomes == [("nurse-a", "allowed"), ("nurse-b", "denied")]
     assert Annotation.objects.filter(kind="acknowledgement", patient=bed.patient).count() == 1
+
+
+def test_a_rule_changed_mid_stream_judges_the_next_readings(bed: Bed) -> None:
+    from alerts.services import rule_current_ward, rule_update
+
+    bed.feed([40] * 40, start=0)  # above the default low threshold (35): nothing
+    assert bed.alarms() == []
+    # The processor now holds this patient's evaluator (and the rules) in memory; a new ward rule
+    # version must reach it before the next reading is judged.
+    admin = verified(staff("admin", "admin"))
+    values = rule_current_ward(bed.patient.ward).values() | {"low_threshold": 45}
+    rule_update(ward=bed.patient.ward, actor=Actor(admin.pk, "admin", "admin"), user=admin, values=values)
+    bed.feed([40] * 31, start=40)
+    [alarm] = bed.alarms("low")
+    assert alarm.rule.version == 2 and alarm.explain["threshold"] == 45.0
+    assert alarm.explain["rule"]["low_threshold"] == 45.0
