@@ -279,6 +279,26 @@ async def test_an_inner_batch_over_the_rate_limit_gets_a_429_with_retry_after(se
     assert await stored(busy.device_id) == []
 
 
+async def test_the_inner_batches_take_from_their_buckets_in_order_in_one_round_trip(settings):
+    """One pipelined take for the whole message, charged in the message's order: a device twice
+    in it pays twice, as two requests would, and only the batch past the burst is refused."""
+    settings.PERFUSE_RATE_DEVICE_BURST = 5
+    settings.PERFUSE_RATE_DEVICE_PER_SECOND = 1
+    ward = await make_ward()
+    dev, other = await make_device(ward.code), await make_device(ward.code)
+    gw = await make_gateway(ward.code)
+    response = await post(
+        gw,
+        [
+            factories.inner(dev, device_batch(dev, 1, 3)),
+            factories.inner(other, device_batch(other, 1, 3)),
+            factories.inner(dev, device_batch(dev, 4, 3)),
+        ],
+    )
+    assert codes(response) == [(0, 200, None), (1, 200, None), (2, 429, "rate_limited")]
+    assert len(await stored(dev.device_id)) == 3 and len(await stored(other.device_id)) == 3
+
+
 async def test_gateway_handle_is_door_free_and_checks_the_addressed_gateway():
     ward = await make_ward()
     dev = await make_device(ward.code)
