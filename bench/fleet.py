@@ -530,6 +530,23 @@ async def main_async(
             )
 
 
+def mqtt_identity(authority: Any, cn: str, private: Any) -> Any:
+    """A device's or gateway's MQTT TLS identity: its Ed25519 key and a one-day client certificate
+    for it from the bench's deployment CA."""
+    from cryptography.hazmat.primitives import serialization
+
+    from telemetry import pki
+    from telemetry.simulator.transport import Identity
+
+    certificate = pki.certificate_build(authority, cn=cn, public_key=private.public_key(), days=1)
+    return Identity(
+        certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        private_key_pem=private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
+
+
 def provision_gateways(fleet: Any, count: int, authority: Any) -> tuple[list[Any], dict[str, Any]]:
     """`count` gateways of the bench ward (bulk inserts in the throwaway database, as the devices),
     each with an Ed25519 key and a client certificate; the devices spread over them round robin.
@@ -537,9 +554,7 @@ def provision_gateways(fleet: Any, count: int, authority: Any) -> tuple[list[Any
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from telemetry import pki
     from telemetry.models import Gateway, GatewayKey, Ward
-    from telemetry.simulator.transport import Identity
 
     ward = Ward.objects.get(code=WARD)
     keys = [Ed25519PrivateKey.generate() for _ in range(count)]
@@ -556,15 +571,9 @@ def provision_gateways(fleet: Any, count: int, authority: Any) -> tuple[list[Any
     for i, ((device_id, key_id, private), pseudonym) in enumerate(zip(fleet.devices, fleet.pseudonyms, strict=True)):
         members[i % count].append(Member(i, device_id, key_id, private, pseudonym))
     hubs = [Hub(ids[g], f"g-{WARD}-{g:04d}", keys[g], members[g]) for g in range(count)]
-    identities = {}
-    for gateway_id, private in zip(ids, keys, strict=True):
-        certificate = pki.certificate_build(authority, cn=gateway_id, public_key=private.public_key(), days=1)
-        identities[gateway_id] = Identity(
-            certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
-            private_key_pem=private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ).decode(),
-        )
+    identities = {
+        gateway_id: mqtt_identity(authority, gateway_id, private) for gateway_id, private in zip(ids, keys, strict=True)
+    }
     return hubs, identities
 
 
@@ -671,26 +680,16 @@ def main() -> None:
     # the run), and with thousands of them the console's snapshot exceeds Daphne's 1 MiB frame.
     Assignment.objects.filter(device__ward__code=WARD, end__isnull=True).update(start=dt.datetime.now(dt.UTC))
 
-    from cryptography.hazmat.primitives import serialization
-
     from telemetry import pki
     from telemetry.mqtt_broker import broker_setup
-    from telemetry.simulator.transport import Identity
 
     mqtt_port = free_port()
     run_as = "mosquitto" if os.geteuid() == 0 else None
     broker = broker_setup(state=tmp / "mqtt", pki_dir=tmp / "pki", port=mqtt_port, run_as=run_as)
     authority = pki.authority_load(tmp / "pki")
     assert authority is not None
-    identities = {}
-    for device_id, _key_id, private in fleet.devices if "mqtt" in args.phases else []:
-        certificate = pki.certificate_build(authority, cn=device_id, public_key=private.public_key(), days=1)
-        identities[device_id] = Identity(
-            certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
-            private_key_pem=private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ).decode(),
-        )
+    devices = fleet.devices if "mqtt" in args.phases else []
+    identities = {device_id: mqtt_identity(authority, device_id, private) for device_id, _key_id, private in devices}
     gateway_phases = any(p.startswith("gateway-") for p in args.phases)
     hubs, hub_identities = provision_gateways(fleet, args.gateways, authority) if gateway_phases else ([], {})
     note(f"provisioned {args.devices} devices, {len(hubs)} gateways, their certificates in {time.time() - began:.0f} s")

@@ -8,6 +8,8 @@ ends the command with its message, as a CommandError, instead of a traceback.
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import signal
 import threading
@@ -18,6 +20,18 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
+
+
+def aware_time(raw: str) -> dt.datetime:
+    """An option's time (argparse `type=`): ISO 8601 with a UTC offset, since a naive time would be
+    read in whatever zone the server runs in."""
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {raw!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} needs a time zone (a UTC offset, e.g. 2026-01-18T14:00:00+00:00)")
+    return value
 
 
 class ResultCommand(BaseCommand, ABC):

@@ -9,24 +9,13 @@ anchored up to TIME, and audit_checkpoint continues the new anchor from there.""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
 from audit.anchor import AnchorError, anchor_cut, anchor_from_url, configured_anchor
-from config.commands import ResultCommand
-
-
-def _aware(value: str) -> dt.datetime:
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise CommandError(f"--until: not an ISO 8601 time: {value!r}") from exc
-    if parsed.tzinfo is None:
-        raise CommandError("--until needs a time zone (e.g. +00:00), as recovery_target_time has")
-    return parsed
+from config.commands import ResultCommand, aware_time
 
 
 class Command(ResultCommand):
@@ -35,7 +24,9 @@ class Command(ResultCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--source", required=True, help="URL of the anchor of the database before the restore")
-        parser.add_argument("--until", required=True, help="the restore's recovery_target_time")
+        parser.add_argument(
+            "--until", required=True, type=aware_time, help="the restore's recovery_target_time (with its time zone)"
+        )
 
     def act(self, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
         target = configured_anchor()
@@ -43,6 +34,6 @@ class Command(ResultCommand):
             raise CommandError("PERFUSE_AUDIT_ANCHOR is not set: it names the new anchor")
         if options["source"] == settings.PERFUSE_AUDIT_ANCHOR:
             raise CommandError("--source is PERFUSE_AUDIT_ANCHOR itself: the cut goes into a new anchor")
-        cut = anchor_cut(source=anchor_from_url(options["source"]), target=target, until=_aware(options["until"]))
+        cut = anchor_cut(source=anchor_from_url(options["source"]), target=target, until=options["until"])
         out = {"copied": cut.copied, "dropped": cut.dropped, "last_seq": cut.last_seq}
         return out, f"new anchor: {cut.copied} checkpoints up to seq {cut.last_seq}; {cut.dropped} later ones left out"

@@ -1,23 +1,12 @@
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from config.commands import ResultCommand
+from config.commands import ResultCommand, aware_time
 from telemetry.calibrations import calibration_add, calibration_correct
 from telemetry.services import RegistryError
-
-
-def _when(text: str) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise CommandError(f"--effective-from must be an ISO 8601 time, got {text!r}") from exc
-    if when.tzinfo is None:
-        raise CommandError("--effective-from needs a UTC offset (e.g. 2026-12-01T08:00:00+00:00)")
-    return when
 
 
 class Command(ResultCommand):
@@ -32,7 +21,7 @@ class Command(ResultCommand):
         parser.add_argument("--id", dest="calibration_id", required=True)
         parser.add_argument("--gain", type=float, required=True)
         parser.add_argument("--offset", type=float, required=True)
-        parser.add_argument("--effective-from", help="ISO 8601 with offset (not with --correct)")
+        parser.add_argument("--effective-from", type=aware_time, help="ISO 8601 with offset (not with --correct)")
         parser.add_argument("--reason", required=True)
         parser.add_argument("--correct", action="store_true", help="correct an existing calibration and reprocess")
 
@@ -64,7 +53,7 @@ class Command(ResultCommand):
             return result, text
         if not options["effective_from"]:
             raise CommandError("--effective-from is required")
-        calibration = calibration_add(**common, effective_from=_when(options["effective_from"]))
+        calibration = calibration_add(**common, effective_from=options["effective_from"])
         result = {
             "device_id": options["device_id"],
             "calibration_id": calibration.calibration_id,

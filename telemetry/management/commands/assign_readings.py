@@ -1,19 +1,11 @@
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from django.core.management.base import CommandParser
 
-from config.commands import ResultCommand
+from config.commands import ResultCommand, aware_time
 from telemetry.services import RegistryError, readings_assign
-
-
-def _time(raw: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(raw)
-    if value.tzinfo is None:
-        raise ValueError("needs a UTC offset, e.g. 2026-01-18T14:00:00Z")
-    return value
 
 
 class Command(ResultCommand):
@@ -23,8 +15,8 @@ class Command(ResultCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("device_id")
         parser.add_argument("pseudonym")
-        parser.add_argument("--from", dest="start", required=True, type=_time)
-        parser.add_argument("--to", dest="end", required=True, type=_time)
+        parser.add_argument("--from", dest="start", required=True, type=aware_time)
+        parser.add_argument("--to", dest="end", required=True, type=aware_time)
 
     def act(self, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
         moved = readings_assign(

@@ -14,15 +14,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from config.commands import aware_time
 from telemetry.archive.batches import BatchNotFound, Query, batches_verify
 from telemetry.archive.writer import ArchiveError
-
-
-def _time(raw: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(raw)
-    if value.tzinfo is None:
-        raise ValueError("needs a UTC offset, e.g. 2026-01-18T14:00:00Z")
-    return value
 
 
 class Command(BaseCommand):
@@ -33,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--device", help="device id (with --seq)")
         parser.add_argument("--seq", type=int)
         parser.add_argument("--metric", help="with --sample-time: the reading's batch")
-        parser.add_argument("--sample-time", type=_time)
+        parser.add_argument("--sample-time", type=aware_time)
         parser.add_argument("--source", choices=["hot", "archive"], default="hot")
         parser.add_argument("--day", type=dt.date.fromisoformat, help="the archived day (--source archive)")
         parser.add_argument("--ward", help="the archived ward (default: every ward of the day)")
