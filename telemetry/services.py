@@ -37,15 +37,20 @@ from telemetry.storage import timescale_in_use
 __all__ = [
     "Provisioned",
     "RegistryError",
+    "WardSaved",
     "device_key_revoke",
     "device_provision",
     "patient_admit",
     "public_key_from_pem",
     "readings_assign",
+    "ward_save",
 ]
 
 # Gateway ids become certificate CNs and MQTT topic levels: no '/', '+', '#' or spaces.
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Ward codes and sites are slugs: they appear in URLs, channel-group names and archive paths.
+_SLUG = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_WARD_NAME_MAX = Ward._meta.get_field("name").max_length or 120
 
 
 class BrokerNotTold(RegistryError):
@@ -61,6 +66,48 @@ class Provisioned:
     # The key's client certificate and the CA's, when the deployment CA exists (contract 1b, 2).
     certificate_pem: str | None = None
     ca_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class WardSaved:
+    ward: Ward
+    created: bool
+    changed: tuple[str, ...]
+
+
+@transaction.atomic
+def ward_save(*, code: str, name: str, site: str | None = None, actor: Actor = SYSTEM) -> WardSaved:
+    """Create a ward, or rename it (and move it to `site` when one is given; an existing ward keeps
+    its site otherwise, a new one gets `main`). Audited only when something changed, so running the
+    same command twice is harmless."""
+    if not _SLUG.fullmatch(code):
+        raise RegistryError("a ward code is 1-40 letters, digits, '_' or '-'", code="invalid_ward")
+    name = name.strip()
+    if not name or len(name) > _WARD_NAME_MAX:
+        raise RegistryError(f"a ward name is 1-{_WARD_NAME_MAX} characters", code="invalid_ward")
+    if site is not None and not _SLUG.fullmatch(site):
+        raise RegistryError("a site is 1-40 letters, digits, '_' or '-'", code="invalid_ward")
+    ward = Ward.objects.select_for_update().filter(code=code).first()
+    created = ward is None
+    if ward is None:
+        ward = Ward.objects.create(code=code, name=name, site=site or "main")
+        changed: tuple[str, ...] = ("name", "site")
+    else:
+        wanted = {"name": name, "site": ward.site if site is None else site}
+        before = {field: getattr(ward, field) for field in wanted}
+        changed = tuple(field for field, value in wanted.items() if before[field] != value)
+        for field in changed:
+            setattr(ward, field, wanted[field])
+        if changed:
+            ward.save(update_fields=list(changed))
+    if changed:
+        audit_record(
+            actor=actor,
+            action="ward.created" if created else "ward.updated",
+            subject=ward.code,
+            detail={"name": ward.name, "site": ward.site, "changed": list(changed)},
+        )
+    return WardSaved(ward=ward, created=created, changed=changed)
 
 
 def public_key_from_pem(pem: bytes) -> bytes:
