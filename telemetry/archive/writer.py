@@ -6,13 +6,15 @@ ward later stays with the ward whose manifest lists it, so a repeated run comput
 files and a ward-day is never archived twice under two wards.
 
 A ward-day is read in one REPEATABLE READ, read-only transaction (one snapshot for readings,
-batches and counts), device by device: `COPY (SELECT … ORDER BY metric, sample_time, seq) TO
-STDOUT` in CSV — PostgreSQL prints doubles in their shortest exact form (extra_float_digits 1)
-and times to the microsecond in UTC, so nothing is rounded — parsed by pyarrow and written as one Parquet row group
-per device (a patient-day: the device of one patient on one day), zstd-compressed. The signed
-batches whose readings overlap the day follow in a Parquet file of their own, with the exact
-bytes the device signed. Both are written to the store before the manifest (layout.py), so a
-crash leaves no manifest for a partial day, and a rerun finds the files already there.
+batches and counts), device by device: its rows in (metric, sample_time, seq) order as CSV text
+aggregated in PostgreSQL (one value per metric and hour, in a binary COPY: few protocol rows
+instead of one per reading) — PostgreSQL prints doubles in their shortest exact form
+(extra_float_digits 1) and times to the microsecond in UTC, so nothing is rounded — parsed by
+pyarrow and written as one Parquet row group per device (a patient-day: the device of one
+patient on one day), zstd-compressed. The signed batches whose readings overlap the day follow
+in a Parquet file of their own, with the exact bytes the device signed. Both are written to the
+store before the manifest (layout.py), so a crash leaves no manifest for a partial day, and a
+rerun finds the files already there.
 
 A ward-day whose manifest exists is not written again: the run reports it `archived`, or
 `stale` when the hot store now holds other rows for it than the manifest says (readings that
@@ -32,14 +34,15 @@ import logging
 import multiprocessing
 import queue
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,14 +66,31 @@ from telemetry.archive.layout import (
     ward_prefix,
 )
 from telemetry.archive.objects import ObjectStore, WriteOnceConflict, sha256_file, store_from_url
-from telemetry.ingest.keep import body_decompress
+from telemetry.ingest.keep import BODY_IDENTITY, body_decompress
 
 log = logging.getLogger(__name__)
 
 Status = Literal["written", "archived", "stale", "empty"]
+T = TypeVar("T")
 
+
+def _csv_line(columns: list[tuple[str, bool]]) -> str:
+    """SQL for one CSV line of these columns ((expression, is text)): text quoted and its quotes
+    doubled, a NULL as nothing (pyarrow reads an unquoted empty field as null, a quoted one as
+    ''), everything else as PostgreSQL prints it — as COPY … (FORMAT csv) would."""
+    fields = [
+        f"""coalesce('"' || replace({sql}, '"', '""') || '"', '')""" if text else f"coalesce(({sql})::text, '')"
+        for sql, text in columns
+    ]
+    return "concat_ws(',', " + ", ".join(fields) + ")"
+
+
+# A device-day's readings reach Python as CSV text that PostgreSQL aggregated (string_agg), one
+# value per metric and hour, in a binary COPY: a few dozen protocol rows instead of one per
+# reading, whose per-row handling in psycopg cost more than parsing them. An hour of one metric
+# of one device stays far below a text value's 1 GB: at the default device rate limit (200
+# readings/s) it is 720,000 readings, ~90 MB.
 _CSV_COLUMNS = [
-    ("device_id", pa.int64()),
     ("patient_id", pa.int64()),
     ("pseudonym", pa.string()),
     ("metric", pa.string()),
@@ -85,25 +105,29 @@ _CSV_COLUMNS = [
     ("ingest_time", pa.timestamp("us", tz="UTC")),
     ("ingest_txid", pa.int64()),
 ]
-_READINGS_COPY = """COPY (
-    SELECT r.device_id, r.patient_id, p.pseudonym, r.metric, r.seq, r.sample_time, r.value, r.raw_value, r.raw_unit,
-           r.signal_quality, r.calibration_id, r.firmware, r.ingest_time, r.ingest_txid
+_TEXT_COLUMNS = {"pseudonym", "metric", "raw_unit", "calibration_id", "firmware"}
+_READINGS_LINE = _csv_line(
+    [("p.pseudonym" if name == "pseudonym" else f"r.{name}", name in _TEXT_COLUMNS) for name, _ in _CSV_COLUMNS]
+)
+_READINGS_COPY = f"""COPY (
+    SELECT string_agg({_READINGS_LINE}, E'\\n' ORDER BY r.sample_time, r.seq)
     FROM telemetry_reading r LEFT JOIN telemetry_patient p ON p.id = r.patient_id
     WHERE r.device_id = %s::bigint AND r.sample_time >= %s AND r.sample_time < %s
-    ORDER BY r.metric, r.sample_time, r.seq
-) TO STDOUT (FORMAT csv)"""
-# The kept batches of one device that overlap the day, as CSV, times as PostgreSQL prints them.
-# A body kept as it came is valid UTF-8 (every accepted body parsed as JSON), so it travels as
-# text and becomes bytes again without a copy; a compressed body and the signature come as hex,
-# decoded in Python (few compressed bodies a day: only large batches are compressed).
+    GROUP BY r.metric, date_trunc('hour', r.sample_time)
+    ORDER BY r.metric, date_trunc('hour', r.sample_time)
+) TO STDOUT (FORMAT binary)"""
+# The kept batches of one device that overlap the day: their columns as aggregated CSV text like
+# the readings, in groups of a million ids (so at most a million batches, ~250 MB, a value),
+# the byte lengths of signature and body among them; then the signatures and the bodies
+# themselves, each the concatenation of the day's values in id order, in a binary COPY — raw
+# bytes, with no escaping to undo. One signed message a second is 86,400 batches a device-day;
+# through per-row CSV their quoted JSON bodies and hex signatures were most of the archive's work.
 _BATCH_COLUMNS = [
     ("id", pa.int64()),
-    ("device_id", pa.int64()),
     ("key_id", pa.string()),
     ("signed_at", pa.int64()),
-    ("signature", pa.string()),
-    ("body_text", pa.string()),
-    ("body_hex", pa.string()),
+    ("signature_bytes", pa.int32()),
+    ("body_bytes", pa.int32()),
     ("body_codec", pa.string()),
     ("body_size", pa.int64()),
     ("door", pa.string()),
@@ -115,16 +139,29 @@ _BATCH_COLUMNS = [
     ("min_sample_time", pa.timestamp("us", tz="UTC")),
     ("max_sample_time", pa.timestamp("us", tz="UTC")),
 ]
-_BATCHES_COPY = """COPY (
-    SELECT id, device_id, key_id, signed_at, encode(signature, 'hex'),
-           CASE WHEN body_codec = 'identity' THEN convert_from(body, 'UTF8') END,
-           CASE WHEN body_codec <> 'identity' THEN encode(body, 'hex') END,
-           body_codec, body_size, door, received_at, ingest_txid, readings, seq_min, seq_max, min_sample_time,
-           max_sample_time
-    FROM telemetry_signed_batch
-    WHERE device_id = %s::bigint AND max_sample_time >= %s AND min_sample_time < %s
-    ORDER BY id
-) TO STDOUT (FORMAT csv)"""
+_BATCHES_LINE = _csv_line(
+    [
+        (
+            {"signature_bytes": "octet_length(signature)", "body_bytes": "octet_length(body)"}.get(name, name),
+            name in ("key_id", "body_codec", "door"),
+        )
+        for name, _ in _BATCH_COLUMNS
+    ]
+)
+_BATCHES_WHERE = "device_id = %s::bigint AND max_sample_time >= %s AND min_sample_time < %s"
+_BATCHES_COPY = f"""COPY (
+    SELECT string_agg({_BATCHES_LINE}, E'\\n' ORDER BY id)
+    FROM telemetry_signed_batch WHERE {_BATCHES_WHERE}
+    GROUP BY id / 1000000 ORDER BY id / 1000000
+) TO STDOUT (FORMAT binary)"""
+_BATCH_BYTES_COPY = f"""COPY (
+    SELECT string_agg(signature, ''::bytea ORDER BY id), string_agg(body, ''::bytea ORDER BY id)
+    FROM telemetry_signed_batch WHERE {_BATCHES_WHERE} AND id BETWEEN %s AND %s
+) TO STDOUT (FORMAT binary)"""
+# The bodies of one aggregate at most (a bytea value is at most 1 GB): a device-day beyond it is
+# fetched in several id ranges. A 1 Hz device sending every sample alone keeps ~20 MB a day.
+BATCH_BYTES_PER_FETCH = 256 * 1024 * 1024
+_PGCOPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _DEVICES_SQL = """
     SELECT d.id, d.device_id, w.code FROM telemetry_device d JOIN telemetry_ward w ON w.id = d.ward_id
     WHERE EXISTS (SELECT 1 FROM telemetry_reading r WHERE r.device_id = d.id AND r.sample_time >= %s
@@ -328,6 +365,9 @@ def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], t
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cursor.execute("SET LOCAL extra_float_digits = 1")
         cursor.execute("SET LOCAL TimeZone = 'UTC'")
+        # Sorts in memory, and no parallel workers: ward-days run in parallel themselves (--jobs).
+        cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         device_stats = _readings_write(cursor, readings_path, day, devices)
         batch_count = _batches_write(cursor, batches_path, day, devices)
     prefix = ward_prefix(day, ward)
@@ -395,7 +435,7 @@ def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]
         sorting_columns=sorting,
         write_statistics=True,
     ) as writer:
-        for device, data in _copy_per_device(cursor, _READINGS_COPY, day, devices):
+        for device, data in _copy_per_device(cursor, _readings_fetch, day, devices):
             table = _device_table(device, data)
             if table.num_rows:
                 writer.write_table(table, row_group_size=table.num_rows)
@@ -403,22 +443,21 @@ def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]
     return stats
 
 
-def _copy_per_device(cursor: Any, sql: str, day: dt.date, devices: list[Device]) -> Iterator[tuple[Device, bytes]]:
-    """`sql` (a COPY … TO STDOUT of one device's rows of the day) for each device in turn, as
-    bytes. PostgreSQL formats the next device's rows (in a thread, on the transaction's
-    connection, which nothing else uses meanwhile) while the caller parses and compresses this
-    one's, so the two work at once."""
+def _copy_per_device(
+    cursor: Any, fetch_one: Callable[[Any, Device, dt.datetime, dt.datetime], T], day: dt.date, devices: list[Device]
+) -> Iterator[tuple[Device, T]]:
+    """`fetch_one` (one device's rows of the day, by COPY … TO STDOUT) for each device in turn.
+    PostgreSQL formats the next device's rows (in a thread, on the transaction's connection, which
+    nothing else uses meanwhile) while the caller parses and compresses this one's, so the two
+    work at once."""
     lo, hi = day_bounds(day)
-    fetched: queue.Queue[tuple[Device, bytes] | BaseException | None] = queue.Queue(maxsize=2)
+    fetched: queue.Queue[tuple[Device, T] | BaseException | None] = queue.Queue(maxsize=2)
     raw = cursor.cursor  # the psycopg cursor under Django's
 
     def fetch() -> None:
         try:
             for device in devices:
-                chunks: list[bytes] = []
-                with raw.copy(sql, [device.pk, lo, hi]) as copy:
-                    chunks.extend(bytes(chunk) for chunk in copy)
-                fetched.put((device, b"".join(chunks)))
+                fetched.put((device, fetch_one(raw, device, lo, hi)))
             fetched.put(None)
         except BaseException as exc:  # handed to the caller, which raises it
             fetched.put(exc)
@@ -435,6 +474,80 @@ def _copy_per_device(cursor: Any, sql: str, day: dt.date, devices: list[Device])
             with contextlib.suppress(queue.Empty):
                 fetched.get(timeout=0.1)
         fetcher.join()
+
+
+def _copied(raw: Any, sql: str, params: list[Any]) -> bytes:
+    with raw.copy(sql, params) as copy:
+        return b"".join(bytes(chunk) for chunk in copy)
+
+
+def _readings_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> bytes:
+    return _aggregated_csv(_copied(raw, _READINGS_COPY, [device.pk, lo, hi]))
+
+
+def _aggregated_csv(data: bytes) -> bytes:
+    """The CSV text of a binary COPY whose rows each hold one value of CSV lines."""
+    return b"".join(value + b"\n" for (value,) in _binary_rows(data, 1))
+
+
+@dataclass(frozen=True)
+class _KeptBatches:
+    """One device-day's kept batches: their columns, and per id range (rows `start` to `end`)
+    the signatures and the bodies of those rows end to end."""
+
+    columns: pa.Table
+    parts: list[tuple[int, int, bytes, bytes]]
+
+
+def _batches_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> _KeptBatches | None:
+    """One device's kept batches of the day: the columns, then their signatures and bodies, in id
+    ranges of at most BATCH_BYTES_PER_FETCH bytes of bodies (one range for any usual device-day).
+    Parsed here, in the fetching thread: pyarrow parses without the GIL."""
+    data = _aggregated_csv(_copied(raw, _BATCHES_COPY, [device.pk, lo, hi]))
+    if not data:
+        return None
+    columns = _csv_table(data, _BATCH_COLUMNS)
+    ids = columns.column("id")
+    ranges = [(0, len(ids))]
+    if pc.sum(columns.column("body_bytes")).as_py() > BATCH_BYTES_PER_FETCH:
+        ranges, start, total = [], 0, 0
+        for i, size in enumerate(columns.column("body_bytes").to_pylist()):
+            if total and total + size > BATCH_BYTES_PER_FETCH:
+                ranges.append((start, i))
+                start, total = i, 0
+            total += size
+        ranges.append((start, len(ids)))
+    parts = []
+    for first, end in ranges:
+        id_range = [ids[first].as_py(), ids[end - 1].as_py()]
+        [(signatures, bodies)] = _binary_rows(_copied(raw, _BATCH_BYTES_COPY, [device.pk, lo, hi, *id_range]), 2)
+        parts.append((first, end, signatures, bodies))
+    return _KeptBatches(columns, parts)
+
+
+def _binary_rows(data: bytes, width: int) -> list[tuple[bytes, ...]]:
+    """The rows of a binary COPY of `width` text or bytea fields (PostgreSQL's documented format:
+    a header, then per row a field count and length-prefixed fields, then -1), a NULL as b''."""
+    if not data.startswith(_PGCOPY_SIGNATURE):
+        raise ArchiveError("the archive's rows came in an unknown COPY format")
+    at = len(_PGCOPY_SIGNATURE) + 4
+    (extension,) = struct.unpack_from("!i", data, at)
+    at += 4 + extension
+    rows: list[tuple[bytes, ...]] = []
+    while True:
+        (fields,) = struct.unpack_from("!h", data, at)
+        at += 2
+        if fields == -1:
+            return rows
+        if fields != width:
+            raise ArchiveError(f"the archive's rows came with {fields} fields, not {width}")
+        row: list[bytes] = []
+        for _ in range(width):
+            (length,) = struct.unpack_from("!i", data, at)
+            at += 4
+            row.append(b"" if length < 0 else data[at : at + length])
+            at += max(length, 0)
+        rows.append(tuple(row))
 
 
 def _csv_table(data: bytes, columns: list[tuple[str, pa.DataType]]) -> pa.Table:
@@ -456,6 +569,7 @@ def _device_table(device: Device, data: bytes) -> pa.Table:
         return READINGS_SCHEMA.empty_table()
     parsed = _csv_table(data, _CSV_COLUMNS)
     columns = {name: parsed.column(name) for name in parsed.column_names}
+    columns["device_id"] = pa.chunked_array([pa.array([device.pk] * parsed.num_rows, pa.int64())])
     columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
     return pa.Table.from_arrays([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
 
@@ -477,53 +591,52 @@ def _device_stats(device: Device, table: pa.Table) -> dict[str, Any]:
 
 
 def _batches_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]) -> int:
-    """One row group per device: its kept batches that overlap the day, with the exact bytes the
-    device signed. Column at a time — a device sending every second has 86,400 batches a day."""
+    """One row group per device (per id range of BATCH_BYTES_PER_FETCH bytes of bodies beyond
+    that): its kept batches that overlap the day, with the exact bytes the device signed. Column
+    at a time — a device sending every second has 86,400 batches a day."""
     count = 0
     with pq.ParquetWriter(
         path, BATCHES_SCHEMA, compression=_BATCHES_COMPRESSION, use_dictionary=_BATCHES_DICTIONARY
     ) as writer:
-        for device, data in _copy_per_device(cursor, _BATCHES_COPY, day, devices):
-            if not data:
+        for device, kept in _copy_per_device(cursor, _batches_fetch, day, devices):
+            if kept is None:
                 continue
-            parsed = _csv_table(data, _BATCH_COLUMNS)
-            columns = {name: parsed.column(name) for name in parsed.column_names}
-            columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
-            columns["signature"] = _unhex(parsed.column("signature"))
-            columns["body"] = _bodies(parsed)
-            table = pa.Table.from_arrays([columns[f.name] for f in BATCHES_SCHEMA], schema=BATCHES_SCHEMA)
-            writer.write_table(table, row_group_size=table.num_rows)
-            count += table.num_rows
+            for start, end, signatures, bodies in kept.parts:
+                table = _batches_table(device, kept.columns.slice(start, end - start), signatures, bodies)
+                writer.write_table(table, row_group_size=table.num_rows)
+                count += table.num_rows
     return count
 
 
-def _unhex(column: pa.ChunkedArray) -> pa.Array:
-    """A column of hex texts (PostgreSQL's `encode(…, 'hex')`) as binary, decoded all at once: the
-    texts lie end to end in one buffer, each of even length, so the bytes of the whole buffer
-    decoded are the values end to end, at half the offsets."""
-    texts = column.combine_chunks()
-    if texts.null_count:
+def _batches_table(device: Device, parsed: pa.Table, signatures: bytes, bodies: bytes) -> pa.Table:
+    columns = {name: parsed.column(name) for name in parsed.column_names}
+    columns["device_id"] = pa.chunked_array([pa.array([device.pk] * parsed.num_rows, pa.int64())])
+    columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
+    columns["signature"] = _joined(signatures, parsed.column("signature_bytes"))
+    columns["body"] = _bodies(_joined(bodies, parsed.column("body_bytes")), parsed)
+    return pa.Table.from_arrays([columns[f.name] for f in BATCHES_SCHEMA], schema=BATCHES_SCHEMA)
+
+
+def _joined(data: bytes, lengths: pa.ChunkedArray) -> pa.Array:
+    """Values that lie end to end in `data`, of these lengths, as one binary array (no copy)."""
+    sizes = lengths.combine_chunks()
+    if sizes.null_count:
         raise ArchiveError("a kept batch has no bytes")
-    n = len(texts)
-    offsets = pa.Array.from_buffers(pa.int32(), n + 1, [None, texts.buffers()[1]], offset=texts.offset)
-    start, end = offsets[0].as_py(), offsets[n].as_py()
-    data = texts.buffers()[2]
-    values = bytes.fromhex(data.to_pybytes()[start:end].decode("ascii")) if data is not None else b""
-    halves = pc.divide(pc.subtract(offsets, pa.scalar(start, pa.int32())), pa.scalar(2, pa.int32()))
-    return pa.Array.from_buffers(pa.binary(), n, [None, halves.buffers()[1], pa.py_buffer(values)])
+    offsets = pa.concat_arrays([pa.array([0], pa.int32()), pc.cumulative_sum(sizes)])
+    if offsets[-1].as_py() != len(data):
+        raise ArchiveError("the kept batches' bytes do not add up to their lengths")
+    return pa.Array.from_buffers(pa.binary(), len(sizes), [None, offsets.buffers()[1], pa.py_buffer(data)])
 
 
-def _bodies(parsed: pa.Table) -> pa.Array:
-    """The signed bodies: those kept as they came (as text), the compressed ones decompressed."""
-    bodies = pc.cast(parsed.column("body_text"), pa.binary()).combine_chunks()
-    compressed = pc.indices_nonzero(pc.is_valid(parsed.column("body_hex"))).to_pylist()
+def _bodies(kept: pa.Array, parsed: pa.Table) -> pa.Array:
+    """The signed bodies: those kept as they came as they are, the compressed ones decompressed."""
+    compressed = pc.indices_nonzero(pc.not_equal(parsed.column("body_codec"), BODY_IDENTITY)).to_pylist()
     if not compressed:
-        return bodies
-    values = bodies.to_pylist()
-    hexes, codecs, sizes = (parsed.column(name) for name in ("body_hex", "body_codec", "body_size"))
+        return kept
+    values = kept.to_pylist()
+    codecs, sizes = parsed.column("body_codec"), parsed.column("body_size")
     for i in compressed:
-        data = bytes.fromhex(hexes[i].as_py())
-        values[i] = body_decompress(data, size=sizes[i].as_py(), codec=codecs[i].as_py())
+        values[i] = body_decompress(values[i], size=sizes[i].as_py(), codec=codecs[i].as_py())
     return pa.array(values, pa.binary())
 
 

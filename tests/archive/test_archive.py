@@ -342,3 +342,49 @@ async def test_archive_jobs_archives_ward_days_in_worker_processes_with_the_same
     assert archived == {pk: kept[pk] for pk in archived} and len(archived) == 7
     assert archived[max(archived)] == factories.batch_body(mixed, large)
     assert await sql("SELECT count(*) FROM audit_auditevent WHERE action = 'archive.written'") == [(4,)]
+
+
+async def test_free_text_and_unassigned_rows_and_bodies_fetched_in_several_ranges_round_trip(
+    file_archive: FileStore, yesterday, monkeypatch
+):
+    """The export aggregates CSV text in PostgreSQL: device-chosen strings with quotes, commas,
+    line breaks, backslashes and non-ASCII come back exactly, a device without a patient (NULL
+    patient and pseudonym) too, and a device-day whose bodies exceed one fetch comes in several
+    id ranges (a row group each) with every body the exact bytes signed."""
+    import telemetry.archive.writer as writer
+
+    await sync_to_async(factories.ward)("icu-a")
+    odd = await make_device("icu-a", patient="p-odd")
+    loose = await make_device("icu-a")  # no patient
+    firmware = 'fw "2,4"\nß\\x'
+    client = AsyncClient()
+    for n in range(1, 6):
+        item = factories.reading(n, at(yesterday, 3600 + n), calibration_id='cal,"q"\r\n' if n % 2 else None)
+        assert (await send(client, odd, [item], firmware=firmware)).json()["accepted"] == 1
+        assert (await send(client, loose, [factories.reading(n, at(yesterday, 3600 + n))])).json()["accepted"] == 1
+    bodies = await sql("SELECT max(octet_length(body)) FROM telemetry_signed_batch")
+    monkeypatch.setattr(writer, "BATCH_BYTES_PER_FETCH", int(bodies[0][0]) * 2)  # two bodies a fetch
+    before = await day_rows(yesterday)
+    [result] = await sync_to_async(archive_days)(days=[yesterday], store=file_archive)
+    assert (result.status, result.rows, result.batches) == ("written", 10, 10)
+
+    manifest = manifest_read(file_archive, yesterday, "icu-a")
+    assert manifest is not None
+    readings = pq.read_table(file_archive.root / ward_prefix(yesterday, "icu-a") / manifest["readings"]["file"])
+    assert sorted(readings.column("firmware").to_pylist(), key=str) == [None] * 5 + [firmware] * 5
+    assert sorted(readings.column("calibration_id").to_pylist(), key=str) == [None] * 7 + ['cal,"q"\r\n'] * 3
+    assert sorted(readings.column("pseudonym").to_pylist(), key=str) == [None] * 5 + ["p-odd"] * 5
+    batches_file = pq.ParquetFile(file_archive.root / ward_prefix(yesterday, "icu-a") / manifest["batches"]["file"])
+    assert batches_file.num_row_groups == 6  # per device: 5 bodies, two a fetch
+    batches = batches_file.read()
+    signed = {pk: bytes(body) for pk, body in await sql("SELECT id, body FROM telemetry_signed_batch")}
+    assert dict(zip(batches.column("id").to_pylist(), batches.column("body").to_pylist(), strict=True)) == signed
+    order = list(zip(batches.column("device_id").to_pylist(), batches.column("id").to_pylist(), strict=True))
+    assert order == sorted(order)  # device by device, each in id order
+
+    lo = at(yesterday, 0)
+    await sql("DELETE FROM telemetry_reading WHERE sample_time >= %s AND sample_time < %s", [lo, at(yesterday, 86400)])
+    await sql("DELETE FROM telemetry_signed_batch")
+    status, answer = await command("restore_archive", "--day", yesterday.isoformat(), "--ward", "icu-a")
+    assert status == 0 and (answer["inserted"], answer["batches"]) == (10, 10)
+    assert await day_rows(yesterday) == before  # every column, every row
