@@ -237,8 +237,7 @@ async def _store_and_answer(conn: AsyncConnection[Any], chunk: list[Pending], an
         for pending in chunk:
             await _store_and_answer(conn, [pending], answers)
         return
-    for key, device_stored in stored.by_device:
-        publish.stored_publish(key, device_stored)
+    publish.group_publish(stored.by_device)
     for pending, accepted in zip(chunk, stored.accepted, strict=True):
         answers[pending.index] = pipeline.stored_answer(
             pending.batch,
