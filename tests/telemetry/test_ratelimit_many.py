@@ -10,7 +10,6 @@ import pytest
 from django.conf import settings
 from redis.asyncio import Redis
 
-from telemetry import ratelimit
 from telemetry.ratelimit import Limits, RateDecision, Take, rate_check, rates_check
 
 TIGHT = Limits(device_rate=1, device_burst=30, site_rate=1, site_burst=100)
@@ -26,7 +25,7 @@ def _takes(prefix: str, seed: int) -> list[Take]:
 
 async def test_many_takes_in_one_call_decide_as_one_call_each(monkeypatch: pytest.MonkeyPatch) -> None:
     # One clock for both runs: buckets refill with time, and the calls one by one take longer.
-    monkeypatch.setattr(ratelimit.time, "time", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("telemetry.ratelimit.time.time", lambda: 1_800_000_000.0)
     client = Redis.from_url(settings.REDIS_URL)
     try:
         one_by_one: list[RateDecision | None] = []
@@ -45,7 +44,7 @@ async def test_many_takes_in_one_call_decide_as_one_call_each(monkeypatch: pytes
 async def test_a_device_twice_in_one_call_pays_twice_and_a_refusal_takes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(ratelimit.time, "time", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("telemetry.ratelimit.time.time", lambda: 1_800_000_000.0)
     client = Redis.from_url(settings.REDIS_URL)
     try:
         first, second, third, other = await rates_check(
