@@ -132,3 +132,10 @@ async def test_frames_queued_together_are_sent_together_in_order() -> None:
     live._publisher.submit_all([(["g.together"], _frame(n)) for n in range(30)])
     assert await sync_to_async(live.publish_flush)()
     assert await _keys(channel, 30) == [f"s{n}" for n in range(30)]
+
+
+async def test_a_batch_larger_than_one_call_is_split_in_order(monkeypatch: Any) -> None:
+    monkeypatch.setattr(live, "_CALL_BYTES", 64)  # a frame or two per script call
+    channel = await _listen("g.split")
+    await live.publish_batch([(["g.split"], _frame(n)) for n in range(25)])
+    assert await _keys(channel, 25) == [f"s{n}" for n in range(25)]
