@@ -14,7 +14,7 @@ PERFUSE_INGEST_GROUP_MAX_ROWS readings, and then runs the pipeline's steps over 
     → `group_store`: ONE transaction for all admitted messages (the devices' state rows locked in
       device order, so concurrent groups of several bridges cannot deadlock; the readings COPYed
       and moved with `INSERT … ON CONFLICT DO NOTHING RETURNING`, one engine work-queue row per
-      device; every admitted message's signed batch kept (telemetry/ingest/keep.py) in one COPY;
+      device; every admitted message's signed batch kept (telemetry/ingest/keep.py) in one statement;
       provenance per message, in arrival order)
     → after the commit: one answer per message and the live frames, one per patient and device.
 
@@ -49,7 +49,7 @@ from telemetry import db, ratelimit
 from telemetry.ingest import pipeline, publish
 from telemetry.ingest.answers import Answer, IngestError, error, storage_unavailable
 from telemetry.ingest.auth import Credentials, DeviceKeyRow, credentials_check, keys_lookup, signature_verify
-from telemetry.ingest.keep import Door, KeptBatch, Signed, batches_copy
+from telemetry.ingest.keep import Door, KeptBatch, Signed, batches_keep
 from telemetry.ingest.provenance import AnnotationRow, Span, provenance_record, state_after
 from telemetry.ingest.store import STAGE_COLUMNS, Stored, copy_text
 from telemetry.ingest.validate import Row, batch_check, parse_batch, validate_readings
@@ -295,10 +295,12 @@ async def group_store(conn: AsyncConnection[Any], pending: Sequence[Pending], *,
                 payload.append(copy_text(pk, p.batch.firmware, fresh, spans[pk], known[pk], calibrations[pk]))
         async with cur.copy(f"COPY ingest_stage ({STAGE_COLUMNS}) FROM STDIN") as copy:
             await copy.write("".join(payload))
-        # Each message's signed batch, kept as readings_store keeps one (a retransmit too), in one
-        # COPY (telemetry/ingest/keep.py: far cheaper than the statement for many batches).
-        await batches_copy(cur, [KeptBatch(p.key.device_pk, p.signed, p.rows, now) for p in with_rows])
-        await cur.execute(_MOVE_SQL)
+        # Each message's signed batch, kept as readings_store keeps one (a retransmit too), sent
+        # in the same round trip as the move.
+        kept = [KeptBatch(p.key.device_pk, p.signed, p.rows, now) for p in with_rows]
+        async with conn.cursor() as keep_cur, conn.pipeline():
+            await cur.execute(_MOVE_SQL)
+            await batches_keep(keep_cur, kept)
         inserted = await cur.fetchall()
         annotations = await _provenance(cur, pending, states=states, spans=spans, known=known, now=now)
     accepted = [0] * len(pending)

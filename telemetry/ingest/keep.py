@@ -17,12 +17,8 @@ every second signs a one-reading body of ~230 bytes, which zstd shrinks by a fif
 the archive must later undo that for every one of them (86,400 a device-day) before its own
 column-wise zstd, which compresses such bodies far better than one at a time.
 
-`batches_keep` writes any number of batches in one statement (pipelined with the move: the HTTP
-door keeps one per request, telemetry/ingest/store.py); `batches_copy` writes them with one COPY,
-for a writer that commits many messages in one transaction (telemetry/ingest/group.py): measured
-on the gateway path, the statement's fourteen arrays cost ~50 µs of psycopg's Python per batch
-even in binary, the COPY text a few µs (one f-string, `bytes.hex` in C), for one more round trip
-per transaction.
+`batches_keep` writes any number of batches in one statement, for a writer that commits many
+messages in one transaction; the HTTP door keeps one per request (telemetry/ingest/store.py).
 """
 
 from __future__ import annotations
@@ -143,40 +139,3 @@ async def batches_keep(cur: AsyncCursor[Any], batches: Sequence[KeptBatch]) -> N
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     await cur.execute(_KEEP_SQL, columns)
-
-
-_KEEP_COLUMNS = (
-    "device_id, key_id, signed_at, signature, body, body_codec, body_size, door, received_at, readings, "
-    "seq_min, seq_max, min_sample_time, max_sample_time"
-)
-
-
-COPY_NULL = "\\N"  # NULL in COPY's text format
-
-
-def copy_field(text: str | None) -> str:
-    """A text value in COPY's text format (NULs were rejected during validation)."""
-    if text is None:
-        return COPY_NULL
-    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
-        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text
-
-
-async def batches_copy(cur: AsyncCursor[Any], batches: Sequence[KeptBatch]) -> None:
-    """`batches_keep` as one COPY (not inside a pipeline: COPY cannot be pipelined)."""
-    lines = []
-    for kept in batches:
-        seqs = [r.seq for r in kept.rows]
-        times = [r.sample_time for r in kept.rows]
-        credentials = kept.signed.credentials
-        stored, codec = body_store(kept.signed.body)
-        # bytea in hex input format, its backslash doubled for COPY's text format.
-        lines.append(
-            f"{kept.device_pk}\t{copy_field(credentials.key_id)}\t{credentials.stamp}\t"
-            f"\\\\x{credentials.signature.hex()}\t\\\\x{stored.hex()}\t{copy_field(codec)}\t"
-            f"{len(kept.signed.body)}\t{copy_field(kept.signed.door)}\t{kept.received_at.isoformat()}\t"
-            f"{len(kept.rows)}\t{min(seqs)}\t{max(seqs)}\t{min(times).isoformat()}\t{max(times).isoformat()}\n"
-        )
-    async with cur.copy(f"COPY telemetry_signed_batch ({_KEEP_COLUMNS}) FROM STDIN") as copy:
-        await copy.write("".join(lines))

@@ -20,7 +20,7 @@ from psycopg import AsyncConnection
 
 from telemetry.calibrations import CALIBRATED_METRIC, coefficients_apply, coefficients_for
 from telemetry.ingest.auth import DeviceKeyRow
-from telemetry.ingest.keep import COPY_NULL, KeptBatch, Signed, batches_keep, copy_field
+from telemetry.ingest.keep import KeptBatch, Signed, batches_keep
 from telemetry.ingest.provenance import AnnotationRow, Span, patient_at, provenance_record
 from telemetry.ingest.validate import Row
 from telemetry.schemas import BatchIn, TypedBatchIn
@@ -106,6 +106,18 @@ async def readings_store(
     return Stored(inserted, patients, annotations)
 
 
+_NULL = "\\N"  # NULL in COPY's text format
+
+
+def _copy_field(text: str | None) -> str:
+    """A text value in COPY's text format (NULs were rejected during validation)."""
+    if text is None:
+        return _NULL
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text
+
+
 def copy_text(
     device_pk: int,
     firmware: str | None,
@@ -116,20 +128,20 @@ def copy_text(
 ) -> str:
     """The whole batch as one COPY text payload: formatting it in one pass costs a fraction of
     psycopg's per-row `write_row`, the biggest single CPU item of the request before this.
-    Metric and unit come from fixed sets; the free-text fields go through `copy_field`."""
+    Metric and unit come from fixed sets; the free-text fields go through `_copy_field`."""
     head = f"{device_pk}\t"
-    tail = f"\t{copy_field(firmware)}\n"
+    tail = f"\t{_copy_field(firmware)}\n"
     fields: dict[str | None, str] = {}
     lines = []
     for r in rows:
         patient = patient_at(spans, r.sample_time)
         calibration = fields.get(r.calibration_id)
         if calibration is None:
-            calibration = fields[r.calibration_id] = copy_field(r.calibration_id)
+            calibration = fields[r.calibration_id] = _copy_field(r.calibration_id)
         lines.append(
-            f"{head}{COPY_NULL if patient is None else patient}\t{r.metric}\t{r.seq}\t{r.sample_time.isoformat()}\t"
+            f"{head}{_NULL if patient is None else patient}\t{r.metric}\t{r.seq}\t{r.sample_time.isoformat()}\t"
             f"{_calibrate(r, by_id, calibrations)!r}\t{r.raw_value!r}\t{r.raw_unit}\t"
-            f"{COPY_NULL if r.quality is None else repr(r.quality)}\t{calibration}{tail}"
+            f"{_NULL if r.quality is None else repr(r.quality)}\t{calibration}{tail}"
         )
     return "".join(lines)
 

@@ -415,17 +415,17 @@ async def test_storage_lost_inside_the_transaction_answers_503_and_stores_nothin
     ward = await make_ward()
     dev = await make_device(ward.code)
     gw = await make_gateway(ward.code)
-    real = group_module.batches_copy
+    real = group_module.batches_keep
 
     async def failing(*args: Any, **kwargs: Any) -> Any:
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
     inners = [factories.inner(dev, device_batch(dev, 1, 2)), factories.inner(dev, device_batch(dev, 3, 2))]
-    monkeypatch.setattr(group_module, "batches_copy", failing)
+    monkeypatch.setattr(group_module, "batches_keep", failing)
     response = await post(gw, inners)
     assert response.status_code == 503 and response.json()["error"]["code"] == "storage_unavailable"
     assert await stored(dev.device_id) == []
-    monkeypatch.setattr(group_module, "batches_copy", real)
+    monkeypatch.setattr(group_module, "batches_keep", real)
     response = await post(gw, inners)
     assert codes(response) == [(0, 200, None), (1, 200, None)]
     assert [r[0] for r in await stored(dev.device_id)] == [1, 2, 3, 4]
