@@ -6,7 +6,7 @@
 # application role) until Ctrl-C.
 source "$(dirname "$0")/lib.sh"
 
-ensure_system_packages mosquitto nodejs
+ensure_system_packages mosquitto nodejs libsodium23  # libsodium23: the ingest's Ed25519 verify (telemetry/ingest/ed25519.py)
 ensure_venv
 ensure_plotly
 

@@ -7,7 +7,7 @@
 # go to pytest.
 source "$(dirname "$0")/lib.sh"
 
-ensure_system_packages chromium nodejs mosquitto nginx prometheus systemd  # nginx: the TLS front; promtool, systemd-analyze: deploy/
+ensure_system_packages chromium nodejs mosquitto nginx prometheus systemd libsodium23  # nginx: the TLS front; promtool, systemd-analyze: deploy/; libsodium23: Ed25519 verify
 ensure_venv
 ensure_plotly
 

@@ -272,8 +272,7 @@ async def _store(conn: AsyncConnection[Any], inners: list[Inner], *, now: dt.dat
     stored = await group_store(conn, pending, now=now)
     for inner, accepted in zip(inners, stored.accepted, strict=True):
         inner.accepted = accepted
-    for key, device_stored in stored.by_device:
-        publish.stored_publish(key, device_stored)
+    publish.group_publish(stored.by_device)
 
 
 def _result(inner: Inner, now: dt.datetime) -> GatewayItemResult:

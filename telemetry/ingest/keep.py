@@ -64,12 +64,14 @@ CREATE INDEX telemetry_signed_batch_device_time ON telemetry_signed_batch (devic
 CREATE INDEX telemetry_signed_batch_device_seq ON telemetry_signed_batch (device_id, seq_max);
 """
 
+# The arrays in binary (%b): psycopg's text format quotes and escapes every element in Python
+# (a bytea or timestamptz several µs each); the binary one writes each in well under one.
 _KEEP_SQL = (
     "INSERT INTO telemetry_signed_batch (device_id, key_id, signed_at, signature, body, body_codec, body_size, "
     "door, received_at, readings, seq_min, seq_max, min_sample_time, max_sample_time) "
-    "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bytea[], %s::bytea[], %s::text[], "
-    "%s::integer[], %s::text[], %s::timestamptz[], %s::integer[], %s::bigint[], %s::bigint[], "
-    "%s::timestamptz[], %s::timestamptz[])"
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::bytea[], %b::bytea[], %b::text[], "
+    "%b::integer[], %b::text[], %b::timestamptz[], %b::integer[], %b::bigint[], %b::bigint[], "
+    "%b::timestamptz[], %b::timestamptz[])"
 )
 
 

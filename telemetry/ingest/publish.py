@@ -1,10 +1,10 @@
 """Step 4, publish: live frames for what a batch committed, sent after the commit.
 
 `stored_frames` builds them (one typed `reading.batch` per patient with its per-device seq range,
-one `annotation.added` per chart mark); `stored_publish` hands them to the one live publisher
-(config.live), which never waits for Redis. Frames are hints, rows are the truth: a frame lost on
-the way is recovered by the browser from the seq ranges, so publishing never delays or fails the
-answer.
+one `annotation.added` per chart mark); `stored_publish` (`group_publish` for a group commit)
+hands them to the one live publisher (config.live), which never waits for Redis. Frames are
+hints, rows are the truth: a frame lost on the way is recovered by the browser from the seq
+ranges, so publishing never delays or fails the answer.
 """
 
 from __future__ import annotations
@@ -49,5 +49,10 @@ def stored_frames(key: DeviceKeyRow, stored: Stored) -> list[Frame]:
 
 def stored_publish(key: DeviceKeyRow, stored: Stored) -> None:
     """Announce what this request committed (called after the commit; never waits for Redis)."""
-    for groups, frame in stored_frames(key, stored):
-        live.publish_after_commit(groups, frame)
+    live.publish_all_after_commit(stored_frames(key, stored))
+
+
+def group_publish(by_device: list[tuple[DeviceKeyRow, Stored]]) -> None:
+    """Announce what a group's transaction committed, every device's frames in one hand-over to
+    the publisher (called after the commit)."""
+    live.publish_all_after_commit([frame for key, stored in by_device for frame in stored_frames(key, stored)])

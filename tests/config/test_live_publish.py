@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -98,3 +99,43 @@ async def test_a_full_queue_drops_its_oldest_frames(monkeypatch: Any) -> None:
         publisher._put(queue, (["g"], _frame(n)))
     kept = [queue.get_nowait()[1] for _ in range(queue.qsize())]
     assert [f.session_key for f in kept] == ["s2", "s3", "s4"]
+
+
+async def test_a_batch_reaches_every_group_as_group_send_would_in_order() -> None:
+    """The pipelined batch (one round trip per shard) against `publish_now` (a `group_send` per
+    group): the same messages, in the same order, on every group's channel."""
+    layer = get_channel_layer()
+    groups = [f"g.batch.{n}" for n in range(6)]  # spread over the layer's shards
+    batch: list[live.Item] = [([groups[n % 6], groups[(n + 1) % 6]], _frame(n)) for n in range(40)]
+    assert live._pubsub_shards(layer, batch) is not None  # the pipelined path, not the fallback
+    received = {}
+    for way in ("group_send", "batch"):
+        channels = {group: await _listen(group) for group in groups}
+        if way == "batch":
+            await live.publish_batch(batch)
+        else:
+            for item_groups, frame in batch:
+                await live.publish_now(item_groups, frame)
+        received[way] = {
+            group: [
+                await asyncio.wait_for(layer.receive(channel), timeout=5)
+                for _ in range(sum(group in item_groups for item_groups, _ in batch))
+            ]
+            for group, channel in channels.items()
+        }
+    assert received["batch"] == received["group_send"]
+    assert received["batch"]["g.batch.1"][:2] == [msgspec.to_builtins(_frame(0)), msgspec.to_builtins(_frame(1))]
+
+
+async def test_frames_queued_together_are_sent_together_in_order() -> None:
+    channel = await _listen("g.together")
+    live._publisher.submit_all([(["g.together"], _frame(n)) for n in range(30)])
+    assert await sync_to_async(live.publish_flush)()
+    assert await _keys(channel, 30) == [f"s{n}" for n in range(30)]
+
+
+async def test_a_batch_larger_than_one_call_is_split_in_order(monkeypatch: Any) -> None:
+    monkeypatch.setattr(live, "_CALL_BYTES", 64)  # a frame or two per script call
+    channel = await _listen("g.split")
+    await live.publish_batch([(["g.split"], _frame(n)) for n in range(25)])
+    assert await _keys(channel, 25) == [f"s{n}" for n in range(25)]
