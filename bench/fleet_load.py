@@ -43,7 +43,6 @@ from typing import Any
 import orjson
 
 from bench.live import Http
-from telemetry.simulator.backoff import Backoff
 
 GATEWAY_PATH = "/api/v1/ingest/gateway"
 # An outer message stays inside contract 1c's 5,000 readings and 1 MiB, with the simulator's
@@ -257,6 +256,10 @@ async def _gateway(
     number = int(hub.gateway_id.rsplit("-", 1)[1])
     next_send = spec.start + (number * 0.3819660113) % 1.0
     queue = queues[hub.gateway_id]
+    # Here, not at the top: the simulator package loads Django models, and this module is imported
+    # before Django is set up (as MqttTransport in _serve).
+    from telemetry.simulator.backoff import Backoff
+
     backoff = Backoff(rng=random.Random(number))
     try:
         while True:
