@@ -344,7 +344,8 @@ class Bridge:
                 except Exception:  # a bug must not stop the bridge: committed nothing, the gateway resends
                     log.exception("MQTT gateway message of %s failed", gateway_id)
                     answer = storage_unavailable()
-                self.gateway_shed.done(len(payload), time.monotonic() - began)
+                if small:  # an oversized one is refused unread: not what a message costs
+                    self.gateway_shed.done(len(payload), time.monotonic() - began)
         self._gateway_ack(gateway_id, answer, delivery)
 
     def _gateway_ack(self, gateway_id: str, answer: Answer, delivery: Delivery) -> None:
