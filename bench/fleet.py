@@ -399,6 +399,8 @@ async def run_gateway_phase(
         "codes": dict(result.codes),
         "answer_p50_ms": statistics.median(result.answer_ms) if result.answer_ms else 0.0,
         "answer_p99_ms": pct(result.answer_ms, 0.99) if result.answer_ms else 0.0,
+        "backoffs": len(result.backoff_s),
+        "backoff_p50_s": statistics.median(result.backoff_s) if result.backoff_s else 0.0,
         "late": late_summary(result.late_ms),
         "load": (load_before, load),
         **figures(bench, phase, elapsed, result.acknowledged, (cpu_before, cpu_after)),
@@ -426,7 +428,8 @@ def report(result: dict[str, Any], rule: Rule) -> None:
         print(
             f"outer messages not answered 200: {result['failed'] or 'none'}; per-device results not 200: "
             f"{result['codes'] or 'none'}; answer p50 {result['answer_p50_ms']:.1f} ms "
-            f"p99 {result['answer_p99_ms']:.1f} ms"
+            f"p99 {result['answer_p99_ms']:.1f} ms; gateways backed off {result['backoffs']} times "
+            f"(p50 {result['backoff_p50_s']:.1f} s)"
         )
         print(f"samples made late against the devices' 1 Hz schedule (generator workers): {result['late']}")
     else:

@@ -15,7 +15,10 @@ their devices and serves phases sent to it over a pipe. In a phase:
   lost or refused answer, the older ones too), signed with the gateway's key, and waits for the
   answer (HTTP) or the ack (MQTT, matched by correlation data) before it sends the next. A part
   answered 200 is done; 429/503 stays queued and goes out again; any other per-device code is
-  counted and dropped (the server refused it for good). After the phase's sampling ends the
+  counted and dropped (the server refused it for good). A gateway whose message got no answer
+  (or no ack within its 10 s timeout, which is also the MQTT message's expiry interval) or an
+  outer 429/503 waits before its next message as telemetry/simulator/backoff.py says: at least
+  the ack's `retry_after`, doubling with each consecutive failure, with jitter. After the phase's sampling ends the
   gateways go on sending what is unacknowledged for up to `drain` seconds, so acknowledged and
   stored can be compared.
 
@@ -160,6 +163,7 @@ class ShardResult:
     acknowledged: int = 0  # parts (one reading each) answered 200, each once
     codes: Counter[str] = field(default_factory=Counter)  # per-device results not 200
     answer_ms: list[float] = field(default_factory=list)
+    backoff_s: list[float] = field(default_factory=list)  # each wait after a failed outer message
     late_ms: list[float] = field(default_factory=list)  # sample made this long after its schedule
     unacknowledged: int = 0  # parts still queued when the drain ended
     finished: float = 0.0  # when the last gateway stopped sending
@@ -252,17 +256,30 @@ async def _gateway(
     number = int(hub.gateway_id.rsplit("-", 1)[1])
     next_send = spec.start + (number * 0.3819660113) % 1.0
     queue = queues[hub.gateway_id]
+    # Here, not at the top: the simulator package loads Django models, and this module is imported
+    # before Django is set up (as MqttTransport in _serve).
+    from telemetry.simulator.backoff import Backoff
+
+    backoff = Backoff(rng=random.Random(number))
     try:
         while True:
             now = time.time()
             if now >= spec.stop_at and (not queue or now >= spec.stop_at + spec.drain):
                 return
             if next_send > now:
-                await asyncio.sleep(next_send - now)
+                await asyncio.sleep(min(next_send - now, max(0.0, spec.stop_at + spec.drain - now)))
+                continue
             next_send = max(next_send + 1.0, time.time())  # one message a second, never a burst
             parts = _within_limits(queue)
-            if parts:
-                await _send(hub, parts, queue, result, http, mqtt)
+            if not parts:
+                continue
+            failed, retry_after = await _send(hub, parts, queue, result, http, mqtt)
+            if failed:
+                wait = backoff.failed(retry_after)
+                result.backoff_s.append(wait)
+                next_send = max(next_send, time.time() + wait)
+            else:
+                backoff.succeeded()
     finally:
         if http is not None and http.writer is not None:
             http.writer.close()
@@ -280,7 +297,8 @@ def _within_limits(queue: list[Part]) -> list[Part]:
 
 async def _send(
     hub: Hub, parts: list[Part], queue: list[Part], result: ShardResult, http: Http | None, mqtt: Any
-) -> None:
+) -> tuple[bool, float | None]:
+    """One outer message: (failed, the server's retry_after if it said one)."""
     body = orjson.dumps(
         {"schema": "perfuse.gateway/1", "gateway_id": hub.gateway_id, "batches": [p.entry for p in parts]}
     )
@@ -291,7 +309,9 @@ async def _send(
     result.answer_ms.append((time.perf_counter() - started) * 1000)
     if status != 200:
         result.outer_failed[str(status) if status else "no answer"] += 1
-        return  # every part stays queued: the next message carries it again
+        # Every part stays queued: the next message carries it again.
+        retry_after = answer.get("retry_after")
+        return True, float(retry_after) if isinstance(retry_after, int | float) else (1.0 if status else None)
     result.outer_acknowledged += 1
     done: set[int] = set()
     for item in answer.get("results", []):
@@ -306,6 +326,7 @@ async def _send(
                 continue  # sent again in the next message
         done.add(id(part))
     queue[:] = [p for p in queue if id(p) not in done]
+    return False, None
 
 
 async def _deliver(
@@ -341,6 +362,7 @@ def merged(results: list[ShardResult]) -> ShardResult:
         total.acknowledged += r.acknowledged
         total.codes.update(r.codes)
         total.answer_ms.extend(r.answer_ms)
+        total.backoff_s.extend(r.backoff_s)
         total.late_ms.extend(r.late_ms)
         total.unacknowledged += r.unacknowledged
         total.finished = max(total.finished, r.finished)

@@ -23,11 +23,16 @@ Devices keep a mutual-TLS MQTT 5 connection to the broker and publish signed bat
 - takes edge gateways' messages (contract 1c) from `$share/perfuse-ingest/perfuse/v1/gateways/+/batches`
   the same way: each through `gateway_handle` (its own transaction per message, the topic's
   gateway checked against the outer key's: 403 `gateway_mismatch`), at most
-  PERFUSE_INGEST_POOL_SIZE at once, answered on `perfuse/v1/gateways/{gateway_id}/acks` after
+  PERFUSE_MQTT_GATEWAY_CONCURRENCY at once, answered on `perfuse/v1/gateways/{gateway_id}/acks` after
   the commit, then PUBACKed: `{"status": 200, "gateway_id", "results": [...]}` as the HTTP
   endpoint answers, or `{"gateway_id", "status", "error": {"code", "detail"}}`. A gateway
   matches an ack to its message by the MQTT 5 correlation data, echoed when it sent one (an outer
   message has no id of its own).
+- sheds overload (telemetry/mqtt_shed.py): a message that cannot be answered before its sender
+  stops waiting (its MQTT 5 Message Expiry Interval as the broker delivered it; without one, the
+  HTTP door's PERFUSE_INGEST_POOL_TIMEOUT_SECONDS from its arrival here) is answered at once with
+  503 `storage_unavailable` and `retry_after`, without verifying, parsing or storing anything,
+  then PUBACKed; the sender sends it again later.
 
 Threads. paho's network loop runs in its own thread (`loop_start`); `on_message` only hands each
 message to the asyncio loop (`call_soon_threadsafe`), where the writer gathers groups and runs the
@@ -44,6 +49,7 @@ import asyncio
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +68,7 @@ from telemetry.ingest.answers import Answer, storage_unavailable, too_large
 from telemetry.ingest.gateway import gateway_handle
 from telemetry.ingest.group import GroupWriter, Message
 from telemetry.mqtt_broker import DEVICE_ACKS, DEVICE_READINGS, GATEWAY_ACKS, GATEWAY_BATCHES, tls_context
+from telemetry.mqtt_shed import Arrival, GatewayShedder, SojournShedder, overloaded
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +147,9 @@ def ack_payload(answer: Answer, *, batch_id: str | None, readings: int) -> bytes
         body.update(answer.body)
     else:
         body["error"] = answer.body["error"]
+    if answer.status in (429, 503):
+        body["retry_after"] = int(answer.headers.get("Retry-After", "1"))
     if answer.status == 429:
-        retry_after = int(answer.headers.get("Retry-After", "1"))
-        body["retry_after"] = retry_after
         # Batches of this size fit the device's sustained rate at this interval (never below 1 s).
         rate = max(1, settings.PERFUSE_RATE_DEVICE_PER_SECOND)
         body["suggested_interval_ms"] = max(1000, math.ceil(1000 * max(1, readings) / rate))
@@ -153,7 +160,10 @@ def gateway_ack_payload(answer: Answer, *, gateway_id: str) -> bytes:
     """The ack of a gateway message: the HTTP endpoint's answer (contract 1c) with its status."""
     if answer.status == 200:
         return orjson.dumps({"status": 200, **answer.body})
-    return orjson.dumps({"gateway_id": gateway_id, "status": answer.status, "error": answer.body["error"]})
+    body: dict[str, Any] = {"gateway_id": gateway_id, "status": answer.status, "error": answer.body["error"]}
+    if answer.status in (429, 503):  # when to send again (an overloaded bridge's estimate, docs/mqtt.md)
+        body["retry_after"] = int(answer.headers.get("Retry-After", "1"))
+    return orjson.dumps(body)
 
 
 def _batch_id(body: bytes) -> str | None:
@@ -182,7 +192,8 @@ class Delivery:
     mid: int
     qos: int
     generation: int
-    correlation: bytes | None = None  # MQTT 5 correlation data, echoed on a gateway's ack
+    correlation: bytes | None  # MQTT 5 correlation data, echoed on a gateway's ack
+    arrival: Arrival  # when it came, how long its sender still waits (telemetry/mqtt_shed.py)
 
 
 class Bridge:
@@ -202,6 +213,11 @@ class Bridge:
         # Gateway messages in flight (each holds an ingest connection while it is stored).
         self._gateway_tasks: set[asyncio.Task[None]] = set()
         self._gateway_slots: asyncio.Semaphore | None = None
+        # Overload shedding (telemetry/mqtt_shed.py): what cannot be answered before its sender
+        # stops waiting is answered 503 at once, without the work.
+        max_wait = float(settings.PERFUSE_INGEST_POOL_TIMEOUT_SECONDS)
+        self.gateway_shed = GatewayShedder(slots=settings.PERFUSE_MQTT_GATEWAY_CONCURRENCY, max_wait=max_wait)
+        self.device_shed = SojournShedder(max_wait=max_wait)
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -259,7 +275,9 @@ class Bridge:
         if loop is None or loop.is_closed():
             return  # not PUBACKed: the broker delivers it again
         correlation = getattr(message.properties, "CorrelationData", None)
-        delivery = Delivery(message.mid, message.qos, self.generation, correlation)
+        expiry = getattr(message.properties, "MessageExpiryInterval", None)
+        arrival = Arrival(time.monotonic(), expiry if isinstance(expiry, int) else None)
+        delivery = Delivery(message.mid, message.qos, self.generation, correlation, arrival)
         loop.call_soon_threadsafe(
             self._arrived, message.topic, bytes(message.payload), _user_properties(message), delivery
         )
@@ -272,6 +290,10 @@ class Bridge:
         self.received += 1
         gateway = topic_gateway(topic)
         if gateway is not None:
+            small = len(payload) <= settings.PERFUSE_INGEST_MAX_BYTES  # else its 413 is as cheap
+            if small and not self.gateway_shed.admit(delivery.arrival, len(payload)):
+                self._gateway_ack(gateway, overloaded(self.gateway_shed.retry_after()), delivery)
+                return
             task = asyncio.get_running_loop().create_task(self._gateway(gateway, payload, properties, delivery))
             self._gateway_tasks.add(task)
             task.add_done_callback(self._gateway_tasks.discard)
@@ -286,6 +308,9 @@ class Bridge:
         if len(payload) > settings.PERFUSE_INGEST_MAX_BYTES:
             self._answer(message, too_large())
             return
+        if not self.device_shed.admit(id(message), delivery.arrival):
+            self._answer(message, overloaded(self.device_shed.retry_after()))
+            return
         self.writer.put(message)
 
     async def _deliver(self, message: Message, answer: Answer) -> None:
@@ -294,6 +319,7 @@ class Bridge:
     def _answer(self, message: Message, answer: Answer) -> None:
         """The ack to the device, then the PUBACK to the broker (both after the commit)."""
         assert message.topic_device is not None and isinstance(message.token, Delivery)
+        self.device_shed.answered(id(message))
         batch_id = answer.body.get("batch_id") if answer.status == 200 else _batch_id(message.body)
         readings = _readings(message.body) if answer.status == 429 else 0
         payload = ack_payload(answer, batch_id=batch_id, readings=readings)
@@ -303,15 +329,26 @@ class Bridge:
         self._puback(message.token)
 
     async def _gateway(self, gateway_id: str, payload: bytes, properties: dict[str, str], delivery: Delivery) -> None:
-        """One gateway message: stored (its own transaction), then its ack, then the PUBACK."""
+        """One gateway message: stored (its own transaction), then its ack, then the PUBACK; or,
+        when its turn came too late for its sender, the overload ack without the work."""
         if self._gateway_slots is None:
-            self._gateway_slots = asyncio.Semaphore(max(1, settings.PERFUSE_INGEST_POOL_SIZE))
+            self._gateway_slots = asyncio.Semaphore(self.gateway_shed.slots)
         async with self._gateway_slots:
-            try:
-                answer = await gateway_handle(body=payload, headers=properties, gateway_id=gateway_id)
-            except Exception:  # a bug must not stop the bridge: committed nothing, the gateway resends
-                log.exception("MQTT gateway message of %s failed", gateway_id)
-                answer = storage_unavailable()
+            small = len(payload) <= settings.PERFUSE_INGEST_MAX_BYTES  # as in _arrived
+            if small and not self.gateway_shed.start(delivery.arrival, len(payload)):
+                answer = overloaded(self.gateway_shed.retry_after())
+            else:
+                began = time.monotonic()
+                try:
+                    answer = await gateway_handle(body=payload, headers=properties, gateway_id=gateway_id)
+                except Exception:  # a bug must not stop the bridge: committed nothing, the gateway resends
+                    log.exception("MQTT gateway message of %s failed", gateway_id)
+                    answer = storage_unavailable()
+                if small:  # an oversized one is refused unread: not what a message costs
+                    self.gateway_shed.done(len(payload), time.monotonic() - began)
+        self._gateway_ack(gateway_id, answer, delivery)
+
+    def _gateway_ack(self, gateway_id: str, answer: Answer, delivery: Delivery) -> None:
         ack = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if delivery.correlation is not None:
             ack.CorrelationData = delivery.correlation

@@ -313,6 +313,10 @@ MQTT_SESSION_EXPIRY_SECONDS = envint("MQTT_SESSION_EXPIRY_SECONDS", 86400, minim
 # Unacknowledged messages the broker may hand the bridge at once: bounds a group (PUBACK waits
 # for the commit), so keep it above what arrives within a commit.
 MQTT_RECEIVE_MAXIMUM = envint("MQTT_RECEIVE_MAXIMUM", 5000, minimum=1)
+# Gateway messages the bridge stores at once. Its work is CPU in one process: more at once only
+# makes each take longer (past its sender's ack timeout under overload, telemetry/mqtt_shed.py);
+# two overlap one message's database round trips with another's CPU.
+PERFUSE_MQTT_GATEWAY_CONCURRENCY = envint("PERFUSE_MQTT_GATEWAY_CONCURRENCY", 2, minimum=1)
 
 # Retention per data class, in days (docs/retention.md). `manage.py apply_retention` drops a hot
 # day of readings (and its signed batches) only once every ward-day of it is archived and verified

@@ -50,6 +50,7 @@ from django.db import transaction
 from telemetry import pki
 from telemetry.models import Assignment, DeviceKey, GatewayKey, Ward
 from telemetry.services import device_provision, gateway_provision, patient_admit
+from telemetry.simulator.backoff import Backoff
 from telemetry.simulator.signals import PatientSignal, SignalConfig
 from telemetry.simulator.transport import GatewayTransport, HttpTransport, Identity, Reply, Transport
 
@@ -214,6 +215,8 @@ class Stats:
     firmware_changes: int = 0
     calibration_changes: int = 0
     gateway_requests: int = 0  # outer requests of edge gateways (each carries many devices' batches)
+    backoffs: int = 0  # waits after no answer or a 429/503 (backoff.py), and their seconds in all
+    backoff_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -224,8 +227,19 @@ class Stats:
             f"duplicates {self.duplicates}  rejected {self.rejected}  429s {self.throttled}  errors {self.errors}"
         )
 
-    def summary(self) -> dict[str, int]:
-        return {name: value for name, value in vars(self).items() if name != "started"}
+    def summary(self) -> dict[str, int | float]:
+        return {
+            name: round(value, 1) if isinstance(value, float) else value
+            for name, value in vars(self).items()
+            if name != "started"
+        }
+
+    async def back_off(self, backoff: Backoff, retry_after: float | None = None) -> None:
+        """Wait as `backoff` says after a failed attempt (at least the server's `retry_after`)."""
+        seconds = backoff.failed(retry_after)
+        self.backoffs += 1
+        self.backoff_seconds += seconds
+        await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -267,6 +281,7 @@ class Gateway:
         self.offline_until = 0.0
         self.holding = False
         self.pace = config.batch_seconds  # seconds between flushes; a throttle ack can stretch it
+        self.backoff = Backoff(rng=random.Random(seed + 2))  # noqa: S311
 
     def _happens(self, rate_per_hour: float, dt_s: float) -> bool:
         return self.rng.random() < rate_per_hour * dt_s / 3600.0
@@ -337,20 +352,21 @@ class Gateway:
         self.stats.batches += 1
         self.stats.readings += batch.size
         reply = await transport.send(self.device.device_id, batch.body, self.sign(batch.body))
-        if reply is None:  # no response, or no ack in time: sent again later
+        if reply is None:  # no response, or no ack in time: sent again later, backing off
             self.stats.errors += 1
-            await asyncio.sleep(1.0 + self.rng.random())
+            await self.stats.back_off(self.backoff)
             return False
-        if reply.status == 200:
-            self._answered(batch, reply)
-            return True
         if reply.status in (429, 503):
             self.stats.throttled += reply.status == 429
             self.stats.errors += reply.status == 503
             if reply.suggested_interval_s is not None:
                 self.pace = max(self.pace, reply.suggested_interval_s)
-            await asyncio.sleep(reply.retry_after + self.rng.random() * 0.2)
+            await self.stats.back_off(self.backoff, reply.retry_after)
             return False
+        self.backoff.succeeded()
+        if reply.status == 200:
+            self._answered(batch, reply)
+            return True
         self.stats.errors += 1
         return True  # a 4xx will not get better by resending the same bytes
 
@@ -480,6 +496,7 @@ class Hub:
         self.stats = devices[0].stats
         self.rng = random.Random(seed)  # noqa: S311 (simulation, not security)
         self.offline_until = 0.0
+        self.backoff = Backoff(rng=random.Random(seed + 1))  # noqa: S311
 
     def chunks(self) -> list[list[tuple[Gateway, Batch]]]:
         """Everything pending, in order, cut into requests within the limits."""
@@ -547,17 +564,19 @@ class Hub:
         self.stats.batches += len(chunk)
         self.stats.readings += sum(batch.size for _, batch in chunk)
         reply = await client.send_gateway(self.gateway.gateway_id, body, self.sign(body))
-        if reply is None:  # no response, or no ack in time: sent again later
+        if reply is None:  # no response, or no ack in time: sent again later, backing off
             self.stats.errors += 1
-            await asyncio.sleep(1.0 + self.rng.random())
+            await self.stats.back_off(self.backoff)
             return None
+        if reply.status in (429, 503):  # an overloaded server: its retry_after, then backing off
+            self.stats.errors += 1
+            await self.stats.back_off(self.backoff, reply.retry_after)
+            return None
+        self.backoff.succeeded()
         if reply.status == 200:
             results: list[dict[str, Any]] = reply.body["results"]
             return results
         self.stats.errors += 1
-        if reply.status in (429, 503):
-            await asyncio.sleep(reply.retry_after + self.rng.random() * 0.2)
-            return None
         for device, batch in chunk:  # the whole request was refused for good (a 4xx)
             device.outbox.remove(batch)
         return None

@@ -19,6 +19,10 @@ Edge gateways (`GatewayTransport.send_gateway`): over HTTP a POST to the gateway
 MQTT each gateway has its own connection like a device, publishes its outer messages to its
 batches topic and takes the acks from its own acks topic. An outer message has no id, so each
 attempt carries a fresh MQTT 5 correlation data, which the bridge echoes on its ack.
+
+Every publish carries an MQTT 5 Message Expiry Interval equal to the ack timeout: how long this
+sender waits for the ack, after which it sends again (backing off, backoff.py). The broker drops
+a copy nobody waits for any more, and an overloaded bridge answers it 503 without the work.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -315,6 +320,10 @@ class _Link:
         if future is None or future.done():
             future = self.waiting[token] = self.loop.create_future()
         properties = properties_for(headers)
+        # The sender's wait, as the message's lifetime (docs/mqtt.md): the broker discards a copy
+        # still queued when we stop waiting for its ack, and the bridge sheds one it cannot answer
+        # by then (telemetry/mqtt_shed.py) instead of storing it for nobody.
+        properties.MessageExpiryInterval = max(1, math.ceil(self.transport.ack_timeout))
         if self.gateway:
             properties.CorrelationData = token.encode()
         self.client.publish(self.publish_topic, body, qos=1, properties=properties)

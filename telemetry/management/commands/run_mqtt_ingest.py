@@ -41,7 +41,11 @@ class Command(BaseCommand):
             raise CommandError(f"MQTT bridge: {exc}") from exc
         self.stderr.write(f"MQTT bridge {config.client_id} -> {config.host}:{config.port}")
         asyncio.run(self._run(bridge))
-        self.stderr.write(f"MQTT bridge stopped: {bridge.received} messages received, {bridge.acked} acknowledged")
+        shed = bridge.gateway_shed.shed + bridge.device_shed.shed
+        self.stderr.write(
+            f"MQTT bridge stopped: {bridge.received} messages received, {bridge.acked} acknowledged "
+            f"({shed} of them shed as overloaded, 503)"
+        )
 
     async def _run(self, bridge: Bridge) -> None:
         stop = asyncio.Event()
