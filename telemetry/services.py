@@ -19,6 +19,7 @@ from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
 from telemetry.errors import RegistryError
+from telemetry.ingest.ed25519 import small_order
 from telemetry.models import (
     Device,
     DeviceKey,
@@ -117,7 +118,11 @@ def public_key_from_pem(pem: bytes) -> bytes:
         raise RegistryError(f"not a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise RegistryError("the public key must be Ed25519")
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if small_order(raw):
+        # No private key belongs to it, and one fixed "signature" verifies for every message.
+        raise RegistryError("the public key is a small-order point: not a key a device can hold", code="weak_key")
+    return raw
 
 
 def _new_key_id(prefix: str = "k_") -> str:

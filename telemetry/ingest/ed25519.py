@@ -13,7 +13,9 @@ provision_device issues). libsodium is the stricter one: it also refuses signatu
 small-order or non-canonical public key and with a small-order R, which OpenSSL accepts. Under
 such a key (the identity point, say) OpenSSL verifies the signature (R = identity, S = 0) for
 every message: such "signatures" are forgeries by construction, and refusing them (401
-`bad_signature`) is the only change of answer.
+`bad_signature`) is the only change of answer. Small-order keys are refused on both paths
+(`small_order`, libsodium's blocklist): provision_device will not register one (`weak_key`), and
+the OpenSSL fallback and verify_batch never verify against one.
 """
 
 from __future__ import annotations
@@ -56,8 +58,35 @@ def _sodium() -> Verify | None:
     return verify
 
 
+# The encodings of Ed25519's eight small-order points (libsodium's blocklist, the sign bit of x in
+# the last byte's top bit left out): the identity, the point of order 2, the two of order 4 and
+# the four of order 8, and the non-canonical encodings of 0 and 1 as p and p + 1. Under such a
+# public key, R = identity and S = 0 verify for every message.
+_SMALL_ORDER = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def small_order(public_key: bytes) -> bool:
+    """Whether `public_key` encodes a point of small order (one no private key has): refused at
+    provisioning, and never verified against, whichever library verifies."""
+    return len(public_key) == PUBLIC_KEY_BYTES and public_key[:31] + bytes([public_key[31] & 0x7F]) in _SMALL_ORDER
+
+
 def openssl_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """`cryptography`'s verify (the fallback, and the reference the tests compare against)."""
+    """`cryptography`'s verify (the fallback, and the reference the tests compare against), with
+    small-order public keys refused as libsodium refuses them."""
+    if small_order(public_key):
+        return False
     try:
         _public_key(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
