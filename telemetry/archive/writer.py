@@ -6,9 +6,8 @@ ward later stays with the ward whose manifest lists it, so a repeated run comput
 files and a ward-day is never archived twice under two wards.
 
 A ward-day is read in one REPEATABLE READ, read-only transaction (one snapshot for readings,
-batches and counts), device by device: its rows in (metric, sample_time, seq) order as CSV text
-aggregated in PostgreSQL (one value per metric and hour, in a binary COPY: few protocol rows
-instead of one per reading) — PostgreSQL prints doubles in their shortest exact form
+batches and counts), device by device: `COPY (SELECT … ORDER BY metric, sample_time, seq) TO
+STDOUT` in CSV — PostgreSQL prints doubles in their shortest exact form
 (extra_float_digits 1) and times to the microsecond in UTC, so nothing is rounded — parsed by
 pyarrow and written as one Parquet row group per device (a patient-day: the device of one
 patient on one day), zstd-compressed. The signed batches whose readings overlap the day follow
@@ -85,11 +84,9 @@ def _csv_line(columns: list[tuple[str, bool]]) -> str:
     return "concat_ws(',', " + ", ".join(fields) + ")"
 
 
-# A device-day's readings reach Python as CSV text that PostgreSQL aggregated (string_agg), one
-# value per metric and hour, in a binary COPY: a few dozen protocol rows instead of one per
-# reading, whose per-row handling in psycopg cost more than parsing them. An hour of one metric
-# of one device stays far below a text value's 1 GB: at the default device rate limit (200
-# readings/s) it is 720,000 readings, ~90 MB.
+# A device-day's readings come as one COPY … (FORMAT csv) row per reading: PostgreSQL formats
+# them while pyarrow parses the previous device's (measured: cheaper for PostgreSQL than the
+# aggregated text the batches use, which the readings' parse runs beside anyway).
 _CSV_COLUMNS = [
     ("patient_id", pa.int64()),
     ("pseudonym", pa.string()),
@@ -105,20 +102,16 @@ _CSV_COLUMNS = [
     ("ingest_time", pa.timestamp("us", tz="UTC")),
     ("ingest_txid", pa.int64()),
 ]
-_TEXT_COLUMNS = {"pseudonym", "metric", "raw_unit", "calibration_id", "firmware"}
-_READINGS_LINE = _csv_line(
-    [("p.pseudonym" if name == "pseudonym" else f"r.{name}", name in _TEXT_COLUMNS) for name, _ in _CSV_COLUMNS]
-)
 _READINGS_COPY = f"""COPY (
-    SELECT string_agg({_READINGS_LINE}, E'\\n' ORDER BY r.sample_time, r.seq)
+    SELECT {", ".join("p.pseudonym" if name == "pseudonym" else f"r.{name}" for name, _ in _CSV_COLUMNS)}
     FROM telemetry_reading r LEFT JOIN telemetry_patient p ON p.id = r.patient_id
     WHERE r.device_id = %s::bigint AND r.sample_time >= %s AND r.sample_time < %s
-    GROUP BY r.metric, date_trunc('hour', r.sample_time)
-    ORDER BY r.metric, date_trunc('hour', r.sample_time)
-) TO STDOUT (FORMAT binary)"""
-# The kept batches of one device that overlap the day: their columns as aggregated CSV text like
-# the readings, in groups of a million ids (so at most a million batches, ~250 MB, a value),
-# the byte lengths of signature and body among them; then the signatures and the bodies
+    ORDER BY r.metric, r.sample_time, r.seq
+) TO STDOUT (FORMAT csv)"""
+# The kept batches of one device that overlap the day: their columns as CSV text aggregated in
+# PostgreSQL (string_agg, one value per million ids, so at most a million batches, ~250 MB), in a
+# binary COPY: few protocol rows instead of one per batch, the byte
+# lengths of signature and body among them; then the signatures and the bodies
 # themselves, each the concatenation of the day's values in id order, in a binary COPY — raw
 # bytes, with no escaping to undo. One signed message a second is 86,400 batches a device-day;
 # through per-row CSV their quoted JSON bodies and hex signatures were most of the archive's work.
@@ -482,7 +475,7 @@ def _copied(raw: Any, sql: str, params: list[Any]) -> bytes:
 
 
 def _readings_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> bytes:
-    return _aggregated_csv(_copied(raw, _READINGS_COPY, [device.pk, lo, hi]))
+    return _copied(raw, _READINGS_COPY, [device.pk, lo, hi])
 
 
 def _aggregated_csv(data: bytes) -> bytes:
