@@ -21,58 +21,10 @@ from config.redis_servers import REDIS_FAILURES, hash_tag
 
 log = logging.getLogger(__name__)
 
-# KEYS: device bucket, site bucket. ARGV: now_ms, cost, then rate/burst for device and site.
-# Returns {allowed, limit, remaining, reset_s, retry_after_s} for the tighter bucket.
-_SCRIPT = """
-local now = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local result = {1, 0, 0, 0, 0}
-local state = {}
-local worst_remaining = nil
-for i = 1, 2 do
-  local rate = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
-  local raw = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local tokens = tonumber(raw[1]) or burst
-  local ts = tonumber(raw[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-  state[i] = {tokens, rate, burst}
-  if tokens < cost then
-    result[1] = 0
-    local wait = math.ceil((cost - tokens) * 1000 / rate)
-    if wait > result[5] then result[5] = wait end
-  end
-end
-for i = 1, 2 do
-  local tokens, rate, burst = state[i][1], state[i][2], state[i][3]
-  if result[1] == 1 then tokens = tokens - cost end
-  redis.call('HSET', KEYS[i], 't', tokens, 'ts', now)
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst * 1000 / rate) + 1000)
-  if worst_remaining == nil or tokens / burst < worst_remaining then
-    worst_remaining = tokens / burst
-    result[2] = burst
-    result[3] = math.floor(tokens)
-    result[4] = math.ceil((burst - tokens) * 1000 / rate)
-  end
-end
-return result
-"""
-
-
-# The same buckets for many takes of ONE site in one call, in order (a device twice pays twice):
-# KEYS[1] the site's bucket, KEYS[1 + t] the device bucket of take t; ARGV: now_ms, the four
-# rates/bursts, then each take's cost. Each take runs exactly `_SCRIPT`'s steps; the answers come
-# back as one string ("allowed limit remaining reset_ms retry_ms" per take, comma-separated): one
-# reply to parse instead of a five-element array per take, which redis-py parses in Python.
-# Every key carries the site's hash tag, so one call stays in one Redis Cluster slot.
-_MANY_SCRIPT = """
-local now = tonumber(ARGV[1])
-local rates = {tonumber(ARGV[2]), tonumber(ARGV[4])}
-local bursts = {tonumber(ARGV[3]), tonumber(ARGV[5])}
-local out = {}
-for t = 1, #KEYS - 1 do
-  local keys = {KEYS[1 + t], KEYS[1]}
-  local cost = tonumber(ARGV[5 + t])
+# One take from both buckets (`keys` device then site, with their rates and bursts), shared by
+# both scripts: {allowed, limit, remaining, reset_ms, retry_ms} for the tighter bucket.
+_TAKE = """
+local function take(keys, rates, bursts, cost, now)
   local result = {1, 0, 0, 0, 0}
   local state = {}
   local worst_remaining = nil
@@ -82,7 +34,7 @@ for t = 1, #KEYS - 1 do
     local tokens = tonumber(raw[1]) or burst
     local ts = tonumber(raw[2]) or now
     tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-    state[i] = {tokens, rate, burst}
+    state[i] = tokens
     if tokens < cost then
       result[1] = 0
       local wait = math.ceil((cost - tokens) * 1000 / rate)
@@ -90,7 +42,7 @@ for t = 1, #KEYS - 1 do
     end
   end
   for i = 1, 2 do
-    local tokens, rate, burst = state[i][1], state[i][2], state[i][3]
+    local tokens, rate, burst = state[i], rates[i], bursts[i]
     if result[1] == 1 then tokens = tokens - cost end
     redis.call('HSET', keys[i], 't', tokens, 'ts', now)
     redis.call('PEXPIRE', keys[i], math.ceil(burst * 1000 / rate) + 1000)
@@ -101,10 +53,40 @@ for t = 1, #KEYS - 1 do
       result[4] = math.ceil((burst - tokens) * 1000 / rate)
     end
   end
-  out[t] = string.format('%d %d %d %d %d', result[1], result[2], result[3], result[4], result[5])
+  return result
+end
+"""
+# KEYS: device bucket, site bucket. ARGV: now_ms, cost, then rate/burst for device and site.
+_SCRIPT = (
+    _TAKE
+    + """
+local rates = {tonumber(ARGV[3]), tonumber(ARGV[5])}
+local bursts = {tonumber(ARGV[4]), tonumber(ARGV[6])}
+return take(KEYS, rates, bursts, tonumber(ARGV[2]), tonumber(ARGV[1]))
+"""
+)
+
+
+# The same buckets for many takes of ONE site in one call, in order (a device twice pays twice):
+# KEYS[1] the site's bucket, KEYS[1 + t] the device bucket of take t; ARGV: now_ms, the four
+# rates/bursts, then each take's cost. Each take is `_SCRIPT`'s `take`; the answers come
+# back as one string ("allowed limit remaining reset_ms retry_ms" per take, comma-separated): one
+# reply to parse instead of a five-element array per take, which redis-py parses in Python.
+# Every key carries the site's hash tag, so one call stays in one Redis Cluster slot.
+_MANY_SCRIPT = (
+    _TAKE
+    + """
+local now = tonumber(ARGV[1])
+local rates = {tonumber(ARGV[2]), tonumber(ARGV[4])}
+local bursts = {tonumber(ARGV[3]), tonumber(ARGV[5])}
+local out = {}
+for t = 1, #KEYS - 1 do
+  local r = take({KEYS[1 + t], KEYS[1]}, rates, bursts, tonumber(ARGV[5 + t]), now)
+  out[t] = string.format('%d %d %d %d %d', r[1], r[2], r[3], r[4], r[5])
 end
 return table.concat(out, ',')
 """
+)
 
 
 @dataclass(frozen=True)
