@@ -29,9 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from django.db import connection
 
-from telemetry.archive.layout import day_bounds, ward_prefix
+from telemetry.archive.layout import ArchiveError, day_bounds, ward_prefix
 from telemetry.archive.objects import ObjectStore
-from telemetry.archive.writer import ArchiveError, archive_store, day_manifests
+from telemetry.archive.writer import archive_store, day_manifests
 from telemetry.ingest import ed25519
 from telemetry.ingest.answers import IngestError
 from telemetry.ingest.keep import body_decompress

@@ -19,6 +19,12 @@ from typing import Any
 
 import pyarrow as pa
 
+
+class ArchiveError(Exception):
+    """An archive run that cannot be done as asked (no such day, a day not over yet, rows that
+    did not come back from the hot store as they were asked for…)."""
+
+
 MANIFEST_SCHEMA = "perfuse.archive.manifest/1"
 READINGS_SCHEMA_VERSION = 1
 BATCHES_SCHEMA_VERSION = 1

@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
-from telemetry.archive.layout import TABLE_COLUMNS, day_bounds, ward_prefix
+from telemetry.archive.layout import TABLE_COLUMNS, ArchiveError, day_bounds, ward_prefix
 from telemetry.archive.objects import ObjectStore
 from telemetry.archive.verify import archive_day_check
-from telemetry.archive.writer import ArchiveError, archive_store, manifest_read
+from telemetry.archive.writer import archive_store, manifest_read
 from telemetry.ingest.keep import body_store
 from telemetry.selectors import BUCKET_SECONDS, EPOCH, engine_positions, rolled_up_sql
 from telemetry.storage import ensure_partition, timescale_in_use

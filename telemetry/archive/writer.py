@@ -6,14 +6,13 @@ ward later stays with the ward whose manifest lists it, so a repeated run comput
 files and a ward-day is never archived twice under two wards.
 
 A ward-day is read in one REPEATABLE READ, read-only transaction (one snapshot for readings,
-batches and counts), device by device: `COPY (SELECT … ORDER BY metric, sample_time, seq) TO
-STDOUT` in CSV — PostgreSQL prints doubles in their shortest exact form
-(extra_float_digits 1) and times to the microsecond in UTC, so nothing is rounded — parsed by
-pyarrow and written as one Parquet row group per device (a patient-day: the device of one
-patient on one day), zstd-compressed. The signed batches whose readings overlap the day follow
-in a Parquet file of their own, with the exact bytes the device signed. Both are written to the
-store before the manifest (layout.py), so a crash leaves no manifest for a partial day, and a
-rerun finds the files already there.
+batches and counts), device by device, as packed binary records (packed.py: exact doubles and
+microseconds, text as codes into the device-day's values, sorted by numpy), and written as one
+Parquet row group per device (a patient-day: the device of one patient on one day),
+zstd-compressed. The signed batches whose readings overlap the day follow in a Parquet file of
+their own, with the exact bytes the device signed. Both are written to the store before the
+manifest (layout.py), so a crash leaves no manifest for a partial day, and a rerun finds the
+files already there.
 
 A ward-day whose manifest exists is not written again: the run reports it `archived`, or
 `stale` when the hot store now holds other rows for it than the manifest says (readings that
@@ -33,7 +32,6 @@ import logging
 import multiprocessing
 import queue
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
@@ -45,7 +43,6 @@ from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from django.conf import settings
 from django.db import connection, transaction
@@ -58,6 +55,7 @@ from telemetry.archive.layout import (
     MANIFEST_SCHEMA,
     READINGS_SCHEMA,
     READINGS_SCHEMA_VERSION,
+    ArchiveError,
     day_bounds,
     day_prefix,
     manifest_bytes,
@@ -65,7 +63,14 @@ from telemetry.archive.layout import (
     ward_prefix,
 )
 from telemetry.archive.objects import ObjectStore, WriteOnceConflict, sha256_file, store_from_url
-from telemetry.ingest.keep import BODY_IDENTITY, body_decompress
+from telemetry.archive.packed import (
+    DeviceBatches,
+    DeviceReadings,
+    batches_columns,
+    batches_fetch,
+    readings_columns,
+    readings_fetch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,88 +78,6 @@ Status = Literal["written", "archived", "stale", "empty"]
 T = TypeVar("T")
 
 
-def _csv_line(columns: list[tuple[str, bool]]) -> str:
-    """SQL for one CSV line of these columns ((expression, is text)): text quoted and its quotes
-    doubled, a NULL as nothing (pyarrow reads an unquoted empty field as null, a quoted one as
-    ''), everything else as PostgreSQL prints it — as COPY … (FORMAT csv) would."""
-    fields = [
-        f"""coalesce('"' || replace({sql}, '"', '""') || '"', '')""" if text else f"coalesce(({sql})::text, '')"
-        for sql, text in columns
-    ]
-    return "concat_ws(',', " + ", ".join(fields) + ")"
-
-
-# A device-day's readings come as one COPY … (FORMAT csv) row per reading: PostgreSQL formats
-# them while pyarrow parses the previous device's (measured: cheaper for PostgreSQL than the
-# aggregated text the batches use, which the readings' parse runs beside anyway).
-_CSV_COLUMNS = [
-    ("patient_id", pa.int64()),
-    ("pseudonym", pa.string()),
-    ("metric", pa.string()),
-    ("seq", pa.int64()),
-    ("sample_time", pa.timestamp("us", tz="UTC")),
-    ("value", pa.float64()),
-    ("raw_value", pa.float64()),
-    ("raw_unit", pa.string()),
-    ("signal_quality", pa.float32()),
-    ("calibration_id", pa.string()),
-    ("firmware", pa.string()),
-    ("ingest_time", pa.timestamp("us", tz="UTC")),
-    ("ingest_txid", pa.int64()),
-]
-_READINGS_COPY = f"""COPY (
-    SELECT {", ".join("p.pseudonym" if name == "pseudonym" else f"r.{name}" for name, _ in _CSV_COLUMNS)}
-    FROM telemetry_reading r LEFT JOIN telemetry_patient p ON p.id = r.patient_id
-    WHERE r.device_id = %s::bigint AND r.sample_time >= %s AND r.sample_time < %s
-    ORDER BY r.metric, r.sample_time, r.seq
-) TO STDOUT (FORMAT csv)"""
-# The kept batches of one device that overlap the day: their columns as CSV text aggregated in
-# PostgreSQL (string_agg, one value per million ids, so at most a million batches, ~250 MB), in a
-# binary COPY: few protocol rows instead of one per batch, the byte
-# lengths of signature and body among them; then the signatures and the bodies
-# themselves, each the concatenation of the day's values in id order, in a binary COPY — raw
-# bytes, with no escaping to undo. One signed message a second is 86,400 batches a device-day;
-# through per-row CSV their quoted JSON bodies and hex signatures were most of the archive's work.
-_BATCH_COLUMNS = [
-    ("id", pa.int64()),
-    ("key_id", pa.string()),
-    ("signed_at", pa.int64()),
-    ("signature_bytes", pa.int32()),
-    ("body_bytes", pa.int32()),
-    ("body_codec", pa.string()),
-    ("body_size", pa.int64()),
-    ("door", pa.string()),
-    ("received_at", pa.timestamp("us", tz="UTC")),
-    ("ingest_txid", pa.int64()),
-    ("readings", pa.int32()),
-    ("seq_min", pa.int64()),
-    ("seq_max", pa.int64()),
-    ("min_sample_time", pa.timestamp("us", tz="UTC")),
-    ("max_sample_time", pa.timestamp("us", tz="UTC")),
-]
-_BATCHES_LINE = _csv_line(
-    [
-        (
-            {"signature_bytes": "octet_length(signature)", "body_bytes": "octet_length(body)"}.get(name, name),
-            name in ("key_id", "body_codec", "door"),
-        )
-        for name, _ in _BATCH_COLUMNS
-    ]
-)
-_BATCHES_WHERE = "device_id = %s::bigint AND max_sample_time >= %s AND min_sample_time < %s"
-_BATCHES_COPY = f"""COPY (
-    SELECT string_agg({_BATCHES_LINE}, E'\\n' ORDER BY id)
-    FROM telemetry_signed_batch WHERE {_BATCHES_WHERE}
-    GROUP BY id / 1000000 ORDER BY id / 1000000
-) TO STDOUT (FORMAT binary)"""
-_BATCH_BYTES_COPY = f"""COPY (
-    SELECT string_agg(signature, ''::bytea ORDER BY id), string_agg(body, ''::bytea ORDER BY id)
-    FROM telemetry_signed_batch WHERE {_BATCHES_WHERE} AND id BETWEEN %s AND %s
-) TO STDOUT (FORMAT binary)"""
-# The bodies of one aggregate at most (a bytea value is at most 1 GB): a device-day beyond it is
-# fetched in several id ranges. A 1 Hz device sending every sample alone keeps ~20 MB a day.
-BATCH_BYTES_PER_FETCH = 256 * 1024 * 1024
-_PGCOPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _DEVICES_SQL = """
     SELECT d.id, d.device_id, w.code FROM telemetry_device d JOIN telemetry_ward w ON w.id = d.ward_id
     WHERE EXISTS (SELECT 1 FROM telemetry_reading r WHERE r.device_id = d.id AND r.sample_time >= %s
@@ -173,10 +96,6 @@ _COUNTS_SQL = (
 _READINGS_DICTIONARY = ["device", "pseudonym", "metric", "raw_unit", "calibration_id", "firmware"]
 _BATCHES_DICTIONARY = ["device", "key_id", "door"]
 _BATCHES_COMPRESSION = {f.name: "none" if f.name == "signature" else "zstd" for f in BATCHES_SCHEMA}
-
-
-class ArchiveError(Exception):
-    """An archive run that cannot be done as asked (no such day, a day not over yet…)."""
 
 
 @dataclass(frozen=True)
@@ -356,9 +275,9 @@ def _write(store: ObjectStore, day: dt.date, ward: str, devices: list[Device], t
     readings_path, batches_path = tmp / "readings.parquet", tmp / "batches.parquet"
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cursor.execute("SET LOCAL extra_float_digits = 1")
         cursor.execute("SET LOCAL TimeZone = 'UTC'")
-        # Sorts in memory, and no parallel workers: ward-days run in parallel themselves (--jobs).
+        # Hashing in memory, and no parallel workers: ward-days run in parallel themselves
+        # (--jobs), and packed.py relies on one aggregation pass feeding every aggregate alike.
         cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         device_stats = _readings_write(cursor, readings_path, day, devices)
@@ -428,8 +347,8 @@ def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]
         sorting_columns=sorting,
         write_statistics=True,
     ) as writer:
-        for device, data in _copy_per_device(cursor, _readings_fetch, day, devices):
-            table = _device_table(device, data)
+        for device, fetched in _copy_per_device(cursor, _readings_fetch, day, devices):
+            table = _device_table(device, readings_columns(fetched))
             if table.num_rows:
                 writer.write_table(table, row_group_size=table.num_rows)
                 stats.append(_device_stats(device, table))
@@ -469,102 +388,20 @@ def _copy_per_device(
         fetcher.join()
 
 
-def _copied(raw: Any, sql: str, params: list[Any]) -> bytes:
-    with raw.copy(sql, params) as copy:
-        return b"".join(bytes(chunk) for chunk in copy)
+def _readings_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> DeviceReadings:
+    return readings_fetch(raw, device.pk, lo, hi)
 
 
-def _readings_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> bytes:
-    return _copied(raw, _READINGS_COPY, [device.pk, lo, hi])
+def _batches_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> DeviceBatches | None:
+    return batches_fetch(raw, device.pk, lo, hi)
 
 
-def _aggregated_csv(data: bytes) -> bytes:
-    """The CSV text of a binary COPY whose rows each hold one value of CSV lines."""
-    return b"".join(value + b"\n" for (value,) in _binary_rows(data, 1))
-
-
-@dataclass(frozen=True)
-class _KeptBatches:
-    """One device-day's kept batches: their columns, and per id range (rows `start` to `end`)
-    the signatures and the bodies of those rows end to end."""
-
-    columns: pa.Table
-    parts: list[tuple[int, int, bytes, bytes]]
-
-
-def _batches_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> _KeptBatches | None:
-    """One device's kept batches of the day: the columns, then their signatures and bodies, in id
-    ranges of at most BATCH_BYTES_PER_FETCH bytes of bodies (one range for any usual device-day).
-    Parsed here, in the fetching thread: pyarrow parses without the GIL."""
-    data = _aggregated_csv(_copied(raw, _BATCHES_COPY, [device.pk, lo, hi]))
-    if not data:
-        return None
-    columns = _csv_table(data, _BATCH_COLUMNS)
-    ids = columns.column("id")
-    ranges = [(0, len(ids))]
-    if pc.sum(columns.column("body_bytes")).as_py() > BATCH_BYTES_PER_FETCH:
-        ranges, start, total = [], 0, 0
-        for i, size in enumerate(columns.column("body_bytes").to_pylist()):
-            if total and total + size > BATCH_BYTES_PER_FETCH:
-                ranges.append((start, i))
-                start, total = i, 0
-            total += size
-        ranges.append((start, len(ids)))
-    parts = []
-    for first, end in ranges:
-        id_range = [ids[first].as_py(), ids[end - 1].as_py()]
-        [(signatures, bodies)] = _binary_rows(_copied(raw, _BATCH_BYTES_COPY, [device.pk, lo, hi, *id_range]), 2)
-        parts.append((first, end, signatures, bodies))
-    return _KeptBatches(columns, parts)
-
-
-def _binary_rows(data: bytes, width: int) -> list[tuple[bytes, ...]]:
-    """The rows of a binary COPY of `width` text or bytea fields (PostgreSQL's documented format:
-    a header, then per row a field count and length-prefixed fields, then -1), a NULL as b''."""
-    if not data.startswith(_PGCOPY_SIGNATURE):
-        raise ArchiveError("the archive's rows came in an unknown COPY format")
-    at = len(_PGCOPY_SIGNATURE) + 4
-    (extension,) = struct.unpack_from("!i", data, at)
-    at += 4 + extension
-    rows: list[tuple[bytes, ...]] = []
-    while True:
-        (fields,) = struct.unpack_from("!h", data, at)
-        at += 2
-        if fields == -1:
-            return rows
-        if fields != width:
-            raise ArchiveError(f"the archive's rows came with {fields} fields, not {width}")
-        row: list[bytes] = []
-        for _ in range(width):
-            (length,) = struct.unpack_from("!i", data, at)
-            at += 4
-            row.append(b"" if length < 0 else data[at : at + length])
-            at += max(length, 0)
-        rows.append(tuple(row))
-
-
-def _csv_table(data: bytes, columns: list[tuple[str, pa.DataType]]) -> pa.Table:
-    return pacsv.read_csv(
-        pa.py_buffer(data),
-        read_options=pacsv.ReadOptions(column_names=[name for name, _ in columns]),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict(columns),
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-
-
-def _device_table(device: Device, data: bytes) -> pa.Table:
-    if not data:
-        return READINGS_SCHEMA.empty_table()
-    parsed = _csv_table(data, _CSV_COLUMNS)
-    columns = {name: parsed.column(name) for name in parsed.column_names}
-    columns["device_id"] = pa.chunked_array([pa.array([device.pk] * parsed.num_rows, pa.int64())])
-    columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
-    return pa.Table.from_arrays([columns[f.name] for f in READINGS_SCHEMA], schema=READINGS_SCHEMA)
+def _device_table(device: Device, columns: dict[str, pa.Array], schema: pa.Schema = READINGS_SCHEMA) -> pa.Table:
+    """A table of `schema` from one device's columns and the device's own two."""
+    rows = len(next(iter(columns.values())))
+    columns["device_id"] = pa.array([device.pk] * rows, pa.int64())
+    columns["device"] = pa.array([device.device_id] * rows, pa.string())
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 def _device_stats(device: Device, table: pa.Table) -> dict[str, Any]:
@@ -594,43 +431,11 @@ def _batches_write(cursor: Any, path: Path, day: dt.date, devices: list[Device])
         for device, kept in _copy_per_device(cursor, _batches_fetch, day, devices):
             if kept is None:
                 continue
-            for start, end, signatures, bodies in kept.parts:
-                table = _batches_table(device, kept.columns.slice(start, end - start), signatures, bodies)
+            for columns in batches_columns(kept):
+                table = _device_table(device, columns, BATCHES_SCHEMA)
                 writer.write_table(table, row_group_size=table.num_rows)
                 count += table.num_rows
     return count
-
-
-def _batches_table(device: Device, parsed: pa.Table, signatures: bytes, bodies: bytes) -> pa.Table:
-    columns = {name: parsed.column(name) for name in parsed.column_names}
-    columns["device_id"] = pa.chunked_array([pa.array([device.pk] * parsed.num_rows, pa.int64())])
-    columns["device"] = pa.chunked_array([pa.array([device.device_id] * parsed.num_rows, pa.string())])
-    columns["signature"] = _joined(signatures, parsed.column("signature_bytes"))
-    columns["body"] = _bodies(_joined(bodies, parsed.column("body_bytes")), parsed)
-    return pa.Table.from_arrays([columns[f.name] for f in BATCHES_SCHEMA], schema=BATCHES_SCHEMA)
-
-
-def _joined(data: bytes, lengths: pa.ChunkedArray) -> pa.Array:
-    """Values that lie end to end in `data`, of these lengths, as one binary array (no copy)."""
-    sizes = lengths.combine_chunks()
-    if sizes.null_count:
-        raise ArchiveError("a kept batch has no bytes")
-    offsets = pa.concat_arrays([pa.array([0], pa.int32()), pc.cumulative_sum(sizes)])
-    if offsets[-1].as_py() != len(data):
-        raise ArchiveError("the kept batches' bytes do not add up to their lengths")
-    return pa.Array.from_buffers(pa.binary(), len(sizes), [None, offsets.buffers()[1], pa.py_buffer(data)])
-
-
-def _bodies(kept: pa.Array, parsed: pa.Table) -> pa.Array:
-    """The signed bodies: those kept as they came as they are, the compressed ones decompressed."""
-    compressed = pc.indices_nonzero(pc.not_equal(parsed.column("body_codec"), BODY_IDENTITY)).to_pylist()
-    if not compressed:
-        return kept
-    values = kept.to_pylist()
-    codecs, sizes = parsed.column("body_codec"), parsed.column("body_size")
-    for i in compressed:
-        values[i] = body_decompress(values[i], size=sizes[i].as_py(), codec=codecs[i].as_py())
-    return pa.array(values, pa.binary())
 
 
 def _manifest(

@@ -347,11 +347,12 @@ async def test_archive_jobs_archives_ward_days_in_worker_processes_with_the_same
 async def test_free_text_and_unassigned_rows_and_bodies_fetched_in_several_ranges_round_trip(
     file_archive: FileStore, yesterday, monkeypatch
 ):
-    """The export aggregates CSV text in PostgreSQL: device-chosen strings with quotes, commas,
-    line breaks, backslashes and non-ASCII come back exactly, a device without a patient (NULL
+    """The export packs rows as binary in PostgreSQL, text as codes into the device-day's values:
+    device-chosen strings with quotes, commas, line breaks, backslashes and non-ASCII come back
+    exactly, a device without a patient (NULL
     patient and pseudonym) too, and a device-day whose bodies exceed one fetch comes in several
     id ranges (a row group each) with every body the exact bytes signed."""
-    import telemetry.archive.writer as writer
+    import telemetry.archive.packed as packed
 
     await sync_to_async(factories.ward)("icu-a")
     odd = await make_device("icu-a", patient="p-odd")
@@ -363,7 +364,7 @@ async def test_free_text_and_unassigned_rows_and_bodies_fetched_in_several_range
         assert (await send(client, odd, [item], firmware=firmware)).json()["accepted"] == 1
         assert (await send(client, loose, [factories.reading(n, at(yesterday, 3600 + n))])).json()["accepted"] == 1
     bodies = await sql("SELECT max(octet_length(body)) FROM telemetry_signed_batch")
-    monkeypatch.setattr(writer, "BATCH_BYTES_PER_FETCH", int(bodies[0][0]) * 2)  # two bodies a fetch
+    monkeypatch.setattr(packed, "BATCH_BYTES_PER_FETCH", int(bodies[0][0]) * 2)  # two bodies a fetch
     before = await day_rows(yesterday)
     [result] = await sync_to_async(archive_days)(days=[yesterday], store=file_archive)
     assert (result.status, result.rows, result.batches) == ("written", 10, 10)

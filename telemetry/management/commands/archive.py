@@ -19,8 +19,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.commands import repeat_until_stopped
+from telemetry.archive.layout import ArchiveError
 from telemetry.archive.objects import WriteOnceConflict
-from telemetry.archive.writer import ArchiveError, DayResult, archive_days, archive_due
+from telemetry.archive.writer import DayResult, archive_days, archive_due
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 from django.core.management.base import CommandParser
 
 from config.commands import ResultCommand
+from telemetry.archive.layout import ArchiveError
 from telemetry.archive.restore import archive_restore
-from telemetry.archive.writer import ArchiveError
 
 
 class Command(ResultCommand):

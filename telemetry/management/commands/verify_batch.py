@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.commands import aware_time
 from telemetry.archive.batches import BatchNotFound, Query, batches_verify
-from telemetry.archive.writer import ArchiveError
+from telemetry.archive.layout import ArchiveError
 
 
 class Command(BaseCommand):
