@@ -131,7 +131,7 @@ def readings_columns(fetched: DeviceReadings) -> dict[str, pa.Array]:
     # by name (by code point, as Parquet orders strings).
     records = records[np.lexsort((records["seq"], records["sample_time"], _field(records, "metric", 1)))]
     columns = {
-        name: _decoded(_field(records, code, 1), fetched.values[name], READINGS_SCHEMA.field(name).type)
+        name: _text(records, code, fetched.values[name], READINGS_SCHEMA.field(name).type)
         for name, code in _READINGS_CODES.items()
     }
     columns["seq"] = _native(records["seq"])
@@ -248,18 +248,21 @@ def batches_columns(fetched: DeviceBatches) -> list[dict[str, pa.Array]]:
         if not part.records:
             continue
         records = _records(part.records, dtype, None)
-        order = np.argsort(records["id"], kind="stable")
-        columns = {name: _native(records[name][order]) for name in _BATCH_NUMBERS}
-        columns.update({name: _times(records[name][order]) for name in _BATCH_TIMES})
+        # Cut in the order the aggregates took them, then everything put in id order (usually
+        # it is already).
+        signatures = _joined(part.signatures, _field(records, "signature_bytes", fetched.signature_bytes))
+        bodies = _joined(part.bodies, records["body_bytes"])
+        ids = records["id"]
+        if not bool(np.all(ids[1:] > ids[:-1])):
+            order = np.argsort(ids, kind="stable")
+            records, signatures, bodies = records[order], signatures.take(order), bodies.take(order)
+        columns = {name: _native(records[name]) for name in _BATCH_NUMBERS}
+        columns.update({name: _times(records[name]) for name in _BATCH_TIMES})
         for name in ("key_id", "door"):
-            columns[name] = _decoded(_field(records, name, 1)[order], fetched.values[name], pa.string())
-        indices = pa.array(order)
-        signature_bytes = _field(records, "signature_bytes", fetched.signature_bytes)
-        columns["signature"] = _joined(part.signatures, signature_bytes).take(indices)
-        bodies = _joined(part.bodies, records["body_bytes"]).take(indices)
-        codec = _field(records, "body_codec", 1)[order]
-        codecs = _decoded(codec, fetched.values["body_codec"], pa.string())
-        columns["body"] = _bodies(bodies, codecs, _native(records["body_size"][order]))
+            columns[name] = _text(records, name, fetched.values[name], pa.string())
+        columns["signature"] = signatures
+        codecs = _text(records, "body_codec", fetched.values["body_codec"], pa.string())
+        columns["body"] = _bodies(bodies, codecs, _native(records["body_size"]))
         out.append(columns)
     if sum(len(c["id"]) for c in out) != fetched.rows:
         raise ArchiveError("the kept batches came back with other rows than were counted")
@@ -315,9 +318,12 @@ def _times(column: np.ndarray[Any, Any]) -> pa.Array:
     return pa.array(_plain(column) + _PG_EPOCH_US).view(_TS)
 
 
-def _decoded(codes: np.ndarray[Any, Any], values: list[Any], kind: pa.DataType) -> pa.Array:
-    """1-based positions in `values` back to the values."""
-    return pa.array(values, kind).take(pa.array(_plain(codes) - 1))
+def _text(records: np.ndarray[Any, Any], code: str, values: list[Any], kind: pa.DataType) -> pa.Array:
+    """A column packed as `code`, 1-based positions in `values`, back to the values; the one value
+    for every record when the code was left out."""
+    if code not in (records.dtype.names or ()):
+        return pa.repeat(pa.scalar(values[0], kind), len(records))
+    return pa.array(values, kind).take(pa.array(_plain(records[code]) - 1))
 
 
 def _copied(raw: Any, sql: str, params: dict[str, Any]) -> bytes:

@@ -399,8 +399,8 @@ def _batches_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -
 def _device_table(device: Device, columns: dict[str, pa.Array], schema: pa.Schema = READINGS_SCHEMA) -> pa.Table:
     """A table of `schema` from one device's columns and the device's own two."""
     rows = len(next(iter(columns.values())))
-    columns["device_id"] = pa.array([device.pk] * rows, pa.int64())
-    columns["device"] = pa.array([device.device_id] * rows, pa.string())
+    columns["device_id"] = pa.repeat(pa.scalar(device.pk, pa.int64()), rows)
+    columns["device"] = pa.repeat(pa.scalar(device.device_id, pa.string()), rows)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
