@@ -176,7 +176,9 @@ class Batch:
 # itself the planner hash-joins the log with a sequential scan of every reading of the day's
 # partition, a cost that grows with the table (45 ms a batch after a minute of 2,000 devices,
 # docs/benchmarks.md "Engine under fleet load") instead of with the batch.
-_READINGS_SQL = f"""
+def _readings_sql(upto: str) -> str:
+    """The batch's readings; `upto` is the SQL of the (excluded) end of its txid range."""
+    return f"""
     SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
     CROSS JOIN LATERAL (
@@ -188,8 +190,38 @@ _READINGS_SQL = f"""
     ) AS r
     JOIN unnest(%s::int[], %s::bigint[]) AS w(part, position)
       ON w.part = mod(coalesce(r.patient_id, r.device_id), %s::bigint) AND r.ingest_txid >= w.position
-    WHERE l.txid >= %s::bigint AND l.txid < %s::bigint
+    WHERE l.txid >= %s::bigint AND l.txid < {upto}
 """
+
+
+_READINGS_SQL = _readings_sql("%s::bigint")
+
+# The rest of a batch after its cursors are locked, in one round trip: the batch's end (the
+# horizon, or just past its MAX_TXIDS_PER_BATCH-th ingest transaction), the cursors moved there,
+# and the readings. The cursor UPDATE comes before the processors run, but in their transaction:
+# a processor that fails rolls it back with everything else, exactly as when it came after.
+# Parameters: position, horizon, limit, limit, horizon, names, then those of _READINGS_SQL but
+# its last. The LEFT JOIN gives one row of NULL readings when the batch holds none of ours, so
+# the end and the count always come back.
+_BATCH_SQL = f"""
+    WITH tx AS (
+        SELECT DISTINCT txid FROM telemetry_ingest_log
+        WHERE txid >= %s::bigint AND txid < %s::bigint ORDER BY txid LIMIT %s::int
+    ), bound AS (
+        SELECT count(*) AS n, CASE WHEN count(*) < %s::int THEN %s::bigint ELSE max(txid) + 1 END AS upto FROM tx
+    ), moved AS (
+        UPDATE telemetry_enginecursor SET position = greatest(position, (SELECT upto FROM bound)), updated_at = now()
+        WHERE name = ANY(%s::text[])
+    )
+    SELECT b.n, b.upto, r.* FROM bound AS b LEFT JOIN LATERAL ({_readings_sql("b.upto")}) AS r ON true
+"""
+
+# A batch's first statement: the horizon (its snapshot predates everything the batch reads after
+# it) and the partitions' cursors, locked, read after the lock.
+_CURSORS_LOCK_SQL = (
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, name, position FROM telemetry_enginecursor "
+    "WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
+)
 
 
 def bound_cursor() -> psycopg.Cursor[Any]:
@@ -217,38 +249,33 @@ def engine_batch(
         return Batch(0, 0, 0, caught_up=True)
     names = [engine_cursor_name(p, count) for p in owned]
     with transaction.atomic(), connection.cursor() as cursor:
-        # First statement: the snapshot (and so the horizon) predates everything read below.
-        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        horizon = cursor.fetchone()[0]
-        found = _cursors_lock(cursor, names)
-        if len(found) < len(names):  # first batch, or the partition count changed: convert
+        cursor.execute(_CURSORS_LOCK_SQL, [names])
+        locked = cursor.fetchall()
+        if len(locked) < len(names):  # first batch, or the partition count changed: convert
+            if not locked:  # nothing to lock, so no horizon came back
+                cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                locked = [(cursor.fetchone()[0], None, None)]
             partition_cursors_ensure(cursor, count)
-            found = _cursors_lock(cursor, names)
+            locked = [(locked[0][0], *row) for row in _cursors_lock(cursor, names).items()]
+        horizon = locked[0][0]
+        found = {name: position for _, name, position in locked}
         positions = [int(found[name]) for name in names]
         position = min(positions)
         if horizon <= position:
             return Batch(0, 0, position, caught_up=True)
-        cursor.execute(
-            "SELECT DISTINCT txid FROM telemetry_ingest_log WHERE txid >= %s AND txid < %s ORDER BY txid LIMIT %s",
-            [position, horizon, limit],
-        )
-        txids = [row[0] for row in cursor.fetchall()]
-        caught_up = len(txids) < limit
-        upto = horizon if caught_up else txids[-1] + 1
-        rows: list[ReadingRow] = []
-        if txids:
-            with bound_cursor() as bound:
-                bound.execute(_READINGS_SQL, [list(METRICS), owned, positions, count, position, upto])
-                rows = [ReadingRow(*row) for row in bound.fetchall()]
+        with bound_cursor() as bound:
+            bound.execute(
+                _BATCH_SQL,
+                [position, horizon, limit, limit, horizon, names, list(METRICS), owned, positions, count, position],
+            )
+            fetched = bound.fetchall()
+        transactions, upto = int(fetched[0][0]), int(fetched[0][1])
+        rows = [ReadingRow(*row[2:]) for row in fetched if row[2] is not None]
+        if transactions:
             for processor in processors:
                 processor.process(rows, now=now)
-        # A partition already past `upto` (taken over from an engine that was ahead) stays put.
-        cursor.execute(
-            "UPDATE telemetry_enginecursor SET position = greatest(position, %s), updated_at = now() "
-            "WHERE name = ANY(%s)",
-            [upto, names],
-        )
-    return Batch(len(txids), len(rows), min(max(p, upto) for p in positions), caught_up)
+    # A partition already past `upto` (taken over from an engine that was ahead) stayed put.
+    return Batch(transactions, len(rows), min(max(p, upto) for p in positions), transactions < limit)
 
 
 def _cursors_lock(cursor: Any, names: list[str]) -> dict[str, int]:
