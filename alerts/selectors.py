@@ -305,9 +305,12 @@ _VIEW_FIELDS = tuple(f.name for f in fields(AlarmView))
 
 
 def _open_timers_sql() -> str:
-    meta = Alarm._meta
-    names = (*_OPEN_ALARM_KEYS, *_VIEW_FIELDS)
-    columns = ", ".join((meta.pk if name == "pk" else meta.get_field(name)).column for name in names)
+    by_name: dict[str, str] = {}
+    for field in Alarm._meta.concrete_fields:
+        assert field.column is not None  # concrete fields have columns
+        by_name[field.name] = by_name[field.attname] = field.column
+    by_name["pk"] = by_name[Alarm._meta.pk.name]
+    columns = ", ".join(by_name[name] for name in (*_OPEN_ALARM_KEYS, *_VIEW_FIELDS))
     return f"SELECT {columns} FROM {Alarm._meta.db_table} WHERE state <> %s"
 
 

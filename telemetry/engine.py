@@ -176,8 +176,8 @@ class Batch:
 # itself the planner hash-joins the log with a sequential scan of every reading of the day's
 # partition, a cost that grows with the table (45 ms a batch after a minute of 2,000 devices,
 # docs/benchmarks.md "Engine under fleet load") instead of with the batch.
-def _readings_sql(upto: str) -> str:
-    """The batch's readings; `upto` is the SQL of the (excluded) end of its txid range."""
+def _readings_sql(txids: str) -> str:
+    """The batch's readings; `txids` is the SQL condition on the log rows' l.txid."""
     return f"""
     SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
@@ -190,19 +190,23 @@ def _readings_sql(upto: str) -> str:
     ) AS r
     JOIN unnest(%s::int[], %s::bigint[]) AS w(part, position)
       ON w.part = mod(coalesce(r.patient_id, r.device_id), %s::bigint) AND r.ingest_txid >= w.position
-    WHERE l.txid >= %s::bigint AND l.txid < {upto}
+    WHERE {txids}
 """
 
 
-_READINGS_SQL = _readings_sql("%s::bigint")
+_READINGS_SQL = _readings_sql("l.txid >= %s::bigint AND l.txid < %s::bigint")
 
 # The rest of a batch after its cursors are locked, in one round trip: the batch's end (the
 # horizon, or just past its MAX_TXIDS_PER_BATCH-th ingest transaction), the cursors moved there,
 # and the readings. The cursor UPDATE comes before the processors run, but in their transaction:
 # a processor that fails rolls it back with everything else, exactly as when it came after.
+# The log rows are those of the batch's transactions (tx: the same as txid >= position and
+# < upto), looked up through the txid index as an array (an InitPlan): with `l.txid < upto` the
+# planner guessed thousands of rows and compiled the statement (JIT, 100 ms) on every batch, and
+# with `IN (SELECT txid FROM tx)` it hash-joined a sequential scan of the day's log.
 # Parameters: position, horizon, limit, limit, horizon, names, then those of _READINGS_SQL but
-# its last. The LEFT JOIN gives one row of NULL readings when the batch holds none of ours, so
-# the end and the count always come back.
+# its last two. The LEFT JOIN gives one row of NULL readings when the batch holds none of ours,
+# so the end and the count always come back.
 _BATCH_SQL = f"""
     WITH tx AS (
         SELECT DISTINCT txid FROM telemetry_ingest_log
@@ -213,14 +217,17 @@ _BATCH_SQL = f"""
         UPDATE telemetry_enginecursor SET position = greatest(position, (SELECT upto FROM bound)), updated_at = now()
         WHERE name = ANY(%s::text[])
     )
-    SELECT b.n, b.upto, r.* FROM bound AS b LEFT JOIN LATERAL ({_readings_sql("b.upto")}) AS r ON true
+    SELECT b.n, b.upto, r.* FROM bound AS b
+    LEFT JOIN ({_readings_sql("l.txid = ANY(ARRAY(SELECT txid FROM tx))")}) AS r ON true
 """
 
 # A batch's first statement: the horizon (its snapshot predates everything the batch reads after
-# it) and the partitions' cursors, locked, read after the lock.
+# it) and the partitions' cursors, locked, read after the lock. It also turns JIT compilation off
+# for the rest of the transaction: a batch touches its own rows only, never enough for JIT to pay
+# off, and _BATCH_SQL's estimate sits near jit_above_cost (compiling it took ~100 ms, measured).
+_HORIZON_SQL = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint, set_config('jit', 'off', true)"
 _CURSORS_LOCK_SQL = (
-    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, name, position FROM telemetry_enginecursor "
-    "WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
+    f"SELECT {_HORIZON_SQL}, name, position FROM telemetry_enginecursor WHERE name = ANY(%s) ORDER BY name FOR UPDATE"
 )
 
 
@@ -253,12 +260,12 @@ def engine_batch(
         locked = cursor.fetchall()
         if len(locked) < len(names):  # first batch, or the partition count changed: convert
             if not locked:  # nothing to lock, so no horizon came back
-                cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                locked = [(cursor.fetchone()[0], None, None)]
+                cursor.execute(f"SELECT {_HORIZON_SQL}")
+                locked = [(*cursor.fetchone(), None, None)]
             partition_cursors_ensure(cursor, count)
-            locked = [(locked[0][0], *row) for row in _cursors_lock(cursor, names).items()]
+            locked = [(*locked[0][:2], *row) for row in _cursors_lock(cursor, names).items()]
         horizon = locked[0][0]
-        found = {name: position for _, name, position in locked}
+        found = {name: position for _, _, name, position in locked}
         positions = [int(found[name]) for name in names]
         position = min(positions)
         if horizon <= position:
@@ -266,7 +273,7 @@ def engine_batch(
         with bound_cursor() as bound:
             bound.execute(
                 _BATCH_SQL,
-                [position, horizon, limit, limit, horizon, names, list(METRICS), owned, positions, count, position],
+                [position, horizon, limit, limit, horizon, names, list(METRICS), owned, positions, count],
             )
             fetched = bound.fetchall()
         transactions, upto = int(fetched[0][0]), int(fetched[0][1])
