@@ -165,7 +165,8 @@ class AlarmProcessor:
         """The open alarms' timer fields only: this runs every loop."""
         alarms = selectors.alarms_open_timers()
         missing = {a.rule_id for a in alarms} - self._timers.keys()
-        for rule in selectors.rules_by_id(missing):
+        # Only when some are missing: even an empty `pk__in` costs the ORM its compiling.
+        for rule in selectors.rules_by_id(missing) if missing else ():
             self._timers[rule.pk] = (
                 dt.timedelta(seconds=rule.suppression_window_s),
                 dt.timedelta(seconds=rule.realert_interval_s),
