@@ -11,11 +11,14 @@ txid >= the lowest watermark of the partitions it owns and < the horizon, fetche
 through the primary key (device_id, metric, sample_time range, ingest_txid; one index lookup per log
 row, never a scan of the day's readings: the cost of a batch follows the batch), keeps those of its
 partitions at or past their partition's watermark, hands them to each processor's
-`process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction. A
-crash before commit undoes the processors' writes together with the cursor moves, so after a
-restart nothing is processed twice in effect and nothing is skipped; a transaction that was still
-open at the horizon is picked up by a later loop once it commits (ordering by commit time instead
-would skip it, which is why the cursor is not a timestamp).
+`process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction (two
+statements after BEGIN: the horizon with the cursor lock, then the end, the cursor move and the
+readings at once, _BATCH_SQL). A crash, or an error in any processor, before commit undoes every
+processor's writes together with the cursor moves (all or nothing per batch: no savepoint
+separates the processors, since committing one processor's part of a batch would need a cursor
+per processor), so after a restart nothing is processed twice in effect and nothing is skipped; a
+transaction that was still open at the horizon is picked up by a later loop once it commits
+(ordering by commit time instead would skip it, which is why the cursor is not a timestamp).
 
 Partitions. The stream is cut into P = PERFUSE_ENGINE_PARTITIONS partitions by patient: a reading
 belongs to mod(patient_id, P), or mod(device_id, P) while it has no patient. That is what the
