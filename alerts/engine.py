@@ -40,8 +40,8 @@ from django.db import transaction
 
 from alerts import lifecycle, selectors, services
 from alerts.evaluation import ConditionEvent, Evaluator, Machine, OutOfOrder, RuleParams, Sample, patient_evaluators
-from alerts.models import RULE_DEFAULTS, AlarmPause, AlarmRule
-from alerts.selectors import OpenAlarm, pauses_active
+from alerts.models import RULE_DEFAULTS, AlarmRule
+from alerts.selectors import OpenAlarm, pause_priorities_active
 from alerts.vocabulary import KIND_METRIC, KIND_PRIORITY, METRIC_KINDS, PHYSIOLOGICAL_KINDS, SAMPLE_KINDS, Kind
 from telemetry.models import Device, Patient
 from telemetry.selectors import ReadingRow, calibration_find, patients_last_heard, readings_window
@@ -92,7 +92,10 @@ class AlarmProcessor:
     # --- engine interface --------------------------------------------------------------------
 
     def process(self, rows: list[Any], *, now: dt.datetime) -> None:
-        with transaction.atomic():
+        # No savepoint inside the engine's batch transaction: it isolated nothing (an error here
+        # propagates and rolls the whole batch back, the other processors' writes and the cursor
+        # moves with it) and cost two round trips a loop; alone, this is a transaction.
+        with transaction.atomic(savepoint=False):
             self._refresh_rules()
             by_patient = _streams(rows, now)
             if not by_patient:
@@ -115,7 +118,7 @@ class AlarmProcessor:
         return state is None or state.behind(streams)
 
     def tick(self, *, now: dt.datetime) -> None:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):  # as in process: an error fails the whole tick
             self._refresh_rules()
             open_alarms = self._open_alarms()
             # Timers run highest priority first within a time budget; the rest wait for the next
@@ -126,7 +129,7 @@ class AlarmProcessor:
                 if time.monotonic() > budget_ends:
                     break
                 services.alarm_timers(alarm_id=alarm.pk, now=now)
-            pauses = pauses_active(now)
+            pauses = pause_priorities_active(now)
             self._raise_held(open_alarms, pauses, now=now)
             if self._next_no_data is None or now >= self._next_no_data:
                 self._next_no_data = now + NO_DATA_EVERY
@@ -137,16 +140,16 @@ class AlarmProcessor:
         pause held back, which live in this engine's memory for the patients of its partitions."""
         if not any(state.held for state in self._patients.values()):
             return
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             self._refresh_rules()
-            self._raise_held(selectors.alarms_open_timers(), pauses_active(now), now=now)
+            self._raise_held(selectors.alarms_open_timers(), pause_priorities_active(now), now=now)
 
     def forget(self) -> None:
         """The engine gave partitions up: their patients' evaluators are another engine's now, and
         would miss what it processes; anyone seen again is rebuilt by a replay."""
         self._patients.clear()
 
-    def _raise_held(self, open_alarms: list[OpenAlarm], pauses: dict[int, AlarmPause], *, now: dt.datetime) -> None:
+    def _raise_held(self, open_alarms: list[OpenAlarm], pauses: dict[int, str], *, now: dt.datetime) -> None:
         open_keys = {(a.patient_id, a.kind) for a in open_alarms}
         for pid, state in self._patients.items():
             if not state.held:
@@ -162,7 +165,8 @@ class AlarmProcessor:
         """The open alarms' timer fields only: this runs every loop."""
         alarms = selectors.alarms_open_timers()
         missing = {a.rule_id for a in alarms} - self._timers.keys()
-        for rule in selectors.rules_by_id(missing):
+        # Only when some are missing: even an empty `pk__in` costs the ORM its compiling.
+        for rule in selectors.rules_by_id(missing) if missing else ():
             self._timers[rule.pk] = (
                 dt.timedelta(seconds=rule.suppression_window_s),
                 dt.timedelta(seconds=rule.realert_interval_s),
@@ -254,7 +258,8 @@ class AlarmProcessor:
         patient = state.patient
         if selectors.alarm_episode_exists(patient_id=patient.pk, kind=event.kind, onset=event.onset):
             return  # this episode already had its alarm (replay after restart or late data)
-        if _suppressed(event.kind, selectors.pause_active(patient.pk, now)):
+        pause = selectors.pause_active(patient.pk, now)
+        if _suppressed(event.kind, pause.priority if pause else None):
             state.held[event.kind] = event
             return
         services.alarm_raise(
@@ -266,7 +271,7 @@ class AlarmProcessor:
             explain=_explain(state, event),
         )
 
-    def _no_data(self, now: dt.datetime, open_no_data: list[OpenAlarm], pauses: dict[int, AlarmPause]) -> None:
+    def _no_data(self, now: dt.datetime, open_no_data: list[OpenAlarm], pauses: dict[int, str]) -> None:
         """Monitored patients (open assignment, not discharged) silent for their no-data delay.
         Only candidates come back from SQL: the silent ones under the shortest delay of any rule,
         and those with an open no-data alarm (to clear it)."""
@@ -336,8 +341,9 @@ def _horizon(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     return now - MAX_REPLAY, now + dt.timedelta(seconds=settings.PERFUSE_INGEST_CLOCK_SKEW_SECONDS)
 
 
-def _suppressed(kind: str, pause: AlarmPause | None) -> bool:
-    return lifecycle.suppressed_by_pause(KIND_PRIORITY[kind], pause.priority if pause else None)
+def _suppressed(kind: str, paused: str | None) -> bool:
+    """Whether a pause holding back `paused` (its priority; None: no pause) holds this kind back."""
+    return lifecycle.suppressed_by_pause(KIND_PRIORITY[kind], paused)
 
 
 def _seed(states: dict[int, PatientState]) -> None:

@@ -258,6 +258,20 @@ def pause_active(patient_id: int, now: dt.datetime) -> AlarmPause | None:
     )
 
 
+_PAUSE_PRIORITIES_SQL = (
+    f"SELECT patient_id, priority FROM {AlarmPause._meta.db_table} "
+    "WHERE ended_at IS NULL AND until > %s AND started_at <= %s ORDER BY until"
+)
+
+
+def pause_priorities_active(now: dt.datetime) -> dict[int, str]:
+    """The priority each patient's active pause holds back (the latest-ending pause when several),
+    as pauses_active reads it; plain SQL, for the engine's timers."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PAUSE_PRIORITIES_SQL, [now, now])
+        return dict(cursor.fetchall())
+
+
 def pauses_active(now: dt.datetime) -> dict[int, AlarmPause]:
     out: dict[int, AlarmPause] = {}
     for pause in AlarmPause.objects.filter(ended_at__isnull=True, until__gt=now, started_at__lte=now).order_by("until"):
@@ -290,9 +304,26 @@ _OPEN_ALARM_KEYS = ("pk", "patient_id", "kind", "rule_id", "priority_rank", "con
 _VIEW_FIELDS = tuple(f.name for f in fields(AlarmView))
 
 
+def _open_timers_sql() -> str:
+    by_name: dict[str, str] = {}
+    for field in Alarm._meta.concrete_fields:
+        assert field.column is not None  # concrete fields have columns
+        by_name[field.name] = by_name[field.attname] = field.column
+    by_name["pk"] = by_name[Alarm._meta.pk.name]
+    columns = ", ".join(by_name[name] for name in (*_OPEN_ALARM_KEYS, *_VIEW_FIELDS))
+    return f"SELECT {columns} FROM {Alarm._meta.db_table} WHERE state <> %s"
+
+
+# Plain SQL (the columns of values_list, nothing to convert: text, booleans, integers and
+# timestamptz come back as the ORM gives them): the timers read it five times a second, and
+# compiling the query cost the engine more than running it (docs/benchmarks.md).
+_OPEN_TIMERS_SQL = _open_timers_sql()
+
+
 def alarms_open_timers() -> list[OpenAlarm]:
-    rows = Alarm.objects.exclude(state=State.RESOLVED).values_list(*_OPEN_ALARM_KEYS, *_VIEW_FIELDS)
-    return [_open_alarm(row) for row in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(_OPEN_TIMERS_SQL, [State.RESOLVED.value])
+        return [_open_alarm(row) for row in cursor.fetchall()]
 
 
 def _open_alarm(row: tuple[Any, ...]) -> OpenAlarm:

@@ -11,11 +11,14 @@ txid >= the lowest watermark of the partitions it owns and < the horizon, fetche
 through the primary key (device_id, metric, sample_time range, ingest_txid; one index lookup per log
 row, never a scan of the day's readings: the cost of a batch follows the batch), keeps those of its
 partitions at or past their partition's watermark, hands them to each processor's
-`process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction. A
-crash before commit undoes the processors' writes together with the cursor moves, so after a
-restart nothing is processed twice in effect and nothing is skipped; a transaction that was still
-open at the horizon is picked up by a later loop once it commits (ordering by commit time instead
-would skip it, which is why the cursor is not a timestamp).
+`process(rows, now=...)`, and moves those watermarks to the horizon in the same transaction (two
+statements after BEGIN: the horizon with the cursor lock, then the end, the cursor move and the
+readings at once, _BATCH_SQL). A crash, or an error in any processor, before commit undoes every
+processor's writes together with the cursor moves (all or nothing per batch: no savepoint
+separates the processors, since committing one processor's part of a batch would need a cursor
+per processor), so after a restart nothing is processed twice in effect and nothing is skipped; a
+transaction that was still open at the horizon is picked up by a later loop once it commits
+(ordering by commit time instead would skip it, which is why the cursor is not a timestamp).
 
 Partitions. The stream is cut into P = PERFUSE_ENGINE_PARTITIONS partitions by patient: a reading
 belongs to mod(patient_id, P), or mod(device_id, P) while it has no patient. That is what the
@@ -176,7 +179,9 @@ class Batch:
 # itself the planner hash-joins the log with a sequential scan of every reading of the day's
 # partition, a cost that grows with the table (45 ms a batch after a minute of 2,000 devices,
 # docs/benchmarks.md "Engine under fleet load") instead of with the batch.
-_READINGS_SQL = f"""
+def _readings_sql(txids: str) -> str:
+    """The batch's readings; `txids` is the SQL condition on the log rows' l.txid."""
+    return f"""
     SELECT {READING_ROW_COLUMNS}
     FROM telemetry_ingest_log AS l
     CROSS JOIN LATERAL (
@@ -188,8 +193,46 @@ _READINGS_SQL = f"""
     ) AS r
     JOIN unnest(%s::int[], %s::bigint[]) AS w(part, position)
       ON w.part = mod(coalesce(r.patient_id, r.device_id), %s::bigint) AND r.ingest_txid >= w.position
-    WHERE l.txid >= %s::bigint AND l.txid < %s::bigint
+    WHERE {txids}
 """
+
+
+_READINGS_SQL = _readings_sql("l.txid >= %s::bigint AND l.txid < %s::bigint")
+
+# The rest of a batch after its cursors are locked, in one round trip: the batch's end (the
+# horizon, or just past its MAX_TXIDS_PER_BATCH-th ingest transaction), the cursors moved there,
+# and the readings. The cursor UPDATE comes before the processors run, but in their transaction:
+# a processor that fails rolls it back with everything else, exactly as when it came after.
+# The log rows are those of the batch's transactions (tx: the same as txid >= position and
+# < upto), looked up through the txid index as an array (an InitPlan): with `l.txid < upto` the
+# planner guessed thousands of rows and compiled the statement (JIT, 100 ms) on every batch, and
+# with `IN (SELECT txid FROM tx)` it hash-joined a sequential scan of the day's log.
+# Parameters: position, horizon, limit, limit, horizon, names, then those of _READINGS_SQL but
+# its last two. The LEFT JOIN gives one row of NULL readings when the batch holds none of ours,
+# so the end and the count always come back.
+_BATCH_SQL = f"""
+    WITH tx AS (
+        SELECT DISTINCT txid FROM telemetry_ingest_log
+        WHERE txid >= %s::bigint AND txid < %s::bigint ORDER BY txid LIMIT %s::int
+    ), bound AS (
+        SELECT count(*) AS n, CASE WHEN count(*) < %s::int THEN %s::bigint ELSE max(txid) + 1 END AS upto FROM tx
+    ), moved AS (
+        UPDATE telemetry_enginecursor SET position = greatest(position, (SELECT upto FROM bound)), updated_at = now()
+        WHERE name = ANY(%s::text[])
+    )
+    SELECT b.n, b.upto, r.* FROM bound AS b
+    LEFT JOIN ({_readings_sql("l.txid = ANY(ARRAY(SELECT txid FROM tx))")}) AS r ON true
+"""
+
+# A batch's first statement: the horizon (its snapshot predates everything the batch reads after
+# it) and the partitions' cursors, locked, read after the lock. It also turns JIT compilation off
+# for the rest of the transaction: a batch touches its own rows only, never enough for JIT to pay
+# off, and _BATCH_SQL's estimate sits near jit_above_cost (compiling it took ~100 ms, measured).
+_HORIZON_SQL = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint, set_config('jit', 'off', true)"
+_CURSORS_LOCK_SQL = (
+    f"SELECT {_HORIZON_SQL}, name, position FROM telemetry_enginecursor "
+    "WHERE name = ANY(%s::text[]) ORDER BY name FOR UPDATE"
+)
 
 
 def bound_cursor() -> psycopg.Cursor[Any]:
@@ -217,38 +260,34 @@ def engine_batch(
         return Batch(0, 0, 0, caught_up=True)
     names = [engine_cursor_name(p, count) for p in owned]
     with transaction.atomic(), connection.cursor() as cursor:
-        # First statement: the snapshot (and so the horizon) predates everything read below.
-        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        horizon = cursor.fetchone()[0]
-        found = _cursors_lock(cursor, names)
-        if len(found) < len(names):  # first batch, or the partition count changed: convert
+        with bound_cursor() as bound:  # prepared: it runs on every loop
+            bound.execute(_CURSORS_LOCK_SQL, [names])
+            locked = bound.fetchall()
+        if len(locked) < len(names):  # first batch, or the partition count changed: convert
+            if not locked:  # nothing to lock, so no horizon came back
+                cursor.execute(f"SELECT {_HORIZON_SQL}")
+                locked = [(*cursor.fetchone(), None, None)]
             partition_cursors_ensure(cursor, count)
-            found = _cursors_lock(cursor, names)
+            locked = [(*locked[0][:2], *row) for row in _cursors_lock(cursor, names).items()]
+        horizon = locked[0][0]
+        found = {name: position for _, _, name, position in locked}
         positions = [int(found[name]) for name in names]
         position = min(positions)
         if horizon <= position:
             return Batch(0, 0, position, caught_up=True)
-        cursor.execute(
-            "SELECT DISTINCT txid FROM telemetry_ingest_log WHERE txid >= %s AND txid < %s ORDER BY txid LIMIT %s",
-            [position, horizon, limit],
-        )
-        txids = [row[0] for row in cursor.fetchall()]
-        caught_up = len(txids) < limit
-        upto = horizon if caught_up else txids[-1] + 1
-        rows: list[ReadingRow] = []
-        if txids:
-            with bound_cursor() as bound:
-                bound.execute(_READINGS_SQL, [list(METRICS), owned, positions, count, position, upto])
-                rows = [ReadingRow(*row) for row in bound.fetchall()]
+        with bound_cursor() as bound:
+            bound.execute(
+                _BATCH_SQL,
+                [position, horizon, limit, limit, horizon, names, list(METRICS), owned, positions, count],
+            )
+            fetched = bound.fetchall()
+        transactions, upto = int(fetched[0][0]), int(fetched[0][1])
+        rows = [ReadingRow(*row[2:]) for row in fetched if row[2] is not None]
+        if transactions:
             for processor in processors:
                 processor.process(rows, now=now)
-        # A partition already past `upto` (taken over from an engine that was ahead) stays put.
-        cursor.execute(
-            "UPDATE telemetry_enginecursor SET position = greatest(position, %s), updated_at = now() "
-            "WHERE name = ANY(%s)",
-            [upto, names],
-        )
-    return Batch(len(txids), len(rows), min(max(p, upto) for p in positions), caught_up)
+    # A partition already past `upto` (taken over from an engine that was ahead) stayed put.
+    return Batch(transactions, len(rows), min(max(p, upto) for p in positions), transactions < limit)
 
 
 def _cursors_lock(cursor: Any, names: list[str]) -> dict[str, int]:
@@ -366,7 +405,9 @@ class RollupProcessor:
         if not rows or storage.timescale_in_use():
             return
         params = [orjson.dumps(self._partials(resolution, rows)).decode() for resolution in BUCKET_SECONDS]
-        with connection.cursor() as cursor:
+        # Prepared once (bound_cursor): the server plans this statement of two upserts once, not
+        # on every batch, and the documents go as parameters instead of quoted into its text.
+        with bound_cursor() as cursor:
             cursor.execute(_ROLLUPS_SQL, params)
 
     def tick(self, *, now: dt.datetime) -> None:

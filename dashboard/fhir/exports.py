@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from audit.access.policy import ward_export_read
 from audit.trail import SYSTEM, Actor, audit_record
@@ -295,6 +295,25 @@ def export_expire(*, now: dt.datetime) -> int:
     return gone
 
 
+# Whether anything expired or queued exists, in one plain statement: the engine's timers ask five
+# times a second, nearly always to learn there is nothing, and the two locking ORM queries behind
+# it (compiled each time, each in a savepoint) cost the engine more than everything else a tick does.
+_WORK_SQL = (
+    f"SELECT EXISTS (SELECT 1 FROM {FhirExport._meta.db_table} WHERE expires_at < %s), "
+    f"EXISTS (SELECT 1 FROM {FhirExport._meta.db_table} WHERE state = %s)"
+)
+
+
+def _work(now: dt.datetime) -> tuple[bool, bool]:
+    """(some export's retention ended, some export is queued), read without locking: what the
+    tick then claims is locked and read again (skip locked), so a stale answer only defers work
+    to the next tick."""
+    with connection.cursor() as cursor:
+        cursor.execute(_WORK_SQL, [now, FhirExport.State.QUEUED.value])
+        expired, queued = cursor.fetchone()
+    return bool(expired), bool(queued)
+
+
 class ExportProcessor:
     """Engine processor: expiry, then up to PERFUSE_FHIR_EXPORT_CHUNK_ROWS resources of the oldest
     queued export per loop."""
@@ -303,8 +322,12 @@ class ExportProcessor:
         return None
 
     def tick(self, *, now: dt.datetime) -> None:
-        with transaction.atomic():
-            export_expire(now=now)
+        expired, queued = _work(now)
+        if expired:
+            with transaction.atomic():
+                export_expire(now=now)
+        if not queued:
+            return
         with transaction.atomic():
             job = export_claim()
             if job is None:

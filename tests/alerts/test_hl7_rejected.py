@@ -59,3 +59,23 @@ def test_each_dead_letter_raises_or_extends_one_alarm_shown_to_the_ward_and_a_la
     hl7_rejections_alarm(now=NOW + dt.timedelta(seconds=2))
     alarm.refresh_from_db()
     assert not alarm.condition_present and alarm.state != "resolved"  # the timers resolve it later
+
+
+def test_the_tick_skips_the_check_only_when_nothing_is_dead_or_open() -> None:
+    # The tick's cheap gate (alerts/integration.py _work): a dead letter or an open condition
+    # each make it run the full check; with neither it writes nothing.
+    factories.ward("icu-gate")
+    factories.device(ward_code="icu-gate", patient="pt-gate")
+    patient = Patient.objects.select_related("ward").get(pseudonym="pt-gate")
+    processor = IntegrationAlarmProcessor()
+    _message(patient, 9101, "done")
+    processor.tick(now=NOW)
+    assert not Alarm.objects.filter(kind=Kind.HL7_REJECTED).exists()
+    _message(patient, 9102, "dead")
+    processor.tick(now=NOW + dt.timedelta(seconds=1))
+    [alarm] = Alarm.objects.filter(kind=Kind.HL7_REJECTED)
+    assert alarm.condition_present
+    _message(patient, 9103, "done")  # accepted after the rejection: only the open condition is left
+    processor.tick(now=NOW + dt.timedelta(seconds=2))
+    alarm.refresh_from_db()
+    assert not alarm.condition_present

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from django.db import connection, transaction
 
-from telemetry.engine import _READINGS_SQL, Engine, ReadingRow, RollupProcessor, engine_batch
+from telemetry.engine import _BATCH_SQL, _READINGS_SQL, Engine, ReadingRow, RollupProcessor, bound_cursor, engine_batch
+from telemetry.selectors import engine_cursor_name
 from telemetry.units import METRICS
 from tests.readings import Row, insert_readings
 
@@ -52,6 +53,37 @@ def test_the_batch_query_looks_readings_up_by_key_however_many_the_day_holds() -
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan on telemetry_reading" not in plan and "Index" in plan, plan
     assert engine_batch([RollupProcessor()], now=NOW).readings == len(many) + 300
+
+
+def test_the_merged_batch_statement_finds_log_rows_and_readings_by_key() -> None:
+    # The statement a batch runs after locking its cursors (its end, the cursor move and the
+    # readings at once), prepared and with JIT off as the engine runs it: neither the day's
+    # readings nor the day's ingest log is scanned, whichever plan the server settles on.
+    start = NOW - dt.timedelta(minutes=30)
+    for second in range(0, 40):  # 40 ingest transactions of 300 devices: 12,000 log rows
+        _commit(
+            [Row(d, d, "tissue_o2", second, start + dt.timedelta(seconds=second), 60.0, 0.9) for d in range(1, 301)]
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE telemetry_reading")
+        cursor.execute("ANALYZE telemetry_ingest_log")
+        cursor.execute("SELECT max(txid) FROM telemetry_ingest_log")
+        (old,) = cursor.fetchone()
+    _commit([Row(d, d, "tissue_o2", 1000, NOW, 61.0, 0.9) for d in range(1, 301)])
+    names = [engine_cursor_name(p, 16) for p in range(16)]
+    horizon = old + 10**6
+    params = [old + 1, horizon, 2000, 2000, horizon, names, list(METRICS), list(range(16)), [old + 1] * 16, 16]
+    with transaction.atomic(), bound_cursor() as cursor:
+        cursor.execute("SELECT set_config('jit', 'off', true)")
+        for _ in range(7):  # past psycopg's prepare threshold, and the server's five custom plans
+            cursor.execute("EXPLAIN " + _BATCH_SQL, params, prepare=True)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan on telemetry_reading" not in plan and "Seq Scan on telemetry_ingest_log" not in plan, plan
+        cursor.execute(_BATCH_SQL, params)
+        rows = cursor.fetchall()
+        transaction.set_rollback(True)
+    assert (rows[0][0], rows[0][1]) == (1, horizon)
+    assert sorted(row[2] for row in rows) == list(range(1, 301))
 
 
 def test_rollups_are_exact_for_awkward_floats_and_missing_quality() -> None:
