@@ -8,7 +8,7 @@ Devices keep a mutual-TLS MQTT 5 connection to the broker and publish signed bat
   the broker keeps its subscription and queues messages (QoS 1) while the bridge is down;
 - subscribes to `$share/perfuse-ingest/perfuse/v1/devices/+/readings`: several bridges on one
   shared subscription split the messages between them, unchanged on any clustered broker;
-- acknowledges nothing early: paho's `manual_ack` holds every PUBACK until the message's group
+- acknowledges nothing early: every PUBACK is held until the message's group
   has committed. A bridge killed before then never sent it, so the broker delivers the message
   again (to this bridge when it reconnects, or to another of the share); a reading sent twice is
   stored once and counted as a duplicate;
