@@ -305,12 +305,19 @@ class Client(asyncio.Protocol):
                 e = self.endpoint
                 self._lost = asyncio.Event()
                 before = self.generation
-                try:
-                    await asyncio.wait_for(
+                connecting = loop.create_task(
+                    asyncio.wait_for(
                         loop.create_connection(lambda: self, e.host, e.port, ssl=e.context, server_hostname=e.host),
                         timeout=max(10, e.keepalive),
                     )
-                except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                )
+                await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not connecting.done():  # stopped while connecting
+                    connecting.cancel()
+                    break
+                if (exc := connecting.exception()) is not None:
+                    if not isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
+                        raise exc
                     log.warning("MQTT connection to %s:%s failed: %s", e.host, e.port, exc)
                 else:
                     lost = loop.create_task(self._lost.wait())

@@ -351,3 +351,25 @@ def test_a_suback_refusal_is_reported(wire: Harness) -> None:
     wire.run(wire.client.data_received, _frame(0x90, b"\x00\x01\x00\x01"))
     wire.run(wire.client.data_received, _frame(0x90, b"\x00\x01\x00\x87"))
     assert [e for e in wire.events if e[0] == "subscribe"] == [("subscribe", True), ("subscribe", False)]
+
+
+def test_stopping_while_the_tls_handshake_hangs_ends_the_client() -> None:
+    # A listener that accepts and never answers: the handshake would wait out its 30 s timeout.
+    async def main() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # until the client goes away
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        endpoint = Endpoint(**{**_endpoint().__dict__, "port": port})
+        client = Client(endpoint, on_message=lambda message: None)
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop().create_task(client.run(stop))
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(running, timeout=5)  # a bound, not a speed: the handshake's is 30 s
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
