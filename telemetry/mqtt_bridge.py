@@ -249,7 +249,11 @@ class Bridge:
     def _on_connect(self, session_present: bool) -> None:
         # The client subscribes again on every connection: harmless on a resumed session, and it
         # covers a session the broker lost.
-        log.info("MQTT bridge connected (session present: %s)", session_present)
+        log.info(
+            "MQTT bridge connected (session present: %s, the broker takes %d acks in flight)",
+            session_present,
+            self.client.window,
+        )
         self.connected.set()
 
     def _on_subscribe(self, granted: bool) -> None:
@@ -261,7 +265,8 @@ class Bridge:
         self.connected.clear()
         self.subscribed.clear()
         metrics.mqtt_bridge_subscribed(False)
-        log.warning("MQTT bridge disconnected: %s (reconnecting)", reason)
+        if not self._stop.is_set():  # else it is the bridge's own DISCONNECT on its way out
+            log.warning("MQTT bridge disconnected: %s (reconnecting)", reason)
 
     def _on_message(self, message: Incoming) -> None:
         arrival = Arrival(time.monotonic(), message.expiry)

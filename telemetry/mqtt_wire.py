@@ -290,6 +290,11 @@ class Client(asyncio.Protocol):
         return True
 
     @property
+    def window(self) -> int:
+        """How many of our QoS 1 publishes the broker takes unacknowledged (its Receive Maximum)."""
+        return self._window
+
+    @property
     def unacknowledged(self) -> int:
         """Our publishes not yet acknowledged by the broker (in flight or waiting for the window)."""
         return len(self._inflight) + len(self._waiting)
