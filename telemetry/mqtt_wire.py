@@ -1,10 +1,11 @@
 """The MQTT bridge's own MQTT 5 client: the few packets it needs, on its asyncio event loop.
 
-Why not paho. With paho's threaded loop the bridge paid, per direct device message (one reading),
-about half a millisecond of CPU outside its own pipeline (docs/benchmarks.md, "The bridge's own
-MQTT client"): paho's network thread parsing each PUBLISH through its generic property objects
-and reading the fixed header a byte at a time; a hand-over to the asyncio loop per message
-(`call_soon_threadsafe`, a self-pipe write each); and, back from the asyncio thread, the ack
+Why not paho. With paho's threaded loop about 43 % of the bridge's CPU for direct device messages
+(one reading each; ~1 ms a message in all) went to paho and the hand-overs between its thread and
+the pipeline's (docs/benchmarks.md, "The bridge's own MQTT client"): paho's network thread
+parsing each PUBLISH through its generic property objects and reading the fixed header a byte
+at a time; a hand-over to the asyncio loop per message (`call_soon_threadsafe`, a self-pipe write
+each); and, back from the asyncio thread, the ack
 PUBLISH and the PUBACK each queued with a self-pipe write to wake the network thread, which then
 wrote them with one TLS `send` each; two threads taking turns at the GIL all along. Here
 everything runs on the bridge's event loop: whatever TLS delivers in one read is parsed in one
