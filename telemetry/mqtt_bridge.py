@@ -8,7 +8,7 @@ Devices keep a mutual-TLS MQTT 5 connection to the broker and publish signed bat
   the broker keeps its subscription and queues messages (QoS 1) while the bridge is down;
 - subscribes to `$share/perfuse-ingest/perfuse/v1/devices/+/readings`: several bridges on one
   shared subscription split the messages between them, unchanged on any clustered broker;
-- acknowledges nothing early: paho's `manual_ack` holds every PUBACK until the message's group
+- acknowledges nothing early: every PUBACK is held until the message's group
   has committed. A bridge killed before then never sent it, so the broker delivers the message
   again (to this bridge when it reconnects, or to another of the share); a reading sent twice is
   stored once and counted as a duplicate;
@@ -34,13 +34,14 @@ Devices keep a mutual-TLS MQTT 5 connection to the broker and publish signed bat
   503 `storage_unavailable` and `retry_after`, without verifying, parsing or storing anything,
   then PUBACKed; the sender sends it again later.
 
-Threads. paho's network loop runs in its own thread (`loop_start`); `on_message` only hands each
-message to the asyncio loop (`call_soon_threadsafe`), where the writer gathers groups and runs the
-async pipeline on the ingest pool (psycopg async, the same code and pool as the HTTP door). The
-acks and PUBACKs are issued from the asyncio thread; paho's publish and ack queue packets under
-its own lock and the network thread writes them. An MQTT reconnect starts a new generation: a
-PUBACK for a message of an earlier connection is not sent (its packet id may have been reused;
-the broker redelivers that message on the new connection anyway).
+One thread. The MQTT connection is the bridge's own small MQTT 5 client on its asyncio event
+loop (telemetry/mqtt_wire.py, which says why not paho): each PUBLISH parsed from what TLS
+delivered is handed to `_arrived` by a direct call, the writer gathers groups and runs the async
+pipeline on the ingest pool (psycopg async, the same code and pool as the HTTP door), and a
+group's acks and PUBACKs, issued in turn after its commit, leave the process in one write. An
+MQTT reconnect starts a new generation: a PUBACK for a message of an earlier connection is not
+sent (its packet id may have been reused; the broker redelivers that message on the new
+connection anyway).
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ from django.conf import settings
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from config import metrics
 from telemetry.ingest.answers import Answer, storage_unavailable, too_large
@@ -69,6 +69,7 @@ from telemetry.ingest.gateway import gateway_handle
 from telemetry.ingest.group import GroupWriter, Message
 from telemetry.mqtt_broker import DEVICE_ACKS, DEVICE_READINGS, GATEWAY_ACKS, GATEWAY_BATCHES, tls_context
 from telemetry.mqtt_shed import Arrival, GatewayShedder, SojournShedder, overloaded
+from telemetry.mqtt_wire import Client, Endpoint, Incoming
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +198,18 @@ class Delivery:
 
 
 class Bridge:
-    """One bridge process: a paho client (network thread) feeding a group-commit writer (asyncio)."""
+    """One bridge process: its MQTT client (telemetry/mqtt_wire.py) feeding a group-commit writer,
+    both on one asyncio event loop."""
 
     def __init__(self, config: BrokerConfig, *, window_ms: float | None = None, max_rows: int | None = None) -> None:
         self.config = config
         self.writer = GroupWriter(self._deliver, window_ms=window_ms, max_rows=max_rows)
+        # Set from the event loop, waited on by other threads (tests, the command).
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the shared subscription
-        self.generation = 0
         self.received = 0
         self.acked = 0
         self.dropped = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         # Gateway messages in flight (each holds an ingest connection while it is stored).
         self._gateway_tasks: set[asyncio.Task[None]] = set()
@@ -220,67 +221,57 @@ class Bridge:
         self.device_shed = SojournShedder(max_wait=max_wait)
         self.client = self._client()
 
-    def _client(self) -> mqtt.Client:
+    def _client(self) -> Client:
         c = self.config
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
+        endpoint = Endpoint(
+            host=c.host,
+            port=c.port,
+            context=tls_context(ca=c.ca_file, cert=c.cert_file, key=c.key_file),
             client_id=c.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
+            keepalive=c.keepalive,
+            session_expiry=c.session_expiry,
+            receive_maximum=c.receive_maximum,
+            subscriptions=(
+                (f"$share/{SHARE_GROUP}/{READINGS_FILTER}", 1),
+                (f"$share/{SHARE_GROUP}/{BATCHES_FILTER}", 1),
+            ),
         )
-        client.tls_set_context(tls_context(ca=c.ca_file, cert=c.cert_file, key=c.key_file))
-        # Acks out: not capped at paho's default of 20 in flight (a group answers hundreds at once).
-        client.max_inflight_messages_set(max(20, c.receive_maximum))
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        return client
-
-    # ---- paho's network thread -------------------------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
-        if reason.is_failure:
-            log.warning("MQTT connect refused: %s", reason)
-            return
-        self.generation += 1
-        # Subscribing again on a resumed session is harmless and covers a session the broker lost.
-        client.subscribe(
-            [(f"$share/{SHARE_GROUP}/{READINGS_FILTER}", 1), (f"$share/{SHARE_GROUP}/{BATCHES_FILTER}", 1)]
+        return Client(
+            endpoint,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_subscribe=self._on_subscribe,
+            on_disconnect=self._on_disconnect,
         )
-        log.info("MQTT bridge connected (session present: %s)", getattr(flags, "session_present", None))
+
+    # ---- the MQTT connection's callbacks (on the event loop) ------------------------------
+
+    def _on_connect(self, session_present: bool) -> None:
+        # The client subscribes again on every connection: harmless on a resumed session, and it
+        # covers a session the broker lost.
+        log.info(
+            "MQTT bridge connected (session present: %s, the broker takes %d acks in flight)",
+            session_present,
+            self.client.window,
+        )
         self.connected.set()
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
-    ) -> None:
-        if all(not r.is_failure for r in reasons):
+    def _on_subscribe(self, granted: bool) -> None:
+        if granted:
             metrics.mqtt_bridge_subscribed(True)
             self.subscribed.set()
-        else:
-            log.error("MQTT bridge: the broker refused the subscription: %s", reasons)
 
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         self.connected.clear()
         self.subscribed.clear()
         metrics.mqtt_bridge_subscribed(False)
-        log.warning("MQTT bridge disconnected: %s (reconnecting)", reason)
+        if not self._stop.is_set():  # else it is the bridge's own DISCONNECT on its way out
+            log.warning("MQTT bridge disconnected: %s (reconnecting)", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return  # not PUBACKed: the broker delivers it again
-        correlation = getattr(message.properties, "CorrelationData", None)
-        expiry = getattr(message.properties, "MessageExpiryInterval", None)
-        arrival = Arrival(time.monotonic(), expiry if isinstance(expiry, int) else None)
-        delivery = Delivery(message.mid, message.qos, self.generation, correlation, arrival)
-        loop.call_soon_threadsafe(
-            self._arrived, message.topic, bytes(message.payload), _user_properties(message), delivery
-        )
+    def _on_message(self, message: Incoming) -> None:
+        arrival = Arrival(time.monotonic(), message.expiry)
+        delivery = Delivery(message.mid, message.qos, self.client.generation, message.correlation, arrival)
+        self._arrived(message.topic, message.payload, _user_properties(message.user_properties), delivery)
 
     # ---- the asyncio thread ----------------------------------------------------------------
 
@@ -325,7 +316,7 @@ class Bridge:
         payload = ack_payload(answer, batch_id=batch_id, readings=readings)
         # Counted before the publish: the network thread may deliver the ack before the next line runs.
         self.acked += 1
-        self.client.publish(acks_topic(message.topic_device), payload, qos=1)
+        self.client.publish(acks_topic(message.topic_device), payload)
         self._puback(message.token)
 
     async def _gateway(self, gateway_id: str, payload: bytes, properties: dict[str, str], delivery: Delivery) -> None:
@@ -349,46 +340,28 @@ class Bridge:
         self._gateway_ack(gateway_id, answer, delivery)
 
     def _gateway_ack(self, gateway_id: str, answer: Answer, delivery: Delivery) -> None:
-        ack = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if delivery.correlation is not None:
-            ack.CorrelationData = delivery.correlation
-        self.acked += 1  # before the publish, as in _answer
-        try:
-            self.client.publish(
-                gateway_acks_topic(gateway_id),
-                gateway_ack_payload(answer, gateway_id=gateway_id),
-                qos=1,
-                properties=ack,
-            )
-        except Exception:
-            self.acked -= 1
-            log.exception("MQTT gateway ack to %s failed", gateway_id)  # not PUBACKed: delivered again
-            return
+        self.acked += 1
+        payload = gateway_ack_payload(answer, gateway_id=gateway_id)
+        self.client.publish(gateway_acks_topic(gateway_id), payload, correlation=delivery.correlation)
         self._puback(delivery)
 
     def _puback(self, delivery: Delivery) -> None:
-        if delivery.qos > 0 and delivery.generation == self.generation:
-            self.client.ack(delivery.mid, delivery.qos)
+        if delivery.qos > 0:
+            self.client.puback(delivery.mid, delivery.generation)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: connect (and keep reconnecting), gather, commit, answer."""
-        self._loop = asyncio.get_running_loop()
         self._stop = stop
-        c = self.config
-        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect.SessionExpiryInterval = c.session_expiry
-        connect.ReceiveMaximum = c.receive_maximum
-        self.client.connect_async(c.host, c.port, keepalive=c.keepalive, clean_start=False, properties=connect)
-        self.client.loop_start()
+        done = asyncio.Event()  # set once every message taken is answered: then the MQTT client stops
+        connection = asyncio.get_running_loop().create_task(self.client.run(done))
         try:
             # Once `stop` is set no message is taken any more; those taken are committed and answered.
             await self.writer.run(stop)
             while self._gateway_tasks:
                 await asyncio.gather(*self._gateway_tasks, return_exceptions=True)
         finally:
-            self._loop = None
-            self.client.disconnect()
-            self.client.loop_stop()
+            done.set()
+            await connection  # the last acks and PUBACKs leave before the DISCONNECT
 
 
 def session_discard(config: BrokerConfig, *, timeout: float = 10.0) -> bool:
@@ -416,10 +389,9 @@ def session_discard(config: BrokerConfig, *, timeout: float = 10.0) -> bool:
         client.loop_stop()
 
 
-def _user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
+def _user_properties(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """The credentials among the MQTT 5 user properties (the first of each name counts)."""
     found: dict[str, str] = {}
-    pairs = getattr(message.properties, "UserProperty", None) or []
     for name, value in pairs:
         lowered = name.lower()
         if lowered in CREDENTIAL_PROPERTIES and lowered not in found:

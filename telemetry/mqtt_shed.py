@@ -14,7 +14,7 @@ When a message is stale. What the bridge can trust:
   broker while the message sat in its queue (Mosquitto discards a queued message whose interval
   ran out, and sends the remainder, in whole seconds, with the rest). So `received + remaining`
   is when the sender stops waiting;
-- the bridge's own clock from the moment paho handed the message over (`received`). A message
+- the bridge's own clock from the moment its MQTT client parsed the message (`received`). A message
   without an expiry gets the HTTP door's bound: PERFUSE_INGEST_POOL_TIMEOUT_SECONDS from its
   arrival at the bridge (time it spent in the broker's queue before is unknown, and is not held
   against it: after a bridge outage the queued messages are all worked through);

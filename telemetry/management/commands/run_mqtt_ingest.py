@@ -44,7 +44,8 @@ class Command(BaseCommand):
         shed = bridge.gateway_shed.shed + bridge.device_shed.shed
         self.stderr.write(
             f"MQTT bridge stopped: {bridge.received} messages received, {bridge.acked} acknowledged "
-            f"({shed} of them shed as overloaded, 503)"
+            f"({shed} of them shed as overloaded, 503); device messages stored in {bridge.writer.groups} "
+            f"groups, {bridge.client.writes} writes to the broker"
         )
 
     async def _run(self, bridge: Bridge) -> None:
