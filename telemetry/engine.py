@@ -197,8 +197,6 @@ def _readings_sql(txids: str) -> str:
 """
 
 
-_READINGS_SQL = _readings_sql("l.txid >= %s::bigint AND l.txid < %s::bigint")
-
 # The rest of a batch after its cursors are locked, in one round trip: the batch's end (the
 # horizon, or just past its MAX_TXIDS_PER_BATCH-th ingest transaction), the cursors moved there,
 # and the readings. The cursor UPDATE comes before the processors run, but in their transaction:
@@ -207,9 +205,9 @@ _READINGS_SQL = _readings_sql("l.txid >= %s::bigint AND l.txid < %s::bigint")
 # < upto), looked up through the txid index as an array (an InitPlan): with `l.txid < upto` the
 # planner guessed thousands of rows and compiled the statement (JIT, 100 ms) on every batch, and
 # with `IN (SELECT txid FROM tx)` it hash-joined a sequential scan of the day's log.
-# Parameters: position, horizon, limit, limit, horizon, names, then those of _READINGS_SQL but
-# its last two. The LEFT JOIN gives one row of NULL readings when the batch holds none of ours,
-# so the end and the count always come back.
+# Parameters: position, horizon, limit, limit, horizon, names, metrics, partitions, their
+# positions, the partition count. The LEFT JOIN gives one row of NULL readings when the batch
+# holds none of ours, so the end and the count always come back.
 _BATCH_SQL = f"""
     WITH tx AS (
         SELECT DISTINCT txid FROM telemetry_ingest_log
