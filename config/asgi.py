@@ -21,6 +21,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from audit.access.asgi import SessionGuardMiddleware  # noqa: E402
+from config.heap import heap_freeze  # noqa: E402
 from config.logs import CorrelationMiddleware  # noqa: E402
 from config.metrics import WebSocketGauge  # noqa: E402
 from config.net import ProxyHeadersGate  # noqa: E402
@@ -46,3 +47,8 @@ application = CorrelationMiddleware(
         }
     )
 )
+
+# Everything imported and built so far lives as long as the process: out of the cyclic GC's full
+# collections, which otherwise stop the event loop for 70-120 ms every few seconds under ingest
+# load (config/heap.py, docs/benchmarks.md).
+heap_freeze()

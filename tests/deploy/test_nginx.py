@@ -156,9 +156,10 @@ def test_the_rendered_cap_is_perfuses_own(tmp_path: Path) -> None:
     )
     assert f"client_max_body_size {settings.PERFUSE_INGEST_MAX_BYTES};" in config
     assert "ssl_protocols TLSv1.3;" in config
-    # Round robin over the Daphnes: the upstream block holds servers and keep-alive, no affinity.
+    # Least connections over the Daphnes: the upstream block holds servers, the balancing method
+    # and keep-alive, no affinity (no hash, ip_hash or sticky).
     upstream = config.split("upstream perfuse_daphne {", 1)[1].split("}", 1)[0]
     directives = {
         line.split()[0] for line in upstream.splitlines() if line.strip() and not line.strip().startswith("#")
     }
-    assert directives == {"server", "keepalive"}
+    assert directives == {"server", "least_conn;", "keepalive"}
