@@ -29,11 +29,13 @@ def test_start_up_garbage_is_freed_and_the_living_heap_frozen() -> None:
     kept.me = kept
 
     frozen = heap_freeze()
-
-    assert dead_ref() is None  # collected, not frozen for the life of the process
-    assert frozen == gc.get_freeze_count() > 0
-    # Frozen objects are in no generation: collections no longer walk them.
-    assert not any(obj is kept for obj in gc.get_objects())
+    try:
+        assert dead_ref() is None  # collected, not frozen for the life of the process
+        assert frozen == gc.get_freeze_count() > 0
+        # Frozen objects are in no generation: collections no longer walk them.
+        assert not any(obj is kept for obj in gc.get_objects())
+    finally:
+        gc.unfreeze()  # the rest of the suite's process collected as before
 
 
 def test_the_asgi_entry_point_leaves_the_collector_little_to_walk() -> None:
