@@ -154,21 +154,13 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
 
 
 def workers_start(jobs: int) -> float:
-    """Seconds to start `jobs` archive workers as `archive --jobs` does (spawned, Django set up in
-    each), measured on a pool that is given one task per worker and then shut down: a pool
-    starts a process per task up to its size, and its shutdown waits for every process."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from config.workers import worker_init, worker_initargs
+    """Seconds to start `jobs` archive workers as `archive --jobs` does (its own pool), given one
+    task per worker and then shut down: a pool starts a process per task up to its size, and its
+    shutdown waits for every process."""
+    from telemetry.archive.writer import archive_pool
 
     start = time.perf_counter()
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=worker_init,
-        initargs=worker_initargs(),
-    ) as pool:
+    with archive_pool(jobs) as pool:
         for _ in range(jobs):
             pool.submit(os.getpid)
     return time.perf_counter() - start

@@ -2,7 +2,9 @@
 
 The ingest view does not use the ORM: it runs a handful of statements on a pooled psycopg
 async connection. Connection parameters come from Django's settings at first use, so tests
-(which rename the database) and production share one code path.
+(which rename the database) and production share one code path. Beside them, for synchronous
+code on Django's connection: a cursor that binds on the server (`bound_cursor`: the engine, the
+archive's restore) and the engine's LISTEN connection.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis, RedisCluster
@@ -44,6 +46,16 @@ def _conninfo() -> dict[str, Any]:
     params.pop("cursor_factory", None)
     params.pop("context", None)
     return {key: value for key, value in params.items() if value not in (None, "")}
+
+
+def bound_cursor() -> psycopg.Cursor[Any]:
+    """A cursor of Django's connection (so inside its transaction) that sends parameters apart
+    from the statement instead of quoting them into its text as Django's cursors do: the arrays
+    of a batch's rows are dumped by psycopg's C adapters rather than quoted element by element,
+    and a statement run often is prepared once. Results stay text: a `real` column read in
+    binary would come back as its float4 value widened (0.949999988…), not the 0.95 of text."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def listen_connect(channel: str) -> psycopg.Connection[Any]:

@@ -233,16 +233,6 @@ _CURSORS_LOCK_SQL = (
 )
 
 
-def bound_cursor() -> psycopg.Cursor[Any]:
-    """A cursor of Django's connection (so inside its transaction) that sends parameters apart
-    from the statement instead of quoting them into its text as Django's cursors do: the arrays
-    of a batch's rows are dumped by psycopg's C adapters rather than quoted element by element,
-    and a statement run often is prepared once. Results stay text: a `real` column read in
-    binary would come back as its float4 value widened (0.949999988…), not the 0.95 of text."""
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
-
-
 def engine_batch(
     processors: Sequence[Processor],
     *,
@@ -258,7 +248,7 @@ def engine_batch(
         return Batch(0, 0, 0, caught_up=True)
     names = [engine_cursor_name(p, count) for p in owned]
     with transaction.atomic(), connection.cursor() as cursor:
-        with bound_cursor() as bound:  # prepared: it runs on every loop
+        with db.bound_cursor() as bound:  # prepared: it runs on every loop
             bound.execute(_CURSORS_LOCK_SQL, [names])
             locked = bound.fetchall()
         if len(locked) < len(names):  # first batch, or the partition count changed: convert
@@ -273,7 +263,7 @@ def engine_batch(
         position = min(positions)
         if horizon <= position:
             return Batch(0, 0, position, caught_up=True)
-        with bound_cursor() as bound:
+        with db.bound_cursor() as bound:
             bound.execute(
                 _BATCH_SQL,
                 [position, horizon, limit, limit, horizon, names, list(METRICS), owned, positions, count],
@@ -403,9 +393,9 @@ class RollupProcessor:
         if not rows or storage.timescale_in_use():
             return
         params = [orjson.dumps(self._partials(resolution, rows)).decode() for resolution in BUCKET_SECONDS]
-        # Prepared once (bound_cursor): the server plans this statement of two upserts once, not
+        # Prepared once (db.bound_cursor): the server plans this statement of two upserts once, not
         # on every batch, and the documents go as parameters instead of quoted into its text.
-        with bound_cursor() as cursor:
+        with db.bound_cursor() as cursor:
             cursor.execute(_ROLLUPS_SQL, params)
 
     def tick(self, *, now: dt.datetime) -> None:

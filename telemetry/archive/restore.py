@@ -32,7 +32,7 @@ from telemetry.archive.layout import TABLE_COLUMNS, ArchiveError, day_bounds, wa
 from telemetry.archive.objects import ObjectStore
 from telemetry.archive.verify import archive_day_check
 from telemetry.archive.writer import archive_store, manifest_read
-from telemetry.engine import bound_cursor
+from telemetry.db import bound_cursor
 from telemetry.ingest.keep import body_store
 from telemetry.selectors import BUCKET_SECONDS, EPOCH, engine_positions, rolled_up_sql
 from telemetry.storage import ensure_partition, timescale_in_use
@@ -161,8 +161,8 @@ def _readings_insert(cursor: Any, group: pa.Table) -> int:
 def _batches_insert(cursor: Any, group: pa.Table) -> None:
     bodies = [bytes(b) for b in group.column("body").to_pylist()]
     stored = [body_store(b) for b in bodies]
-    # The engine's server-side-binding cursor on the transaction's connection (Django's bind on
-    # the client, where %b is quoted text all the same).
+    # A server-side-binding cursor on the transaction's connection (telemetry/db.py): Django's
+    # cursors bind on the client, where %b is quoted text all the same.
     with bound_cursor() as binding:
         binding.execute(
             _INSERT_BATCHES,

@@ -64,8 +64,6 @@ from telemetry.archive.layout import (
 )
 from telemetry.archive.objects import ObjectStore, WriteOnceConflict, sha256_file, store_from_url
 from telemetry.archive.packed import (
-    DeviceBatches,
-    DeviceReadings,
     batches_columns,
     batches_fetch,
     readings_columns,
@@ -240,12 +238,19 @@ def archive_due(*, now: dt.datetime, store: ObjectStore | None = None, jobs: int
     return [r for r in archive_days(days=days, store=store, jobs=jobs) if r.status != "archived"]
 
 
+def archive_pool(jobs: int) -> ProcessPoolExecutor:
+    """The worker processes of `archive --jobs`: spawned (config.workers), each with its own
+    connection and its own store client."""
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=worker_init,
+        initargs=worker_initargs(),
+    )
+
+
 def _archive_parallel(work: list[tuple[dt.date, str]], *, store_url: str, actor: Actor, jobs: int) -> list[DayResult]:
-    # Spawned workers (config.workers), each with its own connection and its own store client.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=worker_init, initargs=worker_initargs()
-    ) as pool:
+    with archive_pool(jobs) as pool:
         futures = [pool.submit(_worker_archive, day, ward, store_url, actor) for day, ward in work]
         wait(futures)
     for future in futures:
@@ -362,7 +367,7 @@ def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]
         sorting_columns=sorting,
         write_statistics=True,
     ) as writer:
-        for device, fetched in _copy_per_device(cursor, _readings_fetch, day, devices):
+        for device, fetched in _copy_per_device(cursor, readings_fetch, day, devices):
             table = _device_table(device, readings_columns(fetched))
             if table.num_rows:
                 writer.write_table(table, row_group_size=table.num_rows)
@@ -371,9 +376,10 @@ def _readings_write(cursor: Any, path: Path, day: dt.date, devices: list[Device]
 
 
 def _copy_per_device(
-    cursor: Any, fetch_one: Callable[[Any, Device, dt.datetime, dt.datetime], T], day: dt.date, devices: list[Device]
+    cursor: Any, fetch_one: Callable[[Any, int, dt.datetime, dt.datetime], T], day: dt.date, devices: list[Device]
 ) -> Iterator[tuple[Device, T]]:
-    """`fetch_one` (one device's rows of the day, by COPY … TO STDOUT) for each device in turn.
+    """`fetch_one` (one device's rows of the day by its primary key, by COPY … TO STDOUT) for each
+    device in turn.
     PostgreSQL formats the next device's rows (in a thread, on the transaction's connection, which
     nothing else uses meanwhile) while the caller parses and compresses this one's, so the two
     work at once."""
@@ -384,7 +390,7 @@ def _copy_per_device(
     def fetch() -> None:
         try:
             for device in devices:
-                fetched.put((device, fetch_one(raw, device, lo, hi)))
+                fetched.put((device, fetch_one(raw, device.pk, lo, hi)))
             fetched.put(None)
         except BaseException as exc:  # handed to the caller, which raises it
             fetched.put(exc)
@@ -401,14 +407,6 @@ def _copy_per_device(
             with contextlib.suppress(queue.Empty):
                 fetched.get(timeout=0.1)
         fetcher.join()
-
-
-def _readings_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> DeviceReadings:
-    return readings_fetch(raw, device.pk, lo, hi)
-
-
-def _batches_fetch(raw: Any, device: Device, lo: dt.datetime, hi: dt.datetime) -> DeviceBatches | None:
-    return batches_fetch(raw, device.pk, lo, hi)
 
 
 def _device_table(device: Device, columns: dict[str, pa.Array], schema: pa.Schema = READINGS_SCHEMA) -> pa.Table:
@@ -448,7 +446,7 @@ def _batches_write(cursor: Any, path: Path, day: dt.date, devices: list[Device])
         column_encoding=_delta_encoded(BATCHES_SCHEMA),
         write_statistics=_BATCHES_STATISTICS,
     ) as writer:
-        for device, kept in _copy_per_device(cursor, _batches_fetch, day, devices):
+        for device, kept in _copy_per_device(cursor, batches_fetch, day, devices):
             if kept is None:
                 continue
             for columns in batches_columns(kept):

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from django.db import connection, transaction
 
-from telemetry.engine import _BATCH_SQL, Engine, ReadingRow, RollupProcessor, bound_cursor, engine_batch
+from telemetry.db import bound_cursor
+from telemetry.engine import _BATCH_SQL, Engine, ReadingRow, RollupProcessor, engine_batch
 from telemetry.selectors import engine_cursor_name
 from telemetry.units import METRICS
 from tests.readings import Row, insert_readings
