@@ -29,7 +29,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import multiprocessing
 import queue
 import shutil
 import subprocess
@@ -48,7 +47,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.trail import SYSTEM, Actor, audit_record
-from config.workers import worker_init, worker_initargs
+from config.workers import worker_pool
 from telemetry.archive.layout import (
     BATCHES_SCHEMA,
     BATCHES_SCHEMA_VERSION,
@@ -239,14 +238,9 @@ def archive_due(*, now: dt.datetime, store: ObjectStore | None = None, jobs: int
 
 
 def archive_pool(jobs: int) -> ProcessPoolExecutor:
-    """The worker processes of `archive --jobs`: spawned (config.workers), each with its own
+    """The worker processes of `archive --jobs`: forked (config.workers), each with its own
     connection and its own store client."""
-    return ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=worker_init,
-        initargs=worker_initargs(),
-    )
+    return worker_pool(jobs)
 
 
 def _archive_parallel(work: list[tuple[dt.date, str]], *, store_url: str, actor: Actor, jobs: int) -> list[DayResult]:

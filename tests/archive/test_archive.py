@@ -302,7 +302,7 @@ async def test_the_scheduled_run_archives_days_once_they_are_old_enough(file_arc
 async def test_archive_jobs_archives_ward_days_in_worker_processes_with_the_same_files(
     file_archive: FileStore, tmp_path, yesterday
 ):
-    """`archive --jobs 2`: each ward-day in a spawned worker with its own connection and store,
+    """`archive --jobs 2`: each ward-day in a forked worker with its own connection and store,
     the same files as one after the other; small signed bodies (kept as they came) and
     compressed ones side by side in one device's batch file, each the exact bytes signed."""
     await two_wards(yesterday)
@@ -320,7 +320,10 @@ async def test_archive_jobs_archives_ward_days_in_worker_processes_with_the_same
 
     one, two = FileStore(tmp_path / "one"), FileStore(tmp_path / "two")
     sequential = await sync_to_async(archive_days)(days=[yesterday], store=one)
+    [(session,)] = await sql("SELECT pg_backend_pid()")
     parallel = await sync_to_async(archive_days)(days=[yesterday], store=two, jobs=2)
+    # The workers were forked with this process's database session open, and left it alone.
+    assert await sql("SELECT pg_backend_pid()") == [(session,)]
     assert (
         [(r.ward, r.status, r.rows, r.batches) for r in parallel]
         == [(r.ward, r.status, r.rows, r.batches) for r in sequential]
