@@ -31,7 +31,9 @@ def test_start_up_garbage_is_freed_and_the_living_heap_frozen() -> None:
     frozen = heap_freeze()
     try:
         assert dead_ref() is None  # collected, not frozen for the life of the process
-        assert frozen == gc.get_freeze_count() > 0
+        # (Not compared with gc.get_freeze_count() a moment later: another thread of the suite's
+        # process may free a frozen object meanwhile, which leaves the permanent generation.)
+        assert frozen > 0
         # Frozen objects are in no generation: collections no longer walk them.
         assert not any(obj is kept for obj in gc.get_objects())
     finally:
