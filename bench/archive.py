@@ -14,11 +14,10 @@ with a random key: the benchmark measures the archive, not signatures).
 Figures: `archive_day` per ward-day into a directory, then into SeaweedFS (each end to end:
 the export in one snapshot, Parquet, the batch file, SHA-256, the store's write-once checks, the
 manifest), one ward-day after the other; the same with `--jobs` ward-days at once (each value
-given, in turn) in worker processes (`archive --jobs`, the workers' start included, and that
-start timed apart on a pool of as many workers: a day's run pays it once, this benchmark's short
-run pays it in full); the export of the readings alone (COPY → pyarrow → Parquet into a local
-file); the pyarrow ceiling (the archived readings, already in memory, written again as Parquet
-with the same settings); and `archive_restore` of one ward-day after its rows were deleted.
+given, in turn) in worker processes (`archive --jobs`, forked: their start included); the
+export of the readings alone (COPY → pyarrow → Parquet into a local file); the pyarrow ceiling
+(the archived readings, already in memory, written again as Parquet with the same settings); and
+`archive_restore` of one ward-day after its rows were deleted.
 """
 
 from __future__ import annotations
@@ -153,19 +152,6 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def workers_start(jobs: int) -> float:
-    """Seconds to start `jobs` archive workers as `archive --jobs` does (its own pool), given one
-    task per worker and then shut down: a pool starts a process per task up to its size, and its
-    shutdown waits for every process."""
-    from telemetry.archive.writer import archive_pool
-
-    start = time.perf_counter()
-    with archive_pool(jobs) as pool:
-        for _ in range(jobs):
-            pool.submit(os.getpid)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=40)
@@ -222,7 +208,6 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     print(f"populated {total:,} readings of {day} ({args.devices} devices, {args.wards} wards) in {elapsed:.1f} s")
 
     results: dict[str, float] = {}
-    starts: dict[str, tuple[float, float]] = {}  # workers' start (s), readings/s after it
     for label, store in (("directory", FileStore(tmp / "archive")), ("SeaweedFS", S3Store("perfuse-bench", "archive"))):
         seconds = 0.0
         size = 0
@@ -249,13 +234,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             seconds, done = timed(archive_days, days=[day], store=store, jobs=jobs)
             assert [r.status for r in done] == ["written"] * len(codes), done
             results[f"{label}, {jobs} jobs"] = total / seconds
-            start = workers_start(jobs)
-            starts[f"{label}, {jobs} jobs"] = (start, total / (seconds - start))
-            print(
-                f"archive to {label}, {jobs} ward-days at once: {total / seconds:,.0f} readings/s ({seconds:.1f} s, "
-                f"of which ≈ {start:.1f} s starting the {jobs} workers: {total / (seconds - start):,.0f} readings/s "
-                "after their start)"
-            )
+            print(f"archive to {label}, {jobs} ward-days at once: {total / seconds:,.0f} readings/s ({seconds:.1f} s)")
 
     # The export alone (PostgreSQL → pyarrow → local Parquet), one ward-day.
     devices = day_wards(day=day, store=FileStore(tmp / "archive"))[codes[0]]
@@ -299,12 +278,6 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         print(
             f"10,000 devices x 1 Hz x 1 day = {day_readings:,} readings: {day_readings / rate / 3600:.2f} h "
             f"to archive to {label} at this rate"
-        )
-    # A day's run starts its workers once (seconds), not once per ward-days of this benchmark's size.
-    for label, (start, rate) in starts.items():
-        print(
-            f"10,000 devices x 1 Hz x 1 day: {(start + day_readings / rate) / 3600:.2f} h to archive to {label}, "
-            f"the workers started once ({start:.1f} s) and then at the rate after their start"
         )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes compete for the 2 cores)")
 

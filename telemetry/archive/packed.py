@@ -16,9 +16,10 @@ reading, and no text to format or parse. numpy reads the records as columns at o
   sample time and seq; batches by id). The aggregates of one statement are fed the same rows
   in the same order, so the i-th signature belongs to the i-th record. The bodies come in a
   second statement (cheaper for PostgreSQL than a third aggregate beside the two) with each
-  batch's id beside its body, by which they are matched to their records. The first
-  statement's counts are checked against the records (a row whose record came out NULL would
-  otherwise be skipped by `string_agg`).
+  batch's id beside its body, by which they are matched to their records. The rows counted
+  (by the listing of a device-day's kinds, or beside the records of a device-day of one kind)
+  are checked against the records (a row whose record came out NULL would otherwise be skipped
+  by `string_agg`).
 - **NULLs** of a numeric column travel as a flag and a zero beside it (a NULL would make the
   whole record NULL).
 """
@@ -364,12 +365,12 @@ def _bodies_aligned(
     by_id, bodies_by_id = np.argsort(ids, kind="stable"), np.argsort(body_ids, kind="stable")
     if len(ids) != len(body_ids) or not np.array_equal(ids[by_id], body_ids[bodies_by_id]):
         raise ArchiveError("the kept batches' bodies came back for other batches than their records")
-    # The i-th body belongs to the record at place[i]; the records' order takes them back.
-    place = np.empty(len(ids), np.int64)
-    place[bodies_by_id] = by_id
-    inverse = np.empty(len(ids), np.int64)
-    inverse[place] = np.arange(len(ids))
-    return _joined(bodies, lengths[place]).take(pa.array(inverse))
+    # The k-th smallest id: record by_id[k], body bodies_by_id[k].
+    body_lengths = np.empty_like(lengths)
+    body_lengths[bodies_by_id] = lengths[by_id]
+    body_of_record = np.empty(len(ids), np.int64)
+    body_of_record[by_id] = bodies_by_id
+    return _joined(bodies, body_lengths).take(pa.array(body_of_record))
 
 
 def _joined(data: bytes, lengths: np.ndarray[Any, Any]) -> pa.Array:

@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -237,14 +237,9 @@ def archive_due(*, now: dt.datetime, store: ObjectStore | None = None, jobs: int
     return [r for r in archive_days(days=days, store=store, jobs=jobs) if r.status != "archived"]
 
 
-def archive_pool(jobs: int) -> ProcessPoolExecutor:
-    """The worker processes of `archive --jobs`: forked (config.workers), each with its own
-    connection and its own store client."""
-    return worker_pool(jobs)
-
-
 def _archive_parallel(work: list[tuple[dt.date, str]], *, store_url: str, actor: Actor, jobs: int) -> list[DayResult]:
-    with archive_pool(jobs) as pool:
+    # Forked workers (config.workers), each with its own connection and its own store client.
+    with worker_pool(jobs) as pool:
         futures = [pool.submit(_worker_archive, day, ward, store_url, actor) for day, ward in work]
         wait(futures)
     for future in futures:
