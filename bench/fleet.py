@@ -15,8 +15,11 @@ an OTP-verified session, and opens C browser-like WebSockets to the first C pati
 one alarm console (`WS /ws/alarms/live`). Then, for each selected door in turn (`--phases`, in
 this order; each after a 2 s warm-up of its own):
 
-- `mqtt`: every device takes one tissue-O2 sample a second (its `sample_time` is the load
-  generator's clock) and sends it at once, alone in its message, waiting for its ack;
+- `mqtt`: every device takes one tissue-O2 sample a second at its own phase within the second
+  (its `sample_time` is that scheduled instant) and publishes it at once, alone in its
+  message, on its own mutual-TLS connection, whether or not its previous sample was acknowledged
+  yet (an in-flight window, as a device has); the devices run in --workers processes of their
+  own (bench/fleet_load.py), connected once before the phase's warm-up;
 - `gateway-mqtt`, `gateway-http`: every device samples once a second at its own phase and signs
   its one-reading part with its own key when it samples; every gateway sends ONE outer message a
   second carrying every part of its devices not acknowledged yet (normally each one's newest),
@@ -42,8 +45,8 @@ Measured in each phase:
   readings of the phase (must be equal); per-device result codes other than 200 (gateways);
 - CPU per 1,000 messages (gateways: per 1,000 readings) of each process: broker, bridge, Daphne,
   engine, PostgreSQL (postmaster and backends), the load generator (its main process: sockets and
-  console; the direct doors' devices) and the generator workers (gateway phases); the load
-  average; and for the gateway phases how late the workers made samples against their schedule
+  console; the HTTP devices) and the generator workers (MQTT devices, gateways); the load
+  average; and for the worker phases how late the workers made samples against their schedule
   (when that grows, the load generator is the bound, not the server).
 
 The CPU of both Daphne processes is counted together (the patient sockets are on the first).
@@ -76,7 +79,20 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet_load import Dips, Hub, Member, PhaseSpec, Shard, body_for, late_summary, merged, shard_main, signed  # noqa: E402
+from bench.fleet_load import (  # noqa: E402
+    CONNECT,
+    DIRECT,
+    Dips,
+    Hub,
+    Member,
+    PhaseSpec,
+    Shard,
+    body_for,
+    late_summary,
+    merged,
+    shard_main,
+    signed,
+)
 from bench.live import Http, WebSocket, cpu_seconds, fresh_database, pct, provision  # noqa: E402
 from bench.servers import start_services  # noqa: E402
 
@@ -173,8 +189,7 @@ class Console:
 
 
 async def device_loop(
-    door: str,
-    sender: Any,
+    sender: Http,
     device: tuple[str, str, Any],
     index: int,
     pseudonym: str,
@@ -196,16 +211,10 @@ async def device_loop(
         if dips.crossing(index, t):
             phase.crossings.setdefault(pseudonym, t)
         started = time.perf_counter()
-        if door == "mqtt":
-            reply = await sender.send(device_id, body, headers)
-            status = 0 if reply is None else reply.status
-        else:
-            try:
-                status = await sender.post(
-                    "/api/v1/ingest/readings", body, {"Content-Type": "application/json", **headers}
-                )
-            except (OSError, asyncio.IncompleteReadError):
-                status, sender.writer = 0, None
+        try:
+            status = await sender.post("/api/v1/ingest/readings", body, {"Content-Type": "application/json", **headers})
+        except (OSError, asyncio.IncompleteReadError):
+            status, sender.writer = 0, None
         phase.answer_ms.append((time.perf_counter() - started) * 1000)
         if status == 200:
             phase.acknowledged += 1
@@ -326,9 +335,9 @@ def figures(
 
 
 async def run_phase(
-    door: str, bench: Bench, sender: Any, base_seq: int, *, warm: bool = False, number: int = 0
+    door: str, bench: Bench, senders: list[Http], base_seq: int, *, warm: bool = False, number: int = 0
 ) -> dict[str, Any]:
-    """A direct door: every device on its own MQTT connection or HTTP keep-alive connection."""
+    """The HTTP door: every device on its own keep-alive connection."""
     args, fleet, procs = bench.args, bench.fleet, bench.procs
     phase = Phase(door)
     bench.phase_of[0] = phase
@@ -338,10 +347,9 @@ async def run_phase(
     duration = 2 if warm else args.duration
     stop_at = start + duration
     dips = Dips() if warm else dips_for(bench, number, start)
-    senders = sender if isinstance(sender, list) else [sender] * n
     await asyncio.gather(
         *(
-            device_loop(door, senders[i], d, i, fleet.pseudonyms[i], base_seq, i / n, stop_at, phase, dips)
+            device_loop(senders[i], d, i, fleet.pseudonyms[i], base_seq, i / n, stop_at, phase, dips)
             for i, d in enumerate(fleet.devices)
         )
     )
@@ -365,9 +373,10 @@ async def run_phase(
 async def run_gateway_phase(
     door: str, bench: Bench, workers: list[Connection], base_seq: int, *, warm: bool = False, number: int = 0
 ) -> dict[str, Any]:
-    """Edge gateways over `door` (mqtt or http), run by the generator workers."""
+    """Edge gateways over `door` (mqtt or http), or the directly connected MQTT devices (DIRECT),
+    run by the generator workers."""
     args = bench.args
-    phase = Phase(f"gateway-{door}")
+    phase = Phase("mqtt" if door == DIRECT else f"gateway-{door}")
     bench.phase_of[0] = phase
     cpu_before, load_before = bench.procs.cpu(), os.getloadavg()
     start = time.time() + 1.0  # the workers are told first
@@ -383,6 +392,20 @@ async def run_gateway_phase(
     phase.sent.update(result.sent)
     phase.crossings.update(result.crossings)
     await asyncio.sleep(3)  # the last frames
+    if door == DIRECT:
+        return {
+            "door": phase.name,
+            "messages_per_s": result.acknowledged / elapsed,
+            "acknowledged": result.acknowledged,
+            "unacknowledged": result.unacknowledged,
+            "stored": stored_count(bench.database_url, base_seq),
+            "failed": dict(result.codes),
+            "answer_p50_ms": statistics.median(result.answer_ms) if result.answer_ms else 0.0,
+            "answer_p99_ms": pct(result.answer_ms, 0.99) if result.answer_ms else 0.0,
+            "late": late_summary(result.late_ms),
+            "load": (load_before, load),
+            **figures(bench, phase, elapsed, result.samples, (cpu_before, cpu_after)),
+        }
     return {
         "door": phase.name,
         "gateway": True,
@@ -405,6 +428,16 @@ async def run_gateway_phase(
         "load": (load_before, load),
         **figures(bench, phase, elapsed, result.acknowledged, (cpu_before, cpu_after)),
     }
+
+
+async def workers_connect(workers: list[Connection]) -> None:
+    """Every worker's direct devices connected and subscribed to their acks."""
+    now = time.time()
+    spec = PhaseSpec(CONNECT, 0, now, now, frozenset(), Dips())
+    loop = asyncio.get_running_loop()
+    for conn in workers:
+        conn.send(spec)
+    await asyncio.gather(*(loop.run_in_executor(None, conn.recv) for conn in workers))
 
 
 def _ms(values: list[float]) -> str:
@@ -434,11 +467,14 @@ def report(result: dict[str, Any], rule: Rule) -> None:
         print(f"samples made late against the devices' 1 Hz schedule (generator workers): {result['late']}")
     else:
         print(f"--- {result['door']}: {result['seconds']:.0f} s")
+        unanswered = f" ({result['unacknowledged']} not answered at the end)" if "unacknowledged" in result else ""
         print(
             f"messages/s acknowledged {result['messages_per_s']:.0f}; acknowledged {result['acknowledged']} vs stored "
-            f"{result['stored']}; not answered 200: {result['failed'] or 'none'}; "
+            f"{result['stored']}{unanswered}; not answered 200: {result['failed'] or 'none'}; "
             f"answer p50 {result['answer_p50_ms']:.1f} ms p99 {result['answer_p99_ms']:.1f} ms"
         )
+        if "late" in result:
+            print(f"samples made late against the devices' 1 Hz schedule (generator workers): {result['late']}")
     print(
         f"sample -> screen ({result['screen_points']} points of subscribed patients): "
         f"p50 {result['screen_p50_ms']:.0f} ms p99 {result['screen_p99_ms']:.0f} ms"
@@ -469,13 +505,9 @@ def server_ms(result: dict[str, Any]) -> float:
 async def main_async(
     bench: Bench,
     ports: tuple[int, int],
-    broker: Any,
-    identities: Any,
     workers: list[Connection],
     console_session: str,
 ) -> None:
-    from telemetry.simulator.transport import MqttTransport
-
     args, fleet = bench.args, bench.fleet
     port, group_port = ports
     note("opening the alarm console and the patient sockets")
@@ -490,11 +522,12 @@ async def main_async(
         base = (PHASES.index(name) + 1) * 1_000_000
         note(f"phase {name}")
         if name == "mqtt":
-            # Connect every device and warm the bridge (one message each) before measuring.
-            mqtt = MqttTransport(broker.url, ca_file=str(broker.ca), identities=identities, ack_timeout=10.0)
-            await run_phase("mqtt", bench, mqtt, base - SEQ_SPAN, warm=True)
-            results.append(await run_phase("mqtt", bench, mqtt, base, number=number))
-            await mqtt.close()
+            # Connect every device, then warm the bridge (2 s of samples) before measuring.
+            began = time.time()
+            await workers_connect(workers)
+            note(f"{len(fleet.devices)} devices connected over mutual TLS in {time.time() - began:.0f} s")
+            await run_gateway_phase(DIRECT, bench, workers, base - SEQ_SPAN, warm=True)
+            results.append(await run_gateway_phase(DIRECT, bench, workers, base, number=number))
         elif name.startswith("gateway-"):
             door = name.removeprefix("gateway-")
             await run_gateway_phase(door, bench, workers, base - SEQ_SPAN, warm=True)
@@ -628,7 +661,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--alarm-devices", type=int, default=0, help="per phase; default: 1 %% of the devices, at least 5"
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes running the gateways and their devices")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes running the MQTT devices, the gateways and their devices"
+    )
     parser.add_argument("--drain", type=float, default=20.0, help="seconds gateways may resend after sampling ends")
     parser.add_argument("--profile-bridge", default="", help="write a cProfile of the bridge to this file")
     args = parser.parse_args()
@@ -643,18 +678,25 @@ def parse_args() -> argparse.Namespace:
 
 
 def fork_workers(
-    args: argparse.Namespace, hubs: list[Any], port: int, broker: Any, identities: dict[str, Any]
+    args: argparse.Namespace,
+    hubs: list[Any],
+    devices: list[Member],
+    port: int,
+    broker: Any,
+    identities: dict[str, Any],
 ) -> tuple[list[Connection], list[int]]:
-    """The generator workers, each with every `workers`-th gateway, forked before any event loop
-    and with no database connection open (the parent's would be shared)."""
+    """The generator workers, each with every `workers`-th gateway and every `workers`-th directly
+    connected device, forked before any event loop and with no database connection open (the
+    parent's would be shared)."""
     from django.db import connections
 
     connections.close_all()
     context = multiprocessing.get_context("fork")
     conns, pids = [], []
-    for w in range(min(args.workers, len(hubs))):
-        mine = hubs[w :: args.workers]
-        shard = Shard(mine, port, broker.url, str(broker.ca), {h.gateway_id: identities[h.gateway_id] for h in mine})
+    for w in range(min(args.workers, max(len(hubs), len(devices)))):
+        mine, direct = hubs[w :: args.workers], devices[w :: args.workers]
+        owners = [h.gateway_id for h in mine] + [d.device_id for d in direct]
+        shard = Shard(mine, port, broker.url, str(broker.ca), {o: identities[o] for o in owners}, direct)
         parent, child = context.Pipe()
         process = context.Process(target=shard_main, args=(child, shard), daemon=True)
         process.start()
@@ -693,11 +735,19 @@ def main() -> None:
     assert authority is not None
     devices = fleet.devices if "mqtt" in args.phases else []
     identities = {device_id: mqtt_identity(authority, device_id, private) for device_id, _key_id, private in devices}
+    direct = [
+        Member(i, device_id, key_id, private, fleet.pseudonyms[i])
+        for i, (device_id, key_id, private) in enumerate(devices)
+    ]
     gateway_phases = any(p.startswith("gateway-") for p in args.phases)
     hubs, hub_identities = provision_gateways(fleet, args.gateways, authority) if gateway_phases else ([], {})
     note(f"provisioned {args.devices} devices, {len(hubs)} gateways, their certificates in {time.time() - began:.0f} s")
     port, group_port = free_port(), free_port()
-    workers, worker_pids = fork_workers(args, hubs, port, broker, hub_identities) if gateway_phases else ([], [])
+    workers, worker_pids = (
+        fork_workers(args, hubs, direct, port, broker, {**identities, **hub_identities})
+        if gateway_phases or direct
+        else ([], [])
+    )
     env = {
         **os.environ,
         "LOG_LEVEL": "WARNING",
@@ -749,7 +799,7 @@ def main() -> None:
             rule,
             alarm_devices(args, len(phases)),
         )
-        asyncio.run(main_async(bench, (port, group_port), broker, identities, workers, session))
+        asyncio.run(main_async(bench, (port, group_port), workers, session))
     finally:
         for conn in workers:
             with contextlib.suppress(OSError):

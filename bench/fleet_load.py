@@ -1,9 +1,28 @@
-"""The fleet benchmark's load generator for edge gateways (bench/fleet.py, phases `gateway-mqtt` and
-`gateway-http`), run in worker processes so that 20,000 Ed25519 signatures a second do not share
-one asyncio loop with the patient sockets and the alarm console whose arrival times are measured.
+"""The fleet benchmark's load generator (bench/fleet.py, phases `mqtt`, `gateway-mqtt` and
+`gateway-http`), run in worker processes so that thousands of Ed25519 signatures a second do not
+share one asyncio loop with the patient sockets and the alarm console whose arrival times are
+measured.
 
 Each worker (`shard_main`, forked before any event loop runs) holds a slice of the gateways and
-their devices and serves phases sent to it over a pipe. In a phase:
+their devices, and a slice of the directly connected devices, and serves phases sent to it over
+a pipe.
+
+Directly connected devices (phase `mqtt`): one mutual-TLS MQTT 5 connection per device (the
+broker's ACL lets a device publish only under its own certificate's CN), made once before the
+first phase (`connect`), with telemetry/mqtt_wire.py's client on the worker's event loop — paho
+driven from asyncio, as the simulator's transport does it, cost the generator 0.9-1.3 ms of CPU a
+message, so at 1,000 devices the generator, not the server, fell behind. Every device samples once
+a second at its own phase within the second, on its own clock: its `sample_time` is the scheduled
+instant, exactly a second after the last (a sensor's timer), so a worker that makes the message
+late adds that to the measured latencies rather than hiding it. It signs the one-reading batch
+with its own key and publishes it at once at QoS 1 (its credentials as user properties, a 10 s
+Message Expiry Interval: the ack timeout), on schedule whether or not its previous sample was
+acknowledged yet, as a device with an in-flight window does. Its ack (matched by `batch_id`)
+gives the answer time and status; after the sampling ends the workers wait up to `drain` seconds
+for the acks still due. How late the worker made samples against the schedule is recorded, as
+for gateways.
+
+Gateways (phases `gateway-mqtt`, `gateway-http`). In a phase:
 
 - every device samples tissue O2 once a second at its own phase within the second; the sample's
   `sample_time` is the wall clock when the sample is made (never earlier), and the device signs
@@ -36,6 +55,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -43,6 +63,7 @@ from typing import Any
 import orjson
 
 from bench.live import Http
+from telemetry.mqtt_wire import Client, Endpoint, Incoming
 
 GATEWAY_PATH = "/api/v1/ingest/gateway"
 # An outer message stays inside contract 1c's 5,000 readings and 1 MiB, with the simulator's
@@ -131,18 +152,26 @@ class Shard:
     http_port: int
     broker_url: str = ""
     ca_file: str = ""
-    identities: dict[str, Any] = field(default_factory=dict)  # gateway id → transport.Identity
+    identities: dict[str, Any] = field(default_factory=dict)  # gateway or device id → transport.Identity
+    devices: list[Member] = field(default_factory=list)  # connected directly (phase mqtt)
+
+
+CONNECT = "connect"  # a PhaseSpec door: connect the direct devices, no sampling
+DIRECT = "device-mqtt"  # a PhaseSpec door: the direct devices sample and publish
 
 
 @dataclass(frozen=True)
 class PhaseSpec:
-    door: str  # "mqtt" or "http"
+    door: str  # gateways: "mqtt" or "http"; the direct devices: DIRECT (or CONNECT)
     base_seq: int
     start: float
     stop_at: float
     subscribed: frozenset[int]  # device indexes whose patients have a socket open
     dips: Dips
     drain: float = 20.0
+
+
+_Due = tuple[Member, int, float, float]  # a sample to make: member, seq, due, now
 
 
 @dataclass
@@ -177,18 +206,147 @@ def shard_main(conn: Connection, shard: Shard) -> None:
 async def _serve(conn: Connection, shard: Shard) -> None:
     loop = asyncio.get_running_loop()
     transport: Any = None
+    direct: Direct | None = None
     try:
         while (spec := await loop.run_in_executor(None, conn.recv)) is not None:
-            if spec.door == "mqtt" and transport is None:
+            if spec.door in ("mqtt", CONNECT) and transport is None:
                 from telemetry.simulator.transport import MqttTransport
 
                 transport = MqttTransport(
                     shard.broker_url, ca_file=shard.ca_file, identities=shard.identities, ack_timeout=10.0
                 )
-            conn.send(await _phase(shard, spec, transport))
+            if spec.door == CONNECT:
+                direct = direct or Direct(shard, transport)
+                conn.send(await direct.connect())
+            elif spec.door == DIRECT:
+                assert direct is not None, "the direct devices are connected first"
+                conn.send(await direct.phase(spec))
+            else:
+                conn.send(await _phase(shard, spec, transport))
     finally:
+        if direct is not None:
+            await direct.close()
         if transport is not None:
             await transport.close()
+
+
+class Direct:
+    """This worker's directly connected devices: one mqtt_wire client each, acks matched by batch id."""
+
+    def __init__(self, shard: Shard, transport: Any) -> None:
+        from urllib.parse import urlsplit
+
+        from telemetry.mqtt_bridge import acks_topic
+
+        target = urlsplit(shard.broker_url)
+        host, port = target.hostname or "127.0.0.1", target.port or 8883
+        self.members = shard.devices
+        self.stop = asyncio.Event()
+        self.subscribed: set[str] = set()
+        self.all_subscribed = asyncio.Event()
+        self.waiting: dict[str, float] = {}  # batch id → perf_counter when published
+        self.result = ShardResult()
+        self.clients: dict[str, Client] = {}
+        for member in self.members:
+            endpoint = Endpoint(
+                host,
+                port,
+                transport.context(member.device_id),  # its certificate and key (files: ssl loads only those)
+                client_id=member.device_id,
+                keepalive=60,
+                session_expiry=3600,  # acks published while it was cut off still reach it
+                receive_maximum=100,
+                subscriptions=((acks_topic(member.device_id), 1),),
+            )
+            self.clients[member.device_id] = Client(
+                endpoint,
+                on_message=self._on_ack(member.device_id),
+                on_subscribe=self._on_subscribe(member.device_id),
+            )
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def _on_subscribe(self, device_id: str) -> Callable[[bool], None]:
+        def subscribed(granted: bool) -> None:
+            if granted:
+                self.subscribed.add(device_id)
+                if len(self.subscribed) == len(self.clients):
+                    self.all_subscribed.set()
+
+        return subscribed
+
+    def _on_ack(self, device_id: str) -> Callable[[Incoming], None]:
+        def ack(incoming: Incoming) -> None:
+            client = self.clients[device_id]
+            if incoming.qos:
+                client.puback(incoming.mid, client.generation)
+            try:
+                answer = orjson.loads(incoming.payload)
+            except orjson.JSONDecodeError:
+                return
+            published = self.waiting.pop(str(answer.get("batch_id")), None) if isinstance(answer, dict) else None
+            if published is None:
+                return  # an ack of an earlier phase, or its twin
+            result = self.result
+            result.answer_ms.append((time.perf_counter() - published) * 1000)
+            status = answer.get("status")
+            if status == 200:
+                result.acknowledged += 1
+            else:
+                result.codes[str(status)] += 1
+
+        return ack
+
+    async def connect(self, timeout: float = 300.0) -> ShardResult:
+        """Every device connected and subscribed to its acks (a few at a time: each is a TLS handshake)."""
+        gate = asyncio.Semaphore(50)
+
+        async def one(client: Client) -> None:
+            async with gate:
+                self.tasks.append(asyncio.create_task(client.run(self.stop)))
+                while client.generation == 0 and not self.stop.is_set():
+                    await asyncio.sleep(0.01)
+
+        if self.clients:
+            await asyncio.wait_for(asyncio.gather(*(one(c) for c in self.clients.values())), timeout)
+            await asyncio.wait_for(self.all_subscribed.wait(), timeout)
+        return ShardResult()
+
+    async def phase(self, spec: PhaseSpec) -> ShardResult:
+        from telemetry.mqtt_bridge import readings_topic
+
+        self.result = result = ShardResult()
+        self.waiting.clear()
+        async for member, seq, due, now in _schedule(self.members, spec, result):
+            # The sample is taken at its scheduled instant (a sensor's timer), sent when made.
+            body = body_for(member.device_id, seq, due, spec.dips.value(member.index, due))
+            stamp = str(int(now))
+            signature = base64.b64encode(member.private.sign(stamp.encode() + b"\n" + body)).decode()
+            self.waiting[f"{member.device_id}-{seq}"] = time.perf_counter()
+            self.clients[member.device_id].publish(
+                readings_topic(member.device_id),
+                body,
+                expiry=10,  # the ack timeout: the broker drops a copy nobody waits for any more
+                user_properties=(
+                    ("x-perfuse-key", member.key_id),
+                    ("x-perfuse-timestamp", stamp),
+                    ("x-perfuse-signature", signature),
+                ),
+            )
+            if member.index in spec.subscribed:
+                result.sent[(member.pseudonym, seq)] = due
+            if spec.dips.crossing(member.index, due):
+                result.crossings.setdefault(member.pseudonym, due)
+        deadline = spec.stop_at + spec.drain
+        while self.waiting and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        result.unacknowledged = len(self.waiting)
+        result.finished = time.time()
+        return result
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=10)
 
 
 async def _phase(shard: Shard, spec: PhaseSpec, mqtt: Any) -> ShardResult:
@@ -203,15 +361,16 @@ async def _phase(shard: Shard, spec: PhaseSpec, mqtt: Any) -> ShardResult:
     return result
 
 
-async def _sample(shard: Shard, spec: PhaseSpec, queues: dict[str, list[Part]], result: ShardResult) -> None:
-    """Every device once a second at its own phase: sample, sign, queue at its gateway."""
-    members = [(hub.gateway_id, m) for hub in shard.hubs for m in hub.members]
+async def _schedule(members: list[Member], spec: PhaseSpec, result: ShardResult) -> AsyncIterator[_Due]:
+    """Every member once a second at its own phase within the second until the sampling ends:
+    (member, its next seq, when the sample was due, now). Counts the samples and records how late
+    every tenth was made against the schedule."""
     n = len(members)
     # Device k of the fleet samples at phase (k * golden ratio) mod 1: spread evenly, and unrelated
     # to its gateway's sending phase.
-    order = sorted(members, key=lambda gm: (gm[1].index * 0.6180339887) % 1.0)
-    phases = [(m.index * 0.6180339887) % 1.0 for _, m in order]
-    seqs = {m.index: spec.base_seq for _, m in order}
+    order = sorted(members, key=lambda m: (m.index * 0.6180339887) % 1.0)
+    phases = [(m.index * 0.6180339887) % 1.0 for m in order]
+    seqs = {m.index: spec.base_seq for m in order}
     cycle, i = spec.start, 0
     while n:
         due = cycle + phases[i]
@@ -221,9 +380,24 @@ async def _sample(shard: Shard, spec: PhaseSpec, queues: dict[str, list[Part]], 
         if due > now:
             await asyncio.sleep(max(due - now, 0.002))  # a few ms at a time, not one wake-up per device
             continue
-        gateway_id, member = order[i]
+        member = order[i]
         seqs[member.index] += 1
-        seq = seqs[member.index]
+        result.samples += 1
+        if result.samples % 10 == 0:
+            result.late_ms.append((now - due) * 1000)
+        yield member, seqs[member.index], due, now
+        i += 1
+        if i == n:
+            i, cycle = 0, cycle + 1.0
+        if i % 50 == 0:
+            await asyncio.sleep(0)  # let the senders and the acks in between signatures
+
+
+async def _sample(shard: Shard, spec: PhaseSpec, queues: dict[str, list[Part]], result: ShardResult) -> None:
+    """Every device once a second at its own phase: sample (at the wall clock), sign, queue at its gateway."""
+    gateway_of = {m.index: hub.gateway_id for hub in shard.hubs for m in hub.members}
+    members = [m for hub in shard.hubs for m in hub.members]
+    async for member, seq, _due, now in _schedule(members, spec, result):
         body = body_for(member.device_id, seq, now, spec.dips.value(member.index, now))
         stamp = str(int(now))
         signature = member.private.sign(stamp.encode() + b"\n" + body)
@@ -233,19 +407,11 @@ async def _sample(shard: Shard, spec: PhaseSpec, queues: dict[str, list[Part]], 
             "signature": base64.b64encode(signature).decode(),
             "body": base64.b64encode(body).decode(),
         }
-        queues[gateway_id].append(Part(member, seq, entry))
-        result.samples += 1
+        queues[gateway_of[member.index]].append(Part(member, seq, entry))
         if member.index in spec.subscribed:
             result.sent[(member.pseudonym, seq)] = now
         if spec.dips.crossing(member.index, now):
             result.crossings.setdefault(member.pseudonym, now)
-        if result.samples % 10 == 0:
-            result.late_ms.append((now - due) * 1000)
-        i += 1
-        if i == n:
-            i, cycle = 0, cycle + 1.0
-        if i % 50 == 0:
-            await asyncio.sleep(0)  # let the gateways send between signatures
 
 
 async def _gateway(

@@ -196,9 +196,34 @@ def publish_parse(flags: int, data: bytes, start: int, end: int) -> Incoming:
     )
 
 
-def publish_packet(topic: str, payload: bytes, *, mid: int, correlation: bytes | None = None) -> bytes:
+def publish_properties(
+    *, correlation: bytes | None = None, expiry: int | None = None, user_properties: Sequence[tuple[str, str]] = ()
+) -> bytes:
+    """A PUBLISH's properties, encoded (without their length): Message Expiry Interval, Correlation
+    Data, User Properties in order."""
+    out = b"" if expiry is None else b"\x02" + expiry.to_bytes(4, "big")
+    if correlation is not None:
+        out += b"\x09" + len(correlation).to_bytes(2, "big") + correlation
+    for name, value in user_properties:
+        out += b"\x26" + _text(name) + _text(value)
+    return out
+
+
+def publish_packet(
+    topic: str,
+    payload: bytes,
+    *,
+    mid: int,
+    correlation: bytes | None = None,
+    expiry: int | None = None,
+    user_properties: Sequence[tuple[str, str]] = (),
+) -> bytes:
     """A QoS 1 PUBLISH."""
-    properties = b"" if correlation is None else b"\x09" + len(correlation).to_bytes(2, "big") + correlation
+    properties = publish_properties(correlation=correlation, expiry=expiry, user_properties=user_properties)
+    return _publish_packet(topic, payload, mid, properties)
+
+
+def _publish_packet(topic: str, payload: bytes, mid: int, properties: bytes) -> bytes:
     header = _text(topic) + mid.to_bytes(2, "big") + varint(len(properties)) + properties
     return bytes((PUBLISH | 0x02,)) + varint(len(header) + len(payload)) + header + payload
 
@@ -266,7 +291,8 @@ class Client(asyncio.Protocol):
         self._flush_scheduled = False
         # Our QoS 1 publishes the broker has not acknowledged: packet id → packet, in send order.
         self._inflight: dict[int, bytes] = {}
-        self._waiting: deque[tuple[str, bytes, bytes | None]] = deque()  # beyond the broker's window
+        # Beyond the broker's window: topic, payload, encoded properties.
+        self._waiting: deque[tuple[str, bytes, bytes]] = deque()
         self._window = 65535  # the broker's Receive Maximum (its CONNACK says; 65,535 when it does not)
         self._next_mid = 0
         self._last_sent = self._last_received = 0.0
@@ -275,13 +301,22 @@ class Client(asyncio.Protocol):
 
     # ---- what the bridge calls (on the event loop) -------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, correlation: bytes | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        correlation: bytes | None = None,
+        expiry: int | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """Queue a QoS 1 PUBLISH; it leaves with the next write (or after the reconnection)."""
+        properties = publish_properties(correlation=correlation, expiry=expiry, user_properties=user_properties)
         if len(self._inflight) >= self._window or self._waiting or not self._connected:
-            self._waiting.append((topic, payload, correlation))
+            self._waiting.append((topic, payload, properties))
             self._drain_waiting()
             return
-        self._send_publish(topic, payload, correlation)
+        self._send_publish(topic, payload, properties)
 
     def puback(self, mid: int, generation: int) -> bool:
         """PUBACK a message received on connection `generation`: only on that same connection."""
@@ -507,19 +542,21 @@ class Client(asyncio.Protocol):
         self._drain_waiting()
 
     @staticmethod
-    def _unpublished(packet: bytes) -> tuple[str, bytes, bytes | None]:
-        """What an unacknowledged publish of a lost session carried, to send it again as new."""
-        incoming = publish_parse(0x02, packet, _varint_at(packet, 1)[1], len(packet))
-        return incoming.topic, incoming.payload, incoming.correlation
+    def _unpublished(packet: bytes) -> tuple[str, bytes, bytes]:
+        """What an unacknowledged publish of a lost session carried (topic, payload, encoded
+        properties), to send it again as new."""
+        topic, p = _text_at(packet, _varint_at(packet, 1)[1], len(packet))
+        length, p = _varint_at(packet, p + 2)  # after the packet id
+        return topic, packet[p + length :], packet[p : p + length]
 
     def _drain_waiting(self) -> None:
         while self._waiting and self._connected and len(self._inflight) < self._window:
-            topic, payload, correlation = self._waiting.popleft()
-            self._send_publish(topic, payload, correlation)
+            topic, payload, properties = self._waiting.popleft()
+            self._send_publish(topic, payload, properties)
 
-    def _send_publish(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+    def _send_publish(self, topic: str, payload: bytes, properties: bytes) -> None:
         mid = self._mid()
-        packet = publish_packet(topic, payload, mid=mid, correlation=correlation)
+        packet = _publish_packet(topic, payload, mid, properties)
         self._inflight[mid] = packet
         self._send(packet)
 

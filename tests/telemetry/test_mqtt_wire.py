@@ -188,6 +188,26 @@ def test_what_the_client_writes_paho_reads_back() -> None:
     assert connect[2 + 7] == 0x00  # clean start off: the broker resumes the session
 
 
+def test_a_publish_with_expiry_and_user_properties_paho_reads_back() -> None:
+    credentials = [("x-perfuse-key", "k1"), ("x-perfuse-timestamp", "1700000000"), ("x-perfuse-signature", "c2ln")]
+    packet = publish_packet("perfuse/v1/devices/d1/readings", b'{"a":1}', mid=9, expiry=10, user_properties=credentials)
+    header = 3  # the fixed header: type and flags, then the remaining length (> 127: two bytes)
+    assert packet[1] & 0x80 and not packet[2] & 0x80
+    incoming = publish_parse(0x02, packet, header, len(packet))
+    assert (incoming.payload, incoming.mid, incoming.expiry, incoming.user_properties, incoming.correlation) == (
+        b'{"a":1}',
+        9,
+        10,
+        credentials,
+        None,
+    )
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    start = header + 2 + len("perfuse/v1/devices/d1/readings") + 2
+    properties.unpack(packet[start:])  # type: ignore[no-untyped-call]
+    assert properties.MessageExpiryInterval == 10
+    assert properties.UserProperty == credentials
+
+
 def test_packets_split_at_every_byte_arrive_whole_and_in_order(wire: Harness) -> None:
     wire.connect()
     stream = b"".join(
@@ -305,7 +325,7 @@ def _publishes(stream: bytes, *, first_bytes: list[int] | None = None) -> list[I
 def test_unacknowledged_publishes_go_again_after_a_reconnection(wire: Harness) -> None:
     wire.connect()
     wire.run(wire.client.publish, "perfuse/v1/gateways/g/acks", b"a", correlation=b"c1")
-    wire.run(wire.client.publish, "perfuse/v1/devices/d/acks", b"b")
+    wire.run(wire.client.publish, "perfuse/v1/devices/d/acks", b"b", expiry=7, user_properties=[("k", "v")])
     (first, second) = _publishes(wire.sent())
     wire.lose()
     assert wire.events[-1][0] == "disconnect"
@@ -320,7 +340,10 @@ def test_unacknowledged_publishes_go_again_after_a_reconnection(wire: Harness) -
     wire.connect(session_present=False)  # lost: sent again as new publishes
     flags.clear()
     renewed = _publishes(wire.transport.writes[-1], first_bytes=flags)
-    assert [(m.payload, m.correlation) for m in renewed] == [(b"a", b"c1"), (b"b", None)]
+    assert [(m.payload, m.correlation, m.expiry, m.user_properties) for m in renewed] == [
+        (b"a", b"c1", None, []),
+        (b"b", None, 7, [("k", "v")]),
+    ]
     assert flags == [0x32, 0x32]
     assert wire.events.count(("connect", True)) == 1 and wire.events.count(("connect", False)) == 2
 
