@@ -370,7 +370,7 @@ async def run_phase(
     }
 
 
-async def run_gateway_phase(
+async def run_worker_phase(
     door: str, bench: Bench, workers: list[Connection], base_seq: int, *, warm: bool = False, number: int = 0
 ) -> dict[str, Any]:
     """Edge gateways over `door` (mqtt or http), or the directly connected MQTT devices (DIRECT),
@@ -526,12 +526,12 @@ async def main_async(
             began = time.time()
             await workers_connect(workers)
             note(f"{len(fleet.devices)} devices connected over mutual TLS in {time.time() - began:.0f} s")
-            await run_gateway_phase(DIRECT, bench, workers, base - SEQ_SPAN, warm=True)
-            results.append(await run_gateway_phase(DIRECT, bench, workers, base, number=number))
+            await run_worker_phase(DIRECT, bench, workers, base - SEQ_SPAN, warm=True)
+            results.append(await run_worker_phase(DIRECT, bench, workers, base, number=number))
         elif name.startswith("gateway-"):
             door = name.removeprefix("gateway-")
-            await run_gateway_phase(door, bench, workers, base - SEQ_SPAN, warm=True)
-            results.append(await run_gateway_phase(door, bench, workers, base, number=number))
+            await run_worker_phase(door, bench, workers, base - SEQ_SPAN, warm=True)
+            results.append(await run_worker_phase(door, bench, workers, base, number=number))
         else:
             https = [Http(group_port if name == "http+group" else port) for _ in fleet.devices]
             await run_phase("http", bench, https, base - SEQ_SPAN, warm=True)
