@@ -195,8 +195,22 @@ def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], qu
 # --- the ceiling ---------------------------------------------------------------------------------
 
 
-def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -> tuple[float, int]:
-    """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP.
+def machine_busy() -> tuple[int, int]:
+    """(busy, all) CPU time of the whole machine since boot, in clock ticks (/proc/stat): every
+    process counts, ours and the database's alike."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:8]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # not idle, not waiting for I/O
+
+
+def busy_cores(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """How many of the machine's cores were busy between two `machine_busy` readings."""
+    return (end[0] - start[0]) / max(1, end[1] - start[1]) * (os.cpu_count() or 1)
+
+
+def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -> tuple[float, float]:
+    """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP;
+    and how many of the machine's cores were busy meanwhile.
 
     The COPY payload is formatted the way the ingest formats it (one pass), so the ceiling is not
     lowered by a slower client than the endpoint's own."""
@@ -210,6 +224,7 @@ def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -
     seq = int(time.time() * 1000) * 1000 + 9 * 10**8 + index * 10**7
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         conn.execute(STAGE_DDL)
+        busy = machine_busy()
         start = time.perf_counter()
         i = 0
         while time.perf_counter() - start < seconds:
@@ -237,17 +252,19 @@ def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -
                 rows += len(cur.fetchall())
             seq += batch
         elapsed = time.perf_counter() - start
-    return rows / elapsed, rows
+        cores = busy_cores(busy, machine_busy())
+    return rows / elapsed, cores
 
 
 def _ceiling_process(device_pks: list[int], batch: int, seconds: float, index: int, queue: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_django()  # a spawned process: the ingest modules it imports need the app registry
-    queue.put(ceiling(device_pks, batch, seconds, index)[0])
+    queue.put(ceiling(device_pks, batch, seconds, index))
 
 
-def ceiling_parallel(device_pks: list[int], batch: int, seconds: float, processes: int) -> float:
-    """The ceiling of `processes` such processes at once (each on its own devices): readings/s in all."""
+def ceiling_parallel(device_pks: list[int], batch: int, seconds: float, processes: int) -> tuple[float, float]:
+    """The ceiling of `processes` such processes at once (each on its own devices): readings/s in
+    all, and the machine's busy cores while they ran (the mean of what each saw over its window)."""
     context = mp.get_context("spawn")
     queue: Any = context.Queue()
     workers = [
@@ -256,10 +273,10 @@ def ceiling_parallel(device_pks: list[int], batch: int, seconds: float, processe
     ]
     for w in workers:
         w.start()
-    rates = [queue.get(timeout=seconds + 120) for _ in workers]
+    results = [queue.get(timeout=seconds + 120) for _ in workers]
     for w in workers:
         w.join()
-    return float(sum(rates))
+    return float(sum(rate for rate, _ in results)), sum(cores for _, cores in results) / len(results)
 
 
 def backend_cpu() -> dict[int, float]:
@@ -342,8 +359,10 @@ def cpu_of(pid: int) -> float:
 class Run:
     """One measured window of HTTP ingest: what the clients saw and what the servers spent."""
 
-    def __init__(self, results: list[tuple[float, int, int]], seconds: float, cpu: dict[str, float]) -> None:
-        self.results, self.seconds, self.cpu = results, seconds, cpu
+    def __init__(
+        self, results: list[tuple[float, int, int]], seconds: float, cpu: dict[str, float], busy: float
+    ) -> None:
+        self.results, self.seconds, self.cpu, self.busy = results, seconds, cpu, busy
         self.latencies = sorted(r[0] for r in results)
         self.statuses: dict[int, int] = {}
         for r in results:
@@ -385,9 +404,11 @@ def drive(
         c.start()
     time.sleep(max(0.0, t_start - time.time()))
     cpu_start = {pid: cpu_of(pid) for pid in server_pids}
+    busy_start = machine_busy()
     pg_start = backend_cpu()
     time.sleep(max(0.0, t_end - time.time()))
     cpu_end = {pid: cpu_of(pid) for pid in server_pids}
+    busy = busy_cores(busy_start, machine_busy())
     pg_end = backend_cpu()
     outcomes = [queue.get() for _ in clients]
     for c in clients:
@@ -397,7 +418,7 @@ def drive(
         "postgres": sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items()),
         "clients": sum(cpu for _, cpu in outcomes),
     }
-    return Run([r for rs, _ in outcomes for r in rs], args.seconds, cpu)
+    return Run([r for rs, _ in outcomes for r in rs], args.seconds, cpu, busy)
 
 
 def start_proxy(ports: list[int], env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -446,7 +467,8 @@ def report(name: str, run: Run, args: argparse.Namespace, ceiling_rate: float) -
     print(
         f"  CPU during the window: servers {run.cpu['servers'] / args.seconds:.2f} cores, postgres backends "
         f"{run.cpu['postgres'] / args.seconds:.2f} cores, load clients "
-        f"{run.cpu['clients'] / (args.seconds + args.warmup + 2):.2f} cores; per 1,000 readings: servers "
+        f"{run.cpu['clients'] / (args.seconds + args.warmup + 2):.2f} cores; the machine {run.busy:.2f} of "
+        f"{os.cpu_count()} cores busy; per 1,000 readings: servers "
         f"{run.cpu['servers'] / max(1, run.accepted) * 1e6:.1f} ms, "
         f"postgres {run.cpu['postgres'] / max(1, run.accepted) * 1e6:.1f} ms"
     )
@@ -514,11 +536,11 @@ def main() -> None:
             p.wait(10)
         procs = []
         one_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
-        ceil_rate = ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)
+        ceil_rate, ceil_busy = ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)
 
         print(
-            f"ceiling (COPY + INSERT … ON CONFLICT, no HTTP): {args.daphnes} processes {ceil_rate:,.0f} readings/s; "
-            f"1 process {one_rate:,.0f} readings/s"
+            f"ceiling (COPY + INSERT … ON CONFLICT, no HTTP): {args.daphnes} processes {ceil_rate:,.0f} readings/s "
+            f"(the machine {ceil_busy:.2f} of {os.cpu_count()} cores busy); 1 process {one_rate:,.0f} readings/s"
         )
         report(f"direct to {args.daphnes} Daphnes (HTTP)", direct, args, ceil_rate)
         if proxied is not None:
