@@ -2,20 +2,25 @@
 
     .venv/bin/python bench/ingest.py [--daphnes 2] [--proxy] [--clients 2] [--concurrency 2]
                                      [--devices 120] [--seconds 20] [--warmup 3] [--batch 500]
+                                     [--rounds 1] [--ceiling-seconds 10]
 
 Uses DATABASE_URL / REDIS_URL when set, else starts throwaway PostgreSQL and Redis with
 scripts/lib.sh (in a temporary directory, removed at the end). Migrates, provisions devices (each
 assigned to a patient, as on a ward), starts `--daphnes` Daphne processes on loopback ports, and
 drives them from `--clients` client processes, each keeping `--concurrency` keep-alive HTTP/1.1
-connections busy with freshly generated and signed batches (requests are spread over the Daphne
-ports). With --proxy it then drives the same Daphnes the same way through the nginx TLS front of
-deploy/nginx/ (TLS 1.3, rendered by `manage.py proxy_setup`, its own throwaway CA), and prints both
-figures side by side. Then, on the same table, it measures the ceiling: `--daphnes` processes at
-once (as many as serve HTTP), no HTTP, each the same COPY → staging → INSERT … ON CONFLICT DO
-NOTHING per 500-row batch and commit on devices of its own; the one-process figure beside it.
+connections busy with signed batches (requests are spread over the Daphne ports). With --proxy it
+also drives the same Daphnes the same way through the nginx TLS front of deploy/nginx/ (TLS 1.3,
+rendered by `manage.py proxy_setup`, its own throwaway CA).
 
-The client processes run on the same 2 cores as Daphne and PostgreSQL; their CPU time is printed
-so the figures can be read honestly.
+The ceiling: `--daphnes` processes at once (as many as serve HTTP), no HTTP, each the same COPY →
+staging → INSERT … ON CONFLICT DO NOTHING per 500-row batch and commit on devices of its own.
+The machine's speed drifts (other tenants share it), so the ceiling is measured before the first
+HTTP window and after every one, and each window is compared with the mean of the two ceilings
+beside it; `--rounds N` repeats the windows and prints the median ratios.
+
+The client processes run on the same 2 cores as Daphne and PostgreSQL. They build and sign every
+request of a window before it starts (a real fleet builds its batches on its own devices); their
+CPU time in the window is printed so the figures can be read honestly.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import multiprocessing as mp
 import os
 import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,24 +138,28 @@ class Device:
 
 
 async def _connection(
-    port: int, devices: list[Device], batch: int, t_start: float, t_end: float, out: list, ca_file: str | None
-) -> None:
-    """One keep-alive connection sending batch after batch (a minimal HTTP/1.1 client: cheap on CPU);
-    over TLS to the proxy when `ca_file` (the CA that signed its certificate) is given."""
+    port: int, requests: list[bytes], more: Any, t_start: float, t_end: float, out: list, ca_file: str | None
+) -> int:
+    """One keep-alive connection sending its prebuilt requests one after another (a minimal
+    HTTP/1.1 client: cheap on CPU), then freshly built ones (`more()`) if the window outlasts
+    them; over TLS to the proxy when `ca_file` (the CA that signed its certificate) is given.
+    Returns how many requests it had to build during the window."""
     if ca_file:
         import ssl
 
         context = ssl.create_default_context(cafile=ca_file)
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
-        host = f"localhost:{port}".encode()
     else:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        host = f"127.0.0.1:{port}".encode()
-    i = 0
+    built, i = 0, 0
     while time.time() < t_end:
-        device = devices[i % len(devices)]
+        if i < len(requests):
+            request = requests[i]
+            requests[i] = b""  # sent: its bytes are not needed again
+        else:
+            request = more()
+            built += 1
         i += 1
-        request = device.request(batch, host)
         sent = time.perf_counter()
         writer.write(request)
         status = int((await reader.readline()).split()[1])
@@ -161,35 +173,48 @@ async def _connection(
             accepted = orjson.loads(body).get("accepted", 0) if status == 200 else 0
             out.append((elapsed, status, accepted))
     writer.close()
+    return built
 
 
-def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], queue: Any) -> None:
+def client_process(args: dict[str, Any], devices: list[tuple[str, str, str]], queue: Any, sync: Any) -> None:
+    """Builds and signs its requests before the window (`args["prebuild"]` per connection), waits
+    for the others at `sync`, then sends them: the load generator shares the cores it measures,
+    and building a request costs about as much CPU as serving it, so building them inside the
+    window would charge that to the path under test. Every request is still distinct (seqs never
+    repeat) and freshly signed within the clock-skew window, so the servers do the whole work."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    seq0 = int(time.time() * 1000) * 1000 + args["index"] * 10**8
+    seq0 = int(time.time() * 1000) * 1000 + args["index"] * 10**8 + args["round"] * 10**7
     devs = [Device(d, k, p, seq0) for d, k, p in devices]
     results: list[tuple[float, int, int]] = []
+    ports, concurrency = args["ports"], args["concurrency"]
+    host = b"localhost" if args.get("ca_file") else b"127.0.0.1"
+    per = max(1, len(devs) // concurrency)
+    plans = []
+    for c in range(concurrency):
+        port = ports[(args["index"] * concurrency + c) % len(ports)]
+        mine = devs[c * per : (c + 1) * per] or devs
+        host_port = host + b":" + str(port).encode()
+        cycle = itertools.cycle(mine)
 
-    async def main() -> None:
-        ports = args["ports"]
-        per = max(1, len(devs) // args["concurrency"])
-        await asyncio.gather(
-            *(
-                _connection(
-                    ports[(args["index"] * args["concurrency"] + c) % len(ports)],
-                    devs[c * per : (c + 1) * per] or devs,
-                    args["batch"],
-                    args["t_start"],
-                    args["t_end"],
-                    results,
-                    args.get("ca_file"),
-                )
-                for c in range(args["concurrency"])
-            )
+        def more(host_port: bytes = host_port, cycle: Iterator[Device] = cycle) -> bytes:
+            return next(cycle).request(args["batch"], host_port)
+
+        plans.append((port, [more() for _ in range(args["prebuild"])], more))
+    barrier, window = sync
+    barrier.wait()  # every client has built its requests
+    barrier.wait()  # the main process has set the window
+    t_start, t_end = window[0], window[1]
+    before = resource.getrusage(resource.RUSAGE_SELF)
+
+    async def main() -> list[int]:
+        return await asyncio.gather(
+            *(_connection(port, reqs, more, t_start, t_end, results, args.get("ca_file")) for port, reqs, more in plans)
         )
 
-    asyncio.run(main())
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    queue.put((results, usage.ru_utime + usage.ru_stime))
+    built = sum(asyncio.run(main()))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    queue.put((results, cpu, built))
 
 
 # --- the ceiling ---------------------------------------------------------------------------------
@@ -360,9 +385,16 @@ class Run:
     """One measured window of HTTP ingest: what the clients saw and what the servers spent."""
 
     def __init__(
-        self, results: list[tuple[float, int, int]], seconds: float, cpu: dict[str, float], busy: float
+        self,
+        results: list[tuple[float, int, int]],
+        seconds: float,
+        cpu: dict[str, float],
+        busy: float,
+        *,
+        built_in_window: int,
     ) -> None:
         self.results, self.seconds, self.cpu, self.busy = results, seconds, cpu, busy
+        self.built_in_window = built_in_window  # requests the clients had to build while sending
         self.latencies = sorted(r[0] for r in results)
         self.statuses: dict[int, int] = {}
         for r in results:
@@ -381,27 +413,46 @@ def drive(
     devices: list[tuple[str, str, str]],
     ports: list[int],
     server_pids: list[int],
+    *,
+    round_index: int,
+    expected_rate: float,
     ca_file: str | None = None,
 ) -> Run:
-    """The client processes against `ports` for the warm-up and the measured window."""
-    t_start = time.time() + 2.0 + args.warmup
-    t_end = t_start + args.seconds
+    """The client processes against `ports` for the warm-up and the measured window. Each
+    connection prebuilds enough requests for `expected_rate` readings/s over the whole of it."""
+    connections = args.clients * args.concurrency
+    prebuild = int(expected_rate * (args.warmup + args.seconds) / args.batch / connections) + 2
     context = mp.get_context("spawn")
     queue: Any = context.Queue()
+    barrier = context.Barrier(args.clients + 1)
+    window = context.Array("d", 2)
     per = len(devices) // args.clients
     clients = [
         context.Process(
             target=client_process,
             args=(
-                {**vars(args), "index": i, "ports": ports, "t_start": t_start, "t_end": t_end, "ca_file": ca_file},
+                {
+                    **vars(args),
+                    "index": i,
+                    "round": round_index,
+                    "ports": ports,
+                    "ca_file": ca_file,
+                    "prebuild": prebuild,
+                },
                 devices[i * per : (i + 1) * per],
                 queue,
+                (barrier, window),
             ),
         )
         for i in range(args.clients)
     ]
     for c in clients:
         c.start()
+    barrier.wait(timeout=600)  # every client has built its requests
+    t_start = time.time() + 0.2 + args.warmup
+    t_end = t_start + args.seconds
+    window[0], window[1] = t_start, t_end
+    barrier.wait(timeout=60)
     time.sleep(max(0.0, t_start - time.time()))
     cpu_start = {pid: cpu_of(pid) for pid in server_pids}
     busy_start = machine_busy()
@@ -416,9 +467,10 @@ def drive(
     cpu = {
         "servers": sum(cpu_end[p] - cpu_start[p] for p in cpu_end),
         "postgres": sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items()),
-        "clients": sum(cpu for _, cpu in outcomes),
+        "clients": sum(cpu for _, cpu, _ in outcomes),
     }
-    return Run([r for rs, _ in outcomes for r in rs], args.seconds, cpu, busy)
+    built = sum(b for _, _, b in outcomes)
+    return Run([r for rs, _, _ in outcomes for r in rs], args.seconds, cpu, busy, built_in_window=built)
 
 
 def start_proxy(ports: list[int], env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -461,13 +513,14 @@ def report(name: str, run: Run, args: argparse.Namespace, ceiling_rate: float) -
     print(
         f"{name}: {run.rate:,.0f} readings/s accepted ({len(run.results)} requests of {args.batch} "
         f"in {args.seconds:.0f} s, statuses {run.statuses}) = {run.rate / ceiling_rate:.0%} of the "
-        f"{args.daphnes}-process ceiling; latency p50 {run.percentile(0.5):.1f} ms  p99 {run.percentile(0.99):.1f} ms"
-        f"  max {run.percentile(1.0):.1f} ms"
+        f"{args.daphnes}-process ceiling beside it ({ceiling_rate:,.0f}/s); latency p50 {run.percentile(0.5):.1f} ms"
+        f"  p99 {run.percentile(0.99):.1f} ms  max {run.percentile(1.0):.1f} ms"
+        + (f"; {run.built_in_window} requests built in the window" if run.built_in_window else "")
     )
     print(
         f"  CPU during the window: servers {run.cpu['servers'] / args.seconds:.2f} cores, postgres backends "
         f"{run.cpu['postgres'] / args.seconds:.2f} cores, load clients "
-        f"{run.cpu['clients'] / (args.seconds + args.warmup + 2):.2f} cores; the machine {run.busy:.2f} of "
+        f"{run.cpu['clients'] / (args.seconds + args.warmup + 0.2):.2f} cores; the machine {run.busy:.2f} of "
         f"{os.cpu_count()} cores busy; per 1,000 readings: servers "
         f"{run.cpu['servers'] / max(1, run.accepted) * 1e6:.1f} ms, "
         f"postgres {run.cpu['postgres'] / max(1, run.accepted) * 1e6:.1f} ms"
@@ -485,6 +538,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="HTTP windows per path, each between two ceilings (medians printed)"
+    )
     parser.add_argument(
         "--daphne-args",
         default="",
@@ -515,37 +571,54 @@ def main() -> None:
         procs, ports = start_daphnes(args.daphnes, env, args.daphne_args.split())
         daphne_pids = [p.pid for p in procs]
 
-        direct = drive(args, devices, ports, daphne_pids)
-        print(
-            f"direct: {direct.rate:,.0f} readings/s, p50 {direct.percentile(0.5):.1f} ms, "
-            f"p99 {direct.percentile(0.99):.1f} ms"
-        )
-        proxied = None
+        # The machine's speed drifts by a factor of two within minutes here (other tenants), so each
+        # HTTP window is measured between two ceilings and compared with their mean, round after round.
+        nginx_port: tuple[int, str] | None = None
         if args.proxy:
             nginx, proxy_port, ca_file = start_proxy(ports, env, tmp)
             procs.append(nginx)
-            proxied = drive(args, devices, [proxy_port], daphne_pids + nginx_pids(nginx.pid), ca_file)
-            print(
-                f"proxy: {proxied.rate:,.0f} readings/s, p50 {proxied.percentile(0.5):.1f} ms, "
-                f"p99 {proxied.percentile(0.99):.1f} ms"
-            )
-
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
-        procs = []
+            nginx_port = (proxy_port, ca_file)
+            server_pids = daphne_pids + nginx_pids(nginx.pid)
         one_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
-        ceil_rate, ceil_busy = ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)
+        ceilings = [ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)]
+        windows: list[tuple[str, Run, float]] = []
+        for r in range(args.rounds):
+            kinds: list[tuple[str, list[int], str | None]] = [("direct", ports, None)]
+            if nginx_port is not None:
+                kinds.append(("proxy", [nginx_port[0]], nginx_port[1]))
+            for kind, targets, ca in kinds:
+                pids = daphne_pids if ca is None else server_pids
+                run = drive(
+                    args, devices, targets, pids, round_index=r, expected_rate=1.3 * ceilings[-1][0], ca_file=ca
+                )
+                ceilings.append(ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes))
+                beside = (ceilings[-2][0] + ceilings[-1][0]) / 2
+                windows.append((kind, run, beside))
+                print(
+                    f"round {r + 1} {kind}: {run.rate:,.0f} readings/s, p99 {run.percentile(0.99):.1f} ms; "
+                    f"ceiling before/after {ceilings[-2][0]:,.0f}/{ceilings[-1][0]:,.0f}/s = {run.rate / beside:.0%}"
+                )
 
         print(
-            f"ceiling (COPY + INSERT … ON CONFLICT, no HTTP): {args.daphnes} processes {ceil_rate:,.0f} readings/s "
-            f"(the machine {ceil_busy:.2f} of {os.cpu_count()} cores busy); 1 process {one_rate:,.0f} readings/s"
+            f"ceilings (COPY + INSERT … ON CONFLICT, no HTTP), {args.daphnes} processes, in order: "
+            + ", ".join(f"{rate:,.0f}/s ({busy:.2f} cores busy)" for rate, busy in ceilings)
+            + f"; 1 process at the start {one_rate:,.0f}/s"
         )
-        report(f"direct to {args.daphnes} Daphnes (HTTP)", direct, args, ceil_rate)
-        if proxied is not None:
-            report(f"through nginx (TLS 1.3) to {args.daphnes} Daphnes", proxied, args, ceil_rate)
-            print(f"  proxy / direct: {proxied.rate / max(1.0, direct.rate):.0%}")
+        for kind, run, beside in windows:
+            name = (
+                f"direct to {args.daphnes} Daphnes (HTTP)"
+                if kind == "direct"
+                else (f"through nginx (TLS 1.3) to {args.daphnes} Daphnes")
+            )
+            report(name, run, args, beside)
+        for kind in ("direct", "proxy"):
+            ratios = sorted(run.rate / beside for k, run, beside in windows if k == kind)
+            p99s = sorted(run.percentile(0.99) for k, run, _ in windows if k == kind)
+            if ratios:
+                print(
+                    f"{kind}: median of {len(ratios)} rounds {statistics.median(ratios):.0%} of the ceiling beside it "
+                    f"(range {ratios[0]:.0%} to {ratios[-1]:.0%}), median p99 {statistics.median(p99s):.1f} ms"
+                )
         with open("/proc/loadavg") as load:
             print(
                 f"load average at the end: {' '.join(load.read().split()[:3])} "
