@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,13 @@ class Device:
 
 
 async def _connection(
-    port: int, requests: list[bytes], more: Any, t_start: float, t_end: float, out: list, ca_file: str | None
+    port: int,
+    requests: list[bytes],
+    more: Callable[[], bytes],
+    t_start: float,
+    t_end: float,
+    out: list,
+    ca_file: str | None,
 ) -> int:
     """One keep-alive connection sending its prebuilt requests one after another (a minimal
     HTTP/1.1 client: cheap on CPU), then freshly built ones (`more()`) if the window outlasts
@@ -571,31 +577,36 @@ def main() -> None:
         procs, ports = start_daphnes(args.daphnes, env, args.daphne_args.split())
         daphne_pids = [p.pid for p in procs]
 
-        # The machine's speed drifts by a factor of two within minutes here (other tenants), so each
+        # The machine's speed drifts (up to threefold within an hour here: other tenants), so each
         # HTTP window is measured between two ceilings and compared with their mean, round after round.
-        nginx_port: tuple[int, str] | None = None
+        # Each path: its label, the ports its clients connect to, the processes it costs, its CA.
+        paths: list[tuple[str, list[int], list[int], str | None]] = [
+            (f"direct to {args.daphnes} Daphnes (HTTP)", ports, daphne_pids, None)
+        ]
         if args.proxy:
             nginx, proxy_port, ca_file = start_proxy(ports, env, tmp)
             procs.append(nginx)
-            nginx_port = (proxy_port, ca_file)
-            server_pids = daphne_pids + nginx_pids(nginx.pid)
+            paths.append(
+                (
+                    f"through nginx (TLS 1.3) to {args.daphnes} Daphnes",
+                    [proxy_port],
+                    daphne_pids + nginx_pids(nginx.pid),
+                    ca_file,
+                )
+            )
         one_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
         ceilings = [ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)]
         windows: list[tuple[str, Run, float]] = []
         for r in range(args.rounds):
-            kinds: list[tuple[str, list[int], str | None]] = [("direct", ports, None)]
-            if nginx_port is not None:
-                kinds.append(("proxy", [nginx_port[0]], nginx_port[1]))
-            for kind, targets, ca in kinds:
-                pids = daphne_pids if ca is None else server_pids
+            for label, targets, pids, ca in paths:
                 run = drive(
                     args, devices, targets, pids, round_index=r, expected_rate=1.3 * ceilings[-1][0], ca_file=ca
                 )
                 ceilings.append(ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes))
                 beside = (ceilings[-2][0] + ceilings[-1][0]) / 2
-                windows.append((kind, run, beside))
+                windows.append((label, run, beside))
                 print(
-                    f"round {r + 1} {kind}: {run.rate:,.0f} readings/s, p99 {run.percentile(0.99):.1f} ms; "
+                    f"round {r + 1}, {label}: {run.rate:,.0f} readings/s, p99 {run.percentile(0.99):.1f} ms; "
                     f"ceiling before/after {ceilings[-2][0]:,.0f}/{ceilings[-1][0]:,.0f}/s = {run.rate / beside:.0%}"
                 )
 
@@ -604,21 +615,15 @@ def main() -> None:
             + ", ".join(f"{rate:,.0f}/s ({busy:.2f} cores busy)" for rate, busy in ceilings)
             + f"; 1 process at the start {one_rate:,.0f}/s"
         )
-        for kind, run, beside in windows:
-            name = (
-                f"direct to {args.daphnes} Daphnes (HTTP)"
-                if kind == "direct"
-                else (f"through nginx (TLS 1.3) to {args.daphnes} Daphnes")
+        for label, run, beside in windows:
+            report(label, run, args, beside)
+        for label, *_ in paths:
+            ratios = sorted(run.rate / beside for w, run, beside in windows if w == label)
+            p99 = statistics.median(run.percentile(0.99) for w, run, _ in windows if w == label)
+            print(
+                f"{label}: median of {len(ratios)} rounds {statistics.median(ratios):.0%} of the ceiling beside it "
+                f"(range {ratios[0]:.0%} to {ratios[-1]:.0%}), median p99 {p99:.1f} ms"
             )
-            report(name, run, args, beside)
-        for kind in ("direct", "proxy"):
-            ratios = sorted(run.rate / beside for k, run, beside in windows if k == kind)
-            p99s = sorted(run.percentile(0.99) for k, run, _ in windows if k == kind)
-            if ratios:
-                print(
-                    f"{kind}: median of {len(ratios)} rounds {statistics.median(ratios):.0%} of the ceiling beside it "
-                    f"(range {ratios[0]:.0%} to {ratios[-1]:.0%}), median p99 {statistics.median(p99s):.1f} ms"
-                )
         with open("/proc/loadavg") as load:
             print(
                 f"load average at the end: {' '.join(load.read().split()[:3])} "
