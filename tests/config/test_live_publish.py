@@ -139,3 +139,41 @@ async def test_a_batch_larger_than_one_call_is_split_in_order(monkeypatch: Any) 
     channel = await _listen("g.split")
     await live.publish_batch([(["g.split"], _frame(n)) for n in range(25)])
     assert await _keys(channel, 25) == [f"s{n}" for n in range(25)]
+
+
+def _frames() -> list[live.Frame]:
+    from telemetry import events
+
+    points = [
+        events.PointOut(t="2026-12-03T11:00:00.010Z", metric="tissue_o2", value=55.25, quality=0.93, seq=2**40 + 1),
+        events.PointOut(t="2026-12-03T11:00:00.020Z", metric="tissue_o2", value=-1e-3, quality=None, seq=7),
+    ]
+    ranges = [events.SeqRange(device="dev-ü", first=7, last=2**40 + 1)]
+    mark = events.AnnotationMark(id=3, kind="firmware", t="2026-12-03T11:00:00.000Z", text="Firmware 1 → 2")
+    return [
+        events.ReadingBatchFrame(patient="p-1", ranges=ranges, points=points * 300),  # past 64 kB: long arrays
+        events.AnnotationAddedFrame(patient="p-1", annotation=mark),
+        SessionRevokedFrame(),  # its default left out, as to_builtins leaves it out
+        SessionRevokedFrame(session_key="s" * 300),
+    ]
+
+
+def test_frames_are_written_byte_for_byte_as_the_layers_serializer_writes_them() -> None:
+    """The shortcut (msgspec's msgpack from the Struct) against the layer's own serializer."""
+    layer = get_channel_layer()
+    serialize = live._serializer(layer)
+    assert serialize == live._MSGPACK.encode  # the configured layer takes the shortcut
+    for frame in _frames():
+        assert serialize(frame) == layer.serialize(msgspec.to_builtins(frame))
+
+
+def test_an_encrypting_layer_serializes_frames_itself() -> None:
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(hosts=["redis://127.0.0.1:1"], symmetric_encryption_keys=["a secret"])
+    serialize = live._serializer(layer)
+    assert serialize != live._MSGPACK.encode
+    for frame in _frames():
+        payload = serialize(frame)
+        assert payload != live._MSGPACK.encode(frame)  # encrypted
+        assert layer.deserialize(payload) == msgspec.to_builtins(frame)
