@@ -30,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import inspect
 import itertools
 import multiprocessing as mp
 import os
@@ -44,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -239,9 +240,16 @@ def busy_cores(start: tuple[int, int], end: tuple[int, int]) -> float:
     return (end[0] - start[0]) / max(1, end[1] - start[1]) * (os.cpu_count() or 1)
 
 
-def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -> tuple[float, float]:
+class Ceiling(NamedTuple):
+    rate: float  # readings/s
+    cores: float  # the machine's busy cores meanwhile
+    client_ms: float  # CPU per 1,000 readings of this process ...
+    backend_ms: float  # ... and of its PostgreSQL backend
+
+
+def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -> Ceiling:
     """Readings/s of COPY to staging + INSERT … ON CONFLICT DO NOTHING + commit, one process, no HTTP;
-    and how many of the machine's cores were busy meanwhile.
+    how many of the machine's cores were busy meanwhile; its own and its backend's CPU.
 
     The COPY payload is formatted the way the ingest formats it (one pass), so the ceiling is not
     lowered by a slower client than the endpoint's own."""
@@ -256,6 +264,7 @@ def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         conn.execute(STAGE_DDL)
         busy = machine_busy()
+        client, backend = process_cpu(), cpu_of(conn.info.backend_pid)
         start = time.perf_counter()
         i = 0
         while time.perf_counter() - start < seconds:
@@ -284,7 +293,14 @@ def ceiling(device_pks: list[int], batch: int, seconds: float, index: int = 0) -
             seq += batch
         elapsed = time.perf_counter() - start
         cores = busy_cores(busy, machine_busy())
-    return rows / elapsed, cores
+        client, backend = process_cpu() - client, cpu_of(conn.info.backend_pid) - backend
+    return Ceiling(rows / elapsed, cores, client / rows * 1e6, backend / rows * 1e6)
+
+
+def process_cpu() -> float:
+    """CPU seconds of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ceiling_process(device_pks: list[int], batch: int, seconds: float, index: int, queue: Any) -> None:
@@ -307,7 +323,7 @@ def ceiling_parallel(device_pks: list[int], batch: int, seconds: float, processe
     results = [queue.get(timeout=seconds + 120) for _ in workers]
     for w in workers:
         w.join()
-    return float(sum(rate for rate, _ in results)), sum(cores for _, cores in results) / len(results)
+    return float(sum(c.rate for c in results)), sum(c.cores for c in results) / len(results)
 
 
 def backend_cpu() -> dict[int, float]:
@@ -327,6 +343,125 @@ def backend_cpu() -> dict[int, float]:
         with contextlib.suppress(OSError):  # a backend that ended meanwhile
             out[pid] = cpu_of(pid)
     return out
+
+
+# --- where one request's CPU goes (--steps) -------------------------------------------------------
+
+# The steps of pipeline._handle, timed where it calls them (each module's global is wrapped).
+STEPS = (
+    ("pipeline", "credentials_check"),
+    ("pipeline", "device_authenticate"),
+    ("pipeline", "parse_batch"),
+    ("pipeline", "batch_check"),
+    ("pipeline", "rate_check"),
+    ("pipeline", "validate_readings"),
+    ("pipeline", "readings_store"),
+    ("publish", "stored_publish"),
+    ("pipeline", "stored_answer"),
+)
+
+
+def split_request(raw: bytes) -> tuple[dict[str, str], bytes]:
+    """A request `Device.request` built, as the ASGI entry hands it to pipeline.handle."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, value = line.split(b": ", 1)
+        headers[name.decode().lower()] = value.decode()
+    return headers, body
+
+
+def _timed(function: Any, spent: dict[str, float], name: str) -> Any:
+    """`function` (sync or async) charging its calling thread's CPU time to `spent[name]`."""
+    if inspect.iscoroutinefunction(function):
+
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                spent[name] += time.thread_time() - start
+
+        return timed_async
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] += time.thread_time() - start
+
+    return timed
+
+
+def _bare(cpu: dict[str, float]) -> float:
+    return cpu["ceiling, client"] + cpu["ceiling, PostgreSQL"]
+
+
+def _path(cpu: dict[str, float]) -> float:
+    return cpu["handle, main thread"] + cpu["live publisher thread"] + cpu["handle, PostgreSQL"]
+
+
+def steps(args: argparse.Namespace, devices: list[tuple[str, str, str]], pks: list[int]) -> None:
+    """CPU per request of the ceiling's transaction and of `pipeline.handle` without HTTP, one
+    request at a time: each step, the live publisher's thread and PostgreSQL apart. What the
+    path spends beyond the ceiling bounds the ratio the HTTP windows can reach on these cores."""
+    from config import live
+    from telemetry.ingest import pipeline, publish
+
+    modules = {"pipeline": pipeline, "publish": publish}
+    spent: dict[str, float] = {}
+    for module, name in STEPS:
+        spent[name] = 0.0
+        setattr(modules[module], name, _timed(getattr(modules[module], name), spent, name))
+    seq0 = int(time.time() * 1000) * 1000 + 99 * 10**7
+    devs = [Device(d, k, p, seq0) for d, k, p in devices]
+    count = args.steps_requests
+    rounds: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        requests = [split_request(devs[i % len(devs)].request(args.batch, b"127.0.0.1")) for i in range(count + 10)]
+        measured = ceiling(pks, args.batch, args.ceiling_seconds)
+        per_request = args.batch / 1000
+
+        async def run(requests: list[tuple[dict[str, str], bytes]] = requests) -> dict[str, float]:
+            for headers, body in requests[:10]:  # connections, prepared statements, caches
+                await pipeline.handle(body=body, headers=headers)
+            live.publish_flush()
+            for name in spent:
+                spent[name] = 0.0
+            backends, process, main = backend_cpu(), process_cpu(), time.thread_time()
+            for headers, body in requests[10:]:
+                answer = await pipeline.handle(body=body, headers=headers)
+                assert answer.status == 200 and answer.body["accepted"] == args.batch, answer.body
+            live.publish_flush()
+            main, process = time.thread_time() - main, process_cpu() - process
+            after = backend_cpu()
+            postgres = sum(cpu - backends.get(pid, 0.0) for pid, cpu in after.items())
+            result = {f"step {name}": spent[name] * 1000 / count for name in spent}
+            result["handle, main thread"] = main * 1000 / count
+            result["live publisher thread"] = (process - main) * 1000 / count
+            result["handle, PostgreSQL"] = postgres * 1000 / count
+            return result
+
+        result = asyncio.run(run())
+        result["ceiling, client"] = measured.client_ms * per_request
+        result["ceiling, PostgreSQL"] = measured.backend_ms * per_request
+        rounds.append(result)
+        print(
+            f"round {r + 1}: ceiling {_bare(result):.2f} ms, handle {_path(result):.2f} ms "
+            f"of CPU per request of {args.batch} readings"
+        )
+    median = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+    print(f"median of {len(rounds)} rounds, CPU per request of {args.batch} readings, one request at a time, no HTTP:")
+    for name, value in median.items():
+        print(f"  {name:32s} {value:6.2f} ms")
+    bare, path = _bare(median), _path(median)
+    print(
+        f"the path spends {path - bare:.2f} ms per request beyond the ceiling's {bare:.2f} ms "
+        f"({path / bare - 1:.0%} more): "
+        f"on the same saturated cores it can reach at most {bare / path:.0%} of the ceiling before HTTP, TLS and "
+        f"the proxy are added (80 % allows {bare / 4:.2f} ms beyond it)"
+    )
 
 
 # --- orchestration -------------------------------------------------------------------------------
@@ -548,6 +683,12 @@ def main() -> None:
         "--rounds", type=int, default=1, help="HTTP windows per path, each between two ceilings (medians printed)"
     )
     parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="instead of the HTTP windows: CPU per request of each step of pipeline.handle beside the ceiling's",
+    )
+    parser.add_argument("--steps-requests", type=int, default=300, help="requests per --steps round")
+    parser.add_argument(
         "--daphne-args",
         default="",
         help='extra Daphne arguments, e.g. "-v 0" (no access log: no measurable difference here)',
@@ -574,6 +715,9 @@ def main() -> None:
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         setup_django()
         devices, pks = provision(args.devices)
+        if args.steps:
+            steps(args, devices, pks)
+            return
         procs, ports = start_daphnes(args.daphnes, env, args.daphne_args.split())
         daphne_pids = [p.pid for p in procs]
 
@@ -594,7 +738,7 @@ def main() -> None:
                     ca_file,
                 )
             )
-        one_rate, _ = ceiling(pks, args.batch, args.ceiling_seconds)
+        one_rate = ceiling(pks, args.batch, args.ceiling_seconds).rate
         ceilings = [ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)]
         windows: list[tuple[str, Run, float]] = []
         for r in range(args.rounds):
