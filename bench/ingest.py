@@ -3,6 +3,7 @@
     .venv/bin/python bench/ingest.py [--daphnes 2] [--proxy] [--clients 2] [--concurrency 2]
                                      [--devices 120] [--seconds 20] [--warmup 3] [--batch 500]
                                      [--rounds 1] [--ceiling-seconds 10]
+    .venv/bin/python bench/ingest.py --steps [--rounds 3] [--steps-requests 300] [--ceiling-seconds 4]
 
 Uses DATABASE_URL / REDIS_URL when set, else starts throwaway PostgreSQL and Redis with
 scripts/lib.sh (in a temporary directory, removed at the end). Migrates, provisions devices (each
@@ -17,6 +18,11 @@ staging → INSERT … ON CONFLICT DO NOTHING per 500-row batch and commit on de
 The machine's speed drifts (other tenants share it), so the ceiling is measured before the first
 HTTP window and after every one, and each window is compared with the mean of the two ceilings
 beside it; `--rounds N` repeats the windows and prints the median ratios.
+
+`--steps` measures no HTTP window: it compares the CPU of one request at a time through
+`pipeline.handle` (each step, the live publisher's thread, PostgreSQL) with the ceiling's client
+and backend CPU per request, round after round. On cores that both saturate, the ratio of the two
+totals bounds the figure the HTTP windows can reach, before HTTP, TLS and the proxy add theirs.
 
 The client processes run on the same 2 cores as Daphne and PostgreSQL. They build and sign every
 request of a window before it starts (a real fleet builds its batches on its own devices); their
