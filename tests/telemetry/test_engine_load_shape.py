@@ -6,12 +6,14 @@ process every reading once, none left for the poll."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from collections import Counter
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 from django.db import connection, transaction
 
@@ -56,7 +58,14 @@ def test_the_batch_statement_finds_log_rows_and_readings_by_key_however_many_the
         for _ in range(7):  # past psycopg's prepare threshold, and the server's five custom plans
             cursor.execute("EXPLAIN " + _BATCH_SQL, params, prepare=True)
             plan = "\n".join(row[0] for row in cursor.fetchall())
-            assert "Seq Scan on telemetry_reading" not in plan and "Seq Scan on telemetry_ingest_log" not in plan, plan
+            # A partition the planner knows to be empty (yesterday's, once autovacuum has seen it
+            # after another test's rows were flushed) costs nothing to scan and may be: what must
+            # never be scanned is a partition holding readings, or the ingest log.
+            for relation in re.findall(r"Seq Scan on (telemetry_reading\w*|telemetry_ingest_log\w*)", plan):
+                cursor.execute(
+                    psycopg.sql.SQL("SELECT EXISTS (SELECT FROM {})").format(psycopg.sql.Identifier(relation))
+                )
+                assert not cursor.fetchone()[0], plan
         cursor.execute(_BATCH_SQL, params)
         rows = cursor.fetchall()
         transaction.set_rollback(True)
