@@ -90,6 +90,12 @@ class Services:
             lib(f"start_redis {self.tmp}/redis {self.redis_port} no")
             os.environ["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
 
+    def redis_pids(self) -> list[int]:
+        """The bench's own Redis server (its CPU is the path's too: rate limits, live frames)."""
+        if not self.redis_port:
+            return []
+        return [int(Path(f"{self.tmp}/redis/redis.pid").read_text())]
+
     def stop(self) -> None:
         if self.own_pg:
             lib(f"stop_postgres {self.tmp}/pg")
@@ -561,6 +567,7 @@ def drive(
     ports: list[int],
     server_pids: list[int],
     *,
+    redis_pids: list[int],
     round_index: int,
     expected_rate: float,
     ca_file: str | None = None,
@@ -602,10 +609,12 @@ def drive(
     barrier.wait(timeout=60)
     time.sleep(max(0.0, t_start - time.time()))
     cpu_start = {pid: cpu_of(pid) for pid in server_pids}
+    redis_start = sum(cpu_of(pid) for pid in redis_pids)
     busy_start = machine_busy()
     pg_start = backend_cpu()
     time.sleep(max(0.0, t_end - time.time()))
     cpu_end = {pid: cpu_of(pid) for pid in server_pids}
+    redis_end = sum(cpu_of(pid) for pid in redis_pids)
     busy = busy_cores(busy_start, machine_busy())
     pg_end = backend_cpu()
     outcomes = [queue.get() for _ in clients]
@@ -615,6 +624,7 @@ def drive(
         "servers": sum(cpu_end[p] - cpu_start[p] for p in cpu_end),
         "postgres": sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_end.items()),
         "clients": sum(cpu for _, cpu, _ in outcomes),
+        "redis": redis_end - redis_start,
     }
     built = sum(b for _, _, b in outcomes)
     return Run([r for rs, _, _ in outcomes for r in rs], args.seconds, cpu, busy, built_in_window=built)
@@ -666,11 +676,13 @@ def report(name: str, run: Run, args: argparse.Namespace, ceiling_rate: float) -
     )
     print(
         f"  CPU during the window: servers {run.cpu['servers'] / args.seconds:.2f} cores, postgres backends "
-        f"{run.cpu['postgres'] / args.seconds:.2f} cores, load clients "
+        f"{run.cpu['postgres'] / args.seconds:.2f} cores, redis {run.cpu['redis'] / args.seconds:.2f} cores, "
+        "load clients "
         f"{run.cpu['clients'] / (args.seconds + args.warmup + 0.2):.2f} cores; the machine {run.busy:.2f} of "
         f"{os.cpu_count()} cores busy; per 1,000 readings: servers "
         f"{run.cpu['servers'] / max(1, run.accepted) * 1e6:.1f} ms, "
-        f"postgres {run.cpu['postgres'] / max(1, run.accepted) * 1e6:.1f} ms"
+        f"postgres {run.cpu['postgres'] / max(1, run.accepted) * 1e6:.1f} ms, "
+        f"redis {run.cpu['redis'] / max(1, run.accepted) * 1e6:.1f} ms"
     )
 
 
@@ -750,7 +762,14 @@ def main() -> None:
         for r in range(args.rounds):
             for label, targets, pids, ca in paths:
                 run = drive(
-                    args, devices, targets, pids, round_index=r, expected_rate=1.3 * ceilings[-1][0], ca_file=ca
+                    args,
+                    devices,
+                    targets,
+                    pids,
+                    redis_pids=services.redis_pids(),
+                    round_index=r,
+                    expected_rate=1.3 * ceilings[-1][0],
+                    ca_file=ca,
                 )
                 ceilings.append(ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes))
                 beside = (ceilings[-2][0] + ceilings[-1][0]) / 2
