@@ -359,19 +359,6 @@ def backend_cpu() -> dict[int, float]:
 
 # --- where one request's CPU goes (--steps) -------------------------------------------------------
 
-# The steps of pipeline._handle, timed where it calls them (each module's global is wrapped).
-STEPS = (
-    ("pipeline", "credentials_check"),
-    ("pipeline", "device_authenticate"),
-    ("pipeline", "parse_batch"),
-    ("pipeline", "batch_check"),
-    ("pipeline", "rate_check"),
-    ("pipeline", "validate_readings"),
-    ("pipeline", "readings_store"),
-    ("publish", "stored_publish"),
-    ("pipeline", "stored_answer"),
-)
-
 
 def split_request(raw: bytes) -> tuple[dict[str, str], bytes]:
     """A request `Device.request` built, as the ASGI entry hands it to pipeline.handle."""
@@ -421,19 +408,30 @@ def steps(args: argparse.Namespace, devices: list[tuple[str, str, str]], pks: li
     from config import live
     from telemetry.ingest import pipeline, publish
 
-    modules = {"pipeline": pipeline, "publish": publish}
+    # The steps of pipeline._handle, timed where it calls them (each module's global is wrapped).
+    steps_of = (
+        (pipeline, "credentials_check"),
+        (pipeline, "device_authenticate"),
+        (pipeline, "parse_batch"),
+        (pipeline, "batch_check"),
+        (pipeline, "rate_check"),
+        (pipeline, "validate_readings"),
+        (pipeline, "readings_store"),
+        (publish, "stored_publish"),
+        (pipeline, "stored_answer"),
+    )
     spent: dict[str, float] = {}
-    for module, name in STEPS:
+    for module, name in steps_of:
         spent[name] = 0.0
-        setattr(modules[module], name, _timed(getattr(modules[module], name), spent, name))
+        setattr(module, name, _timed(getattr(module, name), spent, name))
     seq0 = int(time.time() * 1000) * 1000 + 99 * 10**7
     devs = [Device(d, k, p, seq0) for d, k, p in devices]
     count = args.steps_requests
+    per_request = args.batch / 1000  # thousands of readings
     rounds: list[dict[str, float]] = []
     for r in range(args.rounds):
         requests = [split_request(devs[i % len(devs)].request(args.batch, b"127.0.0.1")) for i in range(count + 10)]
         measured = ceiling(pks, args.batch, args.ceiling_seconds)
-        per_request = args.batch / 1000
 
         async def run(requests: list[tuple[dict[str, str], bytes]] = requests) -> dict[str, float]:
             for headers, body in requests[:10]:  # connections, prepared statements, caches
@@ -759,6 +757,7 @@ def main() -> None:
         one_rate = ceiling(pks, args.batch, args.ceiling_seconds).rate
         ceilings = [ceiling_parallel(pks, args.batch, args.ceiling_seconds, args.daphnes)]
         windows: list[tuple[str, Run, float]] = []
+        redis_pids = services.redis_pids()
         for r in range(args.rounds):
             for label, targets, pids, ca in paths:
                 run = drive(
@@ -766,7 +765,7 @@ def main() -> None:
                     devices,
                     targets,
                     pids,
-                    redis_pids=services.redis_pids(),
+                    redis_pids=redis_pids,
                     round_index=r,
                     expected_rate=1.3 * ceilings[-1][0],
                     ca_file=ca,
